@@ -1,0 +1,842 @@
+"""A padded, masked, batched linear-chain conditional random field.
+
+``CRF`` is a drop-in replacement for ``torchcrf.CRF`` (pytorch-crf): same constructor, parameter
+names, ``state_dict`` keys, initialisation and results, plus tensor Viterbi, top-k, marginals,
+partial-label likelihood and hard transition constraints.
+
+Conventions used throughout this module:
+
+* Transitions are indexed ``[from, to]``: ``transitions[i, j]`` scores moving from tag ``i`` to
+  tag ``j``.
+* Internally every computation is time-major, ``(T, B, K)`` (seq_len, batch, num_tags), with the
+  batch sorted by decreasing length, so that the rows still inside their sequence at step ``t``
+  are a prefix ``[:n_active[t]]`` of the batch. Padded positions are never read.
+* Forbidden moves are ``-inf`` scores, never finite sentinels.
+
+This module imports only torch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CRF"]
+
+_REDUCTIONS = ("none", "sum", "mean", "token_mean")
+# Largest spread of finite transition scores for which the scaled exp-space recursion cannot
+# lose a significant term to underflow, and the smallest per-step normaliser it accepts.
+_SPAN_LIMIT = {torch.float32: 60.0, torch.float64: 600.0}
+_TINY = {torch.float32: 1e-20, torch.float64: 1e-200}
+
+
+class CRF(nn.Module):
+    """Linear-chain conditional random field over ``num_tags`` tags.
+
+    The score of a tag path ``y`` for emissions ``x`` of length ``L`` is
+    ``start[y_0] + sum_t x[t, y_t] + sum_{t>0} transitions[y_{t-1}, y_t] + end[y_{L-1}]``.
+    Transitions are indexed ``[from, to]``.
+
+    Args:
+        num_tags: number of tags ``K`` (>= 1).
+        batch_first: if True, inputs are laid out ``(batch, seq_len, ...)``; otherwise
+            ``(seq_len, batch, ...)`` as in pytorch-crf.
+        constraints: optional ``(start_allowed (K,), end_allowed (K,), transitions_allowed (K, K))``
+            bool tensors (see ``chaincrf.constraints.allowed_transitions``). Disallowed moves get
+            probability zero in training and decoding alike.
+
+    Attributes:
+        start_transitions: float parameter (K,), score of starting in each tag.
+        end_transitions: float parameter (K,), score of ending in each tag.
+        transitions: float parameter (K, K), ``transitions[i, j]`` scores tag i followed by tag j.
+    """
+
+    def __init__(
+        self,
+        num_tags: int,
+        batch_first: bool = False,
+        constraints: tuple[Tensor, Tensor, Tensor] | None = None,
+    ) -> None:
+        if not isinstance(num_tags, int) or isinstance(num_tags, bool) or num_tags <= 0:
+            raise ValueError(
+                f"invalid number of tags: num_tags must be a positive int; got {num_tags!r}"
+            )
+        super().__init__()
+        self.num_tags = num_tags
+        self.batch_first = batch_first
+        self.start_transitions = nn.Parameter(torch.empty(num_tags))
+        self.end_transitions = nn.Parameter(torch.empty(num_tags))
+        self.transitions = nn.Parameter(torch.empty(num_tags, num_tags))
+        self.has_constraints = constraints is not None
+        start_ok, end_ok, trans_ok = self._check_constraints(constraints)
+        # Not persistent: state_dict keys stay exactly pytorch-crf's.
+        self.register_buffer("start_allowed", start_ok, persistent=False)
+        self.register_buffer("end_allowed", end_ok, persistent=False)
+        self.register_buffer("transitions_allowed", trans_ok, persistent=False)
+        self.reset_parameters()
+
+    def _check_constraints(
+        self, constraints: tuple[Tensor, Tensor, Tensor] | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        K = self.num_tags
+        if constraints is None:
+            return (
+                torch.ones(K, dtype=torch.bool),
+                torch.ones(K, dtype=torch.bool),
+                torch.ones(K, K, dtype=torch.bool),
+            )
+        if not isinstance(constraints, (tuple, list)) or len(constraints) != 3:
+            raise ValueError(
+                "constraints must be a tuple (start_allowed (K,), end_allowed (K,), "
+                f"transitions_allowed (K, K)); got {type(constraints).__name__}"
+            )
+        expected = ((K,), (K,), (K, K))
+        names = ("start_allowed", "end_allowed", "transitions_allowed")
+        out = []
+        for name, shape, value in zip(names, expected, constraints):
+            value = torch.as_tensor(value)
+            if value.dtype != torch.bool:
+                raise ValueError(
+                    f"constraints {name} must be a bool tensor; got dtype {value.dtype}"
+                )
+            if tuple(value.shape) != shape:
+                raise ValueError(
+                    f"constraints {name} must have shape {shape}; got {tuple(value.shape)}"
+                )
+            out.append(value.clone())
+        return out[0], out[1], out[2]
+
+    def reset_parameters(self) -> None:
+        """Initialise all transition scores uniformly in [-0.1, 0.1], as pytorch-crf does."""
+        nn.init.uniform_(self.start_transitions, -0.1, 0.1)
+        nn.init.uniform_(self.end_transitions, -0.1, 0.1)
+        nn.init.uniform_(self.transitions, -0.1, 0.1)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(num_tags={self.num_tags})"
+
+    # ------------------------------------------------------------------ public API
+
+    def forward(
+        self,
+        emissions: Tensor,
+        tags: Tensor,
+        mask: Tensor | None = None,
+        reduction: str = "sum",
+        validate: bool = True,
+    ) -> Tensor:
+        """Log-likelihood of ``tags`` given ``emissions`` (positive sign, as pytorch-crf).
+
+        Args:
+            emissions: float tensor (seq_len, batch, num_tags), or (batch, seq_len, num_tags) when
+                ``batch_first``; unnormalised scores.
+            tags: long tensor (seq_len, batch) / (batch, seq_len), gold tag ids. Values at padded
+                positions are ignored (``-100`` padding is fine).
+            mask: bool or uint8 tensor shaped like ``tags``, left-aligned; ``None`` means all on.
+            reduction: ``none`` (per sequence, (batch,)), ``sum``, ``mean`` (over sequences) or
+                ``token_mean`` (sum divided by the number of unmasked tokens).
+            validate: check value-dependent properties (tag range, mask gaps).
+
+        Returns:
+            float tensor, (batch,) for ``none`` and () otherwise.
+        """
+        self._check_reduction(reduction)
+        em, mask_bt = self._prepare(emissions, mask, validate)
+        tags_bt = self._prepare_tags(tags, em, mask_bt, validate)
+        llh = self._log_likelihood(em, tags_bt, mask_bt)
+        return _reduce(llh, mask_bt, reduction)
+
+    def nll(
+        self,
+        emissions: Tensor,
+        tags: Tensor,
+        mask: Tensor | None = None,
+        reduction: str = "sum",
+        validate: bool = True,
+    ) -> Tensor:
+        """Negative log-likelihood: ``-self(emissions, tags, mask, reduction)``; a loss to minimise."""
+        return -self.forward(emissions, tags, mask, reduction=reduction, validate=validate)
+
+    loss = nll
+
+    def log_partition(
+        self, emissions: Tensor, mask: Tensor | None = None, validate: bool = True
+    ) -> Tensor:
+        """Log of the partition function (forward algorithm).
+
+        Args:
+            emissions: float tensor (seq_len, batch, num_tags) or batch-first; unnormalised scores.
+            mask: bool/uint8 (seq_len, batch) or batch-first, left-aligned; ``None`` means all on.
+            validate: check that the mask has no gaps.
+
+        Returns:
+            float tensor (batch,); 0 for empty sequences.
+        """
+        em, mask_bt = self._prepare(emissions, mask, validate)
+        lengths = mask_bt.sum(1)
+        return self._log_partition_bt(em, lengths)
+
+    def decode(
+        self, emissions: Tensor, mask: Tensor | None = None, validate: bool = True
+    ) -> list[list[int]]:
+        """Best tag sequence per batch item, as lists of ints (pytorch-crf's ``decode``).
+
+        Args:
+            emissions: float tensor (seq_len, batch, num_tags) or batch-first.
+            mask: bool/uint8 (seq_len, batch) or batch-first, left-aligned; ``None`` means all on.
+            validate: check that the mask has no gaps.
+
+        Returns:
+            list of ``batch`` lists; list ``b`` holds ``length_b`` tag ids.
+        """
+        em, mask_bt = self._prepare(emissions, mask, validate)
+        lengths = mask_bt.sum(1)
+        paths, _ = self._viterbi_bt(em, lengths, 1)
+        rows = paths[:, 0].tolist()
+        return [row[:n] for row, n in zip(rows, lengths.tolist())]
+
+    def viterbi(
+        self, emissions: Tensor, mask: Tensor | None = None, k: int = 1, validate: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """Best (k=1) or k best distinct tag paths and their scores, as tensors.
+
+        Args:
+            emissions: float tensor (seq_len, batch, num_tags) or batch-first.
+            mask: bool/uint8 (seq_len, batch) or batch-first, left-aligned; ``None`` means all on.
+            k: number of paths per sequence (>= 1).
+            validate: check that the mask has no gaps.
+
+        Returns:
+            With k=1: ``paths`` long (seq_len, batch) / (batch, seq_len) and ``scores`` float
+            (batch,). With k>1: ``paths`` long (seq_len, batch, k) / (batch, k, seq_len) and
+            ``scores`` (batch, k), best first. Positions past a sequence's end hold -1; where a
+            sequence has fewer than k paths the missing ones are all -1 with score -inf.
+        """
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be a positive int; got {k!r}")
+        em, mask_bt = self._prepare(emissions, mask, validate)
+        lengths = mask_bt.sum(1)
+        paths, scores = self._viterbi_bt(em, lengths, k)  # (B, k, T), (B, k)
+        if k == 1:
+            paths, scores = paths[:, 0], scores[:, 0]
+            return (paths if self.batch_first else paths.t().contiguous()), scores
+        return (paths if self.batch_first else paths.permute(2, 0, 1).contiguous()), scores
+
+    def marginals(
+        self, emissions: Tensor, mask: Tensor | None = None, validate: bool = True
+    ) -> Tensor:
+        """Posterior probability of each tag at each position.
+
+        Args:
+            emissions: float tensor (seq_len, batch, num_tags) or batch-first.
+            mask: bool/uint8 (seq_len, batch) or batch-first, left-aligned; ``None`` means all on.
+            validate: check that the mask has no gaps.
+
+        Returns:
+            float tensor shaped like ``emissions`` ((seq_len, batch, num_tags), or
+            (batch, seq_len, num_tags) when ``batch_first``): rows sum to 1 where the mask is on
+            and are 0 elsewhere.
+        """
+        em, mask_bt = self._prepare(emissions, mask, validate)
+        lengths = mask_bt.sum(1)
+        start, trans, end = self._scores(em.dtype)
+        with torch.no_grad():
+            em_tm, order, n_active = _sort_time_major(em.detach(), lengths)
+            fb = _ForwardBackward(
+                em_tm, start.detach(), trans.detach(), end.detach(), n_active, lengths[order]
+            )
+            gamma = fb.backward(torch.ones_like(fb.log_z))[0].transpose(0, 1)  # (B, T, K) sorted
+        out = torch.empty_like(gamma)
+        out[order] = gamma
+        out = out.masked_fill(~mask_bt[..., None], 0.0).to(emissions.dtype)
+        return out if self.batch_first else out.transpose(0, 1)
+
+    def partial_log_likelihood(
+        self,
+        emissions: Tensor,
+        allowed: Tensor,
+        mask: Tensor | None = None,
+        reduction: str = "sum",
+        validate: bool = True,
+    ) -> Tensor:
+        """Log total probability of the paths that use only allowed tags (partial labels).
+
+        Args:
+            emissions: float tensor (seq_len, batch, num_tags) or batch-first.
+            allowed: bool tensor shaped like ``emissions``; ``allowed[.., t, y]`` says tag y may be
+                used at position t. With exactly one allowed tag per position this equals the
+                log-likelihood of that path.
+            mask: bool/uint8 (seq_len, batch) or batch-first, left-aligned; ``None`` means all on.
+            reduction: as in ``forward``.
+            validate: check that every unmasked position allows at least one tag, and mask gaps.
+
+        Returns:
+            float tensor, (batch,) for ``none`` and () otherwise.
+        """
+        self._check_reduction(reduction)
+        em, mask_bt = self._prepare(emissions, mask, validate)
+        if not isinstance(allowed, Tensor) or allowed.dtype != torch.bool:
+            raise ValueError(
+                f"allowed must be a bool tensor; got {getattr(allowed, 'dtype', type(allowed).__name__)}"
+            )
+        if tuple(allowed.shape) != tuple(emissions.shape):
+            raise ValueError(
+                f"allowed must have the shape of emissions {tuple(emissions.shape)}; "
+                f"got {tuple(allowed.shape)}"
+            )
+        allowed_bt = allowed if self.batch_first else allowed.transpose(0, 1)
+        if validate:
+            empty = mask_bt & ~allowed_bt.any(-1)
+            if bool(empty.any()):
+                b, t = (int(i) for i in empty.nonzero()[0])
+                raise ValueError(
+                    f"allowed must allow at least one tag at every unmasked position; "
+                    f"batch row {b}, position {t} allows none"
+                )
+        lengths = mask_bt.sum(1)
+        neg_inf = torch.tensor(float("-inf"), dtype=em.dtype, device=em.device)
+        clamped = torch.where(allowed_bt, em, neg_inf)
+        llh = self._log_partition_bt(clamped, lengths) - self._log_partition_bt(em, lengths)
+        return _reduce(llh, mask_bt, reduction)
+
+    # ------------------------------------------------------------------ internals
+
+    def _scores(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """Start (K,), transition (K, K) and end (K,) scores in ``dtype``, -inf where forbidden."""
+        start = self.start_transitions.to(dtype)
+        trans = self.transitions.to(dtype)
+        end = self.end_transitions.to(dtype)
+        if self.has_constraints:
+            neg_inf = torch.tensor(float("-inf"), dtype=dtype, device=start.device)
+            start = torch.where(self.start_allowed, start, neg_inf)
+            trans = torch.where(self.transitions_allowed, trans, neg_inf)
+            end = torch.where(self.end_allowed, end, neg_inf)
+        return start, trans, end
+
+    @staticmethod
+    def _check_reduction(reduction: str) -> None:
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"invalid reduction: expected one of {_REDUCTIONS}; got {reduction!r}")
+
+    def _layout(self, what: str) -> str:
+        return f"(batch, seq_len{what})" if self.batch_first else f"(seq_len, batch{what})"
+
+    def _prepare(
+        self, emissions: Tensor, mask: Tensor | None, validate: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Checks shapes; returns batch-first float emissions (B, T, K) and a bool mask (B, T)."""
+        if not isinstance(emissions, Tensor):
+            raise ValueError(f"emissions must be a torch.Tensor; got {type(emissions).__name__}")
+        if emissions.dim() != 3:
+            raise ValueError(
+                f"emissions must have 3 dimensions {self._layout(f', {self.num_tags}')}; "
+                f"got shape {tuple(emissions.shape)}"
+            )
+        if emissions.size(2) != self.num_tags:
+            raise ValueError(
+                f"emissions must have shape {self._layout(f', {self.num_tags}')}: last dimension "
+                f"{self.num_tags} (num_tags); got {tuple(emissions.shape)}"
+            )
+        if not emissions.is_floating_point():
+            raise ValueError(
+                f"emissions must be a floating point tensor; got dtype {emissions.dtype}"
+            )
+        em = emissions if self.batch_first else emissions.transpose(0, 1)
+        if em.dtype in (torch.float16, torch.bfloat16):
+            em = em.float()
+        B, T, _ = em.shape
+        if mask is None:
+            mask_bt = torch.ones(B, T, dtype=torch.bool, device=em.device)
+        else:
+            if not isinstance(mask, Tensor):
+                raise ValueError(f"mask must be a torch.Tensor; got {type(mask).__name__}")
+            if tuple(mask.shape) != tuple(emissions.shape[:2]):
+                raise ValueError(
+                    f"mask must have shape {self._layout('')} = {tuple(emissions.shape[:2])} "
+                    f"matching emissions; got {tuple(mask.shape)}"
+                )
+            if mask.dtype not in (torch.bool, torch.uint8):
+                raise ValueError(f"mask must be a bool or uint8 tensor; got dtype {mask.dtype}")
+            mask_bt = (mask if self.batch_first else mask.t()).bool()
+            if validate and T > 1:
+                gaps = mask_bt[:, 1:] & ~mask_bt[:, :-1]
+                if bool(gaps.any()):
+                    row = int(gaps.any(1).nonzero()[0])
+                    raise ValueError(
+                        "mask must be left-aligned (a run of on, then off) with no gaps; "
+                        f"batch row {row} switches back on after an off position"
+                    )
+        return em, mask_bt
+
+    def _prepare_tags(self, tags: Tensor, em: Tensor, mask_bt: Tensor, validate: bool) -> Tensor:
+        """Checks tags; returns (B, T) long tags with padded positions set to 0."""
+        if not isinstance(tags, Tensor):
+            raise ValueError(f"tags must be a torch.Tensor; got {type(tags).__name__}")
+        expected = tuple(em.shape[:2]) if self.batch_first else (em.shape[1], em.shape[0])
+        if tuple(tags.shape) != expected:
+            raise ValueError(
+                f"tags must have shape {self._layout('')} = {expected} matching emissions; "
+                f"got {tuple(tags.shape)}"
+            )
+        if tags.is_floating_point() or tags.dtype == torch.bool or tags.is_complex():
+            raise ValueError(f"tags must be an integer tensor; got dtype {tags.dtype}")
+        tags_bt = (tags if self.batch_first else tags.t()).long()
+        if validate:
+            bad = mask_bt & ((tags_bt < 0) | (tags_bt >= self.num_tags))
+            if bool(bad.any()):
+                b, t = (int(i) for i in bad.nonzero()[0])
+                raise ValueError(
+                    f"tags must be in [0, {self.num_tags}) where the mask is on; got "
+                    f"{int(tags_bt[b, t])} at batch row {b}, position {t}"
+                )
+        return tags_bt.masked_fill(~mask_bt, 0)
+
+    def _gold_score(self, em: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+        """Score of the gold paths: em (B, T, K), tags (B, T) (0 where padded), mask (B, T) -> (B,)."""
+        start, trans, end = self._scores(em.dtype)
+        B, T, K = em.shape
+        lengths = mask.sum(1)
+        # emission and transition scores with one gather each; padded entries are replaced
+        # (torch.where), never multiplied by 0, so -inf or NaN there cannot leak in.
+        emit = em.gather(2, tags.unsqueeze(2)).squeeze(2)  # (B, T)
+        emit = torch.where(mask, emit, torch.zeros((), dtype=em.dtype, device=em.device))
+        score = emit.sum(1)
+        if T > 1:
+            pair = trans.view(-1)[(tags[:, :-1] * K + tags[:, 1:]).view(-1)].view(B, T - 1)
+            pair = torch.where(mask[:, 1:], pair, torch.zeros((), dtype=em.dtype, device=em.device))
+            score = score + pair.sum(1)
+        last = (lengths - 1).clamp(min=0)
+        last_tag = tags.gather(1, last.unsqueeze(1)).squeeze(1)
+        boundary = start[tags[:, 0]] + end[last_tag]
+        nonempty = lengths > 0
+        score = score + torch.where(
+            nonempty, boundary, torch.zeros((), dtype=em.dtype, device=em.device)
+        )
+        return score
+
+    def _log_likelihood(self, em: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+        gold = self._gold_score(em, tags, mask)
+        if self.has_constraints:
+            bad = torch.isneginf(gold)
+            if bool(bad.any()):
+                row = int(bad.nonzero()[0])
+                raise ValueError(
+                    f"tags at batch row {row} break the transition constraints (a forbidden start, "
+                    "transition or end); the gold path has probability zero"
+                )
+        return gold - self._log_partition_bt(em, mask.sum(1))
+
+    def _log_partition_bt(self, em: Tensor, lengths: Tensor) -> Tensor:
+        """Log-partition of batch-first emissions (B, T, K) with lengths (B,) -> (B,)."""
+        start, trans, end = self._scores(em.dtype)
+        em_tm, order, n_active = _sort_time_major(em, lengths)
+        log_z = _log_partition_sorted(em_tm, start, trans, end, n_active, lengths[order])
+        out = torch.empty_like(log_z)
+        return out.index_put((order,), log_z)
+
+    def _viterbi_bt(self, em: Tensor, lengths: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """k-best Viterbi on batch-first emissions -> paths (B, k, T) long, scores (B, k)."""
+        start, trans, end = self._scores(em.dtype)
+        _B, _T, _K = em.shape
+        with torch.no_grad():
+            em_tm, order, n_active = _sort_time_major(em.detach(), lengths)
+            reduce = "max" if k == 1 else "topk"
+            state, backptr = _scan(em_tm, start.detach(), trans.detach(), n_active, reduce, k)
+            paths, scores = _backtrace(state, backptr, end.detach(), n_active, lengths[order], k)
+            paths_out = torch.empty_like(paths)
+            paths_out[order] = paths
+            scores_out = torch.empty_like(scores)
+            scores_out[order] = scores
+        return paths_out, scores_out
+
+
+# ---------------------------------------------------------------------- helpers (torch only)
+
+
+def _reduce(llh: Tensor, mask: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return llh
+    if reduction == "sum":
+        return llh.sum()
+    if reduction == "mean":
+        return llh.mean()
+    return llh.sum() / mask.sum().to(llh.dtype)
+
+
+def _sort_time_major(em: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, list[int]]:
+    """Sorts a batch by decreasing length and makes it time-major.
+
+    Args:
+        em: float (B, T, K) batch-first emissions.
+        lengths: long (B,) sequence lengths.
+
+    Returns:
+        ``em_tm`` float (T, B, K) contiguous, rows in decreasing length order; ``order`` long (B,),
+        the original row of each sorted row; ``n_active`` list of T ints, the number of rows with
+        length > t (those rows are the prefix ``[:n_active[t]]``).
+    """
+    order = torch.argsort(lengths, descending=True, stable=True)
+    em_tm = em.index_select(0, order).transpose(0, 1).contiguous()
+    return em_tm, order, _n_active(lengths, em.size(1))
+
+
+def _n_active(lengths: Tensor, T: int) -> list[int]:
+    """Number of rows with length > t, for t in [0, T) (one host transfer)."""
+    counts = torch.bincount(lengths, minlength=T + 1)[:T]
+    return (lengths.numel() - torch.cumsum(counts, 0)).tolist()
+
+
+def _scan(
+    em: Tensor, start: Tensor, trans: Tensor, n_active: list[int], reduce: str, k: int
+) -> tuple[Tensor, Tensor | None]:
+    """The one recursion over time, parameterised by its semiring reduction.
+
+    ``reduce="logsumexp"`` gives forward log-scores (log semiring), ``"max"`` Viterbi scores
+    (max-plus, k=1) and ``"topk"`` the k best scores per tag (k-max semiring). Runs without
+    autograd; gradients come from the forward-backward functions below.
+
+    Args:
+        em: float (T, B, K), time-major, batch sorted by decreasing length.
+        start: float (K,) start scores; trans: float (K, K) ``[from, to]`` scores.
+        n_active: rows with length > t, per t (see ``_sort_time_major``).
+        reduce: ``logsumexp`` | ``max`` | ``topk``.
+        k: paths kept per tag (1 unless ``topk``).
+
+    Returns:
+        ``scores`` float (T, B, k, K): score of the best k (or, for logsumexp, all) prefixes ending
+        in each tag at each position; ``backptr`` long (T, B, k, K) flat indices
+        ``rank * K + tag`` into the previous step (None for logsumexp). Entries past a row's end
+        are never written and never read.
+    """
+    T, B, K = em.shape
+    scores = em.new_full((T, B, k, K), float("-inf"))
+    backptr = None if reduce == "logsumexp" else em.new_zeros((T, B, k, K), dtype=torch.long)
+    if T == 0:
+        return scores, backptr
+    n0 = n_active[0]
+    scores[0, :n0, 0] = start + em[0, :n0]
+    for t in range(1, T):
+        n = n_active[t]
+        if n == 0:
+            break
+        cand = (scores[t - 1, :n].unsqueeze(3) + trans).view(n, k * K, K)  # (n, k*K from, K to)
+        out = scores[t, :n]
+        if reduce == "logsumexp":
+            torch.logsumexp(cand, dim=1, keepdim=True, out=out)
+        elif reduce == "max":
+            torch.max(cand, dim=1, keepdim=True, out=(out, backptr[t, :n]))
+        else:
+            torch.topk(cand, k, dim=1, out=(out, backptr[t, :n]))
+        out.add_(em[t, :n].unsqueeze(1))
+    return scores, backptr
+
+
+def _backtrace(
+    scores: Tensor,
+    backptr: Tensor | None,
+    end: Tensor,
+    n_active: list[int],
+    lengths: Tensor,
+    k: int,
+) -> tuple[Tensor, Tensor]:
+    """Follows back-pointers from the best final states.
+
+    Args:
+        scores: float (T, B, k, K) from ``_scan``; backptr: long (T, B, k, K).
+        end: float (K,) end scores; n_active: as in ``_scan``; lengths: long (B,) sorted lengths;
+        k: paths per row.
+
+    Returns:
+        paths long (B, k, T) with -1 past each row's end and for missing paths; scores (B, k).
+    """
+    T, B, _, K = scores.shape
+    rows = torch.arange(B, device=scores.device)
+    last = (lengths - 1).clamp(min=0)
+    final = (scores[last, rows] + end).view(B, -1)  # (B, k*K)
+    best, pos = final.topk(k, dim=1)  # (B, k), flat index rank*K+tag
+    idx = torch.full((T, B, k), -1, dtype=torch.long, device=scores.device)
+    for t in range(T - 1, -1, -1):
+        n = n_active[t]
+        if n == 0:
+            continue
+        idx[t, :n] = pos[:n]
+        if t > 0:
+            pos[:n] = backptr[t, :n].view(n, -1).gather(1, pos[:n])
+    paths = torch.where(idx >= 0, idx % K, idx).permute(1, 2, 0)  # (B, k, T)
+    # an empty sequence has exactly one (empty) path, with score 0
+    empty_scores = torch.full((k,), float("-inf"), dtype=best.dtype, device=best.device)
+    empty_scores[0] = 0.0
+    best = torch.where((lengths == 0).unsqueeze(1), empty_scores, best)
+    paths = paths.masked_fill(torch.isneginf(best).unsqueeze(2), -1)
+    return paths, best
+
+
+class _Scaled:
+    """Forward-backward in scaled exp space: one matrix product per step.
+
+    The step is ``p_t = normalise((p_{t-1} @ exp(trans - tmax)) * exp(em_t - max em_t))`` with
+    log-scales accumulated in float64. Exact to working precision while the spread of finite
+    transition scores stays under ``_SPAN_LIMIT`` and no step's normaliser underflows; rows where
+    one does are reported in ``ok`` and must be recomputed in log space.
+
+    Args:
+        em: float (T, B, K) sorted time-major emissions; start, end: (K,); trans: (K, K).
+        n_active: rows with length > t; lengths: long (B,) sorted lengths.
+    """
+
+    def __init__(
+        self,
+        em: Tensor,
+        start: Tensor,
+        trans: Tensor,
+        end: Tensor,
+        n_active: list[int],
+        lengths: Tensor,
+    ) -> None:
+        T, B, _K = em.shape
+        dtype, device = em.dtype, em.device
+        zero = torch.zeros((), dtype=dtype, device=device)
+        self.n_active, self.lengths = n_active, lengths
+        finite = torch.isfinite(trans)
+        t_fin = trans[finite]
+        tmax = t_fin.max()
+        E = torch.exp(trans - tmax)  # (K, K), 0 where forbidden
+        m = em.amax(dim=2, keepdim=True)  # (T, B, 1)
+        m = torch.where(torch.isfinite(m), m, zero)
+        X = torch.exp(em - m)  # (T, B, K)
+        P = torch.zeros_like(em)  # p_t, normalised forward probabilities
+        S = torch.ones(T, B, 1, dtype=dtype, device=device)  # per-step normalisers
+        n0 = n_active[0]
+        a0 = start + em[0, :n0]
+        m0 = a0.amax(dim=1, keepdim=True)
+        m0 = torch.where(torch.isfinite(m0), m0, zero)
+        torch.exp(a0 - m0, out=P[0, :n0])
+        torch.sum(P[0, :n0], dim=1, keepdim=True, out=S[0, :n0])
+        P[0, :n0].div_(S[0, :n0])
+        for t in range(1, T):
+            n = n_active[t]
+            if n == 0:
+                break
+            Pt, St = P[t, :n], S[t, :n]
+            torch.mm(P[t - 1, :n], E, out=Pt)
+            Pt.mul_(X[t, :n])
+            torch.sum(Pt, dim=1, keepdim=True, out=St)
+            Pt.div_(St)
+        active = torch.arange(T, device=device).unsqueeze(1) < lengths.unsqueeze(0)  # (T, B)
+        # log-scale per row: sum over its steps of (m_t + log s_t + tmax), first step without tmax
+        logs = m[..., 0].double() + S[..., 0].double().log() + tmax.double()
+        logs = torch.where(active, logs, torch.zeros((), dtype=torch.float64, device=device))
+        first = torch.zeros(B, dtype=torch.float64, device=device)
+        first[:n0] = (m0 - m[0, :n0])[:, 0].double() - tmax.double()
+        scale = logs.sum(0) + first
+        rows = torch.arange(B, device=device)
+        last = (lengths - 1).clamp(min=0)
+        end_fin = end[torch.isfinite(end)]
+        emax = end_fin.max() if end_fin.numel() else zero
+        end_w = torch.exp(end - emax)  # (K,)
+        z = (P[last, rows] * end_w).sum(1)  # (B,)
+        ok = (S[..., 0] > _TINY[dtype]).all(0) & (z > _TINY[dtype])
+        ok |= lengths == 0
+        if not bool(ok.all()):  # neutralise failed rows so their backward is exactly zero
+            bad = ~ok
+            P.masked_fill_(bad.view(1, B, 1), 0.0)
+            X.masked_fill_(bad.view(1, B, 1), 0.0)
+            S.masked_fill_(bad.view(1, B, 1), 1.0)
+            z = z.masked_fill(bad, 1.0)
+        log_z = scale + emax.double() + z.double().log()
+        self.log_z = torch.where(lengths > 0, log_z, 0.0).to(dtype)
+        self.ok = ok
+        self.E, self.P, self.S, self.X, self.end_w, self.z = E, P, S, X, end_w, z
+
+    def backward(self, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Gradients of ``sum(grad * log_z)`` w.r.t. em (T, B, K), start (K,), trans (K, K), end (K,).
+
+        With ``grad`` all ones the emission gradient is the marginals. Rows not ``ok`` get zero.
+        """
+        P, X, S, E = self.P, self.X, self.S, self.E
+        T, B, K = P.shape
+        n_active, lengths = self.n_active, self.lengths
+        rows = torch.arange(B, device=P.device)
+        last = (lengths - 1).clamp(min=0)
+        nonempty = (lengths > 0).unsqueeze(1)
+        g = torch.where(self.ok, grad.to(P.dtype), 0.0)
+        R = torch.zeros_like(P)  # r_t, with marginals gamma_t = p_t * r_t
+        r_last = self.end_w.unsqueeze(0) / self.z.unsqueeze(1)
+        R[last, rows] = torch.where(nonempty, r_last, 0.0)
+        Xs = X / S  # (T, B, K)
+        Q = torch.zeros_like(P)  # q_t = x_t * r_t / s_t
+        Et = E.t()
+        for t in range(T - 1, 0, -1):
+            n = n_active[t]
+            if n == 0:
+                continue
+            torch.mul(Xs[t, :n], R[t, :n], out=Q[t, :n])
+            torch.mm(Q[t, :n], Et, out=R[t - 1, :n])
+        if T > 1:  # sum_t p_{t-1}^T q_t: the expected transition counts, before E
+            Qg = Q[1:].mul_(g.view(1, B, 1))
+            d_trans = E * (P[:-1].reshape(-1, K).t() @ Qg.reshape(-1, K))
+        else:
+            d_trans = torch.zeros_like(E)
+        gamma = R.mul_(P).mul_(g.view(1, B, 1))  # in place: R is spent, P kept for re-use
+        d_start = gamma[0].sum(0)
+        d_end = (gamma[last, rows] * nonempty).sum(0)
+        return gamma, d_start, d_trans, d_end
+
+
+class _Exact:
+    """Forward-backward in log space, exact for any scores (``-inf`` included); O(T·B·K) memory.
+
+    Forward log-scores come from ``_scan``; backward log-scores from the same recursion run over
+    each row reversed, with transposed transitions and the end scores as start. Computed in
+    float64 whatever the input dtype: log-scores of long sequences with large emissions reach
+    1e8, where float32 cannot resolve the differences between tags.
+    """
+
+    def __init__(
+        self,
+        em: Tensor,
+        start: Tensor,
+        trans: Tensor,
+        end: Tensor,
+        n_active: list[int],
+        lengths: Tensor,
+    ) -> None:
+        T, B, _K = em.shape
+        self.dtype = em.dtype
+        em, start, trans, end = (x.double() for x in (em, start, trans, end))
+        self.em, self.start, self.trans, self.end = em, start, trans, end
+        self.n_active, self.lengths = n_active, lengths
+        self.A = _scan(em, start, trans, n_active, "logsumexp", 1)[0][:, :, 0]  # (T, B, K)
+        rows = torch.arange(B, device=em.device)
+        last = (lengths - 1).clamp(min=0)
+        log_z = torch.logsumexp(self.A[last, rows] + end, dim=1) if T else em.new_zeros(B)
+        self.log_z = torch.where(lengths > 0, log_z, 0.0).to(self.dtype)
+        self._log_z64 = log_z
+
+    def backward(self, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Gradients of ``sum(grad * log_z)`` w.r.t. em (T, B, K), start (K,), trans (K, K), end (K,)."""
+        em, A, lengths = self.em, self.A, self.lengths
+        T, B, K = em.shape
+        steps = torch.arange(T, device=em.device).unsqueeze(1)  # (T, 1)
+        active = steps < lengths.unsqueeze(0)  # (T, B)
+        # reverse each row inside its length (padded positions map to themselves)
+        flip = (
+            torch.where(active, lengths.unsqueeze(0) - 1 - steps, steps)
+            .unsqueeze(2)
+            .expand(T, B, K)
+        )
+        rev = _scan(em.gather(0, flip), self.end, self.trans.t(), self.n_active, "logsumexp", 1)[0]
+        G = rev[:, :, 0].gather(0, flip)  # (T, B, K): em_t + beta_t
+        log_z = self._log_z64.view(1, B, 1)
+        g = grad.to(em.dtype)
+        # gamma_t = exp(alpha_t + beta_t - log Z); alpha_t already holds em_t once
+        gamma = torch.exp(A + G - em - log_z)
+        gamma = torch.where(active.unsqueeze(2) & ~torch.isneginf(em), gamma, 0.0) * g.view(1, B, 1)
+        rows = torch.arange(B, device=em.device)
+        last = (lengths - 1).clamp(min=0)
+        d_start = gamma[0].sum(0)
+        d_end = (gamma[last, rows] * (lengths > 0).unsqueeze(1)).sum(0)
+        d_trans = torch.zeros_like(self.trans)
+        if T > 1:  # exp(alpha_{t-1}(i) + trans(i, j) + em_t(j) + beta_t(j) - log Z), in chunks
+            pairs = active[1:]
+            a_prev = A[:-1][pairs]  # (N, K)
+            g_next = G[1:][pairs]
+            lz = log_z.expand(T, B, 1)[1:][pairs]  # (N, 1)
+            gw = g.view(1, B).expand(T, B)[1:][pairs]  # (N,)
+            chunk = max(1, (1 << 20) // (K * K))
+            for lo in range(0, a_prev.size(0), chunk):
+                hi = lo + chunk
+                w = (
+                    a_prev[lo:hi].unsqueeze(2)
+                    + self.trans
+                    + (g_next[lo:hi] - lz[lo:hi]).unsqueeze(1)
+                )
+                d_trans += torch.einsum("n,nij->ij", gw[lo:hi], torch.exp(w))
+        return tuple(x.to(self.dtype) for x in (gamma, d_start, d_trans, d_end))
+
+
+class _ForwardBackward:
+    """Log-partition and its gradient for sorted time-major emissions, choosing the method.
+
+    The scaled exp-space recursion runs first; rows where it could lose precision (transition
+    spread over ``_SPAN_LIMIT``, or a step whose normaliser underflows, as with ``-inf``
+    constraints against huge emissions) are recomputed exactly in log space. Never approximate
+    silently.
+    """
+
+    def __init__(
+        self,
+        em: Tensor,
+        start: Tensor,
+        trans: Tensor,
+        end: Tensor,
+        n_active: list[int],
+        lengths: Tensor,
+    ) -> None:
+        T, B, K = em.shape
+        self.shape = (T, B, K)
+        self.scaled: _Scaled | None = None
+        self.exact: _Exact | None = None
+        self.exact_rows: Tensor | None = None
+        if T == 0 or n_active[0] == 0:
+            self.log_z = em.new_zeros(B)
+            return
+        finite = torch.isfinite(trans)
+        spread = trans[finite].max() - trans[finite].min() if bool(finite.any()) else None
+        if (
+            em.dtype in _SPAN_LIMIT
+            and spread is not None
+            and float(spread) <= _SPAN_LIMIT[em.dtype]
+        ):
+            self.scaled = _Scaled(em, start, trans, end, n_active, lengths)
+            self.log_z = self.scaled.log_z
+            if bool(self.scaled.ok.all()):
+                return
+            rows = (~self.scaled.ok).nonzero()[:, 0]  # still sorted by decreasing length
+            sub_lengths = lengths[rows]
+            self.exact = _Exact(
+                em.index_select(1, rows), start, trans, end, _n_active(sub_lengths, T), sub_lengths
+            )
+            self.exact_rows = rows
+            self.log_z = self.log_z.index_put((rows,), self.exact.log_z)
+        else:
+            self.exact = _Exact(em, start, trans, end, n_active, lengths)
+            self.log_z = self.exact.log_z
+
+    def backward(self, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Gradients w.r.t. em (T, B, K), start (K,), trans (K, K), end (K,); marginals for ones."""
+        T, B, K = self.shape
+        if self.scaled is None and self.exact is None:
+            z = grad.new_zeros(K)
+            return grad.new_zeros(T, B, K), z, grad.new_zeros(K, K), z
+        if self.scaled is None:
+            return self.exact.backward(grad)
+        out = self.scaled.backward(grad)
+        if self.exact is None:
+            return out
+        rows = self.exact_rows
+        d_em, d_start, d_trans, d_end = self.exact.backward(grad[rows])
+        out[0][:, rows] = d_em
+        return out[0], out[1] + d_start, out[2] + d_trans, out[3] + d_end
+
+
+class _LogPartition(torch.autograd.Function):
+    """Differentiable log-partition whose backward is forward-backward, not autograd of a loop."""
+
+    @staticmethod
+    def forward(ctx, em, start, trans, end, n_active, lengths):  # type: ignore[override]
+        fb = _ForwardBackward(em, start, trans, end, n_active, lengths)
+        ctx.fb = fb
+        return fb.log_z
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        d_em, d_start, d_trans, d_end = ctx.fb.backward(grad)
+        return d_em, d_start, d_trans, d_end, None, None
+
+
+def _log_partition_sorted(
+    em: Tensor, start: Tensor, trans: Tensor, end: Tensor, n_active: list[int], lengths: Tensor
+) -> Tensor:
+    """Log-partition (B,) of sorted time-major emissions (T, B, K), differentiable."""
+    return _LogPartition.apply(em, start, trans, end, n_active, lengths)

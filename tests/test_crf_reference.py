@@ -1,0 +1,264 @@
+"""chaincrf.CRF against the textbook reference (tests/reference.py) and brute force."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import reference as ref
+from chaincrf import crf as crf_module
+from crf_helpers import make_crf, params, ragged_batch, sentence
+
+pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+
+CASES = [
+    (B, T, K, seed)
+    for seed, (B, T, K) in enumerate(
+        [(1, 1, 1), (3, 4, 2), (5, 5, 3), (6, 5, 4), (4, 3, 4), (7, 2, 3)]
+    )
+]
+
+
+def _both_layouts(emissions, tags, mask):
+    yield True, emissions, tags, mask
+    yield False, emissions.transpose(0, 1), tags.t(), mask.t()
+
+
+@pytest.mark.parametrize(("B", "T", "K", "seed"), CASES)
+@pytest.mark.parametrize("constrained", [False, True])
+def test_against_reference_and_brute_force(B, T, K, seed, constrained):
+    emissions, _tags, mask, lengths = ragged_batch(B, T, K, seed)
+    constraints = None
+    if constrained:
+        g = torch.Generator().manual_seed(seed + 100)
+        trans_ok = torch.rand(K, K, generator=g) > 0.3
+        trans_ok[:, 0] = True  # tag 0 reachable from anywhere: every length has a path
+        start_ok = torch.rand(K, generator=g) > 0.3
+        start_ok[0] = True
+        end_ok = torch.rand(K, generator=g) > 0.3
+        end_ok[0] = True
+        constraints = (start_ok, end_ok, trans_ok)
+    crf = make_crf(K, seed, constraints=constraints)
+    start, trans, end = params(crf)
+    log_z = crf.log_partition(emissions, mask)
+    k = 3
+    paths, scores = crf.viterbi(emissions, mask)
+    kpaths, kscores = crf.viterbi(emissions, mask, k=k)
+    marg = crf.marginals(emissions, mask)
+    for b in range(B):
+        n = int(lengths[b])
+        em = sentence(emissions, b, n)
+        expected_z = ref.forward_algorithm(em, start, trans, end)
+        assert math.isclose(float(log_z[b]), expected_z, rel_tol=1e-9, abs_tol=1e-9)
+        assert math.isclose(
+            expected_z, ref.brute_log_partition(em, start, trans, end), rel_tol=1e-9, abs_tol=1e-9
+        )
+        best_path, best_score = ref.viterbi(em, start, trans, end)
+        assert paths[b, :n].tolist() == best_path
+        assert (paths[b, n:] == -1).all()
+        assert math.isclose(float(scores[b]), best_score, rel_tol=1e-9, abs_tol=1e-9)
+        brute = ref.brute_kbest(em, start, trans, end, k)
+        got_scores = kscores[b].tolist()
+        for r, (_path, score) in enumerate(brute):
+            assert math.isclose(got_scores[r], score, rel_tol=1e-9, abs_tol=1e-9)
+            got = kpaths[b, r, :n].tolist()
+            assert math.isclose(
+                ref.path_score(em, got, start, trans, end), score, rel_tol=1e-9, abs_tol=1e-9
+            )
+        got_paths = [tuple(kpaths[b, r, :n].tolist()) for r in range(len(brute))]
+        assert len(set(got_paths)) == len(got_paths), "k best paths must be distinct"
+        for r in range(len(brute), k):
+            assert got_scores[r] == float("-inf")
+            assert (kpaths[b, r] == -1).all()
+        if n:
+            expected_m = torch.tensor(ref.marginals(em, start, trans, end), dtype=torch.float64)
+            torch.testing.assert_close(marg[b, :n], expected_m, rtol=1e-7, atol=1e-9)
+            torch.testing.assert_close(
+                expected_m,
+                torch.tensor(ref.brute_marginals(em, start, trans, end), dtype=torch.float64),
+                rtol=1e-7,
+                atol=1e-9,
+            )
+        assert (marg[b, n:] == 0).all()
+
+
+@pytest.mark.parametrize(("B", "T", "K", "seed"), CASES)
+def test_log_likelihood_all_layouts_and_reductions(B, T, K, seed):
+    emissions, tags, mask, lengths = ragged_batch(B, T, K, seed)
+    crf = make_crf(K, seed)
+    start, trans, end = params(crf)
+    expected = torch.tensor(
+        [
+            ref.log_likelihood(
+                sentence(emissions, b, int(lengths[b])),
+                tags[b, : int(lengths[b])].tolist(),
+                start,
+                trans,
+                end,
+            )
+            for b in range(B)
+        ],
+        dtype=torch.float64,
+    )
+    for batch_first, em, tg, mk in _both_layouts(emissions, tags, mask):
+        crf.batch_first = batch_first
+        torch.testing.assert_close(crf(em, tg, mk, reduction="none"), expected)
+        torch.testing.assert_close(crf(em, tg, mk, reduction="sum"), expected.sum())
+        torch.testing.assert_close(crf(em, tg, mk, reduction="mean"), expected.mean())
+        torch.testing.assert_close(
+            crf(em, tg, mk, reduction="token_mean"), expected.sum() / mask.sum()
+        )
+        torch.testing.assert_close(crf.nll(em, tg, mk, reduction="none"), -expected)
+
+
+@pytest.mark.parametrize(("B", "T", "K", "seed"), CASES)
+def test_partial_log_likelihood_brute_force(B, T, K, seed):
+    emissions, tags, mask, lengths = ragged_batch(B, T, K, seed)
+    crf = make_crf(K, seed)
+    start, trans, end = params(crf)
+    g = torch.Generator().manual_seed(seed)
+    allowed = torch.rand(B, T, K, generator=g) > 0.5
+    allowed[..., 0] = True
+    got = crf.partial_log_likelihood(emissions, allowed, mask, reduction="none")
+    for b in range(B):
+        n = int(lengths[b])
+        expected = ref.brute_partial_log_likelihood(
+            sentence(emissions, b, n), allowed[b, :n].tolist(), start, trans, end
+        )
+        assert math.isclose(float(got[b]), expected, rel_tol=1e-9, abs_tol=1e-9)
+    # exactly one allowed tag per position == the log-likelihood of that path
+    one_hot = torch.nn.functional.one_hot(tags.clamp(min=0), K).bool()
+    torch.testing.assert_close(
+        crf.partial_log_likelihood(emissions, one_hot, mask, reduction="none"),
+        crf(emissions, tags, mask, reduction="none"),
+    )
+
+
+def test_larger_ragged_batch_against_reference():
+    """Bigger shapes than brute force allows: batch 16, T 40, K 7, fast path."""
+    emissions, tags, mask, lengths = ragged_batch(16, 40, 7, seed=5)
+    crf = make_crf(7, 5)
+    start, trans, end = params(crf)
+    llh = crf(emissions, tags, mask, reduction="none")
+    paths, scores = crf.viterbi(emissions, mask)
+    for b in range(16):
+        n = int(lengths[b])
+        em = sentence(emissions, b, n)
+        assert math.isclose(
+            float(llh[b]),
+            ref.log_likelihood(em, tags[b, :n].tolist(), start, trans, end),
+            rel_tol=1e-9,
+            abs_tol=1e-8,
+        )
+        path, score = ref.viterbi(em, start, trans, end)
+        assert paths[b, :n].tolist() == path
+        assert math.isclose(float(scores[b]), score, rel_tol=1e-9, abs_tol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_space_fallback_branch_matches_reference(dtype, monkeypatch):
+    """Transition scores spanning more than the exp path allows use the exact log-space path."""
+    emissions, _tags, mask, lengths = ragged_batch(5, 6, 4, seed=9, dtype=dtype)
+    crf = make_crf(4, 9).to(dtype)
+    with torch.no_grad():
+        crf.transitions[0, 1] = 400.0 if dtype == torch.float32 else 4000.0
+        crf.transitions[2, 3] = -400.0 if dtype == torch.float32 else -4000.0
+    calls = _count_exact(monkeypatch)
+    start, trans, end = params(crf)
+    log_z = crf.log_partition(emissions, mask)
+    assert calls == [5], "the log-space branch was not taken for the whole batch"
+    marg = crf.marginals(emissions, mask)
+    tol = 1e-3 if dtype == torch.float32 else 1e-9  # scores of magnitude 400 in float32
+    for b in range(5):
+        n = int(lengths[b])
+        em = sentence(emissions, b, n)
+        assert math.isclose(
+            float(log_z[b]), ref.forward_algorithm(em, start, trans, end), rel_tol=1e-5
+        )
+        if n:
+            torch.testing.assert_close(
+                marg[b, :n].double(),
+                torch.tensor(ref.marginals(em, start, trans, end), dtype=torch.float64),
+                rtol=tol,
+                atol=tol,
+            )
+
+
+def test_underflow_guard_falls_back(monkeypatch):
+    """Constraints + huge emission spread: the scaled path must detect underflow, not return NaN/inf."""
+    K = 3
+    trans_ok = torch.tensor([[True, False, False], [False, True, False], [False, False, True]])
+    crf = make_crf(
+        K,
+        0,
+        constraints=(torch.ones(K, dtype=torch.bool), torch.ones(K, dtype=torch.bool), trans_ok),
+    ).float()
+    # row stays in its start tag; emissions push hard towards another tag at step 1
+    emissions = torch.tensor([[[0.0, -200.0, -200.0], [-300.0, 0.0, -300.0], [0.0, 0.0, 0.0]]])
+    calls = _count_exact(monkeypatch)
+    start, trans, end = params(crf)
+    log_z = crf.log_partition(emissions)
+    assert calls == [1], "underflow not detected"
+    assert math.isclose(
+        float(log_z[0]),
+        ref.forward_algorithm(emissions[0].tolist(), start, trans, end),
+        rel_tol=1e-5,
+    )
+
+
+def _count_exact(monkeypatch) -> list[int]:
+    """Records the batch size of every exact (log-space) forward-backward."""
+    calls: list[int] = []
+    original = crf_module._Exact
+
+    class Counting(original):
+        def __init__(self, em, *args):
+            calls.append(em.size(1))
+            super().__init__(em, *args)
+
+    monkeypatch.setattr(crf_module, "_Exact", Counting)
+    return calls
+
+
+def test_mixed_batch_recomputes_only_failing_rows_and_gradients_match(monkeypatch):
+    """One row underflows the scaled path; only it is recomputed, and all gradients are exact."""
+    K = 3
+    trans_ok = torch.eye(K, dtype=torch.bool)
+    ones = torch.ones(K, dtype=torch.bool)
+    crf = make_crf(K, 0, constraints=(ones, ones, trans_ok))
+    g = torch.Generator().manual_seed(0)
+    emissions = torch.randn(4, 5, K, generator=g, dtype=torch.float64)
+    emissions[2, 0] = torch.tensor([0.0, -900.0, -900.0])
+    emissions[2, 1] = torch.tensor([-900.0, 0.0, -900.0])  # row 2 must stay in tag 0: underflow
+    mask = torch.tensor(
+        [[1] * 5, [1] * 3 + [0] * 2, [1] * 4 + [0], [1] * 2 + [0] * 3], dtype=torch.bool
+    )
+    tags = torch.zeros(4, 5, dtype=torch.long)
+    calls = _count_exact(monkeypatch)
+    em = emissions.clone().requires_grad_(True)
+    crf(em, tags, mask).backward()
+    assert calls == [1]
+    grads = [em.grad] + [
+        p.grad.clone() for p in (crf.start_transitions, crf.transitions, crf.end_transitions)
+    ]
+    # the same in pure log space (float64 spread limit forced to 0)
+    monkeypatch.setitem(crf_module._SPAN_LIMIT, torch.float64, -1.0)
+    crf.zero_grad()
+    em2 = emissions.clone().requires_grad_(True)
+    crf(em2, tags, mask).backward()
+    assert calls == [1, 4]
+    expected = [em2.grad] + [
+        p.grad for p in (crf.start_transitions, crf.transitions, crf.end_transitions)
+    ]
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
+    start, trans, end = params(crf)
+    for b in range(4):
+        n = int(mask[b].sum())
+        assert math.isclose(
+            float(crf.log_partition(emissions, mask)[b]),
+            ref.forward_algorithm(emissions[b, :n].tolist(), start, trans, end),
+            rel_tol=1e-9,
+        )
