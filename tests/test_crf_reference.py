@@ -262,3 +262,42 @@ def test_mixed_batch_recomputes_only_failing_rows_and_gradients_match(monkeypatc
             ref.forward_algorithm(emissions[b, :n].tolist(), start, trans, end),
             rel_tol=1e-9,
         )
+
+
+def test_tree_branch_matches_reference_and_sequential_gradients(monkeypatch):
+    """The log-depth tree (small unconstrained batches) equals the reference; its gradients and
+    marginals equal those of the sequential forward-backward."""
+    emissions, tags, mask, lengths = ragged_batch(3, 13, 4, seed=21, min_len=1)
+    tags = tags.clamp(min=0)
+    crf = make_crf(4, 21)
+    calls = []
+    original = crf_module._tree_log_partition
+    monkeypatch.setattr(
+        crf_module, "_tree_log_partition", lambda *a: calls.append(1) or original(*a)
+    )
+    em = emissions.clone().requires_grad_(True)
+    llh = crf(em, tags, mask, reduction="none")
+    llh.sum().backward()
+    marg = crf.marginals(emissions, mask)
+    assert len(calls) == 2, "the tree branch was not taken"
+    start, trans, end = params(crf)
+    for b in range(3):
+        n = int(lengths[b])
+        expected = ref.log_likelihood(
+            sentence(emissions, b, n), tags[b, :n].tolist(), start, trans, end
+        )
+        assert math.isclose(float(llh[b]), expected, rel_tol=1e-9, abs_tol=1e-9)
+    tree_grads = [em.grad] + [
+        p.grad.clone() for p in (crf.start_transitions, crf.transitions, crf.end_transitions)
+    ]
+    monkeypatch.setattr(crf_module, "_TREE_MAX_BKK", 0)
+    crf.zero_grad()
+    em2 = emissions.clone().requires_grad_(True)
+    crf(em2, tags, mask, reduction="none").sum().backward()
+    assert len(calls) == 2
+    seq_grads = [em2.grad] + [
+        p.grad for p in (crf.start_transitions, crf.transitions, crf.end_transitions)
+    ]
+    for got, want in zip(tree_grads, seq_grads):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(marg, crf.marginals(emissions, mask))

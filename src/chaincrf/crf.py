@@ -28,6 +28,11 @@ _REDUCTIONS = ("none", "sum", "mean", "token_mean")
 # lose a significant term to underflow, and the smallest per-step normaliser it accepts.
 _SPAN_LIMIT = {torch.float32: 60.0, torch.float64: 600.0}
 _TINY = {torch.float32: 1e-20, torch.float64: 1e-200}
+# The log-depth tree path: used when batch * tags^2 is at most this, T at least _TREE_MIN_T and
+# the transition spread at most _TREE_SPAN_LIMIT (products must not underflow).
+_TREE_MAX_BKK = 512
+_TREE_MIN_T = 8
+_TREE_SPAN_LIMIT = 25.0
 
 
 class CRF(nn.Module):
@@ -239,13 +244,21 @@ class CRF(nn.Module):
         """
         em, mask_bt = self._prepare(emissions, mask, validate)
         lengths = mask_bt.sum(1)
-        start, trans, end = self._scores(em.dtype)
-        with torch.no_grad():
-            em_tm, order, n_active = _sort_time_major(em.detach(), lengths)
-            fb = _ForwardBackward(
-                em_tm, start.detach(), trans.detach(), end.detach(), n_active, lengths[order]
-            )
-            gamma = fb.backward(torch.ones_like(fb.log_z))[0].transpose(0, 1)  # (B, T, K) sorted
+        start, trans, end = (x.detach() for x in self._scores(em.dtype))
+        em_tm, order, n_active = _sort_time_major(em.detach(), lengths)
+        lengths = lengths[order]
+        gamma = None
+        if _use_tree(em_tm, start, trans, end):
+            with torch.enable_grad():
+                em_req = em_tm.requires_grad_(True)
+                log_z = _tree_log_partition(em_req, start, trans, end, lengths)
+                if log_z is not None:
+                    (gamma,) = torch.autograd.grad(log_z.sum(), em_req)
+        if gamma is None:
+            with torch.no_grad():
+                fb = _ForwardBackward(em_tm, start, trans, end, n_active, lengths)
+                gamma = fb.backward(torch.ones_like(fb.log_z))[0]
+        gamma = gamma.transpose(0, 1)  # (B, T, K), sorted rows
         out = torch.empty_like(gamma)
         out[order] = gamma
         out = out.masked_fill(~mask_bt[..., None], 0.0).to(emissions.dtype)
@@ -835,8 +848,80 @@ class _LogPartition(torch.autograd.Function):
         return d_em, d_start, d_trans, d_end, None, None
 
 
+def _tree_log_partition(
+    em: Tensor, start: Tensor, trans: Tensor, end: Tensor, lengths: Tensor
+) -> Tensor | None:
+    """Log-depth log-partition: a balanced tree of batched matrix products, differentiable.
+
+    ``Z = v_0 · M_1 · ... · M_{T-1} · w`` with ``M_t[i, j] = exp(trans[i, j] + em_t[j])`` (scaled),
+    identity past a row's end; each level of the tree halves the number of matrices and
+    rescales every product by its (detached) maximum. O(log T) operations instead of O(T):
+    pays for small batches with few tags. Gradients by autograd (O(T·B·K²) memory, so only
+    chosen for small problems). Only valid without ``-inf`` scores (checked by the caller);
+    returns None if a product underflows.
+
+    Args:
+        em: float (T, B, K) time-major emissions; start, end: (K,); trans: (K, K).
+        lengths: long (B,) lengths.
+
+    Returns:
+        float (B,) log-partition, or None.
+    """
+    T, B, K = em.shape
+    dtype, device = em.dtype, em.device
+    active = torch.arange(T, device=device).unsqueeze(1) < lengths.unsqueeze(0)  # (T, B)
+    em = torch.where(active.unsqueeze(2), em, 0.0)
+    tmax = trans.detach().max()
+    E = torch.exp(trans - tmax)  # (K, K)
+    m = em.detach().amax(dim=2, keepdim=True)  # (T, B, 1)
+    X = torch.exp(em - m)  # (T, B, K)
+    eye = torch.eye(K, dtype=dtype, device=device)
+    M = torch.where(active[1:, :, None, None], E * X[1:].unsqueeze(2), eye)  # (T-1, B, K, K)
+    log_c = torch.where(active[1:], m[1:, :, 0] + tmax, 0.0).double().sum(0)  # (B,)
+    n = M.size(0)
+    if n & (n - 1):  # pad with identities to a power of two
+        size = 1 << n.bit_length()
+        M = torch.cat([M, eye.expand(size - n, B, K, K)], 0)
+    while M.size(0) > 1:
+        M = torch.matmul(M[0::2], M[1::2])
+        c = M.detach().amax(dim=(2, 3), keepdim=True)  # (n, B, 1, 1)
+        if not bool((c > _TINY[dtype]).all()):
+            return None
+        M = M / c
+        log_c = log_c + c.double().log().sum((0, 2, 3))
+    a0 = start + em[0]  # (B, K)
+    m0 = a0.detach().amax(dim=1, keepdim=True)
+    emax = end.detach().max()
+    v = torch.exp(a0 - m0).unsqueeze(1)  # (B, 1, K)
+    total = M[0] if M.size(0) else eye.expand(B, K, K)
+    z = (torch.matmul(v, total).squeeze(1) * torch.exp(end - emax)).sum(1)  # (B,)
+    if not bool((z.detach() > _TINY[dtype]).all()):
+        return None
+    log_z = (log_c + m0[:, 0].double() + emax.double()).to(dtype) + z.log()
+    return torch.where(lengths > 0, log_z, 0.0)
+
+
+def _use_tree(em: Tensor, start: Tensor, trans: Tensor, end: Tensor) -> bool:
+    """Whether the log-depth path is both exact and faster: small, unconstrained, few tags."""
+    T, B, K = em.shape
+    if T < _TREE_MIN_T or B * K * K > _TREE_MAX_BKK or em.dtype not in _SPAN_LIMIT:
+        return False
+    scores = torch.cat([start.detach(), end.detach(), trans.detach().view(-1)])
+    if not bool(torch.isfinite(scores).all()) or bool(torch.isneginf(em).any()):
+        return False
+    return float(trans.detach().max() - trans.detach().min()) <= _TREE_SPAN_LIMIT
+
+
 def _log_partition_sorted(
     em: Tensor, start: Tensor, trans: Tensor, end: Tensor, n_active: list[int], lengths: Tensor
 ) -> Tensor:
-    """Log-partition (B,) of sorted time-major emissions (T, B, K), differentiable."""
+    """Log-partition (B,) of sorted time-major emissions (T, B, K), differentiable.
+
+    Small unconstrained problems take the log-depth tree; the rest the sequential
+    forward-backward (scaled exp space, exact log space where needed).
+    """
+    if _use_tree(em, start, trans, end):
+        log_z = _tree_log_partition(em, start, trans, end, lengths)
+        if log_z is not None:
+            return log_z
     return _LogPartition.apply(em, start, trans, end, n_active, lengths)
