@@ -12,9 +12,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import reference as ref
 from chaincrf import CRF
 from chaincrf.constraints import allowed_transitions
-from crf_helpers import make_crf, ragged_batch
+from crf_helpers import make_crf, params, ragged_batch, sentence
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
 
@@ -240,3 +241,35 @@ def test_import_loads_no_lightning_hydra_or_omegaconf():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@given(shapes, st.booleans())
+def test_batched_equals_brute_force_per_sentence(shape, batch_first):
+    """Random ragged batches: log-partition, best path and score equal brute-force enumeration."""
+    B, T, K, seed = shape
+    T, K = min(T, 5), min(K, 4)
+    emissions, _, mask, lengths = ragged_batch(B, T, K, seed)
+    crf = make_crf(K, seed)
+    start, trans, end = params(crf)
+    crf.batch_first = batch_first
+    em, mk = (emissions, mask) if batch_first else (emissions.transpose(0, 1), mask.t())
+    log_z = crf.log_partition(em, mk)
+    paths, scores = crf.viterbi(em, mk)
+    paths = paths if batch_first else paths.t()
+    for b in range(B):
+        n = int(lengths[b])
+        s = sentence(emissions, b, n)
+        assert math.isclose(
+            float(log_z[b]),
+            ref.brute_log_partition(s, start, trans, end),
+            rel_tol=1e-9,
+            abs_tol=1e-9,
+        )
+        (_best_path, best_score), *_ = ref.brute_kbest(s, start, trans, end, 1)
+        assert math.isclose(float(scores[b]), best_score, rel_tol=1e-9, abs_tol=1e-9)
+        assert math.isclose(
+            ref.path_score(s, paths[b, :n].tolist(), start, trans, end),
+            best_score,
+            rel_tol=1e-9,
+            abs_tol=1e-9,
+        )
