@@ -301,3 +301,33 @@ def test_tree_branch_matches_reference_and_sequential_gradients(monkeypatch):
     for got, want in zip(tree_grads, seq_grads):
         torch.testing.assert_close(got, want)
     torch.testing.assert_close(marg, crf.marginals(emissions, mask))
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_tree_viterbi_branch_matches_reference(constrained, monkeypatch):
+    """Small batches decode through the max-plus tree; it equals the textbook Viterbi."""
+    K = 4
+    constraints = None
+    if constrained:
+        trans_ok = torch.ones(K, K, dtype=torch.bool)
+        trans_ok[0, 1] = trans_ok[2, 3] = trans_ok[1, 1] = False
+        constraints = (torch.ones(K, dtype=torch.bool), torch.tensor([True, True, False, True]), trans_ok)
+    emissions, _, mask, lengths = ragged_batch(4, 11, K, seed=33)
+    mask[3] = False  # an empty row
+    lengths[3] = 0
+    crf = make_crf(K, 33, constraints=constraints)
+    calls = []
+    original = crf_module._tree_viterbi
+    monkeypatch.setattr(crf_module, "_tree_viterbi", lambda *a: calls.append(1) or original(*a))
+    paths, scores = crf.viterbi(emissions, mask)
+    assert calls == [1], "the tree branch was not taken"
+    start, trans, end = params(crf)
+    for b in range(4):
+        n = int(lengths[b])
+        path, score = ref.viterbi(sentence(emissions, b, n), start, trans, end)
+        assert paths[b, :n].tolist() == path and (paths[b, n:] == -1).all()
+        assert math.isclose(float(scores[b]), score, rel_tol=1e-9, abs_tol=1e-9)
+    monkeypatch.setattr(crf_module, "_TREE_VITERBI_MAX_BKKK", 0)
+    seq_paths, seq_scores = crf.viterbi(emissions, mask)
+    assert calls == [1] and torch.equal(seq_paths, paths)
+    torch.testing.assert_close(seq_scores, scores)

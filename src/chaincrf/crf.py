@@ -33,6 +33,8 @@ _TINY = {torch.float32: 1e-20, torch.float64: 1e-200}
 _TREE_MAX_BKK = 512
 _TREE_MIN_T = 8
 _TREE_SPAN_LIMIT = 25.0
+# Viterbi's max-plus tree: used when batch * tags^3 is at most this (and T >= _TREE_MIN_T).
+_TREE_VITERBI_MAX_BKKK = 8192
 
 
 class CRF(nn.Module):
@@ -449,13 +451,15 @@ class CRF(nn.Module):
 
     def _viterbi_bt(self, em: Tensor, lengths: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """k-best Viterbi on batch-first emissions -> paths (B, k, T) long, scores (B, k)."""
-        start, trans, end = self._scores(em.dtype)
-        _B, _T, _K = em.shape
+        start, trans, end = (x.detach() for x in self._scores(em.dtype))
+        if k == 1 and _use_tree_viterbi(em):
+            paths, scores = _tree_viterbi(em.detach(), start, trans, end, lengths)
+            return paths.unsqueeze(1), scores.unsqueeze(1)
         with torch.no_grad():
             em_tm, order, n_active = _sort_time_major(em.detach(), lengths)
             reduce = "max" if k == 1 else "topk"
-            state, backptr = _scan(em_tm, start.detach(), trans.detach(), n_active, reduce, k)
-            paths, scores = _backtrace(state, backptr, end.detach(), n_active, lengths[order], k)
+            state, backptr = _scan(em_tm, start, trans, n_active, reduce, k)
+            paths, scores = _backtrace(state, backptr, end, n_active, lengths[order], k)
             paths_out = torch.empty_like(paths)
             paths_out[order] = paths
             scores_out = torch.empty_like(scores)
@@ -910,6 +914,49 @@ def _use_tree(em: Tensor, start: Tensor, trans: Tensor, end: Tensor) -> bool:
     if not bool(torch.isfinite(scores).all()) or bool(torch.isneginf(em).any()):
         return False
     return float(trans.detach().max() - trans.detach().min()) <= _TREE_SPAN_LIMIT
+
+
+def _use_tree_viterbi(em: Tensor) -> bool:
+    """Whether the log-depth max-plus tree beats the sequential Viterbi: small batch, few tags."""
+    B, T, K = em.shape
+    return T >= _TREE_MIN_T and B * K**3 <= _TREE_VITERBI_MAX_BKKK
+
+
+def _tree_viterbi(
+    em: Tensor, start: Tensor, trans: Tensor, end: Tensor, lengths: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Best path by a log-depth tree of max-plus matrix products (exact for any scores).
+
+    The best score is the root of a balanced tree over the step matrices
+    ``M_t[i, j] = trans[i, j] + em_t[j]`` (the max-plus identity past a row's end); the best path
+    is read off the gradient of that score w.r.t. the emissions, a one-hot of the maximising path
+    because every ``max`` routes its gradient to one argument. O(log T) operations.
+
+    Args:
+        em: float (B, T, K) batch-first emissions (no grad); start, end: (K,); trans: (K, K).
+        lengths: long (B,) lengths.
+
+    Returns:
+        paths long (B, T) with -1 past each row's end; scores float (B,), 0 for empty rows.
+    """
+    B, T, K = em.shape
+    device = em.device
+    active = torch.arange(T, device=device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+    ident = torch.full((K, K), float("-inf"), dtype=em.dtype, device=device).fill_diagonal_(0.0)
+    with torch.enable_grad():
+        x = em.detach().clone().requires_grad_(True)
+        M = torch.where(active[:, 1:, None, None], trans + x[:, 1:].unsqueeze(2), ident)  # (B, T-1, K, K)
+        n = M.size(1)
+        if n & (n - 1):  # pad with identities to a power of two
+            M = torch.cat([M, ident.expand(B, (1 << n.bit_length()) - n, K, K)], 1)
+        while M.size(1) > 1:  # (i, k) + (k, j), max over k
+            M = (M[:, 0::2].unsqueeze(4) + M[:, 1::2].unsqueeze(2)).max(dim=3).values
+        first = torch.where(active[:, :1], start + x[:, 0], 0.0)  # (B, K)
+        root = first.unsqueeze(2) + M[:, 0] + end  # (B, K from, K to)
+        score = root.view(B, -1).max(dim=1).values
+        (onehot,) = torch.autograd.grad(score.sum(), x)
+    paths = torch.where(active, onehot.argmax(dim=2), -1)
+    return paths, torch.where(lengths > 0, score.detach(), 0.0)
 
 
 def _log_partition_sorted(
