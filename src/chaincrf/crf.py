@@ -33,6 +33,8 @@ _TINY = {torch.float32: 1e-20, torch.float64: 1e-200}
 _TREE_MAX_BKK = 512
 _TREE_MIN_T = 8
 _TREE_SPAN_LIMIT = 25.0
+# Matrix products with at most this many multiplications are done by broadcasting, not BLAS.
+_BROADCAST_MAX = 4096
 # Viterbi's max-plus tree: used when batch * tags^3 is at most this (and T >= _TREE_MIN_T).
 _TREE_VITERBI_MAX_BKKK = 8192
 
@@ -459,7 +461,7 @@ class CRF(nn.Module):
             em_tm, order, n_active = _sort_time_major(em.detach(), lengths)
             reduce = "max" if k == 1 else "topk"
             state, backptr = _scan(em_tm, start, trans, n_active, reduce, k)
-            paths, scores = _backtrace(state, backptr, end, n_active, lengths[order], k)
+            paths, scores = _backtrace(state, backptr, trans, end, n_active, lengths[order], k)
             paths_out = torch.empty_like(paths)
             paths_out[order] = paths
             scores_out = torch.empty_like(scores)
@@ -504,64 +506,76 @@ def _n_active(lengths: Tensor, T: int) -> list[int]:
 
 
 def _scan(
-    em: Tensor, start: Tensor, trans: Tensor, n_active: list[int], reduce: str, k: int
+    em: Tensor, start: Tensor, trans: Tensor, n_active: list[int], reduce: str, k: int = 1
 ) -> tuple[Tensor, Tensor | None]:
     """The one recursion over time, parameterised by its semiring reduction.
 
     ``reduce="logsumexp"`` gives forward log-scores (log semiring), ``"max"`` Viterbi scores
-    (max-plus, k=1) and ``"topk"`` the k best scores per tag (k-max semiring). Runs without
-    autograd; gradients come from the forward-backward functions below.
+    (max-plus) and ``"topk"`` the k best scores per tag (k-max semiring). Runs without autograd;
+    gradients come from the forward-backward functions below.
 
     Args:
         em: float (T, B, K), time-major, batch sorted by decreasing length.
         start: float (K,) start scores; trans: float (K, K) ``[from, to]`` scores.
         n_active: rows with length > t, per t (see ``_sort_time_major``).
         reduce: ``logsumexp`` | ``max`` | ``topk``.
-        k: paths kept per tag (1 unless ``topk``).
+        k: paths kept per tag (used by ``topk`` only).
 
     Returns:
-        ``scores`` float (T, B, k, K): score of the best k (or, for logsumexp, all) prefixes ending
-        in each tag at each position; ``backptr`` long (T, B, k, K) flat indices
-        ``rank * K + tag`` into the previous step (None for logsumexp). Entries past a row's end
-        are never written and never read.
+        ``scores`` float (T, B, k, K): score of the best k (k = 1 unless ``topk``; for logsumexp,
+        all) prefixes ending in each tag at each position; ``backptr`` long (T, B, k, K) flat
+        indices ``rank * K + tag`` into the previous step for ``topk``, else None (the max-plus
+        back-trace recomputes its argmax per chosen tag, which is cheaper than storing it).
+        Entries past a row's end are never written and never read.
     """
     T, B, K = em.shape
+    k = k if reduce == "topk" else 1
     scores = em.new_full((T, B, k, K), float("-inf"))
-    backptr = None if reduce == "logsumexp" else em.new_zeros((T, B, k, K), dtype=torch.long)
+    backptr = em.new_zeros((T, B, k, K), dtype=torch.long) if reduce == "topk" else None
     if T == 0:
         return scores, backptr
     n0 = n_active[0]
     scores[0, :n0, 0] = start + em[0, :n0]
+    steps, emits = scores.unbind(0), em.unbind(0)
+    # k = 1: reduce over the last (contiguous) dimension, with transitions laid out [to, from]
+    trans_to_from = trans.t().contiguous()
     for t in range(1, T):
         n = n_active[t]
         if n == 0:
             break
-        cand = (scores[t - 1, :n].unsqueeze(3) + trans).view(n, k * K, K)  # (n, k*K from, K to)
-        out = scores[t, :n]
-        if reduce == "logsumexp":
-            torch.logsumexp(cand, dim=1, keepdim=True, out=out)
-        elif reduce == "max":
-            torch.max(cand, dim=1, keepdim=True, out=(out, backptr[t, :n]))
-        else:
+        prev, out, emit = steps[t - 1], steps[t], emits[t]
+        if n < B:
+            prev, out, emit = prev[:n], out[:n], emit[:n]
+        if reduce == "topk":
+            cand = (prev.unsqueeze(3) + trans).view(n, k * K, K)  # (n, k*K from, K to)
             torch.topk(cand, k, dim=1, out=(out, backptr[t, :n]))
-        out.add_(em[t, :n].unsqueeze(1))
+        else:
+            cand = prev + trans_to_from  # (n, 1, K from) + (K to, K from) -> (n, K to, K from)
+            if reduce == "max":
+                torch.amax(cand, dim=2, out=out[:, 0])
+            else:
+                torch.logsumexp(cand, dim=2, out=out[:, 0])
+        out.add_(emit.unsqueeze(1))
     return scores, backptr
 
 
 def _backtrace(
     scores: Tensor,
     backptr: Tensor | None,
+    trans: Tensor,
     end: Tensor,
     n_active: list[int],
     lengths: Tensor,
     k: int,
 ) -> tuple[Tensor, Tensor]:
-    """Follows back-pointers from the best final states.
+    """Follows the best paths back from their final states.
 
     Args:
-        scores: float (T, B, k, K) from ``_scan``; backptr: long (T, B, k, K).
-        end: float (K,) end scores; n_active: as in ``_scan``; lengths: long (B,) sorted lengths;
-        k: paths per row.
+        scores: float (T, B, k, K) from ``_scan``; backptr: long (T, B, k, K) for k > 1, else None
+            (then each step's argmax is recomputed for the chosen tag only: (n, K) work per step
+            instead of storing an (n, K, K) argmax).
+        trans: float (K, K) transitions; end: float (K,) end scores; n_active: as in ``_scan``;
+        lengths: long (B,) sorted lengths; k: paths per row.
 
     Returns:
         paths long (B, k, T) with -1 past each row's end and for missing paths; scores (B, k).
@@ -572,13 +586,25 @@ def _backtrace(
     final = (scores[last, rows] + end).view(B, -1)  # (B, k*K)
     best, pos = final.topk(k, dim=1)  # (B, k), flat index rank*K+tag
     idx = torch.full((T, B, k), -1, dtype=torch.long, device=scores.device)
-    for t in range(T - 1, -1, -1):
-        n = n_active[t]
-        if n == 0:
-            continue
-        idx[t, :n] = pos[:n]
-        if t > 0:
-            pos[:n] = backptr[t, :n].view(n, -1).gather(1, pos[:n])
+    if backptr is None:  # k == 1: pos is the tag
+        trans_to_from = trans.t().contiguous()
+        tag = pos[:, 0].clone()
+        for t in range(T - 1, -1, -1):
+            n = n_active[t]
+            if n == 0:
+                continue
+            idx[t, :n, 0] = tag[:n]
+            if t > 0:
+                prev = scores[t - 1, :n, 0] + trans_to_from[tag[:n]]  # (n, K from)
+                tag[:n] = prev.argmax(dim=1)
+    else:
+        for t in range(T - 1, -1, -1):
+            n = n_active[t]
+            if n == 0:
+                continue
+            idx[t, :n] = pos[:n]
+            if t > 0:
+                pos[:n] = backptr[t, :n].view(n, -1).gather(1, pos[:n])
     paths = torch.where(idx >= 0, idx % K, idx).permute(1, 2, 0)  # (B, k, T)
     # an empty sequence has exactly one (empty) path, with score 0
     empty_scores = torch.full((k,), float("-inf"), dtype=best.dtype, device=best.device)
@@ -586,6 +612,19 @@ def _backtrace(
     best = torch.where((lengths == 0).unsqueeze(1), empty_scores, best)
     paths = paths.masked_fill(torch.isneginf(best).unsqueeze(2), -1)
     return paths, best
+
+
+def _mm(a: Tensor, b: Tensor, out: Tensor) -> None:
+    """``out = a @ b`` for a (n, K) and b (K, K); tiny products avoid the BLAS call.
+
+    A BLAS matrix product on a handful of rows costs a thread hand-off that dwarfs the
+    arithmetic, so below ``_BROADCAST_MAX`` elements it is a broadcast multiply and a sum.
+    """
+    n, K = a.shape
+    if K <= 16 and n * K * K <= _BROADCAST_MAX:
+        torch.sum(a.unsqueeze(2) * b, dim=1, out=out)
+    else:
+        torch.mm(a, b, out=out)
 
 
 class _Scaled:
@@ -630,13 +669,16 @@ class _Scaled:
         torch.exp(a0 - m0, out=P[0, :n0])
         torch.sum(P[0, :n0], dim=1, keepdim=True, out=S[0, :n0])
         P[0, :n0].div_(S[0, :n0])
+        Ps, Ss, Xs = P.unbind(0), S.unbind(0), X.unbind(0)
         for t in range(1, T):
             n = n_active[t]
             if n == 0:
                 break
-            Pt, St = P[t, :n], S[t, :n]
-            torch.mm(P[t - 1, :n], E, out=Pt)
-            Pt.mul_(X[t, :n])
+            prev, Pt, St, Xt = Ps[t - 1], Ps[t], Ss[t], Xs[t]
+            if n < B:
+                prev, Pt, St, Xt = prev[:n], Pt[:n], St[:n], Xt[:n]
+            _mm(prev, E, Pt)
+            Pt.mul_(Xt)
             torch.sum(Pt, dim=1, keepdim=True, out=St)
             Pt.div_(St)
         active = torch.arange(T, device=device).unsqueeze(1) < lengths.unsqueeze(0)  # (T, B)
@@ -683,12 +725,16 @@ class _Scaled:
         Xs = X / S  # (T, B, K)
         Q = torch.zeros_like(P)  # q_t = x_t * r_t / s_t
         Et = E.t()
+        Xss, Rs, Qs = Xs.unbind(0), R.unbind(0), Q.unbind(0)
         for t in range(T - 1, 0, -1):
             n = n_active[t]
             if n == 0:
                 continue
-            torch.mul(Xs[t, :n], R[t, :n], out=Q[t, :n])
-            torch.mm(Q[t, :n], Et, out=R[t - 1, :n])
+            Xt, Rt, Qt, Rprev = Xss[t], Rs[t], Qs[t], Rs[t - 1]
+            if n < B:
+                Xt, Rt, Qt, Rprev = Xt[:n], Rt[:n], Qt[:n], Rprev[:n]
+            torch.mul(Xt, Rt, out=Qt)
+            _mm(Qt, Et, Rprev)
         if T > 1:  # sum_t p_{t-1}^T q_t: the expected transition counts, before E
             Qg = Q[1:].mul_(g.view(1, B, 1))
             d_trans = E * (P[:-1].reshape(-1, K).t() @ Qg.reshape(-1, K))
