@@ -311,7 +311,11 @@ def test_tree_viterbi_branch_matches_reference(constrained, monkeypatch):
     if constrained:
         trans_ok = torch.ones(K, K, dtype=torch.bool)
         trans_ok[0, 1] = trans_ok[2, 3] = trans_ok[1, 1] = False
-        constraints = (torch.ones(K, dtype=torch.bool), torch.tensor([True, True, False, True]), trans_ok)
+        constraints = (
+            torch.ones(K, dtype=torch.bool),
+            torch.tensor([True, True, False, True]),
+            trans_ok,
+        )
     emissions, _, mask, lengths = ragged_batch(4, 11, K, seed=33)
     mask[3] = False  # an empty row
     lengths[3] = 0
@@ -331,3 +335,31 @@ def test_tree_viterbi_branch_matches_reference(constrained, monkeypatch):
     seq_paths, seq_scores = crf.viterbi(emissions, mask)
     assert calls == [1] and torch.equal(seq_paths, paths)
     torch.testing.assert_close(seq_scores, scores)
+
+
+@pytest.mark.parametrize("broadcast_max", [0, 1 << 30])
+def test_matrix_product_branches_match_reference(broadcast_max, monkeypatch):
+    """The scaled recursion's products by BLAS (0) and by broadcasting (huge limit) agree."""
+    monkeypatch.setattr(crf_module, "_BROADCAST_MAX", broadcast_max)
+    monkeypatch.setattr(crf_module, "_TREE_MAX_BKK", 0)
+    emissions, tags, mask, lengths = ragged_batch(6, 9, 5, seed=44, min_len=1)
+    tags = tags.clamp(min=0)
+    crf = make_crf(5, 44)
+    em = emissions.clone().requires_grad_(True)
+    llh = crf(em, tags, mask, reduction="none")
+    llh.sum().backward()
+    start, trans, end = params(crf)
+    marg = crf.marginals(emissions, mask)
+    for b in range(6):
+        n = int(lengths[b])
+        s = sentence(emissions, b, n)
+        assert math.isclose(
+            float(llh[b]),
+            ref.log_likelihood(s, tags[b, :n].tolist(), start, trans, end),
+            rel_tol=1e-9,
+            abs_tol=1e-9,
+        )
+        expected = torch.tensor(ref.marginals(s, start, trans, end), dtype=torch.float64)
+        torch.testing.assert_close(marg[b, :n], expected)
+    gold = torch.nn.functional.one_hot(tags, 5).double() * mask.unsqueeze(2)
+    torch.testing.assert_close(em.grad, gold - marg)  # d llh / d emissions
