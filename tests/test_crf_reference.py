@@ -363,3 +363,19 @@ def test_matrix_product_branches_match_reference(broadcast_max, monkeypatch):
         torch.testing.assert_close(marg[b, :n], expected)
     gold = torch.nn.functional.one_hot(tags, 5).double() * mask.unsqueeze(2)
     torch.testing.assert_close(em.grad, gold - marg)  # d llh / d emissions
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_backtrace_branches_match_reference(batched, monkeypatch):
+    """Back-pointers batched after the forward pass, or argmax per chosen tag: same paths."""
+    monkeypatch.setattr(crf_module, "_BATCHED_BACKPOINTERS_MAX", 1 << 30 if batched else 0)
+    monkeypatch.setattr(crf_module, "_TREE_VITERBI_MAX_BKKK", 0)
+    emissions, _, mask, lengths = ragged_batch(7, 10, 4, seed=55)
+    crf = make_crf(4, 55)
+    paths, scores = crf.viterbi(emissions, mask)
+    start, trans, end = params(crf)
+    for b in range(7):
+        n = int(lengths[b])
+        path, score = ref.viterbi(sentence(emissions, b, n), start, trans, end)
+        assert paths[b, :n].tolist() == path and (paths[b, n:] == -1).all()
+        assert math.isclose(float(scores[b]), score, rel_tol=1e-9, abs_tol=1e-9)

@@ -35,6 +35,9 @@ _TREE_MIN_T = 8
 _TREE_SPAN_LIMIT = 25.0
 # Matrix products with at most this many multiplications are done by broadcasting, not BLAS.
 _BROADCAST_MAX = 4096
+# Viterbi back-pointers for all steps in one argmax when batch * tags^2 is at most this; above
+# it, the back-trace takes the argmax for the chosen tag only, step by step.
+_BATCHED_BACKPOINTERS_MAX = 2048
 # Viterbi's max-plus tree: used when batch * tags^3 is at most this (and T >= _TREE_MIN_T).
 _TREE_VITERBI_MAX_BKKK = 8192
 
@@ -454,6 +457,11 @@ class CRF(nn.Module):
     def _viterbi_bt(self, em: Tensor, lengths: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """k-best Viterbi on batch-first emissions -> paths (B, k, T) long, scores (B, k)."""
         start, trans, end = (x.detach() for x in self._scores(em.dtype))
+        B, T, _ = em.shape
+        if T == 0:  # every row is empty: one empty path, score 0
+            scores = torch.full((B, k), float("-inf"), dtype=em.dtype, device=em.device)
+            scores[:, 0] = 0.0
+            return em.new_zeros((B, k, 0), dtype=torch.long), scores
         if k == 1 and _use_tree_viterbi(em):
             paths, scores = _tree_viterbi(em.detach(), start, trans, end, lengths)
             return paths.unsqueeze(1), scores.unsqueeze(1)
@@ -585,19 +593,26 @@ def _backtrace(
     last = (lengths - 1).clamp(min=0)
     final = (scores[last, rows] + end).view(B, -1)  # (B, k*K)
     best, pos = final.topk(k, dim=1)  # (B, k), flat index rank*K+tag
-    idx = torch.full((T, B, k), -1, dtype=torch.long, device=scores.device)
     if backptr is None:  # k == 1: pos is the tag
-        trans_to_from = trans.t().contiguous()
-        tag = pos[:, 0].clone()
-        for t in range(T - 1, -1, -1):
-            n = n_active[t]
-            if n == 0:
-                continue
-            idx[t, :n, 0] = tag[:n]
-            if t > 0:
-                prev = scores[t - 1, :n, 0] + trans_to_from[tag[:n]]  # (n, K from)
-                tag[:n] = prev.argmax(dim=1)
+        tag = pos[:, 0]
+        tags = [tag]
+        if T > 1 and B * K * K <= _BATCHED_BACKPOINTERS_MAX:  # one argmax for all steps
+            back = _max_backpointers(scores[:, :, 0], trans, lengths)  # (T-1, B, K)
+            for t in range(T - 2, -1, -1):
+                tag = back[t].gather(1, tag.unsqueeze(1)).squeeze(1)
+                tags.append(tag)
+        elif T > 1:  # large: argmax only for the chosen tag, (B, K) per step
+            trans_to_from = trans.t().contiguous()
+            running = torch.arange(1, T, device=scores.device).unsqueeze(1) < lengths.unsqueeze(0)
+            V = scores[:, :, 0]
+            for t in range(T - 2, -1, -1):
+                prev = (V[t] + trans_to_from[tag]).argmax(dim=1)
+                tag = torch.where(running[t], prev, tag)
+                tags.append(tag)
+        active = torch.arange(T, device=scores.device).unsqueeze(1) < lengths.unsqueeze(0)  # (T, B)
+        idx = torch.where(active, torch.stack(tags[::-1]), -1).unsqueeze(2)
     else:
+        idx = torch.full((T, B, k), -1, dtype=torch.long, device=scores.device)
         for t in range(T - 1, -1, -1):
             n = n_active[t]
             if n == 0:
@@ -625,6 +640,28 @@ def _mm(a: Tensor, b: Tensor, out: Tensor) -> None:
         torch.sum(a.unsqueeze(2) * b, dim=1, out=out)
     else:
         torch.mm(a, b, out=out)
+
+
+def _max_backpointers(V: Tensor, trans: Tensor, lengths: Tensor) -> Tensor:
+    """All Viterbi back-pointers at once, after the max-plus forward pass.
+
+    Args:
+        V: float (T, B, K) best prefix scores per tag; trans: (K, K) ``[from, to]``;
+        lengths: long (B,) lengths.
+
+    Returns:
+        long (T-1, B, K): entry ``[t - 1, b, j]`` is the best tag at t-1 before tag j at t; the
+        identity past each row's end, so one back-trace serves the whole ragged batch.
+    """
+    T, B, K = V.shape
+    trans_to_from = trans.t().contiguous()
+    back = torch.empty(T - 1, B, K, dtype=torch.long, device=V.device)
+    chunk = max(1, (1 << 22) // max(1, B * K * K))  # bound the (chunk, B, K, K) candidates
+    for lo in range(0, T - 1, chunk):
+        hi = min(T - 1, lo + chunk)
+        torch.argmax(V[lo:hi].unsqueeze(2) + trans_to_from, dim=3, out=back[lo:hi])
+    running = torch.arange(1, T, device=V.device).unsqueeze(1) < lengths.unsqueeze(0)  # (T-1, B)
+    return torch.where(running.unsqueeze(2), back, torch.arange(K, device=V.device))
 
 
 class _Scaled:
@@ -991,7 +1028,9 @@ def _tree_viterbi(
     ident = torch.full((K, K), float("-inf"), dtype=em.dtype, device=device).fill_diagonal_(0.0)
     with torch.enable_grad():
         x = em.detach().clone().requires_grad_(True)
-        M = torch.where(active[:, 1:, None, None], trans + x[:, 1:].unsqueeze(2), ident)  # (B, T-1, K, K)
+        M = torch.where(
+            active[:, 1:, None, None], trans + x[:, 1:].unsqueeze(2), ident
+        )  # (B, T-1, K, K)
         n = M.size(1)
         if n & (n - 1):  # pad with identities to a power of two
             M = torch.cat([M, ident.expand(B, (1 << n.bit_length()) - n, K, K)], 1)
