@@ -273,3 +273,18 @@ def test_batched_equals_brute_force_per_sentence(shape, batch_first):
             rel_tol=1e-9,
             abs_tol=1e-9,
         )
+
+
+@pytest.mark.parametrize(("B", "K"), [(2, 5), (64, 9)])  # tree paths and sequential paths
+def test_works_under_inference_mode(B, K):
+    """Lightning validates and predicts under torch.inference_mode: every method must work there."""
+    crf = make_crf(K, 0)
+    emissions, tags, mask, _ = ragged_batch(B, 40, K, seed=0, min_len=1)
+    tags = tags.clamp(min=0)
+    expected = (crf.viterbi(emissions, mask), crf.marginals(emissions, mask), crf(emissions, tags, mask))
+    with torch.inference_mode():
+        got = (crf.viterbi(emissions, mask), crf.marginals(emissions, mask), crf(emissions, tags, mask))
+        assert crf.decode(emissions, mask) == crf.decode(emissions.clone(), mask)
+    assert torch.equal(got[0][0], expected[0][0])
+    torch.testing.assert_close(got[1], expected[1])
+    torch.testing.assert_close(got[2], expected[2].detach())

@@ -256,9 +256,10 @@ class CRF(nn.Module):
         lengths = lengths[order]
         gamma = None
         if _use_tree(em_tm, start, trans, end):
-            with torch.enable_grad():
-                em_req = em_tm.requires_grad_(True)
-                log_z = _tree_log_partition(em_req, start, trans, end, lengths)
+            with torch.inference_mode(False), torch.enable_grad():  # fresh copies: autograd
+                em_req = em_tm.clone().requires_grad_(True)
+                args = (start.clone(), trans.clone(), end.clone(), lengths.clone())
+                log_z = _tree_log_partition(em_req, *args)
                 if log_z is not None:
                     (gamma,) = torch.autograd.grad(log_z.sum(), em_req)
         if gamma is None:
@@ -1024,10 +1025,13 @@ def _tree_viterbi(
     """
     B, T, K = em.shape
     device = em.device
-    active = torch.arange(T, device=device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
-    ident = torch.full((K, K), float("-inf"), dtype=em.dtype, device=device).fill_diagonal_(0.0)
-    with torch.enable_grad():
+    # works under no_grad and inference_mode alike: fresh (non-inference) copies, grad enabled
+    with torch.inference_mode(False), torch.enable_grad():
         x = em.detach().clone().requires_grad_(True)
+        start, trans, end, lengths = start.clone(), trans.clone(), end.clone(), lengths.clone()
+        active = torch.arange(T, device=device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+        ident = torch.full((K, K), float("-inf"), dtype=em.dtype, device=device)
+        ident.fill_diagonal_(0.0)
         M = torch.where(
             active[:, 1:, None, None], trans + x[:, 1:].unsqueeze(2), ident
         )  # (B, T-1, K, K)

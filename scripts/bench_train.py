@@ -1,0 +1,290 @@
+"""Training and prediction throughput: chaincrf's tagger vs a plain PyTorch BiLSTM-CRF loop.
+
+Both sides run the same network on CoNLL-2003 in the same process, interleaved round by round so
+that machine noise hits both alike:
+
+- baseline: word embeddings (100) + character CNN (30 filters of width 3 over 30-d characters,
+  max-pooled) + BiLSTM (200 per direction) + Linear + ``torchcrf.CRF`` (pytorch-crf), batches of
+  32 random sentences padded to the longest (the LSTM and character CNN run over the padding);
+- chaincrf: ``SequenceTagger`` (``TokenEmbedder`` char CNN + ``BiLSTMEncoder`` + ``chaincrf.CRF``
+  with BIOES constraints) fed by ``TaggingDataModule``'s length-bucketed batches of 32.
+
+Same optimiser (Adam, lr 1e-3), same gradient clipping (5.0), same tags (BIOES). Training
+tokens/s counts real (unpadded) tokens per second of forward + backward + update, data path
+included; prediction tokens/s counts real tokens per second of forward + Viterbi decoding in eval
+mode. The chaincrf prediction path with marginals and span confidences (``SequenceTagger.predict``)
+is reported too.
+
+Usage::
+
+    CHAINCRF_DATA=../shared/data python scripts/bench_train.py --batches 40 --rounds 3
+    python scripts/bench_train.py --data-root /data --batches 0   # 0: whole epochs (slow)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def data_root(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("CHAINCRF_DATA"):
+        return Path(os.environ["CHAINCRF_DATA"])
+    return Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+class Baseline(nn.Module):
+    """The article-style network, written as a plain PyTorch user would."""
+
+    def __init__(self, num_words: int, num_chars: int, num_tags: int) -> None:
+        super().__init__()
+        import torchcrf
+
+        self.word = nn.Embedding(num_words, 100, padding_idx=0)
+        self.char = nn.Embedding(num_chars, 30, padding_idx=0)
+        self.conv = nn.Conv1d(30, 30, 3, padding=1)
+        self.lstm = nn.LSTM(130, 200, batch_first=True, bidirectional=True)
+        self.dropout = nn.Dropout(0.5)
+        self.proj = nn.Linear(400, num_tags)
+        self.crf = torchcrf.CRF(num_tags, batch_first=True)
+
+    def emissions(self, words: torch.Tensor, chars: torch.Tensor) -> torch.Tensor:
+        B, T, C = chars.shape
+        c = self.dropout(self.char(chars.view(B * T, C))).transpose(1, 2)  # (B*T, 30, C)
+        c = self.conv(c).max(dim=2).values.view(B, T, -1)  # (B, T, 30)
+        x = self.dropout(torch.cat([self.word(words), c], dim=-1))  # (B, T, 130)
+        h, _ = self.lstm(x)  # (B, T, 400), padding included
+        return self.proj(self.dropout(h))  # (B, T, K)
+
+
+def baseline_batches(examples: list[dict], batch_size: int, rng: random.Random):
+    """Endless random batches, padded the plain way."""
+    while True:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for lo in range(0, len(order) - batch_size + 1, batch_size):
+            items = [examples[i] for i in order[lo : lo + batch_size]]
+            T = max(len(e["words"]) for e in items)
+            C = max(len(c) for e in items for c in e["chars"])
+            words = torch.zeros(len(items), T, dtype=torch.long)
+            chars = torch.zeros(len(items), T, C, dtype=torch.long)
+            tags = torch.zeros(len(items), T, dtype=torch.long)
+            mask = torch.zeros(len(items), T, dtype=torch.bool)
+            for b, e in enumerate(items):
+                n = len(e["words"])
+                words[b, :n] = torch.tensor(e["words"])
+                tags[b, :n] = torch.tensor(e["tags"])
+                mask[b, :n] = True
+                for t, ids in enumerate(e["chars"]):
+                    chars[b, t, : len(ids)] = torch.tensor(ids)
+            yield {"words": words, "chars": chars, "tags": tags, "mask": mask}
+
+
+def endless(loader):
+    while True:
+        yield from loader
+
+
+def timed(steps: int, batches, step) -> tuple[float, int]:
+    tokens = 0
+    start = time.perf_counter()
+    for _ in range(steps):
+        batch = next(batches)
+        step(batch)
+        tokens += int(batch["mask"].sum())
+    return time.perf_counter() - start, tokens
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--data-root", default=None, help="default: $CHAINCRF_DATA or ../shared/data"
+    )
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--batches", type=int, default=40, help="training batches per round and side (0: one epoch)"
+    )
+    parser.add_argument(
+        "--predict-batches",
+        type=int,
+        default=40,
+        help="prediction batches per round and side (0: all of dev)",
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (same for both)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    root = data_root(args.data_root)
+    if not (root / "conll2003" / "eng.train").is_file():
+        print(
+            f"CoNLL-2003 not found under {root}: pass --data-root or set CHAINCRF_DATA",
+            file=sys.stderr,
+        )
+        return 2
+
+    from chaincrf.data import TaggingDataModule
+    from chaincrf.tagger import SequenceTagger
+
+    datamodule = TaggingDataModule(
+        root=str(root),
+        train="conll2003/eng.train",
+        dev="conll2003/eng.testa",
+        scheme="BIOES",
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    datamodule.setup("fit")
+    train_examples = [
+        datamodule.datasets["train"][i] for i in range(len(datamodule.datasets["train"]))
+    ]
+    dev_examples = [datamodule.datasets["dev"][i] for i in range(len(datamodule.datasets["dev"]))]
+    n_train_batches = len(train_examples) // args.batch_size
+    n_dev_batches = len(dev_examples) // args.batch_size
+    train_steps = args.batches or n_train_batches
+    predict_steps = args.predict_batches or n_dev_batches
+
+    vocabs = datamodule.vocabs
+    baseline = Baseline(len(vocabs["words"]), len(vocabs["chars"]), datamodule.num_tags)
+    tagger = SequenceTagger.from_datamodule(
+        datamodule,
+        embeddings={
+            "_target_": "chaincrf.embeddings.TokenEmbedder",
+            "word_dim": 100,
+            "char_encoder": "cnn",
+            "char_dim": 30,
+            "char_hidden": 30,
+            "dropout": 0.5,
+        },
+        encoder={
+            "_target_": "chaincrf.encoders.bilstm.BiLSTMEncoder",
+            "hidden_size": 200,
+            "dropout": 0.5,
+        },
+        optimizer={"_target_": "torch.optim.Adam", "lr": 1e-3},
+    )
+    parameters = {
+        "baseline": sum(p.numel() for p in baseline.parameters()),
+        "chaincrf": sum(p.numel() for p in tagger.model.parameters()),
+    }
+    baseline_opt = torch.optim.Adam(baseline.parameters(), lr=1e-3)
+    tagger_opt = torch.optim.Adam(tagger.model.parameters(), lr=1e-3)
+
+    def baseline_train(batch):
+        baseline.train()
+        baseline_opt.zero_grad()
+        em = baseline.emissions(batch["words"], batch["chars"])
+        loss = -baseline.crf(em, batch["tags"], batch["mask"], reduction="token_mean")
+        loss.backward()
+        nn.utils.clip_grad_norm_(baseline.parameters(), 5.0)
+        baseline_opt.step()
+
+    def tagger_train(batch):
+        tagger.train()
+        tagger_opt.zero_grad()
+        em = tagger.model.emissions(batch)
+        loss = tagger.model.loss(em, batch["tags"], batch["mask"])
+        loss.backward()
+        nn.utils.clip_grad_norm_(tagger.model.parameters(), 5.0)
+        tagger_opt.step()
+
+    @torch.inference_mode()
+    def baseline_predict(batch):
+        baseline.eval()
+        baseline.crf.decode(baseline.emissions(batch["words"], batch["chars"]), batch["mask"])
+
+    @torch.inference_mode()
+    def tagger_predict(batch):
+        tagger.eval()
+        tagger.model.decode(tagger.model.emissions(batch), batch["mask"])
+
+    rng = random.Random(args.seed)
+    sides = {
+        "baseline": {
+            "train": (baseline_batches(train_examples, args.batch_size, rng), baseline_train),
+            "predict": (
+                baseline_batches(dev_examples, args.batch_size, random.Random(args.seed)),
+                baseline_predict,
+            ),
+        },
+        "chaincrf": {
+            "train": (endless(datamodule.train_dataloader()), tagger_train),
+            "predict": (endless(datamodule.val_dataloader()), tagger_predict),
+        },
+    }
+    totals = {side: {"train": [0.0, 0], "predict": [0.0, 0]} for side in sides}
+    for side in sides.values():  # warm-up
+        for what in ("train", "predict"):
+            batches, step = side[what]
+            timed(args.warmup, batches, step)
+    for round_ in range(args.rounds):
+        order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
+        for what, steps in (("train", train_steps), ("predict", predict_steps)):
+            for name in order:
+                batches, step = sides[name][what]
+                seconds, tokens = timed(steps, batches, step)
+                totals[name][what][0] += seconds
+                totals[name][what][1] += tokens
+        print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
+
+    # The full prediction API: labels, marginals and span confidences.
+    dev_tokens = [e["tokens"] for e in dev_examples[: predict_steps * args.batch_size]]
+    start = time.perf_counter()
+    tagger.predict(dev_tokens, batch_size=args.batch_size)
+    api_seconds = time.perf_counter() - start
+    api_tps = sum(len(t) for t in dev_tokens) / api_seconds
+
+    results = {
+        "device": f"CPU ({platform.processor() or platform.machine()}), {args.threads} thread(s), torch {torch.__version__}",
+        "batch_size": args.batch_size,
+        "train_batches_per_round": train_steps,
+        "predict_batches_per_round": predict_steps,
+        "rounds": args.rounds,
+        "parameters": parameters,
+    }
+    for name, value in totals.items():
+        for what in ("train", "predict"):
+            seconds, tokens = value[what]
+            results[f"{name}_{what}_tokens_per_s"] = tokens / seconds
+    results["train_ratio"] = (
+        results["chaincrf_train_tokens_per_s"] / results["baseline_train_tokens_per_s"]
+    )
+    results["predict_ratio"] = (
+        results["chaincrf_predict_tokens_per_s"] / results["baseline_predict_tokens_per_s"]
+    )
+    results["chaincrf_predict_api_tokens_per_s"] = api_tps
+    print(f"device: {results['device']}")
+    print(f"parameters: baseline {parameters['baseline']:,}, chaincrf {parameters['chaincrf']:,}")
+    print(f"{'':10} {'train tok/s':>12} {'predict tok/s':>14}")
+    for name in sides:
+        print(
+            f"{name:10} {results[f'{name}_train_tokens_per_s']:12,.0f} {results[f'{name}_predict_tokens_per_s']:14,.0f}"
+        )
+    print(f"{'ratio':10} {results['train_ratio']:11.2f}x {results['predict_ratio']:13.2f}x")
+    print(
+        f"chaincrf SequenceTagger.predict (with marginals + span confidences): {api_tps:,.0f} tok/s"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

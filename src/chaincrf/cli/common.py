@@ -1,0 +1,99 @@
+"""Helpers shared by the command-line entry points (Hydra stays inside ``chaincrf.cli``)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("chaincrf")
+
+
+def config_dir() -> str:
+    """Directory of the Hydra configs: ``$CHAINCRF_CONFIG_DIR``, else ``conf/`` of the checkout."""
+    env = os.environ.get("CHAINCRF_CONFIG_DIR")
+    if env:
+        return str(Path(env).resolve())
+    return str(Path(__file__).resolve().parents[3] / "conf")
+
+
+CONFIG_DIR = config_dir()
+
+
+def to_plain(node: Any) -> Any:
+    """A config node as plain Python data (dicts, lists, scalars), interpolations resolved."""
+    if isinstance(node, DictConfig) or OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def require(cfg: DictConfig, key: str, hint: str) -> Any:
+    """``cfg[key]``, or a clear error naming the key and what to pass."""
+    value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+    if value is None or value == "???":
+        raise ValueError(f"config value {key!r} is required: {hint}")
+    return value
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str] | None) -> Iterator[IO[str]]:
+    """Write a text file atomically: a temporary file in the same folder, renamed when complete.
+
+    With ``path`` None or ``"-"`` the text is collected and written to stdout at the end, so
+    neither a file nor the terminal ever receives half an output after an error.
+    """
+    if path is None or str(path) == "-":
+        import io
+
+        buffer = io.StringIO()
+        yield buffer
+        sys.stdout.write(buffer.getvalue())
+        sys.stdout.flush()
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def run_config_for(checkpoint: str | os.PathLike[str]) -> DictConfig | None:
+    """The resolved training config of a checkpoint's run (``<run>/config.yaml``), if any."""
+    path = Path(checkpoint).resolve()
+    for folder in (path.parent, path.parent.parent):
+        candidate = folder / "config.yaml"
+        if candidate.is_file():
+            return OmegaConf.load(candidate)
+    return None
+
+
+def build(node: Any, what: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, but a configuration mistake surfaces as the library's own
+    error (``ValueError``, ``TypeError``, ...) with the config key added, not wrapped."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, (ValueError, TypeError, OSError, ImportError)):
+            if hasattr(cause, "add_note"):
+                cause.add_note(f"(while building the config node `{what}`)")
+            raise cause from None
+        raise

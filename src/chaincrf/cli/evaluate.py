@@ -1,0 +1,143 @@
+"""``chaincrf-eval``: a checkpoint's metrics on a split — the same figures training reported.
+
+Examples::
+
+    chaincrf-eval ckpt_path=outputs/train/2025-01-01_12-00-00/checkpoints/best.ckpt split=test
+    chaincrf-eval ckpt_path=model.ckpt split=val data=conll2003 output=metrics.json
+
+The data config is the one saved in the checkpoint's run directory (``config.yaml``) unless
+``data=<name>`` selects another; the vocabularies always come from the checkpoint, so ids map
+exactly as in training. Prints the overall figures and a per-type (per-tag for POS) table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from chaincrf.cli.common import CONFIG_DIR, atomic_output, build, require, run_config_for, to_plain
+from chaincrf.tagger import SequenceTagger
+
+log = logging.getLogger("chaincrf.eval")
+
+_SPLITS = {"val": "val", "dev": "val", "validation": "val", "test": "test"}
+
+
+def data_config_for(cfg: DictConfig) -> DictConfig:
+    """The ``data`` node to evaluate on: ``cfg.data`` if given, else the run's saved one."""
+    if cfg.get("data") is not None:
+        return cfg.data
+    run_cfg = run_config_for(cfg.ckpt_path)
+    if run_cfg is None or run_cfg.get("data") is None:
+        raise ValueError(
+            f"no data config: {cfg.ckpt_path} has no run directory with config.yaml beside it; "
+            "select one with data=<name> (and its paths)"
+        )
+    return run_cfg.data
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; a plain function that tests call.
+
+    Returns:
+        ``{"<stage>/f1": .., "<stage>/acc": .., "<stage>/f1_PER": .., ...}`` with stage ``val``
+        or ``test``.
+    """
+    ckpt = Path(require(cfg, "ckpt_path", "pass ckpt_path=<path to a .ckpt>"))
+    split = str(cfg.get("split", "test"))
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {sorted(_SPLITS)}; got {split!r}")
+    stage = _SPLITS[split]
+    tagger = SequenceTagger.load(ckpt)
+    data_cfg = data_config_for(cfg)
+    overrides = to_plain(cfg.get("data_overrides")) or {}
+    with tempfile.TemporaryDirectory() as tmp:
+        # The checkpoint's vocabularies, not ones rebuilt from the data: ids map as in training.
+        encoder_path = Path(tmp) / "encoder.json"
+        encoder_path.write_text(json.dumps(tagger.vocab, ensure_ascii=False), encoding="utf-8")
+        datamodule = build(
+            OmegaConf.merge(data_cfg, overrides), "data", encoder_path=str(encoder_path)
+        )
+        datamodule.setup(stage)
+    trainer = pl.Trainer(
+        accelerator=cfg.get("accelerator", "cpu"),
+        devices=1,
+        logger=False,
+        enable_progress_bar=bool(cfg.get("progress_bar", False)),
+        enable_model_summary=False,
+    )
+    if stage == "val":
+        trainer.validate(tagger, datamodule=datamodule, verbose=False)
+    else:
+        trainer.test(tagger, datamodule=datamodule, verbose=False)
+    results = dict(tagger.results[stage])
+    if cfg.get("output"):
+        with atomic_output(cfg.output) as stream:
+            json.dump(
+                {"checkpoint": str(ckpt), "split": split, **results},
+                stream,
+                indent=2,
+                sort_keys=True,
+            )
+    print_table(tagger, results, stage)
+    return results
+
+
+def print_table(tagger: SequenceTagger, results: dict[str, Any], stage: str) -> None:
+    """Print the overall figures and a per-type table with rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from chaincrf.report import per_tag_scores
+
+    console = Console()
+    overall = Table(title=f"chaincrf-eval: {stage}")
+    for column in ("metric", "value"):
+        overall.add_column(column)
+    for key in ("acc", "precision", "recall", "f1", "support"):
+        value = results.get(f"{stage}/{key}")
+        if value is not None:
+            overall.add_row(key, f"{value:.0f}" if key == "support" else f"{100 * value:.2f}")
+    console.print(overall)
+    if tagger.is_span_task:
+        rows = {
+            t: {
+                m: results.get(f"{stage}/{m}_{t}") for m in ("precision", "recall", "f1", "support")
+            }
+            for t in tagger.entity_types
+        }
+        what = "type"
+    else:
+        confusion = tagger.confusion.get(stage)
+        rows = per_tag_scores(confusion, tagger.labels) if confusion is not None else {}
+        what = "tag"
+    if not rows:
+        return
+    table = Table(title=f"per {what}")
+    for column in (what, "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="left" if column == what else "right")
+    for name, row in rows.items():
+        cells = [
+            f"{100 * row[m]:.2f}" if row.get(m) is not None else "–"
+            for m in ("precision", "recall", "f1")
+        ]
+        support = row.get("support")
+        table.add_row(name, *cells, "–" if support is None else f"{support:.0f}")
+    console.print(table)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def main(cfg: DictConfig) -> None:
+    """Entry point of ``chaincrf-eval``."""
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""``chaincrf-train``: train a tagger from the Hydra configs in ``conf/``.
+
+Examples::
+
+    chaincrf-train                                   # BiLSTM-CRF on UD English-EWT UPOS
+    chaincrf-train experiment=conll2003_ner          # CoNLL-2003 NER, BIOES, char CNN
+    chaincrf-train experiment=conll2003_ner model=softmax seed=2
+    chaincrf-train debug=fast_dev_run encoder=cnn
+
+Each run writes into its own directory (``outputs/<task_name>/<date>_<time>/`` by default):
+``config.yaml`` (the resolved config), ``.hydra/``, ``encoder.json`` (vocabularies), ``checkpoints/best.ckpt`` and
+``last.ckpt``, ``csv/metrics.csv``, ``metrics.json``, ``report.md`` and the PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from chaincrf.cli.common import CONFIG_DIR, build, require, to_plain
+from chaincrf.tagger import SequenceTagger
+
+log = logging.getLogger("chaincrf.train")
+
+_REQUIRED_GROUPS = ("data", "embeddings", "encoder", "model", "optimizer", "trainer")
+
+
+def build_datamodule(data_cfg: DictConfig) -> Any:
+    """Instantiate the data module of a ``data`` config node and set it up for fitting."""
+    datamodule = build(data_cfg, "data")
+    datamodule.setup("fit")
+    return datamodule
+
+
+def build_tagger(cfg: DictConfig, datamodule: Any) -> SequenceTagger:
+    """The tagger of a training config, sized from a set-up data module."""
+    model_cfg = cfg.model
+    return SequenceTagger.from_datamodule(
+        datamodule,
+        embeddings=to_plain(cfg.embeddings),
+        encoder=to_plain(cfg.encoder),
+        use_crf=bool(model_cfg.get("use_crf", True)),
+        constrain=bool(model_cfg.get("constrain", True)),
+        dropout=float(model_cfg.get("dropout", 0.5)),
+        optimizer=to_plain(cfg.optimizer),
+        scheduler=to_plain(cfg.get("scheduler")),
+        scheduler_interval=str(model_cfg.get("scheduler_interval", "epoch")),
+        monitor=str(cfg.get("monitor", "val/score")),
+    )
+
+
+def _instantiate_all(node: DictConfig | None) -> list[Any]:
+    if not node:
+        return []
+    return [
+        build(item, name) for name, item in node.items() if item is not None and "_target_" in item
+    ]
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail early, naming the key, for a config that cannot train."""
+    for group in _REQUIRED_GROUPS:
+        if cfg.get(group) is None:
+            raise ValueError(
+                f"config group {group!r} is missing: select one, e.g. `{group}=<name>`"
+            )
+    require(cfg, "run_dir", "the output directory of the run (set by Hydra, or run_dir=<path>)")
+    if cfg.get("monitor_mode", "max") not in ("max", "min"):
+        raise ValueError(f"monitor_mode must be 'max' or 'min'; got {cfg.monitor_mode!r}")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train (and test) a tagger as ``cfg`` says; a plain function that tests call.
+
+    Args:
+        cfg: the composed config (``conf/config.yaml`` plus overrides); ``cfg.run_dir`` is where
+            everything is written.
+
+    Returns:
+        The final metrics: ``val/*`` of the best checkpoint, ``test/*`` when ``cfg.test``, plus
+        ``best_model_path`` is logged.
+    """
+    check_config(cfg)
+    started = time.perf_counter()
+    run_dir = Path(cfg.run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    if cfg.get("seed") is not None:
+        pl.seed_everything(int(cfg.seed), workers=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+
+    datamodule = build_datamodule(cfg.data)
+    tagger = build_tagger(cfg, datamodule)
+    log.info("model: %s parameters", f"{sum(p.numel() for p in tagger.parameters()):,}")
+    datamodule.save_vocabs(run_dir)
+
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    if cfg.trainer.get("enable_progress_bar", True) is False:
+        # trainer.enable_progress_bar=false (e.g. logging to a file) wins over callbacks' bar.
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: pl.Trainer = build(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False
+    )
+
+    metrics: dict[str, float] = {"setup_seconds": time.perf_counter() - started}
+    fit_started = time.perf_counter()
+    if cfg.get("train", True):
+        trainer.fit(tagger, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+    best = _best_checkpoint(trainer)
+    fit_seconds = time.perf_counter() - fit_started
+    metrics["fit_seconds"] = fit_seconds
+    if fit_seconds > 0 and tagger.trained_tokens > 0 and not cfg.trainer.get("fast_dev_run"):
+        # Real training tokens per second of fit, dev evaluation and checkpointing included.
+        metrics["train_tokens_per_s"] = tagger.trained_tokens / fit_seconds
+    if not trainer.is_global_zero:
+        return metrics
+    if best is not None:
+        log.info("best checkpoint: %s", best)
+    eval_trainer = _single_device_trainer(cfg) if trainer.world_size > 1 else trainer
+    if best is not None or not cfg.get("train", True):
+        # Dev figures of the best checkpoint: exactly what chaincrf-eval reproduces.
+        eval_trainer.validate(tagger, datamodule=datamodule, ckpt_path=best, verbose=False)
+        metrics.update(tagger.results.get("val", {}))
+    if cfg.get("test", True):
+        test_started = time.perf_counter()
+        eval_trainer.test(tagger, datamodule=datamodule, ckpt_path=best, verbose=False)
+        test_seconds = time.perf_counter() - test_started
+        metrics.update(tagger.results.get("test", {}))
+        if "test" in datamodule.datasets and not cfg.trainer.get("fast_dev_run"):
+            # Test tokens per second of trainer.test (checkpoint loading included).
+            metrics["test_tokens_per_s"] = sum(datamodule.datasets["test"].lengths) / test_seconds
+    (run_dir / "metrics.json").write_text(
+        json.dumps({"best_model_path": best, **metrics}, indent=2, sort_keys=True), encoding="utf-8"
+    )
+    if cfg.get("report", True):
+        from chaincrf.report import write_report
+
+        details = {
+            "run directory": str(run_dir),
+            "best checkpoint": best,
+            "wall time": f"fit {fit_seconds / 60:.1f} min ({fit_seconds:.0f} s), data set-up "
+            f"{metrics['setup_seconds']:.0f} s",
+            "epochs": trainer.current_epoch,
+        }
+        for key, label in (("train_tokens_per_s", "training"), ("test_tokens_per_s", "test")):
+            if key in metrics:
+                details[f"{label} tokens/s"] = f"{metrics[key]:,.0f}"
+        path = write_report(
+            run_dir,
+            tagger,
+            results={k: v for k, v in tagger.results.items() if k in ("val", "test")},
+            confusion=tagger.confusion,
+            metrics_csv=_metrics_csv(run_dir),
+            details=details,
+        )
+        log.info("report: %s", path)
+    return metrics
+
+
+def _best_checkpoint(trainer: pl.Trainer) -> str | None:
+    callback = trainer.checkpoint_callback
+    if callback is None:
+        return None
+    path = getattr(callback, "best_model_path", "") or getattr(callback, "last_model_path", "")
+    return path or None
+
+
+def _single_device_trainer(cfg: DictConfig) -> pl.Trainer:
+    """A one-process trainer for the final dev/test pass after multi-process training."""
+    return pl.Trainer(
+        accelerator=cfg.trainer.get("accelerator", "cpu"),
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=cfg.run_dir,
+    )
+
+
+def _metrics_csv(run_dir: Path) -> Path | None:
+    found = sorted(run_dir.glob("csv/**/metrics.csv"))
+    return found[-1] if found else None
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """Entry point of ``chaincrf-train``; returns the monitored score (for Hydra sweepers)."""
+    metrics = train(cfg)
+    score = metrics.get(str(cfg.get("monitor", "val/score")))
+    if score is not None:
+        log.info("%s = %.4f", cfg.monitor, score)
+    return score
+
+
+if __name__ == "__main__":
+    main()

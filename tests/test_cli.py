@@ -1,0 +1,404 @@
+"""The Hydra side: every config group instantiates; fast_dev_run per encoder; train -> eval gives
+the same dev figures; predict round trips; reload; resume from last.ckpt; 2-process DDP on CPU.
+
+Everything runs on the tiny corpora in ``tests/fixtures/tagger`` with tiny models."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from chaincrf.cli.evaluate import evaluate
+from chaincrf.cli.export import export
+from chaincrf.cli.export import main as export_main
+from chaincrf.cli.predict import predict
+from chaincrf.cli.train import build_tagger, train
+from chaincrf.tagger import SequenceTagger
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+FIXTURES = Path(__file__).parent / "fixtures" / "tagger"
+
+NER_DATA = [
+    "data=custom",
+    "data.root=null",
+    f"data.train={FIXTURES / 'train.conll'}",
+    f"data.dev={FIXTURES / 'dev.conll'}",
+    f"data.test={FIXTURES / 'test.conll'}",
+    "data.batch_size=8",
+]
+POS_DATA = [
+    "data=custom",
+    "data.root=null",
+    "data.format=conllu",
+    "data.scheme=null",
+    f"data.train={FIXTURES / 'train.conllu'}",
+    f"data.dev={FIXTURES / 'dev.conllu'}",
+    f"data.test={FIXTURES / 'test.conllu'}",
+    "data.batch_size=8",
+]
+TINY = [
+    "embeddings.word_dim=16",
+    "embeddings.char_dim=8",
+    "embeddings.char_hidden=8",
+    "embeddings.dropout=0.0",
+    "optimizer.lr=0.02",
+    "callbacks=minimal",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=1",
+    "threads=1",
+]
+ENCODERS = {
+    "bilstm": ["encoder.hidden_size=16", "encoder.dropout=0.0"],
+    "cnn": ["encoder.hidden_size=16", "encoder.dilations=[1,2]", "encoder.dropout=0.0"],
+    "transformer": [
+        "encoder.d_model=16",
+        "encoder.num_heads=2",
+        "encoder.num_layers=1",
+        "encoder.dim_feedforward=32",
+        "encoder.dropout=0.0",
+    ],
+    "identity": [],
+    "pretrained": [],
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models on 2 shared cores: one intra-op thread avoids 10x oversubscription slowdowns.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def compose_config(overrides: list[str], name: str = "config") -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def run_overrides(run_dir: Path, *extra: str, encoder: str = "bilstm") -> list[str]:
+    return [
+        *NER_DATA,
+        *TINY,
+        f"encoder={encoder}",
+        *ENCODERS[encoder],
+        f"run_dir={run_dir}",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """One training run on the NER fixture, shared by the eval/predict/reload/resume tests."""
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = compose_config(run_overrides(run_dir, "trainer.max_epochs=6", "seed=1"))
+    metrics = train(cfg)
+    return {"run_dir": run_dir, "metrics": metrics, "cfg": cfg}
+
+
+# ---------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize(
+    "group",
+    ["trainer", "logger", "callbacks", "optimizer", "scheduler", "model", "debug", "experiment"],
+)
+def test_every_option_of_my_groups_composes(group, tmp_path):
+    assert options(group), f"conf/{group} has no options"
+    for option in options(group):
+        cfg = compose_config([f"{group}={option}", f"run_dir={tmp_path}"])
+        OmegaConf.resolve(cfg)  # every interpolation resolves
+        assert cfg.run_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainer_configs_instantiate(option, tmp_path):
+    cfg = compose_config([f"trainer={option}", f"run_dir={tmp_path}"])
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        with pytest.raises(Exception, match=r"(?i)gpu|cuda"):
+            instantiate(cfg.trainer, logger=False)
+        return
+    trainer = instantiate(cfg.trainer, logger=False)
+    assert trainer.gradient_clip_val == 5.0
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_logger_configs_instantiate(option, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHAINCRF_MLFLOW_DB", str(tmp_path / "mlruns.db"))
+    cfg = compose_config([f"logger={option}", f"run_dir={tmp_path}"])
+    needs = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+    for name, node in cfg.logger.items():
+        if name in needs and importlib.util.find_spec(needs[name]) is None:
+            with pytest.raises(Exception, match=needs[name]):  # a clear "install it" error
+                instantiate(node)
+            continue
+        logger = instantiate(node)
+        assert logger is not None
+    if option == "mlflow":
+        assert cfg.logger.mlflow.tracking_uri.startswith("sqlite:///")
+
+
+@pytest.mark.parametrize("option", options("callbacks"))
+def test_callback_configs_instantiate(option, tmp_path):
+    cfg = compose_config([f"callbacks={option}", f"run_dir={tmp_path}"])
+    callbacks = [instantiate(node) for node in cfg.callbacks.values() if node is not None]
+    checkpoint = next(c for c in callbacks if type(c).__name__ == "ModelCheckpoint")
+    assert checkpoint.monitor == "val/score"
+    assert any(getattr(c, "filename", None) == "last" and c.monitor is None for c in callbacks)
+
+
+@pytest.mark.parametrize("option", options("optimizer"))
+def test_optimizer_and_scheduler_configs_instantiate(option, tmp_path):
+    parameter = torch.nn.Parameter(torch.zeros(2))
+    for scheduler in options("scheduler"):
+        cfg = compose_config(
+            [f"optimizer={option}", f"scheduler={scheduler}", f"run_dir={tmp_path}"]
+        )
+        optimizer = instantiate(cfg.optimizer)([parameter])
+        assert instantiate(cfg.scheduler)(optimizer) is not None
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_data_configs_instantiate(option, tmp_path):
+    cfg = compose_config(
+        [f"data={option}", f"run_dir={tmp_path}", f"data.train={FIXTURES / 'train.conll'}"]
+    )
+    datamodule = instantiate(cfg.data)
+    assert type(datamodule).__name__ == "TaggingDataModule"
+
+
+@pytest.mark.parametrize("embeddings", options("embeddings"))
+@pytest.mark.parametrize("model", options("model"))
+def test_embeddings_and_model_configs_build_a_tagger(embeddings, model, tmp_path):
+    overrides = [*NER_DATA, f"embeddings={embeddings}", f"model={model}", f"run_dir={tmp_path}"]
+    cfg = compose_config(overrides)
+    if cfg.data.get("pretrained") is None and embeddings == "glove":
+        with open_dict(cfg):
+            cfg.data.pretrained = None  # GloVe shape comes from the data; random here
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    tagger = build_tagger(cfg, datamodule)
+    assert (tagger.model.crf is not None) == cfg.model.use_crf
+
+
+def test_bad_config_fails_at_construction_with_a_clear_error(tmp_path):
+    cfg = compose_config(run_overrides(tmp_path, "encoder.hidden_size=-1"))
+    with pytest.raises(ValueError, match="hidden_size must be positive"):
+        train(cfg)
+    cfg = compose_config(run_overrides(tmp_path, "data.scheme=BIOX"))
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        train(cfg)
+    cfg = compose_config(run_overrides(tmp_path, "monitor_mode=up"))
+    with pytest.raises(ValueError, match="monitor_mode must be 'max' or 'min'"):
+        train(cfg)
+
+
+# ---------------------------------------------------------------- training runs
+
+
+@pytest.mark.parametrize("encoder", list(ENCODERS))
+def test_fast_dev_run_each_encoder(encoder, tmp_path):
+    if encoder == "pretrained" and importlib.util.find_spec("transformers") is None:
+        pytest.skip("the pretrained encoder needs the optional `transformers` extra")
+    cfg = compose_config(run_overrides(tmp_path, "debug=fast_dev_run", encoder=encoder))
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+def test_fast_dev_run_pos_softmax(tmp_path):
+    cfg = compose_config(
+        [
+            *POS_DATA,
+            *TINY,
+            *ENCODERS["bilstm"],
+            f"run_dir={tmp_path}",
+            "model=softmax",
+            "debug=fast_dev_run",
+        ]
+    )
+    metrics = train(cfg)
+    assert "val/acc" in metrics and "val/f1" not in metrics
+
+
+def test_overfit_debug_config(tmp_path):
+    cfg = compose_config(
+        [*POS_DATA, *TINY, *ENCODERS["bilstm"], f"run_dir={tmp_path}", "debug=overfit"]
+    )
+    metrics = train(cfg)
+    assert metrics["train/loss"] < 0.05
+
+
+def test_training_run_writes_everything(trained):
+    run_dir = trained["run_dir"]
+    for name in (
+        "config.yaml",
+        "encoder.json",
+        "metrics.json",
+        "report.md",
+        "learning_curves.png",
+        "transitions.png",
+        "per_type_f1.png",
+        "confusion.png",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "csv/metrics.csv",
+    ):
+        assert (run_dir / name).is_file(), name
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    assert saved.run_dir == str(run_dir) and "${" not in (run_dir / "config.yaml").read_text()
+    metrics = trained["metrics"]
+    assert metrics["val/f1"] > 0.5 and metrics["test/f1"] > 0.5  # it learnt something
+    assert metrics["train_tokens_per_s"] > 0 and metrics["test_tokens_per_s"] > 0
+    report = (run_dir / "report.md").read_text()
+    assert "| dev |" in report and "| test |" in report and "PER" in report
+
+
+def test_eval_from_checkpoint_gives_the_training_figures(trained, tmp_path):
+    run_dir, metrics = trained["run_dir"], trained["metrics"]
+    output = tmp_path / "eval.json"
+    cfg = compose_config(
+        [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", "split=dev", f"output={output}"],
+        name="eval",
+    )
+    results = evaluate(cfg)
+    for key in ("val/f1", "val/precision", "val/recall", "val/acc", "val/f1_PER"):
+        assert results[key] == pytest.approx(metrics[key], abs=1e-9), key
+    assert json.loads(output.read_text())["val/f1"] == pytest.approx(metrics["val/f1"])
+    cfg = compose_config(
+        [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", "split=test"], name="eval"
+    )
+    assert evaluate(cfg)["test/f1"] == pytest.approx(metrics["test/f1"], abs=1e-9)
+
+
+def test_eval_needs_a_checkpoint():
+    cfg = compose_config([], name="eval")
+    with pytest.raises(ValueError, match="'ckpt_path' is required"):
+        evaluate(cfg)
+
+
+def test_predict_cli_raw_text_to_jsonl(trained, tmp_path):
+    ckpt = trained["run_dir"] / "checkpoints" / "best.ckpt"
+    output = tmp_path / "out" / "tags.jsonl"
+    cfg = compose_config(
+        [f"ckpt_path={ckpt}", f"input={FIXTURES / 'raw.txt'}", f"output={output}"], name="predict"
+    )
+    predict(cfg)
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    lines = (FIXTURES / "raw.txt").read_text().splitlines()
+    assert [r["tokens"] for r in records] == [line.split() for line in lines]
+    for record in records:
+        assert len(record["tags"]) == len(record["confidences"]) == len(record["tokens"])
+        for span in record["spans"]:
+            assert set(span) == {"type", "start", "end", "text", "confidence"}
+            assert span["text"] == " ".join(record["tokens"][span["start"] : span["end"]])
+    assert sorted(p.name for p in output.parent.iterdir()) == ["tags.jsonl"]  # no temporary left
+
+
+def test_predict_cli_conll_round_trip(trained, tmp_path):
+    ckpt = trained["run_dir"] / "checkpoints" / "best.ckpt"
+    output = tmp_path / "dev.out.conll"
+    cfg = compose_config(
+        [
+            f"ckpt_path={ckpt}",
+            f"input={FIXTURES / 'dev.conll'}",
+            "output_format=conll",
+            f"output={output}",
+        ],
+        name="predict",
+    )
+    results = predict(cfg)
+    blocks = [b.splitlines() for b in output.read_text().strip().split("\n\n")]
+    from chaincrf.data import read_columns
+
+    gold = read_columns(FIXTURES / "dev.conll")
+    assert len(blocks) == len(gold) == len(results)
+    for block, sentence, result in zip(blocks, gold, results):
+        rows = [line.split() for line in block]
+        assert [r[0] for r in rows] == sentence.tokens
+        assert [r[1] for r in rows] == sentence.labels  # gold column kept for conlleval
+        assert [r[2] for r in rows] == result.tags
+    # The predictions score exactly as chaincrf-eval scored the dev split.
+    from seqeval.metrics import f1_score
+
+    f1 = f1_score([s.labels for s in gold], [r.tags for r in results])
+    assert f1 == pytest.approx(trained["metrics"]["val/f1"], abs=1e-6)
+
+
+def test_predict_never_leaves_half_written_output(trained, tmp_path):
+    ckpt = trained["run_dir"] / "checkpoints" / "best.ckpt"
+    output = tmp_path / "tags.jsonl"
+    output.write_text("previous\n")
+    cfg = compose_config(
+        [f"ckpt_path={ckpt}", f"input={tmp_path / 'missing.txt'}", f"output={output}"],
+        name="predict",
+    )
+    with pytest.raises(FileNotFoundError, match="input file not found"):
+        predict(cfg)
+    assert output.read_text() == "previous\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tags.jsonl"]
+
+
+def test_reloaded_model_predicts_identically(trained, tmp_path):
+    ckpt = trained["run_dir"] / "checkpoints" / "best.ckpt"
+    sentences = (FIXTURES / "raw.txt").read_text().splitlines()
+    first = SequenceTagger.load(ckpt).predict(sentences)
+    second = SequenceTagger.load(ckpt).predict(sentences)
+    assert [r.to_dict() for r in first] == [r.to_dict() for r in second]
+    bundle = export(ckpt, tmp_path / "bundle")
+    assert sorted(p.name for p in bundle.iterdir()) == ["config.json", "vocab.json", "weights.pt"]
+    third = SequenceTagger.load(bundle).predict(sentences)
+    assert [r.to_dict() for r in third] == [r.to_dict() for r in first]
+
+
+def test_export_cli_writes_a_loadable_bundle(trained, tmp_path):
+    ckpt = trained["run_dir"] / "checkpoints" / "best.ckpt"
+    assert export_main([str(ckpt), str(tmp_path / "bundle")]) == 0
+    config = json.loads((tmp_path / "bundle" / "config.json").read_text())
+    assert config["hparams"]["labels"] == SequenceTagger.load(ckpt).labels
+    state = torch.load(tmp_path / "bundle" / "weights.pt", weights_only=True)
+    assert "model.crf.transitions" in state
+
+
+def test_resume_from_last_checkpoint(trained, tmp_path):
+    last = trained["run_dir"] / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert state["epoch"] == 5  # six epochs: 0..5
+    cfg = compose_config(
+        run_overrides(
+            tmp_path,
+            "trainer.max_epochs=8",
+            "seed=1",
+            f"ckpt_path={last}",
+            "test=false",
+            "report=false",
+        )
+    )
+    train(cfg)
+    resumed = torch.load(
+        tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    assert resumed["epoch"] == 7 and resumed["global_step"] > state["global_step"]
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path):
+    cfg = compose_config(
+        run_overrides(
+            tmp_path, "trainer=ddp_cpu", "trainer.max_epochs=1", "test=false", "report=false"
+        )
+    )
+    metrics = train(cfg)
+    assert "val/f1" in metrics
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()

@@ -1,0 +1,303 @@
+"""SequenceTagger without Hydra: construction errors, plain hyper-parameters, the softmax
+baseline, overfitting one batch, span confidences, save/load round trips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from chaincrf.constraints import get_spans
+from chaincrf.data import SentenceEncoder, Vocabulary, collate, read_columns, read_conllu
+from chaincrf.data.vocab import span_tag_inventory
+from chaincrf.tagger import InverseTimeDecay, SequenceTagger, build_from_spec
+
+FIXTURES = Path(__file__).parent / "fixtures" / "tagger"
+EMBEDDINGS = {
+    "_target_": "chaincrf.embeddings.TokenEmbedder",
+    "_partial_": True,
+    "word_dim": 16,
+    "char_encoder": "cnn",
+    "char_dim": 8,
+    "char_hidden": 8,
+    "dropout": 0.0,
+}
+ENCODER = {"_target_": "chaincrf.encoders.bilstm.BiLSTMEncoder", "hidden_size": 16, "dropout": 0.0}
+ADAM = {"_target_": "torch.optim.Adam", "lr": 0.02}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Two intra-op threads on two cores shared with other processes run these tiny models
+    # 10-30x slower (oversubscription); module scope so that module fixtures run under it.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _ner_encoder() -> tuple[SentenceEncoder, list]:
+    sentences = read_columns(FIXTURES / "train.conll")
+    words = Vocabulary.build(t for s in sentences for t in s.tokens)
+    chars = Vocabulary.build(c for s in sentences for t in s.tokens for c in t)
+    types = {label[2:] for s in sentences for label in s.labels if label != "O"}
+    tags = Vocabulary(span_tag_inventory(types, "BIOES"))
+    return SentenceEncoder(words, chars, tags, scheme="BIOES", original_scheme="IOB1"), sentences
+
+
+def _batch(encoder: SentenceEncoder, sentences: list) -> dict:
+    items = [
+        {**encoder.encode(s.tokens, s.labels), "tokens": s.tokens, "index": i}
+        for i, s in enumerate(sentences)
+    ]
+    return collate(items)
+
+
+def _tagger(sentence_encoder: SentenceEncoder, /, **kwargs) -> SequenceTagger:
+    arguments = {
+        "labels": sentence_encoder.tags.itos,
+        "num_words": len(sentence_encoder.words),
+        "num_chars": len(sentence_encoder.chars),
+        "embeddings": EMBEDDINGS,
+        "encoder": ENCODER,
+        "scheme": sentence_encoder.scheme,
+        "original_scheme": sentence_encoder.original_scheme,
+        "optimizer": ADAM,
+        "vocab": sentence_encoder.to_dict(),
+    }
+    arguments.update(kwargs)
+    return SequenceTagger(**arguments)
+
+
+def _fit(tagger: SequenceTagger, batch: dict, steps: int) -> float:
+    optimizer = tagger.configure_optimizers()
+    tagger.train()
+    loss = torch.tensor(0.0)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = tagger.model.loss(tagger(batch), batch["tags"], batch["mask"])
+        loss.backward()
+        optimizer.step()
+    tagger.eval()
+    return float(loss.detach())
+
+
+def _accuracy(tagger: SequenceTagger, batch: dict) -> float:
+    with torch.no_grad():
+        predicted = tagger.model.decode(tagger(batch), batch["mask"])
+    mask = batch["mask"]
+    return float((predicted[mask] == batch["tags"][mask]).double().mean())
+
+
+@pytest.fixture(scope="module")
+def ner():
+    torch.manual_seed(0)
+    encoder, sentences = _ner_encoder()
+    batch = _batch(encoder, sentences[:16])
+    tagger = _tagger(encoder)
+    _fit(tagger, batch, 60)
+    return tagger, batch, encoder
+
+
+# ---------------------------------------------------------------- construction
+
+
+def test_hyperparameters_are_plain_json():
+    encoder, _ = _ner_encoder()
+    tagger = _tagger(encoder)
+    text = json.dumps(dict(tagger.hparams))  # no modules, partials or tensors
+    assert "pretrained" not in tagger.hparams and "vocab" not in tagger.hparams
+    assert json.loads(text)["labels"] == encoder.tags.itos
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ({"labels": []}, ValueError, "labels must be a non-empty list"),
+        ({"labels": ["O", "O"]}, ValueError, "labels must be unique"),
+        ({"num_words": 0}, ValueError, "num_words must be a positive int"),
+        ({"scheme": "XYZ"}, ValueError, "scheme must be one of"),
+        ({"scheme": None, "original_scheme": "IOB1"}, ValueError, "needs a training scheme"),
+        ({"encoder": "bilstm"}, TypeError, "encoder must be a mapping with a '_target_' key"),
+        (
+            {"encoder": {"_target_": "chaincrf.encoders.nope.Nope"}},
+            ValueError,
+            "cannot be imported",
+        ),
+        ({"optimizer": {"_target_": "torch.optim.Nope"}}, ValueError, "cannot be imported"),
+        (
+            {"embeddings": {**EMBEDDINGS, "word_dim": -1}},
+            ValueError,
+            "word_dim must be a positive int",
+        ),
+        (
+            {"pretrained": torch.zeros(3, 16)},
+            ValueError,
+            "pretrained must be a float tensor of shape",
+        ),
+        ({"dropout": 1.5}, ValueError, "dropout must be in"),
+        ({"scheduler_interval": "batch"}, ValueError, "scheduler_interval must be"),
+        (
+            {"encoder": {**ENCODER, "_extra": torch.nn.Linear(1, 1)}},
+            TypeError,
+            "must be plain data",
+        ),
+    ],
+)
+def test_bad_arguments_fail_at_construction(change, error, match):
+    encoder, _ = _ner_encoder()
+    with pytest.raises(error, match=match):
+        _tagger(encoder, **change)
+
+
+def test_label_outside_the_scheme_fails_at_construction():
+    encoder, _ = _ner_encoder()
+    with pytest.raises(ValueError, match="does not fit the BIOES scheme"):
+        _tagger(encoder, labels=["O", "B-PER", "X-PER"])
+
+
+def test_build_from_spec_fills_runtime_sizes_only_when_unset():
+    layer = build_from_spec(
+        {"_target_": "torch.nn.Linear", "_partial_": True, "out_features": 3}, "x", in_features=4
+    )
+    assert (layer.in_features, layer.out_features) == (4, 3)
+    layer = build_from_spec(
+        {"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 3}, "x", in_features=4
+    )
+    assert layer.in_features == 2
+
+
+def test_inverse_time_decay():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.015)
+    scheduler = InverseTimeDecay(optimizer, decay=0.05)
+    lrs = []
+    for _ in range(3):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([0.015, 0.015 / 1.05, 0.015 / 1.1])
+    with pytest.raises(ValueError, match="decay must be >= 0"):
+        InverseTimeDecay(optimizer, decay=-1)
+
+
+# ---------------------------------------------------------------- training and prediction
+
+
+def test_overfit_one_batch_crf(ner):
+    tagger, batch, _ = ner
+    assert _accuracy(tagger, batch) == 1.0
+
+
+def test_overfit_one_batch_softmax_and_pos():
+    torch.manual_seed(0)
+    sentences = read_conllu(FIXTURES / "train.conllu")[:16]
+    words = Vocabulary.build(t for s in sentences for t in s.tokens)
+    chars = Vocabulary.build(c for s in sentences for t in s.tokens for c in t)
+    tags = Vocabulary.build(
+        (label for s in sentences for label in s.labels), specials=False, order="sorted"
+    )
+    encoder = SentenceEncoder(words, chars, tags)
+    batch = _batch(encoder, sentences)
+    tagger = _tagger(encoder, use_crf=False, scheme=None, original_scheme=None)
+    assert tagger.model.crf is None and not tagger.is_span_task
+    _fit(tagger, batch, 60)
+    assert _accuracy(tagger, batch) == 1.0
+    tagged = tagger.predict([sentences[0].tokens])[0]
+    assert tagged.tags == sentences[0].labels and tagged.spans == []
+
+
+def test_constraints_are_applied(ner):
+    tagger, _, _ = ner
+    crf = tagger.model.crf
+    o, i_per = tagger.labels.index("O"), tagger.labels.index("I-PER")
+    assert crf.has_constraints and not bool(crf.transitions_allowed[o, i_per])
+    unconstrained = _tagger(_ner_encoder()[0], constrain=False)
+    assert not unconstrained.model.crf.has_constraints
+
+
+def test_predict_outputs(ner):
+    tagger, _, _ = ner
+    sentence = read_columns(FIXTURES / "train.conll")[0]  # in the training batch
+    results = tagger.predict(
+        [" ".join(sentence.tokens), "", ["EU", "rejects", "French", "lamb", "."]]
+    )
+    assert [r.tokens for r in results] == [
+        sentence.tokens,
+        [],
+        ["EU", "rejects", "French", "lamb", "."],
+    ]
+    first = results[0]
+    assert first.tags == sentence.labels  # the original scheme (IOB1), learnt by heart
+    expected = [
+        (t, a, b, " ".join(sentence.tokens[a:b])) for t, a, b in get_spans(sentence.labels, "IOB1")
+    ]
+    assert [(s.type, s.start, s.end, s.text) for s in first.spans] == expected
+    assert expected  # the sentence has spans
+    for result in results:
+        assert len(result.confidences) == len(result.tokens)
+        assert all(0.0 < p <= 1.0 for p in result.confidences)
+        for span in result.spans:
+            # P(the span is labelled so) <= P(any one of its tokens is labelled so)
+            assert 0.0 < span.confidence <= min(result.confidences[span.start : span.end]) + 1e-5
+    assert json.loads(json.dumps(first.to_dict()))["spans"][0]["type"] == "PER"
+    with pytest.raises(TypeError, match="got a single string"):
+        tagger.predict("EU rejects German call .")
+
+
+def test_single_token_span_confidence_is_its_marginal(ner):
+    # In BIOES a one-token span is one S- tag: its probability is that tag's marginal.
+    tagger, _, _ = ner
+    tokens = ["Mary", "visited", "Tokyo", "."]
+    batch = tagger.encode([tokens])
+    marginals = tagger.model.marginals(tagger(batch), batch["mask"])[0]
+    result = tagger.predict([tokens])[0]
+    singles = [s for s in result.spans if s.end - s.start == 1]
+    assert singles
+    for span in singles:
+        s_tag = tagger.labels.index(f"S-{span.type}")
+        assert span.confidence == pytest.approx(float(marginals[span.start, s_tag]), abs=1e-4)
+
+
+def test_decode_under_inference_mode(ner):
+    # Lightning's validate/test/predict loops run under torch.inference_mode(); a single long
+    # sentence is the case where the CRF may take its small-batch Viterbi path.
+    tagger, batch, _ = ner
+    long_batch = tagger.encode([batch["tokens"][0] * 4])
+    with torch.no_grad():
+        expected = tagger.model.decode(tagger(long_batch), long_batch["mask"])
+    with torch.inference_mode():
+        got = tagger.model.decode(tagger(long_batch), long_batch["mask"])
+    assert torch.equal(got, expected)
+
+
+def test_predict_matches_training_batch_decode(ner):
+    tagger, batch, encoder = ner
+    with torch.no_grad():
+        paths = tagger.model.decode(tagger(batch), batch["mask"])
+    expected = [encoder.to_original_scheme(t) for t in tagger.ids_to_labels(paths, batch["mask"])]
+    results = tagger.predict(batch["tokens"], batch_size=5)
+    assert [r.tags for r in results] == expected
+
+
+def test_bundle_round_trip_predicts_identically(ner, tmp_path):
+    tagger, batch, _ = ner
+    tagger.save_bundle(tmp_path / "bundle")
+    reloaded = SequenceTagger.load(tmp_path / "bundle")
+    sentences = batch["tokens"]
+    assert [r.to_dict() for r in reloaded.predict(sentences)] == [
+        r.to_dict() for r in tagger.predict(sentences)
+    ]
+    with pytest.raises(FileNotFoundError, match="not found"):
+        SequenceTagger.load(tmp_path / "missing.ckpt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a chaincrf bundle"):
+        SequenceTagger.load(tmp_path / "empty")
+
+
+def test_predict_without_vocab_is_a_clear_error():
+    encoder, _ = _ner_encoder()
+    tagger = _tagger(encoder, vocab=None)
+    with pytest.raises(ValueError, match="has no vocab"):
+        tagger.predict([["EU"]])
