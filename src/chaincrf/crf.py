@@ -37,7 +37,7 @@ _TREE_SPAN_LIMIT = 25.0
 _BROADCAST_MAX = 4096
 # Viterbi back-pointers for all steps in one argmax when batch * tags^2 is at most this; above
 # it, the back-trace takes the argmax for the chosen tag only, step by step.
-_BATCHED_BACKPOINTERS_MAX = 2048
+_BATCHED_BACKPOINTERS_MAX = 512
 # Viterbi's max-plus tree: used when batch * tags^3 is at most this (and T >= _TREE_MIN_T).
 _TREE_VITERBI_MAX_BKKK = 8192
 
