@@ -39,7 +39,7 @@ _BROADCAST_MAX = 4096
 # it, the back-trace takes the argmax for the chosen tag only, step by step.
 _BATCHED_BACKPOINTERS_MAX = 512
 # Viterbi's max-plus tree: used when batch * tags^3 is at most this (and T >= _TREE_MIN_T).
-_TREE_VITERBI_MAX_BKKK = 8192
+_TREE_VITERBI_MAX_BKKK = 3000
 
 
 class CRF(nn.Module):
