@@ -16,6 +16,10 @@ from typing import Any
 import torch
 
 from chaincrf import constraints
+from chaincrf.embeddings import (
+    CASING_CLASSES,
+)  # casing ids are defined once, beside their embedding
+from chaincrf.embeddings import casing_id as casing_class
 
 __all__ = [
     "CASING_CLASSES",
@@ -30,37 +34,7 @@ __all__ = [
 PAD = "<pad>"
 UNK = "<unk>"
 
-CASING_CLASSES: tuple[str, ...] = (
-    PAD,
-    "other",
-    "numeric",
-    "mainly_numeric",
-    "all_lower",
-    "all_upper",
-    "initial_upper",
-    "contains_digit",
-)
-"""Casing classes of a token (Reimers & Gurevych 2017); id 0 is padding."""
-
 _DIGITS = re.compile(r"\d")
-
-
-def casing_class(token: str) -> int:
-    """Return the casing-class id (an index into :data:`CASING_CLASSES`, never 0) of a token."""
-    n_digits = sum(c.isdigit() for c in token)
-    if token.isdigit():
-        return 2
-    if n_digits / max(len(token), 1) > 0.5:
-        return 3
-    if token.islower():
-        return 4
-    if token.isupper():
-        return 5
-    if token[:1].isupper():
-        return 6
-    if n_digits > 0:
-        return 7
-    return 1
 
 
 def normalize_word(token: str, lowercase: bool = False, digits_to_zero: bool = False) -> str:
