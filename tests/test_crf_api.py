@@ -120,7 +120,9 @@ def test_error_tags_shape(crf):
 
 
 def test_error_tags_dtype(crf):
-    with pytest.raises(ValueError, match=r"tags must be an integer tensor; got dtype torch\.float32"):
+    with pytest.raises(
+        ValueError, match=r"tags must be an integer tensor; got dtype torch\.float32"
+    ):
         crf(torch.randn(2, 3, 4), torch.zeros(2, 3))
 
 

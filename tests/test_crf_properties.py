@@ -281,9 +281,17 @@ def test_works_under_inference_mode(B, K):
     crf = make_crf(K, 0)
     emissions, tags, mask, _ = ragged_batch(B, 40, K, seed=0, min_len=1)
     tags = tags.clamp(min=0)
-    expected = (crf.viterbi(emissions, mask), crf.marginals(emissions, mask), crf(emissions, tags, mask))
+    expected = (
+        crf.viterbi(emissions, mask),
+        crf.marginals(emissions, mask),
+        crf(emissions, tags, mask),
+    )
     with torch.inference_mode():
-        got = (crf.viterbi(emissions, mask), crf.marginals(emissions, mask), crf(emissions, tags, mask))
+        got = (
+            crf.viterbi(emissions, mask),
+            crf.marginals(emissions, mask),
+            crf(emissions, tags, mask),
+        )
         assert crf.decode(emissions, mask) == crf.decode(emissions.clone(), mask)
     assert torch.equal(got[0][0], expected[0][0])
     torch.testing.assert_close(got[1], expected[1])

@@ -1,4 +1,5 @@
 """chaincrf: a fast linear-chain CRF for PyTorch and a sequence tagger around it."""
+
 from chaincrf.crf import CRF
 
 __all__ = ["CRF"]
