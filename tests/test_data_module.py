@@ -409,3 +409,29 @@ def test_allowed_transitions_of_the_module_are_the_constraints_module():
     dm.setup()
     for a, b in zip(dm.allowed_transitions(), allowed_transitions("BIOES", dm.tag_names)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("extend", [True, False])
+def test_dev_and_test_words_with_a_vector_join_the_vocabulary(tmp_path, extend):
+    (tmp_path / "train.txt").write_text("Peter NNP I-NP I-PER\nsaid VBD I-VP O\nRome NNP I-NP I-LOC\n")
+    (tmp_path / "dev.txt").write_text("Berlin NNP I-NP I-LOC\nsaid VBD I-VP O\n")
+    (tmp_path / "test.txt").write_text("Oslo NNP I-NP I-LOC\nZork NNP I-NP I-LOC\n")
+    (tmp_path / "vectors.txt").write_text("peter 1 0\nberlin 0 1\noslo 1 1\nsaid 0 0\n")
+    dm = TaggingDataModule(
+        root=str(tmp_path),
+        train="train.txt",
+        dev="dev.txt",
+        test="test.txt",
+        label_column=3,
+        scheme="BIO",
+        batch_size=2,
+        pretrained="vectors.txt",
+        extend_vocab=extend,
+    )
+    dm.setup()
+    words = dm.vocabs["words"]
+    assert ("Berlin" in words and "Oslo" in words) is extend
+    assert "Zork" not in words  # no vector: stays unknown
+    if extend:
+        assert dm.pretrained_vectors[words.stoi["Oslo"]].tolist() == [1.0, 1.0]
+        assert dm.datasets["test"][0]["words"][0] == words.stoi["Oslo"]

