@@ -296,3 +296,18 @@ def test_works_under_inference_mode(B, K):
     assert torch.equal(got[0][0], expected[0][0])
     torch.testing.assert_close(got[1], expected[1])
     torch.testing.assert_close(got[2], expected[2].detach())
+
+
+def test_zero_length_batches():
+    crf = make_crf(3, 0)
+    emissions = torch.randn(2, 0, 3, dtype=torch.float64, requires_grad=True)
+    tags = torch.zeros(2, 0, dtype=torch.long)
+    assert crf(emissions, tags, reduction="none").tolist() == [0.0, 0.0]
+    loss = crf.nll(emissions, tags, reduction="token_mean")
+    loss.backward()  # no 0/0, and still a graph to back-propagate through
+    assert loss.item() == 0.0
+    assert crf.log_partition(emissions).tolist() == [0.0, 0.0]
+    assert crf.decode(emissions) == [[], []]
+    paths, scores = crf.viterbi(emissions, k=2)
+    assert paths.shape == (2, 2, 0) and scores[:, 0].tolist() == [0.0, 0.0]
+    assert crf.marginals(emissions).shape == (2, 0, 3)

@@ -416,6 +416,8 @@ class CRF(nn.Module):
         """Score of the gold paths: em (B, T, K), tags (B, T) (0 where padded), mask (B, T) -> (B,)."""
         start, trans, end = self._scores(em.dtype)
         B, T, K = em.shape
+        if T == 0:  # only empty sequences: the empty path scores 0
+            return em.sum((1, 2))  # zeros (B,), still attached to the graph
         lengths = mask.sum(1)
         # emission and transition scores with one gather each; padded entries are replaced
         # (torch.where), never multiplied by 0, so -inf or NaN there cannot leak in.
@@ -488,7 +490,7 @@ def _reduce(llh: Tensor, mask: Tensor, reduction: str) -> Tensor:
         return llh.sum()
     if reduction == "mean":
         return llh.mean()
-    return llh.sum() / mask.sum().to(llh.dtype)
+    return llh.sum() / mask.sum().clamp(min=1).to(llh.dtype)  # no 0/0 for all-empty batches
 
 
 def _sort_time_major(em: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, list[int]]:
