@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -12,3 +14,14 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("chaincrf")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module: two threads on two cores shared with other
+    processes run tiny models 10-30x slower (oversubscription). Module scope, so that module
+    fixtures run under it too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -70,13 +70,7 @@ ENCODERS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on 2 shared cores: one intra-op thread avoids 10x oversubscription slowdowns.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def compose_config(overrides: list[str], name: str = "config") -> DictConfig:

@@ -28,14 +28,7 @@ ENCODER = {"_target_": "chaincrf.encoders.bilstm.BiLSTMEncoder", "hidden_size": 
 ADAM = {"_target_": "torch.optim.Adam", "lr": 0.02}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two intra-op threads on two cores shared with other processes run these tiny models
-    # 10-30x slower (oversubscription); module scope so that module fixtures run under it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ner_encoder() -> tuple[SentenceEncoder, list]:

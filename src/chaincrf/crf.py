@@ -814,7 +814,7 @@ class _Exact:
         T, B, _K = em.shape
         self.dtype = em.dtype
         em, start, trans, end = (x.double() for x in (em, start, trans, end))
-        self.em, self.start, self.trans, self.end = em, start, trans, end
+        self.em, self.trans, self.end = em, trans, end
         self.n_active, self.lengths = n_active, lengths
         self.A = _scan(em, start, trans, n_active, "logsumexp", 1)[0][:, :, 0]  # (T, B, K)
         rows = torch.arange(B, device=em.device)
