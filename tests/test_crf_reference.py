@@ -305,7 +305,11 @@ def test_tree_branch_matches_reference_and_sequential_gradients(monkeypatch):
 
 @pytest.mark.parametrize("constrained", [False, True])
 def test_tree_viterbi_branch_matches_reference(constrained, monkeypatch):
-    """Small batches decode through the max-plus tree; it equals the textbook Viterbi."""
+    """Long sequences in small batches decode through the max-plus tree; it equals the textbook
+    Viterbi (thresholds lowered so that a small batch takes it)."""
+    monkeypatch.setattr(crf_module, "_TREE_VITERBI_MIN_T", 8)
+    monkeypatch.setattr(crf_module, "_TREE_VITERBI_MAX_B", 4)
+    monkeypatch.setattr(crf_module, "_TREE_VITERBI_MAX_BKKK", 256)
     K = 4
     constraints = None
     if constrained:
@@ -365,12 +369,17 @@ def test_matrix_product_branches_match_reference(broadcast, monkeypatch):
     torch.testing.assert_close(em.grad, gold - marg)  # d llh / d emissions
 
 
+@pytest.mark.parametrize("sliced", [True, False])
 @pytest.mark.parametrize("batched", [True, False])
-def test_backtrace_branches_match_reference(batched, monkeypatch):
-    """Back-pointers batched after the forward pass, or argmax per chosen tag: same paths."""
+def test_backtrace_branches_match_reference(batched, sliced, monkeypatch):
+    """Back-pointers batched after the forward pass and followed by pointer doubling, or argmax
+    per chosen tag; forward steps over the whole batch or sliced to the running rows: same paths.
+    """
     monkeypatch.setattr(crf_module, "_BATCHED_BACKPOINTERS_MAX", 1 << 30 if batched else 0)
+    monkeypatch.setattr(crf_module, "_SLICE_MIN_SAVED", 0 if sliced else 1 << 30)
     monkeypatch.setattr(crf_module, "_TREE_VITERBI_MAX_BKKK", 0)
-    emissions, _, mask, lengths = ragged_batch(7, 10, 4, seed=55)
+    emissions, _, mask, lengths = ragged_batch(7, 13, 4, seed=55)
+    emissions[~mask] = float("nan")  # padding is never read, whatever it holds
     crf = make_crf(4, 55)
     paths, scores = crf.viterbi(emissions, mask)
     start, trans, end = params(crf)

@@ -413,7 +413,9 @@ def test_allowed_transitions_of_the_module_are_the_constraints_module():
 
 @pytest.mark.parametrize("extend", [True, False])
 def test_dev_and_test_words_with_a_vector_join_the_vocabulary(tmp_path, extend):
-    (tmp_path / "train.txt").write_text("Peter NNP I-NP I-PER\nsaid VBD I-VP O\nRome NNP I-NP I-LOC\n")
+    (tmp_path / "train.txt").write_text(
+        "Peter NNP I-NP I-PER\nsaid VBD I-VP O\nRome NNP I-NP I-LOC\n"
+    )
     (tmp_path / "dev.txt").write_text("Berlin NNP I-NP I-LOC\nsaid VBD I-VP O\n")
     (tmp_path / "test.txt").write_text("Oslo NNP I-NP I-LOC\nZork NNP I-NP I-LOC\n")
     (tmp_path / "vectors.txt").write_text("peter 1 0\nberlin 0 1\noslo 1 1\nsaid 0 0\n")
