@@ -303,12 +303,13 @@ def test_tree_branch_matches_reference_and_sequential_gradients(monkeypatch):
     torch.testing.assert_close(marg, crf.marginals(emissions, mask))
 
 
+@pytest.mark.parametrize("T", [1, 2, 9, 11])
 @pytest.mark.parametrize("constrained", [False, True])
-def test_tree_viterbi_branch_matches_reference(constrained, monkeypatch):
+def test_tree_viterbi_branch_matches_reference(constrained, T, monkeypatch):
     """Long sequences in small batches decode through the max-plus tree; it equals the textbook
-    Viterbi (thresholds lowered so that a small batch takes it)."""
-    monkeypatch.setattr(crf_module, "_TREE_VITERBI_MIN_T", 8)
-    monkeypatch.setattr(crf_module, "_TREE_VITERBI_MAX_B", 4)
+    Viterbi (thresholds lowered so that a small batch takes it). T - 1 steps: none, one, a power
+    of two, and padded up to one."""
+    monkeypatch.setattr(crf_module, "_TREE_VITERBI_MIN_T", 1)
     monkeypatch.setattr(crf_module, "_TREE_VITERBI_MAX_BKKK", 256)
     K = 4
     constraints = None
@@ -320,7 +321,7 @@ def test_tree_viterbi_branch_matches_reference(constrained, monkeypatch):
             torch.tensor([True, True, False, True]),
             trans_ok,
         )
-    emissions, _, mask, lengths = ragged_batch(4, 11, K, seed=33)
+    emissions, _, mask, lengths = ragged_batch(4, T, K, seed=33)
     mask[3] = False  # an empty row
     lengths[3] = 0
     crf = make_crf(K, 33, constraints=constraints)
@@ -329,6 +330,7 @@ def test_tree_viterbi_branch_matches_reference(constrained, monkeypatch):
     monkeypatch.setattr(crf_module, "_tree_viterbi", lambda *a: calls.append(1) or original(*a))
     paths, scores = crf.viterbi(emissions, mask)
     assert calls == [1], "the tree branch was not taken"
+    assert crf.decode(emissions, mask) == [paths[b, : int(lengths[b])].tolist() for b in range(4)]
     start, trans, end = params(crf)
     for b in range(4):
         n = int(lengths[b])
@@ -336,8 +338,9 @@ def test_tree_viterbi_branch_matches_reference(constrained, monkeypatch):
         assert paths[b, :n].tolist() == path and (paths[b, n:] == -1).all()
         assert math.isclose(float(scores[b]), score, rel_tol=1e-9, abs_tol=1e-9)
     monkeypatch.setattr(crf_module, "_TREE_VITERBI_MAX_BKKK", 0)
+    monkeypatch.setattr(crf_module, "_TREE_VITERBI_LONG_MAX_BKKK", 0)
     seq_paths, seq_scores = crf.viterbi(emissions, mask)
-    assert calls == [1] and torch.equal(seq_paths, paths)
+    assert calls == [1, 1] and torch.equal(seq_paths, paths)
     torch.testing.assert_close(seq_scores, scores)
 
 
@@ -378,6 +381,7 @@ def test_backtrace_branches_match_reference(batched, sliced, monkeypatch):
     monkeypatch.setattr(crf_module, "_BATCHED_BACKPOINTERS_MAX", 1 << 30 if batched else 0)
     monkeypatch.setattr(crf_module, "_SLICE_MIN_SAVED", 0 if sliced else 1 << 30)
     monkeypatch.setattr(crf_module, "_TREE_VITERBI_MAX_BKKK", 0)
+    monkeypatch.setattr(crf_module, "_TREE_VITERBI_LONG_MAX_BKKK", 0)
     emissions, _, mask, lengths = ragged_batch(7, 13, 4, seed=55)
     emissions[~mask] = float("nan")  # padding is never read, whatever it holds
     crf = make_crf(4, 55)
