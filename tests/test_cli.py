@@ -20,6 +20,7 @@ from chaincrf.cli.export import export
 from chaincrf.cli.export import main as export_main
 from chaincrf.cli.predict import predict
 from chaincrf.cli.train import build_tagger, train
+from chaincrf.report import read_metrics_csv
 from chaincrf.tagger import SequenceTagger
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -142,6 +143,30 @@ def test_logger_configs_instantiate(option, tmp_path, monkeypatch):
         assert logger is not None
     if option == "mlflow":
         assert cfg.logger.mlflow.tracking_uri.startswith("sqlite:///")
+
+
+def test_mlflow_logger_records_the_run_in_sqlite(tmp_path, monkeypatch):
+    """logger=mlflow: parameters and per-epoch dev scores land in the local SQLite store."""
+    from mlflow.tracking import MlflowClient  # the dev extra installs mlflow
+
+    db = tmp_path / "mlruns.db"
+    monkeypatch.setenv("CHAINCRF_MLFLOW_DB", str(db))
+    cfg = compose_config(
+        run_overrides(
+            tmp_path / "run", "logger=mlflow", "trainer.max_epochs=2", "task_name=mlflow_check"
+        )
+    )
+    train(cfg)
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("mlflow_check")
+    assert experiment is not None, f"no experiment 'mlflow_check' in {db}"
+    (run,) = client.search_runs([experiment.experiment_id])
+    history = client.get_metric_history(run.info.run_id, "val/score")
+    assert run.data.params, "no hyperparameters logged"
+    # the CSV logger stays on (the report reads it) and saw the same dev scores
+    csv_scores = read_metrics_csv(tmp_path / "run" / "csv" / "metrics.csv")["val/score"]
+    assert len(history) >= 2  # one per epoch (plus the best checkpoint's final evaluation)
+    assert sorted(m.value for m in history) == pytest.approx(sorted(v for _, v in csv_scores))
 
 
 @pytest.mark.parametrize("option", options("callbacks"))
