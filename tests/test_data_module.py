@@ -100,6 +100,20 @@ def test_token_budget_batches():
         assert batch["words"].numel() <= 10 or batch["words"].shape[0] == 1
 
 
+def test_eval_batch_size_sizes_dev_batches_only():
+    dm = ner(batch_size=None, max_tokens=10, eval_batch_size=2)
+    dm.setup()
+    assert all(
+        batch["words"].numel() <= 10 or batch["words"].shape[0] == 1
+        for batch in dm.train_dataloader()
+    )
+    for loader in (dm.val_dataloader(),):
+        sizes = [batch["words"].shape[0] for batch in loader]
+        assert sizes and max(sizes) == 2 and sum(sizes) == len(loader.dataset)
+    with pytest.raises(ValueError, match="eval_batch_size must be a positive integer; got 0"):
+        ner(eval_batch_size=0)
+
+
 def test_non_span_labels_with_conllu():
     dm = TaggingDataModule(root=str(FIXTURES), train="tiny.conllu", format="conllu", scheme=None)
     dm.setup()

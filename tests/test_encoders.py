@@ -112,6 +112,32 @@ def test_gradients_flow(name):
         assert parameter.grad is not None, parameter_name
 
 
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_bilstm_padded_and_packed_paths_agree(num_layers, monkeypatch):
+    """The padded path (each row reversed within its length for the backward direction) equals
+    the packed one: outputs, input gradients and weight gradients, padding garbage ignored."""
+    from chaincrf.encoders import bilstm
+
+    torch.manual_seed(0)
+    encoder = BiLSTMEncoder(D, hidden_size=5, num_layers=num_layers, dropout=0.0)
+    features, mask = make_inputs(lengths=(6, 5, 5, 2, 0))
+    features = torch.where(mask.unsqueeze(-1), features, torch.randn_like(features) * 1e3)
+    results = []
+    for threshold in (1.0, -1.0):  # everything padded, everything packed
+        monkeypatch.setattr(bilstm, "PADDED_MAX_PADDING", threshold)
+        encoder.zero_grad()
+        x = features.clone().requires_grad_(True)
+        out = encoder(x, mask)
+        (out * torch.linspace(0.5, 2.0, out.shape[-1])).sum().backward()
+        results.append((out, x.grad, [p.grad.clone() for p in encoder.parameters()]))
+    (out_a, grad_a, params_a), (out_b, grad_b, params_b) = results
+    torch.testing.assert_close(out_a, out_b)
+    assert torch.all(out_a[~mask] == 0) and torch.all(grad_a[~mask] == 0)
+    torch.testing.assert_close(grad_a, grad_b)
+    for a, b in zip(params_a, params_b):
+        torch.testing.assert_close(a, b)
+
+
 def test_empty_sentence_in_batch_gives_finite_outputs():
     features, mask = make_inputs(lengths=(3, 0, 2))
     for name in ["bilstm", "cnn", "transformer"]:

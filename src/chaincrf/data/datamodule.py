@@ -55,6 +55,9 @@ class TaggingDataModule(pl.LightningDataModule):
         source_scheme: the scheme of the files; None to detect it on the training file.
         batch_size: sentences per batch; exactly one of ``batch_size`` and ``max_tokens``.
         max_tokens: padded-token budget per batch.
+        eval_batch_size: sentences per dev/test/predict batch; None: as training
+            (``batch_size`` or ``max_tokens``). Evaluation keeps no activations for a backward
+            pass, and larger batches make the encoder's matrix products more efficient.
         shuffle: shuffle the training batches (buckets) every epoch.
         bucket_factor: batches per length-sorting pool.
         drop_last: drop incomplete training batches.
@@ -100,6 +103,7 @@ class TaggingDataModule(pl.LightningDataModule):
         source_scheme: str | None = None,
         batch_size: int | None = 32,
         max_tokens: int | None = None,
+        eval_batch_size: int | None = None,
         shuffle: bool = True,
         bucket_factor: int = 50,
         drop_last: bool = False,
@@ -133,7 +137,11 @@ class TaggingDataModule(pl.LightningDataModule):
                 "exactly one of batch_size and max_tokens must be set; "
                 f"got batch_size={batch_size}, max_tokens={max_tokens}"
             )
-        for name, value in (("batch_size", batch_size), ("max_tokens", max_tokens)):
+        for name, value in (
+            ("batch_size", batch_size),
+            ("max_tokens", max_tokens),
+            ("eval_batch_size", eval_batch_size),
+        ):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer; got {value!r}")
         if dev_fraction is not None:
@@ -156,6 +164,7 @@ class TaggingDataModule(pl.LightningDataModule):
         self.source_scheme = source_scheme
         self.batch_size = batch_size
         self.max_tokens = max_tokens
+        self.eval_batch_size = eval_batch_size
         self.shuffle = shuffle
         self.bucket_factor = bucket_factor
         self.drop_last = drop_last
@@ -523,12 +532,15 @@ class TaggingDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: EncodedDataset, train: bool, distributed: bool = True) -> DataLoader:
         num_replicas, rank = self._replicas() if distributed else (1, 0)
+        batch_size, max_tokens = self.batch_size, self.max_tokens
+        if not train and self.eval_batch_size is not None:
+            batch_size, max_tokens = self.eval_batch_size, None
         sampler = BucketBatchSampler(
             None,
-            self.batch_size,
+            batch_size,
             self.drop_last if train else False,
             lengths=dataset.lengths,
-            max_tokens=self.max_tokens,
+            max_tokens=max_tokens,
             shuffle=self.shuffle and train,
             seed=self.seed,
             bucket_factor=self.bucket_factor,
