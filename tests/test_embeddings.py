@@ -108,6 +108,32 @@ def test_each_token_encoded_alone_equals_batched(char_encoder):
     torch.testing.assert_close(embedder(single)[0, 0], out[b, t])
 
 
+def test_char_cnn_length_groups_equal_one_convolution(monkeypatch):
+    """Without autograd the char CNN encodes tokens in length groups: same vectors as one
+    convolution over all tokens padded to the longest (and as the training-mode path)."""
+    from chaincrf import embeddings
+
+    torch.manual_seed(0)
+    embedder = TokenEmbedder(NUM_WORDS, word_dim=8, num_chars=NUM_CHARS, char_encoder="cnn").eval()
+    batch = make_batch(lengths=(40, 37, 30, 22, 9), max_chars=17, garbage=True)  # 138 tokens
+    monkeypatch.setattr(embeddings, "CHAR_GROUP_MIN_TOKENS", 16)
+    calls = []
+    original = embeddings._CharCNN._encode
+    monkeypatch.setattr(
+        embeddings._CharCNN,
+        "_encode",
+        lambda self, c, n: calls.append(c.shape) or original(self, c, n),
+    )
+    with torch.no_grad():
+        grouped = embedder(batch)
+    assert len(calls) == embeddings.CHAR_GROUPS and len({shape[1] for shape in calls}) > 1
+    monkeypatch.setattr(embeddings, "CHAR_GROUPS", 1)
+    with torch.no_grad():
+        single = embedder(batch)
+    torch.testing.assert_close(grouped, single)
+    torch.testing.assert_close(embedder(batch), single)  # grad enabled: one convolution
+
+
 @pytest.mark.parametrize("char_encoder", ["cnn", "lstm"])
 def test_char_encoder_sees_only_real_tokens_and_characters(char_encoder):
     embedder = TokenEmbedder(NUM_WORDS, word_dim=8, num_chars=NUM_CHARS, char_encoder=char_encoder)
