@@ -794,7 +794,7 @@ class SequenceTagger(pl.LightningModule):
         return tagger
 
     def predict(
-        self, sentences: Sequence[str] | Sequence[Sequence[str]], batch_size: int = 64
+        self, sentences: Sequence[str] | Sequence[Sequence[str]], batch_size: int = 128
     ) -> list[TaggedSentence]:
         """Tag sentences.
 

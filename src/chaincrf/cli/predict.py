@@ -122,7 +122,7 @@ def predict(cfg: DictConfig) -> list[TaggedSentence]:
     out_fmt = str(cfg.get("output_format", "jsonl"))
     if out_fmt not in _OUTPUT_FORMATS:
         raise ValueError(f"output_format must be one of {_OUTPUT_FORMATS}; got {out_fmt!r}")
-    batch_size = int(cfg.get("batch_size", 64))
+    batch_size = int(cfg.get("batch_size", 128))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     tokens, gold = read_input(cfg)
