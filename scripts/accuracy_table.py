@@ -28,8 +28,14 @@ def _epochs(run: Path) -> int | None:
     path = run / "csv" / "metrics.csv"
     if not path.exists():
         return None
-    epochs = [int(float(row["epoch"])) for row in csv.DictReader(path.open()) if row.get("epoch")]
-    return max(epochs) + 1 if epochs else None
+    # epochs trained = distinct epochs with a training loss (the final dev and test rows of
+    # the best checkpoint carry the next epoch number)
+    epochs = {
+        int(float(row["epoch"]))
+        for row in csv.DictReader(path.open())
+        if row.get("epoch") and row.get("train/loss")
+    }
+    return len(epochs) or None
 
 
 def _score(metrics: dict, split: str) -> tuple[str, float | None]:
