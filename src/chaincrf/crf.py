@@ -493,7 +493,7 @@ class CRF(nn.Module):
         with torch.no_grad():
             em_tm, order, n_active = _sort_time_major(em.detach(), lengths)
             state, backptr = _scan(em_tm, start, trans, n_active, "topk", k)
-            paths, scores = _backtrace(state, backptr, trans, end, n_active, lengths[order], k)
+            paths, scores = _backtrace(state, backptr, end, n_active, lengths[order], k)
             paths_out = torch.empty_like(paths)
             paths_out[order] = paths
             scores_out = torch.empty_like(scores)
@@ -574,22 +574,22 @@ def _scan(
 ) -> tuple[Tensor, Tensor | None]:
     """The one recursion over time, parameterised by its semiring reduction.
 
-    ``reduce="logsumexp"`` gives forward log-scores (log semiring), ``"max"`` Viterbi scores
-    (max-plus) and ``"topk"`` the k best scores per tag (k-max semiring). Runs without autograd;
-    gradients come from the forward-backward functions below.
+    ``reduce="logsumexp"`` gives forward log-scores (log semiring) and ``"topk"`` the k best
+    scores per tag (k-max semiring); the max-plus case (k = 1 Viterbi) has its own faster loop,
+    ``_max_scan``. Runs without autograd; gradients come from the forward-backward functions
+    below.
 
     Args:
         em: float (T, B, K), time-major, batch sorted by decreasing length.
         start: float (K,) start scores; trans: float (K, K) ``[from, to]`` scores.
         n_active: rows with length > t, per t (see ``_sort_time_major``).
-        reduce: ``logsumexp`` | ``max`` | ``topk``.
+        reduce: ``logsumexp`` | ``topk``.
         k: paths kept per tag (used by ``topk`` only).
 
     Returns:
-        ``scores`` float (T, B, k, K): score of the best k (k = 1 unless ``topk``; for logsumexp,
-        all) prefixes ending in each tag at each position; ``backptr`` long (T, B, k, K) flat
-        indices ``rank * K + tag`` into the previous step for ``topk``, else None (the max-plus
-        back-trace recomputes its argmax per chosen tag, which is cheaper than storing it).
+        ``scores`` float (T, B, k, K): score of the best k (k = 1 for logsumexp: of all)
+        prefixes ending in each tag at each position; ``backptr`` long (T, B, k, K) flat
+        indices ``rank * K + tag`` into the previous step for ``topk``, else None.
         Entries past a row's end are never written and never read.
     """
     T, B, K = em.shape
@@ -615,10 +615,7 @@ def _scan(
             torch.topk(cand, k, dim=1, out=(out, backptr[t, :n]))
         else:
             cand = prev + trans_to_from  # (n, 1, K from) + (K to, K from) -> (n, K to, K from)
-            if reduce == "max":
-                torch.amax(cand, dim=2, out=out[:, 0])
-            else:
-                torch.logsumexp(cand, dim=2, out=out[:, 0])
+            torch.logsumexp(cand, dim=2, out=out[:, 0])
         out.add_(emit.unsqueeze(1))
     return scores, backptr
 
@@ -710,7 +707,6 @@ def _best_sorted(
 def _backtrace(
     scores: Tensor,
     backptr: Tensor,
-    trans: Tensor,
     end: Tensor,
     n_active: list[int],
     lengths: Tensor,
@@ -720,7 +716,7 @@ def _backtrace(
 
     Args:
         scores: float (T, B, k, K) and backptr: long (T, B, k, K) from ``_scan(reduce="topk")``.
-        trans: float (K, K) transitions; end: float (K,) end scores; n_active: as in ``_scan``;
+        end: float (K,) end scores; n_active: as in ``_scan``;
         lengths: long (B,) sorted lengths; k: paths per row.
 
     Returns:
