@@ -475,7 +475,6 @@ class CRF(nn.Module):
 
     def _viterbi_bt(self, em: Tensor, lengths: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """k-best Viterbi on batch-first emissions -> paths (B, k, T) long, scores (B, k)."""
-        start, trans, end = (x.detach() for x in self._scores(em.dtype))
         B, T, _ = em.shape
         if T == 0:  # every row is empty: one empty path, score 0
             scores = torch.full((B, k), float("-inf"), dtype=em.dtype, device=em.device)
@@ -490,6 +489,7 @@ class CRF(nn.Module):
                 paths = torch.empty_like(paths).index_copy_(0, order, paths)
                 best = torch.empty_like(best).index_copy_(0, order, best)
             return paths.unsqueeze(1), best.unsqueeze(1)
+        start, trans, end = (x.detach() for x in self._scores(em.dtype))
         with torch.no_grad():
             em_tm, order, n_active = _sort_time_major(em.detach(), lengths)
             state, backptr = _scan(em_tm, start, trans, n_active, "topk", k)
