@@ -421,3 +421,34 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     metrics = train(cfg)
     assert "val/f1" in metrics
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_ema_weight_averaging_is_what_dev_test_and_eval_score(tmp_path):
+    """averaging=ema: best.ckpt holds the averaged weights (the raw ones beside them, for
+    resuming), and the test figures train() reports are those chaincrf-eval reproduces."""
+    if not hasattr(__import__("pytorch_lightning").callbacks, "EMAWeightAveraging"):
+        pytest.fail("averaging=ema needs pytorch-lightning >= 2.6")
+    cfg = compose_config(
+        run_overrides(
+            tmp_path,
+            "trainer.max_epochs=4",
+            "seed=1",
+            "averaging=ema",
+            "callbacks.weight_averaging.decay=0.9",
+            "report=false",
+        )
+    )
+    metrics = train(cfg)
+    ckpt = tmp_path / "checkpoints" / "best.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    averaged, raw = state["state_dict"], state["current_model_state"]
+    name = "model.crf.transitions"
+    assert not torch.allclose(averaged[name], raw[name])  # an average, not the last step
+    reloaded = SequenceTagger.load(ckpt)
+    assert torch.equal(reloaded.state_dict()[name], averaged[name])
+    for split, prefix in (("dev", "val"), ("test", "test")):
+        results = evaluate(compose_config([f"ckpt_path={ckpt}", f"split={split}"], name="eval"))
+        for key in ("f1", "precision", "recall", "acc"):
+            assert results[f"{prefix}/{key}"] == pytest.approx(
+                metrics[f"{prefix}/{key}"], abs=1e-9
+            ), (split, key)

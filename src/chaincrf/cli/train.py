@@ -128,6 +128,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if best is not None:
         log.info("best checkpoint: %s", best)
     eval_trainer = _single_device_trainer(cfg) if trainer.world_size > 1 else trainer
+    # With weight averaging (averaging=ema) best.ckpt's state_dict holds the averaged weights, the
+    # ones dev scored; the callback would load the raw training weights stored beside them
+    # (`current_model_state`, for resuming) and test those. Without it, validate/test load
+    # exactly what chaincrf-eval and SequenceTagger.load read.
+    eval_trainer.callbacks = [
+        c for c in eval_trainer.callbacks if not isinstance(c, getattr(pl.callbacks, "WeightAveraging", ()))
+    ]
     if best is not None or not cfg.get("train", True):
         # Dev figures of the best checkpoint: exactly what chaincrf-eval reproduces.
         eval_trainer.validate(tagger, datamodule=datamodule, ckpt_path=best, verbose=False)
