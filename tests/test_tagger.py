@@ -294,3 +294,26 @@ def test_predict_without_vocab_is_a_clear_error():
     tagger = _tagger(encoder, vocab=None)
     with pytest.raises(ValueError, match="has no vocab"):
         tagger.predict([["EU"]])
+
+
+def test_word_lr_scale_gives_the_word_table_its_own_learning_rate():
+    encoder, sentences = _ner_encoder()
+    tagger = _tagger(encoder, word_lr_scale=0.25)
+    optimizer = tagger.configure_optimizers()
+    word = tagger.model.embedder.word_embedding.weight
+    groups = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    base = ADAM["lr"]
+    assert groups[id(word)] == pytest.approx(0.25 * base)
+    others = [p for p in tagger.parameters() if p is not word]
+    assert others and all(groups[id(p)] == pytest.approx(base) for p in others)
+    assert len(groups) == len(list(tagger.parameters()))  # every parameter, once
+    # 0: the table stays as it was while the rest trains.
+    tagger = _tagger(encoder, word_lr_scale=0.0)
+    word = tagger.model.embedder.word_embedding.weight
+    before_word, before_crf = word.detach().clone(), tagger.model.crf.transitions.detach().clone()
+    _fit(tagger, _batch(encoder, sentences[:8]), steps=3)
+    assert torch.equal(word, before_word)
+    assert not torch.equal(tagger.model.crf.transitions, before_crf)
+    for bad in (-1.0, float("inf"), "0.1"):
+        with pytest.raises(ValueError, match="word_lr_scale"):
+            _tagger(encoder, word_lr_scale=bad)

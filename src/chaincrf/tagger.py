@@ -348,6 +348,10 @@ class SequenceTagger(pl.LightningModule):
         constrain: apply the scheme's transition constraints in the CRF (training and decoding).
         dropout: extra dropout before the projection (the encoders apply their own).
         optimizer: spec of the optimiser, called with the parameters; default Adam, lr 1e-3.
+        word_lr_scale: learning-rate multiplier of the word-embedding table (its own parameter
+            group): 1.0 trains it like the rest, 0.0 keeps it fixed while every other weight
+            trains. Pretrained vectors fine-tuned more slowly stay closer to those of the
+            dev/test-only words, which training never updates.
         scheduler: spec of a learning-rate scheduler or None. ``ReduceLROnPlateau`` watches
             ``monitor``.
         scheduler_interval: ``"epoch"`` or ``"step"``.
@@ -374,6 +378,7 @@ class SequenceTagger(pl.LightningModule):
         constrain: bool = True,
         dropout: float = 0.0,
         optimizer: Mapping[str, Any] | None = None,
+        word_lr_scale: float = 1.0,
         scheduler: Mapping[str, Any] | None = None,
         scheduler_interval: str = "epoch",
         monitor: str = "val/score",
@@ -404,6 +409,12 @@ class SequenceTagger(pl.LightningModule):
             )
         if optimizer is None:
             optimizer = {"_target_": "torch.optim.Adam", "lr": 1e-3}
+        if (
+            isinstance(word_lr_scale, bool)
+            or not isinstance(word_lr_scale, (int, float))
+            or not 0.0 <= word_lr_scale < float("inf")
+        ):
+            raise ValueError(f"word_lr_scale must be a number >= 0; got {word_lr_scale!r}")
         if pretrained is not None and (
             not isinstance(pretrained, Tensor)
             or pretrained.dim() != 2
@@ -441,6 +452,7 @@ class SequenceTagger(pl.LightningModule):
                 "constrain": bool(constrain),
                 "dropout": float(dropout),
                 "optimizer": optimizer,
+                "word_lr_scale": float(word_lr_scale),
                 "scheduler": scheduler,
                 "scheduler_interval": scheduler_interval,
                 "monitor": monitor,
@@ -719,7 +731,15 @@ class SequenceTagger(pl.LightningModule):
         return {"after": after, "before": before}
 
     def configure_optimizers(self) -> Any:
-        optimizer = build_from_spec(self.hparams.optimizer, "optimizer", self.parameters())
+        scale = self.hparams.get("word_lr_scale", 1.0)
+        word = getattr(self.model.embedder, "word_embedding", None)
+        if scale == 1.0 or word is None:
+            optimizer = build_from_spec(self.hparams.optimizer, "optimizer", self.parameters())
+        else:
+            rest = [p for p in self.parameters() if p is not word.weight]
+            groups = [{"params": rest}, {"params": [word.weight]}]
+            optimizer = build_from_spec(self.hparams.optimizer, "optimizer", groups)
+            optimizer.param_groups[1]["lr"] *= scale  # before any scheduler reads initial_lr
         spec = self.hparams.scheduler
         if spec is None:
             return optimizer

@@ -51,6 +51,7 @@ def build_tagger(cfg: DictConfig, datamodule: Any) -> SequenceTagger:
         constrain=bool(model_cfg.get("constrain", True)),
         dropout=float(model_cfg.get("dropout", 0.5)),
         optimizer=to_plain(cfg.optimizer),
+        word_lr_scale=float(model_cfg.get("word_lr_scale", 1.0)),
         scheduler=to_plain(cfg.get("scheduler")),
         scheduler_interval=str(model_cfg.get("scheduler_interval", "epoch")),
         monitor=str(cfg.get("monitor", "val/score")),
