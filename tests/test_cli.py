@@ -426,8 +426,6 @@ def test_ddp_on_two_cpu_processes(tmp_path):
 def test_ema_weight_averaging_is_what_dev_test_and_eval_score(tmp_path):
     """averaging=ema: best.ckpt holds the averaged weights (the raw ones beside them, for
     resuming), and the test figures train() reports are those chaincrf-eval reproduces."""
-    if not hasattr(__import__("pytorch_lightning").callbacks, "EMAWeightAveraging"):
-        pytest.fail("averaging=ema needs pytorch-lightning >= 2.6")
     cfg = compose_config(
         run_overrides(
             tmp_path,

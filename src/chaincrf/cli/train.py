@@ -134,9 +134,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # (`current_model_state`, for resuming) and test those. Without it, validate/test load
     # exactly what chaincrf-eval and SequenceTagger.load read.
     eval_trainer.callbacks = [
-        c
-        for c in eval_trainer.callbacks
-        if not isinstance(c, getattr(pl.callbacks, "WeightAveraging", ()))
+        c for c in eval_trainer.callbacks if not isinstance(c, pl.callbacks.WeightAveraging)
     ]
     if best is not None or not cfg.get("train", True):
         # Dev figures of the best checkpoint: exactly what chaincrf-eval reproduces.
