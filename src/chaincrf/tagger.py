@@ -350,8 +350,7 @@ class SequenceTagger(pl.LightningModule):
         optimizer: spec of the optimiser, called with the parameters; default Adam, lr 1e-3.
         word_lr_scale: learning-rate multiplier of the word-embedding table (its own parameter
             group): 1.0 trains it like the rest, 0.0 keeps it fixed while every other weight
-            trains. Pretrained vectors fine-tuned more slowly stay closer to those of the
-            dev/test-only words, which training never updates.
+            trains.
         scheduler: spec of a learning-rate scheduler or None. ``ReduceLROnPlateau`` watches
             ``monitor``.
         scheduler_interval: ``"epoch"`` or ``"step"``.
