@@ -1,4 +1,4 @@
-"""Token features: word embeddings, a character encoder and a casing feature -> (B, T, D).
+"""Token features: word embeddings, a character encoder, casing and feature columns -> (B, T, D).
 
 :class:`TokenEmbedder` reads the batch dictionary built by :mod:`chaincrf.data` and returns one
 vector per token, the concatenation of
@@ -8,13 +8,17 @@ vector per token, the concatenation of
 - a character encoder over the token's characters: a CNN with max-pooling as in Ma & Hovy (2016),
   or a BiLSTM whose final states are concatenated as in Lample et al. (2016);
 - an optional casing feature (Reimers & Gurevych, 2017): one of :data:`CASING_CLASSES` per token,
-  computed by :func:`casing_id`, embedded.
+  computed by :func:`casing_id`, embedded;
+- optional feature columns of the corpus (e.g. the POS column of CoNLL-2000, as Huang et al.
+  2015 use for chunking), one embedding table per column.
 
 The character encoder runs only over the real (unpadded) tokens of the batch, and each token's
 character sequence is cut to the longest real one, so padding costs nothing there.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -183,7 +187,7 @@ class _CharLSTM(nn.Module):
 
 
 class TokenEmbedder(nn.Module):
-    """Word, character and casing features of each token.
+    """Word, character, casing and feature-column embeddings of each token.
 
     Args:
         num_words: size of the word vocabulary, padding (id 0) and unknown (id 1) included.
@@ -200,6 +204,10 @@ class TokenEmbedder(nn.Module):
         num_casing: size of the casing vocabulary (:data:`NUM_CASING` for :func:`casing_id`'s
             classes); 0 disables the casing feature.
         casing_dim: size of the casing embeddings.
+        feature_sizes: vocabulary size (padding and unknown included) of each extra feature
+            column the data reads beside the token (e.g. ``[47]`` for CoNLL-2000's POS column);
+            each gets an embedding table of ``feature_dim``. Empty: no feature columns.
+        feature_dim: size of each feature column's embeddings (20 as NCRF++'s POS features).
         pretrained: float tensor (num_words, word_dim), initial word vectors (row ``i`` for word
             id ``i``); ``None``: random initialisation.
         freeze: keep the word embeddings fixed during training.
@@ -210,7 +218,7 @@ class TokenEmbedder(nn.Module):
 
     Attributes:
         output_dim: size of the features ``forward`` returns: ``word_dim`` plus the character
-            encoder's and the casing embedding's sizes.
+            encoder's and the casing embedding's sizes and ``feature_dim`` per feature column.
 
     Raises:
         ValueError: at construction, for a size that is not positive, an unknown
@@ -230,6 +238,8 @@ class TokenEmbedder(nn.Module):
         char_kernel_size: int = 3,
         num_casing: int = 0,
         casing_dim: int = 8,
+        feature_sizes: Sequence[int] = (),
+        feature_dim: int = 20,
         pretrained: Tensor | None = None,
         freeze: bool = False,
         word_dropout: float = 0.0,
@@ -289,11 +299,23 @@ class TokenEmbedder(nn.Module):
             _check_positive("casing_dim", casing_dim)
             self.casing_embedding = nn.Embedding(num_casing, casing_dim, padding_idx=PAD_ID)
 
+        if isinstance(feature_sizes, (int, str)):
+            raise ValueError(f"feature_sizes must be a list of sizes; got {feature_sizes!r}")
+        feature_sizes = list(feature_sizes)
+        for i, size in enumerate(feature_sizes):
+            _check_positive(f"feature_sizes[{i}]", size)
+        if feature_sizes:
+            _check_positive("feature_dim", feature_dim)
+        self.feature_embeddings = nn.ModuleList(
+            nn.Embedding(size, feature_dim, padding_idx=PAD_ID) for size in feature_sizes
+        )
+
         self.dropout = nn.Dropout(dropout)
         self.output_dim = (
             word_dim
             + (self.char_encoder.output_dim if self.char_encoder is not None else 0)
             + (casing_dim if self.casing_embedding is not None else 0)
+            + feature_dim * len(feature_sizes)
         )
 
     def forward(self, batch: dict) -> Tensor:
@@ -302,8 +324,9 @@ class TokenEmbedder(nn.Module):
         Args:
             batch: the data layer's batch; reads ``"words"`` (long tensor (B, T), word ids),
                 ``"mask"`` (bool tensor (B, T), True at real tokens), and, when enabled,
-                ``"chars"`` (long tensor (B, T, C), character ids, 0-padded) and ``"casing"``
-                (long tensor (B, T), casing ids).
+                ``"chars"`` (long tensor (B, T, C), character ids, 0-padded), ``"casing"``
+                (long tensor (B, T), casing ids) and ``"features"`` (long tensor (B, T, K),
+                ids of the K feature columns).
 
         Returns:
             Float tensor (B, T, output_dim); zero at padded positions.
@@ -347,6 +370,19 @@ class TokenEmbedder(nn.Module):
                     f"batch['casing'] must be a long tensor of shape ({B}, {T}); got {got}"
                 )
             features.append(self.casing_embedding(casing.masked_fill(~mask, PAD_ID)))
+
+        if len(self.feature_embeddings):
+            K = len(self.feature_embeddings)
+            columns = batch.get("features")
+            if columns is None or tuple(columns.shape) != (B, T, K):
+                got = None if columns is None else tuple(columns.shape)
+                raise ValueError(
+                    f"batch['features'] must be a long tensor of shape ({B}, {T}, {K}) (one id "
+                    f"per feature column); got {got}"
+                )
+            columns = columns.masked_fill(~mask.unsqueeze(-1), PAD_ID)
+            for k, embedding in enumerate(self.feature_embeddings):
+                features.append(embedding(columns[..., k]))  # (B, T, feature_dim)
 
         output = self.dropout(torch.cat(features, dim=-1))  # (B, T, D)
         return output * mask.unsqueeze(-1)

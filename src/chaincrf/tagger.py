@@ -338,7 +338,7 @@ class SequenceTagger(pl.LightningModule):
         num_words: size of the word vocabulary.
         num_chars: size of the character vocabulary.
         embeddings: spec of the token embedder, ``{"_target_": ..., **kwargs}``; ``num_words``,
-            ``num_chars`` and ``pretrained`` are filled in.
+            ``num_chars``, ``pretrained`` (and ``feature_sizes``) are filled in.
         encoder: spec of the encoder; ``input_dim`` is filled in.
         scheme: the training tag scheme (``"IOB1"``, ``"BIO"``, ``"BIOES"``), or None for tags
             without spans (POS).
@@ -359,6 +359,8 @@ class SequenceTagger(pl.LightningModule):
             hyper-parameters (the trained weights are in the state dict).
         vocab: the vocabularies as JSON-able data (``SentenceEncoder.to_dict()``); stored in the
             checkpoint, not in the hyper-parameters. Needed by :meth:`predict`.
+        feature_sizes: vocabulary size of each feature column the data reads beside the token
+            (``TaggingDataModule.feature_sizes``); empty for token-only models.
 
     Raises:
         ValueError/TypeError: for any inconsistent argument, at construction.
@@ -383,6 +385,7 @@ class SequenceTagger(pl.LightningModule):
         monitor: str = "val/score",
         pretrained: Tensor | None = None,
         vocab: Mapping[str, Any] | None = None,
+        feature_sizes: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if isinstance(labels, str) or not labels or not all(isinstance(x, str) for x in labels):
@@ -392,6 +395,15 @@ class SequenceTagger(pl.LightningModule):
         for name, value in (("num_words", num_words), ("num_chars", num_chars)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int; got {value!r}")
+        if isinstance(feature_sizes, (str, int)) or not all(
+            isinstance(size, int) and not isinstance(size, bool) and size > 0
+            for size in feature_sizes
+        ):
+            raise ValueError(
+                f"feature_sizes must be a list of positive ints (one per feature column); "
+                f"got {feature_sizes!r}"
+            )
+        feature_sizes = [int(size) for size in feature_sizes]
         if scheme is not None:
             scheme = normalize_scheme(scheme)
         if original_scheme is not None:
@@ -443,6 +455,7 @@ class SequenceTagger(pl.LightningModule):
                 "labels": list(labels),
                 "num_words": num_words,
                 "num_chars": num_chars,
+                "feature_sizes": feature_sizes,
                 "embeddings": embeddings,
                 "encoder": encoder,
                 "scheme": scheme,
@@ -468,7 +481,15 @@ class SequenceTagger(pl.LightningModule):
             num_words=num_words,
             num_chars=num_chars,
             pretrained=pretrained,
+            **({"feature_sizes": feature_sizes} if feature_sizes else {}),
         )
+        if feature_sizes and len(getattr(embedder, "feature_embeddings", ())) != len(
+            feature_sizes
+        ):
+            raise ValueError(
+                f"the data reads {len(feature_sizes)} feature column(s), but the embeddings "
+                f"target {embeddings['_target_']!r} does not take feature_sizes"
+            )
         embed_dim = getattr(embedder, "output_dim", None)
         if not isinstance(embed_dim, int):
             raise ValueError(
@@ -813,20 +834,22 @@ class SequenceTagger(pl.LightningModule):
         return tagger
 
     def predict(
-        self, sentences: Sequence[str] | Sequence[Sequence[str]], batch_size: int = 128
+        self, sentences: Sequence[str] | Sequence[Sequence[str]] | Sequence[Any], batch_size: int = 128
     ) -> list[TaggedSentence]:
         """Tag sentences.
 
         Args:
-            sentences: raw strings (tokenised by :func:`tokenize`: whitespace split) or lists of
-                tokens.
+            sentences: raw strings (tokenised by :func:`tokenize`: whitespace split), lists of
+                tokens, or :class:`chaincrf.data.Sentence` objects (their ``tokens`` and, for a
+                model trained with feature columns, their ``features``).
             batch_size: sentences per forward pass.
 
         Returns:
             One :class:`TaggedSentence` per input, in input order (empty input -> empty tags).
 
         Raises:
-            ValueError: if the tagger has no vocabularies (not trained through a data module).
+            ValueError: if the tagger has no vocabularies (not trained through a data module), or
+                if it was trained with feature columns and a sentence has none.
         """
         if self.vocab is None:
             raise ValueError(
@@ -837,8 +860,12 @@ class SequenceTagger(pl.LightningModule):
                 "sentences must be a list of sentences; got a single string (wrap it in a list)"
             )
         token_lists = [
-            tokenize(s) if isinstance(s, str) else [str(t) for t in s] for s in sentences
+            tokenize(s)
+            if isinstance(s, str)
+            else [str(t) for t in (s.tokens if hasattr(s, "tokens") else s)]
+            for s in sentences
         ]
+        feature_lists = [getattr(s, "features", None) for s in sentences]
         was_training = self.training
         self.eval()
         results: list[TaggedSentence | None] = [None] * len(token_lists)
@@ -852,30 +879,47 @@ class SequenceTagger(pl.LightningModule):
                         results[i] = TaggedSentence([], [], [], [])
                 if not nonempty:
                     continue
-                batch = self.encode([token_lists[i] for i in nonempty])
+                batch = self.encode(
+                    [token_lists[i] for i in nonempty], [feature_lists[i] for i in nonempty]
+                )
                 for i, tagged in zip(nonempty, self._tag_batch(batch)):
                     results[i] = tagged
         finally:
             self.train(was_training)
         return [r for r in results if r is not None]
 
-    def encode(self, token_lists: Sequence[Sequence[str]]) -> dict[str, Any]:
+    def encode(
+        self,
+        token_lists: Sequence[Sequence[str]],
+        feature_lists: Sequence[Sequence[Sequence[str]] | None] | None = None,
+    ) -> dict[str, Any]:
         """Collate token lists into a batch with the stored vocabularies, exactly as in training.
 
         Args:
             token_lists: one list of tokens per sentence (each non-empty).
+            feature_lists: per sentence, its feature-column values (one list per column, see
+                :meth:`SentenceEncoder.encode`); needed only by models trained with feature
+                columns.
 
         Returns:
-            The batch dict (``words``, ``chars``, ``casing``, ``mask``, ``tokens``, ``index``) on
-            the tagger's device.
+            The batch dict (``words``, ``chars``, ``casing``, ``mask``, ``tokens``, ``index``,
+            and ``features`` for feature-column models) on the tagger's device.
+
+        Raises:
+            ValueError: naming the sentence, when a feature-column model gets no features.
         """
         from chaincrf.data.batching import collate
 
         encoder = self.sentence_encoder
-        items = [
-            {**encoder.encode(list(tokens)), "tokens": list(tokens), "index": i}
-            for i, tokens in enumerate(token_lists)
-        ]
+        if feature_lists is None:
+            feature_lists = [None] * len(token_lists)
+        items = []
+        for i, (tokens, features) in enumerate(zip(token_lists, feature_lists)):
+            try:
+                encoded = encoder.encode(list(tokens), features=features)
+            except ValueError as error:
+                raise ValueError(f"sentence {i} ({' '.join(tokens)[:60]!r}): {error}") from None
+            items.append({**encoded, "tokens": list(tokens), "index": i})
         batch = collate(items)
         return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
@@ -912,6 +956,7 @@ class SequenceTagger(pl.LightningModule):
             labels=list(datamodule.tag_names),
             num_words=len(vocabs["words"]),
             num_chars=len(vocabs["chars"]),
+            feature_sizes=datamodule.feature_sizes,
             embeddings=embeddings,
             encoder=encoder,
             scheme=datamodule.scheme,

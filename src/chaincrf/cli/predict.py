@@ -22,6 +22,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
@@ -52,8 +53,15 @@ def _input_format(cfg: DictConfig) -> str:
     return "text"
 
 
-def read_input(cfg: DictConfig) -> tuple[list[list[str]], list[list[str]] | None]:
-    """Read the sentences to tag: ``(token lists, gold labels or None)``."""
+def read_input(
+    cfg: DictConfig, feature_columns: Sequence[int | str] | None = None
+) -> tuple[list[Any], list[list[str]] | None]:
+    """Read the sentences to tag: ``(token lists or Sentences, gold labels or None)``.
+
+    With ``feature_columns`` (a model trained with feature columns), column input is read into
+    :class:`~chaincrf.data.Sentence` objects carrying those columns, and a column file has gold
+    labels only when it has a column after the token and feature columns (the last one).
+    """
     source = str(cfg.get("input", "-"))
     fmt = _input_format(cfg)
     if fmt == "text":
@@ -69,16 +77,24 @@ def read_input(cfg: DictConfig) -> tuple[list[list[str]], list[list[str]] | None
         raise ValueError(f"input_format={fmt} needs a file: pass input=<path>")
     from chaincrf.data.readers import read_columns, read_conllu
 
+    features = list(feature_columns or [])
     if fmt == "conllu":
-        sentences = read_conllu(source)
+        sentences = read_conllu(source, feature_columns=features)
+        has_gold = True
     else:
         token_column = int(cfg.get("token_column", 0))
-        label_column = -1 if _column_count(Path(source)) > 1 else None
-        sentences = read_columns(source, token_column=token_column, label_column=label_column)
-    tokens = [list(s.tokens) for s in sentences]
+        count = _column_count(Path(source))
+        used = [c % count if -count <= c < count else c for c in [token_column, *features]]
+        has_gold = count > max(used) + 1
+        sentences = read_columns(
+            source,
+            token_column=token_column,
+            label_column=-1 if has_gold else None,
+            feature_columns=features,
+        )
     labels = [list(s.labels) for s in sentences]
-    has_gold = fmt == "conllu" or _column_count(Path(source)) > 1
-    return tokens, labels if has_gold else None
+    items = sentences if features else [list(s.tokens) for s in sentences]
+    return items, labels if has_gold else None
 
 
 def _column_count(path: Path) -> int:
@@ -125,12 +141,12 @@ def predict(cfg: DictConfig) -> list[TaggedSentence]:
     batch_size = int(cfg.get("batch_size", 128))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    tokens, gold = read_input(cfg)
     tagger = SequenceTagger.load(ckpt)
-    results = tagger.predict(tokens, batch_size=batch_size)
+    items, gold = read_input(cfg, tagger.sentence_encoder.feature_columns)
+    results = tagger.predict(items, batch_size=batch_size)
     with atomic_output(cfg.get("output", "-")) as stream:
         write_output(stream, results, out_fmt, gold)
-    log.info("tagged %d sentences, %d tokens", len(results), sum(len(t) for t in tokens))
+    log.info("tagged %d sentences, %d tokens", len(results), sum(len(r.tokens) for r in results))
     return results
 
 

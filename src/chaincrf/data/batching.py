@@ -45,7 +45,8 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ``words``: long (B, T), 0 = pad, 1 = unknown; ``chars``: long (B, T, C), 0 = pad;
         ``casing``: long (B, T) casing-class ids, 0 = pad; ``mask``: bool (B, T), left-aligned;
         ``tags``: long (B, T) training-scheme tag ids, 0 at padding (only when every item is
-        labelled); ``tokens``: list of B token lists; ``index``: long (B,) each sentence's index
+        labelled); ``features``: long (B, T, K) ids of the K feature columns, 0 = pad (only
+        when the items have features); ``tokens``: list of B token lists; ``index``: long (B,) each sentence's index
         in its split.
     """
     B = len(items)
@@ -54,8 +55,12 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     C = max((len(c) for item in items for c in item["chars"]), default=0)
     C = max(C, 1)
     labelled = B > 0 and all("tags" in item for item in items)
+    K = len(items[0].get("features", ())) if B else 0
+    if any(len(item.get("features", ())) != K for item in items):
+        raise ValueError("every item of a batch must have the same number of feature columns")
     pad_word = [0] * C
-    words, casing, chars, mask, tags = [], [], [], [], []
+    pad_features = [0] * K
+    words, casing, chars, mask, tags, features = [], [], [], [], [], []
     for item, n in zip(items, lengths):
         padding = [0] * (T - n)
         words.append(item["words"] + padding)
@@ -64,6 +69,8 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         chars.append([ids + [0] * (C - len(ids)) for ids in item["chars"]] + [pad_word] * (T - n))
         if labelled:
             tags.append(item["tags"] + padding)
+        if K:
+            features.append([list(ids) for ids in zip(*item["features"])] + [pad_features] * (T - n))
     batch: dict[str, Any] = {
         "words": torch.tensor(words, dtype=torch.long).view(B, T),
         "chars": torch.tensor(chars, dtype=torch.long).view(B, T, C),
@@ -74,6 +81,8 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
     if labelled:
         batch["tags"] = torch.tensor(tags, dtype=torch.long).view(B, T)
+    if K:
+        batch["features"] = torch.tensor(features, dtype=torch.long).view(B, T, K)
     return batch
 
 

@@ -83,6 +83,10 @@ class TaggingDataModule(pl.LightningDataModule):
         encoder_path: a JSON file written by :meth:`save_vocabs`; when given, the vocabularies
             are loaded from it instead of being built (prediction, evaluation).
         num_workers: DataLoader worker processes.
+        feature_columns: columns read as extra input features beside the token (integers for
+            ``columns``, e.g. ``[1]`` for the POS column of CoNLL-2000; CoNLL-U names or indices
+            for ``conllu``). Each gets a vocabulary built on train (unseen values map to
+            ``<unk>``) and the embedder an embedding table; prediction then needs column input.
 
     Raises:
         ValueError: for inconsistent or invalid settings (at construction).
@@ -121,9 +125,13 @@ class TaggingDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         encoder_path: str | None = None,
         num_workers: int = 0,
+        feature_columns: Sequence[int | str] | None = None,
     ) -> None:
         super().__init__()
-        self._read = reader_for(format, token_column, label_column, encoding, skip_bad_sentences)
+        feature_columns = [] if feature_columns is None else list(feature_columns)
+        self._read = reader_for(
+            format, token_column, label_column, encoding, skip_bad_sentences, feature_columns
+        )
         if scheme is not None:
             scheme = constraints.normalize_scheme(scheme)
         if source_scheme is not None:
@@ -182,6 +190,7 @@ class TaggingDataModule(pl.LightningDataModule):
         self.cache_dir = cache_dir
         self.encoder_path = encoder_path
         self.num_workers = num_workers
+        self.feature_columns = feature_columns
 
         self.encoder: SentenceEncoder | None = None
         self.original_scheme: str | None = None
@@ -363,6 +372,11 @@ class TaggingDataModule(pl.LightningDataModule):
             lowercase=self.lowercase,
             digits_to_zero=self.digits_to_zero,
             max_word_chars=self.max_word_chars,
+            features=[
+                Vocabulary.build(s.features[k][i] for s in train for i in range(len(s)))
+                for k in range(len(self.feature_columns))
+            ],
+            feature_columns=self.feature_columns or None,
         )
         if pretrained is not None:
             self.encoder = encoder
@@ -452,7 +466,7 @@ class TaggingDataModule(pl.LightningDataModule):
                     )
                 )
                 continue
-            example = encoder.encode(sentence.tokens)
+            example = encoder.encode(sentence.tokens, features=sentence.features)
             if labels:
                 example["tags"] = [tag_index[label] for label in labels]
             examples.append(example)
@@ -471,6 +485,11 @@ class TaggingDataModule(pl.LightningDataModule):
     def vocabs(self) -> dict[str, Vocabulary]:
         """``{"words", "chars", "tags"}``; tags in the training scheme."""
         return self._require_setup().vocabs
+
+    @property
+    def feature_sizes(self) -> list[int]:
+        """Vocabulary size of each feature column (empty without feature columns)."""
+        return [len(vocab) for vocab in self._require_setup().features]
 
     @property
     def num_tags(self) -> int:
@@ -607,7 +626,7 @@ class TaggingDataModule(pl.LightningDataModule):
                 raise ValueError(f"items[{i}] has an empty token: {sentence.tokens!r}")
             labels = sentence.labels if labelled else None
             try:
-                examples.append(encoder.encode(sentence.tokens, labels))
+                examples.append(encoder.encode(sentence.tokens, labels, sentence.features))
             except ValueError as error:
                 raise ValueError(f"items[{i}]: {error}") from None
         return self._loader(

@@ -10,7 +10,7 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,12 +53,16 @@ class Sentence:
         doc: the document the sentence belongs to (the ordinal of its ``-DOCSTART-`` block as a
             string, or the CoNLL-U ``newdoc id``), or None.
         line: 1-based line of the sentence's first token in its file, or None.
+        features: the values of the reader's feature columns (e.g. the POS column of
+            CoNLL-2000), one list of ``len(tokens)`` strings per feature column; empty when the
+            reader was given no feature columns.
     """
 
     tokens: list[str]
     labels: list[str] = field(default_factory=list)
     doc: str | None = None
     line: int | None = None
+    features: list[list[str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -134,6 +138,7 @@ def read_columns(
     label_column: int | None = -1,
     encoding: str = "utf-8",
     *,
+    feature_columns: Sequence[int] = (),
     skip_bad_sentences: bool = False,
 ) -> list[Sentence]:
     """Read a whitespace-separated column file (CoNLL-2000/2002/2003, WNUT style).
@@ -151,6 +156,8 @@ def read_columns(
         label_column: the column of the label (negative counts from the end), or None for files
             without labels.
         encoding: the text encoding.
+        feature_columns: columns read into ``Sentence.features`` as extra input features (for
+            example ``[1]``, the POS column of CoNLL-2000; negative counts from the end).
         skip_bad_sentences: drop sentences with a malformed line (logging a warning with their
             count) instead of raising.
 
@@ -162,6 +169,7 @@ def read_columns(
             of columns, a column index out of range or an empty token; the message names
             ``file:line``.
     """
+    feature_columns = _column_list(feature_columns)
     lines = _read_text(path, encoding)
     sentences: list[Sentence] = []
     errors: list[DataFormatError] = []
@@ -169,6 +177,7 @@ def read_columns(
     n_columns_line = 0
     tokens: list[str] = []
     labels: list[str] = []
+    features: list[list[str]] = [[] for _ in feature_columns]
     first_line = 0
     bad: DataFormatError | None = None
     doc: str | None = None
@@ -176,12 +185,13 @@ def read_columns(
     split = _COLUMN_SPLIT.split
 
     def flush() -> None:
-        nonlocal tokens, labels, bad
+        nonlocal tokens, labels, features, bad
         if bad is not None:
             errors.append(bad)
         elif tokens:
-            sentences.append(Sentence(tokens, labels, doc, first_line))
+            sentences.append(Sentence(tokens, labels, doc, first_line, features))
         tokens, labels, bad = [], [], None
+        features = [[] for _ in feature_columns]
 
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()
@@ -198,7 +208,9 @@ def read_columns(
             continue
         if n_columns is None:
             n_columns, n_columns_line = len(fields), number
-            for name, column in (("token_column", token_column), ("label_column", label_column)):
+            named = [("token_column", token_column), ("label_column", label_column)]
+            named += [(f"feature_columns[{i}]", c) for i, c in enumerate(feature_columns)]
+            for name, column in named:
                 if column is not None and not -n_columns <= column < n_columns:
                     raise DataFormatError(
                         path,
@@ -223,9 +235,22 @@ def read_columns(
         tokens.append(fields[token_column])
         if label_column is not None:
             labels.append(fields[label_column])
+        for values, column in zip(features, feature_columns):
+            values.append(fields[column])
     flush()
     _raise_or_warn(path, errors, skip_bad_sentences)
     return sentences
+
+
+def _column_list(columns: Sequence[int | str] | None) -> list:
+    """``feature_columns`` as a list (None -> []), rejecting a single string or number."""
+    if columns is None:
+        return []
+    if isinstance(columns, (str, int)):
+        raise ValueError(
+            f"feature_columns must be a list of columns (e.g. [1]); got {columns!r}"
+        )
+    return list(columns)
 
 
 def _raise_or_warn(
@@ -238,19 +263,18 @@ def _raise_or_warn(
     logger.warning("skipped %d bad sentence(s) in %s; the first: %s", len(errors), path, errors[0])
 
 
-def _conllu_column(label_column: int | str) -> int:
-    if isinstance(label_column, int) and not isinstance(label_column, bool):
-        if not -len(CONLLU_COLUMNS) <= label_column < len(CONLLU_COLUMNS):
+def _conllu_column(column: int | str, name: str = "label_column") -> int:
+    if isinstance(column, int) and not isinstance(column, bool):
+        if not -len(CONLLU_COLUMNS) <= column < len(CONLLU_COLUMNS):
             raise ValueError(
-                f"label_column must be a CoNLL-U column index in [-10, 9] or a name in "
-                f"{CONLLU_COLUMNS}; got {label_column}"
+                f"{name} must be a CoNLL-U column index in [-10, 9] or a name in "
+                f"{CONLLU_COLUMNS}; got {column}"
             )
-        return label_column % len(CONLLU_COLUMNS)
-    if isinstance(label_column, str) and label_column.lower() in CONLLU_COLUMNS:
-        return CONLLU_COLUMNS.index(label_column.lower())
+        return column % len(CONLLU_COLUMNS)
+    if isinstance(column, str) and column.lower() in CONLLU_COLUMNS:
+        return CONLLU_COLUMNS.index(column.lower())
     raise ValueError(
-        f"label_column must be a CoNLL-U column name in {CONLLU_COLUMNS} or an index; "
-        f"got {label_column!r}"
+        f"{name} must be a CoNLL-U column name in {CONLLU_COLUMNS} or an index; got {column!r}"
     )
 
 
@@ -259,6 +283,7 @@ def read_conllu(
     label_column: int | str | None = "upos",
     encoding: str = "utf-8",
     *,
+    feature_columns: Sequence[int | str] = (),
     skip_bad_sentences: bool = False,
 ) -> list[Sentence]:
     """Read a CoNLL-U file: the token from FORM, the label from any column.
@@ -271,6 +296,8 @@ def read_conllu(
         label_column: a column name (``"upos"``, ``"xpos"``, ``"deprel"``, ...; case-insensitive),
             a column index, or None to read no labels.
         encoding: the text encoding.
+        feature_columns: columns (names or indices, as ``label_column``) read into
+            ``Sentence.features`` as extra input features, e.g. ``["xpos"]``.
         skip_bad_sentences: drop sentences with a malformed line (logging a warning with their
             count) instead of raising.
 
@@ -278,29 +305,35 @@ def read_conllu(
         The sentences in file order.
 
     Raises:
-        ValueError: for an unknown ``label_column``.
+        ValueError: for an unknown ``label_column`` or feature column.
         DataFormatError: for a missing or undecodable file, binary data, a line without 10
             tab-separated columns, a bad ID or an empty FORM or label; the message names
             ``file:line``.
     """
     column = None if label_column is None else _conllu_column(label_column)
     column_name = None if column is None else CONLLU_COLUMNS[column].upper()
+    feature_ids = [
+        _conllu_column(c, f"feature_columns[{i}]")
+        for i, c in enumerate(_column_list(feature_columns))
+    ]
     lines = _read_text(path, encoding)
     sentences: list[Sentence] = []
     errors: list[DataFormatError] = []
     tokens: list[str] = []
     labels: list[str] = []
+    features: list[list[str]] = [[] for _ in feature_ids]
     first_line = 0
     bad: DataFormatError | None = None
     doc: str | None = None
 
     def flush() -> None:
-        nonlocal tokens, labels, bad
+        nonlocal tokens, labels, features, bad
         if bad is not None:
             errors.append(bad)
         elif tokens:
-            sentences.append(Sentence(tokens, labels, doc, first_line))
+            sentences.append(Sentence(tokens, labels, doc, first_line, features))
         tokens, labels, bad = [], [], None
+        features = [[] for _ in feature_ids]
 
     def fail(number: int, reason: str) -> None:
         nonlocal bad
@@ -343,6 +376,8 @@ def read_conllu(
                 fail(number, f"empty {column_name} (column {column + 1})")
                 continue
             labels.append(label)
+        for values, feature_id in zip(features, feature_ids):
+            values.append(fields[feature_id])
     flush()
     _raise_or_warn(path, errors, skip_bad_sentences)
     return sentences
@@ -354,15 +389,25 @@ def reader_for(
     label_column: int | str | None = None,
     encoding: str = "utf-8",
     skip_bad_sentences: bool = False,
+    feature_columns: Sequence[int | str] | None = (),
 ) -> Callable[[str | os.PathLike[str]], list[Sentence]]:
     """Return a one-argument reader for ``format`` (``"columns"`` or ``"conllu"``).
 
     ``label_column=None`` means the format's default: the last column, or UPOS.
+    ``feature_columns`` are read into ``Sentence.features`` (integers for ``"columns"``; names or
+    integers for ``"conllu"``).
 
     Raises:
         ValueError: for an unknown format or a column of the wrong kind.
     """
+    feature_columns = _column_list(feature_columns)
     if format == "columns":
+        for i, column in enumerate(feature_columns):
+            if not isinstance(column, int) or isinstance(column, bool):
+                raise ValueError(
+                    f"feature_columns[{i}] must be an integer column index for format 'columns'; "
+                    f"got {column!r}"
+                )
         if label_column is None:
             label_column = -1
         if not isinstance(label_column, int) or isinstance(label_column, bool):
@@ -375,15 +420,19 @@ def reader_for(
             token_column=token_column,
             label_column=label_column,
             encoding=encoding,
+            feature_columns=feature_columns,
             skip_bad_sentences=skip_bad_sentences,
         )
     if format == "conllu":
         column = "upos" if label_column is None else label_column
         _conllu_column(column)
+        for i, feature_column in enumerate(feature_columns):
+            _conllu_column(feature_column, f"feature_columns[{i}]")
         return functools.partial(
             read_conllu,
             label_column=column,
             encoding=encoding,
+            feature_columns=feature_columns,
             skip_bad_sentences=skip_bad_sentences,
         )
     raise ValueError(f"format must be 'columns' or 'conllu'; got {format!r}")

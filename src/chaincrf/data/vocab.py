@@ -195,6 +195,10 @@ class SentenceEncoder:
         lowercase: lowercase words before looking them up.
         digits_to_zero: replace every digit by 0 before looking words up.
         max_word_chars: characters kept per token (longer tokens are cut).
+        features: one vocabulary (with ``<pad>``/``<unk>``) per feature column (e.g. the POS
+            column of CoNLL-2000); empty for models that read tokens only.
+        feature_columns: the columns those features were read from, kept so that prediction
+            reads the same columns of its input (documentation only: nothing here reads files).
     """
 
     VERSION = 1
@@ -209,9 +213,22 @@ class SentenceEncoder:
         lowercase: bool = False,
         digits_to_zero: bool = False,
         max_word_chars: int = 50,
+        features: Sequence[Vocabulary] = (),
+        feature_columns: Sequence[int | str] | None = None,
     ) -> None:
         if max_word_chars < 1:
             raise ValueError(f"max_word_chars must be >= 1; got {max_word_chars}")
+        features = list(features)
+        for i, vocab in enumerate(features):
+            if not isinstance(vocab, Vocabulary) or vocab.unk_index is None:
+                raise ValueError(
+                    f"features[{i}] must be a Vocabulary with an <unk> entry; got {vocab!r}"
+                )
+        if feature_columns is not None and len(feature_columns) != len(features):
+            raise ValueError(
+                f"feature_columns must name one column per feature vocabulary ({len(features)}); "
+                f"got {list(feature_columns)!r}"
+            )
         self.words = words
         self.chars = chars
         self.tags = tags
@@ -227,11 +244,15 @@ class SentenceEncoder:
         self.lowercase = lowercase
         self.digits_to_zero = digits_to_zero
         self.max_word_chars = max_word_chars
+        self.features = features
+        self.feature_columns = None if feature_columns is None else list(feature_columns)
         self._token_cache: dict[str, tuple[int, list[int], int]] = {}
 
     @property
     def vocabs(self) -> dict[str, Vocabulary]:
-        return {"words": self.words, "chars": self.chars, "tags": self.tags}
+        vocabs = {"words": self.words, "chars": self.chars, "tags": self.tags}
+        vocabs.update({f"feature{i}": vocab for i, vocab in enumerate(self.features)})
+        return vocabs
 
     def normalize(self, token: str) -> str:
         return normalize_word(token, self.lowercase, self.digits_to_zero)
@@ -257,15 +278,31 @@ class SentenceEncoder:
         """Original-scheme labels to training-scheme tag ids (``ValueError`` for unknown ones)."""
         return self.tags.encode(self.to_training_scheme(labels))
 
-    def encode(self, tokens: Sequence[str], labels: Sequence[str] | None = None) -> dict[str, Any]:
+    def encode(
+        self,
+        tokens: Sequence[str],
+        labels: Sequence[str] | None = None,
+        features: Sequence[Sequence[str]] | None = None,
+    ) -> dict[str, Any]:
         """Encode one sentence.
 
+        Args:
+            tokens: the words.
+            labels: the labels (original scheme), or None.
+            features: the feature-column values, one list of ``len(tokens)`` strings per feature
+                vocabulary (unseen values encode to ``<unk>``); required when the encoder has
+                feature vocabularies, ignored otherwise.
+
         Returns:
-            ``{"words": list[int], "chars": list[list[int]], "casing": list[int]}`` plus
-            ``"tags": list[int]`` when ``labels`` are given.
+            ``{"words": list[int], "chars": list[list[int]], "casing": list[int]}``, plus
+            ``"features": list[list[int]]`` (one list per feature column) when the encoder has
+            feature vocabularies, and ``"tags": list[int]`` when ``labels`` are given.
+
+        Raises:
+            ValueError: for missing or misshapen features, or unknown labels.
         """
         cache = self._token_cache
-        features = []
+        per_token = []
         for token in tokens:
             feature = cache.get(token)
             if feature is None:
@@ -276,15 +313,38 @@ class SentenceEncoder:
                 )
                 if len(cache) < 1_000_000:
                     cache[token] = feature
-            features.append(feature)
+            per_token.append(feature)
         example: dict[str, Any] = {
-            "words": [f[0] for f in features],
-            "chars": [f[1] for f in features],
-            "casing": [f[2] for f in features],
+            "words": [f[0] for f in per_token],
+            "chars": [f[1] for f in per_token],
+            "casing": [f[2] for f in per_token],
         }
+        if self.features:
+            example["features"] = self.encode_features(features, len(tokens))
         if labels:
             example["tags"] = self.encode_labels(labels)
         return example
+
+    def encode_features(
+        self, features: Sequence[Sequence[str]] | None, length: int
+    ) -> list[list[int]]:
+        """Encode one sentence's feature-column values (see :meth:`encode`)."""
+        if not features or len(features) != len(self.features):
+            columns = f" (columns {self.feature_columns})" if self.feature_columns else ""
+            got = 0 if not features else len(features)
+            raise ValueError(
+                f"this model reads {len(self.features)} feature column(s){columns} beside the "
+                f"tokens; got {got} for a sentence of {length} tokens (give it column input, "
+                "e.g. a CoNLL file with the training file's columns, not raw text)"
+            )
+        encoded = []
+        for i, (vocab, values) in enumerate(zip(self.features, features)):
+            if len(values) != length:
+                raise ValueError(
+                    f"feature column {i} has {len(values)} values for {length} tokens"
+                )
+            encoded.append(vocab.encode(values))
+        return encoded
 
     def allowed_transitions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """The CRF constraints for the tag vocabulary, or None when labels are not spans."""
@@ -303,6 +363,8 @@ class SentenceEncoder:
             "lowercase": self.lowercase,
             "digits_to_zero": self.digits_to_zero,
             "max_word_chars": self.max_word_chars,
+            "features": [vocab.to_dict() for vocab in self.features],
+            "feature_columns": self.feature_columns,
         }
 
     @classmethod
@@ -318,6 +380,8 @@ class SentenceEncoder:
             lowercase=data["lowercase"],
             digits_to_zero=data["digits_to_zero"],
             max_word_chars=data["max_word_chars"],
+            features=[Vocabulary.from_dict(v) for v in data.get("features", [])],
+            feature_columns=data.get("feature_columns"),
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
