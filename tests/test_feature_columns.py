@@ -151,6 +151,27 @@ def test_data_module_builds_a_vocabulary_per_feature_column():
     assert torch.all(batch["features"][batch["mask"]] > 0)
 
 
+def test_saved_vocabularies_keep_the_feature_columns(tmp_path):
+    settings = dict(root=str(DATA), label_column=3, batch_size=2)
+    dm = TaggingDataModule(train="ner_iob1.txt", feature_columns=[1], **settings)
+    dm.setup("fit")
+    path = dm.save_vocabs(tmp_path)
+    again = TaggingDataModule(
+        encoder_path=str(path), test="ner_iob1_dev.txt", feature_columns=[1], **settings
+    )
+    again.setup("test")
+    assert again.feature_sizes == dm.feature_sizes
+    sentences = read_columns(DATA / "ner_iob1_dev.txt", label_column=3, feature_columns=[1])
+    a, b = next(iter(dm.loader_for(sentences))), next(iter(again.test_dataloader()))
+    assert torch.equal(a["features"], b["features"])
+    mismatched = TaggingDataModule(encoder_path=str(path), test="ner_iob1_dev.txt", **settings)
+    with pytest.raises(
+        ValueError,
+        match=r"saved vocabularies have 1 feature column\(s\) \(columns \[1\]\); got feature_columns=\[\]",
+    ):
+        mismatched.setup("test")
+
+
 def test_embedder_adds_one_embedding_per_feature_column():
     embedder = TokenEmbedder(
         10, word_dim=4, char_encoder="none", feature_sizes=[5, 7], feature_dim=3

@@ -268,6 +268,11 @@ class TaggingDataModule(pl.LightningDataModule):
             self._align_pretrained(load_pretrained(self._pretrained_source()))
 
     def _use_encoder(self, encoder: SentenceEncoder) -> None:
+        if len(encoder.features) != len(self.feature_columns):
+            raise ValueError(
+                f"the saved vocabularies have {len(encoder.features)} feature column(s) "
+                f"(columns {encoder.feature_columns}); got feature_columns={self.feature_columns}"
+            )
         self.encoder = encoder
         self.scheme = encoder.scheme
         self.original_scheme = encoder.original_scheme
