@@ -483,9 +483,7 @@ class SequenceTagger(pl.LightningModule):
             pretrained=pretrained,
             **({"feature_sizes": feature_sizes} if feature_sizes else {}),
         )
-        if feature_sizes and len(getattr(embedder, "feature_embeddings", ())) != len(
-            feature_sizes
-        ):
+        if feature_sizes and len(getattr(embedder, "feature_embeddings", ())) != len(feature_sizes):
             raise ValueError(
                 f"the data reads {len(feature_sizes)} feature column(s), but the embeddings "
                 f"target {embeddings['_target_']!r} does not take feature_sizes"
@@ -834,7 +832,9 @@ class SequenceTagger(pl.LightningModule):
         return tagger
 
     def predict(
-        self, sentences: Sequence[str] | Sequence[Sequence[str]] | Sequence[Any], batch_size: int = 128
+        self,
+        sentences: Sequence[str] | Sequence[Sequence[str]] | Sequence[Any],
+        batch_size: int = 128,
     ) -> list[TaggedSentence]:
         """Tag sentences.
 

@@ -70,7 +70,9 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if labelled:
             tags.append(item["tags"] + padding)
         if K:
-            features.append([list(ids) for ids in zip(*item["features"])] + [pad_features] * (T - n))
+            features.append(
+                [list(ids) for ids in zip(*item["features"])] + [pad_features] * (T - n)
+            )
     batch: dict[str, Any] = {
         "words": torch.tensor(words, dtype=torch.long).view(B, T),
         "chars": torch.tensor(chars, dtype=torch.long).view(B, T, C),

@@ -247,9 +247,7 @@ def _column_list(columns: Sequence[int | str] | None) -> list:
     if columns is None:
         return []
     if isinstance(columns, (str, int)):
-        raise ValueError(
-            f"feature_columns must be a list of columns (e.g. [1]); got {columns!r}"
-        )
+        raise ValueError(f"feature_columns must be a list of columns (e.g. [1]); got {columns!r}")
     return list(columns)
 
 

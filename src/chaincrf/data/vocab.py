@@ -340,9 +340,7 @@ class SentenceEncoder:
         encoded = []
         for i, (vocab, values) in enumerate(zip(self.features, features)):
             if len(values) != length:
-                raise ValueError(
-                    f"feature column {i} has {len(values)} values for {length} tokens"
-                )
+                raise ValueError(f"feature column {i} has {len(values)} values for {length} tokens")
             encoded.append(vocab.encode(values))
         return encoded
 
