@@ -9,8 +9,8 @@ vector per token, the concatenation of
   or a BiLSTM whose final states are concatenated as in Lample et al. (2016);
 - an optional casing feature (Reimers & Gurevych, 2017): one of :data:`CASING_CLASSES` per token,
   computed by :func:`casing_id`, embedded;
-- optional feature columns of the corpus (e.g. the POS column of CoNLL-2000, as Huang et al.
-  2015 use for chunking), one embedding table per column.
+- optional feature columns of the corpus (e.g. the POS column the CoNLL-2000 shared task gives as
+  input), one embedding table per column.
 
 The character encoder runs only over the real (unpadded) tokens of the batch, and each token's
 character sequence is cut to the longest real one, so padding costs nothing there.
@@ -207,7 +207,7 @@ class TokenEmbedder(nn.Module):
         feature_sizes: vocabulary size (padding and unknown included) of each extra feature
             column the data reads beside the token (e.g. ``[47]`` for CoNLL-2000's POS column);
             each gets an embedding table of ``feature_dim``. Empty: no feature columns.
-        feature_dim: size of each feature column's embeddings (20 as NCRF++'s POS features).
+        feature_dim: size of each feature column's embeddings.
         pretrained: float tensor (num_words, word_dim), initial word vectors (row ``i`` for word
             id ``i``); ``None``: random initialisation.
         freeze: keep the word embeddings fixed during training.

@@ -46,8 +46,11 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ``casing``: long (B, T) casing-class ids, 0 = pad; ``mask``: bool (B, T), left-aligned;
         ``tags``: long (B, T) training-scheme tag ids, 0 at padding (only when every item is
         labelled); ``features``: long (B, T, K) ids of the K feature columns, 0 = pad (only
-        when the items have features); ``tokens``: list of B token lists; ``index``: long (B,) each sentence's index
-        in its split.
+        when the items have features); ``tokens``: list of B token lists; ``index``: long (B,)
+        each sentence's index in its split.
+
+    Raises:
+        ValueError: if the items do not all have the same number of feature columns.
     """
     B = len(items)
     lengths = [len(item["words"]) for item in items]
