@@ -301,6 +301,26 @@ def test_eval_from_checkpoint_gives_the_training_figures(trained, tmp_path):
     assert evaluate(cfg)["test/f1"] == pytest.approx(metrics["test/f1"], abs=1e-9)
 
 
+def test_eval_data_overrides_reach_the_data_module(trained, tmp_path):
+    ckpt = trained["run_dir"] / "checkpoints" / "best.ckpt"
+    cfg = compose_config(
+        [f"ckpt_path={ckpt}", "split=dev", "+data_overrides.eval_batch_size=3"], name="eval"
+    )
+    assert evaluate(cfg)["val/f1"] == pytest.approx(trained["metrics"]["val/f1"], abs=1e-9)
+    moved = tmp_path / "moved"
+    cfg = compose_config(
+        [
+            f"ckpt_path={ckpt}",
+            "split=dev",
+            f"+data_overrides.root={moved}",
+            "+data_overrides.dev=dev.conll",
+        ],
+        name="eval",
+    )
+    with pytest.raises(Exception, match=f"{moved / 'dev.conll'}: file not found"):
+        evaluate(cfg)
+
+
 def test_eval_needs_a_checkpoint():
     cfg = compose_config([], name="eval")
     with pytest.raises(ValueError, match="'ckpt_path' is required"):
