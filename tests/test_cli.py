@@ -432,6 +432,30 @@ def test_resume_from_last_checkpoint(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_runs_launched_together_get_their_own_directories(tmp_path):
+    """Two ``chaincrf-train`` processes started at once (same task, same second) must not share a
+    run directory: they would overwrite each other's config, vocabularies and logs."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CHAINCRF_OUTPUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    overrides = [o for o in run_overrides(tmp_path / "unused") if not o.startswith("run_dir=")]
+    command = [sys.executable, "-m", "chaincrf.cli.train", *overrides]
+    command += ["debug=fast_dev_run", "task_name=together", "report=false"]
+    processes = [
+        subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    for process in processes:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err.decode()[-2000:]
+    runs = sorted(p for p in (tmp_path / "together").iterdir() if p.is_dir())
+    assert len(runs) == 2, runs
+    for run in runs:
+        assert (run / "config.yaml").is_file() and (run / "encoder.json").is_file()
+
+
 def test_ddp_on_two_cpu_processes(tmp_path):
     cfg = compose_config(
         run_overrides(
