@@ -488,7 +488,8 @@ class TaggingDataModule(pl.LightningDataModule):
 
     @property
     def vocabs(self) -> dict[str, Vocabulary]:
-        """``{"words", "chars", "tags"}``; tags in the training scheme."""
+        """``{"words", "chars", "tags"}`` (tags in the training scheme), plus ``"feature0"``, ... per
+        feature column."""
         return self._require_setup().vocabs
 
     @property
