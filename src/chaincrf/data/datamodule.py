@@ -378,7 +378,7 @@ class TaggingDataModule(pl.LightningDataModule):
             digits_to_zero=self.digits_to_zero,
             max_word_chars=self.max_word_chars,
             features=[
-                Vocabulary.build(s.features[k][i] for s in train for i in range(len(s)))
+                Vocabulary.build(value for s in train for value in s.features[k])
                 for k in range(len(self.feature_columns))
             ],
             feature_columns=self.feature_columns or None,
