@@ -168,6 +168,71 @@ def test_collate_without_labels_has_no_tags_key():
     assert "tags" not in batch
 
 
+def _reference_collate(batch_items):
+    """Padding one sentence and one token at a time, the obvious way."""
+    B = len(batch_items)
+    T = max((len(it["words"]) for it in batch_items), default=0)
+    C = max([len(c) for it in batch_items for c in it["chars"]] + [1])
+    K = len(batch_items[0].get("features", ())) if B else 0
+    words = torch.zeros(B, T, dtype=torch.long)
+    casing = torch.zeros(B, T, dtype=torch.long)
+    tags = torch.zeros(B, T, dtype=torch.long)
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    chars = torch.zeros(B, T, C, dtype=torch.long)
+    features = torch.zeros(B, T, K, dtype=torch.long)
+    for b, it in enumerate(batch_items):
+        for t in range(len(it["words"])):
+            words[b, t], casing[b, t], mask[b, t] = it["words"][t], it["casing"][t], True
+            tags[b, t] = it["tags"][t]
+            for c, ch in enumerate(it["chars"][t]):
+                chars[b, t, c] = ch
+            for k in range(K):
+                features[b, t, k] = it["features"][k][t]
+    return words, casing, tags, mask, chars, features
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_collate_equals_a_token_by_token_reference_on_random_ragged_items(seed):
+    rng = torch.Generator().manual_seed(seed)
+
+    def ids(n, high):
+        return torch.randint(1, high, (n,), generator=rng).tolist()
+
+    K = seed % 3  # 0, 1 or 2 feature columns
+    batch_items = []
+    for index in range(int(torch.randint(1, 7, (1,), generator=rng))):
+        n = int(torch.randint(0, 9, (1,), generator=rng))  # empty sentences too
+        batch_items.append(
+            {
+                "words": ids(n, 50),
+                # tokens of 0 to 11 characters (0: a token the character vocabulary cannot spell)
+                "chars": [ids(int(torch.randint(0, 12, (1,), generator=rng)), 30) for _ in range(n)],
+                "casing": ids(n, 8),
+                "tags": ids(n, 5),
+                "features": [ids(n, 20) for _ in range(K)],
+                "tokens": [f"w{i}" for i in range(n)],
+                "index": index,
+            }
+        )
+    batch = collate(batch_items)
+    words, casing, tags, mask, chars, features = _reference_collate(batch_items)
+    assert torch.equal(batch["words"], words) and torch.equal(batch["casing"], casing)
+    assert torch.equal(batch["tags"], tags) and torch.equal(batch["mask"], mask)
+    assert torch.equal(batch["chars"], chars)
+    assert batch["chars"].dtype == torch.long and batch["mask"].dtype == torch.bool
+    if K:
+        assert torch.equal(batch["features"], features)
+    else:
+        assert "features" not in batch
+    assert batch["index"].tolist() == list(range(len(batch_items)))
+
+
+def test_collate_of_no_items_is_an_empty_batch():
+    batch = collate([])
+    assert batch["words"].shape == (0, 0) and batch["chars"].shape == (0, 0, 1)
+    assert batch["mask"].dtype == torch.bool and batch["tokens"] == []
+
+
 def test_bucket_sampler_sorted_batches_without_shuffle():
     lengths = [5, 1, 3, 2, 4, 1]
     sampler = BucketBatchSampler(batch_size=2, lengths=lengths, shuffle=False)
