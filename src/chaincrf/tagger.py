@@ -346,7 +346,8 @@ class SequenceTagger(pl.LightningModule):
             defaults to ``scheme``.
         use_crf: CRF output layer (True) or the softmax baseline (False).
         constrain: apply the scheme's transition constraints in the CRF (training and decoding).
-        dropout: extra dropout before the projection (the encoders apply their own).
+        dropout: dropout on the encoder output, before the projection (the BiLSTM applies
+            none of its own there; the cnn and transformer encoders drop out inside their layers).
         optimizer: spec of the optimiser, called with the parameters; default Adam, lr 1e-3.
         word_lr_scale: learning-rate multiplier of the word-embedding table (its own parameter
             group): 1.0 trains it like the rest, 0.0 keeps it fixed while every other weight

@@ -32,7 +32,7 @@ class BiLSTMEncoder(Encoder):
         hidden_size: LSTM units per direction; ``output_dim`` is ``2 * hidden_size``.
         num_layers: number of stacked BiLSTM layers.
         dropout: dropout between stacked layers (none with one layer). The output is not
-            dropped out here: the tagger applies its own dropout to every encoder's output.
+            dropped out here: the tagger's ``dropout`` (``model.dropout``, default 0) does that.
 
     Raises:
         ValueError: for a size that is not positive or a dropout outside [0, 1).
