@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from chaincrf.constraints import get_spans
+from chaincrf.constraints import allowed_transitions, get_spans
 from chaincrf.data import SentenceEncoder, Vocabulary, collate, read_columns, read_conllu
 from chaincrf.data.vocab import span_tag_inventory
 from chaincrf.tagger import InverseTimeDecay, SequenceTagger, build_from_spec
@@ -251,6 +251,83 @@ def test_single_token_span_confidence_is_its_marginal(ner):
     for span in singles:
         s_tag = tagger.labels.index(f"S-{span.type}")
         assert span.confidence == pytest.approx(float(marginals[span.start, s_tag]), abs=1e-4)
+
+
+SPAN_PATHS = {
+    # rows of length 4, 4 and 3 (the last padded): multi-token spans, spans at both ends, and
+    # (IOB1) spans starting with I- after position 0, whose left neighbour must not extend them
+    "BIOES": [
+        ["B-PER", "E-PER", "S-LOC", "O"],
+        ["O", "B-LOC", "I-LOC", "E-LOC"],
+        ["S-PER", "B-LOC", "E-LOC"],
+    ],
+    "IOB1": [
+        ["I-PER", "I-PER", "I-LOC", "O"],
+        ["O", "I-PER", "I-PER", "B-PER"],
+        ["I-LOC", "I-PER", "I-PER"],
+    ],
+}
+
+
+@pytest.mark.parametrize("scheme", ["BIOES", "IOB1"])
+def test_span_confidences_equal_brute_force_enumeration(scheme):
+    # P(span) = total probability of the paths that tag the span's tokens as predicted and in
+    # which it is a span (nothing extends it), by enumerating every path of each sentence.
+    import itertools
+
+    torch.manual_seed(0)
+    labels = span_tag_inventory(["PER", "LOC"], scheme)
+    tagger = SequenceTagger(
+        labels=labels,
+        num_words=4,
+        num_chars=4,
+        embeddings=EMBEDDINGS,
+        encoder=ENCODER,
+        scheme=scheme,
+        original_scheme=scheme,
+        optimizer=ADAM,
+    )
+    crf = tagger.model.crf
+    with torch.no_grad():
+        for parameter in crf.parameters():
+            parameter.normal_()
+    rows = SPAN_PATHS[scheme]
+    start_ok, end_ok, follow_ok = allowed_transitions(scheme, labels)
+    B, T, K = len(rows), 4, len(labels)
+    emissions = torch.randn(B, T, K)
+    mask = torch.tensor([[t < len(r) for t in range(T)] for r in rows])
+    paths = torch.full((B, T), -1, dtype=torch.long)
+    for b, row in enumerate(rows):
+        paths[b, : len(row)] = torch.tensor([labels.index(tag) for tag in row])
+    # favour the given paths a little, so that their spans have probabilities worth comparing
+    emissions += 2.0 * torch.nn.functional.one_hot(paths.clamp(min=0), K) * mask.unsqueeze(-1)
+    spans_per_row = [get_spans(row, scheme) for row in rows]
+    assert sum(end - start > 1 for spans in spans_per_row for _, start, end in spans) == 3
+    with torch.no_grad():
+        got = tagger._span_confidences(emissions, mask, paths, None, spans_per_row)
+
+    for b, row in enumerate(rows):
+        n = len(row)
+        every = torch.tensor(list(itertools.product(range(K), repeat=n)))  # (K^n, n)
+        valid = start_ok[every[:, 0]] & end_ok[every[:, -1]]
+        for t in range(1, n):
+            valid &= follow_ok[every[:, t - 1], every[:, t]]
+        every = every[valid]  # the rest have probability zero under the constraints
+        with torch.no_grad():
+            log_p = crf(emissions[b : b + 1, :n].expand(len(every), n, K), every, reduction="none")
+        probability = log_p.exp()
+        assert float(probability.sum()) == pytest.approx(1.0, abs=1e-4)
+        found = [get_spans([labels[i] for i in path], scheme) for path in every.tolist()]
+        for (type_, start, end), confidence in zip(spans_per_row[b], got[b]):
+            keep = torch.tensor(
+                [
+                    path[start:end] == paths[b, start:end].tolist() and (type_, start, end) in spans
+                    for path, spans in zip(every.tolist(), found)
+                ]
+            )
+            expected = float(probability[keep].sum())
+            assert expected > 1e-3  # the check means something
+            assert confidence == pytest.approx(expected, rel=1e-3, abs=1e-6)
 
 
 def test_decode_under_inference_mode(ner):

@@ -715,39 +715,56 @@ class SequenceTagger(pl.LightningModule):
                 result[row].append(round(float(chosen[row, start:end].prod()), 6))
             return result
         _, T, K = emissions.shape  # (B, T, K)
-        rows = torch.tensor([r for r, _, _ in flat], device=emissions.device)
-        allowed = mask[rows].unsqueeze(-1).expand(-1, -1, K).clone()  # (N, T, K)
-        continues = self._continuation_tags()
-        for i, (row, start, end) in enumerate(flat):
-            allowed[i, start:end] = False
-            allowed[i, torch.arange(start, end), paths[row, start:end]] = True
-            first = self.labels[int(paths[row, start])]
-            type_ = first[2:]
-            if end < T and bool(mask[row, end]):
-                for tag in continues["after"].get(type_, ()):
-                    allowed[i, end, tag] = False
-            if start > 0 and first.startswith("I-"):
-                for tag in continues["before"].get(type_, ()):
-                    allowed[i, start - 1, tag] = False
+        device = emissions.device
+        rows, starts, ends = torch.tensor(flat, dtype=torch.long, device=device).unbind(1)  # (N,)
+        N = rows.shape[0]
+        span_mask = mask[rows]  # (N, T)
+        span_paths = paths[rows].clamp(min=0)  # (N, T)
+        steps = torch.arange(T, device=device)
+        inside = (steps >= starts.unsqueeze(1)) & (steps < ends.unsqueeze(1))  # (N, T)
+        # the span's tokens allow only their predicted tag; every other real token allows all
+        allowed = span_mask.unsqueeze(-1).expand(N, T, K).clone()  # (N, T, K)
+        allowed[inside] = False
+        at, pos = inside.nonzero(as_tuple=True)
+        allowed[at, pos, span_paths[at, pos]] = True
+        # ... and the tokens just outside may not extend the span (tables indexed by first tag)
+        after, before, first_is_inside = self._continuation_tables(device)
+        first = span_paths.gather(1, starts.unsqueeze(1)).squeeze(1)  # (N,)
+        n_real = span_mask.sum(1)  # (N,)
+        extend = (ends < n_real).nonzero(as_tuple=True)[0]
+        allowed[extend, ends[extend]] &= ~after[first[extend]]
+        extend = ((starts > 0) & first_is_inside[first]).nonzero(as_tuple=True)[0]
+        allowed[extend, starts[extend] - 1] &= ~before[first[extend]]
         log_p = crf.partial_log_likelihood(emissions[rows], allowed, mask[rows], reduction="none")
         for (row, _, _), value in zip(flat, log_p.exp().tolist()):
             result[row].append(round(float(value), 6))
         return result
 
-    def _continuation_tags(self) -> dict[str, dict[str, list[int]]]:
-        """Tag ids that would extend a span of each type to the right (``after``: ``I-``/``E-``)
-        or, before an ``I-`` start in IOB1, to the left (``before``: ``B-``/``I-``)."""
-        after: dict[str, list[int]] = {}
-        before: dict[str, list[int]] = {}
-        for index, label in enumerate(self.labels):
-            if label == "O":
+    def _continuation_tables(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """Per first tag of a span, the tags that would extend it.
+
+        Returns:
+            ``after`` bool (K, K): row ``f`` marks the tags that, right after a span starting
+            with tag ``f``, would continue it (``I-``/``E-`` of its type); ``before`` bool (K, K):
+            the tags that, right before it, would make it start earlier (``B-``/``I-`` of its
+            type; used only when ``f`` is an ``I-`` tag, in IOB1); ``first_is_inside`` bool
+            (K,): whether tag ``f`` is an ``I-`` tag.
+        """
+        K = len(self.labels)
+        after = torch.zeros(K, K, dtype=torch.bool)
+        before = torch.zeros(K, K, dtype=torch.bool)
+        first_is_inside = torch.zeros(K, dtype=torch.bool)
+        types = [None if label == "O" else label[2:] for label in self.labels]
+        prefixes = [label[0] for label in self.labels]
+        for f, type_ in enumerate(types):
+            if type_ is None:
                 continue
-            prefix, type_ = label[0], label[2:]
-            if prefix in ("I", "E", "L"):
-                after.setdefault(type_, []).append(index)
-            if prefix in ("B", "I"):
-                before.setdefault(type_, []).append(index)
-        return {"after": after, "before": before}
+            first_is_inside[f] = prefixes[f] == "I"
+            for tag, (prefix, other) in enumerate(zip(prefixes, types)):
+                if other == type_:
+                    after[f, tag] = prefix in ("I", "E", "L")
+                    before[f, tag] = prefix in ("B", "I")
+        return after.to(device), before.to(device), first_is_inside.to(device)
 
     def configure_optimizers(self) -> Any:
         scale = self.hparams.get("word_lr_scale", 1.0)
