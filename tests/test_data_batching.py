@@ -206,7 +206,9 @@ def test_collate_equals_a_token_by_token_reference_on_random_ragged_items(seed):
             {
                 "words": ids(n, 50),
                 # tokens of 0 to 11 characters (0: a token the character vocabulary cannot spell)
-                "chars": [ids(int(torch.randint(0, 12, (1,), generator=rng)), 30) for _ in range(n)],
+                "chars": [
+                    ids(int(torch.randint(0, 12, (1,), generator=rng)), 30) for _ in range(n)
+                ],
                 "casing": ids(n, 8),
                 "tags": ids(n, 5),
                 "features": [ids(n, 20) for _ in range(K)],

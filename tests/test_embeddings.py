@@ -173,6 +173,30 @@ def test_pretrained_vectors_and_freeze():
     torch.testing.assert_close(vectors, original)  # the embedder owns a copy
 
 
+def test_word_adapter_starts_as_the_pretrained_vectors_and_moves_unseen_words_through_the_map():
+    vectors = torch.randn(NUM_WORDS, 8)
+    embedder = TokenEmbedder(NUM_WORDS, word_dim=8, pretrained=vectors, word_adapter=True)
+    embedder.eval()
+    batch = make_batch()
+    mask = batch["mask"]
+    torch.testing.assert_close(embedder(batch)[mask], vectors[batch["words"][mask]])
+    trainable = {n for n, p in embedder.named_parameters() if p.requires_grad}
+    assert trainable == {"word_map.weight", "word_map.bias", "word_residual.weight"}
+
+    # one step on a loss that sees word 2 only: word 2 gets a correction of its own, word 3
+    # (never seen, e.g. a test word with a pretrained vector) moves through the shared map only
+    optimizer = torch.optim.SGD([p for p in embedder.parameters() if p.requires_grad], lr=0.5)
+    seen = {"words": torch.tensor([[2]]), "mask": torch.tensor([[True]])}
+    unseen = {"words": torch.tensor([[3]]), "mask": torch.tensor([[True]])}
+    before = embedder(unseen).detach().clone()
+    embedder(seen).pow(2).sum().backward()
+    optimizer.step()
+    residual = embedder.word_residual.weight.detach()
+    assert residual[2].abs().sum() > 0 and residual[3].abs().sum() == 0
+    assert not torch.allclose(embedder(unseen), before)
+    torch.testing.assert_close(embedder.word_embedding.weight, vectors)  # the table stays fixed
+
+
 def test_word_dropout_replaces_real_ids_by_unk_only_in_training():
     vectors = torch.arange(NUM_WORDS, dtype=torch.float32).unsqueeze(1)  # vector i = [i]
     embedder = TokenEmbedder(

@@ -366,6 +366,21 @@ def test_bundle_round_trip_predicts_identically(ner, tmp_path):
         SequenceTagger.load(tmp_path / "empty")
 
 
+def test_word_adapter_model_round_trips_through_a_bundle(tmp_path):
+    encoder, sentences = _ner_encoder()
+    vectors = torch.randn(len(encoder.words), EMBEDDINGS["word_dim"])
+    tagger = _tagger(encoder, pretrained=vectors, embeddings={**EMBEDDINGS, "word_adapter": True})
+    _fit(tagger, _batch(encoder, sentences[:8]), steps=3)
+    assert tagger.model.embedder.word_residual.weight.abs().sum() > 0  # it trained
+    tagger.save_bundle(tmp_path / "bundle")
+    reloaded = SequenceTagger.load(tmp_path / "bundle")  # rebuilt without the vectors
+    tokens = [s.tokens for s in sentences[:8]]
+    assert [r.to_dict() for r in reloaded.predict(tokens)] == [
+        r.to_dict() for r in tagger.predict(tokens)
+    ]
+    torch.testing.assert_close(reloaded.model.embedder.word_embedding.weight, vectors)
+
+
 def test_predict_without_vocab_is_a_clear_error():
     encoder, _ = _ner_encoder()
     tagger = _tagger(encoder, vocab=None)
@@ -394,3 +409,16 @@ def test_word_lr_scale_gives_the_word_table_its_own_learning_rate():
     for bad in (-1.0, float("inf"), "0.1"):
         with pytest.raises(ValueError, match="word_lr_scale"):
             _tagger(encoder, word_lr_scale=bad)
+    # with word_adapter, the scale applies to the trainable per-word correction
+    vectors = torch.randn(len(encoder.words), EMBEDDINGS["word_dim"])
+    tagger = _tagger(
+        encoder,
+        word_lr_scale=0.25,
+        pretrained=vectors,
+        embeddings={**EMBEDDINGS, "word_adapter": True},
+    )
+    groups = {
+        id(p): g["lr"] for g in tagger.configure_optimizers().param_groups for p in g["params"]
+    }
+    assert groups[id(tagger.model.embedder.word_residual.weight)] == pytest.approx(0.25 * base)
+    assert groups[id(tagger.model.embedder.word_map.weight)] == pytest.approx(base)

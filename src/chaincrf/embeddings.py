@@ -211,6 +211,13 @@ class TokenEmbedder(nn.Module):
         pretrained: float tensor (num_words, word_dim), initial word vectors (row ``i`` for word
             id ``i``); ``None``: random initialisation.
         freeze: keep the word embeddings fixed during training.
+        word_adapter: with ``pretrained``: keep the pretrained vectors fixed, pass them through
+            a trainable linear map (identity at the start) and add a trainable per-word
+            correction (zero at the start). Words seen in training move as when fine-tuning the
+            table, and words never seen in training (e.g. dev/test words added for their
+            pretrained vector) still move with the shared map instead of keeping vectors from
+            another space than the fine-tuned ones. Ignored with ``freeze``; without
+            ``pretrained`` the fixed table is a random one.
         word_dropout: at training time, each real token's word id is replaced by the unknown id
             1 with this probability.
         dropout: dropout on the concatenated features (and, for ``cnn``, on the character
@@ -242,6 +249,7 @@ class TokenEmbedder(nn.Module):
         feature_dim: int = 20,
         pretrained: Tensor | None = None,
         freeze: bool = False,
+        word_adapter: bool = False,
         word_dropout: float = 0.0,
         dropout: float = 0.5,
     ) -> None:
@@ -274,6 +282,18 @@ class TokenEmbedder(nn.Module):
             self.word_embedding = nn.Embedding.from_pretrained(
                 pretrained.detach().clone().float(), freeze=freeze, padding_idx=PAD_ID
             )
+        self.word_map: nn.Linear | None = None
+        self.word_residual: nn.Embedding | None = None
+        if word_adapter and not freeze:
+            # (without ``pretrained``, as when a trained model is rebuilt before its state dict
+            # is loaded, the fixed table is the random one above)
+            freeze = True  # the pretrained table itself stays fixed
+            self.word_map = nn.Linear(word_dim, word_dim)
+            self.word_residual = nn.Embedding(num_words, word_dim, padding_idx=PAD_ID)
+            with torch.no_grad():
+                self.word_map.weight.copy_(torch.eye(word_dim))
+                self.word_map.bias.zero_()
+                self.word_residual.weight.zero_()
         self.word_embedding.weight.requires_grad_(not freeze)
         self.word_dropout = word_dropout
 
@@ -344,7 +364,11 @@ class TokenEmbedder(nn.Module):
         if self.training and self.word_dropout > 0:
             drop = torch.rand(words.shape, device=words.device) < self.word_dropout
             words = words.masked_fill(drop & mask, UNK_ID)
-        features = [self.word_embedding(words.masked_fill(~mask, PAD_ID))]  # (B, T, W)
+        words = words.masked_fill(~mask, PAD_ID)
+        word_features = self.word_embedding(words)  # (B, T, W)
+        if self.word_map is not None and self.word_residual is not None:
+            word_features = self.word_map(word_features) + self.word_residual(words)
+        features = [word_features]
 
         if self.char_encoder is not None:
             chars = batch.get("chars")

@@ -768,7 +768,10 @@ class SequenceTagger(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         scale = self.hparams.get("word_lr_scale", 1.0)
-        word = getattr(self.model.embedder, "word_embedding", None)
+        # the trainable word table: the per-word correction with word_adapter, else the table
+        word = getattr(self.model.embedder, "word_residual", None) or getattr(
+            self.model.embedder, "word_embedding", None
+        )
         if scale == 1.0 or word is None:
             optimizer = build_from_spec(self.hparams.optimizer, "optimizer", self.parameters())
         else:
