@@ -52,9 +52,13 @@ def test_main_tables_for_conllu(capsys):
 
 
 def test_main_reports_data_errors_with_file_and_line(tmp_path, capsys):
-    (tmp_path / "bad.txt").write_text("a O\nb\n")
-    assert main([str(tmp_path / "bad.txt")]) == 1
-    assert "bad.txt:2: expected 2 columns" in capsys.readouterr().err.replace("\n", "")
+    # a path longer than a terminal line, with [brackets] that rich would read as markup
+    folder = tmp_path / ("long-folder-name-" * 8)
+    folder.mkdir()
+    path = folder / "bad[1].txt"
+    path.write_text("a O\nb\n")
+    assert main([str(path)]) == 1
+    assert f"{path}:2: expected 2 columns" in capsys.readouterr().err  # whole, on one line
 
 
 def test_main_preset_needs_a_root(capsys, monkeypatch):

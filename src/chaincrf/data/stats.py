@@ -146,6 +146,7 @@ def _label_column(value: str | None) -> int | str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status (0, or 1 for a data or usage error)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     args = _parser().parse_args(argv)
@@ -156,13 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.preset:
         preset = PRESETS[args.preset]
         if args.root is None:
-            error_console.print("[red]error:[/red] --preset needs --root or $CHAINCRF_DATA")
+            error_console.print(
+                "[red]error:[/red] --preset needs --root or $CHAINCRF_DATA", soft_wrap=True
+            )
             return 1
         files = files or list(preset["files"])
         fmt = fmt or preset["format"]
         label_column = preset["label_column"] if label_column is None else label_column
     if not files:
-        error_console.print("[red]error:[/red] give data files or --preset")
+        error_console.print("[red]error:[/red] give data files or --preset", soft_wrap=True)
         return 1
     if fmt is None:
         fmt = "conllu" if str(files[0]).endswith(".conllu") else "columns"
@@ -179,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if train_vocab is None:
                 train_vocab = {token for s in sentences for token in s.tokens}
     except (DataFormatError, ValueError) as error:
-        error_console.print(f"[red]error:[/red] {error}")
+        # unwrapped, and a path with [brackets] is not read as markup
+        error_console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
         return 1
     if args.json:
         sys.stdout.write(json.dumps([asdict(r) for r in results], indent=2) + "\n")
