@@ -728,7 +728,7 @@ class SequenceTagger(pl.LightningModule):
         at, pos = inside.nonzero(as_tuple=True)
         allowed[at, pos, span_paths[at, pos]] = True
         # ... and the tokens just outside may not extend the span (tables indexed by first tag)
-        after, before, first_is_inside = self._continuation_tables(device)
+        after, before, first_is_inside = (t.to(device) for t in self._continuation_tables)
         first = span_paths.gather(1, starts.unsqueeze(1)).squeeze(1)  # (N,)
         n_real = span_mask.sum(1)  # (N,)
         extend = (ends < n_real).nonzero(as_tuple=True)[0]
@@ -740,8 +740,10 @@ class SequenceTagger(pl.LightningModule):
             result[row].append(round(float(value), 6))
         return result
 
-    def _continuation_tables(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """Per first tag of a span, the tags that would extend it.
+    @functools.cached_property
+    def _continuation_tables(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Per first tag of a span, the tags that would extend it (built once: the labels are
+        fixed at construction).
 
         Returns:
             ``after`` bool (K, K): row ``f`` marks the tags that, right after a span starting
@@ -764,7 +766,7 @@ class SequenceTagger(pl.LightningModule):
                 if other == type_:
                     after[f, tag] = prefix in ("I", "E", "L")
                     before[f, tag] = prefix in ("B", "I")
-        return after.to(device), before.to(device), first_is_inside.to(device)
+        return after, before, first_is_inside
 
     def configure_optimizers(self) -> Any:
         scale = self.hparams.get("word_lr_scale", 1.0)
