@@ -68,6 +68,10 @@ ENCODERS = {
     ],
     "identity": [],
     "pretrained": [],
+    "pretrained_bilstm": [
+        "encoder.layers.bilstm.hidden_size=16",
+        "encoder.layers.bilstm.dropout=0.0",
+    ],
 }
 
 
@@ -229,7 +233,7 @@ def test_bad_config_fails_at_construction_with_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("encoder", list(ENCODERS))
 def test_fast_dev_run_each_encoder(encoder, tmp_path):
-    if encoder == "pretrained" and importlib.util.find_spec("transformers") is None:
+    if encoder.startswith("pretrained") and importlib.util.find_spec("transformers") is None:
         pytest.skip("the pretrained encoder needs the optional `transformers` extra")
     cfg = compose_config(run_overrides(tmp_path, "debug=fast_dev_run", encoder=encoder))
     metrics = train(cfg)

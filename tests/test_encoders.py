@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -16,6 +17,7 @@ from chaincrf.encoders import Encoder
 from chaincrf.encoders.bilstm import BiLSTMEncoder
 from chaincrf.encoders.cnn import CNNEncoder
 from chaincrf.encoders.identity import IdentityEncoder
+from chaincrf.encoders.stacked import StackedEncoder
 from chaincrf.encoders.transformer import TransformerEncoder, sinusoidal_positions
 
 D = 12
@@ -52,8 +54,22 @@ BUILDERS = {
         D, d_model=8, num_heads=2, num_layers=1, dim_feedforward=16, positions="learned", max_len=16
     ),
     "identity": lambda: IdentityEncoder(D),
+    "stacked": lambda: StackedEncoder(
+        D,
+        {
+            "cnn": functools.partial(CNNEncoder, hidden_size=7, kernel_size=3, dilations=(1,)),
+            "bilstm": functools.partial(BiLSTMEncoder, hidden_size=5),
+        },
+    ),
 }
-EXPECTED_DIM = {"bilstm": 10, "cnn": 7, "transformer": 8, "transformer_learned": 8, "identity": D}
+EXPECTED_DIM = {
+    "bilstm": 10,
+    "cnn": 7,
+    "transformer": 8,
+    "transformer_learned": 8,
+    "identity": D,
+    "stacked": 10,
+}
 
 
 @pytest.mark.parametrize("name", BUILDERS)
@@ -68,7 +84,7 @@ def test_forward_shape(name):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", ["bilstm", "cnn", "transformer", "transformer_learned"])
+@pytest.mark.parametrize("name", ["bilstm", "cnn", "transformer", "transformer_learned", "stacked"])
 def test_padding_invariance(name):
     """Garbage in padded positions, or more padding, changes nothing at real positions."""
     torch.manual_seed(0)
@@ -145,6 +161,73 @@ def test_empty_sentence_in_batch_gives_finite_outputs():
         assert torch.isfinite(out).all() and torch.all(out[1] == 0), name
 
 
+def test_stacked_applies_its_layers_in_order():
+    torch.manual_seed(0)
+    stacked = BUILDERS["stacked"]().eval()
+    cnn, bilstm = stacked.layers
+    assert (cnn.input_dim, cnn.output_dim, bilstm.input_dim) == (D, 7, 7)
+    features, mask = make_inputs()
+    torch.testing.assert_close(stacked(features, mask), bilstm(cnn(features, mask), mask))
+    # A list is taken in its order too.
+    listed = StackedEncoder(D, [functools.partial(IdentityEncoder), functools.partial(CNNEncoder)])
+    assert [type(layer) for layer in listed.layers] == [IdentityEncoder, CNNEncoder]
+
+
+def test_stacked_needs_tokens_when_a_layer_does():
+    class TokenCounter(IdentityEncoder):
+        needs_tokens = True
+
+        def forward(self, features, mask, tokens=None):
+            return features + torch.tensor([[float(len(t))] for t in tokens]).unsqueeze(-1)
+
+    stacked = StackedEncoder(D, [TokenCounter, IdentityEncoder])
+    assert stacked.needs_tokens is True
+    assert StackedEncoder(D, [IdentityEncoder]).needs_tokens is False
+    features, mask = make_inputs()
+    tokens = [["w"] * n for n in LENGTHS]
+    torch.testing.assert_close(stacked(features, mask, tokens)[3, 0], features[3, 0] + 3)
+
+
+def test_stacked_build_from_a_config_with_nested_partials():
+    """The tagger builds encoders with build_from_spec, which builds the nested layer nodes."""
+    from chaincrf.tagger import build_from_spec
+
+    spec = {
+        "_target_": "chaincrf.encoders.stacked.StackedEncoder",
+        "_partial_": True,
+        "layers": {
+            "cnn": {
+                "_target_": "chaincrf.encoders.cnn.CNNEncoder",
+                "_partial_": True,
+                "hidden_size": 6,
+            },
+            "bilstm": {
+                "_target_": "chaincrf.encoders.bilstm.BiLSTMEncoder",
+                "_partial_": True,
+                "hidden_size": 4,
+            },
+        },
+    }
+    encoder = build_from_spec(spec, "encoder", input_dim=D)
+    assert [layer.output_dim for layer in encoder.layers] == [6, 8] and encoder.output_dim == 8
+    listed = build_from_spec(
+        {**spec, "layers": list(spec["layers"].values())}, "encoder", input_dim=D
+    )
+    assert [layer.output_dim for layer in listed.layers] == [6, 8]
+
+
+def test_stacked_errors():
+    with pytest.raises(ValueError, match="layers must name at least one encoder"):
+        StackedEncoder(D, [])
+    with pytest.raises(ValueError, match=r"layers\['bilstm'\] must be an encoder factory"):
+        StackedEncoder(D, {"bilstm": {"hidden_size": 5}})
+    with pytest.raises(ValueError, match=r"layers\[0\] must build an nn.Module"):
+        StackedEncoder(D, [lambda input_dim: torch.zeros(input_dim)])
+    features, mask = make_inputs(dim=D + 1)
+    with pytest.raises(ValueError, match=f"features must have shape \\(batch, seq_len, {D}\\)"):
+        BUILDERS["stacked"]()(features, mask)
+
+
 def test_identity_returns_features():
     features, mask = make_inputs()
     assert IdentityEncoder(D)(features, mask) is features
@@ -206,17 +289,32 @@ def test_learned_positions_reject_long_input():
         encoder(features, mask)
 
 
-@pytest.mark.parametrize("name", sorted(path.stem for path in CONF.glob("*.yaml")))
-def test_every_encoder_config_instantiates(name):
-    """Each conf/encoder/*.yaml is a Hydra partial of an Encoder, completed with input_dim."""
-    config = OmegaConf.load(CONF / f"{name}.yaml")
+def check_encoder_node(config) -> list[type]:
+    """Check a partial Encoder node (and the encoder nodes nested in it, as a stack's layers):
+    each names an Encoder class and only arguments its ``__init__`` takes. Returns the classes."""
     assert config._partial_ is True
     module_name, class_name = config._target_.rsplit(".", 1)
     cls = getattr(importlib.import_module(module_name), class_name)
     assert issubclass(cls, Encoder)
     arguments = set(config) - {"_target_", "_partial_"}
     assert arguments <= set(inspect.signature(cls.__init__).parameters) - {"self", "input_dim"}
-    if cls.needs_tokens:  # loads a pretrained model: covered below when the extra is installed
+    classes = [cls]
+    for value in config.values():
+        nested = value.values() if OmegaConf.is_dict(value) else value
+        if OmegaConf.is_config(value):
+            for node in nested:
+                if OmegaConf.is_dict(node) and "_target_" in node:
+                    classes += check_encoder_node(node)
+    return classes
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in CONF.glob("*.yaml")))
+def test_every_encoder_config_instantiates(name):
+    """Each conf/encoder/*.yaml is a Hydra partial of an Encoder, completed with input_dim."""
+    config = OmegaConf.load(CONF / f"{name}.yaml")
+    classes = check_encoder_node(config)
+    cls = classes[0]
+    if any(c.needs_tokens for c in classes):  # loads a pretrained model: covered below
         return
     encoder = instantiate(config)(input_dim=D)
     assert isinstance(encoder, cls) and encoder.output_dim > 0
@@ -335,6 +433,71 @@ def test_pretrained_errors(minilm, tmp_path):
         PretrainedEncoder(D, model_name_or_path="bert-base-cased")
     with pytest.raises(ValueError, match="must be a local directory"):
         PretrainedEncoder(D, model_name_or_path=str(tmp_path / "missing"))
+
+
+@needs_transformers
+def test_pretrained_cache_encodes_each_sentence_once(minilm):
+    from chaincrf.encoders.pretrained import PretrainedEncoder
+
+    def build(**kwargs):
+        return PretrainedEncoder(
+            D, model_name_or_path=minilm.model_name_or_path, freeze=True, last_layers=2, **kwargs
+        )
+
+    plain, cached = build(), build(cache=True)
+    calls = []
+    cached.model.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape[0]),
+        with_kwargs=True,
+    )
+    features, mask = sentence_inputs()
+    expected = plain(features, mask, SENTENCES)
+    torch.testing.assert_close(cached(features, mask, SENTENCES), expected)
+    assert calls == [3] and len(cached._cache) == 3
+    # Seen sentences come from the cache, in any batch and order; only new ones are encoded.
+    again = [SENTENCES[2], ["a", "new", "one"], SENTENCES[0], ["a", "new", "one"]]
+    features2, mask2 = sentence_inputs(again)
+    out = cached(features2, mask2, again)
+    assert calls == [3, 1]
+    torch.testing.assert_close(out, plain(features2, mask2, again), atol=1e-5, rtol=1e-4)
+    # Loading weights empties the cache: the next batch is encoded with the new weights.
+    cached.load_state_dict(plain.state_dict())
+    assert not cached._cache
+    cached(features, mask, SENTENCES)
+    assert calls == [3, 1, 3]
+    with pytest.raises(ValueError, match="cache=True needs freeze=True"):
+        PretrainedEncoder(D, model_name_or_path=minilm.model_name_or_path, cache=True)
+
+
+@needs_transformers
+def test_pretrained_last_layers_and_dropout(minilm):
+    from chaincrf.encoders.pretrained import PretrainedEncoder
+
+    path = minilm.model_name_or_path
+    encoder = PretrainedEncoder(
+        D, model_name_or_path=path, freeze=True, last_layers=4, concat_features=False, dropout=0.5
+    ).eval()
+    features, mask = sentence_inputs()
+    out = encoder(features, mask, SENTENCES)
+    encoding = encoder.tokenizer(
+        SENTENCES, is_split_into_words=True, padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        hidden = encoder.model(**encoding, output_hidden_states=True).hidden_states
+    assert len(hidden) == 7  # embeddings + 6 layers
+    first = encoding.word_ids(1).index(1)  # first subword of "Blackburn"
+    torch.testing.assert_close(out[1, 1], torch.stack(hidden[-4:]).mean(0)[1, first])
+    assert not torch.allclose(out[1, 1], hidden[-1][1, first])
+    encoder.train()  # dropout on the pooled states in training only
+    dropped = encoder(features, mask, SENTENCES)
+    zeroed = dropped[mask] == 0
+    assert 0.3 < zeroed.float().mean() < 0.7
+    torch.testing.assert_close(dropped[mask][~zeroed], 2 * out[mask][~zeroed])
+    for bad in (0, 7, True):
+        with pytest.raises(ValueError, match=r"last_layers must be an int in 1\.\.6"):
+            PretrainedEncoder(D, model_name_or_path=path, last_layers=bad)
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+        PretrainedEncoder(D, model_name_or_path=path, dropout=1.0)
 
 
 def test_pretrained_module_imports_without_transformers():

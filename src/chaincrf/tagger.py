@@ -129,6 +129,7 @@ def build_from_spec(spec: Mapping[str, Any], what: str, *args: Any, **runtime: A
 
 
 def _build_nested(value: Any, what: str) -> Any:
+    """Build the ``_target_`` nodes inside ``value``, recursing into lists and mappings."""
     if isinstance(value, Mapping) and "_target_" in value:
         if value.get("_partial_", False):
             target = _locate(str(value["_target_"]), what)
@@ -139,6 +140,10 @@ def _build_nested(value: Any, what: str) -> Any:
             }
             return functools.partial(target, **kwargs)
         return build_from_spec(value, what)
+    if isinstance(value, Mapping):
+        return {k: _build_nested(v, f"{what}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_build_nested(v, f"{what}[{i}]") for i, v in enumerate(value)]
     return value
 
 

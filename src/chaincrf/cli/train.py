@@ -101,7 +101,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = build_datamodule(cfg.data)
     tagger = build_tagger(cfg, datamodule)
-    log.info("model: %s parameters", f"{sum(p.numel() for p in tagger.parameters()):,}")
+    total = sum(p.numel() for p in tagger.parameters())
+    trainable = sum(p.numel() for p in tagger.parameters() if p.requires_grad)
+    log.info("model: %s parameters, %s trainable", f"{total:,}", f"{trainable:,}")
     datamodule.save_vocabs(run_dir)
 
     callbacks = _instantiate_all(cfg.get("callbacks"))

@@ -9,9 +9,10 @@ model must be a local directory, and it is loaded with ``local_files_only=True``
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from chaincrf.encoders.base import Encoder, check_inputs
 
@@ -41,9 +42,15 @@ class PretrainedEncoder(Encoder):
     """A Hugging Face encoder (e.g. BERT) run over the words' subwords, pooled back to words.
 
     Each sentence's words are split into subwords by the model's (fast) tokenizer; a word's
-    vector is its first subword's final hidden state (``pooling="first"``) or the mean over its
-    subwords (``"mean"``). Words past the model's maximum length, and words the tokenizer turns
-    into no subword, get a zero vector.
+    vector is its first subword's hidden state (``pooling="first"``) or the mean over its
+    subwords (``"mean"``), taken from the final layer or averaged over the last ``last_layers``.
+    Words past the model's maximum length, and words the tokenizer turns into no subword, get a
+    zero vector.
+
+    A frozen model gives a sentence the same states every epoch: with ``cache=True`` each distinct
+    sentence (its tuple of words) is encoded once and its pooled word states are kept in memory
+    (``hidden_size`` floats per word, ~0.45 GB for the 300k words of CoNLL-2003 with a 384-d
+    model). The cache is not saved with the model; loading weights empties it.
 
     Args:
         input_dim: size of the token features from the embedder.
@@ -54,14 +61,20 @@ class PretrainedEncoder(Encoder):
         freeze: keep the pretrained weights fixed (and the model in eval mode, no dropout).
         concat_features: return the embedder's features concatenated with the pooled states;
             otherwise the pooled states alone.
+        last_layers: average the states of the last ``last_layers`` layers (1: the final layer
+            only; Devlin et al. 2019 found the last four best for feature-based NER).
+        cache: keep each sentence's pooled states (needs ``freeze``; see above).
+        dropout: dropout on the pooled states (in training), after the cache.
 
     Attributes:
         hidden_size: size of the pretrained model's states.
         output_dim: ``input_dim + hidden_size`` with ``concat_features``, else ``hidden_size``.
 
     Raises:
-        ValueError: for an unknown ``pooling``, a path that is not a local directory, or a model
-            without a fast tokenizer (word alignment needs one).
+        ValueError: for an unknown ``pooling``, a path that is not a local directory, a model
+            without a fast tokenizer (word alignment needs one), ``last_layers`` outside
+            ``1..num_hidden_layers``, ``cache`` without ``freeze``, or ``dropout`` outside
+            [0, 1).
         ImportError: if ``transformers`` is not installed.
     """
 
@@ -74,10 +87,19 @@ class PretrainedEncoder(Encoder):
         pooling: str = "first",
         freeze: bool = False,
         concat_features: bool = True,
+        last_layers: int = 1,
+        cache: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__(input_dim)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
+        if cache and not freeze:
+            raise ValueError(
+                "cache=True needs freeze=True: a fine-tuned model's states change at every step"
+            )
         path = default_model_path() if model_name_or_path is None else str(model_name_or_path)
         if not Path(path).is_dir():
             raise ValueError(
@@ -101,10 +123,24 @@ class PretrainedEncoder(Encoder):
             # The sentence pooler is never used: drop it, or DDP would find parameters that
             # receive no gradient.
             self.model.pooler = None
+        num_layers = int(self.model.config.num_hidden_layers)
+        if (
+            not isinstance(last_layers, int)
+            or isinstance(last_layers, bool)
+            or not 1 <= last_layers <= num_layers
+        ):
+            raise ValueError(
+                f"last_layers must be an int in 1..{num_layers} (the model's layers); got "
+                f"{last_layers!r}"
+            )
         self.model_name_or_path = path
         self.pooling = pooling
         self.freeze = freeze
         self.concat_features = concat_features
+        self.last_layers = last_layers
+        self.cache = cache
+        self._cache: dict[tuple[str, ...], Tensor] = {}
+        self.dropout = nn.Dropout(dropout)
         self.hidden_size = int(self.model.config.hidden_size)
         self.max_length = min(
             int(self.tokenizer.model_max_length),
@@ -121,6 +157,10 @@ class PretrainedEncoder(Encoder):
         if self.freeze:
             self.model.eval()
         return self
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._cache.clear()  # states computed with the old weights are stale
+        super()._load_from_state_dict(*args, **kwargs)
 
     def forward(
         self, features: Tensor, mask: Tensor, tokens: list[list[str]] | None = None
@@ -150,8 +190,28 @@ class PretrainedEncoder(Encoder):
                     f"tokens[{b}] has {len(sentence)} words but mask[{b}] has {length} real "
                     f"positions"
                 )
+        if not self.cache:
+            pooled = self._encode([list(sentence) for sentence in tokens], T, features.device)
+        else:
+            keys = [tuple(sentence) for sentence in tokens]
+            missing = [key for key in dict.fromkeys(keys) if key not in self._cache]
+            if missing:
+                states = self._encode([list(key) for key in missing], T, features.device)
+                for i, key in enumerate(missing):
+                    self._cache[key] = states[i, : len(key)].clone()  # not a view of the batch
+            pooled = features.new_zeros(B, T, self.hidden_size)
+            for b, key in enumerate(keys):
+                pooled[b, : len(key)] = self._cache[key]
+        pooled = self.dropout(pooled.to(features.dtype))
+        if self.concat_features:
+            return torch.cat([features, pooled], dim=-1)
+        return pooled
+
+    def _encode(self, sentences: list[list[str]], T: int, device: torch.device) -> Tensor:
+        """Pool the model's word states of ``sentences`` (at most ``T`` words each): (B, T, H)."""
+        B = len(sentences)
         encoding = self.tokenizer(
-            [list(sentence) for sentence in tokens],
+            sentences,
             is_split_into_words=True,
             padding=True,
             truncation=True,
@@ -168,18 +228,17 @@ class PretrainedEncoder(Encoder):
                 if word is not None and (self.pooling == "mean" or word != previous):
                     word_index[b, s] = word
                 previous = word
-        device = features.device
         inputs = {name: value.to(device) for name, value in encoding.items()}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
-            states = self.model(**inputs).last_hidden_state  # (B, S, H)
+            if self.last_layers == 1:
+                states = self.model(**inputs).last_hidden_state  # (B, S, H)
+            else:
+                hidden = self.model(**inputs, output_hidden_states=True).hidden_states
+                states = torch.stack(hidden[-self.last_layers :]).mean(dim=0)  # (B, S, H)
         word_index = word_index.to(device)
         H = states.shape[-1]
         pooled = states.new_zeros(B, T + 1, H)
         pooled.scatter_add_(1, word_index.unsqueeze(-1).expand(B, S, H), states)
         counts = states.new_zeros(B, T + 1)
         counts.scatter_add_(1, word_index, states.new_ones(B, S))
-        pooled = pooled[:, :T] / counts[:, :T].clamp(min=1).unsqueeze(-1)  # (B, T, H)
-        pooled = pooled.to(features.dtype)
-        if self.concat_features:
-            return torch.cat([features, pooled], dim=-1)
-        return pooled
+        return pooled[:, :T] / counts[:, :T].clamp(min=1).unsqueeze(-1)
