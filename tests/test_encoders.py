@@ -467,6 +467,13 @@ def test_pretrained_cache_encodes_each_sentence_once(minilm):
     assert calls == [3, 1, 3]
     with pytest.raises(ValueError, match="cache=True needs freeze=True"):
         PretrainedEncoder(D, model_name_or_path=minilm.model_name_or_path, cache=True)
+    # A bounded cache drops the least recently used sentences.
+    small = build(cache=True, cache_size=2)
+    for sentence in [SENTENCES[0], SENTENCES[1], SENTENCES[0], SENTENCES[2]]:
+        small(*sentence_inputs([sentence]), [sentence])
+    assert list(small._cache) == [tuple(SENTENCES[0]), tuple(SENTENCES[2])]
+    with pytest.raises(ValueError, match="cache_size must be a positive int; got 0"):
+        build(cache=True, cache_size=0)
 
 
 @needs_transformers

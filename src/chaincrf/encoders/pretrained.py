@@ -8,6 +8,7 @@ model must be a local directory, and it is loaded with ``local_files_only=True``
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,10 @@ class PretrainedEncoder(Encoder):
     zero vector.
 
     A frozen model gives a sentence the same states every epoch: with ``cache=True`` each distinct
-    sentence (its tuple of words) is encoded once and its pooled word states are kept in memory
-    (``hidden_size`` floats per word, ~0.45 GB for the 300k words of CoNLL-2003 with a 384-d
-    model). The cache is not saved with the model; loading weights empties it.
+    sentence (its tuple of words) is encoded once and its pooled word states are kept in memory,
+    ``hidden_size`` floats per word, for the ``cache_size`` most recently used sentences (50,000
+    by default: ~1 GB with a 384-d model; CoNLL-2003's train, dev and test hold 20,744). The
+    cache is not saved with the model; loading weights empties it.
 
     Args:
         input_dim: size of the token features from the embedder.
@@ -64,6 +66,7 @@ class PretrainedEncoder(Encoder):
         last_layers: average the states of the last ``last_layers`` layers (1: the final layer
             only; Devlin et al. 2019 found the last four best for feature-based NER).
         cache: keep each sentence's pooled states (needs ``freeze``; see above).
+        cache_size: how many sentences the cache holds at most (least recently used dropped).
         dropout: dropout on the pooled states (in training), after the cache.
 
     Attributes:
@@ -73,8 +76,8 @@ class PretrainedEncoder(Encoder):
     Raises:
         ValueError: for an unknown ``pooling``, a path that is not a local directory, a model
             without a fast tokenizer (word alignment needs one), ``last_layers`` outside
-            ``1..num_hidden_layers``, ``cache`` without ``freeze``, or ``dropout`` outside
-            [0, 1).
+            ``1..num_hidden_layers``, ``cache`` without ``freeze``, ``cache_size`` < 1, or
+            ``dropout`` outside [0, 1).
         ImportError: if ``transformers`` is not installed.
     """
 
@@ -89,6 +92,7 @@ class PretrainedEncoder(Encoder):
         concat_features: bool = True,
         last_layers: int = 1,
         cache: bool = False,
+        cache_size: int = 50_000,
         dropout: float = 0.0,
     ) -> None:
         super().__init__(input_dim)
@@ -96,6 +100,8 @@ class PretrainedEncoder(Encoder):
             raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
+        if not isinstance(cache_size, int) or isinstance(cache_size, bool) or cache_size < 1:
+            raise ValueError(f"cache_size must be a positive int; got {cache_size!r}")
         if cache and not freeze:
             raise ValueError(
                 "cache=True needs freeze=True: a fine-tuned model's states change at every step"
@@ -139,7 +145,8 @@ class PretrainedEncoder(Encoder):
         self.concat_features = concat_features
         self.last_layers = last_layers
         self.cache = cache
-        self._cache: dict[tuple[str, ...], Tensor] = {}
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, ...], Tensor] = OrderedDict()
         self.dropout = nn.Dropout(dropout)
         self.hidden_size = int(self.model.config.hidden_size)
         self.max_length = min(
@@ -202,6 +209,9 @@ class PretrainedEncoder(Encoder):
             pooled = features.new_zeros(B, T, self.hidden_size)
             for b, key in enumerate(keys):
                 pooled[b, : len(key)] = self._cache[key]
+                self._cache.move_to_end(key)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         pooled = self.dropout(pooled.to(features.dtype))
         if self.concat_features:
             return torch.cat([features, pooled], dim=-1)
