@@ -13,6 +13,7 @@ from chaincrf.embeddings import (
     CASING_CLASSES,
     NUM_CASING,
     UNK_ID,
+    LockedDropout,
     TokenEmbedder,
     casing_id,
     casing_ids,
@@ -210,6 +211,29 @@ def test_word_dropout_replaces_real_ids_by_unk_only_in_training():
     assert torch.all(seen[replaced] == UNK_ID)
     assert 0.35 < replaced[mask].float().mean() < 0.65
     assert embedder.eval()(batch)[..., 0].eq(batch["words"].float()).all()
+
+
+def test_locked_dropout_shares_one_mask_per_sentence():
+    x = torch.rand(4, 30, 64) + 1.0  # no zeros of its own
+    locked = LockedDropout(0.5)
+    torch.manual_seed(0)
+    out = locked(x)
+    dropped = out == 0  # (B, T, D)
+    assert torch.equal(dropped, dropped[:, :1].expand_as(dropped))  # same features at every token
+    assert 0.35 < dropped[:, 0].float().mean() < 0.65
+    assert not torch.equal(dropped[0, 0], dropped[1, 0])  # a new mask per sentence
+    torch.testing.assert_close(out[~dropped], 2 * x[~dropped])  # kept features scaled by 1/(1-p)
+    assert torch.equal(locked.eval()(x), x)
+    with pytest.raises(ValueError, match="p must be in"):
+        LockedDropout(1.0)
+    # In the embedder: the concatenated features share the sentence's mask.
+    embedder = TokenEmbedder(NUM_WORDS, word_dim=16, num_chars=NUM_CHARS, locked_dropout=True)
+    assert isinstance(embedder.dropout, LockedDropout)
+    batch = make_batch(lengths=(5, 5, 5))
+    torch.manual_seed(1)
+    zero = embedder(batch) == 0
+    assert torch.equal(zero, zero[:, :1].expand_as(zero)) and zero.any()
+    assert type(TokenEmbedder(NUM_WORDS).dropout) is torch.nn.Dropout
 
 
 def test_casing_ids():

@@ -30,6 +30,7 @@ __all__ = [
     "NUM_CASING",
     "PAD_ID",
     "UNK_ID",
+    "LockedDropout",
     "TokenEmbedder",
     "casing_id",
     "casing_ids",
@@ -108,6 +109,30 @@ CHAR_GROUPS = 4
 """The character CNN encodes a batch's tokens in up to this many groups of similar length."""
 CHAR_GROUP_MIN_TOKENS = 64
 """... each of at least this many tokens (smaller batches: one group)."""
+
+
+class LockedDropout(nn.Module):
+    """Dropout with one mask per sequence, shared by all its positions (variational dropout).
+
+    Args:
+        p: probability of zeroing a feature, in [0, 1).
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        _check_probability("p", p)
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Drop out ``x`` (batch, seq_len, dim) with a (batch, 1, dim) mask, scaled by 1/(1-p)."""
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.empty(x.shape[0], 1, x.shape[2], device=x.device, dtype=x.dtype)
+        keep.bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class _CharCNN(nn.Module):
@@ -222,6 +247,9 @@ class TokenEmbedder(nn.Module):
             1 with this probability.
         dropout: dropout on the concatenated features (and, for ``cnn``, on the character
             embeddings, as in Ma & Hovy).
+        locked_dropout: drop the same features at every token of a sentence (one mask per
+            sentence: variational dropout, Gal & Ghahramani 2016, recommended for BiLSTM taggers
+            by Reimers & Gurevych 2017) instead of a new mask per token.
 
     Attributes:
         output_dim: size of the features ``forward`` returns: ``word_dim`` plus the character
@@ -252,6 +280,7 @@ class TokenEmbedder(nn.Module):
         word_adapter: bool = False,
         word_dropout: float = 0.0,
         dropout: float = 0.5,
+        locked_dropout: bool = False,
     ) -> None:
         super().__init__()
         _check_positive("num_words", num_words)
@@ -330,7 +359,7 @@ class TokenEmbedder(nn.Module):
             nn.Embedding(size, feature_dim, padding_idx=PAD_ID) for size in feature_sizes
         )
 
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = LockedDropout(dropout) if locked_dropout else nn.Dropout(dropout)
         self.output_dim = (
             word_dim
             + (self.char_encoder.output_dim if self.char_encoder is not None else 0)
