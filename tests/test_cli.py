@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -337,7 +338,12 @@ def test_predict_cli_raw_text_to_jsonl(trained, tmp_path):
     cfg = compose_config(
         [f"ckpt_path={ckpt}", f"input={FIXTURES / 'raw.txt'}", f"output={output}"], name="predict"
     )
-    predict(cfg)
+    old = os.umask(0o022)
+    try:
+        predict(cfg)
+    finally:
+        os.umask(old)
+    assert output.stat().st_mode & 0o777 == 0o644  # the umask's, not tempfile's 0o600
     records = [json.loads(line) for line in output.read_text().splitlines()]
     lines = (FIXTURES / "raw.txt").read_text().splitlines()
     assert [r["tokens"] for r in records] == [line.split() for line in lines]
@@ -407,7 +413,12 @@ def test_reloaded_model_predicts_identically(trained, tmp_path):
 
 def test_export_cli_writes_a_loadable_bundle(trained, tmp_path):
     ckpt = trained["run_dir"] / "checkpoints" / "best.ckpt"
-    assert export_main([str(ckpt), str(tmp_path / "bundle")]) == 0
+    old = os.umask(0o022)
+    try:
+        assert export_main([str(ckpt), str(tmp_path / "bundle")]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "bundle").stat().st_mode & 0o777 == 0o755  # not tempfile's 0o700
     config = json.loads((tmp_path / "bundle" / "config.json").read_text())
     assert config["hparams"]["labels"] == SequenceTagger.load(ckpt).labels
     state = torch.load(tmp_path / "bundle" / "weights.pt", weights_only=True)

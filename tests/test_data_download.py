@@ -1,6 +1,7 @@
 """UD English-EWT download against a real HTTP server on 127.0.0.1: checksums, atomic writes, retries."""
 
 import hashlib
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -66,9 +67,14 @@ def leftovers(directory: Path) -> list[str]:
 
 
 def test_download_verifies_and_writes_the_file(server, tmp_path):
-    target = download_file(f"{server}/good/x.conllu", tmp_path / "sub" / "x.conllu", SHA)
+    old = os.umask(0o027)
+    try:
+        target = download_file(f"{server}/good/x.conllu", tmp_path / "sub" / "x.conllu", SHA)
+    finally:
+        os.umask(old)
     assert target.read_bytes() == FIXTURE
     assert leftovers(tmp_path / "sub") == ["x.conllu"]
+    assert target.stat().st_mode & 0o777 == 0o640  # the umask's, not tempfile's 0o600
 
 
 def test_corrupted_file_is_rejected_and_not_kept(server, tmp_path):

@@ -13,6 +13,8 @@ from typing import IO, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from chaincrf.data.download import creation_mode
+
 log = logging.getLogger("chaincrf")
 
 
@@ -65,6 +67,7 @@ def atomic_output(path: str | os.PathLike[str] | None) -> Iterator[IO[str]]:
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(tmp_name, creation_mode())
         os.replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -27,6 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from chaincrf.data.download import creation_mode
 from chaincrf.tagger import SequenceTagger
 
 log = logging.getLogger("chaincrf.export")
@@ -44,6 +45,7 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         tagger.save_bundle(tmp)
+        tmp.chmod(creation_mode(directory=True))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

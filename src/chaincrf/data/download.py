@@ -16,6 +16,7 @@ __all__ = [
     "UD_EWT_BASE_URL",
     "UD_EWT_FILES",
     "DownloadError",
+    "creation_mode",
     "default_cache_dir",
     "download_file",
     "ensure_ud_ewt",
@@ -40,6 +41,15 @@ _CHUNK = 1 << 16
 
 class DownloadError(OSError):
     """A download that failed or did not match its checksum; nothing was left at the target."""
+
+
+def creation_mode(directory: bool = False) -> int:
+    """The permission bits a new file (or folder) gets under the current umask (0o644 / 0o755
+    with the usual 022). ``tempfile`` creates its files 0o600 and folders 0o700: outputs written
+    through one and renamed into place get these bits instead."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
 
 
 def default_cache_dir() -> Path:
@@ -127,6 +137,7 @@ def download_file(
                     f"{url}: sha256 mismatch: expected {sha256.lower()}, got {actual}; "
                     "the file was not kept"
                 )
+            os.chmod(temp, creation_mode())
             os.replace(temp, target)
             return target
         except _ChecksumMismatch as error:
