@@ -67,15 +67,10 @@ class StackedEncoder(Encoder):
     def forward(
         self, features: Tensor, mask: Tensor, tokens: list[list[str]] | None = None
     ) -> Tensor:
-        """Encode a batch (see :meth:`Encoder.forward`).
-
-        Args:
-            features: float tensor (batch, seq_len, input_dim).
-            mask: bool tensor (batch, seq_len), True at real tokens (left-aligned).
-            tokens: the words of each sentence, passed to the layers that need them.
+        """Encode a batch (see :meth:`Encoder.forward`); every layer gets ``mask`` and ``tokens``.
 
         Returns:
-            Float tensor (batch, seq_len, output_dim).
+            Float tensor (batch, seq_len, output_dim), the last layer's output.
         """
         check_inputs(self, features, mask)
         for layer in self.layers:
