@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["Encoder", "check_inputs"]
+__all__ = ["Encoder", "check_dropout", "check_inputs"]
 
 
 class Encoder(nn.Module):
@@ -58,3 +58,9 @@ def check_inputs(encoder: Encoder, features: Tensor, mask: Tensor) -> None:
             f"mask must have shape (batch, seq_len) = {tuple(features.shape[:2])}; "
             f"got {tuple(mask.shape)}"
         )
+
+
+def check_dropout(dropout: float) -> None:
+    """Raise ``ValueError`` unless ``dropout`` is a probability in [0, 1)."""
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")

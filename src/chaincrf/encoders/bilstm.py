@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from chaincrf.encoders.base import Encoder, check_inputs
+from chaincrf.encoders.base import Encoder, check_dropout, check_inputs
 
 __all__ = ["BiLSTMEncoder"]
 
@@ -46,8 +46,7 @@ class BiLSTMEncoder(Encoder):
             raise ValueError(f"hidden_size must be positive; got {hidden_size!r}")
         if num_layers <= 0:
             raise ValueError(f"num_layers must be positive; got {num_layers!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
+        check_dropout(dropout)
         self.lstm = nn.LSTM(
             input_dim,
             hidden_size,

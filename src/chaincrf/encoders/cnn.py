@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from chaincrf.encoders.base import Encoder, check_inputs
+from chaincrf.encoders.base import Encoder, check_dropout, check_inputs
 
 __all__ = ["CNNEncoder"]
 
@@ -49,8 +49,7 @@ class CNNEncoder(Encoder):
             raise ValueError(
                 f"dilations must be a non-empty list of positive ints; got {dilations}"
             )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
+        check_dropout(dropout)
         self.projection = nn.Linear(input_dim, hidden_size)
         self.convolutions = nn.ModuleList(
             nn.Conv1d(

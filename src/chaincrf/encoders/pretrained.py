@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from chaincrf.encoders.base import Encoder, check_inputs
+from chaincrf.encoders.base import Encoder, check_dropout, check_inputs
 
 __all__ = ["POOLINGS", "PretrainedEncoder", "default_model_path"]
 
@@ -98,8 +98,7 @@ class PretrainedEncoder(Encoder):
         super().__init__(input_dim)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
+        check_dropout(dropout)
         if not isinstance(cache_size, int) or isinstance(cache_size, bool) or cache_size < 1:
             raise ValueError(f"cache_size must be a positive int; got {cache_size!r}")
         if cache and not freeze:

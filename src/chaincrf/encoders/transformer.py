@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from chaincrf.encoders.base import Encoder, check_inputs
+from chaincrf.encoders.base import Encoder, check_dropout, check_inputs
 
 __all__ = ["POSITIONS", "TransformerEncoder"]
 
@@ -77,8 +77,7 @@ class TransformerEncoder(Encoder):
             )
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}; got {positions!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
+        check_dropout(dropout)
         self.d_model = d_model
         self.positions = positions
         self.max_len = max_len
