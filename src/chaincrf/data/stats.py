@@ -151,21 +151,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     console = Console()
-    error_console = Console(stderr=True)
+    error_console = Console(stderr=True, soft_wrap=True)  # errors unwrapped, whole paths
     files = list(args.files)
     fmt, label_column = args.format, _label_column(args.label_column)
     if args.preset:
         preset = PRESETS[args.preset]
         if args.root is None:
-            error_console.print(
-                "[red]error:[/red] --preset needs --root or $CHAINCRF_DATA", soft_wrap=True
-            )
+            error_console.print("[red]error:[/red] --preset needs --root or $CHAINCRF_DATA")
             return 1
         files = files or list(preset["files"])
         fmt = fmt or preset["format"]
         label_column = preset["label_column"] if label_column is None else label_column
     if not files:
-        error_console.print("[red]error:[/red] give data files or --preset", soft_wrap=True)
+        error_console.print("[red]error:[/red] give data files or --preset")
         return 1
     if fmt is None:
         fmt = "conllu" if str(files[0]).endswith(".conllu") else "columns"
@@ -182,8 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if train_vocab is None:
                 train_vocab = {token for s in sentences for token in s.tokens}
     except (DataFormatError, ValueError) as error:
-        # unwrapped, and a path with [brackets] is not read as markup
-        error_console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
+        # a path with [brackets] is not read as markup
+        error_console.print(f"[red]error:[/red] {escape(str(error))}")
         return 1
     if args.json:
         sys.stdout.write(json.dumps([asdict(r) for r in results], indent=2) + "\n")
