@@ -22,10 +22,9 @@ Tokenisation rule for raw text: a string is split on whitespace (``str.split()``
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,8 @@ from torch import Tensor, nn
 
 from chaincrf.constraints import allowed_transitions, convert_tags, get_spans, normalize_scheme
 from chaincrf.crf import CRF
+from chaincrf.model_files import CHECKPOINT_KEY
+from chaincrf.spec import build_from_spec, locate
 
 __all__ = [
     "InverseTimeDecay",
@@ -48,9 +49,6 @@ __all__ = [
     "tokenize",
 ]
 
-_SPEC_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
-CHECKPOINT_KEY = "chaincrf"
-"""Key of the checkpoint entry holding the vocabularies (plain JSON-able data)."""
 
 
 def tokenize(text: str) -> list[str]:
@@ -63,88 +61,6 @@ def tokenize(text: str) -> list[str]:
         The tokens, e.g. ``["EU", "rejects", "German", "call", "."]``.
     """
     return text.split()
-
-
-def _locate(path: str, what: str) -> Any:
-    module_name, _, attribute = path.rpartition(".")
-    if not module_name:
-        raise ValueError(
-            f"{what}['_target_'] must be a dotted path such as 'torch.optim.SGD'; got {path!r}"
-        )
-    try:
-        module = importlib.import_module(module_name)
-        return getattr(module, attribute)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(
-            f"{what}['_target_'] names {path!r}, which cannot be imported: {error}"
-        ) from error
-
-
-def _accepts(target: Callable[..., Any], name: str) -> bool:
-    try:
-        parameters = inspect.signature(target).parameters
-    except (TypeError, ValueError):
-        return True
-    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-
-
-def build_from_spec(spec: Mapping[str, Any], what: str, *args: Any, **runtime: Any) -> Any:
-    """Build an object from a plain specification ``{"_target_": "pkg.Class", **kwargs}``.
-
-    The target is always called: ``"_partial_": True`` on the top node only says that the config
-    leaves arguments for the caller to fill in. Nested mappings with a ``_target_`` are built
-    first (as Hydra's ``instantiate`` does); a nested node with ``"_partial_": True`` becomes a
-    ``functools.partial``. ``runtime`` keyword arguments
-    (sizes only the data knows) are passed when the target accepts them and the spec does not
-    set them.
-
-    Args:
-        spec: the specification, e.g. ``{"_target_": "torch.optim.SGD", "lr": 0.015}``.
-        what: the argument's name, used in error messages.
-        *args: positional arguments for the target (e.g. the parameters of an optimiser).
-        **runtime: keyword arguments filled in at run time.
-
-    Returns:
-        What calling the target returns.
-
-    Raises:
-        TypeError: if ``spec`` is not a mapping with a ``_target_`` key.
-        ValueError: if the target cannot be imported.
-    """
-    if not isinstance(spec, Mapping) or "_target_" not in spec:
-        raise TypeError(
-            f"{what} must be a mapping with a '_target_' key (e.g. a Hydra node converted to a "
-            f"dict); got {type(spec).__name__}: {spec!r}"
-        )
-    target = _locate(str(spec["_target_"]), what)
-    kwargs = {
-        key: _build_nested(value, f"{what}[{key!r}]")
-        for key, value in spec.items()
-        if key not in _SPEC_KEYS
-    }
-    for key, value in runtime.items():
-        if kwargs.get(key) is None and _accepts(target, key):
-            kwargs[key] = value
-    return target(*args, **kwargs)
-
-
-def _build_nested(value: Any, what: str) -> Any:
-    """Build the ``_target_`` nodes inside ``value``, recursing into lists and mappings."""
-    if isinstance(value, Mapping) and "_target_" in value:
-        if value.get("_partial_", False):
-            target = _locate(str(value["_target_"]), what)
-            kwargs = {
-                k: _build_nested(v, f"{what}[{k!r}]")
-                for k, v in value.items()
-                if k not in _SPEC_KEYS
-            }
-            return functools.partial(target, **kwargs)
-        return build_from_spec(value, what)
-    if isinstance(value, Mapping):
-        return {k: _build_nested(v, f"{what}[{k!r}]") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_build_nested(v, f"{what}[{i}]") for i, v in enumerate(value)]
-    return value
 
 
 class InverseTimeDecay(torch.optim.lr_scheduler.LRScheduler):
@@ -455,7 +371,7 @@ class SequenceTagger(pl.LightningModule):
                     f"{name} must be a mapping with a '_target_' key or None; got {spec!r}"
                 )
             if spec is not None:
-                _locate(str(spec["_target_"]), name)
+                locate(str(spec["_target_"]), name)
         self.save_hyperparameters(
             {
                 "labels": list(labels),
@@ -806,58 +722,71 @@ class SequenceTagger(pl.LightningModule):
 
     # ------------------------------------------------------------------ inference API
     @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> SequenceTagger:
-        """Rebuild a trained tagger (model, labels, vocabularies).
+    def load(
+        cls,
+        path: str | Path,
+        map_location: str | torch.device = "cpu",
+        allow_targets: Sequence[str] = (),
+    ) -> SequenceTagger:
+        """Rebuild a trained tagger (model, labels, vocabularies) from a model file, as data.
+
+        The file is read without unpickling objects, and every ``_target_`` in its
+        hyper-parameters must name one of chaincrf's own classes or a ``torch.optim``
+        optimiser/scheduler (:mod:`chaincrf.spec`); anything else is refused before it is
+        imported.
 
         Args:
             path: a ``.ckpt`` written during training (e.g. ``<run>/checkpoints/best.ckpt``), or
                 a bundle directory written by :meth:`save_bundle` / ``chaincrf-export``.
             map_location: where to put the weights.
+            allow_targets: dotted names of further classes to trust, e.g. your own encoder
+                (``["mypkg.MyEncoder"]``). Only for files you trust: these are imported and
+                called with arguments taken from the file.
 
         Returns:
             The tagger in eval mode.
 
         Raises:
-            FileNotFoundError: if ``path`` does not exist.
+            FileNotFoundError: if ``path`` does not exist (or a bundle lacks a file).
+            chaincrf.model_files.ModelFileError: (a ``ValueError``) naming the file, for a file
+                that is unreadable, holds pickled objects, names an untrusted ``_target_`` or
+                does not fit the model it describes.
         """
-        path = Path(path)
-        if path.is_dir():
-            tagger = cls._load_bundle(path, map_location)
-        elif path.is_file():
-            tagger = cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
-        else:
-            raise FileNotFoundError(f"checkpoint not found: {path}")
+        from chaincrf.model_files import ModelFileError, read_model
+
+        allowed_keys = [
+            name for name in inspect.signature(cls.__init__).parameters
+            if name not in ("self", "pretrained", "vocab")
+        ]
+        stored = read_model(path, allowed_keys, map_location, allow_targets)
+        try:
+            tagger = cls(**stored.hparams, vocab=stored.vocab)
+            if stored.vocab is not None:
+                tagger.sentence_encoder  # noqa: B018 - checks the vocabularies now, not at predict
+        except (ValueError, TypeError, KeyError) as error:
+            raise ModelFileError(f"{stored.source}: does not describe a valid tagger: {error}") from None
+        try:
+            tagger.load_state_dict(stored.state_dict)
+        except RuntimeError as error:
+            raise ModelFileError(f"{stored.source}: weights do not fit the model: {error}") from None
+        tagger.to(map_location)
         tagger.eval()
         return tagger
 
     def save_bundle(self, directory: str | Path) -> Path:
         """Write ``weights.pt`` (state dict), ``config.json`` (hyper-parameters) and
         ``vocab.json`` into ``directory``; :meth:`load` reads them back."""
+        from chaincrf.model_files import BUNDLE_FORMAT
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(self.state_dict(), directory / "weights.pt")
-        config = {"format": 1, "hparams": dict(self.hparams)}
+        config = {"format": BUNDLE_FORMAT, "hparams": dict(self.hparams)}
         (directory / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         (directory / "vocab.json").write_text(
             json.dumps(self.vocab, ensure_ascii=False), encoding="utf-8"
         )
         return directory
-
-    @classmethod
-    def _load_bundle(cls, directory: Path, map_location: str | torch.device) -> SequenceTagger:
-        missing = [
-            n for n in ("weights.pt", "config.json", "vocab.json") if not (directory / n).is_file()
-        ]
-        if missing:
-            raise FileNotFoundError(
-                f"{directory} is not a chaincrf bundle: missing {', '.join(missing)}"
-            )
-        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-        vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
-        tagger = cls(**config["hparams"], vocab=vocab)
-        state = torch.load(directory / "weights.pt", map_location=map_location, weights_only=True)
-        tagger.load_state_dict(state)
-        return tagger
 
     def predict(
         self,

@@ -7,15 +7,38 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
 from chaincrf.data.download import creation_mode
 
 log = logging.getLogger("chaincrf")
+
+T = TypeVar("T")
+
+USER_ERRORS = (ValueError, OSError, ArithmeticError)
+"""What a command reports as one clear line (bad input, a file that cannot be read or written,
+a non-finite loss) instead of a traceback. Set CHAINCRF_TRACEBACK=1 to see the traceback."""
+
+
+def run_cli(function: Callable[[DictConfig], T], cfg: DictConfig) -> T:
+    """Run a command's function; a user error is logged as one line and exits with status 1.
+
+    Programming errors (anything else) keep their traceback. ``CHAINCRF_TRACEBACK=1`` re-raises
+    user errors too.
+    """
+    try:
+        return function(cfg)
+    except USER_ERRORS as error:
+        if os.environ.get("CHAINCRF_TRACEBACK") == "1":
+            raise
+        log.error("%s: %s", type(error).__name__, error)
+        for note in getattr(error, "__notes__", ()):
+            log.error("%s", note)
+        raise SystemExit(1) from None
 
 
 def config_dir() -> str:
@@ -75,13 +98,24 @@ def atomic_output(path: str | os.PathLike[str] | None) -> Iterator[IO[str]]:
         raise
 
 
-def run_config_for(checkpoint: str | os.PathLike[str]) -> DictConfig | None:
-    """The resolved training config of a checkpoint's run (``<run>/config.yaml``), if any."""
+def run_config_for(checkpoint: str | os.PathLike[str]) -> tuple[Path, DictConfig] | None:
+    """The resolved training config of a checkpoint's run (``<run>/config.yaml``) and its path,
+    if there is one.
+
+    Raises:
+        ValueError: naming the file, when it is not a YAML mapping.
+    """
     path = Path(checkpoint).resolve()
     for folder in (path.parent, path.parent.parent):
         candidate = folder / "config.yaml"
         if candidate.is_file():
-            return OmegaConf.load(candidate)
+            try:
+                loaded = OmegaConf.load(candidate)
+            except Exception as error:  # yaml's and OmegaConf's own error types
+                raise ValueError(f"{candidate}: not a readable YAML config: {error}") from None
+            if not isinstance(loaded, DictConfig):
+                raise ValueError(f"{candidate}: expected a YAML mapping (the run's config)")
+            return candidate, loaded
     return None
 
 

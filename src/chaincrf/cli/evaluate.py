@@ -22,7 +22,17 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from chaincrf.cli.common import CONFIG_DIR, atomic_output, build, require, run_config_for, to_plain
+from chaincrf.cli.common import (
+    CONFIG_DIR,
+    atomic_output,
+    build,
+    require,
+    run_cli,
+    run_config_for,
+    to_plain,
+)
+from chaincrf.model_files import check_local_path
+from chaincrf.spec import check_targets
 from chaincrf.tagger import SequenceTagger
 
 log = logging.getLogger("chaincrf.eval")
@@ -34,13 +44,24 @@ def data_config_for(cfg: DictConfig) -> DictConfig:
     """The ``data`` node to evaluate on: ``cfg.data`` if given, else the run's saved one."""
     if cfg.get("data") is not None:
         return cfg.data
-    run_cfg = run_config_for(cfg.ckpt_path)
-    if run_cfg is None or run_cfg.get("data") is None:
+    found = run_config_for(cfg.ckpt_path)
+    if found is None or found[1].get("data") is None:
         raise ValueError(
             f"no data config: {cfg.ckpt_path} has no run directory with config.yaml beside it; "
             "select one with data=<name> (and its paths)"
         )
+    path, run_cfg = found
+    # A file beside a model file is data too: only the project's data module may be built from it.
+    check_targets(to_plain(run_cfg.data), "data", str(path), allow_targets=_allow_targets(cfg))
     return run_cfg.data
+
+
+def _allow_targets(cfg: DictConfig) -> list[str]:
+    """``cfg.allow_targets``: the extra ``_target_`` names the user trusts in model files."""
+    value = to_plain(cfg.get("allow_targets")) or []
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"allow_targets must be a list of dotted names; got {value!r}")
+    return list(value)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -50,12 +71,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         ``{"<stage>/f1": .., "<stage>/acc": .., "<stage>/f1_PER": .., ...}`` with stage ``val``
         or ``test``.
     """
-    ckpt = Path(require(cfg, "ckpt_path", "pass ckpt_path=<path to a .ckpt>"))
+    ckpt = check_local_path(
+        require(cfg, "ckpt_path", "pass ckpt_path=<path to a .ckpt>"), "ckpt_path"
+    )
     split = str(cfg.get("split", "test"))
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {sorted(_SPLITS)}; got {split!r}")
     stage = _SPLITS[split]
-    tagger = SequenceTagger.load(ckpt)
+    tagger = SequenceTagger.load(ckpt, allow_targets=_allow_targets(cfg))
     data_cfg = data_config_for(cfg)
     overrides = to_plain(cfg.get("data_overrides")) or {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,7 +159,7 @@ def print_table(tagger: SequenceTagger, results: dict[str, Any], stage: str) -> 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
     """Entry point of ``chaincrf-eval``."""
-    evaluate(cfg)
+    run_cli(evaluate, cfg)
 
 
 if __name__ == "__main__":

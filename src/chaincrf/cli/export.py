@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from chaincrf.data.download import creation_mode
@@ -33,16 +35,30 @@ from chaincrf.tagger import SequenceTagger
 log = logging.getLogger("chaincrf.export")
 
 
-def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
+def export(checkpoint: str | Path, out_dir: str | Path, allow_targets: Sequence[str] = ()) -> Path:
     """Write the bundle of ``checkpoint`` into ``out_dir`` (replaced if it exists).
+
+    Args:
+        checkpoint: a ``.ckpt`` written by training (or a bundle, to copy it).
+        out_dir: the bundle folder to write.
+        allow_targets: ``_target_`` names to trust beyond chaincrf's own (see
+            :meth:`SequenceTagger.load`).
 
     Returns:
         ``out_dir`` as a Path.
+
+    Raises:
+        OSError: naming the folder, when it cannot be written.
     """
-    tagger = SequenceTagger.load(checkpoint)
+    tagger = SequenceTagger.load(checkpoint, allow_targets=allow_targets)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except OSError as error:
+        raise OSError(
+            error.errno, f"cannot write the bundle {out_dir}: {error.strerror or error}"
+        ) from None
     try:
         tagger.save_bundle(tmp)
         tmp.chmod(creation_mode(directory=True))
@@ -60,9 +76,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chaincrf-export", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="a .ckpt written by chaincrf-train")
     parser.add_argument("out_dir", help="the bundle directory to write (replaced if it exists)")
+    parser.add_argument(
+        "--allow-target",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="trust this _target_ of the checkpoint beyond chaincrf's own classes (it will be "
+        "imported and called with arguments from the file: only for files you trust); repeatable",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    path = export(args.checkpoint, args.out_dir)
+    try:
+        path = export(args.checkpoint, args.out_dir, allow_targets=args.allow_target)
+    except (ValueError, OSError) as error:
+        if os.environ.get("CHAINCRF_TRACEBACK") == "1":
+            raise
+        log.error("chaincrf-export: %s: %s", type(error).__name__, error)
+        return 1
     log.info("wrote %s", path)
     return 0
 

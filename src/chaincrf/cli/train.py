@@ -14,9 +14,12 @@ Each run writes into its own directory (``outputs/<task_name>/<date>_<time>/`` b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,10 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from chaincrf.cli.common import CONFIG_DIR, build, require, to_plain
+from chaincrf.cli.common import CONFIG_DIR, build, require, run_cli, to_plain
+from chaincrf.model_files import AtomicCheckpointIO, check_local_path
 from chaincrf.tagger import SequenceTagger
+from chaincrf.training import ReseedEachEpoch, StopOnNonFiniteLoss
 
 log = logging.getLogger("chaincrf.train")
 
@@ -92,33 +97,41 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg)
     started = time.perf_counter()
     run_dir = Path(cfg.run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    if cfg.get("seed") is not None:
-        pl.seed_everything(int(cfg.seed), workers=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    resume = cfg.get("ckpt_path")
+    if resume is not None:
+        resume = str(check_local_path(resume, "ckpt_path"))
+    with _removed_on_failure(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.get("threads"):
+            torch.set_num_threads(int(cfg.threads))
+        if cfg.get("seed") is not None:
+            pl.seed_everything(int(cfg.seed), workers=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
 
-    datamodule = build_datamodule(cfg.data)
-    tagger = build_tagger(cfg, datamodule)
-    total = sum(p.numel() for p in tagger.parameters())
-    trainable = sum(p.numel() for p in tagger.parameters() if p.requires_grad)
-    log.info("model: %s parameters, %s trainable", f"{total:,}", f"{trainable:,}")
-    datamodule.save_vocabs(run_dir)
+        datamodule = build_datamodule(cfg.data)
+        tagger = build_tagger(cfg, datamodule)
+        total = sum(p.numel() for p in tagger.parameters())
+        trainable = sum(p.numel() for p in tagger.parameters() if p.requires_grad)
+        log.info("model: %s parameters, %s trainable", f"{total:,}", f"{trainable:,}")
+        datamodule.save_vocabs(run_dir)
 
-    callbacks = _instantiate_all(cfg.get("callbacks"))
-    if cfg.trainer.get("enable_progress_bar", True) is False:
-        # trainer.enable_progress_bar=false (e.g. logging to a file) wins over callbacks' bar.
-        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
-    loggers = _instantiate_all(cfg.get("logger"))
-    trainer: pl.Trainer = build(
-        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False
-    )
+        callbacks = _instantiate_all(cfg.get("callbacks"))
+        if cfg.trainer.get("enable_progress_bar", True) is False:
+            # trainer.enable_progress_bar=false (e.g. logging to a file) wins over callbacks' bar.
+            callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
+        callbacks.append(StopOnNonFiniteLoss())
+        if cfg.get("seed") is not None:
+            callbacks.append(ReseedEachEpoch(int(cfg.seed)))
+        loggers = _instantiate_all(cfg.get("logger"))
+        plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
+        trainer: pl.Trainer = build(
+            cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **plugins
+        )
 
     metrics: dict[str, float] = {"setup_seconds": time.perf_counter() - started}
     fit_started = time.perf_counter()
     if cfg.get("train", True):
-        trainer.fit(tagger, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(tagger, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
     best = _best_checkpoint(trainer)
     fit_seconds = time.perf_counter() - fit_started
@@ -140,11 +153,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ]
     if best is not None or not cfg.get("train", True):
         # Dev figures of the best checkpoint: exactly what chaincrf-eval reproduces.
-        eval_trainer.validate(tagger, datamodule=datamodule, ckpt_path=best, verbose=False)
+        eval_trainer.validate(
+            tagger, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True
+        )
         metrics.update(tagger.results.get("val", {}))
     if cfg.get("test", True):
         test_started = time.perf_counter()
-        eval_trainer.test(tagger, datamodule=datamodule, ckpt_path=best, verbose=False)
+        eval_trainer.test(
+            tagger, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True
+        )
         test_seconds = time.perf_counter() - test_started
         metrics.update(tagger.results.get("test", {}))
         if "test" in datamodule.datasets and not cfg.trainer.get("fast_dev_run"):
@@ -178,6 +195,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+@contextlib.contextmanager
+def _removed_on_failure(run_dir: Path) -> Iterator[None]:
+    """Remove what a run wrote into ``run_dir`` when it fails before training starts.
+
+    The run's own files (``config.yaml``, ``encoder.json``) are deleted; the folder itself too when
+    nothing else is left in it but Hydra's ``.hydra/`` and job log. A folder holding anything
+    else (a reused ``run_dir``) keeps it.
+    """
+    existed = run_dir.exists()
+    try:
+        yield
+    except BaseException:
+        for name in ("config.yaml", "encoder.json"):
+            with contextlib.suppress(FileNotFoundError):
+                (run_dir / name).unlink()
+        if run_dir.is_dir():
+            left = [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
+            if not left and (not existed or (run_dir / ".hydra").is_dir()):
+                shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:
     callback = trainer.checkpoint_callback
     if callback is None:
@@ -207,7 +246,7 @@ def _metrics_csv(run_dir: Path) -> Path | None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Entry point of ``chaincrf-train``; returns the monitored score (for Hydra sweepers)."""
-    metrics = train(cfg)
+    metrics = run_cli(train, cfg)
     score = metrics.get(str(cfg.get("monitor", "val/score")))
     if score is not None:
         log.info("%s = %.4f", cfg.monitor, score)

@@ -1,0 +1,230 @@
+"""Reading and writing model files as data: checkpoints, bundles, atomic checkpoint writes.
+
+Every model file is read without unpickling objects (``torch.load(..., weights_only=True)``), its
+hyper-parameters are checked against the allowlist of :mod:`chaincrf.spec` before anything is
+built, and every problem surfaces as a :class:`ModelFileError` naming the file. Checkpoints are
+written through :class:`AtomicCheckpointIO`: a temporary file in the same folder, flushed to disk,
+then renamed, so a process killed while saving leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from chaincrf.data.download import creation_mode
+from chaincrf.spec import check_targets
+
+__all__ = [
+    "BUNDLE_FILES",
+    "AtomicCheckpointIO",
+    "ModelFileError",
+    "StoredModel",
+    "check_local_path",
+    "read_model",
+]
+
+BUNDLE_FILES = ("weights.pt", "config.json", "vocab.json")
+CHECKPOINT_KEY = "chaincrf"
+"""Key of the checkpoint entry holding the vocabularies (plain JSON-able data)."""
+BUNDLE_FORMAT = 1
+
+_SPEC_ENTRIES = ("embeddings", "encoder", "optimizer", "scheduler")
+
+
+class ModelFileError(ValueError):
+    """A checkpoint or bundle that cannot be used, with the file named in the message."""
+
+
+@dataclass
+class StoredModel:
+    """What a model file holds, checked: hyper-parameters, vocabularies and weights."""
+
+    hparams: dict[str, Any]
+    vocab: dict[str, Any] | None
+    state_dict: dict[str, torch.Tensor]
+    source: str
+
+
+def check_local_path(value: str | os.PathLike[str], what: str) -> Path:
+    """A model path given by the user, refused when it is a URL.
+
+    A remote checkpoint would be fetched and unpickled by Lightning; download it and check it
+    yourself instead.
+
+    Raises:
+        ValueError: naming the argument, when ``value`` is a URL (``scheme://...``).
+    """
+    text = os.fspath(value)
+    if "://" in str(text):
+        raise ValueError(
+            f"{what} must be a local file; got the URL {text!r}. Remote checkpoints are refused "
+            "(loading one can run code); download it, check where it comes from, and pass the "
+            "local path"
+        )
+    return Path(text)
+
+
+def _torch_load(path: Path, map_location: Any) -> Any:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelFileError(
+            f"{path}: holds pickled objects other than tensors and plain data; refused "
+            f"(weights_only loading): {first}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+        raise ModelFileError(f"{path}: cannot be read as a torch file: {error}") from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ModelFileError(
+            f"{path}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise ModelFileError(f"{path}: not UTF-8 text ({error.reason})") from None
+    except OSError as error:
+        raise ModelFileError(f"{path}: cannot be read: {error.strerror or error}") from None
+
+
+def _check_hparams(
+    hparams: Any, source: str, allowed_keys: Iterable[str], allow_targets: Iterable[str]
+) -> dict[str, Any]:
+    if not isinstance(hparams, Mapping):
+        raise ModelFileError(
+            f"{source}: the hyper-parameters must be a mapping; got {type(hparams).__name__}"
+        )
+    allowed = set(allowed_keys)
+    unknown = sorted(str(k) for k in hparams if k not in allowed)
+    if unknown:
+        raise ModelFileError(
+            f"{source}: unknown hyper-parameter(s) {unknown}; expected only {sorted(allowed)}"
+        )
+    missing = [
+        k for k in ("labels", "num_words", "num_chars", "embeddings", "encoder") if k not in hparams
+    ]
+    if missing:
+        raise ModelFileError(f"{source}: the hyper-parameters lack {missing}")
+    for key in _SPEC_ENTRIES:
+        check_targets(hparams.get(key), f"hyper_parameters[{key!r}]", source, allow_targets)
+    return dict(hparams)
+
+
+def read_model(
+    path: str | os.PathLike[str],
+    allowed_keys: Iterable[str],
+    map_location: Any = "cpu",
+    allow_targets: Iterable[str] = (),
+) -> StoredModel:
+    """Read a ``.ckpt`` or a bundle directory as data, checked; nothing is built or run.
+
+    Args:
+        path: a checkpoint file written by training, or a bundle directory (``weights.pt``,
+            ``config.json``, ``vocab.json``).
+        allowed_keys: the hyper-parameter names the model class accepts.
+        map_location: where to put the tensors.
+        allow_targets: dotted ``_target_`` names trusted beyond the shipped ones.
+
+    Returns:
+        The checked :class:`StoredModel`.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist or a bundle lacks a file.
+        ModelFileError: naming the file, for anything unreadable, pickled or untrusted.
+    """
+    path = check_local_path(path, "path")
+    allow_targets = list(allow_targets)
+    allowed_keys = list(allowed_keys)
+    if path.is_dir():
+        missing = [n for n in BUNDLE_FILES if not (path / n).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{path} is not a chaincrf bundle: missing {', '.join(missing)}"
+            )
+        config_path = path / "config.json"
+        config = _read_json(config_path)
+        if not isinstance(config, Mapping) or "hparams" not in config:
+            raise ModelFileError(
+                f"{config_path}: has no 'hparams' entry; a chaincrf bundle's config.json is "
+                '{"format": 1, "hparams": {...}} (write one with chaincrf-export)'
+            )
+        if config.get("format", BUNDLE_FORMAT) != BUNDLE_FORMAT:
+            raise ModelFileError(
+                f"{config_path}: bundle format {config.get('format')!r}; this chaincrf reads "
+                f"format {BUNDLE_FORMAT}"
+            )
+        hparams = _check_hparams(config["hparams"], str(config_path), allowed_keys, allow_targets)
+        vocab = _read_json(path / "vocab.json")
+        state = _torch_load(path / "weights.pt", map_location)
+        source = str(path)
+    elif path.is_file():
+        checkpoint = _torch_load(path, map_location)
+        if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+            raise ModelFileError(f"{path}: not a training checkpoint (no 'state_dict' entry)")
+        hparams = _check_hparams(
+            checkpoint.get("hyper_parameters"), str(path), allowed_keys, allow_targets
+        )
+        stored = checkpoint.get(CHECKPOINT_KEY) or {}
+        vocab = stored.get("vocab") if isinstance(stored, Mapping) else None
+        state = checkpoint["state_dict"]
+        source = str(path)
+    else:
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if vocab is not None and not isinstance(vocab, Mapping):
+        raise ModelFileError(f"{source}: the vocabularies must be a JSON object")
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise ModelFileError(f"{source}: the weights must be a mapping of names to tensors")
+    return StoredModel(hparams, dict(vocab) if vocab is not None else None, dict(state), source)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O that never leaves a truncated checkpoint behind.
+
+    The checkpoint is written to a temporary file in the target folder, flushed and synced, then
+    renamed over the target (``os.replace`` is atomic on POSIX and Windows). A process killed
+    while saving leaves the previous file intact and, at most, a ``.<name>.*.tmp`` file.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(
+                f"{type(self).__name__}.save_checkpoint takes no storage_options; got {storage_options!r}"
+            )
+        target = Path(path)
+        if "://" in str(path):  # a remote filesystem: Lightning's own writer
+            super().save_checkpoint(checkpoint, path)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
+        )
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                torch.save(checkpoint, stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.chmod(tmp_name, creation_mode())
+            os.replace(tmp_name, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+            raise

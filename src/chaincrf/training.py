@@ -1,0 +1,91 @@
+"""Lightning callbacks that make training runs reliable: exact resume, no silent NaN.
+
+- :class:`ReseedEachEpoch` seeds every random generator at the start of each training epoch from
+  ``(seed, epoch)`` alone, so the randomness of an epoch (shuffling, dropout, word dropout) does not
+  depend on what ran before it. A run killed mid-epoch and resumed from the last epoch-end
+  checkpoint therefore replays exactly what the uninterrupted run does.
+- :class:`StopOnNonFiniteLoss` stops training at the first non-finite loss, before its backward
+  pass and optimiser step, naming the epoch, step and batch; checkpoints written before it are
+  left as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+__all__ = ["NonFiniteLossError", "ReseedEachEpoch", "StopOnNonFiniteLoss", "epoch_seed"]
+
+_SEED_MODULUS = 2**32
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of training epoch ``epoch`` of a run seeded ``seed`` (a fixed mix of the two)."""
+    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + 1) % _SEED_MODULUS
+
+
+class ReseedEachEpoch(pl.Callback):
+    """Seed Python, NumPy and torch (CPU and CUDA) at each training epoch's start.
+
+    Args:
+        seed: the run's seed (``cfg.seed``).
+    """
+
+    def __init__(self, seed: int) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int; got {type(seed).__name__}: {seed!r}")
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning creates the epoch's dataloader iterator after this hook, so shuffling and
+        # worker seeds follow from this seed too. Each rank adds its rank: different dropout
+        # masks per rank, as with seed_everything(workers=True).
+        pl.seed_everything(
+            epoch_seed(self.seed, trainer.current_epoch) + trainer.global_rank,
+            workers=True,
+            verbose=False,
+        )
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training met a NaN or infinite loss; nothing was updated from it."""
+
+
+class StopOnNonFiniteLoss(pl.Callback):
+    """Raise :class:`NonFiniteLossError` at the first non-finite training loss.
+
+    The check runs before the backward pass, so the weights never take a NaN step; under DDP the
+    decision is shared by all ranks (one all-reduce of a flag), so no rank waits for the others.
+    The checkpoints already written (``last.ckpt`` of the previous epoch, ``best.ckpt``) are left
+    intact: resume from them with a lower learning rate or fixed data.
+    """
+
+    def on_before_backward(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor
+    ) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite training loss ({_describe(loss)}) at epoch {trainer.current_epoch}, "
+                f"global step {trainer.global_step} (batch {_batch_index(trainer)} of the epoch); "
+                "training stopped before this step changed any weight. Checkpoints written "
+                "before it are intact (check the data, the pretrained vectors and the learning "
+                "rate)"
+            )
+
+
+def _describe(loss: Tensor) -> str:
+    value = loss.detach().float()
+    return "nan" if bool(torch.isnan(value).any()) else str(float(value.reshape(-1)[0]))
+
+
+def _batch_index(trainer: pl.Trainer) -> Any:
+    loop = getattr(trainer, "fit_loop", None)
+    epoch_loop = getattr(loop, "epoch_loop", None)
+    progress = getattr(getattr(epoch_loop, "batch_progress", None), "current", None)
+    return getattr(progress, "ready", "?")
