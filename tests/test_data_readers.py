@@ -1,7 +1,9 @@
 """Readers: column files and CoNLL-U, every error path reported as DataFormatError with file:line."""
 
 import logging
+import os
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -212,3 +214,131 @@ def test_reader_for_validates_format_and_columns():
     read = reader_for("conllu")
     assert read(FIXTURES / "tiny.conllu")[1].labels == ["VERB", "ADV"]
     pickle.dumps(read)
+
+
+# --- line ends, non-regular files and line length ----------------------------------------------
+
+CONLLU_LINE = "1\tI\tI\tPRON\tPRP\t_\t0\troot\t_\t_"
+CR_REASON = r"carriage return \(\\r\) without a line feed: lines must end in \\n or \\r\\n"
+
+
+def read_any(fmt: str, path: Path, **options) -> list[Sentence]:
+    return (read_columns if fmt == "columns" else read_conllu)(path, **options)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text"),
+    [
+        ("columns", "a O\rb O\r\rc O\rd O\r"),
+        ("conllu", f"{CONLLU_LINE}\r{CONLLU_LINE}\r\r{CONLLU_LINE}\r"),
+    ],
+)
+def test_carriage_return_only_line_ends_are_refused(tmp_path, fmt, text):
+    # Read as one line, this file used to give one sentence of one token (columns).
+    path = write(tmp_path, text.encode())
+    with pytest.raises(DataFormatError, match=rf"data\.txt:1: {CR_REASON}") as info:
+        read_any(fmt, path)
+    assert info.value.line == 1
+    assert "tr '\\r' '\\n'" in info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text", "line"),
+    [
+        ("columns", "a O\r\nb\rc O\r\n\r\nd O\r\n", 2),
+        ("columns", "a O\nb O\n\nc O\r", 4),
+        ("conllu", f"{CONLLU_LINE}\r\n\r\n{CONLLU_LINE}\r\r\n", 3),
+    ],
+)
+def test_a_stray_carriage_return_names_its_line(tmp_path, fmt, text, line):
+    path = write(tmp_path, text.encode())
+    with pytest.raises(DataFormatError, match=rf"data\.txt:{line}: {CR_REASON}"):
+        read_any(fmt, path)
+
+
+def test_crlf_reads_as_lf(tmp_path):
+    lf = f"# newdoc id = d\n{CONLLU_LINE}\n2\tgo\tgo\tVERB\tVB\t_\t1\tx\t_\t_\n\n{CONLLU_LINE}\n"
+    crlf = lf.replace("\n", "\r\n")
+    for name, fmt in (("a.conllu", "conllu"), ("a.txt", "columns")):
+        assert read_any(fmt, write(tmp_path, crlf.encode(), name)) == read_any(
+            fmt, write(tmp_path, lf.encode(), "lf-" + name)
+        )
+
+
+def test_unicode_line_separators_stay_inside_a_token(tmp_path):
+    # U+2028, U+2029 and NEL (\x85) are line boundaries for str.splitlines but not in a data file.
+    path = write(tmp_path, "a\u2028b O\nc O\n\nd\x85e O\nf\u2029g O\n")
+    sentences = read_columns(path)
+    assert [s.tokens for s in sentences] == [["a\u2028b", "c"], ["d\x85e", "f\u2029g"]]
+    assert [s.line for s in sentences] == [1, 4]
+    conllu = write(tmp_path, CONLLU_LINE.replace("\tI\tI", "\tI\u2028x\tI") + "\n", "u.conllu")
+    assert read_conllu(conllu)[0].tokens == ["I\u2028x"]
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("fmt", ["columns", "conllu"])
+def test_a_device_is_refused_before_reading(fmt):
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero on this system")
+    with pytest.raises(DataFormatError, match=r"^/dev/zero: not a regular file") as info:
+        read_any(fmt, Path("/dev/zero"))
+    assert info.value.line is None
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_without_a_writer_is_refused_without_blocking(tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this system")
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    with pytest.raises(DataFormatError, match=r"pipe\.txt: not a regular file \(a device, FIFO"):
+        read_columns(fifo)
+
+
+def test_a_symlink_to_a_regular_file_is_read(tmp_path):
+    link = tmp_path / "link.txt"
+    link.symlink_to(write(tmp_path, "a O\n"))
+    assert read_columns(link)[0].tokens == ["a"]
+
+
+@pytest.mark.parametrize("fmt", ["columns", "conllu"])
+def test_a_line_over_max_line_chars_is_refused(tmp_path, fmt):
+    long = (
+        "x" * 40 + " O"
+        if fmt == "columns"
+        else CONLLU_LINE.replace("\tI\t", "\t" + "x" * 40 + "\t", 1)
+    )
+    short = "a O" if fmt == "columns" else CONLLU_LINE
+    path = write(tmp_path, f"{short}\r\n{long}\r\n")
+    assert len(read_any(fmt, path, max_line_chars=len(long))[0]) == 2  # \r\n not counted
+    with pytest.raises(
+        DataFormatError,
+        match=rf"data\.txt:2: line is {len(long)} characters long; the limit is 30 \(max_line_chars\)",
+    ):
+        read_any(fmt, path, max_line_chars=30)
+
+
+def test_the_default_line_limit_is_a_million_characters(tmp_path):
+    path = write(tmp_path, "a O\n" + "x" * 1_000_000 + " O\n")
+    with pytest.raises(DataFormatError, match=r"data\.txt:2: line is 1000002 characters long"):
+        read_columns(path)
+    assert read_columns(path, max_line_chars=1_000_002)[0].tokens[1] == "x" * 1_000_000
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, "100", None])
+def test_max_line_chars_is_validated(tmp_path, bad):
+    path = write(tmp_path, "a O\n")
+    message = rf"max_line_chars must be a positive integer; got {re.escape(repr(bad))}"
+    for read in (read_columns, read_conllu):
+        with pytest.raises(ValueError, match=message):
+            read(path, max_line_chars=bad)
+    for fmt in ("columns", "conllu"):
+        with pytest.raises(ValueError, match=message):
+            reader_for(fmt, max_line_chars=bad)
+
+
+def test_reader_for_forwards_max_line_chars(tmp_path):
+    path = write(tmp_path, "abcdef O\n")
+    with pytest.raises(DataFormatError, match=r"data\.txt:1: line is 8 characters long"):
+        reader_for("columns", max_line_chars=5)(path)
+    assert reader_for("columns", max_line_chars=8)(path)[0].tokens == ["abcdef"]

