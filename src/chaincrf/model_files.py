@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -40,6 +41,7 @@ CHECKPOINT_KEY = "chaincrf"
 """Key of the checkpoint entry holding the vocabularies (plain JSON-able data)."""
 BUNDLE_FORMAT = 1
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _SPEC_ENTRIES = ("embeddings", "encoder", "optimizer", "scheduler")
 
 
@@ -80,10 +82,11 @@ def _torch_load(path: Path, map_location: Any) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "")
         raise ModelFileError(
             f"{path}: holds pickled objects other than tensors and plain data; refused "
-            f"(weights_only loading): {first}"
+            f"(weights_only loading): {_ANSI.sub('', detail)}"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
         raise ModelFileError(f"{path}: cannot be read as a torch file: {error}") from None

@@ -1,7 +1,7 @@
 """Lightning callbacks that make training runs reliable: exact resume, no silent NaN.
 
-- :class:`ReseedEachEpoch` seeds every random generator at the start of each training epoch from
-  ``(seed, epoch)`` alone, so the randomness of an epoch (shuffling, dropout, word dropout) does not
+- :class:`ReseedEachEpoch` seeds every random generator at the first batch of each training epoch
+  from ``(seed, epoch)`` alone, so the randomness of an epoch (shuffling, dropout, word dropout) does not
   depend on what ran before it. A run killed mid-epoch and resumed from the last epoch-end
   checkpoint therefore replays exactly what the uninterrupted run does.
 - :class:`StopOnNonFiniteLoss` stops training at the first non-finite loss, before its backward
@@ -28,7 +28,10 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 class ReseedEachEpoch(pl.Callback):
-    """Seed Python, NumPy and torch (CPU and CUDA) at each training epoch's start.
+    """Seed Python, NumPy and torch (CPU and CUDA) at each training epoch's first batch.
+
+    Data loader workers are seeded when the epoch's iterator is created, before this; the
+    project's batches hold no randomness of their own (word dropout is in the model).
 
     Args:
         seed: the run's seed (``cfg.seed``).
@@ -39,15 +42,19 @@ class ReseedEachEpoch(pl.Callback):
             raise TypeError(f"seed must be an int; got {type(seed).__name__}: {seed!r}")
         self.seed = seed
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Lightning creates the epoch's dataloader iterator after this hook, so shuffling and
-        # worker seeds follow from this seed too. Each rank adds its rank: different dropout
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # At the epoch's first batch, after its data iterator exists: a resumed Lightning run
+        # creates that iterator at a different moment (drawing from the generators), so seeding
+        # any earlier would not give the same state. Each rank adds its rank: different dropout
         # masks per rank, as with seed_everything(workers=True).
-        pl.seed_everything(
-            epoch_seed(self.seed, trainer.current_epoch) + trainer.global_rank,
-            workers=True,
-            verbose=False,
-        )
+        if batch_idx == 0:
+            pl.seed_everything(
+                epoch_seed(self.seed, trainer.current_epoch) + trainer.global_rank,
+                workers=True,
+                verbose=False,
+            )
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -301,7 +301,10 @@ class BucketBatchSampler(BatchSampler):
         return shard
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._shard())
+        # A generator: the batches are cut at the first ``next``, not at ``iter``. A resumed
+        # Lightning run creates the training iterator before it sets the epoch; cutting then
+        # would replay epoch 0's order.
+        yield from self._shard()
 
     def __len__(self) -> int:
         return len(self._shard())

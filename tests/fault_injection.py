@@ -1,0 +1,35 @@
+"""Faults to inject into training runs, as Lightning callbacks a config can add
+(``+callbacks.kill._target_=fault_injection.KillAtStep +callbacks.kill.step=14``; the tests put
+this folder on ``PYTHONPATH`` for subprocesses). Used by the reliability tests and
+``scripts/reliability.py``; not part of the package."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytorch_lightning as pl
+import torch
+
+
+class KillAtStep(pl.Callback):
+    """SIGKILL the process when training reaches global step ``step`` (mid-epoch)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PoisonAtEpoch(pl.Callback):
+    """Set the output projection's weights to NaN when epoch ``epoch`` starts."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                pl_module.model.projection.weight.fill_(float("nan"))
