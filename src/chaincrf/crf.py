@@ -155,7 +155,8 @@ class CRF(nn.Module):
             mask: bool or uint8 tensor shaped like ``tags``, left-aligned; ``None`` means all on.
             reduction: ``none`` (per sequence, (batch,)), ``sum``, ``mean`` (over sequences) or
                 ``token_mean`` (sum divided by the number of unmasked tokens).
-            validate: check value-dependent properties (tag range, mask gaps).
+            validate: check value-dependent properties (tag range, mask gaps, no NaN or +inf
+                emissions where the mask is on, finite parameters).
 
         Returns:
             float tensor, (batch,) for ``none`` and () otherwise.
@@ -187,7 +188,8 @@ class CRF(nn.Module):
         Args:
             emissions: float tensor (seq_len, batch, num_tags) or batch-first; unnormalised scores.
             mask: bool/uint8 (seq_len, batch) or batch-first, left-aligned; ``None`` means all on.
-            validate: check that the mask has no gaps.
+            validate: check that the mask has no gaps and that emissions and parameters hold
+                no NaN or +inf where the mask is on (with False, such inputs give NaN results).
 
         Returns:
             float tensor (batch,); 0 for empty sequences.
@@ -204,7 +206,8 @@ class CRF(nn.Module):
         Args:
             emissions: float tensor (seq_len, batch, num_tags) or batch-first.
             mask: bool/uint8 (seq_len, batch) or batch-first, left-aligned; ``None`` means all on.
-            validate: check that the mask has no gaps.
+            validate: check that the mask has no gaps and that emissions and parameters hold
+                no NaN or +inf where the mask is on (with False, such inputs give NaN results).
 
         Returns:
             list of ``batch`` lists; list ``b`` holds ``length_b`` tag ids.
@@ -232,7 +235,8 @@ class CRF(nn.Module):
             emissions: float tensor (seq_len, batch, num_tags) or batch-first.
             mask: bool/uint8 (seq_len, batch) or batch-first, left-aligned; ``None`` means all on.
             k: number of paths per sequence (>= 1).
-            validate: check that the mask has no gaps.
+            validate: check that the mask has no gaps and that emissions and parameters hold
+                no NaN or +inf where the mask is on (with False, such inputs give NaN results).
 
         Returns:
             With k=1: ``paths`` long (seq_len, batch) / (batch, seq_len) and ``scores`` float
@@ -258,7 +262,8 @@ class CRF(nn.Module):
         Args:
             emissions: float tensor (seq_len, batch, num_tags) or batch-first.
             mask: bool/uint8 (seq_len, batch) or batch-first, left-aligned; ``None`` means all on.
-            validate: check that the mask has no gaps.
+            validate: check that the mask has no gaps and that emissions and parameters hold
+                no NaN or +inf where the mask is on (with False, such inputs give NaN results).
 
         Returns:
             float tensor shaped like ``emissions`` ((seq_len, batch, num_tags), or
@@ -403,7 +408,28 @@ class CRF(nn.Module):
                         "mask must be left-aligned (a run of on, then off) with no gaps; "
                         f"batch row {row} switches back on after an off position"
                     )
+        if validate:
+            self._check_finite(em, mask_bt)
         return em, mask_bt
+
+    def _check_finite(self, em: Tensor, mask_bt: Tensor) -> None:
+        """NaN or +inf where the mask is on (``-inf`` is allowed: a forbidden tag), or NaN/+inf
+        in the parameters, would give NaN results and a path whose score is NaN: refuse them."""
+        for name in ("start_transitions", "end_transitions", "transitions"):
+            value = getattr(self, name)
+            if bool((torch.isnan(value) | (value == float("inf"))).any()):
+                raise ValueError(
+                    f"CRF parameter {name} holds NaN or +inf values (did training diverge?)"
+                )
+        bad = (torch.isnan(em) | (em == float("inf"))).any(-1) & mask_bt  # (B, T)
+        if bool(bad.any()):
+            row, position = (int(i) for i in bad.nonzero()[0])
+            found = em[row, position]
+            what = "NaN" if bool(torch.isnan(found).any()) else "+inf"
+            raise ValueError(
+                f"emissions must be finite (or -inf) where the mask is on; batch row {row}, "
+                f"position {position} holds {what}"
+            )
 
     def _prepare_tags(self, tags: Tensor, em: Tensor, mask_bt: Tensor, validate: bool) -> Tensor:
         """Checks tags; returns (B, T) long tags with padded positions set to 0."""
