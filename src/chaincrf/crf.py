@@ -21,7 +21,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CRF"]
+__all__ = ["CRF", "NonFiniteInputError"]
+
+
+class NonFiniteInputError(ValueError):
+    """NaN or +inf emissions where the mask is on, or NaN/+inf CRF parameters (a ``ValueError``)."""
+
 
 _REDUCTIONS = ("none", "sum", "mean", "token_mean")
 # Largest spread of finite transition scores for which the scaled exp-space recursion cannot
@@ -418,7 +423,7 @@ class CRF(nn.Module):
         for name in ("start_transitions", "end_transitions", "transitions"):
             value = getattr(self, name)
             if bool((torch.isnan(value) | (value == float("inf"))).any()):
-                raise ValueError(
+                raise NonFiniteInputError(
                     f"CRF parameter {name} holds NaN or +inf values (did training diverge?)"
                 )
         bad = (torch.isnan(em) | (em == float("inf"))).any(-1) & mask_bt  # (B, T)
@@ -426,7 +431,7 @@ class CRF(nn.Module):
             row, position = (int(i) for i in bad.nonzero()[0])
             found = em[row, position]
             what = "NaN" if bool(torch.isnan(found).any()) else "+inf"
-            raise ValueError(
+            raise NonFiniteInputError(
                 f"emissions must be finite (or -inf) where the mask is on; batch row {row}, "
                 f"position {position} holds {what}"
             )

@@ -35,9 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chaincrf.constraints import allowed_transitions, convert_tags, get_spans, normalize_scheme
-from chaincrf.crf import CRF
+from chaincrf.crf import CRF, NonFiniteInputError
 from chaincrf.model_files import CHECKPOINT_KEY
 from chaincrf.spec import build_from_spec, locate
+from chaincrf.training import check_loss
 
 __all__ = [
     "InverseTimeDecay",
@@ -48,7 +49,6 @@ __all__ = [
     "build_from_spec",
     "tokenize",
 ]
-
 
 
 def tokenize(text: str) -> list[str]:
@@ -489,7 +489,12 @@ class SequenceTagger(pl.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         mask = batch["mask"]
         emissions = self.model.emissions(batch)
-        loss = self.model.loss(emissions, batch["tags"], mask)
+        try:
+            loss = self.model.loss(emissions, batch["tags"], mask)
+        except NonFiniteInputError:
+            # NaN/inf scores make a non-finite loss: on_before_backward stops the run, naming
+            # the step, on every rank at once.
+            loss = emissions.sum() * float("nan")
         tokens = int(mask.sum())
         self.trained_tokens += tokens
         self.log(
@@ -504,6 +509,11 @@ class SequenceTagger(pl.LightningModule):
             "loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=1
         )
         return loss
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        """Stop at the first NaN or infinite training loss, before it changes any weight."""
+        if self._trainer is not None:
+            check_loss(self._trainer, loss)
 
     def _eval_step(self, batch: Mapping[str, Any], stage: str) -> None:
         mask = batch["mask"]
@@ -621,9 +631,22 @@ class SequenceTagger(pl.LightningModule):
         """Probability of each predicted span's labelling.
 
         With a CRF this is exact: the probability mass of all paths that tag the span's tokens as
-        predicted and do not extend it (``crf.partial_log_likelihood`` with those tags forced).
-        Without a CRF it is the product of the span's token probabilities.
+        predicted and do not extend it, from one forward-backward pass per sentence
+        (:func:`chaincrf.confidence.span_log_probabilities`: O(B·T·K) memory whatever the number
+        of spans). Without a CRF it is the product of the span's token probabilities.
+
+        Args:
+            emissions: float (batch, seq_len, num_tags).
+            mask: bool (batch, seq_len), left-aligned.
+            paths: long (batch, seq_len), the predicted tag ids (-1 off the mask).
+            chosen: float (batch, seq_len), each predicted tag's marginal (used without a CRF).
+            spans_per_row: per row, its predicted spans ``(type, start, end)``.
+
+        Returns:
+            Per row, one probability per span, rounded to 6 decimals.
         """
+        from chaincrf.confidence import crf_scores, span_log_probabilities
+
         flat = [
             (row, start, end) for row, spans in enumerate(spans_per_row) for _, start, end in spans
         ]
@@ -631,32 +654,14 @@ class SequenceTagger(pl.LightningModule):
         if not flat:
             return result
         crf = self.model.crf
-        if crf is None or not hasattr(crf, "partial_log_likelihood"):
+        if crf is None:
             for row, start, end in flat:
                 result[row].append(round(float(chosen[row, start:end].prod()), 6))
             return result
-        _, T, K = emissions.shape  # (B, T, K)
-        device = emissions.device
-        rows, starts, ends = torch.tensor(flat, dtype=torch.long, device=device).unbind(1)  # (N,)
-        N = rows.shape[0]
-        span_mask = mask[rows]  # (N, T)
-        span_paths = paths[rows].clamp(min=0)  # (N, T)
-        steps = torch.arange(T, device=device)
-        inside = (steps >= starts.unsqueeze(1)) & (steps < ends.unsqueeze(1))  # (N, T)
-        # the span's tokens allow only their predicted tag; every other real token allows all
-        allowed = span_mask.unsqueeze(-1).expand(N, T, K).clone()  # (N, T, K)
-        allowed[inside] = False
-        at, pos = inside.nonzero(as_tuple=True)
-        allowed[at, pos, span_paths[at, pos]] = True
-        # ... and the tokens just outside may not extend the span (tables indexed by first tag)
-        after, before, first_is_inside = (t.to(device) for t in self._continuation_tables)
-        first = span_paths.gather(1, starts.unsqueeze(1)).squeeze(1)  # (N,)
-        n_real = span_mask.sum(1)  # (N,)
-        extend = (ends < n_real).nonzero(as_tuple=True)[0]
-        allowed[extend, ends[extend]] &= ~after[first[extend]]
-        extend = ((starts > 0) & first_is_inside[first]).nonzero(as_tuple=True)[0]
-        allowed[extend, starts[extend] - 1] &= ~before[first[extend]]
-        log_p = crf.partial_log_likelihood(emissions[rows], allowed, mask[rows], reduction="none")
+        spans = torch.tensor(flat, dtype=torch.long, device=emissions.device)  # (N, 3)
+        log_p = span_log_probabilities(
+            emissions, mask, paths, spans, crf_scores(crf), self._continuation_tables
+        )  # (N,)
         for (row, _, _), value in zip(flat, log_p.exp().tolist()):
             result[row].append(round(float(value), 6))
         return result
@@ -714,11 +719,34 @@ class SequenceTagger(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {"format": 1, "vocab": self.vocab}
+        trainer = self._trainer
+        value = trainer.callback_metrics.get(self.hparams.monitor) if trainer is not None else None
+        if value is not None:
+            # Lightning writes epoch-end checkpoints before it steps a plateau scheduler and, on
+            # resume, skips that step (it has no metric): kept here to replay it (on_train_start).
+            checkpoint[CHECKPOINT_KEY]["monitor_value"] = float(value)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get(CHECKPOINT_KEY)
         if stored is not None and stored.get("vocab") is not None:
             self.vocab = stored["vocab"]
+        self._resumed_monitor_value = stored.get("monitor_value") if stored else None
+
+    def on_train_start(self) -> None:
+        """On resume, step each epoch-interval plateau scheduler that missed the last epoch's
+        step, with the score it would have seen, so a resumed run equals an uninterrupted one."""
+        value = getattr(self, "_resumed_monitor_value", None)
+        self._resumed_monitor_value = None
+        if value is None:
+            return
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if (
+                config.reduce_on_plateau
+                and config.interval == "epoch"
+                and scheduler.last_epoch < self.current_epoch
+            ):
+                scheduler.step(value)
 
     # ------------------------------------------------------------------ inference API
     @classmethod
@@ -755,7 +783,8 @@ class SequenceTagger(pl.LightningModule):
         from chaincrf.model_files import ModelFileError, read_model
 
         allowed_keys = [
-            name for name in inspect.signature(cls.__init__).parameters
+            name
+            for name in inspect.signature(cls.__init__).parameters
             if name not in ("self", "pretrained", "vocab")
         ]
         stored = read_model(path, allowed_keys, map_location, allow_targets)
@@ -764,11 +793,15 @@ class SequenceTagger(pl.LightningModule):
             if stored.vocab is not None:
                 tagger.sentence_encoder  # noqa: B018 - checks the vocabularies now, not at predict
         except (ValueError, TypeError, KeyError) as error:
-            raise ModelFileError(f"{stored.source}: does not describe a valid tagger: {error}") from None
+            raise ModelFileError(
+                f"{stored.source}: does not describe a valid tagger: {error}"
+            ) from None
         try:
             tagger.load_state_dict(stored.state_dict)
         except RuntimeError as error:
-            raise ModelFileError(f"{stored.source}: weights do not fit the model: {error}") from None
+            raise ModelFileError(
+                f"{stored.source}: weights do not fit the model: {error}"
+            ) from None
         tagger.to(map_location)
         tagger.eval()
         return tagger
@@ -805,9 +838,48 @@ class SequenceTagger(pl.LightningModule):
             One :class:`TaggedSentence` per input, in input order (empty input -> empty tags).
 
         Raises:
-            ValueError: if the tagger has no vocabularies (not trained through a data module), or
-                if it was trained with feature columns and a sentence has none.
+            ValueError: if the tagger has no vocabularies (not trained through a data module), if
+                it was trained with feature columns and a sentence has none, or if
+                ``batch_size`` is not a positive int.
         """
+        if isinstance(sentences, str):
+            raise TypeError(
+                "sentences must be a list of sentences; got a single string (wrap it in a list)"
+            )
+        sentences = list(sentences)
+        # one chunk: the whole list is sorted by length, as it always was
+        return list(self.predict_iter(sentences, batch_size, chunk_size=max(len(sentences), 1)))
+
+    def predict_iter(
+        self,
+        sentences: Iterable[str] | Iterable[Sequence[str]] | Iterable[Any],
+        batch_size: int = 128,
+        chunk_size: int = 2048,
+    ) -> Iterator[TaggedSentence]:
+        """Tag a stream of sentences lazily, in bounded memory.
+
+        Reads ``chunk_size`` sentences, tags them (sorted by length within the chunk,
+        ``batch_size`` per forward pass), yields their results in input order, and only then
+        reads the next chunk. Memory is bounded by one chunk (its sentences and results) plus
+        one batch's tensors, whatever the length of the stream.
+
+        Args:
+            sentences: any iterable of what :meth:`predict` takes (raw strings, token lists or
+                :class:`chaincrf.data.Sentence` objects), e.g. the lines of an open file.
+            batch_size: sentences per forward pass (>= 1).
+            chunk_size: sentences read, sorted and tagged together (>= 1).
+
+        Returns:
+            A generator of one :class:`TaggedSentence` per input, in input order.
+
+        Raises:
+            TypeError: for a single string (at the call).
+            ValueError: at the call, if the tagger has no vocabularies or ``batch_size`` or
+                ``chunk_size`` is not a positive int; while iterating, if a feature-column model
+                gets a sentence without features.
+        """
+        from itertools import islice
+
         if self.vocab is None:
             raise ValueError(
                 "this tagger has no vocab; build it with vocab=... or load a trained checkpoint"
@@ -816,6 +888,19 @@ class SequenceTagger(pl.LightningModule):
             raise TypeError(
                 "sentences must be a list of sentences; got a single string (wrap it in a list)"
             )
+        for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}")
+        stream = iter(sentences)
+
+        def tag_chunks() -> Iterator[TaggedSentence]:
+            while chunk := list(islice(stream, chunk_size)):
+                yield from self._tag_chunk(chunk, batch_size)
+
+        return tag_chunks()
+
+    def _tag_chunk(self, sentences: list[Any], batch_size: int) -> list[TaggedSentence]:
+        """Tag one chunk in eval mode, sorted by length into batches; results in input order."""
         token_lists = [
             tokenize(s)
             if isinstance(s, str)
@@ -829,7 +914,7 @@ class SequenceTagger(pl.LightningModule):
         order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
         try:
             for lo in range(0, len(order), batch_size):
-                chunk = [i for i in order[lo : lo + batch_size]]
+                chunk = order[lo : lo + batch_size]
                 nonempty = [i for i in chunk if token_lists[i]]
                 for i in chunk:
                     if not token_lists[i]:

@@ -4,9 +4,9 @@
   from ``(seed, epoch)`` alone, so the randomness of an epoch (shuffling, dropout, word dropout) does not
   depend on what ran before it. A run killed mid-epoch and resumed from the last epoch-end
   checkpoint therefore replays exactly what the uninterrupted run does.
-- :class:`StopOnNonFiniteLoss` stops training at the first non-finite loss, before its backward
-  pass and optimiser step, naming the epoch, step and batch; checkpoints written before it are
-  left as they are.
+- :func:`check_loss` (the tagger's ``on_before_backward``) stops training at the first non-finite
+  loss, before its backward pass and optimiser step, naming the epoch, step and batch;
+  checkpoints written before it are left as they are.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-__all__ = ["NonFiniteLossError", "ReseedEachEpoch", "StopOnNonFiniteLoss", "epoch_seed"]
+__all__ = ["NonFiniteLossError", "ReseedEachEpoch", "check_loss", "epoch_seed"]
 
 _SEED_MODULUS = 2**32
 
@@ -61,29 +61,26 @@ class NonFiniteLossError(FloatingPointError):
     """Training met a NaN or infinite loss; nothing was updated from it."""
 
 
-class StopOnNonFiniteLoss(pl.Callback):
-    """Raise :class:`NonFiniteLossError` at the first non-finite training loss.
+def check_loss(trainer: pl.Trainer, loss: Tensor) -> None:
+    """Raise :class:`NonFiniteLossError` when the training loss is NaN or infinite.
 
-    The check runs before the backward pass, so the weights never take a NaN step; under DDP the
-    decision is shared by all ranks (one all-reduce of a flag), so no rank waits for the others.
-    The checkpoints already written (``last.ckpt`` of the previous epoch, ``best.ckpt``) are left
-    intact: resume from them with a lower learning rate or fixed data.
+    Called before the backward pass (``SequenceTagger.on_before_backward``), so the weights
+    never take a NaN step; under DDP the decision is shared by all ranks (one all-reduce of a
+    flag), so no rank waits for the others. The checkpoints already written (``last.ckpt`` of
+    the previous epoch, ``best.ckpt``) are left intact: resume from them with a lower learning
+    rate or fixed data.
     """
-
-    def on_before_backward(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor
-    ) -> None:
-        bad = not bool(torch.isfinite(loss.detach()).all())
-        if trainer.world_size > 1:
-            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if bad:
-            raise NonFiniteLossError(
-                f"non-finite training loss ({_describe(loss)}) at epoch {trainer.current_epoch}, "
-                f"global step {trainer.global_step} (batch {_batch_index(trainer)} of the epoch); "
-                "training stopped before this step changed any weight. Checkpoints written "
-                "before it are intact (check the data, the pretrained vectors and the learning "
-                "rate)"
-            )
+    bad = not bool(torch.isfinite(loss.detach()).all())
+    if trainer.world_size > 1:
+        bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+    if bad:
+        raise NonFiniteLossError(
+            f"non-finite training loss ({_describe(loss)}) at epoch {trainer.current_epoch}, "
+            f"global step {trainer.global_step} (batch {_batch_index(trainer)} of the epoch); "
+            "training stopped before this step changed any weight. Checkpoints written "
+            "before it are intact (check the data, the pretrained vectors and the learning "
+            "rate)"
+        )
 
 
 def _describe(loss: Tensor) -> str:

@@ -7,30 +7,48 @@ Examples::
     chaincrf-predict ckpt_path=best.ckpt input=eng.testb input_format=conll output_format=conll output=out.conll
 
 Raw text: one sentence per line, tokenised by splitting on whitespace (``str.split()``); a blank
-line is an empty sentence (an empty JSON record). JSON lines hold ``tokens``, ``tags`` (in the
+line is an empty sentence (an empty JSON record). Lines end at "\n" only (one "\r" before it is
+dropped): every input line gives exactly one record, whatever other separators (a lone "\r",
+"\x0b", "\x0c", "\x1c"-"\x1e", "\x85", U+2028, U+2029) it holds; ``str.split()`` treats those as
+whitespace between tokens. JSON lines hold ``tokens``, ``tags`` (in the
 corpus's original scheme), ``confidences`` (marginal probability of each tag) and ``spans`` with
 ``type``, ``start``, ``end`` (exclusive), ``text`` and ``confidence``. CoNLL output has one token
 per line — ``token gold predicted`` when the input had labels (ready for conlleval), else
-``token predicted`` — and a blank line after each sentence. Output files are written atomically:
-complete, or not at all.
+``token predicted`` — and a blank line after each sentence.
+
+Memory is bounded: raw text is read as a stream of lines, tagged ``chunk_size`` sentences at a
+time and each chunk's records are written before the next chunk is read, so memory holds one
+chunk (its sentences and records) plus one batch's tensors, whatever the input's length. Column
+files (conll, conllu) are read whole, then tagged and written chunk by chunk the same way. Output
+files are written atomically (complete, or not at all); on stdout each chunk's records are
+written as soon as they are done, each record in one piece.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import io
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import hydra
 from omegaconf import DictConfig
 
-from chaincrf.cli.common import CONFIG_DIR, atomic_output, require
+from chaincrf.cli.common import CONFIG_DIR, atomic_output, require, run_cli, to_plain
+from chaincrf.model_files import check_local_path
 from chaincrf.tagger import SequenceTagger, TaggedSentence, tokenize
 
 log = logging.getLogger("chaincrf.predict")
+
+MAX_LINE_CHARS = 10_000_000
+"""Default ``max_line_chars`` of raw text input: ten million characters, over a million tokens in
+one line (the bounded-memory prediction path handles that); a longer line is not a sentence."""
 
 _FORMATS = ("auto", "text", "conll", "conllu")
 _OUTPUT_FORMATS = ("jsonl", "conll")
@@ -53,26 +71,39 @@ def _input_format(cfg: DictConfig) -> str:
     return "text"
 
 
+@dataclass(frozen=True)
+class PredictSummary:
+    """What :func:`predict` tagged: the number of sentences (records) and of tokens."""
+
+    sentences: int
+    tokens: int
+
+
 def read_input(
     cfg: DictConfig, feature_columns: Sequence[int | str] | None = None
-) -> tuple[list[Any], list[list[str]] | None]:
-    """Read the sentences to tag: ``(token lists or Sentences, gold labels or None)``.
+) -> tuple[Iterable[Any], list[list[str]] | None]:
+    """The sentences to tag: ``(token lists or Sentences, gold labels or None)``.
 
-    With ``feature_columns`` (a model trained with feature columns), column input is read into
-    :class:`~chaincrf.data.Sentence` objects carrying those columns, and a column file has gold
-    labels only when it has a column after the token and feature columns (the last one).
+    Raw text is a lazy stream of token lists, one per line (see :func:`text_lines`); the input
+    file is checked now and read while the stream is consumed. With ``feature_columns`` (a model
+    trained with feature columns), column input is read into :class:`~chaincrf.data.Sentence`
+    objects carrying those columns, and a column file has gold labels only when it has a column
+    after the token and feature columns (the last one).
     """
     source = str(cfg.get("input", "-"))
     fmt = _input_format(cfg)
     if fmt == "text":
-        if source == "-":
-            text = sys.stdin.read()
-        else:
-            path = Path(source)
-            if not path.is_file():
-                raise FileNotFoundError(f"input file not found: {path}")
-            text = path.read_text(encoding=str(cfg.get("encoding", "utf-8")))
-        return [tokenize(line) for line in text.splitlines()], None
+        encoding = str(cfg.get("encoding", "utf-8"))
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(f"encoding must be a Python codec name; got {encoding!r}") from None
+        if source != "-" and not Path(source).is_file():
+            raise FileNotFoundError(f"input file not found: {source}")
+        limit = cfg.get("max_line_chars", MAX_LINE_CHARS)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_line_chars must be a positive int; got {limit!r}")
+        return (tokenize(line) for line in text_lines(source, encoding, limit)), None
     if source == "-":
         raise ValueError(f"input_format={fmt} needs a file: pass input=<path>")
     from chaincrf.data.readers import read_columns, read_conllu
@@ -97,6 +128,42 @@ def read_input(
     return items, labels if has_gold else None
 
 
+def text_lines(
+    source: str, encoding: str = "utf-8", max_line_chars: int | None = None
+) -> Iterator[str]:
+    """The lines of a text file, or of stdin for ``"-"``, read lazily and split on "\n" only.
+
+    One "\r" right before the "\n" is dropped; any other character (a lone "\r", "\x0b",
+    "\x85", U+2028, ...) stays inside its line, so each line of the input is one item.
+
+    Raises:
+        ValueError: ``<source>:<line>: ...`` for a line longer than ``max_line_chars``
+            characters (read no further than the limit: a file without line breaks never
+            fills the memory).
+    """
+    with contextlib.ExitStack() as stack:
+        if source != "-":
+            stream: IO[str] = stack.enter_context(open(source, encoding=encoding, newline="\n"))
+        elif getattr(sys.stdin, "buffer", None) is not None:
+            # re-decode the bytes: sys.stdin translates a lone "\r" into a line end
+            stream = io.TextIOWrapper(sys.stdin.buffer, encoding=encoding, newline="\n")
+            stack.callback(stream.detach)  # leave sys.stdin's buffer open
+        else:  # a text stream without bytes below it (an embedding application's, tests')
+            stream = sys.stdin
+        limit = -1 if max_line_chars is None else max_line_chars + 2  # room for "\r\n"
+        number = 0
+        while line := stream.readline(limit):
+            number += 1
+            if max_line_chars is not None and len(line.rstrip("\r\n")) > max_line_chars:
+                raise ValueError(
+                    f"{'stdin' if source == '-' else source}:{number}: line is longer than "
+                    f"{max_line_chars} characters (max_line_chars=...; one sentence per line)"
+                )
+            if line.endswith("\n"):
+                line = line[:-2] if line.endswith("\r\n") else line[:-1]
+            yield line
+
+
 def _column_count(path: Path) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
@@ -109,51 +176,98 @@ def _column_count(path: Path) -> int:
 
 
 def write_output(
-    stream: object,
-    results: Sequence[TaggedSentence],
+    stream: IO[str],
+    results: Iterable[TaggedSentence],
     fmt: str,
     gold: Sequence[Sequence[str]] | None = None,
-) -> None:
-    """Write tagged sentences as JSON lines or CoNLL columns to a text stream."""
-    if fmt == "jsonl":
-        for tagged in results:
-            stream.write(json.dumps(tagged.to_dict(), ensure_ascii=False) + "\n")
-        return
-    for i, tagged in enumerate(results):
-        if not tagged.tokens:
-            continue
-        for j, (token, tag) in enumerate(zip(tagged.tokens, tagged.tags)):
-            columns = [token, gold[i][j], tag] if gold is not None else [token, tag]
-            stream.write(" ".join(columns) + "\n")
-        stream.write("\n")
+) -> PredictSummary:
+    """Write tagged sentences as JSON lines or CoNLL columns to a text stream, as they come.
 
-
-def predict(cfg: DictConfig) -> list[TaggedSentence]:
-    """Tag ``cfg.input`` with ``cfg.ckpt_path`` and write ``cfg.output``; tests call this.
+    Each sentence is written with one ``write`` call: a stream never holds half a record.
 
     Returns:
-        The tagged sentences, in input order.
+        The number of sentences and tokens written.
     """
-    ckpt = Path(require(cfg, "ckpt_path", "pass ckpt_path=<path to a .ckpt>"))
+    sentences = tokens = 0
+    for i, tagged in enumerate(results):
+        sentences += 1
+        tokens += len(tagged.tokens)
+        if fmt == "jsonl":
+            stream.write(json.dumps(tagged.to_dict(), ensure_ascii=False) + "\n")
+        elif tagged.tokens:
+            rows = (
+                [token, gold[i][j], tag] if gold is not None else [token, tag]
+                for j, (token, tag) in enumerate(zip(tagged.tokens, tagged.tags))
+            )
+            stream.write("".join(" ".join(columns) + "\n" for columns in rows) + "\n")
+    return PredictSummary(sentences, tokens)
+
+
+@contextlib.contextmanager
+def open_output(output: str | None) -> Iterator[IO[str]]:
+    """The output stream: stdout, written as records are done, or a file written atomically.
+
+    Raises:
+        OSError: ``cannot write output <path>: <reason>`` (one line) when the file cannot be
+            created, before anything is tagged.
+    """
+    if output is None or str(output) == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    path = Path(output)
+    if path.is_dir():
+        raise OSError(f"cannot write output {output}: it is a folder")
+    folder = next((p for p in path.parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise OSError(f"cannot write output {output}: {folder} is not a folder")
+    stack = contextlib.ExitStack()
+    try:
+        stream = stack.enter_context(atomic_output(output))
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise OSError(f"cannot write output {output}: {reason} (in {path.parent})") from None
+    with stack:
+        yield stream
+
+
+def predict(cfg: DictConfig) -> PredictSummary:
+    """Tag ``cfg.input`` with ``cfg.ckpt_path`` and write ``cfg.output``; tests call this.
+
+    Sentences are tagged ``cfg.chunk_size`` at a time and written as each chunk is done (see
+    the module docstring for the memory bound).
+
+    Returns:
+        How many sentences (records) and tokens were tagged.
+    """
+    ckpt = check_local_path(
+        require(cfg, "ckpt_path", "pass ckpt_path=<path to a .ckpt>"), "ckpt_path"
+    )
     out_fmt = str(cfg.get("output_format", "jsonl"))
     if out_fmt not in _OUTPUT_FORMATS:
         raise ValueError(f"output_format must be one of {_OUTPUT_FORMATS}; got {out_fmt!r}")
-    batch_size = int(cfg.get("batch_size", 128))
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    tagger = SequenceTagger.load(ckpt)
+    sizes = {}
+    for name, default in (("batch_size", 128), ("chunk_size", 2048)):
+        value = cfg.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be >= 1; got {value!r}")
+        sizes[name] = value
+    allow = to_plain(cfg.get("allow_targets")) or []
+    if isinstance(allow, str) or not all(isinstance(v, str) for v in allow):
+        raise ValueError(f"allow_targets must be a list of dotted names; got {allow!r}")
+    tagger = SequenceTagger.load(ckpt, allow_targets=allow)
     items, gold = read_input(cfg, tagger.sentence_encoder.feature_columns)
-    results = tagger.predict(items, batch_size=batch_size)
-    with atomic_output(cfg.get("output", "-")) as stream:
-        write_output(stream, results, out_fmt, gold)
-    log.info("tagged %d sentences, %d tokens", len(results), sum(len(r.tokens) for r in results))
-    return results
+    results = tagger.predict_iter(items, **sizes)
+    with open_output(cfg.get("output", "-")) as stream:
+        summary = write_output(stream, results, out_fmt, gold)
+    log.info("tagged %d sentences, %d tokens", summary.sentences, summary.tokens)
+    return summary
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
     """Entry point of ``chaincrf-predict``."""
-    predict(cfg)
+    run_cli(predict, cfg)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from chaincrf.cli.common import CONFIG_DIR, build, require, run_cli, to_plain
 from chaincrf.model_files import AtomicCheckpointIO, check_local_path
 from chaincrf.tagger import SequenceTagger
-from chaincrf.training import ReseedEachEpoch, StopOnNonFiniteLoss
+from chaincrf.training import ReseedEachEpoch
 
 log = logging.getLogger("chaincrf.train")
 
@@ -119,7 +119,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.trainer.get("enable_progress_bar", True) is False:
             # trainer.enable_progress_bar=false (e.g. logging to a file) wins over callbacks' bar.
             callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
-        callbacks.append(StopOnNonFiniteLoss())
         if cfg.get("seed") is not None:
             callbacks.append(ReseedEachEpoch(int(cfg.seed)))
         loggers = _instantiate_all(cfg.get("logger"))
