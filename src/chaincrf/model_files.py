@@ -9,12 +9,10 @@ then renamed, so a process killed while saving leaves the previous checkpoint in
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,7 +22,7 @@ from typing import Any
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from chaincrf.data.download import creation_mode
+from chaincrf.data.download import atomic_file
 from chaincrf.spec import check_targets
 
 __all__ = [
@@ -200,9 +198,11 @@ def read_model(
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint I/O that never leaves a truncated checkpoint behind.
 
-    The checkpoint is written to a temporary file in the target folder, flushed and synced, then
-    renamed over the target (``os.replace`` is atomic on POSIX and Windows). A process killed
-    while saving leaves the previous file intact and, at most, a ``.<name>.*.tmp`` file.
+    The checkpoint is written to a temporary file in the target folder, flushed and synced to
+    disk, then renamed over the target (``os.replace`` is atomic on POSIX and Windows): a process
+    killed while saving leaves the previous file intact and, at most, a ``.<name>.*.tmp`` file,
+    and after a power loss the renamed file holds its data (Lightning's own writer also renames
+    a temporary file, through an fsspec transaction, but does not sync it first).
     """
 
     def save_checkpoint(
@@ -212,22 +212,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(
                 f"{type(self).__name__}.save_checkpoint takes no storage_options; got {storage_options!r}"
             )
-        target = Path(path)
         if "://" in str(path):  # a remote filesystem: Lightning's own writer
             super().save_checkpoint(checkpoint, path)
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
-        )
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                torch.save(checkpoint, stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.chmod(tmp_name, creation_mode())
-            os.replace(tmp_name, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
-            raise
+        with atomic_file(path, binary=True) as stream:
+            torch.save(checkpoint, stream)

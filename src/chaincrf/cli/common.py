@@ -6,14 +6,13 @@ import contextlib
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from chaincrf.data.download import creation_mode
+from chaincrf.data.download import atomic_file
 
 log = logging.getLogger("chaincrf")
 
@@ -82,20 +81,8 @@ def atomic_output(path: str | os.PathLike[str] | None) -> Iterator[IO[str]]:
         sys.stdout.write(buffer.getvalue())
         sys.stdout.flush()
         return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-            yield stream
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(tmp_name, creation_mode())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    with atomic_file(path) as stream:
+        yield stream
 
 
 def run_config_for(checkpoint: str | os.PathLike[str]) -> tuple[Path, DictConfig] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import logging
@@ -9,8 +10,9 @@ import os
 import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import IO, Any
 
 __all__ = [
     "UD_EWT_BASE_URL",
@@ -50,6 +52,37 @@ def creation_mode(directory: bool = False) -> int:
     umask = os.umask(0)
     os.umask(umask)
     return (0o777 if directory else 0o666) & ~umask
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str], binary: bool = False) -> Iterator[IO[Any]]:
+    """Write a file atomically: a temporary file in the same folder, flushed and synced to disk,
+    renamed over ``path`` when the block ends without an error (and removed when it fails), with
+    the permissions of :func:`creation_mode`. A reader, or a process killed meanwhile, sees the
+    old file or the new one, never half of one.
+
+    Args:
+        path: the file to write (its folder is created).
+        binary: a binary stream (``"wb"``) instead of UTF-8 text with ``"\n"`` line ends.
+
+    Yields:
+        The open stream.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        mode = {"mode": "wb"} if binary else {"mode": "w", "encoding": "utf-8", "newline": "\n"}
+        with os.fdopen(handle, **mode) as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(tmp_name, creation_mode())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
 
 
 def default_cache_dir() -> Path:
