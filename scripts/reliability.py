@@ -746,7 +746,7 @@ def probe_resume(table: Table, work: Path) -> None:
             and final["lr_schedulers"] == expected["lr_schedulers"]
         )
         outcomes["ok" if same else "silent wrong"] += 1
-        notes.append(f"kill at step {kill_at}: max |diff| {diff:g}")
+        notes.append(f"kill at step {kill_at}: largest weight difference {diff:g}")
     table.add(
         "8",
         "SIGKILL mid-epoch, resume from last.ckpt (seed 3, deterministic, dropout on)",
@@ -800,7 +800,7 @@ def probe_kill_while_saving(table: Table, work: Path, quick: bool) -> None:
             except Exception:
                 outcomes["silent wrong"] += 1  # a corrupted checkpoint left where the good one was
         table.add(
-            "5",
+            "8",
             f"SIGKILL while saving a 24 MB checkpoint in a loop: {label}",
             outcomes,
             "ok = the file left loads and holds one whole version",
