@@ -25,3 +25,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def eager_kernel(monkeypatch):
+    """Force the CRF's eager kernel through its public switch (``CHAINCRF_KERNEL``), for tests
+    of the eager kernel's own branches."""
+    monkeypatch.setenv("CHAINCRF_KERNEL", "eager")

@@ -157,6 +157,7 @@ def test_larger_ragged_batch_against_reference():
         assert math.isclose(float(scores[b]), score, rel_tol=1e-9, abs_tol=1e-8)
 
 
+@pytest.mark.usefixtures("eager_kernel")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_log_space_fallback_branch_matches_reference(dtype, monkeypatch):
     """Transition scores spanning more than the exp path allows use the exact log-space path."""
@@ -186,6 +187,7 @@ def test_log_space_fallback_branch_matches_reference(dtype, monkeypatch):
             )
 
 
+@pytest.mark.usefixtures("eager_kernel")
 def test_underflow_guard_falls_back(monkeypatch):
     """Constraints + huge emission spread: the scaled path must detect underflow, not return NaN/inf."""
     K = 3
@@ -222,6 +224,7 @@ def _count_exact(monkeypatch) -> list[int]:
     return calls
 
 
+@pytest.mark.usefixtures("eager_kernel")
 def test_mixed_batch_recomputes_only_failing_rows_and_gradients_match(monkeypatch):
     """One row underflows the scaled path; only it is recomputed, and all gradients are exact."""
     K = 3
@@ -264,6 +267,7 @@ def test_mixed_batch_recomputes_only_failing_rows_and_gradients_match(monkeypatc
         )
 
 
+@pytest.mark.usefixtures("eager_kernel")
 def test_tree_branch_matches_reference_and_sequential_gradients(monkeypatch):
     """The log-depth tree (small unconstrained batches) equals the reference; its gradients and
     marginals equal those of the sequential forward-backward."""
@@ -303,6 +307,7 @@ def test_tree_branch_matches_reference_and_sequential_gradients(monkeypatch):
     torch.testing.assert_close(marg, crf.marginals(emissions, mask))
 
 
+@pytest.mark.usefixtures("eager_kernel")
 @pytest.mark.parametrize("T", [1, 2, 9, 11])
 @pytest.mark.parametrize("constrained", [False, True])
 def test_tree_viterbi_branch_matches_reference(constrained, T, monkeypatch):

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from chaincrf import crf_plan
+
 __all__ = ["CRF", "NonFiniteInputError"]
 
 
@@ -69,6 +71,9 @@ class CRF(nn.Module):
         constraints: optional ``(start_allowed (K,), end_allowed (K,), transitions_allowed (K, K))``
             bool tensors (see ``chaincrf.constraints.allowed_transitions``). Disallowed moves get
             probability zero in training and decoding alike.
+        kernel: ``"auto"`` (the planner's table, :mod:`chaincrf.crf_plan`; ``$CHAINCRF_KERNEL``
+            overrides it), ``"eager"`` (tensor operations, any device) or ``"fused"`` (compiled
+            CPU loops, numba). Results agree to rounding; only speed differs.
 
     Attributes:
         start_transitions: float parameter (K,), score of starting in each tag.
@@ -81,7 +86,10 @@ class CRF(nn.Module):
         num_tags: int,
         batch_first: bool = False,
         constraints: tuple[Tensor, Tensor, Tensor] | None = None,
+        kernel: str = "auto",
     ) -> None:
+        if kernel not in ("auto", *crf_plan.KERNELS):
+            raise ValueError(f"kernel must be one of ('auto', 'eager', 'fused'); got {kernel!r}")
         if not isinstance(num_tags, int) or isinstance(num_tags, bool) or num_tags <= 0:
             raise ValueError(
                 f"invalid number of tags: num_tags must be a positive int; got {num_tags!r}"
@@ -89,6 +97,8 @@ class CRF(nn.Module):
         super().__init__()
         self.num_tags = num_tags
         self.batch_first = batch_first
+        self.kernel = kernel
+        crf_plan.prepare(kernel)
         self.start_transitions = nn.Parameter(torch.empty(num_tags))
         self.end_transitions = nn.Parameter(torch.empty(num_tags))
         self.transitions = nn.Parameter(torch.empty(num_tags, num_tags))
@@ -218,6 +228,10 @@ class CRF(nn.Module):
             list of ``batch`` lists; list ``b`` holds ``length_b`` tag ids.
         """
         em, mask_bt = self._prepare(emissions, mask, validate)
+        if self._kernel_for("viterbi", em) == "fused":
+            paths, _ = self._viterbi_bt(em, mask_bt.sum(1), 1)  # (B, 1, T), -1 padded
+            lengths = mask_bt.sum(1).tolist()
+            return [row[:n] for row, n in zip(paths[:, 0].tolist(), lengths)]
         seq, best, order, lengths = self._best_paths(em, mask_bt.sum(1))
         rows, lens, bests = seq.t().tolist(), lengths.tolist(), best.tolist()
         paths = [
@@ -278,6 +292,12 @@ class CRF(nn.Module):
         em, mask_bt = self._prepare(emissions, mask, validate)
         lengths = mask_bt.sum(1)
         start, trans, end = (x.detach() for x in self._scores(em.dtype))
+        if self._kernel_for("marginals", em) == "fused":
+            from chaincrf import crf_fused
+
+            out = crf_fused.marginals(em.detach(), lengths, start, trans, end)
+            out = out.to(emissions.dtype)
+            return out if self.batch_first else out.transpose(0, 1)
         em_tm, order, n_active = _sort_time_major(em.detach(), lengths)
         lengths = lengths[order]
         gamma = None
@@ -496,9 +516,19 @@ class CRF(nn.Module):
                 )
         return gold - self._log_partition_bt(em, mask.sum(1))
 
+    def _kernel_for(self, operation: str, em: Tensor, k: int = 1, grad: bool = False) -> str:
+        B, T, K = em.shape
+        problem = crf_plan.Problem(operation, B, T, K, em.dtype, em.device.type, k, grad)
+        return crf_plan.choose(problem, self.kernel)
+
     def _log_partition_bt(self, em: Tensor, lengths: Tensor) -> Tensor:
         """Log-partition of batch-first emissions (B, T, K) with lengths (B,) -> (B,)."""
         start, trans, end = self._scores(em.dtype)
+        grad = torch.is_grad_enabled() and (em.requires_grad or self.transitions.requires_grad)
+        if self._kernel_for("log_partition", em, grad=grad) == "fused":
+            from chaincrf import crf_fused
+
+            return crf_fused.log_partition(em, lengths, start, trans, end)
         em_tm, order, n_active = _sort_time_major(em, lengths)
         log_z = _log_partition_sorted(em_tm, start, trans, end, n_active, lengths[order])
         out = torch.empty_like(log_z)
@@ -511,6 +541,12 @@ class CRF(nn.Module):
             scores = torch.full((B, k), float("-inf"), dtype=em.dtype, device=em.device)
             scores[:, 0] = 0.0
             return em.new_zeros((B, k, 0), dtype=torch.long), scores
+        if k == 1 and self._kernel_for("viterbi", em) == "fused":
+            from chaincrf import crf_fused
+
+            start, trans, end = (x.detach() for x in self._scores(em.dtype))
+            paths, best = crf_fused.viterbi(em.detach(), lengths, start, trans, end)
+            return paths.unsqueeze(1), best.unsqueeze(1)
         if k == 1:
             seq, best, order, lengths = self._best_paths(em, lengths)
             on = torch.arange(T, device=em.device).unsqueeze(1) < lengths.unsqueeze(0)  # (T, B)

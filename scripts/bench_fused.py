@@ -1,0 +1,307 @@
+"""Benchmark the fused numba CRF kernels (chaincrf.crf_fused) against pytorch-crf and the eager
+chaincrf CRF on the CPU.
+
+Every library gets identical float32 inputs (emissions, gold tags, a left-aligned mask with
+lengths uniform in [T/2, T] and the first row full, and the same transition parameters). Before
+any timing each cell is cross-checked: negative log-likelihoods agree to 1e-4 (relative), so do
+the emission and transition gradients and the scores of the decoded paths; a disagreement exits
+non-zero. Timing: a warm-up, then repetitions with the entries interleaved (their order rotates
+every repetition); the median is reported.
+
+Workloads:
+    nll+backward  summed negative log-likelihood, then ``backward()`` into the emissions and the
+                  three transition parameters. pytorch-crf: ``-crf(em, tags, mask).backward()``;
+                  eager: ``CRF.nll(em, tags, mask).backward()``; fused: ``crf_fused.log_partition``
+                  minus the gold-path score computed with plain torch ops.
+    decode        best paths: pytorch-crf ``decode`` (lists), eager ``CRF.viterbi`` and fused
+                  ``crf_fused.viterbi`` (tensors).
+
+Example::
+
+    OMP_WAIT_POLICY=PASSIVE nice python3 scripts/bench_fused.py             # the full grid
+    python3 scripts/bench_fused.py --batch 1 32 --length 32 --tags 5 --reps 5
+    python3 scripts/bench_fused.py --first-call     # numba compile: cold, then from the cache
+
+``--first-call`` runs two fresh processes sharing a new, empty ``NUMBA_CACHE_DIR``: the first
+compiles every kernel (cold), the second loads them from the cache (warm). Each times numba's
+import and the first call of every op, float64 then float32 (``marginals`` shares the backward
+kernel); torch's own first-call cost of custom ops (importing ``torch._dynamo``) is timed apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+WORKLOADS = ("nll+backward", "decode")
+ENTRIES = ("pytorch-crf", "eager", "fused")
+
+
+def make_inputs(B: int, T: int, K: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random float32 inputs for one cell (emissions (B, T, K), tags and mask (B, T), lengths (B,),
+    start and end (K,), transitions (K, K) indexed [from, to])."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + B * 10_007 + T * 101 + K)
+    lengths = torch.randint(max(1, T // 2), T + 1, (B,), generator=gen)
+    lengths[0] = T
+    return {
+        "emissions": torch.randn(B, T, K, generator=gen),
+        "tags": torch.randint(0, K, (B, T), generator=gen),
+        "mask": torch.arange(T)[None, :] < lengths[:, None],
+        "lengths": lengths,
+        "start": torch.randn(K, generator=gen) * 0.5,
+        "end": torch.randn(K, generator=gen) * 0.5,
+        "transitions": torch.randn(K, K, generator=gen) * 0.5,
+    }
+
+
+def gold_score(em, tags, mask, lengths, start, trans, end) -> torch.Tensor:
+    """Score (B,) of the gold paths with plain torch ops; rows have length >= 1."""
+    emit = em.gather(2, tags.unsqueeze(2)).squeeze(2).masked_fill(~mask, 0.0).sum(1)
+    pair = trans[tags[:, :-1], tags[:, 1:]].masked_fill(~mask[:, 1:], 0.0).sum(1)
+    last = tags.gather(1, (lengths - 1).unsqueeze(1)).squeeze(1)
+    return emit + pair + start[tags[:, 0]] + end[last]
+
+
+def path_scores(paths: torch.Tensor, x: dict[str, torch.Tensor]) -> torch.Tensor:
+    """float64 score (B,) of paths (B, T) (-1 past each length) under the cell's parameters."""
+    tags = paths.clamp(min=0)
+    args = [x["emissions"].double(), tags, x["mask"], x["lengths"]]
+    return gold_score(*args, x["start"].double(), x["transitions"].double(), x["end"].double())
+
+
+def make_entries(x: dict[str, torch.Tensor], workload: str) -> dict[str, Callable]:
+    """The timed callables of one cell, each returning what the cross-check compares."""
+    import torchcrf
+
+    from chaincrf import CRF, crf_fused
+
+    K = x["emissions"].shape[2]
+    em, tags, mask, lengths = x["emissions"], x["tags"], x["mask"], x["lengths"]
+    models = {"pytorch-crf": torchcrf.CRF(K, batch_first=True), "eager": CRF(K, batch_first=True)}
+    fused_params = [torch.nn.Parameter(x[k].clone()) for k in ("start", "transitions", "end")]
+    for model in models.values():
+        with torch.no_grad():
+            model.start_transitions.copy_(x["start"])
+            model.transitions.copy_(x["transitions"])
+            model.end_transitions.copy_(x["end"])
+    params = {name: list(m.parameters()) for name, m in models.items()}
+    params["fused"] = fused_params
+    leaf = em.clone().requires_grad_(True)
+
+    def losses() -> dict[str, Callable[[], torch.Tensor]]:
+        start, trans, end = fused_params
+        return {
+            "pytorch-crf": lambda: -models["pytorch-crf"](leaf, tags, mask, reduction="sum"),
+            "eager": lambda: models["eager"].nll(leaf, tags, mask, reduction="sum"),
+            "fused": lambda: (
+                crf_fused.log_partition(leaf, lengths, start, trans, end)
+                - gold_score(leaf, tags, mask, lengths, start, trans, end)
+            ).sum(),
+        }
+
+    def backward_of(name: str, loss: Callable[[], torch.Tensor]) -> Callable:
+        def run():
+            for p in (leaf, *params[name]):
+                p.grad = None
+            value = loss()
+            value.backward()
+            start, trans, end = (
+                (p.grad for p in fused_params)
+                if name == "fused"
+                else (models[name].start_transitions.grad, models[name].transitions.grad,
+                      models[name].end_transitions.grad)
+            )  # fmt: skip
+            return value.detach(), leaf.grad, start, trans, end
+
+        return run
+
+    if workload == "nll+backward":
+        return {name: backward_of(name, loss) for name, loss in losses().items()}
+    effective = [p.detach() for p in fused_params]
+
+    def decode_lists():
+        with torch.no_grad():
+            paths = models["pytorch-crf"].decode(em, mask)
+        return paths
+
+    def eager_viterbi():
+        with torch.no_grad():
+            return models["eager"].viterbi(em, mask)[0]
+
+    def fused_viterbi():
+        return crf_fused.viterbi(em, lengths, *effective)[0]
+
+    return {"pytorch-crf": decode_lists, "eager": eager_viterbi, "fused": fused_viterbi}
+
+
+def cross_check(x: dict[str, torch.Tensor], workload: str, outs: dict[str, object]) -> str:
+    """Raises SystemExit on a disagreement beyond 1e-4; returns a note (differing paths)."""
+    if workload == "nll+backward":
+        ref = outs["pytorch-crf"]
+        for name in ("eager", "fused"):
+            for what, a, b in zip(("nll", "d_em", "d_start", "d_trans", "d_end"), outs[name], ref):
+                if not torch.allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, float(b.abs().max()))):
+                    sys.exit(f"{name} disagrees with pytorch-crf on {what}: {(a - b).abs().max()}")
+        return ""
+    B, T, _ = x["emissions"].shape
+    lists = outs["pytorch-crf"]
+    ref = torch.full((B, T), -1, dtype=torch.long)
+    for b, path in enumerate(lists):
+        ref[b, : len(path)] = torch.tensor(path)
+    ref_scores = path_scores(ref, x)
+    differing = 0
+    for name in ("eager", "fused"):
+        paths = outs[name]
+        scores = path_scores(paths, x)
+        if not torch.allclose(scores, ref_scores, rtol=1e-4, atol=1e-4):
+            sys.exit(f"{name} decodes worse or better paths than pytorch-crf")
+        differing += int((paths != ref).any(1).sum())
+    return f"{differing} row(s) differ on float32 near-ties" if differing else ""
+
+
+def time_cell(entries: dict[str, Callable], reps: int, warmup: int) -> dict[str, float]:
+    """Median seconds per entry, interleaved, the order rotating every repetition."""
+    for _ in range(warmup):
+        for fn in entries.values():
+            fn()
+    names = list(entries)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(reps):
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            start = time.perf_counter()
+            entries[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def reps_for(entries: dict[str, Callable], budget_s: float, max_reps: int) -> int:
+    """As many repetitions as fit ``budget_s`` per cell (3 at least), from one timed call each."""
+    start = time.perf_counter()
+    for fn in entries.values():
+        fn()
+    once = time.perf_counter() - start
+    return max(3, min(max_reps, int(budget_s / max(once, 1e-6))))
+
+
+def markdown(workload: str, rows: list[tuple]) -> str:
+    lines = [
+        f"### {workload} (median ms; speed-up = other time / fused time)",
+        "",
+        "| B | T | K | pytorch-crf | eager | fused | fused × pytorch-crf | fused × eager | note |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for (B, T, K), t, note in rows:
+        ms = {k: v * 1e3 for k, v in t.items()}
+        lines.append(
+            f"| {B} | {T} | {K} | {ms['pytorch-crf']:.3f} | {ms['eager']:.3f} | "
+            f"{ms['fused']:.3f} | {t['pytorch-crf'] / t['fused']:.1f}× | "
+            f"{t['eager'] / t['fused']:.1f}× | {note} |"
+        )
+    for other in ("pytorch-crf", "eager"):
+        gm = math.exp(statistics.mean(math.log(t[other] / t["fused"]) for _, t, _ in rows))
+        lines.append(f"\nGeometric mean speed-up of fused over {other}: **{gm:.1f}×**")
+    return "\n".join(lines)
+
+
+def first_call_times() -> dict[str, float]:
+    """Seconds of numba's import and of the first call of each op, in this process."""
+    timings: dict[str, float] = {}
+
+    def timed(name: str, call: Callable, *args):
+        start = time.perf_counter()
+        out = call(*args)
+        timings[name] = time.perf_counter() - start
+        return out
+
+    timed("import torch._dynamo", importlib.import_module, "torch._dynamo")  # custom ops need it
+    from chaincrf import crf_fused
+
+    timed("import numba", crf_fused.available)
+    x = make_inputs(4, 6, 3)
+    scores = (x["lengths"], x["start"], x["transitions"], x["end"])
+    for dtype in (torch.float64, torch.float32):
+        name = str(dtype).split(".")[1]
+        em = x["emissions"].to(dtype).requires_grad_(True)
+        log_z = timed(f"log_partition {name}", crf_fused.log_partition, em, *scores)
+        timed(f"log_partition backward {name}", log_z.sum().backward)
+        timed(f"viterbi {name}", crf_fused.viterbi, em.detach(), *scores)
+        timed(f"marginals {name}", crf_fused.marginals, em.detach(), *scores)
+    return timings
+
+
+def report_first_calls() -> None:
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        runs = {}
+        for phase in ("cold", "warm"):
+            out = subprocess.run(
+                [sys.executable, __file__, "--first-call-child"],
+                env=env, check=True, capture_output=True, text=True,
+            ).stdout  # fmt: skip
+            runs[phase] = json.loads(out.strip().splitlines()[-1])
+    print(f"### first call (s), fresh NUMBA_CACHE_DIR; load average {os.getloadavg()[0]:.2f}\n")
+    print("| call | cold (compile) | warm (cache) |\n|---|---:|---:|")
+    for name in runs["cold"]:
+        print(f"| {name} | {runs['cold'][name]:.2f} | {runs['warm'][name]:.2f} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 32, 128])
+    parser.add_argument("--length", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--tags", type=int, nargs="+", default=[5, 9, 50])
+    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=25, help="most repetitions per cell")
+    parser.add_argument("--budget", type=float, default=3.0, help="seconds of timing per cell")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--first-call", action="store_true", help="time numba compilation")
+    parser.add_argument("--first-call-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.first_call_child:
+        print(json.dumps(first_call_times()))
+        return
+    if args.first_call:
+        report_first_calls()
+        return
+
+    torch.set_num_threads(args.threads)
+    from chaincrf import crf_fused
+
+    if not crf_fused.available():
+        sys.exit("numba is not importable: pip install numba")
+    versions = {p: importlib.metadata.version(p) for p in ("torch", "numba", "pytorch-crf")}
+    print(
+        f"# bench_fused: {', '.join(f'{k} {v}' for k, v in versions.items())}; "
+        f"{args.threads} torch threads, {os.cpu_count()} CPUs, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+        f"load average at start {os.getloadavg()[0]:.2f}\n"
+    )
+    for workload in args.workloads:
+        rows = []
+        for B in args.batch:
+            for T in args.length:
+                for K in args.tags:
+                    x = make_inputs(B, T, K)
+                    entries = make_entries(x, workload)
+                    note = cross_check(x, workload, {n: fn() for n, fn in entries.items()})
+                    reps = reps_for(entries, args.budget, args.reps)
+                    rows.append(((B, T, K), time_cell(entries, reps, args.warmup), note))
+        print(markdown(workload, rows) + "\n", flush=True)
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Which kernel computes a CRF operation: one table, each row with the measurement behind it.
+
+Kernels:
+
+- ``eager``: the portable tensor-operation kernels of :mod:`chaincrf.crf` (any device, any float
+  dtype, k-best Viterbi, partial likelihoods); the reference every other kernel is tested against.
+- ``fused``: compiled CPU loops (:mod:`chaincrf.crf_fused`, numba), one row at a time, float64
+  accumulation, as ``torch.library`` custom ops with fake and autograd implementations.
+
+The choice is made here only, never inside a kernel: :func:`choose` walks :data:`TABLE` and takes
+the first row whose operation and condition match and whose kernel can run (with ``auto``, only
+kernels in :data:`AUTO_KERNELS`: for now the eager ones, see there why). It can be forced
+with ``CHAINCRF_KERNEL=eager|fused`` (``auto``, the default, follows the table) or the ``kernel``
+argument of :class:`chaincrf.CRF`; a forced kernel that cannot run a problem (the fused kernel on
+a GPU tensor, or for k-best Viterbi) leaves it to the eager one. :func:`record` lists the choices
+made inside a ``with`` block, to see (or test) which kernel ran. Importing this module imports only
+torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "AUTO_KERNELS",
+    "ENV",
+    "KERNELS",
+    "TABLE",
+    "Problem",
+    "Rule",
+    "choose",
+    "prepare",
+    "record",
+]
+
+ENV = "CHAINCRF_KERNEL"
+KERNELS = ("eager", "fused")
+_CHOICES = ("auto", *KERNELS)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What the planner knows of one call.
+
+    Attributes:
+        operation: ``"log_partition"`` (with its gradient when ``requires_grad``), ``"viterbi"``
+            or ``"marginals"``.
+        batch, length, tags: the sizes B, T, K.
+        dtype: the emissions' dtype after the layer's upcast (float32 or float64 usually).
+        device: the device type (``"cpu"``, ``"cuda"``, ...).
+        k: paths asked for (Viterbi).
+        requires_grad: whether autograd will need a backward pass.
+    """
+
+    operation: str
+    batch: int
+    length: int
+    tags: int
+    dtype: torch.dtype
+    device: str
+    k: int = 1
+    requires_grad: bool = False
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of the table: ``kernel`` computes ``operations`` when ``when(problem)`` holds."""
+
+    kernel: str
+    operations: frozenset[str]
+    when: Callable[[Problem], bool]
+    measured: str
+
+
+def _cpu_float(problem: Problem) -> bool:
+    return problem.device == "cpu" and problem.dtype in (torch.float32, torch.float64)
+
+
+TABLE: tuple[Rule, ...] = (
+    Rule(
+        "fused",
+        frozenset({"log_partition", "marginals"}),
+        _cpu_float,
+        "faster than eager in all 18 cells of B{1,32,128} x T{32,128} x K{5,9,50}, float32, "
+        "2 threads: NLL + backward 1.3x (B=128, T=128, K=50) to 5.6x, geometric mean 2.9x; "
+        "`python3 scripts/bench_fused.py`, this 2-core CPU, 2026-11-29, load ~1",
+    ),
+    Rule(
+        "fused",
+        frozenset({"viterbi"}),
+        lambda p: _cpu_float(p) and p.k == 1,
+        "faster than eager in all 18 cells of the same grid: decode 2.6x (B=128, T=128, K=50) "
+        "to 8.2x, geometric mean 4.8x; same command, machine and date",
+    ),
+    Rule(
+        "eager",
+        frozenset({"log_partition", "viterbi", "marginals"}),
+        lambda p: True,
+        "the portable fallback: every device and dtype, k-best Viterbi",
+    ),
+)
+
+AUTO_KERNELS: tuple[str, ...] = ("eager",)
+"""The kernels ``auto`` may pick. The fused kernels are opt-in for now (``CHAINCRF_KERNEL=fused``
+or ``CRF(kernel="fused")``): numba's first kernel launch starts the process's shared OpenMP
+runtime and torch's thread count (reset to 2 under ``threads=1``; restored by the fused ops) and
+the last bits of later torch CPU results change with it. Measured: a training run killed and
+resumed with the fused kernels ended 1.04e-5 from the uninterrupted one under pytest (exact in a
+plain interpreter), while the eager kernels resume bit-exactly everywhere
+(``tests/test_training_reliability.py``). ``auto`` joins the fused rows once that is exact."""
+
+_recorders: list[list[tuple[str, str]]] = []
+_warned = False
+
+
+def _available(kernel: str) -> bool:
+    global _warned
+    if kernel == "eager":
+        return True
+    from chaincrf import crf_fused
+
+    if crf_fused.available():
+        return True
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            "numba cannot be imported: the CRF runs its eager kernels (slower on the CPU); "
+            "`pip install numba` gives the fused ones",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return False
+
+
+def _forced(kernel: str | None) -> str:
+    value = kernel if kernel not in (None, "auto") else os.environ.get(ENV, "auto") or "auto"
+    if value not in _CHOICES:
+        source = "kernel" if kernel not in (None, "auto") else ENV
+        raise ValueError(f"{source} must be one of {_CHOICES}; got {value!r}")
+    return value
+
+
+def prepare(kernel: str | None = None) -> None:
+    """Called when a CRF is built: when the fused kernels may run, start their runtime now
+    (:func:`chaincrf.crf_fused.warm_up`), before any training step runs."""
+    forced = _forced(kernel)
+    if (forced == "fused" or (forced == "auto" and "fused" in AUTO_KERNELS)) and _available(
+        "fused"
+    ):
+        from chaincrf import crf_fused
+
+        crf_fused.warm_up()
+
+
+def choose(problem: Problem, kernel: str | None = None) -> str:
+    """The kernel to run ``problem`` with.
+
+    Args:
+        problem: the operation and its sizes.
+        kernel: ``"auto"``/None (the table, or ``$CHAINCRF_KERNEL``), ``"eager"`` or ``"fused"``.
+
+    Returns:
+        ``"eager"`` or ``"fused"``.
+
+    Raises:
+        ValueError: naming ``kernel`` or ``CHAINCRF_KERNEL`` for an unknown value.
+    """
+    forced = _forced(kernel)
+    chosen = "eager"
+    for rule in TABLE:
+        if problem.operation not in rule.operations or not rule.when(problem):
+            continue
+        if forced != rule.kernel and (forced != "auto" or rule.kernel not in AUTO_KERNELS):
+            continue
+        if _available(rule.kernel):
+            chosen = rule.kernel
+            break
+    for recorder in _recorders:
+        recorder.append((problem.operation, chosen))
+    return chosen
+
+
+@contextlib.contextmanager
+def record() -> Iterator[list[tuple[str, str]]]:
+    """Collect ``(operation, kernel)`` for every choice made inside the block.
+
+    Example::
+
+        with chaincrf.crf_plan.record() as ran:
+            crf.viterbi(emissions, mask)
+        assert ran == [("viterbi", "fused")]
+    """
+    ran: list[tuple[str, str]] = []
+    _recorders.append(ran)
+    try:
+        yield ran
+    finally:
+        _recorders.remove(ran)

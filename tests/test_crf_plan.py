@@ -1,0 +1,119 @@
+"""The planner: one table picks the kernel, the choice can be forced by CHAINCRF_KERNEL or the
+``kernel`` argument, and every kernel gives the eager kernel's results through the public API."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chaincrf import CRF, crf_fused, crf_plan
+from chaincrf.constraints import allowed_transitions
+
+LABELS = ["O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "I-LOC", "E-LOC", "S-LOC"]
+needs_numba = pytest.mark.skipif(not crf_fused.available(), reason="numba is not installed")
+
+
+def _batch(dtype=torch.float32, B=5, T=7, K=9):
+    torch.manual_seed(0)
+    emissions = (torch.randn(B, T, K) * 3).to(dtype)
+    lengths = torch.tensor([T, 0, 3, 1, T - 1][:B])
+    mask = torch.arange(T)[None] < lengths[:, None]
+    tags = torch.randint(0, K, (B, T))
+    return emissions, mask, tags
+
+
+def _run_all(crf, emissions, mask, tags):
+    """Every operation through the public API; (results, gradients of the NLL)."""
+    emissions = emissions.clone().requires_grad_(True)
+    crf.zero_grad()
+    nll = crf.nll(emissions, torch.where(mask, tags, 0), mask, reduction="sum")
+    nll.backward()
+    grads = [emissions.grad] + [p.grad for p in crf.parameters()]
+    with torch.no_grad():
+        results = [
+            nll.detach(),
+            crf.log_partition(emissions, mask),
+            *crf.viterbi(emissions, mask),
+            crf.marginals(emissions, mask),
+        ]
+    return results, grads, crf.decode(emissions.detach(), mask)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forcing_each_kernel_runs_it_and_both_kernels_agree(dtype, monkeypatch):
+    emissions, mask, tags = _batch(dtype)
+    crf = CRF(len(LABELS), batch_first=True).to(dtype)
+    with torch.no_grad():
+        crf.transitions.normal_()
+    outputs = {}
+    for kernel in crf_plan.KERNELS:
+        monkeypatch.setenv(crf_plan.ENV, kernel)
+        with crf_plan.record() as ran:
+            outputs[kernel] = _run_all(crf, emissions, mask, tags)
+        assert {k for _, k in ran} == {kernel}, ran
+        assert {op for op, _ in ran} == {"log_partition", "viterbi", "marginals"}
+    monkeypatch.delenv(crf_plan.ENV)
+    with crf_plan.record() as ran:
+        crf.viterbi(emissions, mask)
+    assert ran == [("viterbi", crf_plan.AUTO_KERNELS[-1])]  # auto: the table, its auto kernels
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 1e-9, "atol": 1e-9}
+    (res_e, grad_e, dec_e), (res_f, grad_f, dec_f) = outputs["eager"], outputs["fused"]
+    for a, b in zip(res_e, res_f):
+        torch.testing.assert_close(a, b, **tol) if a.is_floating_point() else torch.equal(a, b)
+    assert torch.equal(res_e[2], res_f[2]) and dec_e == dec_f
+    for a, b in zip(grad_e, grad_f):
+        torch.testing.assert_close(a, b, **tol)
+
+
+@needs_numba
+def test_constraints_and_impossible_rows_agree():
+    emissions, mask, _ = _batch(torch.float64)
+    emissions[2, 1, :] = float("-inf")  # row 2 has no allowed path
+    results = {}
+    for kernel in crf_plan.KERNELS:
+        crf = CRF(
+            len(LABELS),
+            batch_first=True,
+            constraints=allowed_transitions("BIOES", LABELS),
+            kernel=kernel,
+        ).double()
+        torch.manual_seed(1)
+        crf.reset_parameters()
+        with crf_plan.record() as ran, torch.no_grad():
+            results[kernel] = (
+                crf.log_partition(emissions, mask),
+                *crf.viterbi(emissions, mask),
+                crf.marginals(emissions, mask),
+                crf.decode(emissions, mask),
+            )
+        assert {k for _, k in ran} == {kernel}
+    eager, fused = results["eager"], results["fused"]
+    torch.testing.assert_close(eager[0], fused[0])
+    assert torch.equal(eager[1], fused[1]) and eager[4] == fused[4]
+    torch.testing.assert_close(eager[2], fused[2])
+    possible = [0, 1, 3, 4]  # row 2 has no allowed path: eager marginals are NaN there
+    torch.testing.assert_close(eager[3][possible], fused[3][possible])
+    assert torch.isneginf(fused[0][2]) and (fused[1][2] == -1).all() and (fused[3][2] == 0).all()
+
+
+def test_k_best_and_other_devices_stay_eager():
+    problem = crf_plan.Problem("viterbi", 2, 5, 3, torch.float32, "cpu", k=5)
+    assert crf_plan.choose(problem, "fused") == "eager"
+    problem = crf_plan.Problem("log_partition", 2, 5, 3, torch.float32, "cuda")
+    assert crf_plan.choose(problem) == "eager"
+    problem = crf_plan.Problem("log_partition", 2, 5, 3, torch.float32, "cpu")
+    assert crf_plan.choose(problem, "eager") == "eager"
+
+
+def test_unknown_kernel_names_are_refused(monkeypatch):
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        CRF(3, kernel="numba")
+    monkeypatch.setenv(crf_plan.ENV, "fast")
+    with pytest.raises(ValueError, match="CHAINCRF_KERNEL must be one of"):
+        CRF(3).log_partition(torch.zeros(2, 1, 3))
+
+
+def test_every_table_row_names_its_measurement():
+    for rule in crf_plan.TABLE:
+        assert rule.kernel in crf_plan.KERNELS and rule.measured and rule.operations
