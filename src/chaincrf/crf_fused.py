@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -37,307 +36,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from chaincrf import crf_fused_loops as loops
+
 __all__ = ["available", "log_partition", "marginals", "viterbi"]
-
-_NEG_INF = -math.inf
-# An exp-space column sum at least this large lost nothing to underflow that matters: every
-# dropped product is below 2.3e-308, i.e. under 1e-57 of the sum. Smaller sums are recomputed
-# in log space.
-_TINY = 1e-250
-# Pairwise marginals are p_i * E_ij * exp(lw_j) in exp space while lw_j <= this (a weight of at
-# most 1e250, so a product lost to underflow changes a marginal by under 1e-57); else log space.
-_LOG_HUGE = 575.0
-# The backward kernel sums parameter gradients over at most this many chunks of rows, each
-# with its own buffers, in a fixed order.
-_MAX_CHUNKS = 64
-# Work (sweeps * B * T * K * (K + 16), about the multiply-adds plus transcendentals of a row step)
-# below which a call runs on one thread: waking numba's second thread costs 50-100 µs, more than
-# it saves below this (1 vs 2 threads over B 2-32, T 32-128, K 5-50, numba 0.68 omp layer,
-# OMP_WAIT_POLICY=PASSIVE, 2-core shared CPU at load ~1, 2026-11-29).
-_PARALLEL_MIN_WORK = 1 << 19
-
-# The kernels below are plain Python until ``_load`` compiles them: numba resolves a kernel's
-# global names when it compiles it, so ``_load`` first swaps ``prange`` for ``numba.prange``
-# and each helper for its compiled version in this module's namespace.
-prange = range
-_HELPERS = (
-    "_check_lengths",
-    "_col_normalised",
-    "_lse_step",
-    "_max_step",
-    "_forward_row",
-    "_backward_row",
-)
-_KERNELS = ("_log_partition_kernel", "_forward_backward_kernel", "_viterbi_kernel")
-
-
-# ------------------------------------------------------------------------------ kernels (numba)
-
-
-def _check_lengths(lengths, T):
-    for b in range(lengths.shape[0]):
-        if lengths[b] < 0 or lengths[b] > T:
-            raise ValueError(
-                "lengths must lie in [0, seq_len = "
-                + str(T)
-                + "]; got "
-                + str(lengths[b])
-                + " at batch row "
-                + str(b)
-            )
-
-
-def _col_normalised(scores):
-    """exp(scores - top) (K, K) with top (K,) the column maxima; zeros for a column of -inf."""
-    K = scores.shape[0]
-    top = np.full(K, _NEG_INF)
-    for i in range(K):
-        for j in range(K):
-            top[j] = max(top[j], scores[i, j])
-    E = np.zeros((K, K))
-    for i in range(K):
-        for j in range(K):
-            if top[j] > _NEG_INF:
-                E[i, j] = math.exp(scores[i, j] - top[j])
-    return E, top
-
-
-def _lse_step(prev, E, top, scores, out):
-    """out[j] = logsumexp_i(prev[i] + scores[i, j]); E, top = _col_normalised(scores)."""
-    K = prev.shape[0]
-    shift = _NEG_INF
-    for i in range(K):
-        shift = max(shift, prev[i])
-    if shift == _NEG_INF:
-        out[:] = _NEG_INF
-        return
-    out[:] = 0.0
-    for i in range(K):  # exp space: sum_i exp(prev_i - shift) * E_ij
-        p = math.exp(prev[i] - shift)
-        if p > 0.0:
-            for j in range(K):
-                out[j] += p * E[i, j]
-    for j in range(K):
-        s = out[j]
-        if s >= _TINY:
-            out[j] = shift + top[j] + math.log(s)
-            continue
-        m = _NEG_INF  # terms may have underflowed: this column exactly, in log space
-        for i in range(K):
-            m = max(m, prev[i] + scores[i, j])
-        if m == _NEG_INF:
-            out[j] = _NEG_INF
-            continue
-        s = 0.0
-        for i in range(K):
-            s += math.exp(prev[i] + scores[i, j] - m)
-        out[j] = m + math.log(s)
-
-
-def _max_step(prev, scores, out, arg):
-    """out[j] = max_i(prev[i] + scores[i, j]), arg[j] its lowest maximising i (0 if all -inf)."""
-    out[:] = _NEG_INF
-    arg[:] = 0
-    for i in range(prev.shape[0]):
-        p = prev[i]
-        if p > _NEG_INF:
-            for j in range(out.shape[0]):  # selects, not branches: the loop vectorises
-                v = p + scores[i, j]
-                better = v > out[j]
-                out[j] = v if better else out[j]
-                arg[j] = i if better else arg[j]
-
-
-def _forward_row(em, n, start, scores, end, E, top, msg, shift, back):
-    """The forward recursion over one row's first n positions, log or max-plus semiring.
-
-    Args:
-        em: float (T, K) the row's emissions; n: its length; start, end: float64 (K,);
-            scores: float64 (K, K) transitions [from, to]; E, top: ``_col_normalised(scores)``
-            (log semiring only).
-        msg: float64 (S, K): messages at step t go to msg[t % S] (S = n keeps them all, S = 2
-            keeps a rolling pair). Log semiring: shifted so that their maximum is 0, the shift
-            in shift[t % S]; max-plus: unshifted (the eager CRF's arithmetic), shift 0.
-        back: None for the log semiring (numba then drops the max-plus branch at compile
-            time); for max-plus, int32 (n, K) back-pointers to fill.
-
-    Returns:
-        (total, last): the log-partition or best score (0 for n = 0, -inf without an allowed
-        path) and, for max-plus, the best last tag (lowest on ties; -1 for n = 0).
-    """
-    if n == 0:
-        return 0.0, -1
-    K = start.shape[0]
-    S = msg.shape[0]
-    total = 0.0
-    for t in range(n):
-        cur = msg[t % S]
-        if t == 0:
-            for j in range(K):
-                cur[j] = start[j] + em[0, j]
-        else:
-            if back is None:
-                _lse_step(msg[(t - 1) % S], E, top, scores, cur)
-            else:
-                _max_step(msg[(t - 1) % S], scores, cur, back[t])
-            for j in range(K):
-                cur[j] += em[t, j]
-        m = 0.0
-        if back is None:
-            m = _NEG_INF
-            for j in range(K):
-                m = max(m, cur[j])
-            if m == _NEG_INF:
-                return _NEG_INF, 0
-            for j in range(K):
-                cur[j] -= m
-        shift[t % S] = m
-        total += m
-    last = msg[(n - 1) % S]
-    best, tag = _NEG_INF, 0
-    for j in range(K):  # log semiring: the maximum first, then the log-sum-exp below
-        v = last[j] + end[j]
-        if v > best:
-            best, tag = v, j
-    if back is not None or best == _NEG_INF:
-        return total + best, tag
-    s = 0.0
-    for j in range(K):
-        s += math.exp(last[j] + end[j] - best)
-    return total + best + math.log(s), tag
-
-
-def _backward_row(em, n, g, start, trans, end, fwd, bwd, la, shift, d_em, d_start, d_end, d_trans):
-    """Adds g times the gradient of one row's log-partition to d_start, d_end (K,) and, unless
-    d_trans is empty (0, 0), d_trans (K, K); writes d_em (T, K) (0 past n).
-
-    fwd = (E, top) of trans, bwd = (trans.T, E, top of trans.T); la (T, K), shift (T,) scratch.
-    Marginals are normalised per step: gamma_t = softmax(la_t + lb_t) with la, lb the shifted
-    forward and backward messages, exact however large log Z grows. No allowed path: all 0.
-    """
-    E, top = fwd
-    transT, Eb, topb = bwd
-    K = start.shape[0]
-    d_em[:] = 0.0
-    log_z, _ = _forward_row(em, n, start, trans, end, E, top, la, shift, None)
-    if n == 0 or log_z == _NEG_INF:
-        return
-    lb, gam, w, nxt = np.empty(K), np.empty(K), np.empty(K), np.empty(K)
-    exact = np.zeros(K, np.bool_)
-    m = _NEG_INF
-    for j in range(K):
-        m = max(m, end[j])
-    for j in range(K):
-        lb[j] = end[j] - m
-    for t in range(n - 1, -1, -1):
-        norm = _NEG_INF
-        for j in range(K):
-            norm = max(norm, la[t, j] + lb[j])
-        if norm == _NEG_INF:  # unreachable with a finite log Z; never divide -inf by -inf
-            return
-        s = 0.0
-        for j in range(K):
-            s += math.exp(la[t, j] + lb[j] - norm)
-        norm += math.log(s)
-        for j in range(K):
-            gam[j] = math.exp(la[t, j] + lb[j] - norm)
-            d_em[t, j] = g * gam[j]
-            if t == n - 1:
-                d_end[j] += g * gam[j]
-            if t == 0:
-                d_start[j] += g * gam[j]
-        if t == 0:
-            break
-        if d_trans.shape[0] > 0:
-            # xi(i, j) = exp(la[t-1, i] + trans[i, j] + em[t, j] + lb[j] - shift[t] - norm)
-            for j in range(K):
-                w[j] = 0.0
-                exact[j] = False
-                if gam[j] > 0.0:
-                    lw = top[j] + em[t, j] + lb[j] - shift[t] - norm
-                    if lw <= _LOG_HUGE:
-                        w[j] = math.exp(lw)
-                    else:
-                        exact[j] = True
-            for i in range(K):
-                p = math.exp(la[t - 1, i])
-                if p > 0.0:
-                    for j in range(K):
-                        d_trans[i, j] += p * E[i, j] * w[j] * g  # xi <= 1, then g
-            for j in range(K):
-                if exact[j]:
-                    lw = em[t, j] + lb[j] - shift[t] - norm
-                    for i in range(K):
-                        d_trans[i, j] += g * math.exp(la[t - 1, i] + trans[i, j] + lw)
-        for j in range(K):  # lb_{t-1}(i) = logsumexp_j(trans[i, j] + em[t, j] + lb_t(j))
-            w[j] = em[t, j] + lb[j]
-        _lse_step(w, Eb, topb, transT, nxt)
-        m = _NEG_INF
-        for j in range(K):
-            m = max(m, nxt[j])
-        for j in range(K):
-            lb[j] = nxt[j] - m if m > _NEG_INF else _NEG_INF
-
-
-def _log_partition_kernel(em, lengths, start, trans, end, log_z):
-    B, T, K = em.shape
-    _check_lengths(lengths, T)
-    E, top = _col_normalised(trans)
-    for b in prange(B):
-        msg, shift = np.empty((2, K)), np.empty(2)
-        total, _ = _forward_row(em[b], lengths[b], start, trans, end, E, top, msg, shift, None)
-        log_z[b] = total
-
-
-def _forward_backward_kernel(
-    em, lengths, grad, start, trans, end, d_em, part_start, part_end, part_trans
-):
-    """Chunk c of the C = part_start.shape[0] chunks adds its rows' gradients into
-    part_start[c], part_end[c] (K,) and part_trans[c] (K, K); part_trans (C, 0, 0): none."""
-    B, T, K = em.shape
-    _check_lengths(lengths, T)
-    fwd = _col_normalised(trans)
-    transT = np.ascontiguousarray(trans.T)
-    Eb, topb = _col_normalised(transT)
-    bwd = (transT, Eb, topb)
-    C = part_start.shape[0]
-    for c in prange(C):
-        la, shift = np.empty((T, K)), np.empty(T)
-        for b in range(c * B // C, (c + 1) * B // C):
-            _backward_row(
-                em[b],
-                lengths[b],
-                grad[b],
-                start,
-                trans,
-                end,
-                fwd,
-                bwd,
-                la,
-                shift,
-                d_em[b],
-                part_start[c],
-                part_end[c],
-                part_trans[c],
-            )
-
-
-def _viterbi_kernel(em, lengths, start, trans, end, paths, scores):
-    B, T, K = em.shape
-    _check_lengths(lengths, T)
-    E, top = np.zeros((0, 0)), np.zeros(0)  # read by the log semiring only
-    for b in prange(B):
-        n = lengths[b]
-        msg, shift = np.empty((2, K)), np.empty(2)
-        back = np.empty((n, K), np.int32)
-        best, tag = _forward_row(em[b], n, start, trans, end, E, top, msg, shift, back)
-        scores[b] = best
-        paths[b, :] = -1
-        if best > _NEG_INF:  # also n > 0: an empty row scores 0 and has tag -1
-            for t in range(n - 1, -1, -1):
-                paths[b, t] = tag
-                if t > 0:
-                    tag = back[t, tag]
 
 
 @functools.cache
@@ -347,12 +48,12 @@ def _load() -> SimpleNamespace | ImportError:
         import numba
     except ImportError as err:
         return err
-    names = globals()
+    names = vars(loops)
     names["prange"] = numba.prange
-    for name in _HELPERS:
+    for name in loops._HELPERS:
         names[name] = numba.njit(cache=True, nogil=True)(names[name])
     jit = numba.njit(parallel=True, cache=True, nogil=True)
-    return SimpleNamespace(numba=numba, **{name: jit(names[name]) for name in _KERNELS})
+    return SimpleNamespace(numba=numba, **{name: jit(names[name]) for name in loops._KERNELS})
 
 
 @functools.cache
@@ -391,7 +92,9 @@ def _kernels(shape: torch.Size, passes: int) -> SimpleNamespace:
             f"chaincrf.crf_fused needs numba (pip install numba), which failed to import: {loaded}"
         )
     B, T, K = shape
-    threads = torch.get_num_threads() if passes * B * T * K * (K + 16) >= _PARALLEL_MIN_WORK else 1
+    threads = (
+        torch.get_num_threads() if passes * B * T * K * (K + 16) >= loops._PARALLEL_MIN_WORK else 1
+    )
     numba = loaded.numba
     numba.set_num_threads(max(1, min(threads, B, numba.config.NUMBA_NUM_THREADS)))
     return loaded
@@ -461,7 +164,7 @@ def _log_partition_backward_op(
     kernels = _kernels(emissions.shape, 4)
     B, _, K = emissions.shape
     d_em = emissions.new_empty(emissions.shape)
-    C = min(B, _MAX_CHUNKS)
+    C = min(B, loops._MAX_CHUNKS)
     parts = np.zeros((C, K)), np.zeros((C, K)), np.zeros((C, K, K))
     params = _scores64(start, transitions, end)
     with _torch_threads_kept():
@@ -536,7 +239,7 @@ def _marginals_op(
     kernels = _kernels(emissions.shape, 3)
     out = emissions.new_empty(emissions.shape)
     B, _, K = emissions.shape
-    C = min(B, _MAX_CHUNKS)
+    C = min(B, loops._MAX_CHUNKS)
     params = _scores64(start, transitions, end)
     with _torch_threads_kept():
         kernels._forward_backward_kernel(
