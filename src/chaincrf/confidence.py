@@ -17,10 +17,12 @@ any scores, ``-inf`` (forbidden moves) included. This module imports only torch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["chain_messages", "crf_scores", "span_log_probabilities"]
+__all__ = ["chain_messages", "continuation_tables", "crf_scores", "span_log_probabilities"]
 
 
 def crf_scores(crf: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
@@ -204,3 +206,33 @@ def _prefix_sums(values: Tensor) -> tuple[Tensor, Tensor]:
     sums = torch.cat([pad, torch.where(neg, 0.0, values).cumsum(1)], dim=1)
     counts = torch.cat([pad.long(), neg.long().cumsum(1)], dim=1)
     return sums, counts
+
+
+def continuation_tables(labels: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
+    """Per first tag of a span, the tags that would extend it.
+
+    Args:
+        labels: the tag names in id order (``"O"``, ``"B-PER"``, ...), K of them.
+
+    Returns:
+        ``after`` bool (K, K): row ``f`` marks the tags that, right after a span starting with
+        tag ``f``, would continue it (``I-``/``E-`` of its type); ``before`` bool (K, K): the tags
+        that, right before it, would make it start earlier (``B-``/``I-`` of its type; used only
+        when ``f`` is an ``I-`` tag, in IOB1); ``first_is_inside`` bool (K,): whether tag ``f``
+        is an ``I-`` tag.
+    """
+    K = len(labels)
+    after = torch.zeros(K, K, dtype=torch.bool)
+    before = torch.zeros(K, K, dtype=torch.bool)
+    first_is_inside = torch.zeros(K, dtype=torch.bool)
+    types = [None if label == "O" else label[2:] for label in labels]
+    prefixes = [label[0] for label in labels]
+    for f, type_ in enumerate(types):
+        if type_ is None:
+            continue
+        first_is_inside[f] = prefixes[f] == "I"
+        for tag, (prefix, other) in enumerate(zip(prefixes, types)):
+            if other == type_:
+                after[f, tag] = prefix in ("I", "E", "L")
+                before[f, tag] = prefix in ("B", "I")
+    return after, before, first_is_inside

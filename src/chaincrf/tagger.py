@@ -678,21 +678,9 @@ class SequenceTagger(pl.LightningModule):
             type; used only when ``f`` is an ``I-`` tag, in IOB1); ``first_is_inside`` bool
             (K,): whether tag ``f`` is an ``I-`` tag.
         """
-        K = len(self.labels)
-        after = torch.zeros(K, K, dtype=torch.bool)
-        before = torch.zeros(K, K, dtype=torch.bool)
-        first_is_inside = torch.zeros(K, dtype=torch.bool)
-        types = [None if label == "O" else label[2:] for label in self.labels]
-        prefixes = [label[0] for label in self.labels]
-        for f, type_ in enumerate(types):
-            if type_ is None:
-                continue
-            first_is_inside[f] = prefixes[f] == "I"
-            for tag, (prefix, other) in enumerate(zip(prefixes, types)):
-                if other == type_:
-                    after[f, tag] = prefix in ("I", "E", "L")
-                    before[f, tag] = prefix in ("B", "I")
-        return after, before, first_is_inside
+        from chaincrf.confidence import continuation_tables
+
+        return continuation_tables(self.labels)
 
     def configure_optimizers(self) -> Any:
         scale = self.hparams.get("word_lr_scale", 1.0)
