@@ -46,7 +46,7 @@ from collections.abc import Callable
 import torch
 
 WORKLOADS = ("nll+backward", "decode")
-ENTRIES = ("pytorch-crf", "eager", "fused")
+KERNEL_ENTRIES = ("eager", "fused", "auto")  # CRF(kernel=...)
 
 
 def make_inputs(B: int, T: int, K: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -85,87 +85,85 @@ def make_entries(x: dict[str, torch.Tensor], workload: str) -> dict[str, Callabl
     """The timed callables of one cell, each returning what the cross-check compares."""
     import torchcrf
 
-    from chaincrf import CRF, crf_fused
+    from chaincrf import CRF
 
     K = x["emissions"].shape[2]
-    em, tags, mask, lengths = x["emissions"], x["tags"], x["mask"], x["lengths"]
-    models = {"pytorch-crf": torchcrf.CRF(K, batch_first=True), "eager": CRF(K, batch_first=True)}
-    fused_params = [torch.nn.Parameter(x[k].clone()) for k in ("start", "transitions", "end")]
+    em, tags, mask = x["emissions"], x["tags"], x["mask"]
+    models = {"pytorch-crf": torchcrf.CRF(K, batch_first=True)}
+    for kernel in KERNEL_ENTRIES:
+        models[kernel] = CRF(K, batch_first=True, kernel=kernel)
     for model in models.values():
         with torch.no_grad():
             model.start_transitions.copy_(x["start"])
             model.transitions.copy_(x["transitions"])
             model.end_transitions.copy_(x["end"])
-    params = {name: list(m.parameters()) for name, m in models.items()}
-    params["fused"] = fused_params
     leaf = em.clone().requires_grad_(True)
 
-    def losses() -> dict[str, Callable[[], torch.Tensor]]:
-        start, trans, end = fused_params
-        return {
-            "pytorch-crf": lambda: -models["pytorch-crf"](leaf, tags, mask, reduction="sum"),
-            "eager": lambda: models["eager"].nll(leaf, tags, mask, reduction="sum"),
-            "fused": lambda: (
-                crf_fused.log_partition(leaf, lengths, start, trans, end)
-                - gold_score(leaf, tags, mask, lengths, start, trans, end)
-            ).sum(),
-        }
+    def backward_of(name: str) -> Callable:
+        model = models[name]
+        params = (model.start_transitions, model.transitions, model.end_transitions)
 
-    def backward_of(name: str, loss: Callable[[], torch.Tensor]) -> Callable:
         def run():
-            for p in (leaf, *params[name]):
+            for p in (leaf, *params):
                 p.grad = None
-            value = loss()
+            if name == "pytorch-crf":
+                value = -model(leaf, tags, mask, reduction="sum")
+            else:
+                value = model.nll(leaf, tags, mask, reduction="sum")
             value.backward()
-            start, trans, end = (
-                (p.grad for p in fused_params)
-                if name == "fused"
-                else (models[name].start_transitions.grad, models[name].transitions.grad,
-                      models[name].end_transitions.grad)
-            )  # fmt: skip
-            return value.detach(), leaf.grad, start, trans, end
+            return value.detach(), leaf.grad, *(p.grad for p in params)
 
         return run
 
-    if workload == "nll+backward":
-        return {name: backward_of(name, loss) for name, loss in losses().items()}
-    effective = [p.detach() for p in fused_params]
+    def decode_of(name: str) -> Callable:
+        def run():
+            with torch.no_grad():
+                return models[name].decode(em, mask)
 
-    def decode_lists():
-        with torch.no_grad():
-            paths = models["pytorch-crf"].decode(em, mask)
-        return paths
+        return run
 
-    def eager_viterbi():
-        with torch.no_grad():
-            return models["eager"].viterbi(em, mask)[0]
+    make = backward_of if workload == "nll+backward" else decode_of
+    return {name: make(name) for name in models}
 
-    def fused_viterbi():
-        return crf_fused.viterbi(em, lengths, *effective)[0]
 
-    return {"pytorch-crf": decode_lists, "eager": eager_viterbi, "fused": fused_viterbi}
+def planner_choice(x: dict[str, torch.Tensor], workload: str) -> str:
+    """The kernel ``auto`` runs for this cell's workload."""
+    from chaincrf import CRF, crf_plan
+
+    K = x["emissions"].shape[2]
+    crf = CRF(K, batch_first=True)
+    with crf_plan.record() as ran:
+        if workload == "nll+backward":
+            crf.nll(x["emissions"].clone().requires_grad_(True), x["tags"], x["mask"]).backward()
+        else:
+            with torch.no_grad():
+                crf.decode(x["emissions"], x["mask"])
+    return "+".join(sorted({kernel for _, kernel in ran}))
 
 
 def cross_check(x: dict[str, torch.Tensor], workload: str, outs: dict[str, object]) -> str:
     """Raises SystemExit on a disagreement beyond 1e-4; returns a note (differing paths)."""
     if workload == "nll+backward":
         ref = outs["pytorch-crf"]
-        for name in ("eager", "fused"):
+        for name in KERNEL_ENTRIES:
             for what, a, b in zip(("nll", "d_em", "d_start", "d_trans", "d_end"), outs[name], ref):
                 if not torch.allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, float(b.abs().max()))):
                     sys.exit(f"{name} disagrees with pytorch-crf on {what}: {(a - b).abs().max()}")
         return ""
     B, T, _ = x["emissions"].shape
-    lists = outs["pytorch-crf"]
-    ref = torch.full((B, T), -1, dtype=torch.long)
-    for b, path in enumerate(lists):
-        ref[b, : len(path)] = torch.tensor(path)
+
+    def as_tensor(lists: list[list[int]]) -> torch.Tensor:
+        out = torch.full((B, T), -1, dtype=torch.long)
+        for b, path in enumerate(lists):
+            out[b, : len(path)] = torch.tensor(path, dtype=torch.long)
+        return out
+
+    ref = as_tensor(outs["pytorch-crf"])
     ref_scores = path_scores(ref, x)
     differing = 0
-    for name in ("eager", "fused"):
-        paths = outs[name]
-        scores = path_scores(paths, x)
-        if not torch.allclose(scores, ref_scores, rtol=1e-4, atol=1e-4):
+    for name in KERNEL_ENTRIES:
+        paths = as_tensor(outs[name])
+        if not torch.allclose(path_scores(paths, x), ref_scores, rtol=1e-4, atol=1e-4):
             sys.exit(f"{name} decodes worse or better paths than pytorch-crf")
         differing += int((paths != ref).any(1).sum())
     return f"{differing} row(s) differ on float32 near-ties" if differing else ""
@@ -197,21 +195,24 @@ def reps_for(entries: dict[str, Callable], budget_s: float, max_reps: int) -> in
 
 def markdown(workload: str, rows: list[tuple]) -> str:
     lines = [
-        f"### {workload} (median ms; speed-up = other time / fused time)",
+        f"### {workload} (median ms; speed-ups over pytorch-crf)",
         "",
-        "| B | T | K | pytorch-crf | eager | fused | fused × pytorch-crf | fused × eager | note |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| B | T | K | pytorch-crf | eager | fused | auto | planner | eager × | fused × "
+        "| auto × | auto ÷ best kernel | note |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
-    for (B, T, K), t, note in rows:
+    for (B, T, K), t, choice, note in rows:
         ms = {k: v * 1e3 for k, v in t.items()}
+        x = {k: t["pytorch-crf"] / t[k] for k in KERNEL_ENTRIES}
+        best = min(t["eager"], t["fused"])
         lines.append(
             f"| {B} | {T} | {K} | {ms['pytorch-crf']:.3f} | {ms['eager']:.3f} | "
-            f"{ms['fused']:.3f} | {t['pytorch-crf'] / t['fused']:.1f}× | "
-            f"{t['eager'] / t['fused']:.1f}× | {note} |"
+            f"{ms['fused']:.3f} | {ms['auto']:.3f} | {choice} | {x['eager']:.1f}× | "
+            f"{x['fused']:.1f}× | {x['auto']:.1f}× | {t['auto'] / best:.2f} | {note} |"
         )
-    for other in ("pytorch-crf", "eager"):
-        gm = math.exp(statistics.mean(math.log(t[other] / t["fused"]) for _, t, _ in rows))
-        lines.append(f"\nGeometric mean speed-up of fused over {other}: **{gm:.1f}×**")
+    for name in KERNEL_ENTRIES:
+        gm = math.exp(statistics.mean(math.log(t["pytorch-crf"] / t[name]) for _, t, _, _ in rows))
+        lines.append(f"\nGeometric mean speed-up of {name} over pytorch-crf: **{gm:.1f}×**")
     return "\n".join(lines)
 
 
@@ -298,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
                     entries = make_entries(x, workload)
                     note = cross_check(x, workload, {n: fn() for n, fn in entries.items()})
                     reps = reps_for(entries, args.budget, args.reps)
-                    rows.append(((B, T, K), time_cell(entries, reps, args.warmup), note))
+                    times = time_cell(entries, reps, args.warmup)
+                    rows.append(((B, T, K), times, planner_choice(x, workload), note))
         print(markdown(workload, rows) + "\n", flush=True)
     print(f"load average at end {os.getloadavg()[0]:.2f}")
 

@@ -386,7 +386,17 @@ def test_opcheck():
     detached = tuple(x.detach() for x in args)
     torch.library.opcheck(torch.ops.chaincrf.log_partition.default, args)
     grad = torch.randn(3, generator=g, dtype=torch.float64)
-    torch.library.opcheck(torch.ops.chaincrf.log_partition_backward.default, (grad, *detached))
+    no_tags = torch.empty(0, 0, dtype=torch.long)
+    tags = torch.randint(K, (3, 5), generator=g)
+    fb = torch.ops.chaincrf.forward_backward.default
+    for t in (no_tags, tags):
+        torch.library.opcheck(fb, (grad, detached[0], t, *detached[1:]))
+    ll_args = (emissions, tags, lengths, start, trans, end, False)
+    torch.library.opcheck(torch.ops.chaincrf.log_likelihood.default, ll_args)
+    mask = torch.arange(5) < lengths[:, None]
+    torch.library.opcheck(
+        torch.ops.chaincrf.ragged.default, (mask, detached[0], tags, *detached[2:], True)
+    )
     torch.library.opcheck(torch.ops.chaincrf.viterbi.default, detached)
     torch.library.opcheck(torch.ops.chaincrf.marginals.default, detached)
 

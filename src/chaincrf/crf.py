@@ -177,9 +177,22 @@ class CRF(nn.Module):
             float tensor, (batch,) for ``none`` and () otherwise.
         """
         self._check_reduction(reduction)
-        em, mask_bt = self._prepare(emissions, mask, validate)
+        em, mask_bt = self._shapes(emissions, mask)
+        kernel = self._kernel_for("log_partition", em, grad=self._needs_grad(em))
+        if kernel == "fused":
+            from chaincrf import crf_fused
+
+            tags_bt = self._check_tags(tags, em).contiguous()
+            start, trans, end = self._scores(em.dtype)
+            lengths = crf_fused.ragged(mask_bt, em, start, trans, end, tags_bt, validate)
+            llh = crf_fused.log_likelihood(
+                em, tags_bt, lengths, start, trans, end, self.has_constraints, check=False
+            )
+            return _reduce(llh, mask_bt, reduction)
+        if validate:
+            self._validate(em, mask_bt)
         tags_bt = self._prepare_tags(tags, em, mask_bt, validate)
-        llh = self._log_likelihood(em, tags_bt, mask_bt)
+        llh = self._log_likelihood(em, tags_bt, mask_bt, kernel)
         return _reduce(llh, mask_bt, reduction)
 
     def nll(
@@ -209,8 +222,8 @@ class CRF(nn.Module):
         Returns:
             float tensor (batch,); 0 for empty sequences.
         """
-        em, mask_bt = self._prepare(emissions, mask, validate)
-        lengths = mask_bt.sum(1)
+        em, mask_bt = self._shapes(emissions, mask)
+        lengths = self._lengths(em, mask_bt, validate, "log_partition", grad=self._needs_grad(em))
         return self._log_partition_bt(em, lengths)
 
     def decode(
@@ -227,12 +240,15 @@ class CRF(nn.Module):
         Returns:
             list of ``batch`` lists; list ``b`` holds ``length_b`` tag ids.
         """
-        em, mask_bt = self._prepare(emissions, mask, validate)
+        em, mask_bt = self._shapes(emissions, mask)
+        lengths = self._lengths(em, mask_bt, validate, "viterbi")
         if self._kernel_for("viterbi", em) == "fused":
-            paths, _ = self._viterbi_bt(em, mask_bt.sum(1), 1)  # (B, 1, T), -1 padded
-            lengths = mask_bt.sum(1).tolist()
-            return [row[:n] for row, n in zip(paths[:, 0].tolist(), lengths)]
-        seq, best, order, lengths = self._best_paths(em, mask_bt.sum(1))
+            from chaincrf import crf_fused
+
+            start, trans, end = self._scores(em.dtype)
+            paths, _ = crf_fused.viterbi(em, lengths, start, trans, end, check=False)  # -1 padded
+            return [row[:n] for row, n in zip(paths.tolist(), lengths.tolist())]
+        seq, best, order, lengths = self._best_paths(em, lengths)
         rows, lens, bests = seq.t().tolist(), lengths.tolist(), best.tolist()
         paths = [
             row[:n] if score != float("-inf") else [-1] * n
@@ -265,8 +281,8 @@ class CRF(nn.Module):
         """
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive int; got {k!r}")
-        em, mask_bt = self._prepare(emissions, mask, validate)
-        lengths = mask_bt.sum(1)
+        em, mask_bt = self._shapes(emissions, mask)
+        lengths = self._lengths(em, mask_bt, validate, "viterbi", k=k)
         paths, scores = self._viterbi_bt(em, lengths, k)  # (B, k, T), (B, k)
         if k == 1:
             paths, scores = paths[:, 0], scores[:, 0]
@@ -289,13 +305,13 @@ class CRF(nn.Module):
             (batch, seq_len, num_tags) when ``batch_first``): rows sum to 1 where the mask is on
             and are 0 elsewhere.
         """
-        em, mask_bt = self._prepare(emissions, mask, validate)
-        lengths = mask_bt.sum(1)
+        em, mask_bt = self._shapes(emissions, mask)
+        lengths = self._lengths(em, mask_bt, validate, "marginals")
         start, trans, end = (x.detach() for x in self._scores(em.dtype))
         if self._kernel_for("marginals", em) == "fused":
             from chaincrf import crf_fused
 
-            out = crf_fused.marginals(em.detach(), lengths, start, trans, end)
+            out = crf_fused.marginals(em, lengths, start, trans, end, check=False)
             out = out.to(emissions.dtype)
             return out if self.batch_first else out.transpose(0, 1)
         em_tm, order, n_active = _sort_time_major(em.detach(), lengths)
@@ -341,7 +357,9 @@ class CRF(nn.Module):
             float tensor, (batch,) for ``none`` and () otherwise.
         """
         self._check_reduction(reduction)
-        em, mask_bt = self._prepare(emissions, mask, validate)
+        em, mask_bt = self._shapes(emissions, mask)
+        if validate:
+            self._validate(em, mask_bt)
         if not isinstance(allowed, Tensor) or allowed.dtype != torch.bool:
             raise ValueError(
                 f"allowed must be a bool tensor; got {getattr(allowed, 'dtype', type(allowed).__name__)}"
@@ -370,9 +388,9 @@ class CRF(nn.Module):
 
     def _scores(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
         """Start (K,), transition (K, K) and end (K,) scores in ``dtype``, -inf where forbidden."""
-        start = self.start_transitions.to(dtype)
-        trans = self.transitions.to(dtype)
-        end = self.end_transitions.to(dtype)
+        start, trans, end = self.start_transitions, self.transitions, self.end_transitions
+        if start.dtype != dtype:
+            start, trans, end = start.to(dtype), trans.to(dtype), end.to(dtype)
         if self.has_constraints:
             neg_inf = torch.tensor(float("-inf"), dtype=dtype, device=start.device)
             start = torch.where(self.start_allowed, start, neg_inf)
@@ -388,10 +406,9 @@ class CRF(nn.Module):
     def _layout(self, what: str) -> str:
         return f"(batch, seq_len{what})" if self.batch_first else f"(seq_len, batch{what})"
 
-    def _prepare(
-        self, emissions: Tensor, mask: Tensor | None, validate: bool
-    ) -> tuple[Tensor, Tensor]:
-        """Checks shapes; returns batch-first float emissions (B, T, K) and a bool mask (B, T)."""
+    def _shapes(self, emissions: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Checks shapes and dtypes (no values: nothing syncs with the device); returns
+        batch-first float emissions (B, T, K) and a bool mask (B, T)."""
         if not isinstance(emissions, Tensor):
             raise ValueError(f"emissions must be a torch.Tensor; got {type(emissions).__name__}")
         if emissions.dim() != 3:
@@ -425,17 +442,39 @@ class CRF(nn.Module):
             if mask.dtype not in (torch.bool, torch.uint8):
                 raise ValueError(f"mask must be a bool or uint8 tensor; got dtype {mask.dtype}")
             mask_bt = (mask if self.batch_first else mask.t()).bool()
-            if validate and T > 1:
-                gaps = mask_bt[:, 1:] & ~mask_bt[:, :-1]
-                if bool(gaps.any()):
-                    row = int(gaps.any(1).nonzero()[0])
-                    raise ValueError(
-                        "mask must be left-aligned (a run of on, then off) with no gaps; "
-                        f"batch row {row} switches back on after an off position"
-                    )
-        if validate:
-            self._check_finite(em, mask_bt)
         return em, mask_bt
+
+    def _validate(self, em: Tensor, mask_bt: Tensor) -> None:
+        """The eager kernels' value checks: mask gaps, then NaN/+inf parameters or emissions."""
+        if em.size(1) > 1:
+            gaps = mask_bt[:, 1:] & ~mask_bt[:, :-1]
+            if bool(gaps.any()):
+                row = int(gaps.any(1).nonzero()[0])
+                raise ValueError(
+                    "mask must be left-aligned (a run of on, then off) with no gaps; "
+                    f"batch row {row} switches back on after an off position"
+                )
+        self._check_finite(em, mask_bt)
+
+    def _lengths(
+        self,
+        em: Tensor,
+        mask_bt: Tensor,
+        validate: bool,
+        operation: str,
+        k: int = 1,
+        grad: bool = False,
+    ) -> Tensor:
+        """Each row's length (B,), validated (``validate``) by the kernel ``operation`` will
+        run on: the fused kernels check the values in the same pass that counts the lengths."""
+        if self._kernel_for(operation, em, k, grad, record=False) == "fused":
+            from chaincrf import crf_fused
+
+            start, trans, end = self._scores(em.dtype)
+            return crf_fused.ragged(mask_bt, em, start, trans, end, validate=validate)
+        if validate:
+            self._validate(em, mask_bt)
+        return mask_bt.sum(1)
 
     def _check_finite(self, em: Tensor, mask_bt: Tensor) -> None:
         """NaN or +inf where the mask is on (``-inf`` is allowed: a forbidden tag), or NaN/+inf
@@ -458,6 +497,19 @@ class CRF(nn.Module):
 
     def _prepare_tags(self, tags: Tensor, em: Tensor, mask_bt: Tensor, validate: bool) -> Tensor:
         """Checks tags; returns (B, T) long tags with padded positions set to 0."""
+        tags_bt = self._check_tags(tags, em)
+        if validate:
+            bad = mask_bt & ((tags_bt < 0) | (tags_bt >= self.num_tags))
+            if bool(bad.any()):
+                b, t = (int(i) for i in bad.nonzero()[0])
+                raise ValueError(
+                    f"tags must be in [0, {self.num_tags}) where the mask is on; got "
+                    f"{int(tags_bt[b, t])} at batch row {b}, position {t}"
+                )
+        return tags_bt.masked_fill(~mask_bt, 0)
+
+    def _check_tags(self, tags: Tensor, em: Tensor) -> Tensor:
+        """Checks the tags' shape and dtype; returns them (B, T) long, batch-first."""
         if not isinstance(tags, Tensor):
             raise ValueError(f"tags must be a torch.Tensor; got {type(tags).__name__}")
         expected = tuple(em.shape[:2]) if self.batch_first else (em.shape[1], em.shape[0])
@@ -468,16 +520,7 @@ class CRF(nn.Module):
             )
         if tags.is_floating_point() or tags.dtype == torch.bool or tags.is_complex():
             raise ValueError(f"tags must be an integer tensor; got dtype {tags.dtype}")
-        tags_bt = (tags if self.batch_first else tags.t()).long()
-        if validate:
-            bad = mask_bt & ((tags_bt < 0) | (tags_bt >= self.num_tags))
-            if bool(bad.any()):
-                b, t = (int(i) for i in bad.nonzero()[0])
-                raise ValueError(
-                    f"tags must be in [0, {self.num_tags}) where the mask is on; got "
-                    f"{int(tags_bt[b, t])} at batch row {b}, position {t}"
-                )
-        return tags_bt.masked_fill(~mask_bt, 0)
+        return (tags if self.batch_first else tags.t()).long()
 
     def _gold_score(self, em: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
         """Score of the gold paths: em (B, T, K), tags (B, T) (0 where padded), mask (B, T) -> (B,)."""
@@ -504,7 +547,7 @@ class CRF(nn.Module):
         )
         return score
 
-    def _log_likelihood(self, em: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+    def _log_likelihood(self, em: Tensor, tags: Tensor, mask: Tensor, kernel: str) -> Tensor:
         gold = self._gold_score(em, tags, mask)
         if self.has_constraints:
             bad = torch.isneginf(gold)
@@ -514,21 +557,30 @@ class CRF(nn.Module):
                     f"tags at batch row {row} break the transition constraints (a forbidden start, "
                     "transition or end); the gold path has probability zero"
                 )
-        return gold - self._log_partition_bt(em, mask.sum(1))
+        return gold - self._log_partition_bt(em, mask.sum(1), kernel)
 
-    def _kernel_for(self, operation: str, em: Tensor, k: int = 1, grad: bool = False) -> str:
+    def _needs_grad(self, em: Tensor) -> bool:
+        return torch.is_grad_enabled() and (em.requires_grad or self.transitions.requires_grad)
+
+    def _kernel_for(
+        self, operation: str, em: Tensor, k: int = 1, grad: bool = False, record: bool = True
+    ) -> str:
+        """The planner's kernel for ``operation``; ``record=False`` for a look-ahead that the
+        kernel's own call records (one record per operation)."""
         B, T, K = em.shape
         problem = crf_plan.Problem(operation, B, T, K, em.dtype, em.device.type, k, grad)
-        return crf_plan.choose(problem, self.kernel)
+        return crf_plan.choose(problem, self.kernel, record=record)
 
-    def _log_partition_bt(self, em: Tensor, lengths: Tensor) -> Tensor:
-        """Log-partition of batch-first emissions (B, T, K) with lengths (B,) -> (B,)."""
+    def _log_partition_bt(self, em: Tensor, lengths: Tensor, kernel: str | None = None) -> Tensor:
+        """Log-partition of batch-first emissions (B, T, K) with lengths (B,) -> (B,), by
+        ``kernel`` (None: the planner's choice)."""
         start, trans, end = self._scores(em.dtype)
-        grad = torch.is_grad_enabled() and (em.requires_grad or self.transitions.requires_grad)
-        if self._kernel_for("log_partition", em, grad=grad) == "fused":
+        if kernel is None:
+            kernel = self._kernel_for("log_partition", em, grad=self._needs_grad(em))
+        if kernel == "fused":
             from chaincrf import crf_fused
 
-            return crf_fused.log_partition(em, lengths, start, trans, end)
+            return crf_fused.log_partition(em, lengths, start, trans, end, check=False)
         em_tm, order, n_active = _sort_time_major(em, lengths)
         log_z = _log_partition_sorted(em_tm, start, trans, end, n_active, lengths[order])
         out = torch.empty_like(log_z)
@@ -545,7 +597,7 @@ class CRF(nn.Module):
             from chaincrf import crf_fused
 
             start, trans, end = (x.detach() for x in self._scores(em.dtype))
-            paths, best = crf_fused.viterbi(em.detach(), lengths, start, trans, end)
+            paths, best = crf_fused.viterbi(em, lengths, start, trans, end, check=False)
             return paths.unsqueeze(1), best.unsqueeze(1)
         if k == 1:
             seq, best, order, lengths = self._best_paths(em, lengths)

@@ -36,13 +36,22 @@ _PARALLEL_MIN_WORK = 1 << 19
 prange = range
 _HELPERS = (
     "_check_lengths",
+    "_check_tags",
     "_col_normalised",
     "_lse_step",
     "_max_step",
     "_forward_row",
     "_backward_row",
+    "_gold_row",
+    "_not_finite",
 )
-_KERNELS = ("_log_partition_kernel", "_forward_backward_kernel", "_viterbi_kernel")
+_KERNELS = (
+    "_ragged_kernel",
+    "_log_partition_kernel",
+    "_log_likelihood_kernel",
+    "_forward_backward_kernel",
+    "_viterbi_kernel",
+)
 
 
 # ------------------------------------------------------------------------------ kernels (numba)
@@ -59,6 +68,23 @@ def _check_lengths(lengths, T):
                 + " at batch row "
                 + str(b)
             )
+
+
+def _check_tags(tags, lengths, K):
+    """Memory safety: every tag read (inside its row's length) indexes a tag."""
+    for b in range(tags.shape[0]):
+        for t in range(lengths[b]):
+            if tags[b, t] < 0 or tags[b, t] >= K:
+                raise ValueError(
+                    "tags must lie in [0, num_tags = "
+                    + str(K)
+                    + ") inside each row's length; got "
+                    + str(tags[b, t])
+                    + " at batch row "
+                    + str(b)
+                    + ", position "
+                    + str(t)
+                )
 
 
 def _col_normalised(scores):
@@ -253,6 +279,90 @@ def _backward_row(em, n, g, start, trans, end, fwd, bwd, la, shift, d_em, d_star
             lb[j] = nxt[j] - m if m > _NEG_INF else _NEG_INF
 
 
+def _not_finite(x):
+    """Whether x (any shape) holds NaN or +inf."""
+    for v in x.ravel():
+        if v != v or v == np.inf:
+            return True
+    return False
+
+
+def _ragged_kernel(mask, em, tags, start, trans, end, validate, lengths, problems):
+    """lengths[b] = the number of leading on positions of mask[b] (B, T).
+
+    With validate, also problems[b] = (first position where mask[b] switches back on, first
+    position < lengths[b] whose emissions hold NaN or +inf, first such position whose tag lies
+    outside [0, K)), -1 for none; tags (0, 0) checks no tags. Returns which score tensor holds
+    NaN or +inf (0 none, 1 start, 2 end, 3 transitions: the first found, in that order), plus
+    4 if any row has a problem.
+    """
+    B, T = mask.shape
+    K = em.shape[2]
+    found = 0
+    for b in prange(B):
+        n = 0
+        while n < T and mask[b, n]:
+            n += 1
+        lengths[b] = n
+        if not validate:
+            continue
+        for i in range(3):
+            problems[b, i] = -1
+        for t in range(n, T):
+            if mask[b, t]:
+                problems[b, 0] = t
+                found += 1
+                break
+        for t in range(n):
+            if _not_finite(em[b, t]):
+                problems[b, 1] = t
+                found += 1
+                break
+        if tags.shape[0] > 0:
+            for t in range(n):
+                if tags[b, t] < 0 or tags[b, t] >= K:
+                    problems[b, 2] = t
+                    found += 1
+                    break
+    if not validate:
+        return 0
+    code = 4 if found > 0 else 0
+    if _not_finite(start):
+        return code + 1
+    if _not_finite(end):
+        return code + 2
+    if _not_finite(trans):
+        return code + 3
+    return code
+
+
+def _gold_row(em, tags, n, start, trans, end):
+    """Score of the path tags[:n] through one row (0 for n = 0), float64."""
+    if n == 0:
+        return 0.0
+    prev = tags[0]
+    score = start[prev] + em[0, prev]
+    for t in range(1, n):
+        tag = tags[t]
+        score += trans[prev, tag] + em[t, tag]
+        prev = tag
+    return score + end[prev]
+
+
+def _log_likelihood_kernel(em, tags, lengths, start, trans, end, llh, gold):
+    """llh[b] = gold[b] - log Z[b], gold[b] the score of tags[b] (float64)."""
+    B, T, K = em.shape
+    _check_lengths(lengths, T)
+    _check_tags(tags, lengths, K)
+    E, top = _col_normalised(trans)
+    for b in prange(B):
+        msg, shift = np.empty((2, K)), np.empty(2)
+        n = lengths[b]
+        log_z, _ = _forward_row(em[b], n, start, trans, end, E, top, msg, shift, None)
+        gold[b] = _gold_row(em[b], tags[b], n, start, trans, end)
+        llh[b] = gold[b] - log_z
+
+
 def _log_partition_kernel(em, lengths, start, trans, end, log_z):
     B, T, K = em.shape
     _check_lengths(lengths, T)
@@ -264,12 +374,18 @@ def _log_partition_kernel(em, lengths, start, trans, end, log_z):
 
 
 def _forward_backward_kernel(
-    em, lengths, grad, start, trans, end, d_em, part_start, part_end, part_trans
+    em, tags, lengths, grad, start, trans, end, d_em, part_start, part_end, part_trans
 ):
     """Chunk c of the C = part_start.shape[0] chunks adds its rows' gradients into
-    part_start[c], part_end[c] (K,) and part_trans[c] (K, K); part_trans (C, 0, 0): none."""
+    part_start[c], part_end[c] (K,) and part_trans[c] (K, K); part_trans (C, 0, 0): none.
+
+    tags (0, 0): the gradient of grad . log Z. tags (B, T): of grad . (gold - log Z), the
+    log-likelihood of the paths tags[b, :lengths[b]].
+    """
     B, T, K = em.shape
     _check_lengths(lengths, T)
+    if tags.shape[0] > 0:
+        _check_tags(tags, lengths, K)
     fwd = _col_normalised(trans)
     transT = np.ascontiguousarray(trans.T)
     Eb, topb = _col_normalised(transT)
@@ -278,10 +394,11 @@ def _forward_backward_kernel(
     for c in prange(C):
         la, shift = np.empty((T, K)), np.empty(T)
         for b in range(c * B // C, (c + 1) * B // C):
+            n, g = lengths[b], grad[b]
             _backward_row(
                 em[b],
-                lengths[b],
-                grad[b],
+                n,
+                -g if tags.shape[0] > 0 else g,
                 start,
                 trans,
                 end,
@@ -294,6 +411,15 @@ def _forward_backward_kernel(
                 part_end[c],
                 part_trans[c],
             )
+            if tags.shape[0] == 0 or n == 0:
+                continue
+            row, d_row = tags[b], d_em[b]
+            part_start[c, row[0]] += g
+            part_end[c, row[n - 1]] += g
+            for t in range(n):
+                d_row[t, row[t]] += g
+                if t > 0 and part_trans.shape[1] > 0:
+                    part_trans[c, row[t - 1], row[t]] += g
 
 
 def _viterbi_kernel(em, lengths, start, trans, end, paths, scores):

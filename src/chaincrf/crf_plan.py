@@ -158,12 +158,13 @@ def prepare(kernel: str | None = None) -> None:
         crf_fused.warm_up()
 
 
-def choose(problem: Problem, kernel: str | None = None) -> str:
+def choose(problem: Problem, kernel: str | None = None, record: bool = True) -> str:
     """The kernel to run ``problem`` with.
 
     Args:
         problem: the operation and its sizes.
         kernel: ``"auto"``/None (the table, or ``$CHAINCRF_KERNEL``), ``"eager"`` or ``"fused"``.
+        record: whether :func:`record` sees this choice (False for a look-ahead).
 
     Returns:
         ``"eager"`` or ``"fused"``.
@@ -181,8 +182,9 @@ def choose(problem: Problem, kernel: str | None = None) -> str:
         if _available(rule.kernel):
             chosen = rule.kernel
             break
-    for recorder in _recorders:
-        recorder.append((problem.operation, chosen))
+    if record:
+        for recorder in _recorders:
+            recorder.append((problem.operation, chosen))
     return chosen
 
 
