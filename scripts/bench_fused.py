@@ -128,7 +128,8 @@ def make_entries(x: dict[str, torch.Tensor], workload: str) -> dict[str, Callabl
 
 def planner_choice(x: dict[str, torch.Tensor], workload: str) -> str:
     """The kernel ``auto`` runs for this cell's workload."""
-    from chaincrf import CRF, crf_plan
+    from chaincrf import CRF
+    from chaincrf.crf import plan as crf_plan
 
     K = x["emissions"].shape[2]
     crf = CRF(K, batch_first=True)
@@ -227,7 +228,7 @@ def first_call_times() -> dict[str, float]:
         return out
 
     timed("import torch._dynamo", importlib.import_module, "torch._dynamo")  # custom ops need it
-    from chaincrf import crf_fused
+    from chaincrf.crf.kernels import cpu_ops as crf_fused
 
     timed("import numba", crf_fused.available)
     x = make_inputs(4, 6, 3)
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     torch.set_num_threads(args.threads)
-    from chaincrf import crf_fused
+    from chaincrf.crf.kernels import cpu_ops as crf_fused
 
     if not crf_fused.available():
         sys.exit("numba is not importable: pip install numba")

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 pytest.importorskip("numba")
 
 import reference as ref
-from chaincrf import crf_fused
 from chaincrf.constraints import allowed_transitions
+from chaincrf.crf.kernels import cpu_ops as crf_fused
 from crf_helpers import make_crf, params, ragged_batch, sentence
 
 pytestmark = [
@@ -430,7 +430,7 @@ def test_errors_name_the_argument():
 def test_import_loads_no_numba_and_missing_numba_is_a_clear_error():
     code = (
         "import sys, torch\n"
-        "import chaincrf.crf_fused as f\n"
+        "import chaincrf.crf.kernels.cpu_ops as f\n"
         "assert 'numba' not in sys.modules, 'numba imported eagerly'\n"
         "sys.modules['numba'] = None\n"  # numba now fails to import
         "assert not f.available()\n"

@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chaincrf import CRF, crf_fused, crf_plan
+from chaincrf import CRF
 from chaincrf.constraints import allowed_transitions
+from chaincrf.crf import plan as crf_plan
+from chaincrf.crf.kernels import cpu_ops as crf_fused
 
 LABELS = ["O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "I-LOC", "E-LOC", "S-LOC"]
 needs_numba = pytest.mark.skipif(not crf_fused.available(), reason="numba is not installed")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import reference as ref
-from chaincrf import crf as crf_module
+from chaincrf.crf.kernels import eager_partition, eager_viterbi
 from crf_helpers import make_crf, params, ragged_batch, sentence
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
@@ -213,14 +213,14 @@ def test_underflow_guard_falls_back(monkeypatch):
 def _count_exact(monkeypatch) -> list[int]:
     """Records the batch size of every exact (log-space) forward-backward."""
     calls: list[int] = []
-    original = crf_module._Exact
+    original = eager_partition._Exact
 
     class Counting(original):
         def __init__(self, em, *args):
             calls.append(em.size(1))
             super().__init__(em, *args)
 
-    monkeypatch.setattr(crf_module, "_Exact", Counting)
+    monkeypatch.setattr(eager_partition, "_Exact", Counting)
     return calls
 
 
@@ -247,7 +247,7 @@ def test_mixed_batch_recomputes_only_failing_rows_and_gradients_match(monkeypatc
         p.grad.clone() for p in (crf.start_transitions, crf.transitions, crf.end_transitions)
     ]
     # the same in pure log space (float64 spread limit forced to 0)
-    monkeypatch.setitem(crf_module._SPAN_LIMIT, torch.float64, -1.0)
+    monkeypatch.setitem(eager_partition._SPAN_LIMIT, torch.float64, -1.0)
     crf.zero_grad()
     em2 = emissions.clone().requires_grad_(True)
     crf(em2, tags, mask).backward()
@@ -275,9 +275,9 @@ def test_tree_branch_matches_reference_and_sequential_gradients(monkeypatch):
     tags = tags.clamp(min=0)
     crf = make_crf(4, 21)
     calls = []
-    original = crf_module._tree_log_partition
+    original = eager_partition._tree_log_partition
     monkeypatch.setattr(
-        crf_module, "_tree_log_partition", lambda *a: calls.append(1) or original(*a)
+        eager_partition, "_tree_log_partition", lambda *a: calls.append(1) or original(*a)
     )
     em = emissions.clone().requires_grad_(True)
     llh = crf(em, tags, mask, reduction="none")
@@ -294,7 +294,7 @@ def test_tree_branch_matches_reference_and_sequential_gradients(monkeypatch):
     tree_grads = [em.grad] + [
         p.grad.clone() for p in (crf.start_transitions, crf.transitions, crf.end_transitions)
     ]
-    monkeypatch.setattr(crf_module, "_TREE_MAX_BKK", 0)
+    monkeypatch.setattr(eager_partition, "_TREE_MAX_BKK", 0)
     crf.zero_grad()
     em2 = emissions.clone().requires_grad_(True)
     crf(em2, tags, mask, reduction="none").sum().backward()
@@ -314,8 +314,8 @@ def test_tree_viterbi_branch_matches_reference(constrained, T, monkeypatch):
     """Long sequences in small batches decode through the max-plus tree; it equals the textbook
     Viterbi (thresholds lowered so that a small batch takes it). T - 1 steps: none, one, a power
     of two, and padded up to one."""
-    monkeypatch.setattr(crf_module, "_TREE_VITERBI_MIN_T", 1)
-    monkeypatch.setattr(crf_module, "_TREE_VITERBI_MAX_BKKK", 256)
+    monkeypatch.setattr(eager_viterbi, "_TREE_VITERBI_MIN_T", 1)
+    monkeypatch.setattr(eager_viterbi, "_TREE_VITERBI_MAX_BKKK", 256)
     K = 4
     constraints = None
     if constrained:
@@ -331,8 +331,8 @@ def test_tree_viterbi_branch_matches_reference(constrained, T, monkeypatch):
     lengths[3] = 0
     crf = make_crf(K, 33, constraints=constraints)
     calls = []
-    original = crf_module._tree_viterbi
-    monkeypatch.setattr(crf_module, "_tree_viterbi", lambda *a: calls.append(1) or original(*a))
+    original = eager_viterbi._tree_viterbi
+    monkeypatch.setattr(eager_viterbi, "_tree_viterbi", lambda *a: calls.append(1) or original(*a))
     paths, scores = crf.viterbi(emissions, mask)
     assert calls == [1], "the tree branch was not taken"
     assert crf.decode(emissions, mask) == [paths[b, : int(lengths[b])].tolist() for b in range(4)]
@@ -342,8 +342,8 @@ def test_tree_viterbi_branch_matches_reference(constrained, T, monkeypatch):
         path, score = ref.viterbi(sentence(emissions, b, n), start, trans, end)
         assert paths[b, :n].tolist() == path and (paths[b, n:] == -1).all()
         assert math.isclose(float(scores[b]), score, rel_tol=1e-9, abs_tol=1e-9)
-    monkeypatch.setattr(crf_module, "_TREE_VITERBI_MAX_BKKK", 0)
-    monkeypatch.setattr(crf_module, "_TREE_VITERBI_LONG_MAX_BKKK", 0)
+    monkeypatch.setattr(eager_viterbi, "_TREE_VITERBI_MAX_BKKK", 0)
+    monkeypatch.setattr(eager_viterbi, "_TREE_VITERBI_LONG_MAX_BKKK", 0)
     seq_paths, seq_scores = crf.viterbi(emissions, mask)
     assert calls == [1, 1] and torch.equal(seq_paths, paths)
     torch.testing.assert_close(seq_scores, scores)
@@ -352,8 +352,8 @@ def test_tree_viterbi_branch_matches_reference(constrained, T, monkeypatch):
 @pytest.mark.parametrize("broadcast", [False, True])
 def test_matrix_product_branches_match_reference(broadcast, monkeypatch):
     """The scaled recursion's products by BLAS and by broadcasting agree with the reference."""
-    monkeypatch.setattr(crf_module, "_broadcast_products", lambda B, K: broadcast)
-    monkeypatch.setattr(crf_module, "_TREE_MAX_BKK", 0)
+    monkeypatch.setattr(eager_partition, "_broadcast_products", lambda B, K: broadcast)
+    monkeypatch.setattr(eager_partition, "_TREE_MAX_BKK", 0)
     emissions, tags, mask, lengths = ragged_batch(6, 9, 5, seed=44, min_len=1)
     tags = tags.clamp(min=0)
     crf = make_crf(5, 44)
@@ -383,10 +383,10 @@ def test_backtrace_branches_match_reference(batched, sliced, monkeypatch):
     """Back-pointers batched after the forward pass and followed by pointer doubling, or argmax
     per chosen tag; forward steps over the whole batch or sliced to the running rows: same paths.
     """
-    monkeypatch.setattr(crf_module, "_BATCHED_BACKPOINTERS_MAX", 1 << 30 if batched else 0)
-    monkeypatch.setattr(crf_module, "_SLICE_MIN_SAVED", 0 if sliced else 1 << 30)
-    monkeypatch.setattr(crf_module, "_TREE_VITERBI_MAX_BKKK", 0)
-    monkeypatch.setattr(crf_module, "_TREE_VITERBI_LONG_MAX_BKKK", 0)
+    monkeypatch.setattr(eager_viterbi, "_BATCHED_BACKPOINTERS_MAX", 1 << 30 if batched else 0)
+    monkeypatch.setattr(eager_viterbi, "_SLICE_MIN_SAVED", 0 if sliced else 1 << 30)
+    monkeypatch.setattr(eager_viterbi, "_TREE_VITERBI_MAX_BKKK", 0)
+    monkeypatch.setattr(eager_viterbi, "_TREE_VITERBI_LONG_MAX_BKKK", 0)
     emissions, _, mask, lengths = ragged_batch(7, 13, 4, seed=55)
     emissions[~mask] = float("nan")  # padding is never read, whatever it holds
     crf = make_crf(4, 55)

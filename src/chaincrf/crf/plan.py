@@ -2,9 +2,9 @@
 
 Kernels:
 
-- ``eager``: the portable tensor-operation kernels of :mod:`chaincrf.crf` (any device, any float
+- ``eager``: the portable tensor-operation kernels (:mod:`chaincrf.crf.kernels.eager`; any device, any float
   dtype, k-best Viterbi, partial likelihoods); the reference every other kernel is tested against.
-- ``fused``: compiled CPU loops (:mod:`chaincrf.crf_fused`, numba), one row at a time, float64
+- ``fused``: compiled CPU loops (:mod:`chaincrf.crf.kernels.cpu`, numba), one row at a time, float64
   accumulation, as ``torch.library`` custom ops with fake and autograd implementations.
 
 The choice is made here only, never inside a kernel: :func:`choose` walks :data:`TABLE` and takes
@@ -123,7 +123,7 @@ def _available(kernel: str) -> bool:
     global _warned
     if kernel == "eager":
         return True
-    from chaincrf import crf_fused
+    from chaincrf.crf.kernels import cpu_ops as crf_fused
 
     if crf_fused.available():
         return True
@@ -148,12 +148,12 @@ def _forced(kernel: str | None) -> str:
 
 def prepare(kernel: str | None = None) -> None:
     """Called when a CRF is built: when the fused kernels may run, start their runtime now
-    (:func:`chaincrf.crf_fused.warm_up`), before any training step runs."""
+    (:func:`chaincrf.crf.kernels.cpu_ops.warm_up`), before any training step runs."""
     forced = _forced(kernel)
     if (forced == "fused" or (forced == "auto" and "fused" in AUTO_KERNELS)) and _available(
         "fused"
     ):
-        from chaincrf import crf_fused
+        from chaincrf.crf.kernels import cpu_ops as crf_fused
 
         crf_fused.warm_up()
 
@@ -194,7 +194,7 @@ def record() -> Iterator[list[tuple[str, str]]]:
 
     Example::
 
-        with chaincrf.crf_plan.record() as ran:
+        with chaincrf.crf.plan.record() as ran:
             crf.viterbi(emissions, mask)
         assert ran == [("viterbi", "fused")]
     """

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from chaincrf import crf_fused_loops as loops
+from chaincrf.crf.kernels import cpu_loops as loops
 
 __all__ = ["available", "log_likelihood", "log_partition", "marginals", "ragged", "viterbi"]
 
@@ -90,7 +90,7 @@ def _kernels(shape: torch.Size, passes: int) -> SimpleNamespace:
     loaded = _load()
     if isinstance(loaded, ImportError):
         raise RuntimeError(
-            f"chaincrf.crf_fused needs numba (pip install numba), which failed to import: {loaded}"
+            f"chaincrf.crf.kernels.cpu_ops needs numba (pip install numba), which failed to import: {loaded}"
         )
     B, T, K = shape
     threads = (
@@ -174,7 +174,7 @@ def _ragged_impl(
 
 def _raise_problems(problems: np.ndarray, found: int, emissions: Tensor, tags: Tensor) -> None:
     """The eager layer's errors, in its order: mask gaps, parameters, emissions, tags."""
-    from chaincrf.crf import NonFiniteInputError
+    from chaincrf.crf.errors import NonFiniteInputError
 
     rows = np.flatnonzero(problems[:, 0] >= 0)
     if rows.size:

@@ -1,7 +1,7 @@
-"""The numba loops behind :mod:`chaincrf.crf_fused`: plain Python until it compiles them.
+"""The numba loops behind :mod:`chaincrf.crf.kernels.cpu_ops`: plain Python until it compiles them.
 
-One batch row at a time, log space, float64 accumulation (see :mod:`chaincrf.crf_fused` for
-what each kernel computes). ``chaincrf.crf_fused._load`` swaps ``prange`` for ``numba.prange``
+One batch row at a time, log space, float64 accumulation (see :mod:`chaincrf.crf.kernels.cpu_ops` for
+what each kernel computes). ``chaincrf.crf.kernels.cpu_ops._load`` swaps ``prange`` for ``numba.prange``
 and each helper for its compiled version in this module's namespace, then compiles the kernels:
 numba resolves a kernel's global names when it compiles it. Importing this module imports only
 numpy.
@@ -281,7 +281,7 @@ def _backward_row(em, n, g, start, trans, end, fwd, bwd, la, shift, d_em, d_star
 
 def _not_finite(x):
     """Whether x (any shape) holds NaN or +inf."""
-    for v in x.ravel():
+    for v in x.ravel():  # noqa: SIM110 (numba compiles loops, not generators)
         if v != v or v == np.inf:
             return True
     return False

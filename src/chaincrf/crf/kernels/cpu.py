@@ -1,0 +1,68 @@
+"""The fused CPU kernel: the kernel interface of :mod:`chaincrf.crf.kernels.eager` on the
+compiled loops of :mod:`chaincrf.crf.kernels.cpu_ops` (numba; float32/float64 CPU tensors).
+
+The value checks (``validate``) run inside the kernels, in the pass that counts each row's
+length: same errors, same order as the eager kernel, without a host synchronisation in Python.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from chaincrf.crf.kernels import cpu_ops as ops
+
+__all__ = ["decode", "log_likelihood", "log_partition", "marginals", "viterbi"]
+
+
+def log_likelihood(
+    em: Tensor,
+    tags: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    constrained: bool,
+    validate: bool,
+) -> Tensor:
+    """Gold-path score minus log Z (B,); with ``constrained``, a forbidden gold path is an error."""
+    tags = tags.contiguous()
+    lengths = ops.ragged(mask, em, start, trans, end, tags, validate)
+    return ops.log_likelihood(em, tags, lengths, start, trans, end, constrained, check=False)
+
+
+def log_partition(
+    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
+) -> Tensor:
+    """Log Z of each row (B,), 0 for an empty row."""
+    lengths = ops.ragged(mask, em, start, trans, end, validate=validate)
+    return ops.log_partition(em, lengths, start, trans, end, check=False)
+
+
+def viterbi(
+    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, k: int, validate: bool
+) -> tuple[Tensor, Tensor]:
+    """The best path (k = 1 only) (B, 1, T), -1 past each length, and its score (B, 1)."""
+    if k != 1:
+        raise ValueError(f"the fused CPU kernel computes the best path only (k = 1); got k={k}")
+    lengths = ops.ragged(mask, em, start, trans, end, validate=validate)
+    paths, scores = ops.viterbi(em, lengths, start, trans, end, check=False)
+    return paths.unsqueeze(1), scores.unsqueeze(1)
+
+
+def decode(
+    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
+) -> list[list[int]]:
+    """The best path of each row as a list of its tags (all -1 where no path is allowed)."""
+    lengths = ops.ragged(mask, em, start, trans, end, validate=validate)
+    paths, _ = ops.viterbi(em, lengths, start, trans, end, check=False)
+    return [row[:n] for row, n in zip(paths.tolist(), lengths.tolist())]
+
+
+def marginals(
+    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
+) -> Tensor:
+    """Posterior tag probabilities (B, T, K): rows sum to 1 where the mask is on, else 0."""
+    lengths = ops.ragged(mask, em, start, trans, end, validate=validate)
+    with torch.no_grad():
+        return ops.marginals(em, lengths, start, trans, end, check=False)

@@ -1,0 +1,396 @@
+"""The CRF layer: a padded, masked, batched linear-chain conditional random field.
+
+``CRF`` is a drop-in replacement for ``torchcrf.CRF`` (pytorch-crf): same constructor, parameter
+names, ``state_dict`` keys, initialisation and results, plus tensor Viterbi, top-k, marginals,
+partial-label likelihood and hard transition constraints.
+
+The layer checks shapes and dtypes, builds the effective scores (``-inf`` where forbidden) and
+reduces; the planner (:mod:`chaincrf.crf.plan`) picks the kernel that computes each call, and
+every kernel (:mod:`chaincrf.crf.kernels`) offers the same functions on batch-first inputs.
+Transitions are indexed ``[from, to]``: ``transitions[i, j]`` scores moving from tag ``i`` to
+tag ``j``. Forbidden moves are ``-inf`` scores, never finite sentinels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from chaincrf.crf import plan
+from chaincrf.crf.errors import NonFiniteInputError
+from chaincrf.crf.kernels import kernel_module
+
+__all__ = ["CRF", "NonFiniteInputError"]
+
+_REDUCTIONS = ("none", "sum", "mean", "token_mean")
+
+
+class CRF(nn.Module):
+    """Linear-chain conditional random field over ``num_tags`` tags.
+
+    The score of a tag path ``y`` for emissions ``x`` of length ``L`` is
+    ``start[y_0] + sum_t x[t, y_t] + sum_{t>0} transitions[y_{t-1}, y_t] + end[y_{L-1}]``.
+    Transitions are indexed ``[from, to]``.
+
+    Args:
+        num_tags: number of tags ``K`` (>= 1).
+        batch_first: if True, inputs are laid out ``(batch, seq_len, ...)``; otherwise
+            ``(seq_len, batch, ...)`` as in pytorch-crf.
+        constraints: optional ``(start_allowed (K,), end_allowed (K,), transitions_allowed (K, K))``
+            bool tensors (see ``chaincrf.constraints.allowed_transitions``). Disallowed moves get
+            probability zero in training and decoding alike.
+        kernel: ``"auto"`` (the planner's table, :mod:`chaincrf.crf.plan`; ``$CHAINCRF_KERNEL``
+            overrides it), ``"eager"`` (tensor operations, any device) or ``"fused"`` (compiled
+            CPU loops, numba). Results agree to rounding; only speed differs.
+
+    Attributes:
+        start_transitions: float parameter (K,), score of starting in each tag.
+        end_transitions: float parameter (K,), score of ending in each tag.
+        transitions: float parameter (K, K), ``transitions[i, j]`` scores tag i followed by tag j.
+    """
+
+    def __init__(
+        self,
+        num_tags: int,
+        batch_first: bool = False,
+        constraints: tuple[Tensor, Tensor, Tensor] | None = None,
+        kernel: str = "auto",
+    ) -> None:
+        if kernel not in ("auto", *plan.KERNELS):
+            raise ValueError(f"kernel must be one of ('auto', 'eager', 'fused'); got {kernel!r}")
+        if not isinstance(num_tags, int) or isinstance(num_tags, bool) or num_tags <= 0:
+            raise ValueError(
+                f"invalid number of tags: num_tags must be a positive int; got {num_tags!r}"
+            )
+        super().__init__()
+        self.num_tags = num_tags
+        self.batch_first = batch_first
+        self.kernel = kernel
+        plan.prepare(kernel)
+        self.start_transitions = nn.Parameter(torch.empty(num_tags))
+        self.end_transitions = nn.Parameter(torch.empty(num_tags))
+        self.transitions = nn.Parameter(torch.empty(num_tags, num_tags))
+        self.has_constraints = constraints is not None
+        start_ok, end_ok, trans_ok = self._check_constraints(constraints)
+        # Not persistent: state_dict keys stay exactly pytorch-crf's.
+        self.register_buffer("start_allowed", start_ok, persistent=False)
+        self.register_buffer("end_allowed", end_ok, persistent=False)
+        self.register_buffer("transitions_allowed", trans_ok, persistent=False)
+        self.reset_parameters()
+
+    def _check_constraints(
+        self, constraints: tuple[Tensor, Tensor, Tensor] | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        K = self.num_tags
+        if constraints is None:
+            return (
+                torch.ones(K, dtype=torch.bool),
+                torch.ones(K, dtype=torch.bool),
+                torch.ones(K, K, dtype=torch.bool),
+            )
+        if not isinstance(constraints, (tuple, list)) or len(constraints) != 3:
+            raise ValueError(
+                "constraints must be a tuple (start_allowed (K,), end_allowed (K,), "
+                f"transitions_allowed (K, K)); got {type(constraints).__name__}"
+            )
+        expected = ((K,), (K,), (K, K))
+        names = ("start_allowed", "end_allowed", "transitions_allowed")
+        out = []
+        for name, shape, value in zip(names, expected, constraints):
+            value = torch.as_tensor(value)
+            if value.dtype != torch.bool:
+                raise ValueError(
+                    f"constraints {name} must be a bool tensor; got dtype {value.dtype}"
+                )
+            if tuple(value.shape) != shape:
+                raise ValueError(
+                    f"constraints {name} must have shape {shape}; got {tuple(value.shape)}"
+                )
+            out.append(value.clone())
+        return out[0], out[1], out[2]
+
+    def reset_parameters(self) -> None:
+        """Initialise all transition scores uniformly in [-0.1, 0.1], as pytorch-crf does."""
+        nn.init.uniform_(self.start_transitions, -0.1, 0.1)
+        nn.init.uniform_(self.end_transitions, -0.1, 0.1)
+        nn.init.uniform_(self.transitions, -0.1, 0.1)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(num_tags={self.num_tags})"
+
+    # ------------------------------------------------------------------ public API
+
+    def forward(
+        self,
+        emissions: Tensor,
+        tags: Tensor,
+        mask: Tensor | None = None,
+        reduction: str = "sum",
+        validate: bool = True,
+    ) -> Tensor:
+        """Log-likelihood of ``tags`` given ``emissions`` (positive sign, as pytorch-crf).
+
+        Args:
+            emissions: float tensor (seq_len, batch, num_tags), or (batch, seq_len, num_tags) when
+                ``batch_first``; unnormalised scores.
+            tags: long tensor (seq_len, batch) / (batch, seq_len), gold tag ids. Values at padded
+                positions are ignored (``-100`` padding is fine).
+            mask: bool or uint8 tensor shaped like ``tags``, left-aligned; ``None`` means all on.
+            reduction: ``none`` (per sequence, (batch,)), ``sum``, ``mean`` (over sequences) or
+                ``token_mean`` (sum divided by the number of unmasked tokens).
+            validate: check value-dependent properties (tag range, mask gaps, no NaN or +inf
+                emissions where the mask is on, finite parameters).
+
+        Returns:
+            float tensor, (batch,) for ``none`` and () otherwise.
+        """
+        self._check_reduction(reduction)
+        em, mask_bt = self._shapes(emissions, mask)
+        tags_bt = self._check_tags(tags, em)
+        kernel = self._kernel("log_partition", em, grad=self._needs_grad(em))
+        scores = self._scores(em.dtype)
+        constrained = self.has_constraints
+        llh = kernel.log_likelihood(em, tags_bt, mask_bt, *scores, constrained, validate)
+        return _reduce(llh, mask_bt, reduction)
+
+    def nll(
+        self,
+        emissions: Tensor,
+        tags: Tensor,
+        mask: Tensor | None = None,
+        reduction: str = "sum",
+        validate: bool = True,
+    ) -> Tensor:
+        """Negative log-likelihood: ``-self(emissions, tags, mask, reduction)``; a loss to minimise."""
+        return -self.forward(emissions, tags, mask, reduction=reduction, validate=validate)
+
+    loss = nll
+
+    def log_partition(
+        self, emissions: Tensor, mask: Tensor | None = None, validate: bool = True
+    ) -> Tensor:
+        """Log of the partition function (forward algorithm).
+
+        Args:
+            emissions: float tensor (seq_len, batch, num_tags) or batch-first; unnormalised scores.
+            mask: bool/uint8 (seq_len, batch) or batch-first, left-aligned; ``None`` means all on.
+            validate: check that the mask has no gaps and that emissions and parameters hold
+                no NaN or +inf where the mask is on (with False, such inputs give NaN results).
+
+        Returns:
+            float tensor (batch,); 0 for empty sequences.
+        """
+        em, mask_bt = self._shapes(emissions, mask)
+        kernel = self._kernel("log_partition", em, grad=self._needs_grad(em))
+        return kernel.log_partition(em, mask_bt, *self._scores(em.dtype), validate)
+
+    def decode(
+        self, emissions: Tensor, mask: Tensor | None = None, validate: bool = True
+    ) -> list[list[int]]:
+        """Best tag sequence per batch item, as lists of ints (pytorch-crf's ``decode``).
+
+        Args:
+            emissions: float tensor (seq_len, batch, num_tags) or batch-first.
+            mask: bool/uint8 (seq_len, batch) or batch-first, left-aligned; ``None`` means all on.
+            validate: check that the mask has no gaps and that emissions and parameters hold
+                no NaN or +inf where the mask is on (with False, such inputs give NaN results).
+
+        Returns:
+            list of ``batch`` lists; list ``b`` holds ``length_b`` tag ids.
+        """
+        em, mask_bt = self._shapes(emissions, mask)
+        kernel = self._kernel("viterbi", em)
+        return kernel.decode(em, mask_bt, *self._scores(em.dtype), validate)
+
+    def viterbi(
+        self, emissions: Tensor, mask: Tensor | None = None, k: int = 1, validate: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """Best (k=1) or k best distinct tag paths and their scores, as tensors.
+
+        Args:
+            emissions: float tensor (seq_len, batch, num_tags) or batch-first.
+            mask: bool/uint8 (seq_len, batch) or batch-first, left-aligned; ``None`` means all on.
+            k: number of paths per sequence (>= 1).
+            validate: check that the mask has no gaps and that emissions and parameters hold
+                no NaN or +inf where the mask is on (with False, such inputs give NaN results).
+
+        Returns:
+            With k=1: ``paths`` long (seq_len, batch) / (batch, seq_len) and ``scores`` float
+            (batch,). With k>1: ``paths`` long (seq_len, batch, k) / (batch, k, seq_len) and
+            ``scores`` (batch, k), best first. Positions past a sequence's end hold -1; where a
+            sequence has fewer than k paths the missing ones are all -1 with score -inf.
+        """
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be a positive int; got {k!r}")
+        em, mask_bt = self._shapes(emissions, mask)
+        kernel = self._kernel("viterbi", em, k=k)
+        paths, scores = kernel.viterbi(em, mask_bt, *self._scores(em.dtype), k, validate)
+        if k == 1:
+            paths, scores = paths[:, 0], scores[:, 0]
+            return (paths if self.batch_first else paths.t().contiguous()), scores
+        return (paths if self.batch_first else paths.permute(2, 0, 1).contiguous()), scores
+
+    def marginals(
+        self, emissions: Tensor, mask: Tensor | None = None, validate: bool = True
+    ) -> Tensor:
+        """Posterior probability of each tag at each position.
+
+        Args:
+            emissions: float tensor (seq_len, batch, num_tags) or batch-first.
+            mask: bool/uint8 (seq_len, batch) or batch-first, left-aligned; ``None`` means all on.
+            validate: check that the mask has no gaps and that emissions and parameters hold
+                no NaN or +inf where the mask is on (with False, such inputs give NaN results).
+
+        Returns:
+            float tensor shaped like ``emissions`` ((seq_len, batch, num_tags), or
+            (batch, seq_len, num_tags) when ``batch_first``): rows sum to 1 where the mask is on
+            and are 0 elsewhere.
+        """
+        em, mask_bt = self._shapes(emissions, mask)
+        kernel = self._kernel("marginals", em)
+        out = kernel.marginals(em, mask_bt, *self._scores(em.dtype), validate)
+        out = out.to(emissions.dtype)
+        return out if self.batch_first else out.transpose(0, 1)
+
+    def partial_log_likelihood(
+        self,
+        emissions: Tensor,
+        allowed: Tensor,
+        mask: Tensor | None = None,
+        reduction: str = "sum",
+        validate: bool = True,
+    ) -> Tensor:
+        """Log total probability of the paths that use only allowed tags (partial labels).
+
+        Args:
+            emissions: float tensor (seq_len, batch, num_tags) or batch-first.
+            allowed: bool tensor shaped like ``emissions``; ``allowed[.., t, y]`` says tag y may be
+                used at position t. With exactly one allowed tag per position this equals the
+                log-likelihood of that path.
+            mask: bool/uint8 (seq_len, batch) or batch-first, left-aligned; ``None`` means all on.
+            reduction: as in ``forward``.
+            validate: check that every unmasked position allows at least one tag, and mask gaps.
+
+        Returns:
+            float tensor, (batch,) for ``none`` and () otherwise.
+        """
+        self._check_reduction(reduction)
+        em, mask_bt = self._shapes(emissions, mask)
+        if not isinstance(allowed, Tensor) or allowed.dtype != torch.bool:
+            raise ValueError(
+                f"allowed must be a bool tensor; got {getattr(allowed, 'dtype', type(allowed).__name__)}"
+            )
+        if tuple(allowed.shape) != tuple(emissions.shape):
+            raise ValueError(
+                f"allowed must have the shape of emissions {tuple(emissions.shape)}; "
+                f"got {tuple(allowed.shape)}"
+            )
+        allowed_bt = allowed if self.batch_first else allowed.transpose(0, 1)
+        if validate:
+            empty = mask_bt & ~allowed_bt.any(-1)
+            if bool(empty.any()):
+                b, t = (int(i) for i in empty.nonzero()[0])
+                raise ValueError(
+                    f"allowed must allow at least one tag at every unmasked position; "
+                    f"batch row {b}, position {t} allows none"
+                )
+        neg_inf = torch.tensor(float("-inf"), dtype=em.dtype, device=em.device)
+        clamped = torch.where(allowed_bt, em, neg_inf)
+        scores = self._scores(em.dtype)
+        kernel = self._kernel("log_partition", em, grad=self._needs_grad(em))
+        log_z = kernel.log_partition(em, mask_bt, *scores, validate)
+        llh = kernel.log_partition(clamped, mask_bt, *scores, False) - log_z
+        return _reduce(llh, mask_bt, reduction)
+
+    # ------------------------------------------------------------------ internals
+
+    def _scores(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """Start (K,), transition (K, K) and end (K,) scores in ``dtype``, -inf where forbidden."""
+        start, trans, end = self.start_transitions, self.transitions, self.end_transitions
+        if start.dtype != dtype:
+            start, trans, end = start.to(dtype), trans.to(dtype), end.to(dtype)
+        if self.has_constraints:
+            neg_inf = torch.tensor(float("-inf"), dtype=dtype, device=start.device)
+            start = torch.where(self.start_allowed, start, neg_inf)
+            trans = torch.where(self.transitions_allowed, trans, neg_inf)
+            end = torch.where(self.end_allowed, end, neg_inf)
+        return start, trans, end
+
+    @staticmethod
+    def _check_reduction(reduction: str) -> None:
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"invalid reduction: expected one of {_REDUCTIONS}; got {reduction!r}")
+
+    def _layout(self, what: str) -> str:
+        return f"(batch, seq_len{what})" if self.batch_first else f"(seq_len, batch{what})"
+
+    def _shapes(self, emissions: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Checks shapes and dtypes (no values: nothing syncs with the device); returns
+        batch-first float emissions (B, T, K) and a bool mask (B, T)."""
+        if not isinstance(emissions, Tensor):
+            raise ValueError(f"emissions must be a torch.Tensor; got {type(emissions).__name__}")
+        if emissions.dim() != 3:
+            raise ValueError(
+                f"emissions must have 3 dimensions {self._layout(f', {self.num_tags}')}; "
+                f"got shape {tuple(emissions.shape)}"
+            )
+        if emissions.size(2) != self.num_tags:
+            raise ValueError(
+                f"emissions must have shape {self._layout(f', {self.num_tags}')}: last dimension "
+                f"{self.num_tags} (num_tags); got {tuple(emissions.shape)}"
+            )
+        if not emissions.is_floating_point():
+            raise ValueError(
+                f"emissions must be a floating point tensor; got dtype {emissions.dtype}"
+            )
+        em = emissions if self.batch_first else emissions.transpose(0, 1)
+        if em.dtype in (torch.float16, torch.bfloat16):
+            em = em.float()
+        B, T, _ = em.shape
+        if mask is None:
+            mask_bt = torch.ones(B, T, dtype=torch.bool, device=em.device)
+        else:
+            if not isinstance(mask, Tensor):
+                raise ValueError(f"mask must be a torch.Tensor; got {type(mask).__name__}")
+            if tuple(mask.shape) != tuple(emissions.shape[:2]):
+                raise ValueError(
+                    f"mask must have shape {self._layout('')} = {tuple(emissions.shape[:2])} "
+                    f"matching emissions; got {tuple(mask.shape)}"
+                )
+            if mask.dtype not in (torch.bool, torch.uint8):
+                raise ValueError(f"mask must be a bool or uint8 tensor; got dtype {mask.dtype}")
+            mask_bt = (mask if self.batch_first else mask.t()).bool()
+        return em, mask_bt
+
+    def _check_tags(self, tags: Tensor, em: Tensor) -> Tensor:
+        """Checks the tags' shape and dtype; returns them (B, T) long, batch-first."""
+        if not isinstance(tags, Tensor):
+            raise ValueError(f"tags must be a torch.Tensor; got {type(tags).__name__}")
+        expected = tuple(em.shape[:2]) if self.batch_first else (em.shape[1], em.shape[0])
+        if tuple(tags.shape) != expected:
+            raise ValueError(
+                f"tags must have shape {self._layout('')} = {expected} matching emissions; "
+                f"got {tuple(tags.shape)}"
+            )
+        if tags.is_floating_point() or tags.dtype == torch.bool or tags.is_complex():
+            raise ValueError(f"tags must be an integer tensor; got dtype {tags.dtype}")
+        return (tags if self.batch_first else tags.t()).long()
+
+    def _needs_grad(self, em: Tensor) -> bool:
+        return torch.is_grad_enabled() and (em.requires_grad or self.transitions.requires_grad)
+
+    def _kernel(self, operation: str, em: Tensor, k: int = 1, grad: bool = False):
+        """The kernel module the planner picks for ``operation`` on these emissions."""
+        B, T, K = em.shape
+        problem = plan.Problem(operation, B, T, K, em.dtype, em.device.type, k, grad)
+        return kernel_module(plan.choose(problem, self.kernel))
+
+
+def _reduce(llh: Tensor, mask: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return llh
+    if reduction == "sum":
+        return llh.sum()
+    if reduction == "mean":
+        return llh.mean()
+    return llh.sum() / mask.sum().clamp(min=1).to(llh.dtype)  # no 0/0 for all-empty batches
