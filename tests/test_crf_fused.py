@@ -382,23 +382,22 @@ def test_opcheck():
         torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)
         for s in ((K,), (K, K), (K,))
     )
-    args = (emissions, lengths, start, trans, end)
-    detached = tuple(x.detach() for x in args)
-    torch.library.opcheck(torch.ops.chaincrf.log_partition.default, args)
+    mask = torch.arange(5) < lengths[:, None]
+    tags = torch.randint(K, (3, 5), generator=g)
+    for validate in (True, False):
+        args = (emissions, mask, start, trans, end, validate)
+        detached = tuple(x.detach() if isinstance(x, torch.Tensor) else x for x in args)
+        torch.library.opcheck(torch.ops.chaincrf.log_partition.default, args)
+        ll_args = (emissions, tags, mask, start, trans, end, False, validate)
+        torch.library.opcheck(torch.ops.chaincrf.log_likelihood.default, ll_args)
+        torch.library.opcheck(torch.ops.chaincrf.viterbi.default, detached)
+        torch.library.opcheck(torch.ops.chaincrf.marginals.default, detached)
     grad = torch.randn(3, generator=g, dtype=torch.float64)
     no_tags = torch.empty(0, 0, dtype=torch.long)
-    tags = torch.randint(K, (3, 5), generator=g)
     fb = torch.ops.chaincrf.forward_backward.default
+    em, scores = emissions.detach(), [x.detach() for x in (start, trans, end)]
     for t in (no_tags, tags):
-        torch.library.opcheck(fb, (grad, detached[0], t, *detached[1:]))
-    ll_args = (emissions, tags, lengths, start, trans, end, False)
-    torch.library.opcheck(torch.ops.chaincrf.log_likelihood.default, ll_args)
-    mask = torch.arange(5) < lengths[:, None]
-    torch.library.opcheck(
-        torch.ops.chaincrf.ragged.default, (mask, detached[0], tags, *detached[2:], True)
-    )
-    torch.library.opcheck(torch.ops.chaincrf.viterbi.default, detached)
-    torch.library.opcheck(torch.ops.chaincrf.marginals.default, detached)
+        torch.library.opcheck(fb, (grad, em, t, lengths, *scores))
 
 
 def test_errors_name_the_argument():

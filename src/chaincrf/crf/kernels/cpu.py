@@ -7,7 +7,6 @@ length: same errors, same order as the eager kernel, without a host synchronisat
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from chaincrf.crf.kernels import cpu_ops as ops
@@ -26,17 +25,15 @@ def log_likelihood(
     validate: bool,
 ) -> Tensor:
     """Gold-path score minus log Z (B,); with ``constrained``, a forbidden gold path is an error."""
-    tags = tags.contiguous()
-    lengths = ops.ragged(mask, em, start, trans, end, tags, validate)
-    return ops.log_likelihood(em, tags, lengths, start, trans, end, constrained, check=False)
+    args = (em, tags.contiguous(), mask, start, trans, end, constrained, validate)
+    return ops.log_likelihood_masked(*args)[0]
 
 
 def log_partition(
     em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
 ) -> Tensor:
     """Log Z of each row (B,), 0 for an empty row."""
-    lengths = ops.ragged(mask, em, start, trans, end, validate=validate)
-    return ops.log_partition(em, lengths, start, trans, end, check=False)
+    return ops.log_partition_masked(em, mask, start, trans, end, validate)[0]
 
 
 def viterbi(
@@ -45,8 +42,7 @@ def viterbi(
     """The best path (k = 1 only) (B, 1, T), -1 past each length, and its score (B, 1)."""
     if k != 1:
         raise ValueError(f"the fused CPU kernel computes the best path only (k = 1); got k={k}")
-    lengths = ops.ragged(mask, em, start, trans, end, validate=validate)
-    paths, scores = ops.viterbi(em, lengths, start, trans, end, check=False)
+    paths, scores, _ = ops.viterbi_masked(em, mask, start, trans, end, validate)
     return paths.unsqueeze(1), scores.unsqueeze(1)
 
 
@@ -54,8 +50,7 @@ def decode(
     em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
 ) -> list[list[int]]:
     """The best path of each row as a list of its tags (all -1 where no path is allowed)."""
-    lengths = ops.ragged(mask, em, start, trans, end, validate=validate)
-    paths, _ = ops.viterbi(em, lengths, start, trans, end, check=False)
+    paths, _, lengths = ops.viterbi_masked(em, mask, start, trans, end, validate)
     return [row[:n] for row, n in zip(paths.tolist(), lengths.tolist())]
 
 
@@ -63,6 +58,4 @@ def marginals(
     em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
 ) -> Tensor:
     """Posterior tag probabilities (B, T, K): rows sum to 1 where the mask is on, else 0."""
-    lengths = ops.ragged(mask, em, start, trans, end, validate=validate)
-    with torch.no_grad():
-        return ops.marginals(em, lengths, start, trans, end, check=False)
+    return ops.marginals_masked(em, mask, start, trans, end, validate)

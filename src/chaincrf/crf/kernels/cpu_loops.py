@@ -44,6 +44,8 @@ _HELPERS = (
     "_backward_row",
     "_gold_row",
     "_not_finite",
+    "_row_prelude",
+    "_param_problem",
 )
 _KERNELS = (
     "_ragged_kernel",
@@ -287,53 +289,62 @@ def _not_finite(x):
     return False
 
 
-def _ragged_kernel(mask, em, tags, start, trans, end, validate, lengths, problems):
-    """lengths[b] = the number of leading on positions of mask[b] (B, T).
-
-    With validate, also problems[b] = (first position where mask[b] switches back on, first
-    position < lengths[b] whose emissions hold NaN or +inf, first such position whose tag lies
-    outside [0, K)), -1 for none; tags (0, 0) checks no tags. Returns which score tensor holds
-    NaN or +inf (0 none, 1 start, 2 end, 3 transitions: the first found, in that order), plus
-    4 if any row has a problem.
-    """
-    B, T = mask.shape
+def _row_prelude(mask, em, tags, b, validate, problems, lengths):
+    """Row b's length (its leading on positions of mask) into lengths[b]; problems[b] = (first
+    position where the mask switches back on, first position < length whose emissions hold NaN
+    or +inf, first such position whose tag lies outside [0, K)), -1 for none. Gaps and
+    emissions are checked with validate only, tags (unless tags is (0, 0)) always: a kernel
+    never indexes with them unchecked. Returns whether the row may be computed."""
+    T = mask.shape[1]
     K = em.shape[2]
-    found = 0
-    for b in prange(B):
-        n = 0
-        while n < T and mask[b, n]:
-            n += 1
-        lengths[b] = n
-        if not validate:
-            continue
-        for i in range(3):
-            problems[b, i] = -1
+    n = 0
+    while n < T and mask[b, n]:
+        n += 1
+    lengths[b] = n
+    for i in range(3):
+        problems[b, i] = -1
+    ok = True
+    if validate:
         for t in range(n, T):
             if mask[b, t]:
                 problems[b, 0] = t
-                found += 1
+                ok = False
                 break
         for t in range(n):
             if _not_finite(em[b, t]):
                 problems[b, 1] = t
-                found += 1
+                ok = False
                 break
-        if tags.shape[0] > 0:
-            for t in range(n):
-                if tags[b, t] < 0 or tags[b, t] >= K:
-                    problems[b, 2] = t
-                    found += 1
-                    break
-    if not validate:
-        return 0
-    code = 4 if found > 0 else 0
+    if tags.shape[0] > 0:
+        for t in range(n):
+            if tags[b, t] < 0 or tags[b, t] >= K:
+                problems[b, 2] = t
+                ok = False
+                break
+    return ok
+
+
+def _param_problem(start, trans, end):
+    """Which score tensor holds NaN or +inf: 0 none, 1 start, 2 end, 3 transitions."""
     if _not_finite(start):
-        return code + 1
+        return 1
     if _not_finite(end):
-        return code + 2
+        return 2
     if _not_finite(trans):
-        return code + 3
-    return code
+        return 3
+    return 0
+
+
+def _ragged_kernel(mask, em, tags, start, trans, end, validate, lengths, problems):
+    """Each row's length and problems (see _row_prelude); returns the score tensor holding NaN
+    or +inf (0 none, 1 start, 2 end, 3 transitions; with validate only), plus 4 if any row has
+    a problem."""
+    bad_rows = 0
+    for b in prange(mask.shape[0]):
+        if not _row_prelude(mask, em, tags, b, validate, problems, lengths):
+            bad_rows += 1
+    code = _param_problem(start, trans, end) if validate else 0
+    return code + (4 if bad_rows > 0 else 0)
 
 
 def _gold_row(em, tags, n, start, trans, end):
@@ -349,28 +360,42 @@ def _gold_row(em, tags, n, start, trans, end):
     return score + end[prev]
 
 
-def _log_likelihood_kernel(em, tags, lengths, start, trans, end, llh, gold):
-    """llh[b] = gold[b] - log Z[b], gold[b] the score of tags[b] (float64)."""
-    B, T, K = em.shape
-    _check_lengths(lengths, T)
-    _check_tags(tags, lengths, K)
+def _log_likelihood_kernel(
+    em, tags, mask, start, trans, end, validate, llh, gold, lengths, problems
+):
+    """llh[b] = gold[b] - log Z[b], gold[b] the score of tags[b] (float64), for each row that
+    passes its checks (see _ragged_kernel for the checks and the code returned)."""
+    B, _, K = em.shape
     E, top = _col_normalised(trans)
+    bad_rows = 0
     for b in prange(B):
+        if not _row_prelude(mask, em, tags, b, validate, problems, lengths):
+            bad_rows += 1
+            continue
         msg, shift = np.empty((2, K)), np.empty(2)
         n = lengths[b]
         log_z, _ = _forward_row(em[b], n, start, trans, end, E, top, msg, shift, None)
         gold[b] = _gold_row(em[b], tags[b], n, start, trans, end)
         llh[b] = gold[b] - log_z
+    code = _param_problem(start, trans, end) if validate else 0
+    return code + (4 if bad_rows > 0 else 0)
 
 
-def _log_partition_kernel(em, lengths, start, trans, end, log_z):
-    B, T, K = em.shape
-    _check_lengths(lengths, T)
+def _log_partition_kernel(em, mask, start, trans, end, validate, log_z, lengths, problems):
+    """log_z[b] = log Z of row b, for each row that passes its checks (see _ragged_kernel)."""
+    B, _, K = em.shape
     E, top = _col_normalised(trans)
+    no_tags = np.zeros((0, 0), np.int64)
+    bad_rows = 0
     for b in prange(B):
+        if not _row_prelude(mask, em, no_tags, b, validate, problems, lengths):
+            bad_rows += 1
+            continue
         msg, shift = np.empty((2, K)), np.empty(2)
         total, _ = _forward_row(em[b], lengths[b], start, trans, end, E, top, msg, shift, None)
         log_z[b] = total
+    code = _param_problem(start, trans, end) if validate else 0
+    return code + (4 if bad_rows > 0 else 0)
 
 
 def _forward_backward_kernel(
@@ -422,11 +447,18 @@ def _forward_backward_kernel(
                     part_trans[c, row[t - 1], row[t]] += g
 
 
-def _viterbi_kernel(em, lengths, start, trans, end, paths, scores):
-    B, T, K = em.shape
-    _check_lengths(lengths, T)
+def _viterbi_kernel(em, mask, start, trans, end, validate, paths, scores, lengths, problems):
+    """Best path of each row that passes its checks (see _ragged_kernel for the checks and the
+    code returned): paths[b] its tags (-1 past the length and where no path is allowed),
+    scores[b] its score."""
+    B, _, K = em.shape
     E, top = np.zeros((0, 0)), np.zeros(0)  # read by the log semiring only
+    no_tags = np.zeros((0, 0), np.int64)
+    bad_rows = 0
     for b in prange(B):
+        if not _row_prelude(mask, em, no_tags, b, validate, problems, lengths):
+            bad_rows += 1
+            continue
         n = lengths[b]
         msg, shift = np.empty((2, K)), np.empty(2)
         back = np.empty((n, K), np.int32)
@@ -438,3 +470,5 @@ def _viterbi_kernel(em, lengths, start, trans, end, paths, scores):
                 paths[b, t] = tag
                 if t > 0:
                     tag = back[t, tag]
+    code = _param_problem(start, trans, end) if validate else 0
+    return code + (4 if bad_rows > 0 else 0)

@@ -37,9 +37,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from chaincrf.crf.errors import NonFiniteInputError
 from chaincrf.crf.kernels import cpu_loops as loops
 
-__all__ = ["available", "log_likelihood", "log_partition", "marginals", "ragged", "viterbi"]
+__all__ = [
+    "available",
+    "log_likelihood",
+    "log_likelihood_masked",
+    "log_partition",
+    "log_partition_masked",
+    "marginals",
+    "marginals_masked",
+    "viterbi",
+    "viterbi_masked",
+    "warm_up",
+]
 
 
 @functools.cache
@@ -142,40 +154,16 @@ def _from_numpy(x: np.ndarray, dtype: torch.dtype) -> Tensor:
 
 
 # ------------------------------------------------------------------------------ implementations
+# Each takes the left-aligned bool mask (B, T) and finds the lengths itself, checking the values
+# (``validate``) in the same pass; it returns the lengths with its results.
 
 
-def _ragged_impl(
-    mask: Tensor,
-    emissions: Tensor,
-    tags: Tensor,
-    start: Tensor,
-    transitions: Tensor,
-    end: Tensor,
-    validate: bool,
-) -> Tensor:
-    kernels = _kernels(emissions.shape, 1)
-    B = mask.shape[0]
-    lengths = torch.empty(B, dtype=torch.long)
-    problems = np.empty((B, 3) if validate else (0, 3), dtype=np.int64)
-    with _torch_threads_kept():
-        found = kernels._ragged_kernel(
-            _as_numpy(mask),
-            _as_numpy(emissions),
-            _as_numpy(tags),
-            *(_as_numpy(x) for x in (start, transitions, end)),
-            validate,
-            lengths.numpy(),
-            problems,
-        )
-    if found:
-        _raise_problems(problems, found, emissions, tags)
-    return lengths
+def _problems(B: int) -> np.ndarray:
+    return np.empty((B, 3), dtype=np.int64)
 
 
 def _raise_problems(problems: np.ndarray, found: int, emissions: Tensor, tags: Tensor) -> None:
-    """The eager layer's errors, in its order: mask gaps, parameters, emissions, tags."""
-    from chaincrf.crf.errors import NonFiniteInputError
-
+    """The eager kernel's errors, in its order: mask gaps, scores, emissions, tags."""
     rows = np.flatnonzero(problems[:, 0] >= 0)
     if rows.size:
         raise ValueError(
@@ -204,37 +192,64 @@ def _raise_problems(problems: np.ndarray, found: int, emissions: Tensor, tags: T
         )
 
 
-def _log_partition_impl(
-    emissions: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor
-) -> Tensor:
-    kernels = _kernels(emissions.shape, 1)
-    log_z = emissions.new_empty(emissions.shape[0])
-    params = _scores(start, transitions, end)
+def _lengths_impl(mask: Tensor, emissions: Tensor, validate: bool) -> Tensor:
+    kernels = _kernels(emissions.shape, 0)
+    lengths = torch.empty(mask.shape[0], dtype=torch.long)
+    problems = _problems(mask.shape[0])
+    no_tags = np.zeros((0, 0), np.int64)
+    zero = np.zeros(1)
     with _torch_threads_kept():
-        kernels._log_partition_kernel(
-            _as_numpy(emissions), _as_numpy(lengths), *params, log_z.numpy()
-        )
-    return log_z
+        found = kernels._ragged_kernel(
+            _as_numpy(mask), _as_numpy(emissions), no_tags, zero, zero.reshape(1, 1), zero,
+            False, lengths.numpy(), problems,
+        )  # fmt: skip
+    if found:
+        _raise_problems(problems, found, emissions, _NO_TAGS)
+    return lengths
+
+
+def _log_partition_impl(
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
+) -> tuple[Tensor, Tensor]:
+    kernels = _kernels(emissions.shape, 1)
+    B = emissions.shape[0]
+    log_z = emissions.new_empty(B)
+    lengths = torch.empty(B, dtype=torch.long)
+    problems = _problems(B)
+    with _torch_threads_kept():
+        found = kernels._log_partition_kernel(
+            _as_numpy(emissions), _as_numpy(mask), *_scores(start, transitions, end), validate,
+            log_z.numpy(), lengths.numpy(), problems,
+        )  # fmt: skip
+    if found:
+        _raise_problems(problems, found, emissions, _NO_TAGS)
+    return log_z, lengths
 
 
 def _log_likelihood_impl(
     emissions: Tensor,
     tags: Tensor,
-    lengths: Tensor,
+    mask: Tensor,
     start: Tensor,
     transitions: Tensor,
     end: Tensor,
     constrained: bool,
-) -> Tensor:
+    validate: bool,
+) -> tuple[Tensor, Tensor]:
     kernels = _kernels(emissions.shape, 1)
     B = emissions.shape[0]
     llh = emissions.new_empty(B)
-    gold = np.empty(B)
-    params = _scores(start, transitions, end)
+    lengths = torch.empty(B, dtype=torch.long)
+    gold = np.zeros(B)
+    problems = _problems(B)
     with _torch_threads_kept():
-        kernels._log_likelihood_kernel(
-            _as_numpy(emissions), _as_numpy(tags), _as_numpy(lengths), *params, llh.numpy(), gold
-        )
+        found = kernels._log_likelihood_kernel(
+            _as_numpy(emissions), _as_numpy(tags), _as_numpy(mask),
+            *_scores(start, transitions, end), validate, llh.numpy(), gold, lengths.numpy(),
+            problems,
+        )  # fmt: skip
+    if found:
+        _raise_problems(problems, found, emissions, tags)
     if constrained:
         rows = np.flatnonzero(np.isneginf(gold))
         if rows.size:
@@ -242,7 +257,7 @@ def _log_likelihood_impl(
                 f"tags at batch row {rows[0]} break the transition constraints (a forbidden "
                 "start, transition or end); the gold path has probability zero"
             )
-    return llh
+    return llh, lengths
 
 
 def _forward_backward_impl(
@@ -262,17 +277,12 @@ def _forward_backward_impl(
     d_em = emissions.new_empty(emissions.shape)
     C = min(B, loops._MAX_CHUNKS)
     parts = np.zeros((C, K)), np.zeros((C, K)), np.zeros((C, K, K) if pairwise else (C, 0, 0))
-    params = _scores(start, transitions, end)
     with _torch_threads_kept():
         kernels._forward_backward_kernel(
-            _as_numpy(emissions),
-            _as_numpy(tags),
-            _as_numpy(lengths),
-            _as_numpy(grad, torch.float64),
-            *params,
-            d_em.numpy(),
+            _as_numpy(emissions), _as_numpy(tags), _as_numpy(lengths),
+            _as_numpy(grad, torch.float64), *_scores(start, transitions, end), d_em.numpy(),
             *parts,
-        )
+        )  # fmt: skip
     d_start, d_end, d_trans = (x.sum(0) for x in parts)  # in a fixed order
     return (
         d_em,
@@ -283,26 +293,33 @@ def _forward_backward_impl(
 
 
 def _viterbi_impl(
-    emissions: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor
-) -> tuple[Tensor, Tensor]:
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     kernels = _kernels(emissions.shape, 1)
     B, T, _ = emissions.shape
     paths = torch.empty(B, T, dtype=torch.long)
     scores = emissions.new_empty(B)
-    params = _scores(start, transitions, end)
+    lengths = torch.empty(B, dtype=torch.long)
+    problems = _problems(B)
     with _torch_threads_kept():
-        kernels._viterbi_kernel(
-            _as_numpy(emissions), _as_numpy(lengths), *params, paths.numpy(), scores.numpy()
-        )
-    return paths, scores
+        found = kernels._viterbi_kernel(
+            _as_numpy(emissions), _as_numpy(mask), *_scores(start, transitions, end), validate,
+            paths.numpy(), scores.numpy(), lengths.numpy(), problems,
+        )  # fmt: skip
+    if found:
+        _raise_problems(problems, found, emissions, _NO_TAGS)
+    return paths, scores, lengths
 
 
 _NO_TAGS = torch.empty(0, 0, dtype=torch.long)
 
 
 def _marginals_impl(
-    emissions: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
 ) -> Tensor:
+    if validate:  # the checks of the log-partition kernel, then the marginals
+        _log_partition_impl(emissions, mask, start, transitions, end, True)
+    lengths = _lengths_impl(mask, emissions, False)
     ones = torch.ones(emissions.shape[0], dtype=torch.float64)
     return _forward_backward_impl(
         ones, emissions, _NO_TAGS, lengths, start, transitions, end, pairwise=False
@@ -311,58 +328,45 @@ def _marginals_impl(
 
 # ------------------------------------------------------------------------------ custom ops
 # What torch.compile and torch.export see: each op with its fake (shape-only) implementation
-# and, for the two differentiable ones, its autograd formula. Run eagerly, the public functions
-# below call the implementations directly instead (through a torch.autograd.Function for the
-# gradients): the custom-op dispatcher costs 60-90 µs a call, measured, about ten times the
+# and, for the two differentiable ones, its autograd formula. Run eagerly, the functions below
+# call the implementations directly instead (through a torch.autograd.Function for the
+# gradients): the custom-op dispatcher costs 60-90 µs a call, measured, several times the
 # kernel itself on one sentence.
-
-
-@torch.library.custom_op("chaincrf::ragged", mutates_args=())
-def _ragged_op(
-    mask: Tensor,
-    emissions: Tensor,
-    tags: Tensor,
-    start: Tensor,
-    transitions: Tensor,
-    end: Tensor,
-    validate: bool,
-) -> Tensor:
-    return _ragged_impl(mask, emissions, tags, start, transitions, end, validate)
-
-
-@_ragged_op.register_fake
-def _(mask, emissions, tags, start, transitions, end, validate):
-    return mask.new_empty(mask.shape[0], dtype=torch.long)
 
 
 @torch.library.custom_op("chaincrf::log_partition", mutates_args=())
 def _log_partition_op(
-    emissions: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor
-) -> Tensor:
-    return _log_partition_impl(emissions, lengths, start, transitions, end)
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
+) -> tuple[Tensor, Tensor]:
+    return _log_partition_impl(emissions, mask, start, transitions, end, validate)
 
 
 @_log_partition_op.register_fake
-def _(emissions, lengths, start, transitions, end):
-    return emissions.new_empty(emissions.shape[0])
+def _(emissions, mask, start, transitions, end, validate):
+    B = emissions.shape[0]
+    return emissions.new_empty(B), emissions.new_empty(B, dtype=torch.long)
 
 
 @torch.library.custom_op("chaincrf::log_likelihood", mutates_args=())
 def _log_likelihood_op(
     emissions: Tensor,
     tags: Tensor,
-    lengths: Tensor,
+    mask: Tensor,
     start: Tensor,
     transitions: Tensor,
     end: Tensor,
     constrained: bool,
-) -> Tensor:
-    return _log_likelihood_impl(emissions, tags, lengths, start, transitions, end, constrained)
+    validate: bool,
+) -> tuple[Tensor, Tensor]:
+    return _log_likelihood_impl(
+        emissions, tags, mask, start, transitions, end, constrained, validate
+    )
 
 
 @_log_likelihood_op.register_fake
-def _(emissions, tags, lengths, start, transitions, end, constrained):
-    return emissions.new_empty(emissions.shape[0])
+def _(emissions, tags, mask, start, transitions, end, constrained, validate):
+    B = emissions.shape[0]
+    return emissions.new_empty(B), emissions.new_empty(B, dtype=torch.long)
 
 
 @torch.library.custom_op("chaincrf::forward_backward", mutates_args=())
@@ -388,53 +392,64 @@ def _(grad, emissions, tags, lengths, start, transitions, end):
     )
 
 
-def _save_inputs(ctx, inputs, output):
-    ctx.save_for_backward(*(x for x in inputs if isinstance(x, Tensor)))
+def _save_log_partition(ctx, inputs, output):
+    emissions, _mask, start, transitions, end, _validate = inputs
+    ctx.save_for_backward(emissions, output[1], start, transitions, end)
 
 
-def _log_partition_backward(ctx, grad):
+def _log_partition_backward(ctx, grad, _grad_lengths):
     emissions, lengths, start, transitions, end = ctx.saved_tensors
     no_tags = lengths.new_empty((0, 0))
     d_em, d_start, d_trans, d_end = _forward_backward_op(
         grad, emissions, no_tags, lengths, start, transitions, end
     )
-    return d_em, None, d_start, d_trans, d_end
+    return d_em, None, d_start, d_trans, d_end, None
 
 
-def _log_likelihood_backward(ctx, grad):
+def _save_log_likelihood(ctx, inputs, output):
+    emissions, tags, _mask, start, transitions, end, _constrained, _validate = inputs
+    ctx.save_for_backward(emissions, tags, output[1], start, transitions, end)
+
+
+def _log_likelihood_backward(ctx, grad, _grad_lengths):
     emissions, tags, lengths, start, transitions, end = ctx.saved_tensors
     d_em, d_start, d_trans, d_end = _forward_backward_op(
         grad, emissions, tags, lengths, start, transitions, end
     )
-    return d_em, None, None, d_start, d_trans, d_end, None
+    return d_em, None, None, d_start, d_trans, d_end, None, None
 
 
-_log_partition_op.register_autograd(_log_partition_backward, setup_context=_save_inputs)
-_log_likelihood_op.register_autograd(_log_likelihood_backward, setup_context=_save_inputs)
+_log_partition_op.register_autograd(_log_partition_backward, setup_context=_save_log_partition)
+_log_likelihood_op.register_autograd(_log_likelihood_backward, setup_context=_save_log_likelihood)
 
 
 @torch.library.custom_op("chaincrf::viterbi", mutates_args=())
 def _viterbi_op(
-    emissions: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor
-) -> tuple[Tensor, Tensor]:
-    return _viterbi_impl(emissions, lengths, start, transitions, end)
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _viterbi_impl(emissions, mask, start, transitions, end, validate)
 
 
 @_viterbi_op.register_fake
-def _(emissions, lengths, start, transitions, end):
+def _(emissions, mask, start, transitions, end, validate):
     B, T, _ = emissions.shape
-    return emissions.new_empty((B, T), dtype=torch.long), emissions.new_empty(B)
+    long = torch.long
+    return (
+        emissions.new_empty((B, T), dtype=long),
+        emissions.new_empty(B),
+        mask.new_empty(B, dtype=long),
+    )
 
 
 @torch.library.custom_op("chaincrf::marginals", mutates_args=())
 def _marginals_op(
-    emissions: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
 ) -> Tensor:
-    return _marginals_impl(emissions, lengths, start, transitions, end)
+    return _marginals_impl(emissions, mask, start, transitions, end, validate)
 
 
 @_marginals_op.register_fake
-def _(emissions, lengths, start, transitions, end):
+def _(emissions, mask, start, transitions, end, validate):
     return emissions.new_empty(emissions.shape)
 
 
@@ -443,30 +458,36 @@ def _(emissions, lengths, start, transitions, end):
 
 class _LogPartition(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, emissions, lengths, start, transitions, end):  # type: ignore[override]
+    def forward(ctx, emissions, mask, start, transitions, end, validate):  # type: ignore[override]
+        log_z, lengths = _log_partition_impl(emissions, mask, start, transitions, end, validate)
         ctx.save_for_backward(emissions, lengths, start, transitions, end)
-        return _log_partition_impl(emissions, lengths, start, transitions, end)
+        ctx.mark_non_differentiable(lengths)
+        return log_z, lengths
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad, _grad_lengths):  # type: ignore[override]
         emissions, lengths, start, transitions, end = ctx.saved_tensors
         grads = _forward_backward_impl(grad, emissions, _NO_TAGS, lengths, start, transitions, end)
         d_em, d_start, d_trans, d_end = grads
-        return d_em, None, d_start, d_trans, d_end
+        return d_em, None, d_start, d_trans, d_end, None
 
 
 class _LogLikelihood(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, emissions, tags, lengths, start, transitions, end, constrained):  # type: ignore[override]
+    def forward(ctx, emissions, tags, mask, start, transitions, end, constrained, validate):  # type: ignore[override]
+        llh, lengths = _log_likelihood_impl(
+            emissions, tags, mask, start, transitions, end, constrained, validate
+        )
         ctx.save_for_backward(emissions, tags, lengths, start, transitions, end)
-        return _log_likelihood_impl(emissions, tags, lengths, start, transitions, end, constrained)
+        ctx.mark_non_differentiable(lengths)
+        return llh, lengths
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad, _grad_lengths):  # type: ignore[override]
         emissions, tags, lengths, start, transitions, end = ctx.saved_tensors
         grads = _forward_backward_impl(grad, emissions, tags, lengths, start, transitions, end)
         d_em, d_start, d_trans, d_end = grads
-        return d_em, None, None, d_start, d_trans, d_end, None
+        return d_em, None, None, d_start, d_trans, d_end, None, None
 
 
 def _detached(*tensors: Tensor) -> list[Tensor]:
@@ -474,6 +495,57 @@ def _detached(*tensors: Tensor) -> list[Tensor]:
 
 
 _is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+
+
+# ------------------------------------------------------------------------------ masked calls
+# What the kernel interface (chaincrf.crf.kernels.cpu) calls: a left-aligned bool mask, the
+# value checks in the kernel (``validate``), the lengths returned with the results.
+
+
+def log_partition_masked(
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
+) -> tuple[Tensor, Tensor]:
+    """(log Z (B,), lengths (B,)); differentiable w.r.t. emissions and the scores."""
+    if _is_compiling():
+        return _log_partition_op(emissions, mask, start, transitions, end, validate)
+    return _LogPartition.apply(emissions, mask, start, transitions, end, validate)
+
+
+def log_likelihood_masked(
+    emissions: Tensor,
+    tags: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    transitions: Tensor,
+    end: Tensor,
+    constrained: bool,
+    validate: bool,
+) -> tuple[Tensor, Tensor]:
+    """(gold score - log Z (B,), lengths (B,)); differentiable w.r.t. emissions and scores."""
+    args = (emissions, tags, mask, start, transitions, end, constrained, validate)
+    if _is_compiling():
+        return _log_likelihood_op(*args)
+    return _LogLikelihood.apply(*args)
+
+
+def viterbi_masked(
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(best paths (B, T) -1 padded, their scores (B,), lengths (B,)); not differentiable."""
+    if _is_compiling():
+        em, start, transitions, end = _detached(emissions, start, transitions, end)
+        return _viterbi_op(em, mask, start, transitions, end, validate)
+    return _viterbi_impl(emissions, mask, start, transitions, end, validate)
+
+
+def marginals_masked(
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
+) -> Tensor:
+    """Posterior tag probabilities (B, T, K), 0 past each length; not differentiable."""
+    if _is_compiling():
+        em, start, transitions, end = _detached(emissions, start, transitions, end)
+        return _marginals_op(em, mask, start, transitions, end, validate)
+    return _marginals_impl(emissions, mask, start, transitions, end, validate)
 
 
 # ------------------------------------------------------------------------------ public API
@@ -519,122 +591,40 @@ def _check_inputs(
             )
 
 
+def _mask_of(emissions: Tensor, lengths: Tensor) -> Tensor:
+    """The left-aligned mask of ``lengths`` (checked to lie in [0, T] unless compiling)."""
+    T = emissions.shape[1]
+    if not _is_compiling():
+        _load_or_raise()
+        loops._check_lengths(lengths.numpy(), T)  # compiled by _load
+    return torch.arange(T) < lengths.unsqueeze(1)
+
+
+def _load_or_raise() -> SimpleNamespace:
+    return _kernels(torch.Size((1, 1, 1)), 0)
+
+
 def log_partition(
-    emissions: Tensor,
-    lengths: Tensor,
-    start: Tensor,
-    transitions: Tensor,
-    end: Tensor,
-    check: bool = True,
+    emissions: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor
 ) -> Tensor:
     """Log-partition of each row, differentiable w.r.t. emissions and the three score tensors.
 
     Args:
         emissions: float32 or float64 tensor (batch, seq_len, num_tags), unnormalised scores;
             positions past a row's length are never read.
-        lengths: int64 tensor (batch,), each in [0, seq_len] (else ``ValueError``); masks are
-            left-aligned.
+        lengths: int64 tensor (batch,), each in [0, seq_len] (else ``ValueError``).
         start: float tensor (num_tags,), score of starting in each tag; ``-inf`` forbids it.
         transitions: float tensor (num_tags, num_tags), ``transitions[i, j]`` scores tag i
             followed by tag j; ``-inf`` forbids the move.
         end: float tensor (num_tags,), score of ending in each tag; ``-inf`` forbids it.
-        check: check the arguments' types, shapes and devices (the CRF layer, which checked
-            them already, passes False).
 
     Returns:
         tensor (batch,) in the emissions' dtype: 0 for an empty row, ``-inf`` for a row with no
         allowed path (its gradients are 0). Gradients come back in each input's dtype.
     """
-    if check:
-        _check_inputs(emissions, lengths, start, transitions, end)
-    if _is_compiling():
-        return _log_partition_op(emissions, lengths, start, transitions, end)
-    return _LogPartition.apply(emissions, lengths, start, transitions, end)
-
-
-def viterbi(
-    emissions: Tensor,
-    lengths: Tensor,
-    start: Tensor,
-    transitions: Tensor,
-    end: Tensor,
-    check: bool = True,
-) -> tuple[Tensor, Tensor]:
-    """Best tag path of each row; ties go to the lowest tag index at every step.
-
-    Args:
-        emissions, lengths, start, transitions, end, check: as in :func:`log_partition`.
-
-    Returns:
-        ``paths`` int64 tensor (batch, seq_len), the best tags, -1 past each row's length and
-        in a row with no allowed path; ``scores`` tensor (batch,) in the emissions' dtype, the
-        best path's score (0 for an empty row, ``-inf`` with no allowed path). Not
-        differentiable.
-    """
-    if check:
-        _check_inputs(emissions, lengths, start, transitions, end)
-    if _is_compiling():
-        return _viterbi_op(*_detached(emissions, lengths, start, transitions, end))
-    return _viterbi_impl(emissions, lengths, start, transitions, end)
-
-
-def marginals(
-    emissions: Tensor,
-    lengths: Tensor,
-    start: Tensor,
-    transitions: Tensor,
-    end: Tensor,
-    check: bool = True,
-) -> Tensor:
-    """Posterior probability of each tag at each position.
-
-    Args:
-        emissions, lengths, start, transitions, end, check: as in :func:`log_partition`.
-
-    Returns:
-        tensor (batch, seq_len, num_tags) in the emissions' dtype: each position's row sums to
-        1 inside the row's length; 0 past it and in a row with no allowed path. Not
-        differentiable.
-    """
-    if check:
-        _check_inputs(emissions, lengths, start, transitions, end)
-    if _is_compiling():
-        return _marginals_op(*_detached(emissions, lengths, start, transitions, end))
-    return _marginals_impl(emissions, lengths, start, transitions, end)
-
-
-def ragged(
-    mask: Tensor,
-    emissions: Tensor,
-    start: Tensor,
-    transitions: Tensor,
-    end: Tensor,
-    tags: Tensor | None = None,
-    validate: bool = True,
-) -> Tensor:
-    """The length of each row of a left-aligned mask, checking the inputs' values in one pass.
-
-    Args:
-        mask: bool tensor (batch, seq_len).
-        emissions: float32 or float64 tensor (batch, seq_len, num_tags).
-        start, transitions, end: the scores, as in :func:`log_partition`.
-        tags: optional int64 tensor (batch, seq_len), gold tags to range-check.
-        validate: check, in this order, that the mask has no gaps, that the scores hold no
-            NaN or +inf, that the emissions hold none where the mask is on and that the tags
-            lie in [0, num_tags) there; without it, only the lengths are computed.
-
-    Returns:
-        int64 tensor (batch,), the number of leading on positions of each row.
-
-    Raises:
-        ValueError: naming the batch row (and position) of a mask gap or a tag out of range.
-        chaincrf.crf.NonFiniteInputError: naming the score tensor, or the emissions' batch
-            row and position, that holds NaN or +inf.
-    """
-    tags = mask.new_empty((0, 0), dtype=torch.long) if tags is None else tags
-    if _is_compiling():
-        return _ragged_op(mask, *_detached(emissions, tags, start, transitions, end), validate)
-    return _ragged_impl(mask, emissions, tags, start, transitions, end, validate)
+    _check_inputs(emissions, lengths, start, transitions, end)
+    mask = _mask_of(emissions, lengths)
+    return log_partition_masked(emissions, mask, start, transitions, end, False)[0]
 
 
 def log_likelihood(
@@ -645,32 +635,62 @@ def log_likelihood(
     transitions: Tensor,
     end: Tensor,
     constrained: bool = False,
-    check: bool = True,
 ) -> Tensor:
     """Log-likelihood of the gold paths ``tags[b, :lengths[b]]``: their score minus log Z, in
     one pass; differentiable w.r.t. emissions and the three scores.
 
     Args:
-        emissions, lengths, start, transitions, end, check: as in :func:`log_partition`.
+        emissions, lengths, start, transitions, end: as in :func:`log_partition`.
         tags: int64 tensor (batch, seq_len), each in [0, num_tags) inside its row's length
-            (see :func:`ragged`); positions past it are never read.
+            (else ``ValueError``); positions past it are never read.
         constrained: refuse gold paths that score ``-inf`` (forbidden by the constraints).
-        check: as in :func:`log_partition`.
 
     Returns:
         tensor (batch,) in the emissions' dtype (0 for an empty row).
-
-    Raises:
-        ValueError: with ``constrained``, naming the first batch row whose gold path is
-            forbidden.
     """
-    if check:
-        _check_inputs(emissions, lengths, start, transitions, end)
-        if tuple(tags.shape) != tuple(emissions.shape[:2]) or tags.dtype != torch.int64:
-            raise ValueError(
-                f"tags must be an int64 tensor of shape {tuple(emissions.shape[:2])}; "
-                f"got {tags.dtype} {tuple(tags.shape)}"
-            )
-    if _is_compiling():
-        return _log_likelihood_op(emissions, tags, lengths, start, transitions, end, constrained)
-    return _LogLikelihood.apply(emissions, tags, lengths, start, transitions, end, constrained)
+    _check_inputs(emissions, lengths, start, transitions, end)
+    if tuple(tags.shape) != tuple(emissions.shape[:2]) or tags.dtype != torch.int64:
+        raise ValueError(
+            f"tags must be an int64 tensor of shape {tuple(emissions.shape[:2])}; "
+            f"got {tags.dtype} {tuple(tags.shape)}"
+        )
+    mask = _mask_of(emissions, lengths)
+    args = (emissions, tags.contiguous(), mask, start, transitions, end, constrained, False)
+    return log_likelihood_masked(*args)[0]
+
+
+def viterbi(
+    emissions: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Best tag path of each row; ties go to the lowest tag index at every step.
+
+    Args:
+        emissions, lengths, start, transitions, end: as in :func:`log_partition`.
+
+    Returns:
+        ``paths`` int64 tensor (batch, seq_len), the best tags, -1 past each row's length and
+        in a row with no allowed path; ``scores`` tensor (batch,) in the emissions' dtype, the
+        best path's score (0 for an empty row, ``-inf`` with no allowed path). Not
+        differentiable.
+    """
+    _check_inputs(emissions, lengths, start, transitions, end)
+    mask = _mask_of(emissions, lengths)
+    return viterbi_masked(emissions, mask, start, transitions, end, False)[:2]
+
+
+def marginals(
+    emissions: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor
+) -> Tensor:
+    """Posterior probability of each tag at each position.
+
+    Args:
+        emissions, lengths, start, transitions, end: as in :func:`log_partition`.
+
+    Returns:
+        tensor (batch, seq_len, num_tags) in the emissions' dtype: each position's row sums to
+        1 inside the row's length; 0 past it and in a row with no allowed path. Not
+        differentiable.
+    """
+    _check_inputs(emissions, lengths, start, transitions, end)
+    mask = _mask_of(emissions, lengths)
+    return marginals_masked(emissions, mask, start, transitions, end, False)
