@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from chaincrf.crf.kernels.cpu_exp import _backward_row_exp, _exp_scores, _forward_row_exp
+
 _NEG_INF = -math.inf
 # An exp-space column sum at least this large lost nothing to underflow that matters: every
 # dropped product is below 2.3e-308, i.e. under 1e-57 of the sum. Smaller sums are recomputed
@@ -46,6 +48,11 @@ _HELPERS = (
     "_not_finite",
     "_row_prelude",
     "_param_problem",
+    "_exp_scores",
+    "_forward_row_exp",
+    "_backward_row_exp",
+    "_all_exp_scores",
+    "_log_z_row",
 )
 _KERNELS = (
     "_ragged_kernel",
@@ -310,8 +317,12 @@ def _row_prelude(mask, em, tags, b, validate, problems, lengths):
                 problems[b, 0] = t
                 ok = False
                 break
-        for t in range(n):
-            if _not_finite(em[b, t]):
+        for t in range(n):  # indexed, not sliced: a view per position costs an allocation
+            bad = False
+            for j in range(K):
+                v = em[b, t, j]
+                bad = bad or v != v or v == np.inf
+            if bad:
                 problems[b, 1] = t
                 ok = False
                 break
@@ -360,46 +371,64 @@ def _gold_row(em, tags, n, start, trans, end):
     return score + end[prev]
 
 
+def _log_z_row(em, P, M, n, start, trans, end, E, top, exp_scores):
+    """log Z of one row: exp space, or exactly in log space where that underflows."""
+    K = start.shape[0]
+    Es, gs, Et, gt, Ee, ge = exp_scores
+    msg, shift = np.empty((2, K)), np.empty(2)
+    log_z, ok = _forward_row_exp(P, M, n, Es, gs, Et, gt, Ee, ge, msg, shift)
+    if not ok:
+        log_z, _ = _forward_row(em, n, start, trans, end, E, top, msg, shift, None)
+    return log_z
+
+
+def _all_exp_scores(start, trans, end):
+    Es, gs = _exp_scores(start)
+    Et, gt = _exp_scores(trans)
+    Ee, ge = _exp_scores(end)
+    return Es, gs, Et, gt, Ee, ge
+
+
 def _log_likelihood_kernel(
-    em, tags, mask, start, trans, end, validate, llh, gold, lengths, problems
+    em, P, M, tags, mask, start, trans, end, validate, llh, gold, lengths, problems
 ):
     """llh[b] = gold[b] - log Z[b], gold[b] the score of tags[b] (float64), for each row that
-    passes its checks (see _ragged_kernel for the checks and the code returned)."""
-    B, _, K = em.shape
+    passes its checks (see _ragged_kernel for the checks and the code returned). P, M: the
+    emissions as exp(em - M) and their maxima over tags (see cpu_exp)."""
+    B = em.shape[0]
     E, top = _col_normalised(trans)
+    exp_scores = _all_exp_scores(start, trans, end)
     bad_rows = 0
     for b in prange(B):
         if not _row_prelude(mask, em, tags, b, validate, problems, lengths):
             bad_rows += 1
             continue
-        msg, shift = np.empty((2, K)), np.empty(2)
         n = lengths[b]
-        log_z, _ = _forward_row(em[b], n, start, trans, end, E, top, msg, shift, None)
+        log_z = _log_z_row(em[b], P[b], M[b], n, start, trans, end, E, top, exp_scores)
         gold[b] = _gold_row(em[b], tags[b], n, start, trans, end)
         llh[b] = gold[b] - log_z
     code = _param_problem(start, trans, end) if validate else 0
     return code + (4 if bad_rows > 0 else 0)
 
 
-def _log_partition_kernel(em, mask, start, trans, end, validate, log_z, lengths, problems):
+def _log_partition_kernel(em, P, M, mask, start, trans, end, validate, log_z, lengths, problems):
     """log_z[b] = log Z of row b, for each row that passes its checks (see _ragged_kernel)."""
-    B, _, K = em.shape
+    B = em.shape[0]
     E, top = _col_normalised(trans)
+    exp_scores = _all_exp_scores(start, trans, end)
     no_tags = np.zeros((0, 0), np.int64)
     bad_rows = 0
     for b in prange(B):
         if not _row_prelude(mask, em, no_tags, b, validate, problems, lengths):
             bad_rows += 1
             continue
-        msg, shift = np.empty((2, K)), np.empty(2)
-        total, _ = _forward_row(em[b], lengths[b], start, trans, end, E, top, msg, shift, None)
-        log_z[b] = total
+        log_z[b] = _log_z_row(em[b], P[b], M[b], lengths[b], start, trans, end, E, top, exp_scores)
     code = _param_problem(start, trans, end) if validate else 0
     return code + (4 if bad_rows > 0 else 0)
 
 
 def _forward_backward_kernel(
-    em, tags, lengths, grad, start, trans, end, d_em, part_start, part_end, part_trans
+    em, P, M, tags, lengths, grad, start, trans, end, d_em, part_start, part_end, part_trans
 ):
     """Chunk c of the C = part_start.shape[0] chunks adds its rows' gradients into
     part_start[c], part_end[c] (K,) and part_trans[c] (K, K); part_trans (C, 0, 0): none.
@@ -415,27 +444,54 @@ def _forward_backward_kernel(
     transT = np.ascontiguousarray(trans.T)
     Eb, topb = _col_normalised(transT)
     bwd = (transT, Eb, topb)
+    Es, gs, Et, gt, Ee, ge = _all_exp_scores(start, trans, end)
+    EtT = np.ascontiguousarray(Et.T)
     C = part_start.shape[0]
+    pairwise = part_trans.shape[1] > 0
     for c in prange(C):
         la, shift = np.empty((T, K)), np.empty(T)
+        row_start, row_end = np.empty(K), np.empty(K)
+        row_trans = np.empty((K, K) if pairwise else (0, 0))
+        beta, u, w = np.empty(K), np.empty(K), np.empty(K)
         for b in range(c * B // C, (c + 1) * B // C):
             n, g = lengths[b], grad[b]
-            _backward_row(
-                em[b],
-                n,
-                -g if tags.shape[0] > 0 else g,
-                start,
-                trans,
-                end,
-                fwd,
-                bwd,
-                la,
-                shift,
-                d_em[b],
-                part_start[c],
-                part_end[c],
-                part_trans[c],
-            )
+            sign_g = -g if tags.shape[0] > 0 else g
+            d_row = d_em[b]
+            d_row[:] = 0.0
+            log_z, ok = _forward_row_exp(P[b], M[b], n, Es, gs, Et, gt, Ee, ge, la, shift)
+            if ok and n > 0 and log_z > _NEG_INF:
+                row_start[:] = 0.0
+                row_end[:] = 0.0
+                row_trans[:] = 0.0
+                ok = _backward_row_exp(
+                    P[b], n, sign_g, Et, EtT, Ee, la, shift, d_row, row_start, row_end,
+                    row_trans, beta, u, w,
+                )  # fmt: skip
+                if ok:
+                    for j in range(K):
+                        part_start[c, j] += row_start[j]
+                        part_end[c, j] += row_end[j]
+                    if pairwise:
+                        for i in range(K):
+                            for j in range(K):
+                                part_trans[c, i, j] += row_trans[i, j]
+            if not ok:
+                _backward_row(
+                    em[b],
+                    n,
+                    sign_g,
+                    start,
+                    trans,
+                    end,
+                    fwd,
+                    bwd,
+                    la,
+                    shift,
+                    d_em[b],
+                    part_start[c],
+                    part_end[c],
+                    part_trans[c],
+                )
             if tags.shape[0] == 0 or n == 0:
                 continue
             row, d_row = tags[b], d_em[b]

@@ -158,6 +158,14 @@ def _from_numpy(x: np.ndarray, dtype: torch.dtype) -> Tensor:
 # (``validate``) in the same pass; it returns the lengths with its results.
 
 
+def _exp_emissions(emissions: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """exp(em - M) (B, T, K) and M (B, T), the maxima over tags (torch's vectorised exp: the
+    kernels' exp-space rows then need no transcendental per tag; see cpu_exp)."""
+    em = emissions.detach()
+    top = em.amax(-1) if em.shape[2] > 0 else em.sum(-1)
+    return _as_numpy((em - top.unsqueeze(-1)).exp_()), _as_numpy(top)
+
+
 def _problems(B: int) -> np.ndarray:
     return np.empty((B, 3), dtype=np.int64)
 
@@ -218,7 +226,7 @@ def _log_partition_impl(
     problems = _problems(B)
     with _torch_threads_kept():
         found = kernels._log_partition_kernel(
-            _as_numpy(emissions), _as_numpy(mask), *_scores(start, transitions, end), validate,
+            _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(mask), *_scores(start, transitions, end), validate,
             log_z.numpy(), lengths.numpy(), problems,
         )  # fmt: skip
     if found:
@@ -244,7 +252,7 @@ def _log_likelihood_impl(
     problems = _problems(B)
     with _torch_threads_kept():
         found = kernels._log_likelihood_kernel(
-            _as_numpy(emissions), _as_numpy(tags), _as_numpy(mask),
+            _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(tags), _as_numpy(mask),
             *_scores(start, transitions, end), validate, llh.numpy(), gold, lengths.numpy(),
             problems,
         )  # fmt: skip
@@ -279,7 +287,7 @@ def _forward_backward_impl(
     parts = np.zeros((C, K)), np.zeros((C, K)), np.zeros((C, K, K) if pairwise else (C, 0, 0))
     with _torch_threads_kept():
         kernels._forward_backward_kernel(
-            _as_numpy(emissions), _as_numpy(tags), _as_numpy(lengths),
+            _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(tags), _as_numpy(lengths),
             _as_numpy(grad, torch.float64), *_scores(start, transitions, end), d_em.numpy(),
             *parts,
         )  # fmt: skip
