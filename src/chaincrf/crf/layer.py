@@ -382,7 +382,8 @@ class CRF(nn.Module):
     def _kernel(self, operation: str, em: Tensor, k: int = 1, grad: bool = False):
         """The kernel module the planner picks for ``operation`` on these emissions."""
         B, T, K = em.shape
-        problem = plan.Problem(operation, B, T, K, em.dtype, em.device.type, k, grad)
+        compiling = plan.is_compiling()
+        problem = plan.Problem(operation, B, T, K, em.dtype, em.device.type, k, grad, compiling)
         return kernel_module(plan.choose(problem, self.kernel))
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "Problem",
     "Rule",
     "choose",
+    "is_compiling",
     "prepare",
     "record",
 ]
@@ -56,6 +57,8 @@ class Problem:
         device: the device type (``"cpu"``, ``"cuda"``, ...).
         k: paths asked for (Viterbi).
         requires_grad: whether autograd will need a backward pass.
+        compiling: whether torch.compile / torch.export is tracing the call (the eager
+            kernels' host synchronisations would break the graph).
     """
 
     operation: str
@@ -66,6 +69,7 @@ class Problem:
     device: str
     k: int = 1
     requires_grad: bool = False
+    compiling: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,21 +86,28 @@ def _cpu_float(problem: Problem) -> bool:
     return problem.device == "cpu" and problem.dtype in (torch.float32, torch.float64)
 
 
+# B * T * K^2 from which the eager kernel's batched BLAS products beat the fused loops on a
+# log-partition with its gradient (NLL + backward), unless compiling.
+EAGER_GRAD_MIN_BTKK = 20_000_000
+
 TABLE: tuple[Rule, ...] = (
     Rule(
         "fused",
         frozenset({"log_partition", "marginals"}),
-        _cpu_float,
-        "faster than eager in all 18 cells of B{1,32,128} x T{32,128} x K{5,9,50}, float32, "
-        "2 threads: NLL + backward 1.3x (B=128, T=128, K=50) to 5.6x, geometric mean 2.9x; "
-        "`python3 scripts/bench_fused.py`, this 2-core CPU, 2026-11-29, load ~1",
+        lambda p: (
+            _cpu_float(p) and (p.compiling or not p.requires_grad or _btkk(p) < EAGER_GRAD_MIN_BTKK)
+        ),
+        "NLL + backward, float32, 2 threads, B{1,32,128} x T{32,128} x K{5,9,50}: fused faster "
+        "than eager in 17 of 18 cells (1.3x at B=128 T=32 K=50 to 4.9x); eager faster at "
+        "B=128 T=128 K=50 (B*T*K^2 = 41M: 17.2 ms vs 22.8 ms), 10M cells fused 1.3-1.7x; "
+        "`python3 scripts/bench_fused.py`, this 2-core CPU, 2026-11-29",
     ),
     Rule(
         "fused",
         frozenset({"viterbi"}),
         lambda p: _cpu_float(p) and p.k == 1,
-        "faster than eager in all 18 cells of the same grid: decode 2.6x (B=128, T=128, K=50) "
-        "to 8.2x, geometric mean 4.8x; same command, machine and date",
+        "decode, same grid and command: fused faster than eager in all 18 cells (1.1x at "
+        "B=128 T=32 K=50 to 12.7x); k-best paths are eager only",
     ),
     Rule(
         "eager",
@@ -106,36 +117,41 @@ TABLE: tuple[Rule, ...] = (
     ),
 )
 
-AUTO_KERNELS: tuple[str, ...] = ("eager",)
-"""The kernels ``auto`` may pick. The fused kernels are opt-in for now (``CHAINCRF_KERNEL=fused``
-or ``CRF(kernel="fused")``): numba's first kernel launch starts the process's shared OpenMP
-runtime and torch's thread count (reset to 2 under ``threads=1``; restored by the fused ops) and
-the last bits of later torch CPU results change with it. Measured: a training run killed and
-resumed with the fused kernels ended 1.04e-5 from the uninterrupted one under pytest (exact in a
-plain interpreter), while the eager kernels resume bit-exactly everywhere
-(``tests/test_training_reliability.py``). ``auto`` joins the fused rows once that is exact."""
+AUTO_KERNELS: tuple[str, ...] = ("eager", "fused")
+"""The kernels ``auto`` may pick (all of them; a kernel listed here joins the table's choice)."""
+
+
+is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+"""Whether torch.compile / torch.export is tracing (torch >= 2.3 names it torch.compiler)."""
+
+
+def _btkk(problem: Problem) -> int:
+    return problem.batch * problem.length * problem.tags * problem.tags
+
 
 _recorders: list[list[tuple[str, str]]] = []
-_warned = False
+
+
+_availability: dict[str, bool] = {"eager": True}
 
 
 def _available(kernel: str) -> bool:
-    global _warned
-    if kernel == "eager":
-        return True
+    """Whether ``kernel`` can run here; found once (a CRF's constructor asks first, so that
+    a compiled model only reads this dictionary)."""
+    known = _availability.get(kernel)
+    if known is not None:
+        return known
     from chaincrf.crf.kernels import cpu_ops as crf_fused
 
-    if crf_fused.available():
-        return True
-    if not _warned:
-        _warned = True
+    _availability[kernel] = crf_fused.available()
+    if not _availability[kernel]:
         warnings.warn(
             "numba cannot be imported: the CRF runs its eager kernels (slower on the CPU); "
             "`pip install numba` gives the fused ones",
             RuntimeWarning,
             stacklevel=3,
         )
-    return False
+    return _availability[kernel]
 
 
 def _forced(kernel: str | None) -> str:

@@ -26,11 +26,12 @@ _LOG_HUGE = 575.0
 # The backward kernel sums parameter gradients over at most this many chunks of rows, each
 # with its own buffers, in a fixed order.
 _MAX_CHUNKS = 64
-# Work (sweeps * B * T * K * (K + 16), about the multiply-adds plus transcendentals of a row step)
-# below which a call runs on one thread: waking numba's second thread costs 50-100 µs, more than
-# it saves below this (1 vs 2 threads over B 2-32, T 32-128, K 5-50, numba 0.68 omp layer,
-# OMP_WAIT_POLICY=PASSIVE, 2-core shared CPU at load ~1, 2026-11-29).
-_PARALLEL_MIN_WORK = 1 << 19
+# Work (sweeps * B * T * K * (K + 16), about the multiply-adds of a row step plus its overhead)
+# below which a call runs the serial kernels (no thread pool): numba's workqueue pool brought
+# 0.8-1.2x up to 3.4M (B 8-128, T 32-128, K 5-50) and 1.7x at 54M (B = T = 128, K = 50),
+# log-partition kernel, serial vs parallel on 2 threads, numba 0.68, this 2-core CPU, 2026-11-29
+# (`python3 scripts/bench_fused.py --threads-check`).
+_PARALLEL_MIN_WORK = 1 << 23
 
 # The kernels below are plain Python until ``_load`` compiles them: numba resolves a kernel's
 # global names when it compiles it, so ``_load`` first swaps ``prange`` for ``numba.prange``

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from chaincrf.crf import plan
 from chaincrf.crf.errors import NonFiniteInputError
 from chaincrf.crf.kernels import cpu_loops as loops
 
@@ -61,12 +62,23 @@ def _load() -> SimpleNamespace | ImportError:
         import numba
     except ImportError as err:
         return err
+    if numba.config.THREADING_LAYER == "default":
+        # numba's own thread pool, not OpenMP: the OpenMP layer shares the process's OpenMP
+        # runtime with torch, and starting it changed the last bits of later torch CPU results
+        # (a training run killed and resumed ended 2.9e-6 away from the uninterrupted one).
+        # Not safe for concurrent launches from two Python threads: _launch serialises them.
+        numba.config.THREADING_LAYER = "workqueue"
     names = vars(loops)
     names["prange"] = numba.prange
     for name in loops._HELPERS:
         names[name] = numba.njit(cache=True, nogil=True)(names[name])
-    jit = numba.njit(parallel=True, cache=True, nogil=True)
-    return SimpleNamespace(numba=numba, **{name: jit(names[name]) for name in loops._KERNELS})
+    serial = numba.njit(cache=True, nogil=True)  # prange is range: no thread pool at all
+    parallel = numba.njit(parallel=True, cache=True, nogil=True)
+    return SimpleNamespace(
+        numba=numba,
+        serial=SimpleNamespace(**{name: serial(names[name]) for name in loops._KERNELS}),
+        **{name: parallel(names[name]) for name in loops._KERNELS},
+    )
 
 
 @functools.cache
@@ -96,9 +108,9 @@ def available() -> bool:
 
 
 def _kernels(shape: torch.Size, passes: int) -> SimpleNamespace:
-    """The compiled kernels, with numba's thread count set for a call on emissions of ``shape``
-    that makes ``passes`` sweeps over them (1 forward or Viterbi, 4 backward): one thread unless
-    the work pays for waking the others."""
+    """The compiled kernels for a call on emissions of ``shape`` that makes ``passes`` sweeps
+    over them (1 forward or Viterbi, 4 backward): the serial ones unless the work pays for
+    waking other threads, else the parallel ones with numba's thread count set."""
     loaded = _load()
     if isinstance(loaded, ImportError):
         raise RuntimeError(
@@ -109,6 +121,8 @@ def _kernels(shape: torch.Size, passes: int) -> SimpleNamespace:
         torch.get_num_threads() if passes * B * T * K * (K + 16) >= loops._PARALLEL_MIN_WORK else 1
     )
     threads = max(1, min(threads, B, loaded.numba.config.NUMBA_NUM_THREADS))
+    if threads == 1:
+        return loaded.serial
     if getattr(_thread_state, "threads", None) != threads:  # numba's count is per thread
         loaded.numba.set_num_threads(threads)
         _thread_state.threads = threads
@@ -118,14 +132,18 @@ def _kernels(shape: torch.Size, passes: int) -> SimpleNamespace:
 _thread_state = threading.local()
 
 
+_launch_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def _torch_threads_kept() -> Iterator[None]:
-    """Run a kernel and give torch back its intra-op thread count: numba's OpenMP threading
-    layer shares the process's OpenMP runtime, and its first launch resets that count (a run
-    with ``threads=1`` found torch on 2 threads, with other rounding, after the first CRF call)."""
+    """Run a kernel: one launch at a time (numba's workqueue layer is not thread-safe), and
+    torch's intra-op thread count given back should a threading layer have changed it (numba's
+    OpenMP layer, if chosen by NUMBA_THREADING_LAYER, resets it on its first launch)."""
     threads = torch.get_num_threads()
     try:
-        yield
+        with _launch_lock:
+            yield
     finally:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
@@ -502,7 +520,7 @@ def _detached(*tensors: Tensor) -> list[Tensor]:
     return [x.detach() for x in tensors]
 
 
-_is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+_is_compiling = plan.is_compiling
 
 
 # ------------------------------------------------------------------------------ masked calls

@@ -1,0 +1,76 @@
+"""The CRF layer under torch.compile: a tagger-like module trains and decodes in one graph
+(fullgraph, dynamic shapes), a new length profile does not recompile, results equal eager."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chaincrf import CRF
+from chaincrf.crf import plan
+
+pytest.importorskip("numba")
+pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+
+
+class _Tagger(torch.nn.Module):
+    def __init__(self, vocab: int = 20, dim: int = 8, tags: int = 5, constrained: bool = False):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.proj = torch.nn.Linear(dim, tags)
+        constraints = None
+        if constrained:
+            trans_ok = torch.ones(tags, tags, dtype=torch.bool)
+            trans_ok[0, 1] = False
+            constraints = (torch.ones(tags, dtype=torch.bool),) * 2 + (trans_ok,)
+        self.crf = CRF(tags, batch_first=True, constraints=constraints)
+
+    def forward(self, words, tags, mask):
+        emissions = self.proj(self.embed(words))
+        loss = self.crf.nll(emissions, tags, mask, reduction="mean")
+        paths, _scores = self.crf.viterbi(emissions.detach(), mask)
+        return loss, paths, self.crf.marginals(emissions.detach(), mask)
+
+
+def _batch(B: int, T: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    words = torch.randint(20, (B, T), generator=g)
+    tags = torch.randint(2, 5, (B, T), generator=g)  # tags >= 2: no forbidden 0 -> 1 move
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    return words, tags, torch.arange(T) < lengths[:, None]
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_compiled_tagger_fullgraph_dynamic_one_graph_and_eager_results(constrained):
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    model = _Tagger(constrained=constrained)
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    for i, (B, T) in enumerate([(3, 7), (5, 11), (2, 4)]):
+        words, tags, mask = _batch(B, T, i)
+        with torch._dynamo.config.patch(error_on_recompile=i > 0), plan.record() as ran:
+            loss, paths, marginals = compiled(words, tags, mask)
+            loss.backward()
+        assert {kernel for _, kernel in ran} <= {"fused"}  # traced once: fused, never eager
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        want_loss, want_paths, want_marginals = model(words, tags, mask)
+        want_loss.backward()
+        torch.testing.assert_close(loss, want_loss)
+        assert torch.equal(paths, want_paths)
+        torch.testing.assert_close(marginals, want_marginals)
+        for got, p in zip(grads, model.parameters()):
+            torch.testing.assert_close(got, p.grad)
+        model.zero_grad()
+    assert counters["stats"]["unique_graphs"] == 1
+    assert not counters["graph_break"]
+
+
+def test_compiling_makes_the_planner_pick_the_fused_kernel_on_the_cpu():
+    big = plan.Problem("log_partition", 128, 128, 50, torch.float32, "cpu", requires_grad=True)
+    assert plan.choose(big) == "eager"  # eager's BLAS products win here...
+    traced = plan.Problem(
+        "log_partition", 128, 128, 50, torch.float32, "cpu", requires_grad=True, compiling=True
+    )
+    assert plan.choose(traced) == "fused"  # ...but would break the graph
