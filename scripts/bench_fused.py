@@ -243,39 +243,6 @@ def first_call_times() -> dict[str, float]:
     return timings
 
 
-def report_threads() -> None:
-    """Serial vs parallel (numba's pool, torch's thread count) log-partition kernels: the
-    measurement behind ``cpu_loops._PARALLEL_MIN_WORK``."""
-    import numpy as np
-
-    from chaincrf.crf.kernels import cpu_loops
-    from chaincrf.crf.kernels import cpu_ops as ops
-
-    kernels = ops._load()
-    kernels.numba.set_num_threads(torch.get_num_threads())
-    print(f"### serial vs parallel log-partition ({torch.get_num_threads()} threads)\n")
-    print(
-        "| B | T | K | work | serial ms | parallel ms | serial ÷ parallel |\n|---|---|---|---|---|---|---|"
-    )
-    for B, T, K in [(8, 128, 50), (32, 32, 9), (32, 128, 9), (128, 32, 9), (128, 128, 5),
-                    (32, 32, 50), (128, 128, 9), (128, 128, 50)]:  # fmt: skip
-        x = make_inputs(B, T, K)
-        em = x["emissions"]
-        P, M = ops._exp_emissions(em)
-        out = np.empty(B, np.float32), np.empty(B, np.int64), np.empty((B, 3), np.int64)
-        args = (em.numpy(), P, M, x["mask"].numpy(), x["start"].numpy(),
-                x["transitions"].numpy(), x["end"].numpy(), False, *out)  # fmt: skip
-        entries = {
-            "serial": lambda args=args: kernels.serial._log_partition_kernel(*args),
-            "parallel": lambda args=args: kernels._log_partition_kernel(*args),
-        }
-        t = time_cell(entries, reps_for(entries, 1.0, 50), 2)
-        work = B * T * K * (K + 16)
-        print(f"| {B} | {T} | {K} | {work:,} | {t['serial'] * 1e3:.3f} | "
-              f"{t['parallel'] * 1e3:.3f} | {t['serial'] / t['parallel']:.2f} |")  # fmt: skip
-    print(f"\ncurrent threshold: {cpu_loops._PARALLEL_MIN_WORK:,}")
-
-
 def report_first_calls() -> None:
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
@@ -304,17 +271,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--first-call", action="store_true", help="time numba compilation")
     parser.add_argument("--first-call-child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--threads-check", action="store_true", help="serial vs parallel kernels")
     args = parser.parse_args(argv)
     if args.first_call_child:
         print(json.dumps(first_call_times()))
         return
     if args.first_call:
         report_first_calls()
-        return
-    if args.threads_check:
-        torch.set_num_threads(args.threads)
-        report_threads()
         return
 
     torch.set_num_threads(args.threads)

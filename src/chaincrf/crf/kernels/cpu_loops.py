@@ -1,8 +1,8 @@
 """The numba loops behind :mod:`chaincrf.crf.kernels.cpu_ops`: plain Python until it compiles them.
 
 One batch row at a time, log space, float64 accumulation (see :mod:`chaincrf.crf.kernels.cpu_ops` for
-what each kernel computes). ``chaincrf.crf.kernels.cpu_ops._load`` swaps ``prange`` for ``numba.prange``
-and each helper for its compiled version in this module's namespace, then compiles the kernels:
+what each kernel computes). ``chaincrf.crf.kernels.cpu_ops._load`` swaps each helper for its
+compiled version in this module's namespace, then compiles the kernels:
 numba resolves a kernel's global names when it compiles it. Importing this module imports only
 numpy.
 """
@@ -26,17 +26,10 @@ _LOG_HUGE = 575.0
 # The backward kernel sums parameter gradients over at most this many chunks of rows, each
 # with its own buffers, in a fixed order.
 _MAX_CHUNKS = 64
-# Work (sweeps * B * T * K * (K + 16), about the multiply-adds of a row step plus its overhead)
-# below which a call runs the serial kernels (no thread pool): numba's workqueue pool brought
-# 0.8-1.2x up to 3.4M (B 8-128, T 32-128, K 5-50) and 1.7x at 54M (B = T = 128, K = 50),
-# log-partition kernel, serial vs parallel on 2 threads, numba 0.68, this 2-core CPU, 2026-11-29
-# (`python3 scripts/bench_fused.py --threads-check`).
-_PARALLEL_MIN_WORK = 1 << 23
 
 # The kernels below are plain Python until ``_load`` compiles them: numba resolves a kernel's
-# global names when it compiles it, so ``_load`` first swaps ``prange`` for ``numba.prange``
-# and each helper for its compiled version in this module's namespace.
-prange = range
+# global names when it compiles it, so ``_load`` first swaps each helper for its compiled version
+# in this module's namespace.
 _HELPERS = (
     "_check_lengths",
     "_check_tags",
@@ -352,7 +345,7 @@ def _ragged_kernel(mask, em, tags, start, trans, end, validate, lengths, problem
     or +inf (0 none, 1 start, 2 end, 3 transitions; with validate only), plus 4 if any row has
     a problem."""
     bad_rows = 0
-    for b in prange(mask.shape[0]):
+    for b in range(mask.shape[0]):
         if not _row_prelude(mask, em, tags, b, validate, problems, lengths):
             bad_rows += 1
     code = _param_problem(start, trans, end) if validate else 0
@@ -400,7 +393,7 @@ def _log_likelihood_kernel(
     E, top = _col_normalised(trans)
     exp_scores = _all_exp_scores(start, trans, end)
     bad_rows = 0
-    for b in prange(B):
+    for b in range(B):
         if not _row_prelude(mask, em, tags, b, validate, problems, lengths):
             bad_rows += 1
             continue
@@ -419,7 +412,7 @@ def _log_partition_kernel(em, P, M, mask, start, trans, end, validate, log_z, le
     exp_scores = _all_exp_scores(start, trans, end)
     no_tags = np.zeros((0, 0), np.int64)
     bad_rows = 0
-    for b in prange(B):
+    for b in range(B):
         if not _row_prelude(mask, em, no_tags, b, validate, problems, lengths):
             bad_rows += 1
             continue
@@ -449,7 +442,7 @@ def _forward_backward_kernel(
     EtT = np.ascontiguousarray(Et.T)
     C = part_start.shape[0]
     pairwise = part_trans.shape[1] > 0
-    for c in prange(C):
+    for c in range(C):
         la, shift = np.empty((T, K)), np.empty(T)
         row_start, row_end = np.empty(K), np.empty(K)
         row_trans = np.empty((K, K) if pairwise else (0, 0))
@@ -512,7 +505,7 @@ def _viterbi_kernel(em, mask, start, trans, end, validate, paths, scores, length
     E, top = np.zeros((0, 0)), np.zeros(0)  # read by the log semiring only
     no_tags = np.zeros((0, 0), np.int64)
     bad_rows = 0
-    for b in prange(B):
+    for b in range(B):
         if not _row_prelude(mask, em, no_tags, b, validate, problems, lengths):
             bad_rows += 1
             continue

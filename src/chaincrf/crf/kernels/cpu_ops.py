@@ -1,7 +1,7 @@
 """Fused CPU kernels for the linear-chain CRF, compiled with numba, exposed as torch custom ops.
 
-Each kernel runs one batch row at a time (``numba.prange`` over rows, or over fixed chunks of
-rows where parameter gradients are summed), in log space with float64 accumulation, whatever
+Each kernel runs one batch row at a time (over fixed chunks of rows where parameter gradients
+are summed, in a fixed order), in log space with float64 accumulation, whatever
 the emissions' dtype (float32 or float64). Inputs are batch-first; a row ``b`` covers positions
 ``[0, lengths[b])`` and positions past its length are never read. Transitions are indexed
 ``[from, to]``; forbidden moves are ``-inf`` scores (see ``chaincrf.confidence.crf_scores``).
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -57,49 +56,39 @@ __all__ = [
 
 @functools.cache
 def _load() -> SimpleNamespace | ImportError:
-    """Imports numba and compiles the kernels (lazily, per dtype); the ImportError if it can't."""
+    """Imports numba and compiles the kernels (lazily, per dtype); the ImportError if it can't.
+
+    The kernels are serial (one row after another on the calling thread): numba's parallel
+    versions, measured with its workqueue pool, ran no faster on this 2-core CPU
+    (serial / parallel 0.98-1.00 over B 8-128, T 32-128, K 5-50, numba 0.68, 2026-11-29), and
+    its OpenMP pool shares the process's OpenMP runtime with torch: starting it changed the
+    last bits of later torch CPU results (a training run killed and resumed ended 2.9e-6 away
+    from the uninterrupted one). The planner leaves the largest problems, where threads would
+    pay, to the eager kernel's batched BLAS products.
+    """
     try:
         import numba
     except ImportError as err:
         return err
-    if numba.config.THREADING_LAYER == "default":
-        # numba's own thread pool, not OpenMP: the OpenMP layer shares the process's OpenMP
-        # runtime with torch, and starting it changed the last bits of later torch CPU results
-        # (a training run killed and resumed ended 2.9e-6 away from the uninterrupted one).
-        # Not safe for concurrent launches from two Python threads: _launch serialises them.
-        numba.config.THREADING_LAYER = "workqueue"
     names = vars(loops)
-    names["prange"] = numba.prange
+    jit = numba.njit(cache=True, nogil=True)
     for name in loops._HELPERS:
-        names[name] = numba.njit(cache=True, nogil=True)(names[name])
-    serial = numba.njit(cache=True, nogil=True)  # prange is range: no thread pool at all
-    parallel = numba.njit(parallel=True, cache=True, nogil=True)
-    return SimpleNamespace(
-        numba=numba,
-        serial=SimpleNamespace(**{name: serial(names[name]) for name in loops._KERNELS}),
-        **{name: parallel(names[name]) for name in loops._KERNELS},
-    )
+        names[name] = jit(names[name])
+    return SimpleNamespace(numba=numba, **{name: jit(names[name]) for name in loops._KERNELS})
 
 
 @functools.cache
 def warm_up() -> None:
-    """Load every kernel and start numba's threading layer now, once per process.
-
-    The first launch initialises the process's shared OpenMP runtime, and loading the compiled
-    kernels changes how torch's own CPU kernels round afterwards (measured: two identical
-    training runs in one process, or a run resumed in another process, differed in the last bits
-    when the first one met these loads mid-training). Done when a CRF that may use the kernels
-    is built, every training step of the process sees the same state. Costs one tiny call of
-    each kernel in float32 and float64 (compiled once, then read from numba's disk cache).
-    """
-    for dtype in (torch.float32, torch.float64):
-        tiny = torch.zeros(1, 1, 1, dtype=dtype)
-        scores = (tiny[0, 0], tiny[0], tiny[0, 0])
-        lengths = torch.ones(1, dtype=torch.long)
-        with torch.enable_grad():
-            emissions = tiny.clone().requires_grad_(True)
-            log_partition(emissions, lengths, *scores).sum().backward()
-        viterbi(tiny, lengths, *scores)
+    """Load (compile, or read from numba's disk cache) the float32 kernels now, once per
+    process, when a CRF that may use them is built: the first training step then does not
+    pay for it. float64 kernels load on their first call."""
+    tiny = torch.zeros(1, 1, 1)
+    scores = (tiny[0, 0], tiny[0], tiny[0, 0])
+    lengths = torch.ones(1, dtype=torch.long)
+    with torch.enable_grad():
+        emissions = tiny.clone().requires_grad_(True)
+        log_partition(emissions, lengths, *scores).sum().backward()
+    viterbi(tiny, lengths, *scores)
 
 
 def available() -> bool:
@@ -107,43 +96,25 @@ def available() -> bool:
     return not isinstance(_load(), ImportError)
 
 
-def _kernels(shape: torch.Size, passes: int) -> SimpleNamespace:
-    """The compiled kernels for a call on emissions of ``shape`` that makes ``passes`` sweeps
-    over them (1 forward or Viterbi, 4 backward): the serial ones unless the work pays for
-    waking other threads, else the parallel ones with numba's thread count set."""
+def _kernels() -> SimpleNamespace:
+    """The compiled kernels (RuntimeError naming the cause when numba cannot be imported)."""
     loaded = _load()
     if isinstance(loaded, ImportError):
         raise RuntimeError(
-            f"chaincrf.crf.kernels.cpu_ops needs numba (pip install numba), which failed to import: {loaded}"
+            "chaincrf.crf.kernels.cpu_ops needs numba (pip install numba), which failed to "
+            f"import: {loaded}"
         )
-    B, T, K = shape
-    threads = (
-        torch.get_num_threads() if passes * B * T * K * (K + 16) >= loops._PARALLEL_MIN_WORK else 1
-    )
-    threads = max(1, min(threads, B, loaded.numba.config.NUMBA_NUM_THREADS))
-    if threads == 1:
-        return loaded.serial
-    if getattr(_thread_state, "threads", None) != threads:  # numba's count is per thread
-        loaded.numba.set_num_threads(threads)
-        _thread_state.threads = threads
     return loaded
 
 
-_thread_state = threading.local()
-
-
-_launch_lock = threading.Lock()
-
-
 @contextlib.contextmanager
-def _torch_threads_kept() -> Iterator[None]:
-    """Run a kernel: one launch at a time (numba's workqueue layer is not thread-safe), and
-    torch's intra-op thread count given back should a threading layer have changed it (numba's
-    OpenMP layer, if chosen by NUMBA_THREADING_LAYER, resets it on its first launch)."""
+def _kernel_call() -> Iterator[None]:
+    """Run a kernel, giving torch back its intra-op thread count should anything have changed
+    it (numba's OpenMP layer resets it on its first launch, should a user's own parallel numba
+    code start it)."""
     threads = torch.get_num_threads()
     try:
-        with _launch_lock:
-            yield
+        yield
     finally:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
@@ -219,12 +190,12 @@ def _raise_problems(problems: np.ndarray, found: int, emissions: Tensor, tags: T
 
 
 def _lengths_impl(mask: Tensor, emissions: Tensor, validate: bool) -> Tensor:
-    kernels = _kernels(emissions.shape, 0)
+    kernels = _kernels()
     lengths = torch.empty(mask.shape[0], dtype=torch.long)
     problems = _problems(mask.shape[0])
     no_tags = np.zeros((0, 0), np.int64)
     zero = np.zeros(1)
-    with _torch_threads_kept():
+    with _kernel_call():
         found = kernels._ragged_kernel(
             _as_numpy(mask), _as_numpy(emissions), no_tags, zero, zero.reshape(1, 1), zero,
             False, lengths.numpy(), problems,
@@ -237,12 +208,12 @@ def _lengths_impl(mask: Tensor, emissions: Tensor, validate: bool) -> Tensor:
 def _log_partition_impl(
     emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
 ) -> tuple[Tensor, Tensor]:
-    kernels = _kernels(emissions.shape, 1)
+    kernels = _kernels()
     B = emissions.shape[0]
     log_z = emissions.new_empty(B)
     lengths = torch.empty(B, dtype=torch.long)
     problems = _problems(B)
-    with _torch_threads_kept():
+    with _kernel_call():
         found = kernels._log_partition_kernel(
             _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(mask), *_scores(start, transitions, end), validate,
             log_z.numpy(), lengths.numpy(), problems,
@@ -262,13 +233,13 @@ def _log_likelihood_impl(
     constrained: bool,
     validate: bool,
 ) -> tuple[Tensor, Tensor]:
-    kernels = _kernels(emissions.shape, 1)
+    kernels = _kernels()
     B = emissions.shape[0]
     llh = emissions.new_empty(B)
     lengths = torch.empty(B, dtype=torch.long)
     gold = np.zeros(B)
     problems = _problems(B)
-    with _torch_threads_kept():
+    with _kernel_call():
         found = kernels._log_likelihood_kernel(
             _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(tags), _as_numpy(mask),
             *_scores(start, transitions, end), validate, llh.numpy(), gold, lengths.numpy(),
@@ -298,12 +269,12 @@ def _forward_backward_impl(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of grad . log Z (tags empty) or grad . (gold - log Z) w.r.t. emissions and the
     three scores; without ``pairwise``, the transitions' gradient is left empty (marginals)."""
-    kernels = _kernels(emissions.shape, 4 if pairwise else 3)
+    kernels = _kernels()
     B, _, K = emissions.shape
     d_em = emissions.new_empty(emissions.shape)
     C = min(B, loops._MAX_CHUNKS)
     parts = np.zeros((C, K)), np.zeros((C, K)), np.zeros((C, K, K) if pairwise else (C, 0, 0))
-    with _torch_threads_kept():
+    with _kernel_call():
         kernels._forward_backward_kernel(
             _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(tags), _as_numpy(lengths),
             _as_numpy(grad, torch.float64), *_scores(start, transitions, end), d_em.numpy(),
@@ -321,13 +292,13 @@ def _forward_backward_impl(
 def _viterbi_impl(
     emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    kernels = _kernels(emissions.shape, 1)
+    kernels = _kernels()
     B, T, _ = emissions.shape
     paths = torch.empty(B, T, dtype=torch.long)
     scores = emissions.new_empty(B)
     lengths = torch.empty(B, dtype=torch.long)
     problems = _problems(B)
-    with _torch_threads_kept():
+    with _kernel_call():
         found = kernels._viterbi_kernel(
             _as_numpy(emissions), _as_numpy(mask), *_scores(start, transitions, end), validate,
             paths.numpy(), scores.numpy(), lengths.numpy(), problems,
@@ -627,7 +598,7 @@ def _mask_of(emissions: Tensor, lengths: Tensor) -> Tensor:
 
 
 def _load_or_raise() -> SimpleNamespace:
-    return _kernels(torch.Size((1, 1, 1)), 0)
+    return _kernels()
 
 
 def log_partition(
