@@ -119,3 +119,13 @@ def test_unknown_kernel_names_are_refused(monkeypatch):
 def test_every_table_row_names_its_measurement():
     for rule in crf_plan.TABLE:
         assert rule.kernel in crf_plan.KERNELS and rule.measured and rule.operations
+
+
+def test_eager_tuning_is_scoped_and_refuses_unknown_thresholds():
+    before = crf_plan.EAGER
+    with crf_plan.eager_tuning(tree_max_bkk=0) as tuning:
+        assert crf_plan.EAGER is tuning and tuning.tree_max_bkk == 0
+    assert crf_plan.EAGER is before and before.tree_max_bkk == 512
+    with pytest.raises(TypeError, match="tree_max"), crf_plan.eager_tuning(tree_max=0):
+        pass
+    assert crf_plan.EAGER is before

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import reference as ref
-from chaincrf.crf.kernels import eager_partition, eager_viterbi
+from chaincrf.crf import plan
 from crf_helpers import make_crf, params, ragged_batch, sentence
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
@@ -159,17 +159,17 @@ def test_larger_ragged_batch_against_reference():
 
 @pytest.mark.usefixtures("eager_kernel")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_log_space_fallback_branch_matches_reference(dtype, monkeypatch):
+def test_log_space_fallback_branch_matches_reference(dtype):
     """Transition scores spanning more than the exp path allows use the exact log-space path."""
     emissions, _tags, mask, lengths = ragged_batch(5, 6, 4, seed=9, dtype=dtype)
     crf = make_crf(4, 9).to(dtype)
     with torch.no_grad():
         crf.transitions[0, 1] = 400.0 if dtype == torch.float32 else 4000.0
         crf.transitions[2, 3] = -400.0 if dtype == torch.float32 else -4000.0
-    calls = _count_exact(monkeypatch)
     start, trans, end = params(crf)
-    log_z = crf.log_partition(emissions, mask)
-    assert calls == [5], "the log-space branch was not taken for the whole batch"
+    with plan.record_paths() as paths:
+        log_z = crf.log_partition(emissions, mask)
+    assert _exact(paths) == [5], "the log-space branch was not taken for the whole batch"
     marg = crf.marginals(emissions, mask)
     tol = 1e-3 if dtype == torch.float32 else 1e-9  # scores of magnitude 400 in float32
     for b in range(5):
@@ -188,7 +188,7 @@ def test_log_space_fallback_branch_matches_reference(dtype, monkeypatch):
 
 
 @pytest.mark.usefixtures("eager_kernel")
-def test_underflow_guard_falls_back(monkeypatch):
+def test_underflow_guard_falls_back():
     """Constraints + huge emission spread: the scaled path must detect underflow, not return NaN/inf."""
     K = 3
     trans_ok = torch.tensor([[True, False, False], [False, True, False], [False, False, True]])
@@ -199,10 +199,10 @@ def test_underflow_guard_falls_back(monkeypatch):
     ).float()
     # row stays in its start tag; emissions push hard towards another tag at step 1
     emissions = torch.tensor([[[0.0, -200.0, -200.0], [-300.0, 0.0, -300.0], [0.0, 0.0, 0.0]]])
-    calls = _count_exact(monkeypatch)
     start, trans, end = params(crf)
-    log_z = crf.log_partition(emissions)
-    assert calls == [1], "underflow not detected"
+    with plan.record_paths() as paths:
+        log_z = crf.log_partition(emissions)
+    assert _exact(paths) == [1], "underflow not detected"
     assert math.isclose(
         float(log_z[0]),
         ref.forward_algorithm(emissions[0].tolist(), start, trans, end),
@@ -210,22 +210,13 @@ def test_underflow_guard_falls_back(monkeypatch):
     )
 
 
-def _count_exact(monkeypatch) -> list[int]:
-    """Records the batch size of every exact (log-space) forward-backward."""
-    calls: list[int] = []
-    original = eager_partition._Exact
-
-    class Counting(original):
-        def __init__(self, em, *args):
-            calls.append(em.size(1))
-            super().__init__(em, *args)
-
-    monkeypatch.setattr(eager_partition, "_Exact", Counting)
-    return calls
+def _exact(paths: list[tuple[str, int]]) -> list[int]:
+    """The row counts of every exact (log-space) forward-backward the eager kernel ran."""
+    return [rows for path, rows in paths if path == "exact"]
 
 
 @pytest.mark.usefixtures("eager_kernel")
-def test_mixed_batch_recomputes_only_failing_rows_and_gradients_match(monkeypatch):
+def test_mixed_batch_recomputes_only_failing_rows_and_gradients_match():
     """One row underflows the scaled path; only it is recomputed, and all gradients are exact."""
     K = 3
     trans_ok = torch.eye(K, dtype=torch.bool)
@@ -239,19 +230,19 @@ def test_mixed_batch_recomputes_only_failing_rows_and_gradients_match(monkeypatc
         [[1] * 5, [1] * 3 + [0] * 2, [1] * 4 + [0], [1] * 2 + [0] * 3], dtype=torch.bool
     )
     tags = torch.zeros(4, 5, dtype=torch.long)
-    calls = _count_exact(monkeypatch)
     em = emissions.clone().requires_grad_(True)
-    crf(em, tags, mask).backward()
-    assert calls == [1]
+    with plan.record_paths() as paths:
+        crf(em, tags, mask).backward()
+    assert _exact(paths) == [1]
     grads = [em.grad] + [
         p.grad.clone() for p in (crf.start_transitions, crf.transitions, crf.end_transitions)
     ]
     # the same in pure log space (float64 spread limit forced to 0)
-    monkeypatch.setitem(eager_partition._SPAN_LIMIT, torch.float64, -1.0)
     crf.zero_grad()
     em2 = emissions.clone().requires_grad_(True)
-    crf(em2, tags, mask).backward()
-    assert calls == [1, 4]
+    with plan.eager_tuning(span_limit_float64=-1.0), plan.record_paths() as paths:
+        crf(em2, tags, mask).backward()
+    assert _exact(paths) == [4]
     expected = [em2.grad] + [
         p.grad for p in (crf.start_transitions, crf.transitions, crf.end_transitions)
     ]
@@ -268,22 +259,18 @@ def test_mixed_batch_recomputes_only_failing_rows_and_gradients_match(monkeypatc
 
 
 @pytest.mark.usefixtures("eager_kernel")
-def test_tree_branch_matches_reference_and_sequential_gradients(monkeypatch):
+def test_tree_branch_matches_reference_and_sequential_gradients():
     """The log-depth tree (small unconstrained batches) equals the reference; its gradients and
     marginals equal those of the sequential forward-backward."""
     emissions, tags, mask, lengths = ragged_batch(3, 13, 4, seed=21, min_len=1)
     tags = tags.clamp(min=0)
     crf = make_crf(4, 21)
-    calls = []
-    original = eager_partition._tree_log_partition
-    monkeypatch.setattr(
-        eager_partition, "_tree_log_partition", lambda *a: calls.append(1) or original(*a)
-    )
     em = emissions.clone().requires_grad_(True)
-    llh = crf(em, tags, mask, reduction="none")
-    llh.sum().backward()
-    marg = crf.marginals(emissions, mask)
-    assert len(calls) == 2, "the tree branch was not taken"
+    with plan.record_paths() as paths:
+        llh = crf(em, tags, mask, reduction="none")
+        llh.sum().backward()
+        marg = crf.marginals(emissions, mask)
+    assert paths == [("tree", 3), ("tree", 3)], "the tree branch was not taken"
     start, trans, end = params(crf)
     for b in range(3):
         n = int(lengths[b])
@@ -294,28 +281,27 @@ def test_tree_branch_matches_reference_and_sequential_gradients(monkeypatch):
     tree_grads = [em.grad] + [
         p.grad.clone() for p in (crf.start_transitions, crf.transitions, crf.end_transitions)
     ]
-    monkeypatch.setattr(eager_partition, "_TREE_MAX_BKK", 0)
     crf.zero_grad()
     em2 = emissions.clone().requires_grad_(True)
-    crf(em2, tags, mask, reduction="none").sum().backward()
-    assert len(calls) == 2
+    with plan.eager_tuning(tree_max_bkk=0), plan.record_paths() as paths:
+        crf(em2, tags, mask, reduction="none").sum().backward()
+        sequential_marg = crf.marginals(emissions, mask)
+    assert {path for path, _ in paths} == {"scaled"}
     seq_grads = [em2.grad] + [
         p.grad for p in (crf.start_transitions, crf.transitions, crf.end_transitions)
     ]
     for got, want in zip(tree_grads, seq_grads):
         torch.testing.assert_close(got, want)
-    torch.testing.assert_close(marg, crf.marginals(emissions, mask))
+    torch.testing.assert_close(marg, sequential_marg)
 
 
 @pytest.mark.usefixtures("eager_kernel")
 @pytest.mark.parametrize("T", [1, 2, 9, 11])
 @pytest.mark.parametrize("constrained", [False, True])
-def test_tree_viterbi_branch_matches_reference(constrained, T, monkeypatch):
+def test_tree_viterbi_branch_matches_reference(constrained, T):
     """Long sequences in small batches decode through the max-plus tree; it equals the textbook
     Viterbi (thresholds lowered so that a small batch takes it). T - 1 steps: none, one, a power
     of two, and padded up to one."""
-    monkeypatch.setattr(eager_viterbi, "_TREE_VITERBI_MIN_T", 1)
-    monkeypatch.setattr(eager_viterbi, "_TREE_VITERBI_MAX_BKKK", 256)
     K = 4
     constraints = None
     if constrained:
@@ -330,38 +316,38 @@ def test_tree_viterbi_branch_matches_reference(constrained, T, monkeypatch):
     mask[3] = False  # an empty row
     lengths[3] = 0
     crf = make_crf(K, 33, constraints=constraints)
-    calls = []
-    original = eager_viterbi._tree_viterbi
-    monkeypatch.setattr(eager_viterbi, "_tree_viterbi", lambda *a: calls.append(1) or original(*a))
-    paths, scores = crf.viterbi(emissions, mask)
-    assert calls == [1], "the tree branch was not taken"
-    assert crf.decode(emissions, mask) == [paths[b, : int(lengths[b])].tolist() for b in range(4)]
+    tree = plan.eager_tuning(tree_viterbi_min_t=1, tree_viterbi_max_bkkk=256)
+    with tree, plan.record_paths() as taken:
+        paths, scores = crf.viterbi(emissions, mask)
+        decoded = crf.decode(emissions, mask)
+    assert taken == [("tree_viterbi", 4)] * 2, "the tree branch was not taken"
+    assert decoded == [paths[b, : int(lengths[b])].tolist() for b in range(4)]
     start, trans, end = params(crf)
     for b in range(4):
         n = int(lengths[b])
         path, score = ref.viterbi(sentence(emissions, b, n), start, trans, end)
         assert paths[b, :n].tolist() == path and (paths[b, n:] == -1).all()
         assert math.isclose(float(scores[b]), score, rel_tol=1e-9, abs_tol=1e-9)
-    monkeypatch.setattr(eager_viterbi, "_TREE_VITERBI_MAX_BKKK", 0)
-    monkeypatch.setattr(eager_viterbi, "_TREE_VITERBI_LONG_MAX_BKKK", 0)
-    seq_paths, seq_scores = crf.viterbi(emissions, mask)
-    assert calls == [1, 1] and torch.equal(seq_paths, paths)
+    with plan.record_paths() as taken:
+        seq_paths, seq_scores = crf.viterbi(emissions, mask)
+    assert taken == [("scan_viterbi", 4)] and torch.equal(seq_paths, paths)
     torch.testing.assert_close(seq_scores, scores)
 
 
+@pytest.mark.usefixtures("eager_kernel")
 @pytest.mark.parametrize("broadcast", [False, True])
-def test_matrix_product_branches_match_reference(broadcast, monkeypatch):
+def test_matrix_product_branches_match_reference(broadcast):
     """The scaled recursion's products by BLAS and by broadcasting agree with the reference."""
-    monkeypatch.setattr(eager_partition, "_broadcast_products", lambda B, K: broadcast)
-    monkeypatch.setattr(eager_partition, "_TREE_MAX_BKK", 0)
     emissions, tags, mask, lengths = ragged_batch(6, 9, 5, seed=44, min_len=1)
     tags = tags.clamp(min=0)
     crf = make_crf(5, 44)
     em = emissions.clone().requires_grad_(True)
-    llh = crf(em, tags, mask, reduction="none")
-    llh.sum().backward()
+    tuning = {"broadcast_max": 1 << 30, "broadcast_min_threads": 1} if broadcast else {}
+    with plan.eager_tuning(tree_max_bkk=0, **tuning):
+        llh = crf(em, tags, mask, reduction="none")
+        llh.sum().backward()
+        marg = crf.marginals(emissions, mask)
     start, trans, end = params(crf)
-    marg = crf.marginals(emissions, mask)
     for b in range(6):
         n = int(lengths[b])
         s = sentence(emissions, b, n)
@@ -379,18 +365,23 @@ def test_matrix_product_branches_match_reference(broadcast, monkeypatch):
 
 @pytest.mark.parametrize("sliced", [True, False])
 @pytest.mark.parametrize("batched", [True, False])
-def test_backtrace_branches_match_reference(batched, sliced, monkeypatch):
+@pytest.mark.usefixtures("eager_kernel")
+def test_backtrace_branches_match_reference(batched, sliced):
     """Back-pointers batched after the forward pass and followed by pointer doubling, or argmax
     per chosen tag; forward steps over the whole batch or sliced to the running rows: same paths.
     """
-    monkeypatch.setattr(eager_viterbi, "_BATCHED_BACKPOINTERS_MAX", 1 << 30 if batched else 0)
-    monkeypatch.setattr(eager_viterbi, "_SLICE_MIN_SAVED", 0 if sliced else 1 << 30)
-    monkeypatch.setattr(eager_viterbi, "_TREE_VITERBI_MAX_BKKK", 0)
-    monkeypatch.setattr(eager_viterbi, "_TREE_VITERBI_LONG_MAX_BKKK", 0)
     emissions, _, mask, lengths = ragged_batch(7, 13, 4, seed=55)
     emissions[~mask] = float("nan")  # padding is never read, whatever it holds
     crf = make_crf(4, 55)
-    paths, scores = crf.viterbi(emissions, mask)
+    tuning = plan.eager_tuning(
+        batched_backpointers_max=1 << 30 if batched else 0,
+        slice_min_saved=0 if sliced else 1 << 30,
+        tree_viterbi_max_bkkk=0,
+        tree_viterbi_long_max_bkkk=0,
+    )
+    with tuning, plan.record_paths() as taken:
+        paths, scores = crf.viterbi(emissions, mask)
+    assert taken == [("scan_viterbi", 7)]
     start, trans, end = params(crf)
     for b in range(7):
         n = int(lengths[b])

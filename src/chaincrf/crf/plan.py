@@ -20,6 +20,7 @@ torch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -29,9 +30,11 @@ import torch
 
 __all__ = [
     "AUTO_KERNELS",
+    "EAGER",
     "ENV",
     "KERNELS",
     "TABLE",
+    "EagerTuning",
     "Problem",
     "Rule",
     "choose",
@@ -228,3 +231,111 @@ def record() -> Iterator[list[tuple[str, str]]]:
         yield ran
     finally:
         _recorders.remove(ran)
+
+
+# ------------------------------------------------------------------------------ eager paths
+
+
+@dataclass(frozen=True)
+class EagerTuning:
+    """The thresholds by which the eager kernel picks among its own paths, each with the
+    measurement it came from (this 2-core CPU, 2 threads unless said).
+
+    Attributes:
+        span_limit_float32, span_limit_float64: largest spread of finite transition scores
+            for which the scaled exp-space log-partition cannot lose a significant term to
+            underflow (exp(60) and exp(600) leave float32 / float64 headroom); wider: the
+            exact log-space path.
+        tiny_float32, tiny_float64: smallest per-step normaliser the scaled path accepts;
+            below it the row is recomputed in log space.
+        tree_max_bkk, tree_min_t, tree_span_limit: the log-depth tree of matrix products for
+            the log-partition when batch * tags^2 <= 512, T >= 8 and the transition spread
+            <= 25 (its products must not underflow); measured faster than the sequential scan
+            there (`scripts/bench_crf.py`, issue 3).
+        broadcast_max, broadcast_min_threads: the recursion's (B, K) @ (K, K) products by
+            broadcasting, not BLAS, when B * K^2 <= 4096, K <= 16 and torch runs at least 2
+            threads (a BLAS product on a
+            handful of rows cost a 30-80 us thread hand-off; 2 us against 40 us at B=32, K=9
+            single-threaded, where BLAS stays).
+        batched_backpointers_max: Viterbi back-pointers of all steps in one argmax when
+            B * K^2 <= 3000; above it the back-trace takes the argmax of the chosen tag only.
+        slice_min_saved: the Viterbi step slices to the rows still running only when that
+            skips at least 8192 candidate scores (the views cost about as much).
+        tree_viterbi_min_t, tree_viterbi_max_bkkk, tree_viterbi_long_t,
+        tree_viterbi_long_max_bkkk: the max-plus tree when T >= 64 and B * K^3 <= 512, or
+            T >= 256 and B * K^3 <= 1024 (0.3-0.8x the sequential time there, 1.1-10x
+            elsewhere).
+    """
+
+    span_limit_float32: float = 60.0
+    span_limit_float64: float = 600.0
+    tiny_float32: float = 1e-20
+    tiny_float64: float = 1e-200
+    tree_max_bkk: int = 512
+    tree_min_t: int = 8
+    tree_span_limit: float = 25.0
+    broadcast_max: int = 4096
+    broadcast_min_threads: int = 2
+    batched_backpointers_max: int = 3000
+    slice_min_saved: int = 8192
+    tree_viterbi_min_t: int = 64
+    tree_viterbi_max_bkkk: int = 512
+    tree_viterbi_long_t: int = 256
+    tree_viterbi_long_max_bkkk: int = 1024
+
+    def span_limit(self, dtype: torch.dtype) -> float | None:
+        """The spread limit of the scaled path in ``dtype`` (None: no scaled path)."""
+        return {torch.float32: self.span_limit_float32, torch.float64: self.span_limit_float64}.get(
+            dtype
+        )
+
+    def tiny(self, dtype: torch.dtype) -> float:
+        return self.tiny_float64 if dtype == torch.float64 else self.tiny_float32
+
+
+EAGER = EagerTuning()
+"""The eager kernel's thresholds in force (see :func:`eager_tuning` to change them)."""
+
+_path_recorders: list[list[tuple[str, int]]] = []
+
+
+@contextlib.contextmanager
+def eager_tuning(**changes: float) -> Iterator[EagerTuning]:
+    """Run a block with some eager thresholds changed (to tune for another machine, or to
+    reach a path in a test), e.g. ``with eager_tuning(tree_max_bkk=0):`` (never the tree).
+
+    Raises:
+        TypeError: naming an unknown threshold.
+    """
+    global EAGER
+    before = EAGER
+    EAGER = dataclasses.replace(before, **changes)
+    try:
+        yield EAGER
+    finally:
+        EAGER = before
+
+
+def path_taken(path: str, rows: int) -> None:
+    """Called by the eager kernel when it takes ``path`` for ``rows`` batch rows."""
+    for recorder in _path_recorders:
+        recorder.append((path, rows))
+
+
+@contextlib.contextmanager
+def record_paths() -> Iterator[list[tuple[str, int]]]:
+    """Collect ``(path, rows)`` for every eager path taken inside the block: ``"scaled"``,
+    ``"exact"`` (log space), ``"tree"`` (log-partition); ``"tree_viterbi"``, ``"scan_viterbi"``.
+
+    Example::
+
+        with chaincrf.crf.plan.record_paths() as paths:
+            crf.log_partition(emissions, mask)
+        assert ("exact", 5) in paths
+    """
+    paths: list[tuple[str, int]] = []
+    _path_recorders.append(paths)
+    try:
+        yield paths
+    finally:
+        _path_recorders.remove(paths)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from chaincrf.crf import plan
 from chaincrf.crf.errors import NonFiniteInputError
 from chaincrf.crf.kernels import eager_partition as part
 from chaincrf.crf.kernels import eager_viterbi as vit
@@ -208,8 +209,10 @@ def _best_paths(
         if T == 0:
             return em.new_zeros((0, B), dtype=torch.long), em.new_zeros(B), None, lengths
         if vit._use_tree_viterbi(em):
+            plan.path_taken("tree_viterbi", B)
             seq, best = vit._tree_viterbi(em, start, trans, end, lengths)
             return seq, best, None, lengths
+        plan.path_taken("scan_viterbi", B)
         if B == 1:  # nothing to sort
             n = int(lengths[0])
             em_tm, order, n_active = em.transpose(0, 1), None, [1] * n + [0] * (T - n)
@@ -237,6 +240,7 @@ def marginals(
             args = (start.clone(), trans.clone(), end.clone(), lengths.clone())
             log_z = part._tree_log_partition(em_req, *args)
             if log_z is not None:
+                plan.path_taken("tree", em_tm.shape[1])
                 (gamma,) = torch.autograd.grad(log_z.sum(), em_req)
     if gamma is None:
         with torch.no_grad():

@@ -6,19 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Viterbi back-pointers for all steps in one argmax when batch * tags^2 is at most this; above
-# it, the back-trace takes the argmax for the chosen tag only, step by step.
-_BATCHED_BACKPOINTERS_MAX = 3000
-# The Viterbi forward step slices to the rows still running only when that skips at least this
-# many candidate scores (the slicing's view operations cost about as much as this arithmetic).
-_SLICE_MIN_SAVED = 8192
-# Viterbi's max-plus tree: used when T >= _TREE_VITERBI_MIN_T and batch * tags^3 is at most
-# _TREE_VITERBI_MAX_BKKK, or T >= _TREE_VITERBI_LONG_T and batch * tags^3 is at most
-# _TREE_VITERBI_LONG_MAX_BKKK (measured 0.3-0.8x the sequential time there, 1.1-10x elsewhere).
-_TREE_VITERBI_MIN_T = 64
-_TREE_VITERBI_MAX_BKKK = 512
-_TREE_VITERBI_LONG_T = 256
-_TREE_VITERBI_LONG_MAX_BKKK = 1024
+from chaincrf.crf import plan
 
 
 def _max_scan(em: Tensor, start: Tensor, trans: Tensor, n_active: list[int]) -> Tensor:
@@ -28,7 +16,7 @@ def _max_scan(em: Tensor, start: Tensor, trans: Tensor, n_active: list[int]) -> 
     that the max runs over the outermost dimension (element-wise maxima of contiguous rows,
     3-6x faster than a max over a short innermost dimension). A step covers the whole batch, the
     rows already past their end included, unless slicing to the active prefix saves more
-    arithmetic than the extra view operations cost (``_SLICE_MIN_SAVED`` elements).
+    arithmetic than the extra view operations cost (``plan.EAGER.slice_min_saved`` elements).
 
     Args:
         em: float (T, B, K), time-major, batch sorted by decreasing length.
@@ -48,7 +36,7 @@ def _max_scan(em: Tensor, start: Tensor, trans: Tensor, n_active: list[int]) -> 
     prevs = V.transpose(1, 2).unsqueeze(3).unbind(0)  # (K from, B, 1) views of each step
     tr = trans.unsqueeze(1)  # (K from, 1, K to)
     buf = em.new_empty((K, B, K))
-    min_rows_saved = _SLICE_MIN_SAVED // (K * K) + 1
+    min_rows_saved = plan.EAGER.slice_min_saved // (K * K) + 1
     for t in range(1, T):
         n = n_active[t]
         if n == 0:
@@ -71,7 +59,7 @@ def _best_sorted(
     """Viterbi (k = 1) on sorted time-major emissions: best tags and scores.
 
     The forward pass is ``_max_scan``. Small problems (batch * tags^2 at most
-    ``_BATCHED_BACKPOINTERS_MAX``) then take every back-pointer in one argmax and follow them by
+    ``plan.EAGER.batched_backpointers_max``) then take every back-pointer in one argmax and follow them by
     pointer doubling (``_follow``): O(log T) operations; larger ones take the argmax for the
     chosen tag only, step by step ((B, K) work per step instead of (B, K, K)).
 
@@ -92,7 +80,7 @@ def _best_sorted(
     best = final.gather(1, tag.unsqueeze(1)).squeeze(1)
     if T == 1:
         return tag.unsqueeze(0), best
-    if B * K * K <= _BATCHED_BACKPOINTERS_MAX:
+    if plan.EAGER.batched_backpointers_max >= B * K * K:
         back = _max_backpointers(V, trans, lengths)  # (T-1, B, K)
         return torch.cat([_follow(back, tag), tag.unsqueeze(0)]), best
     tags = [tag]
@@ -195,8 +183,9 @@ def _use_tree_viterbi(em: Tensor) -> bool:
     rows and few tags (its arithmetic grows as batch * T * tags^3, its operations as log T)."""
     B, T, K = em.shape
     work = B * K**3
-    return (T >= _TREE_VITERBI_MIN_T and work <= _TREE_VITERBI_MAX_BKKK) or (
-        T >= _TREE_VITERBI_LONG_T and work <= _TREE_VITERBI_LONG_MAX_BKKK
+    tuning = plan.EAGER
+    return (tuning.tree_viterbi_min_t <= T and work <= tuning.tree_viterbi_max_bkkk) or (
+        tuning.tree_viterbi_long_t <= T and work <= tuning.tree_viterbi_long_max_bkkk
     )
 
 
