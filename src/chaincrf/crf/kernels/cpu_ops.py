@@ -1,25 +1,28 @@
 """Fused CPU kernels for the linear-chain CRF, compiled with numba, exposed as torch custom ops.
 
 Each kernel runs one batch row at a time (over fixed chunks of rows where parameter gradients
-are summed, in a fixed order), in log space with float64 accumulation, whatever
-the emissions' dtype (float32 or float64). Inputs are batch-first; a row ``b`` covers positions
-``[0, lengths[b])`` and positions past its length are never read. Transitions are indexed
-``[from, to]``; forbidden moves are ``-inf`` scores (see ``chaincrf.confidence.crf_scores``).
+are summed, in a fixed order), float64 accumulation whatever the emissions' dtype (float32 or
+float64). Inputs are batch-first; a row covers the leading on positions of its mask, and
+positions past its length are never read. Transitions are indexed ``[from, to]``; forbidden
+moves are ``-inf`` scores (see ``chaincrf.confidence.crf_scores``).
 
-* ``chaincrf::log_partition``: the forward recursion, O(K) scratch per row.
-* ``chaincrf::log_partition_backward``: recomputes the forward messages of a row (O(T·K)) and
-  runs the backward messages over them (O(K)); writes ``grad`` times the unary marginals and
-  sums ``grad`` times the pairwise marginals into one (K, K) buffer per chunk of rows, added in
-  a fixed order afterwards (no data races, results independent of the thread count).
-* ``chaincrf::viterbi``: the same forward recursion in the max-plus semiring, with O(T·K)
-  int32 back-pointers per row. Ties go to the lowest tag index at every argmax, as the eager
-  ``CRF.viterbi`` (sequential path) does.
-* ``chaincrf::marginals``: the backward kernel with unit gradient and no pairwise sums.
+* ``chaincrf::log_partition`` (mask) -> (log Z, lengths): the forward recursion in exp space
+  (:mod:`chaincrf.crf.kernels.cpu_exp`), O(K) scratch per row; a row whose scale underflows is
+  recomputed exactly in log space (:mod:`chaincrf.crf.kernels.cpu_loops`).
+* ``chaincrf::log_likelihood`` (tags, mask) -> (gold score - log Z, lengths): the same pass
+  plus the gold path's score.
+* ``chaincrf::forward_backward`` (grad, tags or none, lengths): the gradient of either, for the
+  emissions and the three score tensors: forward messages kept (O(T·K) per row), backward
+  messages over them, pairwise marginals summed into one (K, K) buffer per chunk of rows.
+* ``chaincrf::viterbi`` (mask) -> (paths, scores, lengths): the max-plus recursion with int32
+  back-pointers; ties go to the lowest tag index at every argmax, as the eager kernel's.
+* ``chaincrf::marginals`` (mask): the backward kernel with unit gradient, no pairwise sums.
 
-A step of the log-semiring recursion is one multiply-add per (from, to) pair in exp space,
-scaled by the message's maximum and each column's maximum transition score; a column whose
-sum may have lost terms to underflow is recomputed exactly in log space, so ``-inf`` scores and
-emissions up to 1e4 in magnitude over 10,000 steps stay exact and never produce NaN.
+With ``validate`` the kernels also check the values in the pass that counts the lengths (mask
+gaps, NaN/+inf scores and emissions, tags out of range: the eager kernel's errors, in its
+order); tags are always range-checked before they index anything. Run eagerly, the public
+functions call the implementations directly (through ``torch.autograd.Function`` for the
+gradients); under torch.compile / torch.export they call the custom ops.
 
 This module imports only torch (and the numpy that torch brings); numba is imported, and the
 kernels compiled (``cache=True``: once per machine), on the first call.
