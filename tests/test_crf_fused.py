@@ -16,6 +16,7 @@ pytest.importorskip("numba")
 
 import reference as ref
 from chaincrf.constraints import allowed_transitions
+from chaincrf.crf import plan
 from chaincrf.crf.kernels import cpu_ops as crf_fused
 from crf_helpers import make_crf, params, ragged_batch, sentence
 
@@ -475,3 +476,29 @@ def test_torch_compile_fullgraph_dynamic_without_recompiling():
         for a, b in zip(*results):
             torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
     assert counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "per_row"])
+@pytest.mark.parametrize("constrained", [False, True])
+def test_log_likelihood_gradients_for_any_row_weights_match_eager(weighting, constrained):
+    """The fused log-likelihood computes its gradient in the forward pass for a unit weight and
+    scales it; rows weighted differently take the forward-backward kernel again: both equal the
+    eager kernel's gradients."""
+    constraints = allowed_transitions("BIOES", BIOES) if constrained else None
+    K = len(BIOES)
+    emissions, mask, _lengths = batch(5, 12, K, 7)
+    tags = torch.zeros(5, 12, dtype=torch.long)  # all O: allowed by BIOES
+    g = torch.Generator().manual_seed(7)
+    weights = torch.full((5,), 0.7) if weighting == "uniform" else torch.rand(5, generator=g)
+    grads = []
+    for kernel in ("eager", "fused"):
+        crf = make_crf(K, 7, constraints=constraints).double()
+        crf.kernel = kernel
+        em = emissions.clone().requires_grad_(True)
+        with plan.record() as ran:
+            llh = crf(em, tags, mask, reduction="none")
+        assert ran == [("log_partition", kernel)]
+        (llh * weights.double()).sum().backward()
+        grads.append((llh.detach(), em.grad, *(p.grad for p in crf.parameters())))
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-9)

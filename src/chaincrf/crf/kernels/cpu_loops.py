@@ -212,7 +212,7 @@ def _forward_row(em, n, start, scores, end, E, top, msg, shift, back):
 
 def _backward_row(em, n, g, start, trans, end, fwd, bwd, la, shift, d_em, d_start, d_end, d_trans):
     """Adds g times the gradient of one row's log-partition to d_start, d_end (K,) and, unless
-    d_trans is empty (0, 0), d_trans (K, K); writes d_em (T, K) (0 past n).
+    d_trans is empty (0, 0), d_trans (K, K); writes d_em (T, K) (0 past n). Returns log Z.
 
     fwd = (E, top) of trans, bwd = (trans.T, E, top of trans.T); la (T, K), shift (T,) scratch.
     Marginals are normalised per step: gamma_t = softmax(la_t + lb_t) with la, lb the shifted
@@ -224,7 +224,7 @@ def _backward_row(em, n, g, start, trans, end, fwd, bwd, la, shift, d_em, d_star
     d_em[:] = 0.0
     log_z, _ = _forward_row(em, n, start, trans, end, E, top, la, shift, None)
     if n == 0 or log_z == _NEG_INF:
-        return
+        return log_z
     lb, gam, w, nxt = np.empty(K), np.empty(K), np.empty(K), np.empty(K)
     exact = np.zeros(K, np.bool_)
     m = _NEG_INF
@@ -237,7 +237,7 @@ def _backward_row(em, n, g, start, trans, end, fwd, bwd, la, shift, d_em, d_star
         for j in range(K):
             norm = max(norm, la[t, j] + lb[j])
         if norm == _NEG_INF:  # unreachable with a finite log Z; never divide -inf by -inf
-            return
+            return log_z
         s = 0.0
         for j in range(K):
             s += math.exp(la[t, j] + lb[j] - norm)
@@ -280,6 +280,7 @@ def _backward_row(em, n, g, start, trans, end, fwd, bwd, la, shift, d_em, d_star
             m = max(m, nxt[j])
         for j in range(K):
             lb[j] = nxt[j] - m if m > _NEG_INF else _NEG_INF
+    return log_z
 
 
 def _not_finite(x):
@@ -422,13 +423,15 @@ def _log_partition_kernel(em, P, M, mask, start, trans, end, validate, log_z, le
 
 
 def _forward_backward_kernel(
-    em, P, M, tags, lengths, grad, start, trans, end, d_em, part_start, part_end, part_trans
-):
+    em, P, M, tags, lengths, grad, start, trans, end, d_em, part_start, part_end, part_trans,
+    log_z_out, gold_out,
+):  # fmt: skip
     """Chunk c of the C = part_start.shape[0] chunks adds its rows' gradients into
     part_start[c], part_end[c] (K,) and part_trans[c] (K, K); part_trans (C, 0, 0): none.
 
     tags (0, 0): the gradient of grad . log Z. tags (B, T): of grad . (gold - log Z), the
-    log-likelihood of the paths tags[b, :lengths[b]].
+    log-likelihood of the paths tags[b, :lengths[b]]. Also writes each row's log Z into
+    log_z_out and, with tags, its gold score into gold_out (float64 (B,)).
     """
     B, T, K = em.shape
     _check_lengths(lengths, T)
@@ -470,7 +473,7 @@ def _forward_backward_kernel(
                             for j in range(K):
                                 part_trans[c, i, j] += row_trans[i, j]
             if not ok:
-                _backward_row(
+                log_z = _backward_row(
                     em[b],
                     n,
                     sign_g,
@@ -486,7 +489,11 @@ def _forward_backward_kernel(
                     part_end[c],
                     part_trans[c],
                 )
-            if tags.shape[0] == 0 or n == 0:
+            log_z_out[b] = log_z
+            if tags.shape[0] == 0:
+                continue
+            gold_out[b] = _gold_row(em[b], tags[b], n, start, trans, end)
+            if n == 0:
                 continue
             row, d_row = tags[b], d_em[b]
             part_start[c, row[0]] += g

@@ -158,6 +158,9 @@ def _exp_emissions(emissions: Tensor) -> tuple[np.ndarray, np.ndarray]:
     return _as_numpy((em - top.unsqueeze(-1)).exp_()), _as_numpy(top)
 
 
+_NO_TAGS = torch.empty(0, 0, dtype=torch.long)
+
+
 def _problems(B: int) -> np.ndarray:
     return np.empty((B, 3), dtype=np.int64)
 
@@ -192,19 +195,30 @@ def _raise_problems(problems: np.ndarray, found: int, emissions: Tensor, tags: T
         )
 
 
-def _lengths_impl(mask: Tensor, emissions: Tensor, validate: bool) -> Tensor:
+def _lengths_impl(
+    mask: Tensor,
+    emissions: Tensor,
+    validate: bool,
+    scores: tuple[Tensor, Tensor, Tensor] | None = None,
+    tags: Tensor = _NO_TAGS,
+) -> Tensor:
+    """Each row's length; with ``validate`` the values checked (the scores too when given);
+    tags, when given, always range-checked."""
     kernels = _kernels()
     lengths = torch.empty(mask.shape[0], dtype=torch.long)
     problems = _problems(mask.shape[0])
-    no_tags = np.zeros((0, 0), np.int64)
-    zero = np.zeros(1)
+    if scores is None:
+        zero = np.zeros(1)
+        arrays = [zero, zero.reshape(1, 1), zero]
+    else:
+        arrays = _scores(*scores)
     with _kernel_call():
         found = kernels._ragged_kernel(
-            _as_numpy(mask), _as_numpy(emissions), no_tags, zero, zero.reshape(1, 1), zero,
-            False, lengths.numpy(), problems,
+            _as_numpy(mask), _as_numpy(emissions), _as_numpy(tags), *arrays,
+            validate and scores is not None, lengths.numpy(), problems,
         )  # fmt: skip
     if found:
-        _raise_problems(problems, found, emissions, _NO_TAGS)
+        _raise_problems(problems, found, emissions, tags)
     return lengths
 
 
@@ -251,12 +265,7 @@ def _log_likelihood_impl(
     if found:
         _raise_problems(problems, found, emissions, tags)
     if constrained:
-        rows = np.flatnonzero(np.isneginf(gold))
-        if rows.size:
-            raise ValueError(
-                f"tags at batch row {rows[0]} break the transition constraints (a forbidden "
-                "start, transition or end); the gold path has probability zero"
-            )
+        _check_gold(gold)
     return llh, lengths
 
 
@@ -272,16 +281,34 @@ def _forward_backward_impl(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of grad . log Z (tags empty) or grad . (gold - log Z) w.r.t. emissions and the
     three scores; without ``pairwise``, the transitions' gradient is left empty (marginals)."""
+    return _forward_backward_call(
+        grad, emissions, tags, lengths, start, transitions, end, pairwise
+    )[:4]
+
+
+def _forward_backward_call(
+    grad: Tensor,
+    emissions: Tensor,
+    tags: Tensor,
+    lengths: Tensor,
+    start: Tensor,
+    transitions: Tensor,
+    end: Tensor,
+    pairwise: bool = True,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, np.ndarray, np.ndarray]:
+    """:func:`_forward_backward_impl`'s gradients, then each row's log Z and gold score
+    (float64 numpy, the gold scores 0 without tags), which the same pass computes."""
     kernels = _kernels()
     B, _, K = emissions.shape
     d_em = emissions.new_empty(emissions.shape)
     C = min(B, loops._MAX_CHUNKS)
     parts = np.zeros((C, K)), np.zeros((C, K)), np.zeros((C, K, K) if pairwise else (C, 0, 0))
+    log_z, gold = np.zeros(B), np.zeros(B)
     with _kernel_call():
         kernels._forward_backward_kernel(
             _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(tags), _as_numpy(lengths),
             _as_numpy(grad, torch.float64), *_scores(start, transitions, end), d_em.numpy(),
-            *parts,
+            *parts, log_z, gold,
         )  # fmt: skip
     d_start, d_end, d_trans = (x.sum(0) for x in parts)  # in a fixed order
     return (
@@ -289,6 +316,8 @@ def _forward_backward_impl(
         _from_numpy(d_start, start.dtype),
         _from_numpy(d_trans, transitions.dtype),
         _from_numpy(d_end, end.dtype),
+        log_z,
+        gold,
     )
 
 
@@ -309,9 +338,6 @@ def _viterbi_impl(
     if found:
         _raise_problems(problems, found, emissions, _NO_TAGS)
     return paths, scores, lengths
-
-
-_NO_TAGS = torch.empty(0, 0, dtype=torch.long)
 
 
 def _marginals_impl(
@@ -473,21 +499,48 @@ class _LogPartition(torch.autograd.Function):
 
 
 class _LogLikelihood(torch.autograd.Function):
+    """The log-likelihood; when a gradient will be needed, the forward pass runs the
+    forward-backward kernel once and keeps the gradient of a unit output (one pass over the
+    rows instead of a forward and, later, a forward-backward)."""
+
     @staticmethod
     def forward(ctx, emissions, tags, mask, start, transitions, end, constrained, validate):  # type: ignore[override]
-        llh, lengths = _log_likelihood_impl(
-            emissions, tags, mask, start, transitions, end, constrained, validate
-        )
-        ctx.save_for_backward(emissions, tags, lengths, start, transitions, end)
+        if not any(ctx.needs_input_grad):
+            llh, lengths = _log_likelihood_impl(
+                emissions, tags, mask, start, transitions, end, constrained, validate
+            )
+            ctx.mark_non_differentiable(lengths)
+            return llh, lengths
+        scores = (start, transitions, end)
+        lengths = _lengths_impl(mask, emissions, validate, scores, tags)
+        ones = torch.ones(emissions.shape[0], dtype=torch.float64)
+        *unit, log_z, gold = _forward_backward_call(ones, emissions, tags, lengths, *scores)
+        if constrained:
+            _check_gold(gold)
+        ctx.save_for_backward(emissions, tags, lengths, start, transitions, end, *unit)
         ctx.mark_non_differentiable(lengths)
-        return llh, lengths
+        return torch.from_numpy(gold - log_z).to(emissions.dtype), lengths
 
     @staticmethod
     def backward(ctx, grad, _grad_lengths):  # type: ignore[override]
-        emissions, tags, lengths, start, transitions, end = ctx.saved_tensors
-        grads = _forward_backward_impl(grad, emissions, tags, lengths, start, transitions, end)
-        d_em, d_start, d_trans, d_end = grads
+        emissions, tags, lengths, start, transitions, end, *unit = ctx.saved_tensors
+        B = grad.shape[0]
+        if B and bool((grad == grad[0]).all()):  # one weight for every row: scale the sums
+            d_em = unit[0] * grad.view(B, 1, 1).to(unit[0].dtype)
+            d_start, d_trans, d_end = (g * grad[0].to(g.dtype) for g in unit[1:])
+        else:
+            grads = _forward_backward_impl(grad, emissions, tags, lengths, start, transitions, end)
+            d_em, d_start, d_trans, d_end = grads
         return d_em, None, None, d_start, d_trans, d_end, None, None
+
+
+def _check_gold(gold: np.ndarray) -> None:
+    rows = np.flatnonzero(np.isneginf(gold))
+    if rows.size:
+        raise ValueError(
+            f"tags at batch row {rows[0]} break the transition constraints (a forbidden "
+            "start, transition or end); the gold path has probability zero"
+        )
 
 
 def _detached(*tensors: Tensor) -> list[Tensor]:
