@@ -42,6 +42,7 @@ _HELPERS = (
     "_not_finite",
     "_row_prelude",
     "_param_problem",
+    "_viterbi_row",
     "_exp_scores",
     "_forward_row_exp",
     "_backward_row_exp",
@@ -504,28 +505,62 @@ def _forward_backward_kernel(
                     part_trans[c, row[t - 1], row[t]] += g
 
 
+def _viterbi_row(em, n, start, trans, end, a):
+    """The max-plus forward recursion of one row (the eager kernel's arithmetic: unshifted,
+    float64), keeping every step's messages a[t] (T, K) for the back-trace; the step is an
+    ``fmax`` per (from, to) pair, which vectorises (no arg-max tracked). Returns (best score,
+    best last tag): (0, -1) for n = 0, lowest tag on ties."""
+    if n == 0:
+        return 0.0, -1
+    K = start.shape[0]
+    for j in range(K):
+        a[0, j] = start[j] + em[0, j]
+    for t in range(1, n):
+        cur, prev = a[t], a[t - 1]  # 1-d views: the inner loop vectorises
+        for j in range(K):
+            cur[j] = _NEG_INF
+        for i in range(K):
+            p, row = prev[i], trans[i]
+            for j in range(K):
+                cur[j] = np.fmax(cur[j], p + row[j])
+        for j in range(K):
+            cur[j] += em[t, j]
+    best, tag = _NEG_INF, 0
+    for j in range(K):
+        v = a[n - 1, j] + end[j]
+        if v > best:
+            best, tag = v, j
+    return best, tag
+
+
 def _viterbi_kernel(em, mask, start, trans, end, validate, paths, scores, lengths, problems):
     """Best path of each row that passes its checks (see _ragged_kernel for the checks and the
     code returned): paths[b] its tags (-1 past the length and where no path is allowed),
-    scores[b] its score."""
-    B, _, K = em.shape
-    E, top = np.zeros((0, 0)), np.zeros(0)  # read by the log semiring only
+    scores[b] its score. The back-trace recomputes the arg-max of the chosen tag only, from the
+    kept messages: the lowest previous tag that attains it, as the eager kernel."""
+    B, T, K = em.shape
     no_tags = np.zeros((0, 0), np.int64)
+    a = np.empty((T, K))
+    trans64 = trans.astype(np.float64)  # the same sums; float64 rows vectorise without converts
     bad_rows = 0
     for b in range(B):
         if not _row_prelude(mask, em, no_tags, b, validate, problems, lengths):
             bad_rows += 1
             continue
         n = lengths[b]
-        msg, shift = np.empty((2, K)), np.empty(2)
-        back = np.empty((n, K), np.int32)
-        best, tag = _forward_row(em[b], n, start, trans, end, E, top, msg, shift, back)
+        best, tag = _viterbi_row(em[b], n, start, trans64, end, a)
         scores[b] = best
         paths[b, :] = -1
-        if best > _NEG_INF:  # also n > 0: an empty row scores 0 and has tag -1
-            for t in range(n - 1, -1, -1):
-                paths[b, t] = tag
-                if t > 0:
-                    tag = back[t, tag]
+        if best == _NEG_INF:  # n > 0 here: an empty row scores 0 and has tag -1
+            continue
+        for t in range(n - 1, -1, -1):
+            paths[b, t] = tag
+            if t > 0:
+                top, prev = _NEG_INF, 0
+                for i in range(K):
+                    v = a[t - 1, i] + trans64[i, tag]
+                    if v > top:
+                        top, prev = v, i
+                tag = prev
     code = _param_problem(start, trans, end) if validate else 0
     return code + (4 if bad_rows > 0 else 0)
