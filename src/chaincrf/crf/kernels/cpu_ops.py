@@ -30,9 +30,7 @@ kernels compiled (``cache=True``: once per machine), on the first call.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -108,19 +106,6 @@ def _kernels() -> SimpleNamespace:
             f"import: {loaded}"
         )
     return loaded
-
-
-@contextlib.contextmanager
-def _kernel_call() -> Iterator[None]:
-    """Run a kernel, giving torch back its intra-op thread count should anything have changed
-    it (numba's OpenMP layer resets it on its first launch, should a user's own parallel numba
-    code start it)."""
-    threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
 
 
 def _as_numpy(x: Tensor, dtype: torch.dtype | None = None) -> np.ndarray:
@@ -212,11 +197,10 @@ def _lengths_impl(
         arrays = [zero, zero.reshape(1, 1), zero]
     else:
         arrays = _scores(*scores)
-    with _kernel_call():
-        found = kernels._ragged_kernel(
-            _as_numpy(mask), _as_numpy(emissions), _as_numpy(tags), *arrays,
-            validate and scores is not None, lengths.numpy(), problems,
-        )  # fmt: skip
+    found = kernels._ragged_kernel(
+        _as_numpy(mask), _as_numpy(emissions), _as_numpy(tags), *arrays,
+        validate and scores is not None, lengths.numpy(), problems,
+    )  # fmt: skip
     if found:
         _raise_problems(problems, found, emissions, tags)
     return lengths
@@ -230,11 +214,10 @@ def _log_partition_impl(
     log_z = emissions.new_empty(B)
     lengths = torch.empty(B, dtype=torch.long)
     problems = _problems(B)
-    with _kernel_call():
-        found = kernels._log_partition_kernel(
-            _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(mask), *_scores(start, transitions, end), validate,
-            log_z.numpy(), lengths.numpy(), problems,
-        )  # fmt: skip
+    found = kernels._log_partition_kernel(
+        _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(mask), *_scores(start, transitions, end), validate,
+        log_z.numpy(), lengths.numpy(), problems,
+    )  # fmt: skip
     if found:
         _raise_problems(problems, found, emissions, _NO_TAGS)
     return log_z, lengths
@@ -256,12 +239,11 @@ def _log_likelihood_impl(
     lengths = torch.empty(B, dtype=torch.long)
     gold = np.zeros(B)
     problems = _problems(B)
-    with _kernel_call():
-        found = kernels._log_likelihood_kernel(
-            _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(tags), _as_numpy(mask),
-            *_scores(start, transitions, end), validate, llh.numpy(), gold, lengths.numpy(),
-            problems,
-        )  # fmt: skip
+    found = kernels._log_likelihood_kernel(
+        _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(tags), _as_numpy(mask),
+        *_scores(start, transitions, end), validate, llh.numpy(), gold, lengths.numpy(),
+        problems,
+    )  # fmt: skip
     if found:
         _raise_problems(problems, found, emissions, tags)
     if constrained:
@@ -304,12 +286,11 @@ def _forward_backward_call(
     C = min(B, loops._MAX_CHUNKS)
     parts = np.zeros((C, K)), np.zeros((C, K)), np.zeros((C, K, K) if pairwise else (C, 0, 0))
     log_z, gold = np.zeros(B), np.zeros(B)
-    with _kernel_call():
-        kernels._forward_backward_kernel(
-            _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(tags), _as_numpy(lengths),
-            _as_numpy(grad, torch.float64), *_scores(start, transitions, end), d_em.numpy(),
-            *parts, log_z, gold,
-        )  # fmt: skip
+    kernels._forward_backward_kernel(
+        _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(tags), _as_numpy(lengths),
+        _as_numpy(grad, torch.float64), *_scores(start, transitions, end), d_em.numpy(),
+        *parts, log_z, gold,
+    )  # fmt: skip
     d_start, d_end, d_trans = (x.sum(0) for x in parts)  # in a fixed order
     return (
         d_em,
@@ -330,11 +311,10 @@ def _viterbi_impl(
     scores = emissions.new_empty(B)
     lengths = torch.empty(B, dtype=torch.long)
     problems = _problems(B)
-    with _kernel_call():
-        found = kernels._viterbi_kernel(
-            _as_numpy(emissions), _as_numpy(mask), *_scores(start, transitions, end), validate,
-            paths.numpy(), scores.numpy(), lengths.numpy(), problems,
-        )  # fmt: skip
+    found = kernels._viterbi_kernel(
+        _as_numpy(emissions), _as_numpy(mask), *_scores(start, transitions, end), validate,
+        paths.numpy(), scores.numpy(), lengths.numpy(), problems,
+    )  # fmt: skip
     if found:
         _raise_problems(problems, found, emissions, _NO_TAGS)
     return paths, scores, lengths
