@@ -89,11 +89,10 @@ def _cpu_float(problem: Problem) -> bool:
     return problem.device == "cpu" and problem.dtype in (torch.float32, torch.float64)
 
 
-# From these sizes on the eager kernel's batched BLAS products beat the fused loops (serial,
-# one row at a time), unless compiling: B * T * K^2 for a log-partition with its gradient
-# (NLL + backward), B * K^2 for Viterbi.
+# From this B * T * K^2 on, the eager kernel's batched BLAS products match or beat the fused
+# loops (serial, one row at a time) on a log-partition with its gradient (NLL + backward),
+# unless compiling.
 EAGER_GRAD_MIN_BTKK = 10_000_000
-EAGER_VITERBI_MIN_BKK = 200_000
 
 TABLE: tuple[Rule, ...] = (
     Rule(
@@ -103,22 +102,18 @@ TABLE: tuple[Rule, ...] = (
             _cpu_float(p) and (p.compiling or not p.requires_grad or _btkk(p) < EAGER_GRAD_MIN_BTKK)
         ),
         "NLL + backward, float32, 2 threads, B{1,32,128} x T{32,128} x K{5,9,50}: fused "
-        "1.8-4.5x faster than eager in the 15 cells under B*T*K^2 = 10M; from 10M eager ties "
-        "or wins (B=32 T=128 K=50: 12.1 vs 11.8 ms; B=128 T=32 K=50: 7.6 vs 11.6 ms; B=128 "
-        "T=128 K=50: 21.2 vs 21.5 ms); `python3 scripts/bench_fused.py --reps 25 --budget 1.5`, "
-        "this 2-core CPU, 2026-11-29, load ~1",
+        "1.8-4.4x faster than eager in the 15 cells under B*T*K^2 = 10M; from 10M a tie or "
+        "eager (B=32 T=128 K=50: eager 13.4 vs fused 15.9 ms; B=128 T=32 K=50: 8.8 vs 8.3 ms; "
+        "B=128 T=128 K=50: 23.0 vs 24.1 ms); `python3 scripts/bench_fused.py --reps 25 "
+        "--budget 1.5`, this 2-core CPU, 2026-11-29, load ~1 (benchmarks/crf_kernels.md)",
     ),
     Rule(
         "fused",
         frozenset({"viterbi"}),
-        lambda p: (
-            _cpu_float(p)
-            and p.k == 1
-            and (p.compiling or p.batch * p.tags * p.tags < EAGER_VITERBI_MIN_BKK)
-        ),
-        "decode, same grid and command: fused 1.2-12.7x faster than eager below B*K^2 = 200k "
-        "(B=32 T=128 K=50: 8.6 vs 10.6 ms); eager faster at B=128 K=50 (T=32: 8.3 vs 10.3 ms, "
-        "T=128: 24.5 vs 30.4 ms); k-best paths are eager only",
+        lambda p: _cpu_float(p) and p.k == 1,
+        "decode, same grid and command: fused faster than eager in all 18 cells (1.03x at "
+        "B=128 T=32 K=50, 1.14x at B=128 T=128 K=50, 3.3-15x elsewhere); k-best paths are "
+        "eager only",
     ),
     Rule(
         "eager",
