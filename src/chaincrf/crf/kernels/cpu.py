@@ -26,7 +26,7 @@ def log_likelihood(
 ) -> Tensor:
     """Gold-path score minus log Z (B,); with ``constrained``, a forbidden gold path is an error."""
     args = (em, tags.contiguous(), mask, start, trans, end, constrained, validate)
-    return ops.log_likelihood_masked(*args)[0]
+    return ops.log_likelihood_masked(*args)
 
 
 def log_partition(

@@ -486,11 +486,9 @@ class _LogLikelihood(torch.autograd.Function):
     @staticmethod
     def forward(ctx, emissions, tags, mask, start, transitions, end, constrained, validate):  # type: ignore[override]
         if not any(ctx.needs_input_grad):
-            llh, lengths = _log_likelihood_impl(
+            return _log_likelihood_impl(
                 emissions, tags, mask, start, transitions, end, constrained, validate
-            )
-            ctx.mark_non_differentiable(lengths)
-            return llh, lengths
+            )[0]
         scores = (start, transitions, end)
         lengths = _lengths_impl(mask, emissions, validate, scores, tags)
         ones = torch.ones(emissions.shape[0], dtype=torch.float64)
@@ -498,14 +496,14 @@ class _LogLikelihood(torch.autograd.Function):
         if constrained:
             _check_gold(gold)
         ctx.save_for_backward(emissions, tags, lengths, start, transitions, end, *unit)
-        ctx.mark_non_differentiable(lengths)
-        return torch.from_numpy(gold - log_z).to(emissions.dtype), lengths
+        return torch.from_numpy(gold - log_z).to(emissions.dtype)
 
     @staticmethod
-    def backward(ctx, grad, _grad_lengths):  # type: ignore[override]
+    def backward(ctx, grad):  # type: ignore[override]
         emissions, tags, lengths, start, transitions, end, *unit = ctx.saved_tensors
         B = grad.shape[0]
-        if B and bool((grad == grad[0]).all()):  # one weight for every row: scale the sums
+        # one weight for every row (a sum's gradient is expanded: stride 0): scale the sums
+        if B and (B == 1 or grad.stride(0) == 0 or bool((grad == grad[0]).all())):
             d_em = unit[0] * grad.view(B, 1, 1).to(unit[0].dtype)
             d_start, d_trans, d_end = (g * grad[0].to(g.dtype) for g in unit[1:])
         else:
@@ -553,11 +551,11 @@ def log_likelihood_masked(
     end: Tensor,
     constrained: bool,
     validate: bool,
-) -> tuple[Tensor, Tensor]:
-    """(gold score - log Z (B,), lengths (B,)); differentiable w.r.t. emissions and scores."""
+) -> Tensor:
+    """Gold score - log Z (B,); differentiable w.r.t. emissions and scores."""
     args = (emissions, tags, mask, start, transitions, end, constrained, validate)
     if _is_compiling():
-        return _log_likelihood_op(*args)
+        return _log_likelihood_op(*args)[0]
     return _LogLikelihood.apply(*args)
 
 
@@ -689,7 +687,7 @@ def log_likelihood(
         )
     mask = _mask_of(emissions, lengths)
     args = (emissions, tags.contiguous(), mask, start, transitions, end, constrained, False)
-    return log_likelihood_masked(*args)[0]
+    return log_likelihood_masked(*args)
 
 
 def viterbi(
