@@ -2,19 +2,20 @@
 
 Kernels:
 
-- ``eager``: the portable tensor-operation kernels (:mod:`chaincrf.crf.kernels.eager`; any device, any float
-  dtype, k-best Viterbi, partial likelihoods); the reference every other kernel is tested against.
-- ``fused``: compiled CPU loops (:mod:`chaincrf.crf.kernels.cpu`, numba), one row at a time, float64
-  accumulation, as ``torch.library`` custom ops with fake and autograd implementations.
+- ``eager``: the portable tensor-operation kernels (:mod:`chaincrf.crf.kernels.eager`; any
+  device, any float dtype, k-best Viterbi); the reference every other kernel is tested
+  against. Its own thresholds (tree, scaled or exact paths, ...) are :data:`EAGER`, changed for
+  a block with :func:`eager_tuning`; :func:`record_paths` shows the paths it took.
+- ``fused``: compiled CPU loops (:mod:`chaincrf.crf.kernels.cpu`, numba), one row at a time,
+  float64 accumulation, as ``torch.library`` custom ops with fake and autograd implementations.
 
-The choice is made here only, never inside a kernel: :func:`choose` walks :data:`TABLE` and takes
-the first row whose operation and condition match and whose kernel can run (with ``auto``, only
-kernels in :data:`AUTO_KERNELS`: for now the eager ones, see there why). It can be forced
-with ``CHAINCRF_KERNEL=eager|fused`` (``auto``, the default, follows the table) or the ``kernel``
-argument of :class:`chaincrf.CRF`; a forced kernel that cannot run a problem (the fused kernel on
-a GPU tensor, or for k-best Viterbi) leaves it to the eager one. :func:`record` lists the choices
-made inside a ``with`` block, to see (or test) which kernel ran. Importing this module imports only
-torch.
+The choice is made here only: :func:`choose` walks :data:`TABLE` and takes the first row whose
+operation and condition match and whose kernel can run (with ``auto``, among
+:data:`AUTO_KERNELS`). It can be forced with ``CHAINCRF_KERNEL=eager|fused`` (``auto``, the
+default, follows the table) or the ``kernel`` argument of :class:`chaincrf.CRF`; a forced
+kernel that cannot run a problem (the fused kernel on a GPU tensor, or for k-best Viterbi)
+leaves it to the eager one. :func:`record` lists the choices made inside a ``with`` block, to
+see (or test) which kernel ran. Importing this module imports only torch.
 """
 
 from __future__ import annotations
