@@ -343,7 +343,8 @@ def test_properties_zero_scores_padding_and_permutation():
 
 
 def test_two_threads_give_the_same_bits_as_one():
-    """A batch large enough to run on numba's threads: identical results to one thread."""
+    """Torch's thread count changes nothing in the fused results (the kernels are serial; the
+    torch operations around them are elementwise), and the kernels leave it as it was."""
     crf = make_crf(len(BIOES), 3, constraints=allowed_transitions("BIOES", BIOES))
     emissions, mask, lengths = batch(96, 64, len(BIOES), 3)
     results = {}
@@ -356,14 +357,13 @@ def test_two_threads_give_the_same_bits_as_one():
             effective = scores(crf)
             log_z = crf_fused.log_partition(em, lengths, *effective)
             log_z.sum().backward()
-            used = crf_fused._load().numba.get_num_threads()
+            assert torch.get_num_threads() == n
             results[n] = (
                 log_z,
                 em.grad,
                 crf.transitions.grad.clone(),
                 *crf_fused.viterbi(emissions, lengths, *[x.detach() for x in effective]),
             )
-        assert used == min(2, crf_fused._load().numba.config.NUMBA_NUM_THREADS)
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(results[1], results[2]):

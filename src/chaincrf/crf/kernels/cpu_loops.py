@@ -1,10 +1,10 @@
-"""The numba loops behind :mod:`chaincrf.crf.kernels.cpu_ops`: plain Python until it compiles them.
-
-One batch row at a time, log space, float64 accumulation (see :mod:`chaincrf.crf.kernels.cpu_ops` for
-what each kernel computes). ``chaincrf.crf.kernels.cpu_ops._load`` swaps each helper for its
-compiled version in this module's namespace, then compiles the kernels:
-numba resolves a kernel's global names when it compiles it. Importing this module imports only
-numpy.
+"""The numba kernels behind :mod:`chaincrf.crf.kernels.cpu_ops`: plain Python until it compiles
+them. One batch row at a time, float64 accumulation: the value checks and lengths of each row,
+the gold score, then exp-space rows (:mod:`chaincrf.crf.kernels.cpu_exp`) with an exact
+log-space recomputation (:mod:`chaincrf.crf.kernels.cpu_logspace`) of any row that underflows;
+the max-plus recursion for Viterbi. ``chaincrf.crf.kernels.cpu_ops._load`` swaps each helper
+for its compiled version in these modules' namespaces, then compiles the kernels: numba
+resolves a kernel's global names when it compiles it. Importing this module imports only numpy.
 """
 
 from __future__ import annotations
@@ -14,28 +14,23 @@ import math
 import numpy as np
 
 from chaincrf.crf.kernels.cpu_exp import _backward_row_exp, _exp_scores, _forward_row_exp
+from chaincrf.crf.kernels.cpu_logspace import (
+    _backward_row,
+    _col_normalised,
+    _forward_row,
+)
 
 _NEG_INF = -math.inf
-# An exp-space column sum at least this large lost nothing to underflow that matters: every
-# dropped product is below 2.3e-308, i.e. under 1e-57 of the sum. Smaller sums are recomputed
-# in log space.
-_TINY = 1e-250
-# Pairwise marginals are p_i * E_ij * exp(lw_j) in exp space while lw_j <= this (a weight of at
-# most 1e250, so a product lost to underflow changes a marginal by under 1e-57); else log space.
-_LOG_HUGE = 575.0
 # The backward kernel sums parameter gradients over at most this many chunks of rows, each
 # with its own buffers, in a fixed order.
 _MAX_CHUNKS = 64
 
-# The kernels below are plain Python until ``_load`` compiles them: numba resolves a kernel's
-# global names when it compiles it, so ``_load`` first swaps each helper for its compiled version
-# in this module's namespace.
+# The helpers ``_load`` compiles first (the log-space and exp-space ones are imported above).
 _HELPERS = (
     "_check_lengths",
     "_check_tags",
     "_col_normalised",
     "_lse_step",
-    "_max_step",
     "_forward_row",
     "_backward_row",
     "_gold_row",
@@ -89,199 +84,6 @@ def _check_tags(tags, lengths, K):
                     + ", position "
                     + str(t)
                 )
-
-
-def _col_normalised(scores):
-    """exp(scores - top) (K, K) with top (K,) the column maxima; zeros for a column of -inf."""
-    K = scores.shape[0]
-    top = np.full(K, _NEG_INF)
-    for i in range(K):
-        for j in range(K):
-            top[j] = max(top[j], scores[i, j])
-    E = np.zeros((K, K))
-    for i in range(K):
-        for j in range(K):
-            if top[j] > _NEG_INF:
-                E[i, j] = math.exp(scores[i, j] - top[j])
-    return E, top
-
-
-def _lse_step(prev, E, top, scores, out):
-    """out[j] = logsumexp_i(prev[i] + scores[i, j]); E, top = _col_normalised(scores)."""
-    K = prev.shape[0]
-    shift = _NEG_INF
-    for i in range(K):
-        shift = max(shift, prev[i])
-    if shift == _NEG_INF:
-        out[:] = _NEG_INF
-        return
-    out[:] = 0.0
-    for i in range(K):  # exp space: sum_i exp(prev_i - shift) * E_ij
-        p = math.exp(prev[i] - shift)
-        if p > 0.0:
-            for j in range(K):
-                out[j] += p * E[i, j]
-    for j in range(K):
-        s = out[j]
-        if s >= _TINY:
-            out[j] = shift + top[j] + math.log(s)
-            continue
-        m = _NEG_INF  # terms may have underflowed: this column exactly, in log space
-        for i in range(K):
-            m = max(m, prev[i] + scores[i, j])
-        if m == _NEG_INF:
-            out[j] = _NEG_INF
-            continue
-        s = 0.0
-        for i in range(K):
-            s += math.exp(prev[i] + scores[i, j] - m)
-        out[j] = m + math.log(s)
-
-
-def _max_step(prev, scores, out, arg):
-    """out[j] = max_i(prev[i] + scores[i, j]), arg[j] its lowest maximising i (0 if all -inf)."""
-    out[:] = _NEG_INF
-    arg[:] = 0
-    for i in range(prev.shape[0]):
-        p = prev[i]
-        if p > _NEG_INF:
-            for j in range(out.shape[0]):  # selects, not branches: the loop vectorises
-                v = p + scores[i, j]
-                better = v > out[j]
-                out[j] = v if better else out[j]
-                arg[j] = i if better else arg[j]
-
-
-def _forward_row(em, n, start, scores, end, E, top, msg, shift, back):
-    """The forward recursion over one row's first n positions, log or max-plus semiring.
-
-    Args:
-        em: float (T, K) the row's emissions; n: its length; start, end: float64 (K,);
-            scores: float64 (K, K) transitions [from, to]; E, top: ``_col_normalised(scores)``
-            (log semiring only).
-        msg: float64 (S, K): messages at step t go to msg[t % S] (S = n keeps them all, S = 2
-            keeps a rolling pair). Log semiring: shifted so that their maximum is 0, the shift
-            in shift[t % S]; max-plus: unshifted (the eager CRF's arithmetic), shift 0.
-        back: None for the log semiring (numba then drops the max-plus branch at compile
-            time); for max-plus, int32 (n, K) back-pointers to fill.
-
-    Returns:
-        (total, last): the log-partition or best score (0 for n = 0, -inf without an allowed
-        path) and, for max-plus, the best last tag (lowest on ties; -1 for n = 0).
-    """
-    if n == 0:
-        return 0.0, -1
-    K = start.shape[0]
-    S = msg.shape[0]
-    total = 0.0
-    for t in range(n):
-        cur = msg[t % S]
-        if t == 0:
-            for j in range(K):
-                cur[j] = start[j] + em[0, j]
-        else:
-            if back is None:
-                _lse_step(msg[(t - 1) % S], E, top, scores, cur)
-            else:
-                _max_step(msg[(t - 1) % S], scores, cur, back[t])
-            for j in range(K):
-                cur[j] += em[t, j]
-        m = 0.0
-        if back is None:
-            m = _NEG_INF
-            for j in range(K):
-                m = max(m, cur[j])
-            if m == _NEG_INF:
-                return _NEG_INF, 0
-            for j in range(K):
-                cur[j] -= m
-        shift[t % S] = m
-        total += m
-    last = msg[(n - 1) % S]
-    best, tag = _NEG_INF, 0
-    for j in range(K):  # log semiring: the maximum first, then the log-sum-exp below
-        v = last[j] + end[j]
-        if v > best:
-            best, tag = v, j
-    if back is not None or best == _NEG_INF:
-        return total + best, tag
-    s = 0.0
-    for j in range(K):
-        s += math.exp(last[j] + end[j] - best)
-    return total + best + math.log(s), tag
-
-
-def _backward_row(em, n, g, start, trans, end, fwd, bwd, la, shift, d_em, d_start, d_end, d_trans):
-    """Adds g times the gradient of one row's log-partition to d_start, d_end (K,) and, unless
-    d_trans is empty (0, 0), d_trans (K, K); writes d_em (T, K) (0 past n). Returns log Z.
-
-    fwd = (E, top) of trans, bwd = (trans.T, E, top of trans.T); la (T, K), shift (T,) scratch.
-    Marginals are normalised per step: gamma_t = softmax(la_t + lb_t) with la, lb the shifted
-    forward and backward messages, exact however large log Z grows. No allowed path: all 0.
-    """
-    E, top = fwd
-    transT, Eb, topb = bwd
-    K = start.shape[0]
-    d_em[:] = 0.0
-    log_z, _ = _forward_row(em, n, start, trans, end, E, top, la, shift, None)
-    if n == 0 or log_z == _NEG_INF:
-        return log_z
-    lb, gam, w, nxt = np.empty(K), np.empty(K), np.empty(K), np.empty(K)
-    exact = np.zeros(K, np.bool_)
-    m = _NEG_INF
-    for j in range(K):
-        m = max(m, end[j])
-    for j in range(K):
-        lb[j] = end[j] - m
-    for t in range(n - 1, -1, -1):
-        norm = _NEG_INF
-        for j in range(K):
-            norm = max(norm, la[t, j] + lb[j])
-        if norm == _NEG_INF:  # unreachable with a finite log Z; never divide -inf by -inf
-            return log_z
-        s = 0.0
-        for j in range(K):
-            s += math.exp(la[t, j] + lb[j] - norm)
-        norm += math.log(s)
-        for j in range(K):
-            gam[j] = math.exp(la[t, j] + lb[j] - norm)
-            d_em[t, j] = g * gam[j]
-            if t == n - 1:
-                d_end[j] += g * gam[j]
-            if t == 0:
-                d_start[j] += g * gam[j]
-        if t == 0:
-            break
-        if d_trans.shape[0] > 0:
-            # xi(i, j) = exp(la[t-1, i] + trans[i, j] + em[t, j] + lb[j] - shift[t] - norm)
-            for j in range(K):
-                w[j] = 0.0
-                exact[j] = False
-                if gam[j] > 0.0:
-                    lw = top[j] + em[t, j] + lb[j] - shift[t] - norm
-                    if lw <= _LOG_HUGE:
-                        w[j] = math.exp(lw)
-                    else:
-                        exact[j] = True
-            for i in range(K):
-                p = math.exp(la[t - 1, i])
-                if p > 0.0:
-                    for j in range(K):
-                        d_trans[i, j] += p * E[i, j] * w[j] * g  # xi <= 1, then g
-            for j in range(K):
-                if exact[j]:
-                    lw = em[t, j] + lb[j] - shift[t] - norm
-                    for i in range(K):
-                        d_trans[i, j] += g * math.exp(la[t - 1, i] + trans[i, j] + lw)
-        for j in range(K):  # lb_{t-1}(i) = logsumexp_j(trans[i, j] + em[t, j] + lb_t(j))
-            w[j] = em[t, j] + lb[j]
-        _lse_step(w, Eb, topb, transT, nxt)
-        m = _NEG_INF
-        for j in range(K):
-            m = max(m, nxt[j])
-        for j in range(K):
-            lb[j] = nxt[j] - m if m > _NEG_INF else _NEG_INF
-    return log_z
 
 
 def _not_finite(x):
@@ -374,7 +176,7 @@ def _log_z_row(em, P, M, n, start, trans, end, E, top, exp_scores):
     msg, shift = np.empty((2, K)), np.empty(2)
     log_z, ok = _forward_row_exp(P, M, n, Es, gs, Et, gt, Ee, ge, msg, shift)
     if not ok:
-        log_z, _ = _forward_row(em, n, start, trans, end, E, top, msg, shift, None)
+        log_z = _forward_row(em, n, start, trans, end, E, top, msg, shift)
     return log_z
 
 

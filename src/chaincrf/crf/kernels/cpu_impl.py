@@ -1,0 +1,344 @@
+"""The implementations behind :mod:`chaincrf.crf.kernels.cpu_ops`: numba's loading, the numpy
+views, and one function per operation that allocates the outputs, calls the compiled kernel and
+turns its problem codes into the eager kernel's errors. Importing this module imports only
+torch (and the numpy that torch brings); numba is imported on the first call.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from chaincrf.crf import plan
+from chaincrf.crf.errors import NonFiniteInputError
+from chaincrf.crf.kernels import cpu_exp, cpu_logspace
+from chaincrf.crf.kernels import cpu_loops as loops
+
+
+@functools.cache
+def _load() -> SimpleNamespace | ImportError:
+    """Imports numba and compiles the kernels (lazily, per dtype); the ImportError if it can't.
+
+    The kernels are serial (one row after another on the calling thread): numba's parallel
+    versions, measured with its workqueue pool, ran no faster on this 2-core CPU
+    (serial / parallel 0.98-1.00 over B 8-128, T 32-128, K 5-50, numba 0.68, 2026-11-29), and
+    its OpenMP pool shares the process's OpenMP runtime with torch: starting it changed the
+    last bits of later torch CPU results (a training run killed and resumed ended 2.9e-6 away
+    from the uninterrupted one). The planner leaves the largest problems, where threads would
+    pay, to the eager kernel's batched BLAS products.
+    """
+    try:
+        import numba
+    except ImportError as err:
+        return err
+    jit = numba.njit(cache=True, nogil=True)
+    modules = (vars(loops), vars(cpu_exp), vars(cpu_logspace))
+    for name in loops._HELPERS:  # numba resolves a caller's globals when it compiles it
+        compiled = jit(next(names[name] for names in modules if name in names))
+        for names in modules:
+            if name in names:
+                names[name] = compiled
+    names = vars(loops)
+    return SimpleNamespace(numba=numba, **{name: jit(names[name]) for name in loops._KERNELS})
+
+
+def available() -> bool:
+    """Whether numba imports, so that the fused kernels can run."""
+    return not isinstance(_load(), ImportError)
+
+
+def _kernels() -> SimpleNamespace:
+    """The compiled kernels (RuntimeError naming the cause when numba cannot be imported)."""
+    loaded = _load()
+    if isinstance(loaded, ImportError):
+        raise RuntimeError(
+            "chaincrf.crf.kernels.cpu_ops needs numba (pip install numba), which failed to "
+            f"import: {loaded}"
+        )
+    return loaded
+
+
+def _as_numpy(x: Tensor, dtype: torch.dtype | None = None) -> np.ndarray:
+    """A contiguous numpy view of x (a copy only where dtype or layout differ)."""
+    if dtype is not None and x.dtype != dtype:
+        x = x.detach().to(dtype)
+    if x.requires_grad:
+        x = x.detach()
+    return x.numpy() if x.is_contiguous() else x.contiguous().numpy()
+
+
+def _scores(start: Tensor, transitions: Tensor, end: Tensor) -> list[np.ndarray]:
+    """The scores as numpy views, in their own dtype: the kernels read them into float64."""
+    return [_as_numpy(x) for x in (start, transitions, end)]
+
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _from_numpy(x: np.ndarray, dtype: torch.dtype) -> Tensor:
+    """A float64 numpy array as a tensor of ``dtype`` (float32 or float64)."""
+    return torch.from_numpy(x if dtype == torch.float64 else x.astype(_NUMPY_DTYPES[dtype]))
+
+
+# ------------------------------------------------------------------------------ implementations
+# Each takes the left-aligned bool mask (B, T) and finds the lengths itself, checking the values
+# (``validate``) in the same pass; it returns the lengths with its results.
+
+
+def _exp_emissions(emissions: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """exp(em - M) (B, T, K) and M (B, T), the maxima over tags (torch's vectorised exp: the
+    kernels' exp-space rows then need no transcendental per tag; see cpu_exp)."""
+    em = emissions.detach()
+    top = em.amax(-1) if em.shape[2] > 0 else em.sum(-1)
+    return _as_numpy((em - top.unsqueeze(-1)).exp_()), _as_numpy(top)
+
+
+_NO_TAGS = torch.empty(0, 0, dtype=torch.long)
+
+
+def _problems(B: int) -> np.ndarray:
+    return np.empty((B, 3), dtype=np.int64)
+
+
+def _raise_problems(problems: np.ndarray, found: int, emissions: Tensor, tags: Tensor) -> None:
+    """The eager kernel's errors, in its order: mask gaps, scores, emissions, tags."""
+    rows = np.flatnonzero(problems[:, 0] >= 0)
+    if rows.size:
+        raise ValueError(
+            "mask must be left-aligned (a run of on, then off) with no gaps; "
+            f"batch row {rows[0]} switches back on after an off position"
+        )
+    if found % 4:
+        name = ("start_transitions", "end_transitions", "transitions")[found % 4 - 1]
+        raise NonFiniteInputError(
+            f"CRF parameter {name} holds NaN or +inf values (did training diverge?)"
+        )
+    rows = np.flatnonzero(problems[:, 1] >= 0)
+    if rows.size:
+        row, position = int(rows[0]), int(problems[rows[0], 1])
+        what = "NaN" if bool(torch.isnan(emissions[row, position]).any()) else "+inf"
+        raise NonFiniteInputError(
+            f"emissions must be finite (or -inf) where the mask is on; batch row {row}, "
+            f"position {position} holds {what}"
+        )
+    rows = np.flatnonzero(problems[:, 2] >= 0)
+    if rows.size:
+        row, position = int(rows[0]), int(problems[rows[0], 2])
+        raise ValueError(
+            f"tags must be in [0, {emissions.shape[2]}) where the mask is on; got "
+            f"{int(tags[row, position])} at batch row {row}, position {position}"
+        )
+
+
+def _lengths_impl(
+    mask: Tensor,
+    emissions: Tensor,
+    validate: bool,
+    scores: tuple[Tensor, Tensor, Tensor] | None = None,
+    tags: Tensor = _NO_TAGS,
+) -> Tensor:
+    """Each row's length; with ``validate`` the values checked (the scores too when given);
+    tags, when given, always range-checked."""
+    kernels = _kernels()
+    lengths = torch.empty(mask.shape[0], dtype=torch.long)
+    problems = _problems(mask.shape[0])
+    if scores is None:
+        zero = np.zeros(1)
+        arrays = [zero, zero.reshape(1, 1), zero]
+    else:
+        arrays = _scores(*scores)
+    found = kernels._ragged_kernel(
+        _as_numpy(mask), _as_numpy(emissions), _as_numpy(tags), *arrays,
+        validate and scores is not None, lengths.numpy(), problems,
+    )  # fmt: skip
+    if found:
+        _raise_problems(problems, found, emissions, tags)
+    return lengths
+
+
+def _log_partition_impl(
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
+) -> tuple[Tensor, Tensor]:
+    kernels = _kernels()
+    B = emissions.shape[0]
+    log_z = emissions.new_empty(B)
+    lengths = torch.empty(B, dtype=torch.long)
+    problems = _problems(B)
+    found = kernels._log_partition_kernel(
+        _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(mask), *_scores(start, transitions, end), validate,
+        log_z.numpy(), lengths.numpy(), problems,
+    )  # fmt: skip
+    if found:
+        _raise_problems(problems, found, emissions, _NO_TAGS)
+    return log_z, lengths
+
+
+def _log_likelihood_impl(
+    emissions: Tensor,
+    tags: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    transitions: Tensor,
+    end: Tensor,
+    constrained: bool,
+    validate: bool,
+) -> tuple[Tensor, Tensor]:
+    kernels = _kernels()
+    B = emissions.shape[0]
+    llh = emissions.new_empty(B)
+    lengths = torch.empty(B, dtype=torch.long)
+    gold = np.zeros(B)
+    problems = _problems(B)
+    found = kernels._log_likelihood_kernel(
+        _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(tags), _as_numpy(mask),
+        *_scores(start, transitions, end), validate, llh.numpy(), gold, lengths.numpy(),
+        problems,
+    )  # fmt: skip
+    if found:
+        _raise_problems(problems, found, emissions, tags)
+    if constrained:
+        _check_gold(gold)
+    return llh, lengths
+
+
+def _forward_backward_impl(
+    grad: Tensor,
+    emissions: Tensor,
+    tags: Tensor,
+    lengths: Tensor,
+    start: Tensor,
+    transitions: Tensor,
+    end: Tensor,
+    pairwise: bool = True,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of grad . log Z (tags empty) or grad . (gold - log Z) w.r.t. emissions and the
+    three scores; without ``pairwise``, the transitions' gradient is left empty (marginals)."""
+    return _forward_backward_call(
+        grad, emissions, tags, lengths, start, transitions, end, pairwise
+    )[:4]
+
+
+def _forward_backward_call(
+    grad: Tensor,
+    emissions: Tensor,
+    tags: Tensor,
+    lengths: Tensor,
+    start: Tensor,
+    transitions: Tensor,
+    end: Tensor,
+    pairwise: bool = True,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, np.ndarray, np.ndarray]:
+    """:func:`_forward_backward_impl`'s gradients, then each row's log Z and gold score
+    (float64 numpy, the gold scores 0 without tags), which the same pass computes."""
+    kernels = _kernels()
+    B, _, K = emissions.shape
+    d_em = emissions.new_empty(emissions.shape)
+    C = min(B, loops._MAX_CHUNKS)
+    parts = np.zeros((C, K)), np.zeros((C, K)), np.zeros((C, K, K) if pairwise else (C, 0, 0))
+    log_z, gold = np.zeros(B), np.zeros(B)
+    kernels._forward_backward_kernel(
+        _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(tags), _as_numpy(lengths),
+        _as_numpy(grad, torch.float64), *_scores(start, transitions, end), d_em.numpy(),
+        *parts, log_z, gold,
+    )  # fmt: skip
+    d_start, d_end, d_trans = (x.sum(0) for x in parts)  # in a fixed order
+    return (
+        d_em,
+        _from_numpy(d_start, start.dtype),
+        _from_numpy(d_trans, transitions.dtype),
+        _from_numpy(d_end, end.dtype),
+        log_z,
+        gold,
+    )
+
+
+def _viterbi_impl(
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    kernels = _kernels()
+    B, T, _ = emissions.shape
+    paths = torch.empty(B, T, dtype=torch.long)
+    scores = emissions.new_empty(B)
+    lengths = torch.empty(B, dtype=torch.long)
+    problems = _problems(B)
+    found = kernels._viterbi_kernel(
+        _as_numpy(emissions), _as_numpy(mask), *_scores(start, transitions, end), validate,
+        paths.numpy(), scores.numpy(), lengths.numpy(), problems,
+    )  # fmt: skip
+    if found:
+        _raise_problems(problems, found, emissions, _NO_TAGS)
+    return paths, scores, lengths
+
+
+def _marginals_impl(
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
+) -> Tensor:
+    if validate:  # the checks of the log-partition kernel, then the marginals
+        _log_partition_impl(emissions, mask, start, transitions, end, True)
+    lengths = _lengths_impl(mask, emissions, False)
+    ones = torch.ones(emissions.shape[0], dtype=torch.float64)
+    return _forward_backward_impl(
+        ones, emissions, _NO_TAGS, lengths, start, transitions, end, pairwise=False
+    )[0]
+
+
+def _check_gold(gold: np.ndarray) -> None:
+    rows = np.flatnonzero(np.isneginf(gold))
+    if rows.size:
+        raise ValueError(
+            f"tags at batch row {rows[0]} break the transition constraints (a forbidden "
+            "start, transition or end); the gold path has probability zero"
+        )
+
+
+def _check_inputs(
+    emissions: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor
+) -> None:
+    """Shapes, dtypes and devices only: nothing here reads a value (compile-friendly)."""
+    for name, x in (
+        ("emissions", emissions),
+        ("lengths", lengths),
+        ("start", start),
+        ("transitions", transitions),
+        ("end", end),
+    ):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+        if x.device.type != "cpu":
+            raise ValueError(f"{name} must be on the CPU; got device {x.device}")
+    if emissions.dim() != 3 or emissions.size(2) < 1:
+        raise ValueError(
+            "emissions must have shape (batch, seq_len, num_tags) with num_tags >= 1; "
+            f"got {tuple(emissions.shape)}"
+        )
+    if emissions.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"emissions must be float32 or float64; got dtype {emissions.dtype}")
+    B, _, K = emissions.shape
+    if lengths.dtype != torch.int64:
+        raise TypeError(f"lengths must be an int64 tensor; got dtype {lengths.dtype}")
+    if lengths.dim() != 1 or lengths.size(0) != B:
+        raise ValueError(f"lengths must have shape ({B},) (batch,); got {tuple(lengths.shape)}")
+    for name, x, shape in (
+        ("start", start, (K,)),
+        ("transitions", transitions, (K, K)),
+        ("end", end, (K,)),
+    ):
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating point tensor; got dtype {x.dtype}")
+        if tuple(x.shape) != shape:
+            raise ValueError(
+                f"{name} must have shape {shape} (num_tags = {K}); got {tuple(x.shape)}"
+            )
+
+
+def _mask_of(emissions: Tensor, lengths: Tensor) -> Tensor:
+    """The left-aligned mask of ``lengths`` (checked to lie in [0, T] unless compiling)."""
+    T = emissions.shape[1]
+    if not plan.is_compiling():
+        _kernels()
+        loops._check_lengths(lengths.numpy(), T)  # compiled by _load
+    return torch.arange(T) < lengths.unsqueeze(1)
