@@ -181,13 +181,12 @@ def prepare(kernel: str | None = None) -> None:
         crf_fused.warm_up()
 
 
-def choose(problem: Problem, kernel: str | None = None, record: bool = True) -> str:
+def choose(problem: Problem, kernel: str | None = None) -> str:
     """The kernel to run ``problem`` with.
 
     Args:
         problem: the operation and its sizes.
         kernel: ``"auto"``/None (the table, or ``$CHAINCRF_KERNEL``), ``"eager"`` or ``"fused"``.
-        record: whether :func:`record` sees this choice (False for a look-ahead).
 
     Returns:
         ``"eager"`` or ``"fused"``.
@@ -205,9 +204,8 @@ def choose(problem: Problem, kernel: str | None = None, record: bool = True) -> 
         if _available(rule.kernel):
             chosen = rule.kernel
             break
-    if record:
-        for recorder in _recorders:
-            recorder.append((problem.operation, chosen))
+    for recorder in _recorders:
+        recorder.append((problem.operation, chosen))
     return chosen
 
 

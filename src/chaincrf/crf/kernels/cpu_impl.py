@@ -13,8 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from chaincrf.crf import plan
-from chaincrf.crf.errors import NonFiniteInputError
+from chaincrf.crf import errors, plan
 from chaincrf.crf.kernels import cpu_exp, cpu_logspace
 from chaincrf.crf.kernels import cpu_loops as loops
 
@@ -108,30 +107,20 @@ def _raise_problems(problems: np.ndarray, found: int, emissions: Tensor, tags: T
     """The eager kernel's errors, in its order: mask gaps, scores, emissions, tags."""
     rows = np.flatnonzero(problems[:, 0] >= 0)
     if rows.size:
-        raise ValueError(
-            "mask must be left-aligned (a run of on, then off) with no gaps; "
-            f"batch row {rows[0]} switches back on after an off position"
-        )
+        raise errors.mask_gap(int(rows[0]))
     if found % 4:
-        name = ("start_transitions", "end_transitions", "transitions")[found % 4 - 1]
-        raise NonFiniteInputError(
-            f"CRF parameter {name} holds NaN or +inf values (did training diverge?)"
+        raise errors.non_finite_scores(
+            ("start_transitions", "end_transitions", "transitions")[found % 4 - 1]
         )
     rows = np.flatnonzero(problems[:, 1] >= 0)
     if rows.size:
         row, position = int(rows[0]), int(problems[rows[0], 1])
         what = "NaN" if bool(torch.isnan(emissions[row, position]).any()) else "+inf"
-        raise NonFiniteInputError(
-            f"emissions must be finite (or -inf) where the mask is on; batch row {row}, "
-            f"position {position} holds {what}"
-        )
+        raise errors.non_finite_emissions(row, position, what)
     rows = np.flatnonzero(problems[:, 2] >= 0)
     if rows.size:
         row, position = int(rows[0]), int(problems[rows[0], 2])
-        raise ValueError(
-            f"tags must be in [0, {emissions.shape[2]}) where the mask is on; got "
-            f"{int(tags[row, position])} at batch row {row}, position {position}"
-        )
+        raise errors.bad_tag(emissions.shape[2], int(tags[row, position]), row, position)
 
 
 def _lengths_impl(
@@ -214,26 +203,11 @@ def _forward_backward_impl(
     transitions: Tensor,
     end: Tensor,
     pairwise: bool = True,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of grad . log Z (tags empty) or grad . (gold - log Z) w.r.t. emissions and the
-    three scores; without ``pairwise``, the transitions' gradient is left empty (marginals)."""
-    return _forward_backward_call(
-        grad, emissions, tags, lengths, start, transitions, end, pairwise
-    )[:4]
-
-
-def _forward_backward_call(
-    grad: Tensor,
-    emissions: Tensor,
-    tags: Tensor,
-    lengths: Tensor,
-    start: Tensor,
-    transitions: Tensor,
-    end: Tensor,
-    pairwise: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, np.ndarray, np.ndarray]:
-    """:func:`_forward_backward_impl`'s gradients, then each row's log Z and gold score
-    (float64 numpy, the gold scores 0 without tags), which the same pass computes."""
+    """Gradients of grad . log Z (tags empty) or grad . (gold - log Z) w.r.t. emissions and the
+    three scores (without ``pairwise``, the transitions' gradient is left empty: marginals),
+    then each row's log Z and gold score (float64 numpy, the gold scores 0 without tags), which
+    the same pass computes."""
     kernels = _kernels()
     B, _, K = emissions.shape
     d_em = emissions.new_empty(emissions.shape)
@@ -277,9 +251,7 @@ def _viterbi_impl(
 def _marginals_impl(
     emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
 ) -> Tensor:
-    if validate:  # the checks of the log-partition kernel, then the marginals
-        _log_partition_impl(emissions, mask, start, transitions, end, True)
-    lengths = _lengths_impl(mask, emissions, False)
+    lengths = _lengths_impl(mask, emissions, validate, (start, transitions, end))
     ones = torch.ones(emissions.shape[0], dtype=torch.float64)
     return _forward_backward_impl(
         ones, emissions, _NO_TAGS, lengths, start, transitions, end, pairwise=False
@@ -289,10 +261,7 @@ def _marginals_impl(
 def _check_gold(gold: np.ndarray) -> None:
     rows = np.flatnonzero(np.isneginf(gold))
     if rows.size:
-        raise ValueError(
-            f"tags at batch row {rows[0]} break the transition constraints (a forbidden "
-            "start, transition or end); the gold path has probability zero"
-        )
+        raise errors.forbidden_gold_path(int(rows[0]))
 
 
 def _check_inputs(

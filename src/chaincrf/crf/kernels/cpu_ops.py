@@ -40,7 +40,6 @@ from chaincrf.crf.kernels.cpu_impl import (
     _NO_TAGS,
     _check_gold,
     _check_inputs,
-    _forward_backward_call,
     _forward_backward_impl,
     _lengths_impl,
     _log_likelihood_impl,
@@ -132,7 +131,7 @@ def _forward_backward_op(
     transitions: Tensor,
     end: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _forward_backward_impl(grad, emissions, tags, lengths, start, transitions, end)
+    return _forward_backward_impl(grad, emissions, tags, lengths, start, transitions, end)[:4]
 
 
 @_forward_backward_op.register_fake
@@ -220,7 +219,9 @@ class _LogPartition(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad, _grad_lengths):  # type: ignore[override]
         emissions, lengths, start, transitions, end = ctx.saved_tensors
-        grads = _forward_backward_impl(grad, emissions, _NO_TAGS, lengths, start, transitions, end)
+        grads = _forward_backward_impl(grad, emissions, _NO_TAGS, lengths, start, transitions, end)[
+            :4
+        ]
         d_em, d_start, d_trans, d_end = grads
         return d_em, None, d_start, d_trans, d_end, None
 
@@ -239,7 +240,7 @@ class _LogLikelihood(torch.autograd.Function):
         scores = (start, transitions, end)
         lengths = _lengths_impl(mask, emissions, validate, scores, tags)
         ones = torch.ones(emissions.shape[0], dtype=torch.float64)
-        *unit, log_z, gold = _forward_backward_call(ones, emissions, tags, lengths, *scores)
+        *unit, log_z, gold = _forward_backward_impl(ones, emissions, tags, lengths, *scores)
         if constrained:
             _check_gold(gold)
         ctx.save_for_backward(emissions, tags, lengths, start, transitions, end, *unit)
@@ -254,7 +255,9 @@ class _LogLikelihood(torch.autograd.Function):
             d_em = unit[0] * grad.view(B, 1, 1).to(unit[0].dtype)
             d_start, d_trans, d_end = (g * grad[0].to(g.dtype) for g in unit[1:])
         else:
-            grads = _forward_backward_impl(grad, emissions, tags, lengths, start, transitions, end)
+            grads = _forward_backward_impl(grad, emissions, tags, lengths, start, transitions, end)[
+                :4
+            ]
             d_em, d_start, d_trans, d_end = grads
         return d_em, None, None, d_start, d_trans, d_end, None, None
 

@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from chaincrf.crf import plan
-from chaincrf.crf.errors import NonFiniteInputError
+from chaincrf.crf import errors, plan
 from chaincrf.crf.kernels import eager_partition as part
 from chaincrf.crf.kernels import eager_viterbi as vit
 from chaincrf.crf.kernels.eager_scan import scan
@@ -40,36 +39,25 @@ def validate_values(
         gaps = mask[:, 1:] & ~mask[:, :-1]
         if bool(gaps.any()):
             row = int(gaps.any(1).nonzero()[0])
-            raise ValueError(
-                "mask must be left-aligned (a run of on, then off) with no gaps; "
-                f"batch row {row} switches back on after an off position"
-            )
+            raise errors.mask_gap(row)
     for name, value in (
         ("start_transitions", start),
         ("end_transitions", end),
         ("transitions", trans),
     ):
         if bool((torch.isnan(value) | (value == float("inf"))).any()):
-            raise NonFiniteInputError(
-                f"CRF parameter {name} holds NaN or +inf values (did training diverge?)"
-            )
+            raise errors.non_finite_scores(name)
     bad = (torch.isnan(em) | (em == float("inf"))).any(-1) & mask  # (B, T)
     if bool(bad.any()):
         row, position = (int(i) for i in bad.nonzero()[0])
         what = "NaN" if bool(torch.isnan(em[row, position]).any()) else "+inf"
-        raise NonFiniteInputError(
-            f"emissions must be finite (or -inf) where the mask is on; batch row {row}, "
-            f"position {position} holds {what}"
-        )
+        raise errors.non_finite_emissions(row, position, what)
     if tags is not None:
         K = em.size(2)
         bad = mask & ((tags < 0) | (tags >= K))
         if bool(bad.any()):
             b, t = (int(i) for i in bad.nonzero()[0])
-            raise ValueError(
-                f"tags must be in [0, {K}) where the mask is on; got "
-                f"{int(tags[b, t])} at batch row {b}, position {t}"
-            )
+            raise errors.bad_tag(K, int(tags[b, t]), b, t)
 
 
 def gold_score(
@@ -113,10 +101,7 @@ def log_likelihood(
         bad = torch.isneginf(gold)
         if bool(bad.any()):
             row = int(bad.nonzero()[0])
-            raise ValueError(
-                f"tags at batch row {row} break the transition constraints (a forbidden start, "
-                "transition or end); the gold path has probability zero"
-            )
+            raise errors.forbidden_gold_path(row)
     return gold - _log_partition(em, mask.sum(1), start, trans, end)
 
 
