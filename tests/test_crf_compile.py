@@ -67,7 +67,8 @@ def test_compiled_tagger_fullgraph_dynamic_one_graph_and_eager_results(constrain
     assert not counters["graph_break"]
 
 
-def test_compiling_makes_the_planner_pick_the_fused_kernel_on_the_cpu():
+def test_compiling_makes_the_planner_pick_the_fused_kernel_on_the_cpu(monkeypatch):
+    monkeypatch.delenv(plan.ENV, raising=False)
     big = plan.Problem("log_partition", 128, 128, 50, torch.float32, "cpu", requires_grad=True)
     assert plan.choose(big) == "eager"  # eager's BLAS products win here...
     traced = plan.Problem(

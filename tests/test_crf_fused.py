@@ -343,27 +343,34 @@ def test_properties_zero_scores_padding_and_permutation():
 
 
 def test_two_threads_give_the_same_bits_as_one():
-    """Torch's thread count changes nothing in the fused results (the kernels are serial; the
-    torch operations around them are elementwise), and the kernels leave it as it was."""
+    """Splitting a call's rows over torch's threads (forced here for every size) changes no
+    bit of the fused results, and leaves torch's thread count as it was; a problem found by
+    either thread is the same error."""
     crf = make_crf(len(BIOES), 3, constraints=allowed_transitions("BIOES", BIOES))
     emissions, mask, lengths = batch(96, 64, len(BIOES), 3)
+    tags = crf.viterbi(emissions, mask)[0].clamp(min=0)
     results = {}
     threads = torch.get_num_threads()
+    everything = {"split_min_btkk": 0, "split_min_btkk_viterbi": 0}
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
             em = emissions.clone().requires_grad_(True)
             crf.zero_grad()
             effective = scores(crf)
-            log_z = crf_fused.log_partition(em, lengths, *effective)
-            log_z.sum().backward()
+            with plan.fused_tuning(**everything), plan.record_paths() as paths:
+                log_z = crf_fused.log_partition(em, lengths, *effective)
+                log_z.sum().backward()
+                llh = crf_fused.log_likelihood(em, tags, lengths, *effective)
+                decoded = crf_fused.viterbi(emissions, lengths, *[x.detach() for x in effective])
             assert torch.get_num_threads() == n
-            results[n] = (
-                log_z,
-                em.grad,
-                crf.transitions.grad.clone(),
-                *crf_fused.viterbi(emissions, lengths, *[x.detach() for x in effective]),
-            )
+            assert (("fused_threads", 2) in paths) == (n == 2)
+            results[n] = (log_z, em.grad, crf.transitions.grad.clone(), llh, *decoded)
+        with plan.fused_tuning(**everything):
+            bad = emissions.clone()
+            bad[90, 5, 2] = float("nan")
+            with pytest.raises(ValueError, match="batch row 90, position 5"):
+                crf_fused.log_partition_masked(bad, mask, *[x.detach() for x in scores(crf)], True)
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(results[1], results[2]):

@@ -108,6 +108,17 @@ def test_k_best_and_other_devices_stay_eager():
     assert crf_plan.choose(problem, "eager") == "eager"
 
 
+def test_a_forced_kernel_ignores_the_speed_conditions(monkeypatch):
+    monkeypatch.delenv(crf_plan.ENV, raising=False)
+    # auto leaves large gradient problems to eager (measured faster there); forced, the
+    # fused kernel runs them
+    big = crf_plan.EAGER_GRAD_MIN_BTKK
+    problem = crf_plan.Problem("log_partition", big, 1, 1, torch.float32, "cpu", requires_grad=True)
+    assert crf_plan.choose(problem) == "eager"
+    assert crf_plan.choose(problem, "fused") == "fused"
+    assert crf_plan.CAN_RUN["fused"](problem)
+
+
 def test_unknown_kernel_names_are_refused(monkeypatch):
     with pytest.raises(ValueError, match="kernel must be one of"):
         CRF(3, kernel="numba")

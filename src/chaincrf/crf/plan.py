@@ -7,14 +7,17 @@ Kernels:
   against. Its own thresholds (tree, scaled or exact paths, ...) are :data:`EAGER`, changed for
   a block with :func:`eager_tuning`; :func:`record_paths` shows the paths it took.
 - ``fused``: compiled CPU loops (:mod:`chaincrf.crf.kernels.cpu`, numba), one row at a time,
-  float64 accumulation, as ``torch.library`` custom ops with fake and autograd implementations.
+  float64 accumulation, as ``torch.library`` custom ops with fake and autograd implementations;
+  large calls split their rows over torch's own OpenMP threads (:data:`FUSED`,
+  :func:`fused_tuning`; ``record_paths`` shows ``("fused_threads", n)``).
 
 The choice is made here only: :func:`choose` walks :data:`TABLE` and takes the first row whose
 operation and condition match and whose kernel can run (with ``auto``, among
 :data:`AUTO_KERNELS`). It can be forced with ``CHAINCRF_KERNEL=eager|fused`` (``auto``, the
-default, follows the table) or the ``kernel`` argument of :class:`chaincrf.CRF`; a forced
-kernel that cannot run a problem (the fused kernel on a GPU tensor, or for k-best Viterbi)
-leaves it to the eager one. :func:`record` lists the choices made inside a ``with`` block, to
+default, follows the table) or the ``kernel`` argument of :class:`chaincrf.CRF`: a forced
+kernel runs every problem it can (:data:`CAN_RUN`; the table's speed conditions are for
+``auto``), and one it cannot (the fused kernel on a GPU tensor, or for k-best Viterbi) is
+left to the eager one. :func:`record` lists the choices made inside a ``with`` block, to
 see (or test) which kernel ran. Importing this module imports only torch.
 """
 
@@ -31,14 +34,19 @@ import torch
 
 __all__ = [
     "AUTO_KERNELS",
+    "CAN_RUN",
     "EAGER",
+    "FUSED",
     "ENV",
     "KERNELS",
     "TABLE",
     "EagerTuning",
+    "FusedTuning",
     "Problem",
     "Rule",
     "choose",
+    "eager_tuning",
+    "fused_tuning",
     "is_compiling",
     "prepare",
     "record",
@@ -94,6 +102,13 @@ def _cpu_float(problem: Problem) -> bool:
 # loops (serial, one row at a time) on a log-partition with its gradient (NLL + backward),
 # unless compiling.
 EAGER_GRAD_MIN_BTKK = 10_000_000
+
+CAN_RUN: dict[str, Callable[[Problem], bool]] = {
+    "eager": lambda p: True,
+    "fused": lambda p: _cpu_float(p) and p.k == 1,
+}
+"""What each kernel can compute at all (a forced kernel runs every problem it can; the table's
+speed conditions apply to ``auto`` only)."""
 
 TABLE: tuple[Rule, ...] = (
     Rule(
@@ -196,14 +211,17 @@ def choose(problem: Problem, kernel: str | None = None) -> str:
     """
     forced = _forced(kernel)
     chosen = "eager"
-    for rule in TABLE:
-        if problem.operation not in rule.operations or not rule.when(problem):
-            continue
-        if forced != rule.kernel and (forced != "auto" or rule.kernel not in AUTO_KERNELS):
-            continue
-        if _available(rule.kernel):
-            chosen = rule.kernel
-            break
+    if forced != "auto":  # forced: the speed conditions do not apply, only what it can run
+        if CAN_RUN[forced](problem) and _available(forced):
+            chosen = forced
+    else:
+        for rule in TABLE:
+            if problem.operation not in rule.operations or not rule.when(problem):
+                continue
+            if rule.kernel in AUTO_KERNELS and CAN_RUN[rule.kernel](problem):
+                if _available(rule.kernel):
+                    chosen = rule.kernel
+                    break
     for recorder in _recorders:
         recorder.append((problem.operation, chosen))
     return chosen
@@ -287,6 +305,31 @@ class EagerTuning:
         return self.tiny_float64 if dtype == torch.float64 else self.tiny_float32
 
 
+@dataclass(frozen=True)
+class FusedTuning:
+    """The fused kernels' own thresholds, with the measurement they came from.
+
+    Attributes:
+        split_min_btkk: a log-partition, likelihood, gradient or marginals call splits its
+            rows over torch's threads (``torch.get_num_threads()`` of them, on torch's own
+            OpenMP runtime; each a fixed part of the rows, so the results do not depend on the
+            split) from this B * T * K^2 on; below it the calling thread runs them all (a
+            parallel region costs ~45 us). NLL + backward, 2 threads against 1: 1.14-1.18x at
+            B*T*K^2 = 332k, 1.3-1.6x from 2.6M, 0.92-1.1x under 103k.
+        split_min_btkk_viterbi: the same for Viterbi: 1.3x at 1.3M, 1.1-1.9x from 2.6M,
+            0.8-0.9x at 332k.
+
+    Measured with a script like ``scripts/bench_fused.py`` (the layer, ``kernel="fused"``,
+    each size with both settings), this 2-core CPU, 2026-11-30, load ~1.
+    """
+
+    split_min_btkk: int = 250_000
+    split_min_btkk_viterbi: int = 1_000_000
+
+
+FUSED = FusedTuning()
+"""The fused kernels' threshold in force (see :func:`fused_tuning`)."""
+
 EAGER = EagerTuning()
 """The eager kernel's thresholds in force (see :func:`eager_tuning` to change them)."""
 
@@ -308,6 +351,24 @@ def eager_tuning(**changes: float) -> Iterator[EagerTuning]:
         yield EAGER
     finally:
         EAGER = before
+
+
+@contextlib.contextmanager
+def fused_tuning(**changes: int) -> Iterator[FusedTuning]:
+    """Run a block with the fused kernels' threshold changed, e.g.
+    ``with fused_tuning(split_min_btkk=0, split_min_btkk_viterbi=0):`` (split every call
+    over torch's threads).
+
+    Raises:
+        TypeError: naming an unknown threshold.
+    """
+    global FUSED
+    before = FUSED
+    FUSED = dataclasses.replace(before, **changes)
+    try:
+        yield FUSED
+    finally:
+        FUSED = before
 
 
 def path_taken(path: str, rows: int) -> None:

@@ -227,10 +227,12 @@ def _log_partition_kernel(em, P, M, mask, start, trans, end, validate, log_z, le
 
 def _forward_backward_kernel(
     em, P, M, tags, lengths, grad, start, trans, end, d_em, part_start, part_end, part_trans,
-    log_z_out, gold_out,
+    log_z_out, gold_out, c0, c1,
 ):  # fmt: skip
-    """Chunk c of the C = part_start.shape[0] chunks adds its rows' gradients into
-    part_start[c], part_end[c] (K,) and part_trans[c] (K, K); part_trans (C, 0, 0): none.
+    """Chunks [c0, c1) of the C = part_start.shape[0] chunks: chunk c adds its rows' (rows
+    [c B / C, (c + 1) B / C)) gradients into part_start[c], part_end[c] (K,) and
+    part_trans[c] (K, K); part_trans (C, 0, 0): none. Callers on several threads give each
+    its own range of chunks: the sums do not depend on the split.
 
     tags (0, 0): the gradient of grad . log Z. tags (B, T): of grad . (gold - log Z), the
     log-likelihood of the paths tags[b, :lengths[b]]. Also writes each row's log Z into
@@ -248,7 +250,7 @@ def _forward_backward_kernel(
     EtT = np.ascontiguousarray(Et.T)
     C = part_start.shape[0]
     pairwise = part_trans.shape[1] > 0
-    for c in range(C):
+    for c in range(c0, c1):
         la, shift = np.empty((T, K)), np.empty(T)
         row_start, row_end = np.empty(K), np.empty(K)
         row_trans = np.empty((K, K) if pairwise else (0, 0))
@@ -307,7 +309,7 @@ def _forward_backward_kernel(
                     part_trans[c, row[t - 1], row[t]] += g
 
 
-def _viterbi_row(em, n, start, trans, end, a):
+def _viterbi_row(em, n, start, trans, end, a, best):
     """The max-plus forward recursion of one row (the eager kernel's arithmetic: unshifted,
     float64), keeping every step's messages a[t] (T, K) for the back-trace; the step is an
     ``fmax`` per (from, to) pair, which vectorises (no arg-max tracked). Returns (best score,
@@ -318,15 +320,15 @@ def _viterbi_row(em, n, start, trans, end, a):
     for j in range(K):
         a[0, j] = start[j] + em[0, j]
     for t in range(1, n):
-        cur, prev = a[t], a[t - 1]  # 1-d views: the inner loop vectorises
+        prev = a[t - 1]
         for j in range(K):
-            cur[j] = _NEG_INF
-        for i in range(K):
+            best[j] = _NEG_INF
+        for i in range(K):  # best: its own buffer (no aliasing with a), so the loop vectorises
             p, row = prev[i], trans[i]
             for j in range(K):
-                cur[j] = np.fmax(cur[j], p + row[j])
+                best[j] = np.fmax(best[j], p + row[j])
         for j in range(K):
-            cur[j] += em[t, j]
+            a[t, j] = best[j] + em[t, j]
     best, tag = _NEG_INF, 0
     for j in range(K):
         v = a[n - 1, j] + end[j]
@@ -342,7 +344,7 @@ def _viterbi_kernel(em, mask, start, trans, end, validate, paths, scores, length
     kept messages: the lowest previous tag that attains it, as the eager kernel."""
     B, T, K = em.shape
     no_tags = np.zeros((0, 0), np.int64)
-    a = np.empty((T, K))
+    a, scratch = np.empty((T, K)), np.empty(K)
     trans64 = trans.astype(np.float64)  # the same sums; float64 rows vectorise without converts
     bad_rows = 0
     for b in range(B):
@@ -350,7 +352,7 @@ def _viterbi_kernel(em, mask, start, trans, end, validate, paths, scores, length
             bad_rows += 1
             continue
         n = lengths[b]
-        best, tag = _viterbi_row(em[b], n, start, trans64, end, a)
+        best, tag = _viterbi_row(em[b], n, start, trans64, end, a, scratch)
         scores[b] = best
         paths[b, :] = -1
         if best == _NEG_INF:  # n > 0 here: an empty row scores 0 and has tag -1
