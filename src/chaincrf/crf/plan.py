@@ -36,8 +36,8 @@ __all__ = [
     "AUTO_KERNELS",
     "CAN_RUN",
     "EAGER",
-    "FUSED",
     "ENV",
+    "FUSED",
     "KERNELS",
     "TABLE",
     "EagerTuning",
@@ -218,10 +218,10 @@ def choose(problem: Problem, kernel: str | None = None) -> str:
         for rule in TABLE:
             if problem.operation not in rule.operations or not rule.when(problem):
                 continue
-            if rule.kernel in AUTO_KERNELS and CAN_RUN[rule.kernel](problem):
-                if _available(rule.kernel):
-                    chosen = rule.kernel
-                    break
+            kernel = rule.kernel
+            if kernel in AUTO_KERNELS and CAN_RUN[kernel](problem) and _available(kernel):
+                chosen = kernel
+                break
     for recorder in _recorders:
         recorder.append((problem.operation, chosen))
     return chosen

@@ -110,7 +110,7 @@ def _run_parts(data: int | None) -> None:
         tid, team = gomp.omp_get_thread_num(), gomp.omp_get_num_threads()
         for part in range(tid, parts, team):
             run(part)
-    except BaseException as err:  # noqa: BLE001 (re-raised on the calling thread)
+    except BaseException as err:  # re-raised on the calling thread
         failures.append(err)
 
 
@@ -143,7 +143,8 @@ def _threads(B: int, T: int, K: int, viterbi: bool = False) -> int:
     threads = min(torch.get_num_threads(), B)
     tuning = plan.FUSED
     least = tuning.split_min_btkk_viterbi if viterbi else tuning.split_min_btkk
-    if threads < 2 or B * T * K * K < least:
+    work = B * T * K * K
+    if threads < 2 or work < least:
         return 1
     if os.getpid() != _IMPORT_PID or _openmp() is None:
         return 1
