@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -108,15 +110,14 @@ def test_k_best_and_other_devices_stay_eager():
     assert crf_plan.choose(problem, "eager") == "eager"
 
 
-def test_a_forced_kernel_ignores_the_speed_conditions(monkeypatch):
+def test_a_forced_kernel_runs_what_auto_would_not_pick(monkeypatch):
     monkeypatch.delenv(crf_plan.ENV, raising=False)
-    # auto leaves large gradient problems to eager (measured faster there); forced, the
-    # fused kernel runs them
-    big = crf_plan.EAGER_GRAD_MIN_BTKK
-    problem = crf_plan.Problem("log_partition", big, 1, 1, torch.float32, "cpu", requires_grad=True)
+    monkeypatch.setattr(crf_plan, "AUTO_KERNELS", ("eager",))  # public: what auto may pick
+    problem = crf_plan.Problem("log_partition", 2, 5, 3, torch.float32, "cpu", requires_grad=True)
     assert crf_plan.choose(problem) == "eager"
     assert crf_plan.choose(problem, "fused") == "fused"
     assert crf_plan.CAN_RUN["fused"](problem)
+    assert not crf_plan.CAN_RUN["fused"](dataclasses.replace(problem, device="cuda"))
 
 
 def test_unknown_kernel_names_are_refused(monkeypatch):

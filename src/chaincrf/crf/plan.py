@@ -98,11 +98,6 @@ def _cpu_float(problem: Problem) -> bool:
     return problem.device == "cpu" and problem.dtype in (torch.float32, torch.float64)
 
 
-# From this B * T * K^2 on, the eager kernel's batched BLAS products match or beat the fused
-# loops (serial, one row at a time) on a log-partition with its gradient (NLL + backward),
-# unless compiling.
-EAGER_GRAD_MIN_BTKK = 10_000_000
-
 CAN_RUN: dict[str, Callable[[Problem], bool]] = {
     "eager": lambda p: True,
     "fused": lambda p: _cpu_float(p) and p.k == 1,
@@ -114,22 +109,19 @@ TABLE: tuple[Rule, ...] = (
     Rule(
         "fused",
         frozenset({"log_partition", "marginals"}),
-        lambda p: (
-            _cpu_float(p) and (p.compiling or not p.requires_grad or _btkk(p) < EAGER_GRAD_MIN_BTKK)
-        ),
-        "NLL + backward, float32, 2 threads, B{1,32,128} x T{32,128} x K{5,9,50}: fused "
-        "1.8-4.4x faster than eager in the 15 cells under B*T*K^2 = 10M; from 10M a tie or "
-        "eager (B=32 T=128 K=50: eager 13.4 vs fused 15.9 ms; B=128 T=32 K=50: 8.8 vs 8.3 ms; "
-        "B=128 T=128 K=50: 23.0 vs 24.1 ms); `python3 scripts/bench_fused.py --reps 25 "
-        "--budget 1.5`, this 2-core CPU, 2026-11-29, load ~1 (benchmarks/crf_kernels.md)",
+        _cpu_float,
+        "NLL + backward, float32, 2 threads, B{1,32,128} x T{32,128} x K{5,9,50}: fused faster "
+        "than eager in every cell since it splits large calls over torch's threads (K=50: "
+        "B=32 T=128 7.1 vs 15.3 ms, B=128 T=32 6.4 vs 15.6 ms, B=128 T=128 19.0 vs 25.9 ms; "
+        "serial, eager won those three by 1.0-1.2x); `python3 scripts/bench_fused.py`, this "
+        "2-core CPU, 2026-11-30 (benchmarks/crf_kernels.md)",
     ),
     Rule(
         "fused",
         frozenset({"viterbi"}),
         lambda p: _cpu_float(p) and p.k == 1,
-        "decode, same grid and command: fused faster than eager in all 18 cells (1.03x at "
-        "B=128 T=32 K=50, 1.14x at B=128 T=128 K=50, 3.3-15x elsewhere); k-best paths are "
-        "eager only",
+        "decode, same grid and command: fused faster than eager in all 18 cells; k-best paths "
+        "are eager only",
     ),
     Rule(
         "eager",
@@ -145,10 +137,6 @@ AUTO_KERNELS: tuple[str, ...] = ("eager", "fused")
 
 is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
 """Whether torch.compile / torch.export is tracing (torch >= 2.3 names it torch.compiler)."""
-
-
-def _btkk(problem: Problem) -> int:
-    return problem.batch * problem.length * problem.tags * problem.tags
 
 
 _recorders: list[list[tuple[str, str]]] = []
@@ -318,6 +306,10 @@ class FusedTuning:
             B*T*K^2 = 332k, 1.3-1.6x from 2.6M, 0.92-1.1x under 103k.
         split_min_btkk_viterbi: the same for Viterbi: 1.3x at 1.3M, 1.1-1.9x from 2.6M,
             0.8-0.9x at 332k.
+        numba_exp_max_btk: up to this many emissions (B * T * K) the exp-space kernels'
+            exp(em - max) is one compiled loop, above it torch's vectorised exp (four tensor
+            operations): loop against torch 6 vs 15 us at 160 emissions, 20 vs 23 us at 2,304,
+            45 vs 33 us at 6,400.
 
     Measured with a script like ``scripts/bench_fused.py`` (the layer, ``kernel="fused"``,
     each size with both settings), this 2-core CPU, 2026-11-30, load ~1.
@@ -325,6 +317,7 @@ class FusedTuning:
 
     split_min_btkk: int = 250_000
     split_min_btkk_viterbi: int = 1_000_000
+    numba_exp_max_btk: int = 3000
 
 
 FUSED = FusedTuning()

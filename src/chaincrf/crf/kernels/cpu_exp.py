@@ -39,6 +39,20 @@ def _exp_scores(x):
     return out.reshape(x.shape), top
 
 
+def _exp_emissions_kernel(em, P, M):
+    """P = exp(em - M), M (B, T) the maxima over tags (-inf where every tag is -inf, P then
+    unused): the small batches' version of cpu_impl._exp_emissions (no torch dispatch)."""
+    B, T, K = em.shape
+    for b in range(B):
+        for t in range(T):
+            top = _NEG_INF
+            for j in range(K):
+                top = max(top, em[b, t, j])
+            M[b, t] = top
+            for j in range(K):
+                P[b, t, j] = math.exp(em[b, t, j] - top)
+
+
 def _forward_row_exp(P, M, n, Es, gs, E, g, Ee, ge, alpha, z):
     """log Z of one row of length n in exp space, and whether it could be computed.
 

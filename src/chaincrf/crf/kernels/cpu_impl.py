@@ -45,8 +45,11 @@ def _load() -> SimpleNamespace | ImportError:
         for names in modules:
             if name in names:
                 names[name] = compiled
-    names = vars(loops)
-    return SimpleNamespace(numba=numba, **{name: jit(names[name]) for name in loops._KERNELS})
+    kernels = {
+        name: jit(next(names[name] for names in modules if name in names))
+        for name in loops._KERNELS
+    }
+    return SimpleNamespace(numba=numba, **kernels)
 
 
 def available() -> bool:
@@ -187,9 +190,17 @@ def _merged(codes: list[int]) -> int:
 
 
 def _exp_emissions(emissions: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """exp(em - M) (B, T, K) and M (B, T), the maxima over tags (torch's vectorised exp: the
-    kernels' exp-space rows then need no transcendental per tag; see cpu_exp)."""
+    """exp(em - M) (B, T, K) and M (B, T), the maxima over tags: torch's vectorised exp (the
+    kernels' exp-space rows then need no transcendental per tag; see cpu_exp), or for small
+    batches one compiled loop (see plan.FUSED.numba_exp_max_btk)."""
     em = emissions.detach()
+    if em.numel() <= plan.FUSED.numba_exp_max_btk:
+        P, M = (
+            np.empty(em.shape, _NUMPY_DTYPES[em.dtype]),
+            np.empty(em.shape[:2], _NUMPY_DTYPES[em.dtype]),
+        )
+        _kernels()._exp_emissions_kernel(_as_numpy(em), P, M)
+        return P, M
     top = em.amax(-1) if em.shape[2] > 0 else em.sum(-1)
     return _as_numpy((em - top.unsqueeze(-1)).exp_()), _as_numpy(top)
 
@@ -335,7 +346,7 @@ def _forward_backward_impl(
     )  # fmt: skip
     threads = min(_threads(*emissions.shape), C)
     _split(C, threads, lambda lo, hi: kernels._forward_backward_kernel(*args, lo, hi))
-    d_start, d_end, d_trans = (x.sum(0) for x in parts)  # in a fixed order
+    d_start, d_end, d_trans = (x[0] if C == 1 else x.sum(0) for x in parts)  # a fixed order
     return (
         d_em,
         _from_numpy(d_start, start.dtype),

@@ -13,7 +13,11 @@ import math
 
 import numpy as np
 
-from chaincrf.crf.kernels.cpu_exp import _backward_row_exp, _exp_scores, _forward_row_exp
+from chaincrf.crf.kernels.cpu_exp import (
+    _backward_row_exp,
+    _exp_scores,
+    _forward_row_exp,
+)
 from chaincrf.crf.kernels.cpu_logspace import (
     _backward_row,
     _col_normalised,
@@ -45,6 +49,7 @@ _HELPERS = (
     "_log_z_row",
 )
 _KERNELS = (
+    "_exp_emissions_kernel",
     "_ragged_kernel",
     "_log_partition_kernel",
     "_log_likelihood_kernel",
