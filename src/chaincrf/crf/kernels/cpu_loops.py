@@ -328,10 +328,21 @@ def _viterbi_row(em, n, start, trans, end, a, best):
         prev = a[t - 1]
         for j in range(K):
             best[j] = _NEG_INF
-        for i in range(K):  # best: its own buffer (no aliasing with a), so the loop vectorises
+        # best: its own buffer (no aliasing with a), so the loops vectorise; from K = 16 two
+        # source tags per pass (max is exact in any order: the same bits; 1.6x at K = 50,
+        # slower at K = 9)
+        i = 0
+        if K >= 16:
+            while i + 1 < K:
+                p0, r0, p1, r1 = prev[i], trans[i], prev[i + 1], trans[i + 1]
+                for j in range(K):
+                    best[j] = np.fmax(best[j], np.fmax(p0 + r0[j], p1 + r1[j]))
+                i += 2
+        while i < K:
             p, row = prev[i], trans[i]
             for j in range(K):
                 best[j] = np.fmax(best[j], p + row[j])
+            i += 1
         for j in range(K):
             a[t, j] = best[j] + em[t, j]
     best, tag = _NEG_INF, 0
