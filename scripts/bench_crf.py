@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import importlib.metadata
 import inspect
 import json
@@ -69,12 +70,16 @@ PEERS = ("pytorch-crf", "torch-struct")
 WORKLOADS = ("nll", "nll+backward", "decode", "viterbi_k5", "marginals")
 # entries (timed callables) per workload; an entry is named after its library, plus a suffix
 # where one library has several ways to produce the same thing.
+# "chaincrf" is the layer as shipped (the planner's choice, kernel="auto"); "chaincrf[eager]"
+# and "chaincrf[fused]" force one kernel (--kernels).
+KERNELS = ("eager", "fused")
+_FORCED = tuple(f"chaincrf[{k}]" for k in KERNELS)
 ENTRIES = {
-    "nll": ("chaincrf", "pytorch-crf", "torch-struct"),
-    "nll+backward": ("chaincrf", "pytorch-crf", "torch-struct"),
-    "decode": ("chaincrf", "chaincrf.viterbi", "pytorch-crf", "torch-struct"),
+    "nll": ("chaincrf", *_FORCED, "pytorch-crf", "torch-struct"),
+    "nll+backward": ("chaincrf", *_FORCED, "pytorch-crf", "torch-struct"),
+    "decode": ("chaincrf", *_FORCED, "chaincrf.viterbi", "pytorch-crf", "torch-struct"),
     "viterbi_k5": ("chaincrf",),
-    "marginals": ("chaincrf", "torch-struct"),
+    "marginals": ("chaincrf", *_FORCED, "torch-struct"),
 }
 GRIDS = {
     "full": dict(
@@ -195,6 +200,7 @@ class Models:
     struct: StructCRF
     inputs: Inputs
     validate: bool | None = None  # passed to chaincrf calls when not None
+    kernels: tuple[str, ...] = ()  # chaincrf kernels also timed forced (entries chaincrf[k])
 
 
 def _accepts(fn: Callable, name: str) -> bool:
@@ -337,7 +343,18 @@ def workload_fns(models: Models, workload: str, libs: Sequence[str]) -> dict[str
         fns["torch-struct"] = h
     else:
         raise ValueError(f"workload must be one of {WORKLOADS}; got {workload!r}")
-    return {name: fn for name, fn in fns.items() if name.split(".")[0] in libs}
+    if ours is not None and workload in ("nll", "nll+backward", "decode", "marginals"):
+        for kernel in models.kernels:  # the same layer, one kernel forced
+            forced = copy.deepcopy(ours)
+            forced.kernel = kernel
+            plain = dataclasses.replace(models, chaincrf=forced, kernels=())
+            fns[f"chaincrf[{kernel}]"] = workload_fns(plain, workload, ["chaincrf"])["chaincrf"]
+    return {name: fn for name, fn in fns.items() if _library(name) in libs}
+
+
+def _library(entry: str) -> str:
+    """The library an entry times: "chaincrf.viterbi" and "chaincrf[fused]" are chaincrf's."""
+    return entry.split(".")[0].split("[")[0]
 
 
 def struct_bytes_estimate(batch: int, length: int, num_tags: int) -> int:
@@ -932,7 +949,7 @@ def to_markdown(report: dict) -> str:
         for wl in report["settings"]["workloads"]:
             entries = ENTRIES[wl]
             ours = [e for e in entries if e.startswith("chaincrf")]
-            head = ["B", "T", "K", "tokens"] + [f"{e} tok/s" for e in entries]
+            head = ["B", "T", "K", "tokens", "planner"] + [f"{e} tok/s" for e in entries]
             head += [f"{e} × pytorch-crf" for e in ours if "pytorch-crf" in entries]
             head += [f"{e} × fastest peer" for e in ours if len(entries) > len(ours)]
             lines += [
@@ -946,6 +963,7 @@ def to_markdown(report: dict) -> str:
                     continue
                 res = c["workloads"][wl]
                 row = [str(c["batch"]), str(c["length"]), str(c["tags"]), str(c["tokens"])]
+                row.append(res.get("planner", "–"))
                 for e in entries:
                     if e in res["entries"]:
                         row.append(_fmt_tps(res["entries"][e]["tokens_per_s"]))
@@ -1039,6 +1057,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="peak memory of nll+backward at B=32 T=512 K=50, one subprocess per lib",
     )
     p.add_argument("--long-check", action="store_true", help="check chaincrf at T=10,000")
+    p.add_argument(
+        "--kernels",
+        nargs="*",
+        choices=KERNELS,
+        default=list(KERNELS),
+        help="also time chaincrf with each of these kernels forced (entries chaincrf[kernel]; "
+        "the entry chaincrf is the planner's choice)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="time chaincrf's and pytorch-crf's entries through torch.compile (both sides; "
+        "torch-struct stays eager); the warm-up call compiles",
+    )
+    p.add_argument(
+        "--first-call",
+        action="store_true",
+        help="time the fused kernels' first calls, cold (empty numba cache) and warm, and exit "
+        "(scripts/bench_fused.py --first-call)",
+    )
     p.add_argument("--json", type=Path, help="write the JSON report here")
     p.add_argument("--markdown", type=Path, help="write the Markdown report here")
     p.add_argument("--memory-child", choices=LIBS, help=argparse.SUPPRESS)
@@ -1077,6 +1115,12 @@ def run_cell(
         fns = workload_fns(models, wl, cell_libs)
         if not fns:
             continue
+        planner = _planner_choice(fns.get("chaincrf"))
+        if args.compile:
+            fns = {
+                n: torch.compile(f) if _library(n) in ("chaincrf", "pytorch-crf") else f
+                for n, f in fns.items()
+            }
         timings = time_interleaved(fns, torch.device(device), args.min_reps, args.reps, args.budget)
         cell["workloads"][wl] = {
             "entries": {
@@ -1084,8 +1128,23 @@ def run_cell(
             },
             "skipped": {e: s for e, s in skipped.items() if e in ENTRIES[wl]},
         }
+        if planner:
+            cell["workloads"][wl]["planner"] = planner
     add_ratios(cell)
     return cell
+
+
+def _planner_choice(fn: Callable | None) -> str | None:
+    """The kernel(s) chaincrf's planner picks for one call of ``fn`` (None without it)."""
+    try:
+        from chaincrf.crf import plan
+    except ImportError:
+        return None
+    if fn is None or not hasattr(plan, "record"):
+        return None
+    with plan.record() as ran:
+        fn()
+    return "+".join(sorted({kernel for _, kernel in ran})) or None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1101,8 +1160,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         return 0
+    if args.first_call:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_fused
+
+        bench_fused.report_first_calls()
+        return 0
     chaincrf_cls, why = _chaincrf_class()
     notes = []
+    if args.compile:
+        notes.append(
+            "--compile: chaincrf's and pytorch-crf's entries are torch.compile'd functions "
+            "(default mode, one compile per cell in the warm-up, not timed); torch-struct eager"
+        )
     libs = list(args.libs)
     if chaincrf_cls is None and "chaincrf" in libs:
         notes.append(f"chaincrf.crf.CRF not importable ({why}); peers only")
@@ -1116,6 +1186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for K in args.tags:
                     x = make_inputs(B, T, K, seed=args.seed, device=device)
                     models = make_models(x, chaincrf_cls, validate)
+                    if models.chaincrf is not None and hasattr(models.chaincrf, "kernel"):
+                        models.kernels = tuple(args.kernels)
                     struct_ok = struct_bytes_estimate(B, T, K) <= args.struct_mem_cap_gb * 2**30
                     if not args.no_cross_check:
                         outs = collect_outputs(models, libs, args.workloads, with_struct=struct_ok)
@@ -1149,6 +1221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "workloads": args.workloads,
             "validate": "library default" if validate is None else validate,
             "struct_mem_cap_gb": args.struct_mem_cap_gb,
+            "compile": args.compile,
         },
         "cross_check": (
             "skipped (--no-cross-check)"
