@@ -184,6 +184,19 @@ def _merged(codes: list[int]) -> int:
     return codes[0] % 4 + (4 if any(code >= 4 for code in codes) else 0)
 
 
+def _over_rows(kernel: Callable, B: int, threads: int, args: tuple, sliced: str) -> int:
+    """kernel(*args) over B rows on ``threads`` threads: the arguments marked "r" in
+    ``sliced`` (one letter per argument, "." for shared ones) are cut to each thread's rows.
+    Returns the kernel's problem code (merged over the threads)."""
+    if threads == 1:  # the common small call: no slices, no closure
+        return kernel(*args)
+
+    def rows(lo: int, hi: int) -> int:
+        return kernel(*(a[lo:hi] if cut == "r" else a for a, cut in zip(args, sliced)))
+
+    return _merged(_split(B, threads, rows))
+
+
 # ------------------------------------------------------------------------------ implementations
 # Each takes the left-aligned bool mask (B, T) and finds the lengths itself, checking the values
 # (``validate``) in the same pass; it returns the lengths with its results.
@@ -209,7 +222,7 @@ _NO_TAGS = torch.empty(0, 0, dtype=torch.long)
 
 
 def _problems(B: int) -> np.ndarray:
-    return np.empty((B, 3), dtype=np.int64)
+    return np.empty((B, 3), np.int64)
 
 
 def _raise_problems(problems: np.ndarray, found: int, emissions: Tensor, tags: Tensor) -> None:
@@ -242,7 +255,7 @@ def _lengths_impl(
     """Each row's length; with ``validate`` the values checked (the scores too when given);
     tags, when given, always range-checked."""
     kernels = _kernels()
-    lengths = torch.empty(mask.shape[0], dtype=torch.long)
+    lengths = np.empty(mask.shape[0], np.int64)
     problems = _problems(mask.shape[0])
     if scores is None:
         zero = np.zeros(1)
@@ -251,34 +264,28 @@ def _lengths_impl(
         arrays = _scores(*scores)
     found = kernels._ragged_kernel(
         _as_numpy(mask), _as_numpy(emissions), _as_numpy(tags), *arrays,
-        validate and scores is not None, lengths.numpy(), problems,
+        validate and scores is not None, lengths, problems,
     )  # fmt: skip
     if found:
         _raise_problems(problems, found, emissions, tags)
-    return lengths
+    return torch.from_numpy(lengths)
 
 
 def _log_partition_impl(
     emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
 ) -> tuple[Tensor, Tensor]:
-    kernels = _kernels()
     B = emissions.shape[0]
-    log_z = emissions.new_empty(B)
-    lengths = torch.empty(B, dtype=torch.long)
-    problems = _problems(B)
-    em, (P, M), mk = _as_numpy(emissions), _exp_emissions(emissions), _as_numpy(mask)
-    scores, out, n = _scores(start, transitions, end), log_z.numpy(), lengths.numpy()
-
-    def rows(lo: int, hi: int) -> int:
-        return kernels._log_partition_kernel(
-            em[lo:hi], P[lo:hi], M[lo:hi], mk[lo:hi], *scores, validate, out[lo:hi], n[lo:hi],
-            problems[lo:hi],
-        )  # fmt: skip
-
-    found = _merged(_split(B, _threads(*emissions.shape), rows))
+    log_z = np.empty(B, _NUMPY_DTYPES[emissions.dtype])
+    lengths, problems = np.empty(B, np.int64), _problems(B)
+    args = (
+        _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(mask),
+        *_scores(start, transitions, end), validate, log_z, lengths, problems,
+    )  # fmt: skip
+    kernel = _kernels()._log_partition_kernel
+    found = _over_rows(kernel, B, _threads(*emissions.shape), args, "rrrr....rrr")
     if found:
         _raise_problems(problems, found, emissions, _NO_TAGS)
-    return log_z, lengths
+    return torch.from_numpy(log_z), torch.from_numpy(lengths)
 
 
 def _log_likelihood_impl(
@@ -291,32 +298,20 @@ def _log_likelihood_impl(
     constrained: bool,
     validate: bool,
 ) -> tuple[Tensor, Tensor]:
-    kernels = _kernels()
     B = emissions.shape[0]
-    llh = emissions.new_empty(B)
-    lengths = torch.empty(B, dtype=torch.long)
-    gold = np.zeros(B)
-    problems = _problems(B)
-    em, (P, M), mk = _as_numpy(emissions), _exp_emissions(emissions), _as_numpy(mask)
-    tg, scores, out, n = (
-        _as_numpy(tags),
-        _scores(start, transitions, end),
-        llh.numpy(),
-        lengths.numpy(),
-    )
-
-    def rows(lo: int, hi: int) -> int:
-        return kernels._log_likelihood_kernel(
-            em[lo:hi], P[lo:hi], M[lo:hi], tg[lo:hi], mk[lo:hi], *scores, validate, out[lo:hi],
-            gold[lo:hi], n[lo:hi], problems[lo:hi],
-        )  # fmt: skip
-
-    found = _merged(_split(B, _threads(*emissions.shape), rows))
+    llh = np.empty(B, _NUMPY_DTYPES[emissions.dtype])
+    gold, lengths, problems = np.zeros(B), np.empty(B, np.int64), _problems(B)
+    args = (
+        _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(tags), _as_numpy(mask),
+        *_scores(start, transitions, end), validate, llh, gold, lengths, problems,
+    )  # fmt: skip
+    kernel = _kernels()._log_likelihood_kernel
+    found = _over_rows(kernel, B, _threads(*emissions.shape), args, "rrrrr....rrrr")
     if found:
         _raise_problems(problems, found, emissions, tags)
     if constrained:
         _check_gold(gold)
-    return llh, lengths
+    return torch.from_numpy(llh), torch.from_numpy(lengths)
 
 
 def _forward_backward_impl(
@@ -335,20 +330,23 @@ def _forward_backward_impl(
     the same pass computes."""
     kernels = _kernels()
     B, _, K = emissions.shape
-    d_em = emissions.new_empty(emissions.shape)
+    d_em = np.empty(emissions.shape, _NUMPY_DTYPES[emissions.dtype])
     C = min(B, loops._MAX_CHUNKS)
     parts = np.zeros((C, K)), np.zeros((C, K)), np.zeros((C, K, K) if pairwise else (C, 0, 0))
     log_z, gold = np.zeros(B), np.zeros(B)
     args = (
         _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(tags), _as_numpy(lengths),
-        _as_numpy(grad, torch.float64), *_scores(start, transitions, end), d_em.numpy(),
-        *parts, log_z, gold,
+        _as_numpy(grad, torch.float64), *_scores(start, transitions, end), d_em, *parts,
+        log_z, gold,
     )  # fmt: skip
     threads = min(_threads(*emissions.shape), C)
-    _split(C, threads, lambda lo, hi: kernels._forward_backward_kernel(*args, lo, hi))
+    if threads == 1:
+        kernels._forward_backward_kernel(*args, 0, C)
+    else:
+        _split(C, threads, lambda lo, hi: kernels._forward_backward_kernel(*args, lo, hi))
     d_start, d_end, d_trans = (x[0] if C == 1 else x.sum(0) for x in parts)  # a fixed order
     return (
-        d_em,
+        torch.from_numpy(d_em),
         _from_numpy(d_start, start.dtype),
         _from_numpy(d_trans, transitions.dtype),
         _from_numpy(d_end, end.dtype),
@@ -360,25 +358,18 @@ def _forward_backward_impl(
 def _viterbi_impl(
     emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    kernels = _kernels()
-    B, T, _ = emissions.shape
-    paths = torch.empty(B, T, dtype=torch.long)
-    scores = emissions.new_empty(B)
-    lengths = torch.empty(B, dtype=torch.long)
-    problems = _problems(B)
-    em, mk, params = _as_numpy(emissions), _as_numpy(mask), _scores(start, transitions, end)
-    out, best, n = paths.numpy(), scores.numpy(), lengths.numpy()
-
-    def rows(lo: int, hi: int) -> int:
-        return kernels._viterbi_kernel(
-            em[lo:hi], mk[lo:hi], *params, validate, out[lo:hi], best[lo:hi], n[lo:hi],
-            problems[lo:hi],
-        )  # fmt: skip
-
-    found = _merged(_split(B, _threads(B, T, emissions.shape[2], viterbi=True), rows))
+    B, T, K = emissions.shape
+    paths, best = np.empty((B, T), np.int64), np.empty(B, _NUMPY_DTYPES[emissions.dtype])
+    lengths, problems = np.empty(B, np.int64), _problems(B)
+    args = (
+        _as_numpy(emissions), _as_numpy(mask), *_scores(start, transitions, end), validate,
+        paths, best, lengths, problems,
+    )  # fmt: skip
+    threads = _threads(B, T, K, viterbi=True)
+    found = _over_rows(_kernels()._viterbi_kernel, B, threads, args, "rr....rrrr")
     if found:
         _raise_problems(problems, found, emissions, _NO_TAGS)
-    return paths, scores, lengths
+    return torch.from_numpy(paths), torch.from_numpy(best), torch.from_numpy(lengths)
 
 
 def _marginals_impl(

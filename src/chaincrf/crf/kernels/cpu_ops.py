@@ -38,6 +38,7 @@ from torch import Tensor
 from chaincrf.crf import plan
 from chaincrf.crf.kernels.cpu_impl import (
     _NO_TAGS,
+    _NUMPY_DTYPES,
     _check_gold,
     _check_inputs,
     _forward_backward_impl,
@@ -244,14 +245,17 @@ class _LogLikelihood(torch.autograd.Function):
         if constrained:
             _check_gold(gold)
         ctx.save_for_backward(emissions, tags, lengths, start, transitions, end, *unit)
-        return torch.from_numpy(gold - log_z).to(emissions.dtype)
+        return torch.from_numpy((gold - log_z).astype(_NUMPY_DTYPES[emissions.dtype]))
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         emissions, tags, lengths, start, transitions, end, *unit = ctx.saved_tensors
         B = grad.shape[0]
-        # one weight for every row (a sum's gradient is expanded: stride 0): scale the sums
+        # one weight for every row (a sum's gradient is expanded: stride 0): scale the sums;
+        # a weight of exactly 1 (a summed loss) leaves them as they are
         if B and (B == 1 or grad.stride(0) == 0 or bool((grad == grad[0]).all())):
+            if float(grad[0]) == 1.0:
+                return unit[0], None, None, *unit[1:], None, None
             d_em = unit[0] * grad.view(B, 1, 1).to(unit[0].dtype)
             d_start, d_trans, d_end = (g * grad[0].to(g.dtype) for g in unit[1:])
         else:
@@ -297,6 +301,8 @@ def log_likelihood_masked(
     args = (emissions, tags, mask, start, transitions, end, constrained, validate)
     if _is_compiling():
         return _log_likelihood_op(*args)[0]
+    if not torch.is_grad_enabled():  # inside Function.forward needs_input_grad ignores no_grad
+        return _log_likelihood_impl(*args)[0]
     return _LogLikelihood.apply(*args)
 
 
