@@ -98,12 +98,33 @@ def test_viterbi_and_marginals_match_eager(dtype, constrained, B, T, seed):
     emissions, mask, lengths = batch(B, T, len(BIOES), seed, dtype)
     start, trans, end = (x.detach() for x in scores(crf))
     paths, best = crf_fused.viterbi(emissions, lengths, start, trans, end)
-    eager_paths, eager_best = crf.viterbi(emissions, mask)
+    crf.kernel = "eager"
+    with plan.record_paths() as taken:
+        eager_paths, eager_best = crf.viterbi(emissions, mask)
     assert paths.dtype == torch.long and best.dtype == dtype
     assert torch.equal(paths, eager_paths)
     torch.testing.assert_close(best, eager_best, **tolerances(dtype))
+    if B > 1 and not any(path == "tree_viterbi" for path, _ in taken):
+        # the sequential eager recursion in the same dtype: the same sums, the same bits
+        assert torch.equal(best, eager_best)
     marg = crf_fused.marginals(emissions, lengths, start, trans, end)
     torch.testing.assert_close(marg, crf.marginals(emissions, mask), **tolerances(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("K", [17, 50])
+def test_viterbi_with_many_tags_equals_eager_bit_for_bit(dtype, K):
+    """From K = 16 the fused max-plus step takes two source tags per pass: still the eager
+    kernel's sums in the emissions' dtype, so the same paths and scores."""
+    crf = make_crf(K, 5).to(dtype)
+    emissions, mask, lengths = batch(9, 37, K, 5, dtype)
+    with plan.record() as ran:
+        paths, best = crf.viterbi(emissions, mask)
+    crf.kernel = "eager"
+    with plan.record() as ran_eager:
+        eager_paths, eager_best = crf.viterbi(emissions, mask)
+    assert ran == [("viterbi", "fused")] and ran_eager == [("viterbi", "eager")]
+    assert torch.equal(paths, eager_paths) and torch.equal(best, eager_best)
 
 
 @pytest.mark.parametrize(("B", "T", "K", "seed"), [(3, 4, 2, 0), (5, 5, 3, 1), (6, 5, 4, 2)])

@@ -315,10 +315,11 @@ def _forward_backward_kernel(
 
 
 def _viterbi_row(em, n, start, trans, end, a, best):
-    """The max-plus forward recursion of one row (the eager kernel's arithmetic: unshifted,
-    float64), keeping every step's messages a[t] (T, K) for the back-trace; the step is an
-    ``fmax`` per (from, to) pair, which vectorises (no arg-max tracked). Returns (best score,
-    best last tag): (0, -1) for n = 0, lowest tag on ties."""
+    """The max-plus forward recursion of one row in the messages' dtype (a's: the emissions'),
+    the eager kernel's arithmetic step for step (max is exact, each sum one rounding: the same
+    bits for the same inputs), keeping every step's messages a[t] (T, K) for the back-trace.
+    The step is an ``fmax`` per (from, to) pair, which vectorises (no arg-max tracked).
+    Returns (best score, best last tag): (0, -1) for n = 0, lowest tag on ties."""
     if n == 0:
         return 0.0, -1
     K = start.shape[0]
@@ -360,15 +361,16 @@ def _viterbi_kernel(em, mask, start, trans, end, validate, paths, scores, length
     kept messages: the lowest previous tag that attains it, as the eager kernel."""
     B, T, K = em.shape
     no_tags = np.zeros((0, 0), np.int64)
-    a, scratch = np.empty((T, K)), np.empty(K)
-    trans64 = trans.astype(np.float64)  # the same sums; float64 rows vectorise without converts
+    # messages in the emissions' dtype, as the eager kernel's (float32 rows: twice the lanes)
+    a, scratch = np.empty((T, K), em.dtype), np.empty(K, em.dtype)
+    trans_em = trans.astype(em.dtype)
     bad_rows = 0
     for b in range(B):
         if not _row_prelude(mask, em, no_tags, b, validate, problems, lengths):
             bad_rows += 1
             continue
         n = lengths[b]
-        best, tag = _viterbi_row(em[b], n, start, trans64, end, a, scratch)
+        best, tag = _viterbi_row(em[b], n, start, trans_em, end, a, scratch)
         scores[b] = best
         paths[b, :] = -1
         if best == _NEG_INF:  # n > 0 here: an empty row scores 0 and has tag -1
@@ -378,7 +380,7 @@ def _viterbi_kernel(em, mask, start, trans, end, validate, paths, scores, length
             if t > 0:
                 top, prev = _NEG_INF, 0
                 for i in range(K):
-                    v = a[t - 1, i] + trans64[i, tag]
+                    v = a[t - 1, i] + trans_em[i, tag]
                     if v > top:
                         top, prev = v, i
                 tag = prev
