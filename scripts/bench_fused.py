@@ -5,8 +5,8 @@ Every library gets identical float32 inputs (emissions, gold tags, a left-aligne
 lengths uniform in [T/2, T] and the first row full, and the same transition parameters). Before
 any timing each cell is cross-checked: negative log-likelihoods agree to 1e-4 (relative), so do
 the emission and transition gradients and the scores of the decoded paths; a disagreement exits
-non-zero. Timing: a warm-up, then repetitions with the entries interleaved (their order rotates
-every repetition); the median is reported.
+non-zero. Timing: a warm-up, then repetitions with the entries interleaved (a new random
+order every repetition); the median is reported.
 
 Workloads:
     nll+backward  summed negative log-likelihood, then ``backward()`` into the emissions and the
@@ -36,6 +36,7 @@ import importlib.metadata
 import json
 import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -171,14 +172,20 @@ def cross_check(x: dict[str, torch.Tensor], workload: str, outs: dict[str, objec
 
 
 def time_cell(entries: dict[str, Callable], reps: int, warmup: int) -> dict[str, float]:
-    """Median seconds per entry, interleaved, the order rotating every repetition."""
+    """Median seconds per entry, interleaved, in a new (seeded) random order every repetition:
+    each entry follows every other one about equally often (a rotation would keep one cyclic
+    order, and an entry's time depends on what ran before it: 2-thread torch operations leave
+    OpenMP workers spinning on the other core for milliseconds)."""
     for _ in range(warmup):
         for fn in entries.values():
             fn()
     names = list(entries)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for rep in range(reps):
-        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+    shuffle = random.Random(0).shuffle
+    for _ in range(reps):
+        order = names[:]
+        shuffle(order)
+        for name in order:
             start = time.perf_counter()
             entries[name]()
             times[name].append(time.perf_counter() - start)
