@@ -328,6 +328,45 @@ def _forward_backward_impl(
     three scores (without ``pairwise``, the transitions' gradient is left empty: marginals),
     then each row's log Z and gold score (float64 numpy, the gold scores 0 without tags), which
     the same pass computes."""
+    arrays = (_as_numpy(emissions), _as_numpy(tags), _as_numpy(lengths))
+    weights = _as_numpy(grad, torch.float64)
+    scores = (start, transitions, end)
+    return _forward_backward_arrays(emissions, *arrays, weights, scores, pairwise)
+
+
+def _likelihood_gradient_impl(
+    emissions: Tensor,
+    tags: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    transitions: Tensor,
+    end: Tensor,
+    validate: bool,
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor], np.ndarray, np.ndarray]:
+    """The log-likelihood's pass with a gradient: the lengths and checks (see _lengths_impl),
+    then the forward-backward kernel with unit weights, on one conversion of the inputs.
+    Returns (lengths, unit gradients (emissions, start, transitions, end), log Z, gold)."""
+    em, tg, mk = _as_numpy(emissions), _as_numpy(tags), _as_numpy(mask)
+    B = em.shape[0]
+    lengths, problems = np.empty(B, np.int64), _problems(B)
+    scores = (start, transitions, end)
+    found = _kernels()._ragged_kernel(mk, em, tg, *_scores(*scores), validate, lengths, problems)
+    if found:
+        _raise_problems(problems, found, emissions, tags)
+    *unit, log_z, gold = _forward_backward_arrays(emissions, em, tg, lengths, np.ones(B), scores)
+    return torch.from_numpy(lengths), tuple(unit), log_z, gold
+
+
+def _forward_backward_arrays(
+    emissions: Tensor,
+    em: np.ndarray,
+    tags: np.ndarray,
+    lengths: np.ndarray,
+    weights: np.ndarray,
+    scores: tuple[Tensor, Tensor, Tensor],
+    pairwise: bool = True,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, np.ndarray, np.ndarray]:
+    """_forward_backward_impl on numpy views of its inputs (em: of ``emissions``)."""
     kernels = _kernels()
     B, _, K = emissions.shape
     d_em = np.empty(emissions.shape, _NUMPY_DTYPES[emissions.dtype])
@@ -335,8 +374,7 @@ def _forward_backward_impl(
     parts = np.zeros((C, K)), np.zeros((C, K)), np.zeros((C, K, K) if pairwise else (C, 0, 0))
     log_z, gold = np.zeros(B), np.zeros(B)
     args = (
-        _as_numpy(emissions), *_exp_emissions(emissions), _as_numpy(tags), _as_numpy(lengths),
-        _as_numpy(grad, torch.float64), *_scores(start, transitions, end), d_em, *parts,
+        em, *_exp_emissions(emissions), tags, lengths, weights, *_scores(*scores), d_em, *parts,
         log_z, gold,
     )  # fmt: skip
     threads = min(_threads(*emissions.shape), C)
@@ -345,6 +383,7 @@ def _forward_backward_impl(
     else:
         _split(C, threads, lambda lo, hi: kernels._forward_backward_kernel(*args, lo, hi))
     d_start, d_end, d_trans = (x[0] if C == 1 else x.sum(0) for x in parts)  # a fixed order
+    start, transitions, end = scores
     return (
         torch.from_numpy(d_em),
         _from_numpy(d_start, start.dtype),

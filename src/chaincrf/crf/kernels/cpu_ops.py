@@ -42,7 +42,7 @@ from chaincrf.crf.kernels.cpu_impl import (
     _check_gold,
     _check_inputs,
     _forward_backward_impl,
-    _lengths_impl,
+    _likelihood_gradient_impl,
     _log_likelihood_impl,
     _log_partition_impl,
     _marginals_impl,
@@ -239,9 +239,9 @@ class _LogLikelihood(torch.autograd.Function):
                 emissions, tags, mask, start, transitions, end, constrained, validate
             )[0]
         scores = (start, transitions, end)
-        lengths = _lengths_impl(mask, emissions, validate, scores, tags)
-        ones = torch.ones(emissions.shape[0], dtype=torch.float64)
-        *unit, log_z, gold = _forward_backward_impl(ones, emissions, tags, lengths, *scores)
+        lengths, unit, log_z, gold = _likelihood_gradient_impl(
+            emissions, tags, mask, *scores, validate
+        )
         if constrained:
             _check_gold(gold)
         ctx.save_for_backward(emissions, tags, lengths, start, transitions, end, *unit)
@@ -254,10 +254,10 @@ class _LogLikelihood(torch.autograd.Function):
         # one weight for every row (a sum's gradient is expanded: stride 0): scale the sums;
         # a weight of exactly 1 (a summed loss) leaves them as they are
         if B and (B == 1 or grad.stride(0) == 0 or bool((grad == grad[0]).all())):
-            if float(grad[0]) == 1.0:
+            weight = float(grad[0])
+            if weight == 1.0:
                 return unit[0], None, None, *unit[1:], None, None
-            d_em = unit[0] * grad.view(B, 1, 1).to(unit[0].dtype)
-            d_start, d_trans, d_end = (g * grad[0].to(g.dtype) for g in unit[1:])
+            d_em, d_start, d_trans, d_end = (g * weight for g in unit)
         else:
             grads = _forward_backward_impl(grad, emissions, tags, lengths, start, transitions, end)[
                 :4
