@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import itertools
 import json
 import math
 import os
@@ -172,20 +173,21 @@ def cross_check(x: dict[str, torch.Tensor], workload: str, outs: dict[str, objec
 
 
 def time_cell(entries: dict[str, Callable], reps: int, warmup: int) -> dict[str, float]:
-    """Median seconds per entry, interleaved, in a new (seeded) random order every repetition:
-    each entry follows every other one about equally often (a rotation would keep one cyclic
-    order, and an entry's time depends on what ran before it: 2-thread torch operations leave
-    OpenMP workers spinning on the other core for milliseconds)."""
+    """Median seconds per entry, interleaved, each repetition in another order: the orders
+    are all permutations of the entries (in a seeded random sequence), so over 24 repetitions
+    of 4 entries each entry runs after every other one equally often. An entry's time depends
+    on what ran before it (cold caches after a long peer, OpenMP workers spinning after
+    2-thread torch operations): a rotation, which keeps one cyclic order, or one random order,
+    favours some entries."""
     for _ in range(warmup):
         for fn in entries.values():
             fn()
     names = list(entries)
     times: dict[str, list[float]] = {name: [] for name in names}
-    shuffle = random.Random(0).shuffle
-    for _ in range(reps):
-        order = names[:]
-        shuffle(order)
-        for name in order:
+    orders = list(itertools.permutations(names))
+    random.Random(0).shuffle(orders)
+    for rep in range(reps):
+        for name in orders[rep % len(orders)]:
             start = time.perf_counter()
             entries[name]()
             times[name].append(time.perf_counter() - start)
@@ -193,12 +195,13 @@ def time_cell(entries: dict[str, Callable], reps: int, warmup: int) -> dict[str,
 
 
 def reps_for(entries: dict[str, Callable], budget_s: float, max_reps: int) -> int:
-    """As many repetitions as fit ``budget_s`` per cell (3 at least), from one timed call each."""
+    """As many repetitions as fit ``budget_s`` per cell, from one timed call each, but never
+    fewer than 24 (every order of four entries once; see time_cell) unless ``max_reps`` is."""
     start = time.perf_counter()
     for fn in entries.values():
         fn()
     once = time.perf_counter() - start
-    return max(3, min(max_reps, int(budget_s / max(once, 1e-6))))
+    return min(max_reps, max(24, int(budget_s / max(once, 1e-6))))
 
 
 def markdown(workload: str, rows: list[tuple]) -> str:
@@ -273,7 +276,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tags", type=int, nargs="+", default=[5, 9, 50])
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--reps", type=int, default=25, help="most repetitions per cell")
+    parser.add_argument(
+        "--reps", type=int, default=24, help="most repetitions per cell (24: every order once)"
+    )
     parser.add_argument("--budget", type=float, default=3.0, help="seconds of timing per cell")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--first-call", action="store_true", help="time numba compilation")
