@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -203,16 +204,24 @@ def choose(problem: Problem, kernel: str | None = None) -> str:
         if CAN_RUN[forced](problem) and _available(forced):
             chosen = forced
     else:
-        for rule in TABLE:
-            if problem.operation not in rule.operations or not rule.when(problem):
-                continue
-            kernel = rule.kernel
-            if kernel in AUTO_KERNELS and CAN_RUN[kernel](problem) and _available(kernel):
-                chosen = kernel
-                break
+        chosen = _table_choice(problem, AUTO_KERNELS)
     for recorder in _recorders:
         recorder.append((problem.operation, chosen))
     return chosen
+
+
+@functools.lru_cache(maxsize=4096)
+def _table_choice(problem: Problem, auto_kernels: tuple[str, ...]) -> str:
+    """The first table row for ``problem`` whose kernel ``auto`` may pick and can run (cached:
+    a call's choice costs a dictionary lookup; the table and the kernels' availability do not
+    change while a process runs)."""
+    for rule in TABLE:
+        if problem.operation not in rule.operations or not rule.when(problem):
+            continue
+        kernel = rule.kernel
+        if kernel in auto_kernels and CAN_RUN[kernel](problem) and _available(kernel):
+            return kernel
+    return "eager"
 
 
 @contextlib.contextmanager
