@@ -26,6 +26,11 @@ Example::
 compiles every kernel (cold), the second loads them from the cache (warm). Each times numba's
 import and the first call of every op, float64 then float32 (``marginals`` shares the backward
 kernel); torch's own first-call cost of custom ops (importing ``torch._dynamo``) is timed apart.
+
+``--tuning`` measures the fused kernels' thresholds (``chaincrf.crf.plan.FUSED``): the layer
+with the fused kernels forced, each size with its rows split over the torch threads and not
+(``split_min_btkk*``), and the emissions' exp by one compiled loop against torch's
+(``numba_exp_max_btk``); the two settings of each pair alternate, minimum of the medians.
 """
 
 from __future__ import annotations
@@ -253,6 +258,84 @@ def first_call_times() -> dict[str, float]:
     return timings
 
 
+TUNING_SIZES = ((8, 32, 9), (32, 32, 5), (128, 32, 5), (32, 128, 5), (32, 128, 9), (128, 32, 9),
+                (128, 128, 9), (32, 32, 50), (32, 128, 50), (128, 32, 50), (128, 128, 50))  # fmt: skip
+EXP_SIZES = ((1, 32, 5), (1, 128, 9), (8, 32, 9), (1, 128, 50), (32, 32, 9), (4, 128, 50))
+
+
+def _median_us(fn: Callable, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
+
+
+def _pair(a: Callable, b: Callable, reps: int, rounds: int = 3) -> tuple[float, float]:
+    """Medians of a and b, alternated over rounds; the lowest of each."""
+    ta, tb = [], []
+    for _ in range(rounds):
+        ta.append(_median_us(a, reps))
+        tb.append(_median_us(b, reps))
+    return min(ta), min(tb)
+
+
+def report_tuning() -> None:
+    from chaincrf import CRF
+    from chaincrf.crf import plan
+    from chaincrf.crf.kernels import cpu_impl
+
+    never, always = 10**18, 0
+    print("### rows split over the torch threads (fused kernels forced)\n")
+    print(
+        "| B | T | K | B*T*K^2 | NLL+bwd 1 thread us | 2 threads us | 1/2 | decode 1 us | 2 us | 1/2 |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for B, T, K in TUNING_SIZES:
+        x = make_inputs(B, T, K)
+        crf = CRF(K, batch_first=True, kernel="fused")
+        leaf = x["emissions"].clone().requires_grad_(True)
+
+        def nll(crf=crf, leaf=leaf, x=x):
+            leaf.grad = None
+            crf.nll(leaf, x["tags"], x["mask"], reduction="sum").backward()
+
+        def decode(crf=crf, x=x):
+            with torch.no_grad():
+                crf.decode(x["emissions"], x["mask"])
+
+        row = [str(B), str(T), str(K), f"{B * T * K * K:,}"]
+        for fn in (nll, decode):
+            reps = max(5, min(200, int(0.3 / max(_median_us(fn, 3) * 1e-6, 1e-6))))
+
+            def setting(value: int, fn: Callable = fn) -> Callable:
+                def run() -> None:
+                    with plan.fused_tuning(split_min_btkk=value, split_min_btkk_viterbi=value):
+                        fn()
+
+                return run
+
+            one, two = _pair(setting(never), setting(always), reps)
+            row += [f"{one:.0f}", f"{two:.0f}", f"{one / two:.2f}"]
+        print("| " + " | ".join(row) + " |", flush=True)
+    print("\n### the emissions' exp: one compiled loop against torch's vectorised exp\n")
+    print("| B | T | K | B*T*K | loop us | torch us |\n|---:|---:|---:|---:|---:|---:|")
+    for B, T, K in EXP_SIZES:
+        em = make_inputs(B, T, K)["emissions"]
+
+        def exp_with(value: int, em: torch.Tensor = em) -> Callable:
+            def run() -> None:
+                with plan.fused_tuning(numba_exp_max_btk=value):
+                    cpu_impl._exp_emissions(em)
+
+            return run
+
+        loop, vectorised = _pair(exp_with(never), exp_with(always), 300)
+        print(f"| {B} | {T} | {K} | {B * T * K:,} | {loop:.1f} | {vectorised:.1f} |", flush=True)
+
+
 def report_first_calls() -> None:
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
@@ -282,6 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=3.0, help="seconds of timing per cell")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--first-call", action="store_true", help="time numba compilation")
+    parser.add_argument("--tuning", action="store_true", help="measure plan.FUSED's thresholds")
     parser.add_argument("--first-call-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.first_call_child:
@@ -289,6 +373,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.first_call:
         report_first_calls()
+        return
+    if args.tuning:
+        torch.set_num_threads(args.threads)
+        report_tuning()
         return
 
     torch.set_num_threads(args.threads)

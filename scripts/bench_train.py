@@ -146,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="give chaincrf the baseline's unfused Adam instead of the shipped fused one",
     )
+    parser.add_argument(
+        "--crf-share",
+        action="store_true",
+        help="also time chaincrf's CRF alone on its own training and prediction batches, with "
+        "each kernel forced, and report its share of a step",
+    )
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
@@ -285,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
                 totals[name][what][1] += tokens
         print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
 
+    if args.crf_share:
+        results_share = crf_share(tagger, sides["chaincrf"], totals["chaincrf"], args)
+
     # The full prediction API: labels, marginals and span confidences.
     dev_tokens = [e["tokens"] for e in dev_examples[: predict_steps * args.batch_size]]
     start = time.perf_counter()
@@ -324,9 +333,66 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"chaincrf SequenceTagger.predict (with marginals + span confidences): {api_tps:,.0f} tok/s"
     )
+    if args.crf_share:
+        results["crf_share"] = results_share
+        print("the CRF alone on chaincrf's batches (ms per batch; share of chaincrf's step):")
+        for kernel, row in results_share.items():
+            print(
+                f"  {kernel:6} NLL + backward {row['train_ms']:.2f} ms ({row['train_share']:.1%}), "
+                f"Viterbi {row['predict_ms']:.2f} ms ({row['predict_share']:.1%})"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
     return 0
+
+
+def crf_share(tagger, side: dict, total: dict, args: argparse.Namespace) -> dict:
+    """The CRF's own time per batch (NLL + backward on the training batches, Viterbi on the
+    prediction batches; the encoder's emissions computed beforehand, not timed), with each kernel
+    forced in turn, interleaved over the same batches; and its share of a chaincrf step (the
+    step times measured above)."""
+    crf = tagger.model.crf
+    train_batches = [next(side["train"][0]) for _ in range(args.batches or 20)]
+    predict_batches = [next(side["predict"][0]) for _ in range(max(1, (args.batches or 20) // 4))]
+    with torch.no_grad():
+        tagger.eval()
+        train = [(tagger.model.emissions(b), b["tags"], b["mask"]) for b in train_batches]
+        predict = [(tagger.model.emissions(b), b["mask"]) for b in predict_batches]
+    step_train = (
+        total["train"][0] / max(1, total["train"][1]) * sum(int(m.sum()) for _, _, m in train)
+    )
+    step_predict = (
+        total["predict"][0] / max(1, total["predict"][1]) * sum(int(m.sum()) for _, m in predict)
+    )
+    kernels = ("eager", "auto")
+    spent = {k: [0.0, 0.0] for k in kernels}
+    before = crf.kernel
+    try:
+        for _ in range(max(1, args.rounds)):
+            for kernel in kernels:
+                crf.kernel = kernel
+                start = time.perf_counter()
+                for em, tags, mask in train:
+                    leaf = em.detach().requires_grad_(True)
+                    crf.nll(leaf, tags, mask, reduction="token_mean").backward()
+                spent[kernel][0] += time.perf_counter() - start
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    for em, mask in predict:
+                        crf.viterbi(em, mask)
+                spent[kernel][1] += time.perf_counter() - start
+    finally:
+        crf.kernel = before
+    rounds = max(1, args.rounds)
+    out = {}
+    for kernel, (train_s, predict_s) in spent.items():
+        out[kernel] = {
+            "train_ms": train_s / rounds / len(train) * 1e3,
+            "predict_ms": predict_s / rounds / len(predict) * 1e3,
+            "train_share": train_s / rounds / step_train,
+            "predict_share": predict_s / rounds / step_predict,
+        }
+    return out
 
 
 if __name__ == "__main__":

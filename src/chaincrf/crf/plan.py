@@ -6,8 +6,9 @@ Kernels:
   device, any float dtype, k-best Viterbi); the reference every other kernel is tested
   against. Its own thresholds (tree, scaled or exact paths, ...) are :data:`EAGER`, changed for
   a block with :func:`eager_tuning`; :func:`record_paths` shows the paths it took.
-- ``fused``: compiled CPU loops (:mod:`chaincrf.crf.kernels.cpu`, numba), one row at a time,
-  float64 accumulation, as ``torch.library`` custom ops with fake and autograd implementations;
+- ``fused``: compiled CPU loops (:mod:`chaincrf.crf.kernels.cpu`, numba), one row at a time
+  (float64 accumulation for the log-partition and its gradient; Viterbi in the emissions'
+  dtype, as eager), as ``torch.library`` custom ops with fake and autograd implementations;
   large calls split their rows over torch's own OpenMP threads (:data:`FUSED`,
   :func:`fused_tuning`; ``record_paths`` shows ``("fused_threads", n)``).
 
@@ -113,16 +114,17 @@ TABLE: tuple[Rule, ...] = (
         _cpu_float,
         "NLL + backward, float32, 2 threads, B{1,32,128} x T{32,128} x K{5,9,50}: fused faster "
         "than eager in every cell since it splits large calls over torch's threads (K=50: "
-        "B=32 T=128 7.1 vs 15.3 ms, B=128 T=32 6.4 vs 15.6 ms, B=128 T=128 19.0 vs 25.9 ms; "
-        "serial, eager won those three by 1.0-1.2x); `python3 scripts/bench_fused.py`, this "
-        "2-core CPU, 2026-11-30 (benchmarks/crf_kernels.md)",
+        "B=32 T=32 2.3 vs 4.8 ms, B=32 T=128 5.9 vs 13.6 ms, B=128 T=32 5.3 vs 7.6 ms, B=128 "
+        "T=128 16.7 vs 22.4 ms; one thread, eager won the last three by 1.0-1.2x); elsewhere "
+        "3.1-6.6x; `python3 scripts/bench_fused.py --budget 1.5`, this 2-core CPU, 2026-11-30 "
+        "(benchmarks/crf_kernels.md)",
     ),
     Rule(
         "fused",
         frozenset({"viterbi"}),
         lambda p: _cpu_float(p) and p.k == 1,
-        "decode, same grid and command: fused faster than eager in all 18 cells; k-best paths "
-        "are eager only",
+        "decode, same grid and command: fused faster than eager in all 18 cells (4.4-15x; "
+        "B=128 T=32 K=50 1.5 vs 6.6 ms); k-best paths are eager only",
     ),
     Rule(
         "eager",
@@ -374,7 +376,8 @@ def fused_tuning(**changes: int) -> Iterator[FusedTuning]:
 
 
 def path_taken(path: str, rows: int) -> None:
-    """Called by the eager kernel when it takes ``path`` for ``rows`` batch rows."""
+    """Called by a kernel when it takes ``path`` for ``rows`` batch rows (threads, for
+    ``"fused_threads"``)."""
     for recorder in _path_recorders:
         recorder.append((path, rows))
 
@@ -382,7 +385,8 @@ def path_taken(path: str, rows: int) -> None:
 @contextlib.contextmanager
 def record_paths() -> Iterator[list[tuple[str, int]]]:
     """Collect ``(path, rows)`` for every eager path taken inside the block: ``"scaled"``,
-    ``"exact"`` (log space), ``"tree"`` (log-partition); ``"tree_viterbi"``, ``"scan_viterbi"``.
+    ``"exact"`` (log space), ``"tree"`` (log-partition); ``"tree_viterbi"``, ``"scan_viterbi"``;
+    and ``("fused_threads", n)`` for a fused call split over n threads.
 
     Example::
 

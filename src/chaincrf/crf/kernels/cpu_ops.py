@@ -1,8 +1,10 @@
 """Fused CPU kernels for the linear-chain CRF, compiled with numba, exposed as torch custom ops.
 
 Each kernel runs one batch row at a time (over fixed chunks of rows where parameter gradients
-are summed, in a fixed order), float64 accumulation whatever the emissions' dtype (float32 or
-float64). Inputs are batch-first; a row covers the leading on positions of its mask, and
+are summed, in a fixed order); a large call splits its rows over torch's own OpenMP threads
+(``chaincrf.crf.plan.FUSED``; the results do not depend on the split). The log-partition and
+its gradient accumulate in float64 whatever the emissions' dtype (float32 or float64); Viterbi
+computes in the emissions' dtype, the eager kernel's sums step for step. Inputs are batch-first; a row covers the leading on positions of its mask, and
 positions past its length are never read. Transitions are indexed ``[from, to]``; forbidden
 moves are ``-inf`` scores (see ``chaincrf.confidence.crf_scores``).
 
@@ -14,8 +16,9 @@ moves are ``-inf`` scores (see ``chaincrf.confidence.crf_scores``).
 * ``chaincrf::forward_backward`` (grad, tags or none, lengths): the gradient of either, for the
   emissions and the three score tensors: forward messages kept (O(T·K) per row), backward
   messages over them, pairwise marginals summed into one (K, K) buffer per chunk of rows.
-* ``chaincrf::viterbi`` (mask) -> (paths, scores, lengths): the max-plus recursion with int32
-  back-pointers; ties go to the lowest tag index at every argmax, as the eager kernel's.
+* ``chaincrf::viterbi`` (mask) -> (paths, scores, lengths): the max-plus recursion, every
+  step's messages kept and the arg-max of the chosen tag recomputed in the back-trace; ties go
+  to the lowest tag index at every argmax, as the eager kernel's.
 * ``chaincrf::marginals`` (mask): the backward kernel with unit gradient, no pairwise sums.
 
 With ``validate`` the kernels also check the values in the pass that counts the lengths (mask
