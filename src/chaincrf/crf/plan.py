@@ -206,7 +206,9 @@ def choose(problem: Problem, kernel: str | None = None) -> str:
         if CAN_RUN[forced](problem) and _available(forced):
             chosen = forced
     else:
-        chosen = _table_choice(problem, AUTO_KERNELS)
+        # traced: the plain function (torch.compile warns about lru_cache wrappers)
+        table = _table_choice.__wrapped__ if problem.compiling else _table_choice
+        chosen = table(problem, AUTO_KERNELS)
     for recorder in _recorders:
         recorder.append((problem.operation, chosen))
     return chosen
@@ -313,17 +315,17 @@ class FusedTuning:
             rows over torch's threads (``torch.get_num_threads()`` of them, on torch's own
             OpenMP runtime; each a fixed part of the rows, so the results do not depend on the
             split) from this B * T * K^2 on; below it the calling thread runs them all (a
-            parallel region costs ~45 us). NLL + backward, 2 threads against 1: 1.14-1.18x at
-            B*T*K^2 = 332k, 1.3-1.6x from 2.6M, 0.92-1.1x under 103k.
-        split_min_btkk_viterbi: the same for Viterbi: 1.3x at 1.3M, 1.1-1.9x from 2.6M,
-            0.8-0.9x at 332k.
+            parallel region costs ~45 us). NLL + backward, 1 thread / 2 threads: 1.11-1.22 at
+            332k, 1.3-1.6 from 1.3M, 0.77-1.13 at 102k and below.
+        split_min_btkk_viterbi: the same for Viterbi: 1.25 at 1.3M, 1.27-1.56 from 10M; at
+            2.6M (B=32 T=32 K=50) 0.69 in this run, 1.34 in an earlier one (noisy).
         numba_exp_max_btk: up to this many emissions (B * T * K) the exp-space kernels'
             exp(em - max) is one compiled loop, above it torch's vectorised exp (four tensor
-            operations): loop against torch 6 vs 15 us at 160 emissions, 20 vs 23 us at 2,304,
-            45 vs 33 us at 6,400.
+            operations): loop / torch 21 / 43 us at 160 emissions, 43 / 53 us at 2,304, 87 /
+            74 us at 6,400.
 
-    Measured with a script like ``scripts/bench_fused.py`` (the layer, ``kernel="fused"``,
-    each size with both settings), this 2-core CPU, 2026-11-30, load ~1.
+    Measured by ``python3 scripts/bench_fused.py --tuning`` (the layer with the fused kernels
+    forced, both settings of each size alternated), this 2-core CPU, 2026-11-30, load ~1.
     """
 
     split_min_btkk: int = 250_000
