@@ -117,7 +117,7 @@ def test_viterbi_with_many_tags_equals_eager_bit_for_bit(dtype, K):
     """From K = 16 the fused max-plus step takes two source tags per pass: still the eager
     kernel's sums in the emissions' dtype, so the same paths and scores."""
     crf = make_crf(K, 5).to(dtype)
-    emissions, mask, lengths = batch(9, 37, K, 5, dtype)
+    emissions, mask, _ = batch(9, 37, K, 5, dtype)
     with plan.record() as ran:
         paths, best = crf.viterbi(emissions, mask)
     crf.kernel = "eager"
