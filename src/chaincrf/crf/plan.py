@@ -350,13 +350,8 @@ def eager_tuning(**changes: float) -> Iterator[EagerTuning]:
     Raises:
         TypeError: naming an unknown threshold.
     """
-    global EAGER
-    before = EAGER
-    EAGER = dataclasses.replace(before, **changes)
-    try:
-        yield EAGER
-    finally:
-        EAGER = before
+    with _replaced("EAGER", changes) as tuning:
+        yield tuning
 
 
 @contextlib.contextmanager
@@ -368,13 +363,20 @@ def fused_tuning(**changes: int) -> Iterator[FusedTuning]:
     Raises:
         TypeError: naming an unknown threshold.
     """
-    global FUSED
-    before = FUSED
-    FUSED = dataclasses.replace(before, **changes)
+    with _replaced("FUSED", changes) as tuning:
+        yield tuning
+
+
+@contextlib.contextmanager
+def _replaced(name: str, changes: dict) -> Iterator:
+    """The module's tuning ``name`` (EAGER, FUSED) with ``changes`` for a block."""
+    names = globals()
+    before = names[name]
+    names[name] = dataclasses.replace(before, **changes)
     try:
-        yield FUSED
+        yield names[name]
     finally:
-        FUSED = before
+        names[name] = before
 
 
 def path_taken(path: str, rows: int) -> None:
