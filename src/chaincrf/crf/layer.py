@@ -42,10 +42,15 @@ class CRF(nn.Module):
         kernel: ``"auto"`` (the planner's table, :mod:`chaincrf.crf.plan`; ``$CHAINCRF_KERNEL``
             overrides it), ``"eager"`` (tensor operations, any device) or ``"fused"`` (compiled
             CPU loops, numba). Results agree to rounding; only speed differs.
+        include_start_end_transitions: with False (AllenNLP's option of that name) a path has
+            no start or end score: ``start_transitions`` and ``end_transitions`` are zero
+            buffers, not parameters, and not in the ``state_dict`` (start and end constraints
+            still apply).
 
     Attributes:
-        start_transitions: float parameter (K,), score of starting in each tag.
-        end_transitions: float parameter (K,), score of ending in each tag.
+        start_transitions: float parameter (K,), score of starting in each tag (a zero buffer
+            without start and end scores).
+        end_transitions: float parameter (K,), score of ending in each tag (likewise).
         transitions: float parameter (K, K), ``transitions[i, j]`` scores tag i followed by tag j.
     """
 
@@ -55,6 +60,7 @@ class CRF(nn.Module):
         batch_first: bool = False,
         constraints: tuple[Tensor, Tensor, Tensor] | None = None,
         kernel: str = "auto",
+        include_start_end_transitions: bool = True,
     ) -> None:
         if kernel not in ("auto", *plan.KERNELS):
             raise ValueError(f"kernel must be one of ('auto', 'eager', 'fused'); got {kernel!r}")
@@ -67,8 +73,13 @@ class CRF(nn.Module):
         self.batch_first = batch_first
         self.kernel = kernel
         plan.prepare(kernel)
-        self.start_transitions = nn.Parameter(torch.empty(num_tags))
-        self.end_transitions = nn.Parameter(torch.empty(num_tags))
+        self.include_start_end_transitions = bool(include_start_end_transitions)
+        if self.include_start_end_transitions:
+            self.start_transitions = nn.Parameter(torch.empty(num_tags))
+            self.end_transitions = nn.Parameter(torch.empty(num_tags))
+        else:  # zero scores every kernel reads as usual; not parameters, not in the state_dict
+            self.register_buffer("start_transitions", torch.zeros(num_tags), persistent=False)
+            self.register_buffer("end_transitions", torch.zeros(num_tags), persistent=False)
         self.transitions = nn.Parameter(torch.empty(num_tags, num_tags))
         self.has_constraints = constraints is not None
         start_ok, end_ok, trans_ok = self._check_constraints(constraints)
@@ -110,9 +121,11 @@ class CRF(nn.Module):
         return out[0], out[1], out[2]
 
     def reset_parameters(self) -> None:
-        """Initialise all transition scores uniformly in [-0.1, 0.1], as pytorch-crf does."""
-        nn.init.uniform_(self.start_transitions, -0.1, 0.1)
-        nn.init.uniform_(self.end_transitions, -0.1, 0.1)
+        """Initialise all transition scores uniformly in [-0.1, 0.1], as pytorch-crf does (the
+        start and end scores stay zero without ``include_start_end_transitions``)."""
+        if self.include_start_end_transitions:
+            nn.init.uniform_(self.start_transitions, -0.1, 0.1)
+            nn.init.uniform_(self.end_transitions, -0.1, 0.1)
         nn.init.uniform_(self.transitions, -0.1, 0.1)
 
     def __repr__(self) -> str:
