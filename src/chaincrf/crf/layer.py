@@ -16,14 +16,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from chaincrf.crf import plan
+from chaincrf.crf import plan, state
 from chaincrf.crf.errors import NonFiniteInputError
 from chaincrf.crf.kernels import kernel_module
 
 __all__ = ["CRF", "NonFiniteInputError"]
 
 _REDUCTIONS = ("none", "sum", "mean", "token_mean")
-_CONSTRAINT_KEYS = ("start_allowed", "end_allowed", "transitions_allowed")
 
 
 class CRF(nn.Module):
@@ -85,7 +84,7 @@ class CRF(nn.Module):
         self.has_constraints = constraints is not None
         start_ok, end_ok, trans_ok = self._check_constraints(constraints)
         # Not persistent buffers: an unconstrained layer's state_dict keys stay exactly
-        # pytorch-crf's; a constrained one adds them (_save_to_state_dict).
+        # pytorch-crf's; a constrained one adds them (chaincrf.crf.state).
         self.register_buffer("start_allowed", start_ok, persistent=False)
         self.register_buffer("end_allowed", end_ok, persistent=False)
         self.register_buffer("transitions_allowed", trans_ok, persistent=False)
@@ -93,43 +92,15 @@ class CRF(nn.Module):
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.has_constraints:  # saved with the layer, restored by load_state_dict
-            for name in _CONSTRAINT_KEYS:
-                value = getattr(self, name)
-                destination[prefix + name] = value if keep_vars else value.detach()
+        state.save_constraints(self, destination, prefix, keep_vars)
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ) -> None:
-        """Parameters as nn.Module loads them; saved constraints restore this layer's (a state
-        without them, e.g. pytorch-crf's, keeps the constraints the layer was built with), and
-        constraints loaded into a layer built without any are an error, not a silent drop."""
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-        keys = [prefix + name for name in _CONSTRAINT_KEYS]
-        unexpected_keys[:] = [key for key in unexpected_keys if key not in keys]
-        saved = [state_dict.get(key) for key in keys]
-        if all(value is None for value in saved):
-            return
-        if not self.has_constraints:
-            error_msgs.append(
-                f"the state holds constraints ({', '.join(k for k, v in zip(keys, saved) if v is not None)}) "
-                "but this CRF was built without any: build it with constraints=... (its "
-                "constraints are then replaced by the saved ones)"
-            )
-            return
-        for key, name, value in zip(keys, _CONSTRAINT_KEYS, saved):
-            own = getattr(self, name)
-            if value is None:
-                error_msgs.append(f"the state holds some constraints but not {key}")
-            elif value.dtype != torch.bool or value.shape != own.shape:
-                error_msgs.append(
-                    f"{key} must be a bool tensor of shape {tuple(own.shape)}; got "
-                    f"{value.dtype} {tuple(value.shape)}"
-                )
-            else:
-                own.copy_(value)
+        state.load_constraints(self, state_dict, prefix, unexpected_keys, error_msgs)
 
     def _check_constraints(
         self, constraints: tuple[Tensor, Tensor, Tensor] | None
