@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from chaincrf.crf import plan, state
+from chaincrf.crf import errors, plan, state, structure
 from chaincrf.crf.errors import NonFiniteInputError
 from chaincrf.crf.kernels import kernel_module
 
@@ -277,6 +277,25 @@ class CRF(nn.Module):
         out = kernel.marginals(em, mask_bt, *self._scores(em.dtype), validate)
         out = out.to(emissions.dtype)
         return out if self.batch_first else out.transpose(0, 1)
+
+    def pairwise_marginals(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
+        """P(tag i at t - 1, tag j at t), (batch, seq_len - 1, K, K) indexed ``[b, t - 1, i, j]``
+        in either layout, 0 where t is masked (:mod:`chaincrf.crf.structure`: plain tensor
+        operations, any device, differentiable twice)."""
+        em, mask_bt = self._structure_inputs(emissions, mask)
+        return structure.pairwise_marginals(em, mask_bt, *self._scores(em.dtype))
+
+    def entropy(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Entropy (nats) of each sequence's distribution over tag paths, (batch,)."""
+        em, mask_bt = self._structure_inputs(emissions, mask)
+        return structure.entropy(em, mask_bt, *self._scores(em.dtype))
+
+    def _structure_inputs(self, emissions: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        em, mask_bt = self._shapes(emissions, mask)
+        gaps = (mask_bt[:, 1:] > mask_bt[:, :-1]).any(1)
+        if not plan.is_compiling() and bool(gaps.any()):
+            raise errors.mask_gap(int(gaps.nonzero()[0, 0]))
+        return em, mask_bt
 
     def partial_log_likelihood(
         self,

@@ -1,0 +1,78 @@
+"""Structured-prediction quantities beyond the kernels' four operations: pairwise (transition)
+marginals and the entropy of the path distribution. One log-space forward-backward in plain
+tensor operations (any device, any float dtype; autograd differentiates it, twice if asked), on
+the layer's effective scores (constraints as ``-inf``). Importing this module imports only
+torch."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["entropy", "pairwise_marginals"]
+
+
+def _padding_zeroed(em: Tensor, mask: Tensor) -> Tensor:
+    """Padded emissions set to 0: never used, but a huge or infinite one would still reach the
+    discarded branch of a ``where`` and turn its (double) gradient into NaN."""
+    return em.masked_fill(~mask.unsqueeze(2), 0.0)
+
+
+def _messages(
+    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Forward and backward log-messages alpha, beta (B, T, K) and log Z (B,) of batch-first
+    emissions under a left-aligned mask; past a row's end alpha holds its last value and beta
+    is ``end``, so ``alpha[t] + beta[t] - log Z`` is the node log-marginal at every t < length.
+    An empty row has log Z = 0."""
+    B, T, K = em.shape
+    alphas = [start + em[:, 0]] if T else []
+    for t in range(1, T):
+        step = torch.logsumexp(alphas[-1].unsqueeze(2) + trans, dim=1) + em[:, t]
+        alphas.append(torch.where(mask[:, t, None], step, alphas[-1]))
+    betas = [end.expand(B, K)] if T else []
+    for t in range(T - 1, 0, -1):
+        step = torch.logsumexp(trans + (em[:, t] + betas[-1]).unsqueeze(1), dim=2)
+        betas.append(torch.where(mask[:, t, None], step, betas[-1]))
+    if not T:
+        empty = em.new_zeros(B, 0, K)
+        return empty, empty, em.new_zeros(B)
+    alpha, beta = torch.stack(alphas, 1), torch.stack(betas[::-1], 1)
+    log_z = torch.logsumexp(alpha[:, -1] + end, dim=1)
+    return alpha, beta, torch.where(mask[:, 0], log_z, torch.zeros_like(log_z))
+
+
+def pairwise_marginals(
+    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor
+) -> Tensor:
+    """P(y_{t-1} = i, y_t = j) as (B, T - 1, K, K), indexed ``[b, t - 1, i, j]``; 0 where
+    position t is masked."""
+    em = _padding_zeroed(em, mask)
+    alpha, beta, log_z = _messages(em, mask, start, trans, end)
+    if em.shape[1] < 2:
+        return em.new_zeros(em.shape[0], 0, em.shape[2], em.shape[2])
+    scores = alpha[:, :-1].unsqueeze(3) + trans + (em[:, 1:] + beta[:, 1:]).unsqueeze(2)
+    xi = torch.exp(scores - log_z.view(-1, 1, 1, 1))
+    return torch.where(mask[:, 1:, None, None], xi, torch.zeros_like(xi))
+
+
+def entropy(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor) -> Tensor:
+    """Entropy (nats) of each row's path distribution, (B,): log Z minus the expected path
+    score (forbidden moves have probability 0 and add nothing; an empty row has entropy 0)."""
+    em = _padding_zeroed(em, mask)
+    alpha, beta, log_z = _messages(em, mask, start, trans, end)
+    B, T, K = em.shape
+    if T == 0:
+        return em.new_zeros(B)
+    node = torch.exp(alpha + beta - log_z.view(-1, 1, 1)) * mask.unsqueeze(2)
+    lengths = mask.sum(1)
+    last = node.gather(1, (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(B, 1, K)).squeeze(1)
+    xi = pairwise_marginals(em, mask, start, trans, end)
+
+    def expected(p: Tensor, score: Tensor) -> Tensor:  # 0 * -inf is 0 here, not NaN
+        return p * torch.where(p > 0, score, torch.zeros_like(score))  # (nor its gradient)
+
+    score = expected(node, em).sum((1, 2)) + expected(xi, trans.expand_as(xi)).sum((1, 2, 3))
+    score = score + expected(node[:, 0], start.expand(B, K)).sum(1)
+    score = score + expected(last, end.expand(B, K)).sum(1)
+    return torch.where(lengths > 0, log_z - score, torch.zeros_like(log_z))

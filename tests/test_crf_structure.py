@@ -1,0 +1,77 @@
+"""Pairwise marginals and entropy (chaincrf.crf.structure) against brute-force enumeration."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import reference as ref
+from chaincrf.constraints import allowed_transitions
+from crf_helpers import make_crf, params, ragged_batch, sentence
+
+LABELS = ["O", "B-X", "I-X"]
+
+
+def enumerate_paths(em, start, trans, end):
+    """(path, probability) of every path with a finite score."""
+    log_z = ref.brute_log_partition(em, start, trans, end)
+    out = []
+    for p in ref.all_paths(len(em), len(start)):
+        score = ref.path_score(em, list(p), start, trans, end)
+        if score != -math.inf:
+            out.append((p, math.exp(score - log_z)))
+    return out
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_pairwise_marginals_and_entropy_against_brute_force(constrained, batch_first):
+    constraints = allowed_transitions("BIO", LABELS) if constrained else None
+    crf = make_crf(len(LABELS), 2, constraints=constraints, batch_first=batch_first)
+    emissions, _, mask, lengths = ragged_batch(6, 5, len(LABELS), seed=7)
+    start, trans, end = params(crf)
+    x, m = (emissions, mask) if batch_first else (emissions.transpose(0, 1), mask.t())
+    xi = crf.pairwise_marginals(x, m)
+    h = crf.entropy(x, m)
+    assert xi.shape == (6, 4, 3, 3) and h.shape == (6,)
+    for b, n in enumerate(lengths.tolist()):
+        paths = enumerate_paths(sentence(emissions, b, n), start, trans, end)
+        want = torch.zeros(4, 3, 3, dtype=torch.float64)
+        for p, prob in paths:
+            for t in range(1, n):
+                want[t - 1, p[t - 1], p[t]] += prob
+        torch.testing.assert_close(xi[b], want)
+        assert h[b].item() == pytest.approx(
+            -sum(q * math.log(q) for _, q in paths if q > 0), abs=1e-9
+        )
+    if constrained:  # forbidden moves: probability exactly 0, and no NaN from 0 * -inf
+        assert (xi[:, :, 0, 2] == 0).all() and torch.isfinite(h).all()
+        leaf = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(crf.entropy(leaf, m).sum(), leaf)
+        assert torch.isfinite(grad).all()
+
+
+def test_entropy_is_differentiable_twice_and_extremes():
+    crf = make_crf(len(LABELS), 3)
+    emissions, _, mask, _ = ragged_batch(3, 4, len(LABELS), seed=8, min_len=1)
+    leaf = emissions.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(crf.entropy(leaf, mask).sum(), leaf, create_graph=True)
+    (gg,) = torch.autograd.grad((g * mask.unsqueeze(2)).pow(2).sum(), leaf)
+    assert torch.isfinite(gg).all() and gg.abs().sum() > 0
+    # a near-certain path has entropy ~0; uniform scores give log(number of paths)
+    peaked = torch.full((1, 4, 3), -50.0, dtype=torch.float64)
+    peaked[0, :, 1] = 50.0
+    assert crf.entropy(peaked).item() == pytest.approx(0.0, abs=1e-6)
+    flat = make_crf(len(LABELS), 4, scale=0.0)
+    assert flat.entropy(torch.zeros(1, 4, 3, dtype=torch.float64)).item() == pytest.approx(
+        4 * math.log(3)
+    )
+
+
+def test_gaps_are_refused():
+    crf = make_crf(len(LABELS), 5)
+    mask = torch.tensor([[True, False, True]])
+    with pytest.raises(ValueError, match="batch row 0"):
+        crf.entropy(torch.zeros(1, 3, 3, dtype=torch.float64), mask)
