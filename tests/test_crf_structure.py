@@ -75,3 +75,28 @@ def test_gaps_are_refused():
     mask = torch.tensor([[True, False, True]])
     with pytest.raises(ValueError, match="batch row 0"):
         crf.entropy(torch.zeros(1, 3, 3, dtype=torch.float64), mask)
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_samples_follow_the_path_distribution(constrained):
+    constraints = allowed_transitions("BIO", LABELS) if constrained else None
+    crf = make_crf(len(LABELS), 6, constraints=constraints, scale=0.7)
+    emissions, _, mask, lengths = ragged_batch(3, 3, len(LABELS), seed=9)
+    start, trans, end = params(crf)
+    n = 20_000
+    draws = crf.sample(emissions, mask, num_samples=n, generator=torch.Generator().manual_seed(0))
+    assert draws.shape == (n, 3, 3)
+    for b, length in enumerate(lengths.tolist()):
+        assert (draws[:, b, length:] == -1).all()
+        paths = enumerate_paths(sentence(emissions, b, length), start, trans, end)
+        counts = {}
+        for row in draws[:, b, :length].tolist():
+            counts[tuple(row)] = counts.get(tuple(row), 0) + 1
+        assert set(counts) <= {p for p, _ in paths}  # never a forbidden path
+        for p, prob in paths:  # 4 standard deviations of a frequency at n = 20,000
+            assert (
+                abs(counts.get(tuple(p), 0) / n - prob)
+                < 4 * math.sqrt(prob * (1 - prob) / n) + 1e-3
+            )
+    again = crf.sample(emissions, mask, num_samples=n, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)  # the generator makes it reproducible

@@ -290,6 +290,13 @@ class CRF(nn.Module):
         em, mask_bt = self._structure_inputs(emissions, mask)
         return structure.entropy(em, mask_bt, *self._scores(em.dtype))
 
+    def sample(self, emissions: Tensor, mask: Tensor | None = None, num_samples: int = 1,
+               generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+        """Exact path samples, (num_samples, batch, seq_len) in either layout, -1 past each end."""
+        em, mask_bt = self._structure_inputs(emissions, mask)
+        args = (num_samples, generator)
+        return structure.sample(em.detach(), mask_bt, *self._scores(em.dtype), *args)
+
     def _structure_inputs(self, emissions: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         em, mask_bt = self._shapes(emissions, mask)
         gaps = (mask_bt[:, 1:] > mask_bt[:, :-1]).any(1)

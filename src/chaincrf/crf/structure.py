@@ -1,5 +1,5 @@
 """Structured-prediction quantities beyond the kernels' four operations: pairwise (transition)
-marginals and the entropy of the path distribution. One log-space forward-backward in plain
+marginals, the entropy of the path distribution, and exact path samples. One log-space forward-backward in plain
 tensor operations (any device, any float dtype; autograd differentiates it, twice if asked), on
 the layer's effective scores (constraints as ``-inf``). Importing this module imports only
 torch."""
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["entropy", "pairwise_marginals"]
+__all__ = ["entropy", "pairwise_marginals", "sample"]
 
 
 def _padding_zeroed(em: Tensor, mask: Tensor) -> Tensor:
@@ -76,3 +76,41 @@ def entropy(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor)
     score = score + expected(node[:, 0], start.expand(B, K)).sum(1)
     score = score + expected(last, end.expand(B, K)).sum(1)
     return torch.where(lengths > 0, log_z - score, torch.zeros_like(log_z))
+
+
+@torch.no_grad()
+def sample(
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    num_samples: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Exact samples from each row's distribution over tag paths (forward filtering, backward
+    sampling), (num_samples, B, T) long: -1 past each length, and everywhere in a row that
+    allows no path."""
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int; got {num_samples!r}")
+    em = _padding_zeroed(em, mask)
+    alpha, _, log_z = _messages(em, mask, start, trans, end)
+    B, T, K = em.shape
+    out = torch.full((num_samples, B, T), -1, dtype=torch.long, device=em.device)
+    if T == 0:
+        return out
+    lengths = mask.sum(1).masked_fill(torch.isneginf(log_z), 0)
+
+    def draw(logits: Tensor) -> Tensor:  # Gumbel-max: argmax of logits + Gumbel noise
+        u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype).to(logits.device)
+        return (logits - torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))).argmax(-1)
+
+    tag = draw((alpha[:, -1] + end).expand(num_samples, B, K))  # each row's last tag
+    trans_to_from = trans.t()
+    for t in range(T - 1, -1, -1):
+        inside = t < lengths  # (B,): position t is on; past the end the last tag waits
+        out[:, :, t] = torch.where(inside, tag, -1)
+        if t > 0:
+            previous = draw(alpha[:, t - 1] + trans_to_from[tag])
+            tag = torch.where(inside, previous, tag)
+    return out
