@@ -238,12 +238,19 @@ def record() -> Iterator[list[tuple[str, str]]]:
             crf.viterbi(emissions, mask)
         assert ran == [("viterbi", "fused")]
     """
-    ran: list[tuple[str, str]] = []
-    _recorders.append(ran)
-    try:
+    with _collecting(_recorders) as ran:
         yield ran
+
+
+@contextlib.contextmanager
+def _collecting(registry: list[list]) -> Iterator[list]:
+    """A new list appended to ``registry`` for a block (what is recorded meanwhile)."""
+    collected: list = []
+    registry.append(collected)
+    try:
+        yield collected
     finally:
-        _recorders.remove(ran)
+        registry.remove(collected)
 
 
 # ------------------------------------------------------------------------------ eager paths
@@ -398,9 +405,5 @@ def record_paths() -> Iterator[list[tuple[str, int]]]:
             crf.log_partition(emissions, mask)
         assert ("exact", 5) in paths
     """
-    paths: list[tuple[str, int]] = []
-    _path_recorders.append(paths)
-    try:
+    with _collecting(_path_recorders) as paths:
         yield paths
-    finally:
-        _path_recorders.remove(paths)
