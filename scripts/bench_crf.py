@@ -70,9 +70,9 @@ PEERS = ("pytorch-crf", "torch-struct")
 WORKLOADS = ("nll", "nll+backward", "decode", "viterbi_k5", "marginals")
 # entries (timed callables) per workload; an entry is named after its library, plus a suffix
 # where one library has several ways to produce the same thing.
-# "chaincrf" is the layer as shipped (the planner's choice, kernel="auto"); "chaincrf[eager]"
-# and "chaincrf[fused]" force one kernel (--kernels).
-KERNELS = ("eager", "fused")
+# "chaincrf" is the layer as shipped (the planner's choice, kernel="auto"); "chaincrf[eager]",
+# "chaincrf[fused]", "chaincrf[export]", "chaincrf[triton]" force one kernel (--kernels).
+KERNELS = ("eager", "fused", "export", "triton")
 _FORCED = tuple(f"chaincrf[{k}]" for k in KERNELS)
 ENTRIES = {
     "nll": ("chaincrf", *_FORCED, "pytorch-crf", "torch-struct"),
@@ -1061,7 +1061,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--kernels",
         nargs="*",
         choices=KERNELS,
-        default=list(KERNELS),
+        default=["eager", "fused"],
         help="also time chaincrf with each of these kernels forced (entries chaincrf[kernel]; "
         "the entry chaincrf is the planner's choice)",
     )

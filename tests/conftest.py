@@ -1,10 +1,15 @@
-"""Shared pytest configuration: a fixed Hypothesis profile (deterministic, no deadline)."""
+"""Shared pytest configuration: a fixed Hypothesis profile (deterministic, no deadline), and
+Triton's interpreter for the whole session where there is no CUDA device (so that the
+``triton`` CRF kernel runs, on CPU tensors, in every test that forces it)."""
 
 import os
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 settings.register_profile(
     "chaincrf",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from chaincrf.crf import CRF
+from chaincrf.crf import CRF, plan
 
 
 def ragged_batch(B: int, T: int, K: int, seed: int, min_len: int = 0, dtype=torch.float64):
@@ -19,6 +19,15 @@ def ragged_batch(B: int, T: int, K: int, seed: int, min_len: int = 0, dtype=torc
     emissions = emissions.masked_fill(~mask.unsqueeze(2), 1e4)  # garbage where padded
     tags = tags.masked_fill(~mask, -100)
     return emissions, tags, mask, lengths
+
+
+def assert_forced(ran: list[tuple[str, str]], kernel: str, dtype=torch.float64) -> None:
+    """What ``plan.record()`` saw with ``kernel`` forced on CPU tensors: that kernel for every
+    operation it can run (``plan.CAN_RUN``), eager for the others."""
+    assert ran, "no CRF operation was recorded"
+    for operation, chosen in ran:
+        problem = plan.Problem(operation, 1, 1, 1, dtype, "cpu")
+        assert chosen == (kernel if plan.CAN_RUN[kernel](problem) else "eager"), (kernel, ran)
 
 
 def make_crf(

@@ -9,7 +9,7 @@ import torch
 import reference as ref
 from chaincrf.constraints import allowed_transitions
 from chaincrf.crf import CRF, plan
-from crf_helpers import params, ragged_batch, sentence
+from crf_helpers import assert_forced, params, ragged_batch, sentence
 
 LABELS = ["O", "B-X", "I-X"]
 
@@ -40,7 +40,7 @@ def test_no_start_end_scores_against_brute_force(kernel, constrained):
         log_z = crf.log_partition(emissions, mask)
         paths, best = crf.viterbi(emissions, mask)
         marginals = crf.marginals(emissions, mask)
-    assert {k for _, k in ran} == {kernel}
+    assert_forced(ran, kernel)
     for b, n in enumerate(lengths.tolist()):
         em = sentence(emissions, b, n)
         assert log_z[b].item() == pytest.approx(ref.brute_log_partition(em, start, trans, end))

@@ -40,8 +40,10 @@ class CRF(nn.Module):
             bool tensors (see ``chaincrf.constraints.allowed_transitions``). Disallowed moves get
             probability zero in training and decoding alike.
         kernel: ``"auto"`` (the planner's table, :mod:`chaincrf.crf.plan`; ``$CHAINCRF_KERNEL``
-            overrides it), ``"eager"`` (tensor operations, any device) or ``"fused"`` (compiled
-            CPU loops, numba). Results agree to rounding; only speed differs.
+            overrides it), ``"eager"`` (tensor operations, any device), ``"fused"`` (compiled
+            CPU loops, numba), ``"export"`` (masked steps: what torch.export, ONNX and
+            TorchScript run) or ``"triton"`` (GPU kernels). A kernel runs what it can and
+            leaves the rest to eager. Results agree to rounding; only speed differs.
         include_start_end_transitions: with False (AllenNLP's option of that name) a path has
             no start or end score: ``start_transitions`` and ``end_transitions`` are zero
             buffers, not parameters, and not in the ``state_dict`` (start and end constraints
@@ -63,7 +65,7 @@ class CRF(nn.Module):
         include_start_end_transitions: bool = True,
     ) -> None:
         if kernel not in ("auto", *plan.KERNELS):
-            raise ValueError(f"kernel must be one of ('auto', 'eager', 'fused'); got {kernel!r}")
+            raise ValueError(f"kernel must be one of {('auto', *plan.KERNELS)}; got {kernel!r}")
         if not isinstance(num_tags, int) or isinstance(num_tags, bool) or num_tags <= 0:
             raise ValueError(
                 f"invalid number of tags: num_tags must be a positive int; got {num_tags!r}"
@@ -89,6 +91,13 @@ class CRF(nn.Module):
         self.register_buffer("end_allowed", end_ok, persistent=False)
         self.register_buffer("transitions_allowed", trans_ok, persistent=False)
         self.reset_parameters()
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script`` compiles for this layer: a
+        :class:`chaincrf.crf.scripted.ScriptableCRF` sharing its parameters."""
+        from chaincrf.crf.scripted import ScriptableCRF
+
+        return ScriptableCRF(self)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -435,7 +444,9 @@ class CRF(nn.Module):
         """The kernel module the planner picks for ``operation`` on these emissions."""
         B, T, K = em.shape
         compiling = plan.is_compiling()
-        problem = plan.Problem(operation, B, T, K, em.dtype, em.device.type, k, grad, compiling)
+        exporting = compiling and plan.is_exporting()
+        device = em.device.type
+        problem = plan.Problem(operation, B, T, K, em.dtype, device, k, grad, compiling, exporting)
         return kernel_module(plan.choose(problem, self.kernel))
 
 

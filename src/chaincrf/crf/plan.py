@@ -50,12 +50,13 @@ __all__ = [
     "eager_tuning",
     "fused_tuning",
     "is_compiling",
+    "is_exporting",
     "prepare",
     "record",
 ]
 
 ENV = "CHAINCRF_KERNEL"
-KERNELS = ("eager", "fused")
+KERNELS = ("eager", "fused", "export", "triton")
 _CHOICES = ("auto", *KERNELS)
 
 
@@ -73,6 +74,8 @@ class Problem:
         requires_grad: whether autograd will need a backward pass.
         compiling: whether torch.compile / torch.export is tracing the call (the eager
             kernels' host synchronisations would break the graph).
+        exporting: whether torch.export (or the ONNX exporter, which runs it) is tracing:
+            the graph must hold standard operations only, no custom ops.
     """
 
     operation: str
@@ -84,6 +87,7 @@ class Problem:
     k: int = 1
     requires_grad: bool = False
     compiling: bool = False
+    exporting: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,14 +104,38 @@ def _cpu_float(problem: Problem) -> bool:
     return problem.device == "cpu" and problem.dtype in (torch.float32, torch.float64)
 
 
+def _triton_device(problem: Problem) -> bool:
+    """CUDA tensors; CPU tensors too under Triton's interpreter (``TRITON_INTERPRET=1``)."""
+    interpreted = problem.device == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    return problem.device == "cuda" or interpreted
+
+
 CAN_RUN: dict[str, Callable[[Problem], bool]] = {
     "eager": lambda p: True,
     "fused": lambda p: _cpu_float(p) and p.k == 1,
+    "export": lambda p: p.k == 1 and p.operation != "marginals",
+    "triton": lambda p: (
+        _triton_device(p) and p.dtype in (torch.float32, torch.float64) and p.k == 1
+    ),
 }
 """What each kernel can compute at all (a forced kernel runs every problem it can; the table's
 speed conditions apply to ``auto`` only)."""
 
 TABLE: tuple[Rule, ...] = (
+    Rule(
+        "export",
+        frozenset({"log_partition", "viterbi"}),
+        lambda p: p.exporting,
+        "not a speed rule: torch.export and the ONNX exporter need standard operations and "
+        "a loop the graph can hold (the scan); tests/test_crf_export.py",
+    ),
+    Rule(
+        "triton",
+        frozenset({"log_partition", "viterbi", "marginals"}),
+        lambda p: p.device == "cuda",
+        "one program per row, transitions held on chip: the only kernel written for the GPU "
+        "(scripts/bench_crf.py --device cuda; benchmarks/crf_gpu.md)",
+    ),
     Rule(
         "fused",
         frozenset({"log_partition", "marginals"}),
@@ -134,18 +162,21 @@ TABLE: tuple[Rule, ...] = (
     ),
 )
 
-AUTO_KERNELS: tuple[str, ...] = ("eager", "fused")
+AUTO_KERNELS: tuple[str, ...] = KERNELS
 """The kernels ``auto`` may pick (all of them; a kernel listed here joins the table's choice)."""
 
 
 is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
 """Whether torch.compile / torch.export is tracing (torch >= 2.3 names it torch.compiler)."""
 
+is_exporting: Callable[[], bool] = getattr(torch.compiler, "is_exporting", lambda: False)
+"""Whether torch.export (also under the ONNX exporter) is tracing (torch >= 2.5)."""
+
 
 _recorders: list[list[tuple[str, str]]] = []
 
 
-_availability: dict[str, bool] = {"eager": True}
+_availability: dict[str, bool] = {"eager": True, "export": True}
 
 
 def _available(kernel: str) -> bool:
@@ -154,6 +185,11 @@ def _available(kernel: str) -> bool:
     known = _availability.get(kernel)
     if known is not None:
         return known
+    if kernel == "triton":  # optional (the `gpu` extra): without it CUDA runs the eager kernel
+        import importlib.util
+
+        _availability[kernel] = importlib.util.find_spec("triton") is not None
+        return _availability[kernel]
     from chaincrf.crf.kernels import cpu_ops as crf_fused
 
     _availability[kernel] = crf_fused.available()
@@ -177,7 +213,8 @@ def _forced(kernel: str | None) -> str:
 
 def prepare(kernel: str | None = None) -> None:
     """Called when a CRF is built: when the fused kernels may run, start their runtime now
-    (:func:`chaincrf.crf.kernels.cpu_ops.warm_up`), before any training step runs."""
+    (:func:`chaincrf.crf.kernels.cpu_ops.warm_up`), before any training step runs; when the
+    Triton kernels may (forced, or CUDA with Triton installed), import them."""
     forced = _forced(kernel)
     if (forced == "fused" or (forced == "auto" and "fused" in AUTO_KERNELS)) and _available(
         "fused"
@@ -185,6 +222,11 @@ def prepare(kernel: str | None = None) -> None:
         from chaincrf.crf.kernels import cpu_ops as crf_fused
 
         crf_fused.warm_up()
+    may_triton = forced == "triton" or (forced == "auto" and torch.cuda.is_available())
+    if may_triton and _available("triton"):  # imported now, not while torch.compile traces
+        from chaincrf.crf.kernels import kernel_module
+
+        kernel_module("triton")
 
 
 def choose(problem: Problem, kernel: str | None = None) -> str:

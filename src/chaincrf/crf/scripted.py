@@ -1,0 +1,142 @@
+"""What ``torch.jit.script`` compiles for a :class:`chaincrf.CRF`.
+
+``torch.jit.script(crf)`` (or of any module holding one) calls ``CRF.__prepare_scriptable__``,
+which returns a :class:`ScriptableCRF`: the same parameters, constraints and layout (shared
+tensors, not copies), with the layer's methods written in TorchScript's subset of Python on
+the export kernel (:mod:`chaincrf.crf.kernels.export`, a loop over time that TorchScript keeps
+as a loop: any batch size and length). Results equal the layer's (Viterbi bit for bit; the
+log-partition to rounding). Shapes are checked; values are not (a scripted graph has no
+``validate``: the argument is accepted for the layer's signature and ignored); k-best paths
+and marginals stay with the Python layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from chaincrf.crf.kernels import export
+
+__all__ = ["ScriptableCRF"]
+
+
+class ScriptableCRF(nn.Module):
+    """A :class:`chaincrf.CRF` for TorchScript (built by ``CRF.__prepare_scriptable__``).
+
+    Args:
+        crf: the layer; its parameters and constraint buffers are shared, not copied.
+    """
+
+    def __init__(self, crf: nn.Module) -> None:
+        super().__init__()
+        self.num_tags: int = crf.num_tags
+        self.batch_first: bool = crf.batch_first
+        self.has_constraints: bool = crf.has_constraints
+        for name in ("start_transitions", "end_transitions", "transitions"):
+            value = getattr(crf, name)
+            if isinstance(value, nn.Parameter):
+                setattr(self, name, value)
+            else:
+                self.register_buffer(name, value, persistent=False)
+        for name in ("start_allowed", "end_allowed", "transitions_allowed"):
+            self.register_buffer(name, getattr(crf, name), persistent=False)
+
+    def forward(
+        self,
+        emissions: Tensor,
+        tags: Tensor,
+        mask: Tensor | None = None,
+        reduction: str = "sum",
+        validate: bool = True,
+    ) -> Tensor:
+        """Log-likelihood of ``tags`` (as ``CRF.forward``)."""
+        em, mask_bt = self._shapes(emissions, mask)
+        tags_bt = tags if self.batch_first else tags.t()
+        if tags_bt.shape != mask_bt.shape:
+            raise ValueError("tags must have the shape of the mask " + str(list(mask_bt.shape)))
+        start, trans, end = self._scores(em.dtype)
+        llh = export.log_likelihood(em, tags_bt.long(), mask_bt, start, trans, end, False, False)
+        if reduction == "none":
+            return llh
+        if reduction == "sum":
+            return llh.sum()
+        if reduction == "mean":
+            return llh.mean()
+        if reduction == "token_mean":
+            return llh.sum() / mask_bt.sum().clamp(min=1).to(llh.dtype)
+        raise ValueError("invalid reduction: expected none, sum, mean or token_mean")
+
+    @torch.jit.export
+    def nll(
+        self,
+        emissions: Tensor,
+        tags: Tensor,
+        mask: Tensor | None = None,
+        reduction: str = "sum",
+        validate: bool = True,
+    ) -> Tensor:
+        """Negative log-likelihood (as ``CRF.nll``)."""
+        return -self.forward(emissions, tags, mask, reduction, validate)
+
+    @torch.jit.export
+    def log_partition(
+        self, emissions: Tensor, mask: Tensor | None = None, validate: bool = True
+    ) -> Tensor:
+        """Log of the partition function, (batch,) (as ``CRF.log_partition``)."""
+        em, mask_bt = self._shapes(emissions, mask)
+        start, trans, end = self._scores(em.dtype)
+        return export.log_partition(em, mask_bt, start, trans, end, False)
+
+    @torch.jit.export
+    def viterbi(
+        self, emissions: Tensor, mask: Tensor | None = None, k: int = 1, validate: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """The best path and its score (as ``CRF.viterbi`` with k = 1; -1 past each end)."""
+        if k != 1:
+            raise ValueError("a scripted CRF computes the best path only (k = 1)")
+        em, mask_bt = self._shapes(emissions, mask)
+        start, trans, end = self._scores(em.dtype)
+        paths, scores = export.viterbi(em, mask_bt, start, trans, end, 1, False)
+        paths, scores = paths[:, 0], scores[:, 0]
+        return (paths if self.batch_first else paths.t().contiguous()), scores
+
+    @torch.jit.export
+    def decode(
+        self, emissions: Tensor, mask: Tensor | None = None, validate: bool = True
+    ) -> list[list[int]]:
+        """Best tag sequence per batch item, as lists of ints (as ``CRF.decode``)."""
+        em, mask_bt = self._shapes(emissions, mask)
+        start, trans, end = self._scores(em.dtype)
+        return export.decode(em, mask_bt, start, trans, end, False)
+
+    def _scores(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        start = self.start_transitions.to(dtype)
+        trans = self.transitions.to(dtype)
+        end = self.end_transitions.to(dtype)
+        if self.has_constraints:
+            start = start.masked_fill(~self.start_allowed, float("-inf"))
+            trans = trans.masked_fill(~self.transitions_allowed, float("-inf"))
+            end = end.masked_fill(~self.end_allowed, float("-inf"))
+        return start, trans, end
+
+    def _shapes(self, emissions: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        if emissions.dim() != 3 or emissions.size(2) != self.num_tags:
+            raise ValueError(
+                "emissions must have 3 dimensions, the last of size "
+                + str(self.num_tags)
+                + " (num_tags); got shape "
+                + str(list(emissions.shape))
+            )
+        em = emissions if self.batch_first else emissions.transpose(0, 1)
+        if em.dtype == torch.float16 or em.dtype == torch.bfloat16:
+            em = em.float()
+        if mask is None:
+            return em, torch.ones(em.shape[:2], dtype=torch.bool, device=em.device)
+        if mask.shape != emissions.shape[:2]:
+            raise ValueError(
+                "mask must have the shape "
+                + str(list(emissions.shape[:2]))
+                + " of the emissions' first two dimensions; got "
+                + str(list(mask.shape))
+            )
+        return em, (mask if self.batch_first else mask.t()).to(torch.bool)
