@@ -155,14 +155,6 @@ def test_error_tags_out_of_range(crf):
         crf(torch.randn(2, 3, 4), tags, mask, validate=False)
 
 
-def test_error_mask_with_gaps(crf):
-    mask = torch.tensor([[1, 1, 1], [1, 0, 1]], dtype=torch.bool)
-    with pytest.raises(
-        ValueError, match=r"mask must be left-aligned .* batch row 1 switches back on"
-    ):
-        crf.marginals(torch.randn(2, 3, 4), mask)
-
-
 def test_error_reduction(crf):
     with pytest.raises(ValueError, match=r"invalid reduction: expected one of .*; got 'avg'"):
         crf(torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.long), reduction="avg")

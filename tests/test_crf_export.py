@@ -104,15 +104,16 @@ def test_export_kernel_checks_values_like_eager():
     emissions[1, 0, 2] = float("nan")
     with pytest.raises(ValueError, match="batch row 1, position 0 holds NaN"):
         crf.viterbi(emissions, mask)
-    gap = torch.tensor([[True, False, True, True]] * 3)
-    with pytest.raises(ValueError, match="batch row 0 switches back on"):
-        crf.log_partition(torch.zeros(3, 4, K), gap)
+    tags = torch.zeros(3, 4, dtype=torch.long)
+    tags[2, 1] = K
+    with pytest.raises(ValueError, match=rf"got {K} at batch row 2, position 1"):
+        crf(torch.zeros(3, 4, K), tags)
 
 
 def test_what_the_export_kernel_cannot_run_goes_to_eager():
     crf = _layer(False, kernel="export")
     emissions, _, mask = _inputs(3, 5, seed=3)
-    with plan.record() as ran:
+    with plan.record() as ran, torch.no_grad():
         crf.viterbi(emissions, mask, k=2)
         crf.marginals(emissions, mask)
     assert ran == [("viterbi", "eager"), ("marginals", "eager")]

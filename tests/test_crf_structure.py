@@ -70,13 +70,6 @@ def test_entropy_is_differentiable_twice_and_extremes():
     )
 
 
-def test_gaps_are_refused():
-    crf = make_crf(len(LABELS), 5)
-    mask = torch.tensor([[True, False, True]])
-    with pytest.raises(ValueError, match="batch row 0"):
-        crf.entropy(torch.zeros(1, 3, 3, dtype=torch.float64), mask)
-
-
 @pytest.mark.parametrize("constrained", [False, True])
 def test_samples_follow_the_path_distribution(constrained):
     constraints = allowed_transitions("BIO", LABELS) if constrained else None
@@ -100,3 +93,37 @@ def test_samples_follow_the_path_distribution(constrained):
             )
     again = crf.sample(emissions, mask, num_samples=n, generator=torch.Generator().manual_seed(0))
     assert torch.equal(draws, again)  # the generator makes it reproducible
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_marginals_are_differentiable_twice(constrained):
+    """With emissions that require a gradient, marginals are a differentiable function:
+    d P(y_t = i) / d em[s, j] = P(y_t = i, y_s = j) - P(y_t = i) P(y_s = j) (by enumeration),
+    and their second derivatives pass gradgradcheck; a gap in the mask is skipped."""
+    constraints = allowed_transitions("BIO", LABELS) if constrained else None
+    crf = make_crf(len(LABELS), 8, constraints=constraints)
+    start, trans, end = params(crf)
+    emissions = torch.randn(1, 4, len(LABELS), dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[True, True, False, True]])  # the chain: positions 0, 1, 3
+    marginals = crf.marginals(emissions, mask)
+    kept = [0, 1, 3]
+    em = emissions.detach()[0, kept].tolist()
+    paths = enumerate_paths(em, start, trans, end)
+    K = len(LABELS)
+    node = torch.zeros(3, K, dtype=torch.float64)
+    joint = torch.zeros(3, K, 3, K, dtype=torch.float64)
+    for p, q in paths:
+        for t in range(3):
+            node[t, p[t]] += q
+            for s in range(3):
+                joint[t, p[t], s, p[s]] += q
+    torch.testing.assert_close(marginals[0, kept], node)
+    assert (marginals[0, 2] == 0).all()
+    for t in range(3):
+        for i in range(K):
+            (grad,) = torch.autograd.grad(marginals[0, kept[t], i], emissions, retain_graph=True)
+            want = joint[t, i] - node[t, i] * node
+            torch.testing.assert_close(grad[0, kept], want)
+            assert (grad[0, 2] == 0).all()
+    inputs = torch.randn(2, 3, K, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x: crf.marginals(x), (inputs,))

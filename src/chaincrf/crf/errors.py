@@ -4,6 +4,7 @@ for their wording: the eager and fused kernels must raise the same ones, in the 
 from __future__ import annotations
 
 __all__ = [
+    "MaskGapError",
     "NonFiniteInputError",
     "bad_tag",
     "forbidden_gold_path",
@@ -17,9 +18,14 @@ class NonFiniteInputError(ValueError):
     """NaN or +inf emissions where the mask is on, or NaN/+inf CRF parameters (a ``ValueError``)."""
 
 
-def mask_gap(row: int) -> ValueError:
-    return ValueError(
-        "mask must be left-aligned (a run of on, then off) with no gaps; "
+class MaskGapError(ValueError):
+    """A kernel's signal that a mask has gaps (the layer then compacts the batch,
+    :mod:`chaincrf.crf.gaps`); raised to the caller only by a kernel called directly."""
+
+
+def mask_gap(row: int) -> MaskGapError:
+    return MaskGapError(
+        "this kernel takes left-aligned masks (a run of on, then off); "
         f"batch row {row} switches back on after an off position"
     )
 

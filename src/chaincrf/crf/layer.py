@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from chaincrf.crf import errors, plan, state, structure
+from chaincrf.crf import gaps, plan, state, structure
 from chaincrf.crf.errors import NonFiniteInputError
-from chaincrf.crf.kernels import kernel_module
+from chaincrf.crf.kernels import eager, kernel_module
 
 __all__ = ["CRF", "NonFiniteInputError"]
 
@@ -84,7 +84,7 @@ class CRF(nn.Module):
             self.register_buffer("end_transitions", torch.zeros(num_tags), persistent=False)
         self.transitions = nn.Parameter(torch.empty(num_tags, num_tags))
         self.has_constraints = constraints is not None
-        start_ok, end_ok, trans_ok = self._check_constraints(constraints)
+        start_ok, end_ok, trans_ok = state.check_constraints(num_tags, constraints)
         # Not persistent buffers: an unconstrained layer's state_dict keys stay exactly
         # pytorch-crf's; a constrained one adds them (chaincrf.crf.state).
         self.register_buffer("start_allowed", start_ok, persistent=False)
@@ -110,37 +110,6 @@ class CRF(nn.Module):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
         state.load_constraints(self, state_dict, prefix, unexpected_keys, error_msgs)
-
-    def _check_constraints(
-        self, constraints: tuple[Tensor, Tensor, Tensor] | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        K = self.num_tags
-        if constraints is None:
-            return (
-                torch.ones(K, dtype=torch.bool),
-                torch.ones(K, dtype=torch.bool),
-                torch.ones(K, K, dtype=torch.bool),
-            )
-        if not isinstance(constraints, (tuple, list)) or len(constraints) != 3:
-            raise ValueError(
-                "constraints must be a tuple (start_allowed (K,), end_allowed (K,), "
-                f"transitions_allowed (K, K)); got {type(constraints).__name__}"
-            )
-        expected = ((K,), (K,), (K, K))
-        names = ("start_allowed", "end_allowed", "transitions_allowed")
-        out = []
-        for name, shape, value in zip(names, expected, constraints):
-            value = torch.as_tensor(value)
-            if value.dtype != torch.bool:
-                raise ValueError(
-                    f"constraints {name} must be a bool tensor; got dtype {value.dtype}"
-                )
-            if tuple(value.shape) != shape:
-                raise ValueError(
-                    f"constraints {name} must have shape {shape}; got {tuple(value.shape)}"
-                )
-            out.append(value.clone())
-        return out[0], out[1], out[2]
 
     def reset_parameters(self) -> None:
         """Initialise all transition scores uniformly in [-0.1, 0.1], as pytorch-crf does (the
@@ -170,10 +139,11 @@ class CRF(nn.Module):
                 ``batch_first``; unnormalised scores.
             tags: long tensor (seq_len, batch) / (batch, seq_len), gold tag ids. Values at padded
                 positions are ignored (``-100`` padding is fine).
-            mask: bool or uint8 tensor shaped like ``tags``, left-aligned; ``None`` means all on.
+            mask: bool or uint8 tensor shaped like ``tags``; ``None`` means all on. Masked
+                positions are skipped: the chain runs over the kept ones (gaps allowed).
             reduction: ``none`` (per sequence, (batch,)), ``sum``, ``mean`` (over sequences) or
                 ``token_mean`` (sum divided by the number of unmasked tokens).
-            validate: check value-dependent properties (tag range, mask gaps, no NaN or +inf
+            validate: check value-dependent properties (tag range, no NaN or +inf
                 emissions where the mask is on, finite parameters).
 
         Returns:
@@ -185,17 +155,12 @@ class CRF(nn.Module):
         kernel = self._kernel("log_partition", em, grad=self._needs_grad(em))
         scores = self._scores(em.dtype)
         constrained = self.has_constraints
-        llh = kernel.log_likelihood(em, tags_bt, mask_bt, *scores, constrained, validate)
+        args = (scores, validate, tags_bt, constrained)
+        llh = gaps.run(kernel, "log_likelihood", em, mask_bt, *args)
         return _reduce(llh, mask_bt, reduction)
 
-    def nll(
-        self,
-        emissions: Tensor,
-        tags: Tensor,
-        mask: Tensor | None = None,
-        reduction: str = "sum",
-        validate: bool = True,
-    ) -> Tensor:
+    def nll(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None,
+            reduction: str = "sum", validate: bool = True) -> Tensor:  # fmt: skip
         """Negative log-likelihood: ``-self(emissions, tags, mask, reduction)``; a loss to minimise."""
         return -self.forward(emissions, tags, mask, reduction=reduction, validate=validate)
 
@@ -208,8 +173,9 @@ class CRF(nn.Module):
 
         Args:
             emissions: float tensor (seq_len, batch, num_tags) or batch-first; unnormalised scores.
-            mask: bool/uint8 (seq_len, batch) or batch-first, left-aligned; ``None`` means all on.
-            validate: check that the mask has no gaps and that emissions and parameters hold
+            mask: bool/uint8 (seq_len, batch) or batch-first; ``None`` means all on; masked
+                positions are skipped (gaps allowed).
+            validate: check that emissions and parameters hold
                 no NaN or +inf where the mask is on (with False, such inputs give NaN results).
 
         Returns:
@@ -217,7 +183,7 @@ class CRF(nn.Module):
         """
         em, mask_bt = self._shapes(emissions, mask)
         kernel = self._kernel("log_partition", em, grad=self._needs_grad(em))
-        return kernel.log_partition(em, mask_bt, *self._scores(em.dtype), validate)
+        return gaps.run(kernel, "log_partition", em, mask_bt, self._scores(em.dtype), validate)
 
     def decode(
         self, emissions: Tensor, mask: Tensor | None = None, validate: bool = True
@@ -226,8 +192,9 @@ class CRF(nn.Module):
 
         Args:
             emissions: float tensor (seq_len, batch, num_tags) or batch-first.
-            mask: bool/uint8 (seq_len, batch) or batch-first, left-aligned; ``None`` means all on.
-            validate: check that the mask has no gaps and that emissions and parameters hold
+            mask: bool/uint8 (seq_len, batch) or batch-first; ``None`` means all on; masked
+                positions are skipped (gaps allowed).
+            validate: check that emissions and parameters hold
                 no NaN or +inf where the mask is on (with False, such inputs give NaN results).
 
         Returns:
@@ -235,7 +202,7 @@ class CRF(nn.Module):
         """
         em, mask_bt = self._shapes(emissions, mask)
         kernel = self._kernel("viterbi", em)
-        return kernel.decode(em, mask_bt, *self._scores(em.dtype), validate)
+        return gaps.run(kernel, "decode", em, mask_bt, self._scores(em.dtype), validate)
 
     def viterbi(
         self, emissions: Tensor, mask: Tensor | None = None, k: int = 1, validate: bool = True
@@ -244,9 +211,10 @@ class CRF(nn.Module):
 
         Args:
             emissions: float tensor (seq_len, batch, num_tags) or batch-first.
-            mask: bool/uint8 (seq_len, batch) or batch-first, left-aligned; ``None`` means all on.
+            mask: bool/uint8 (seq_len, batch) or batch-first; ``None`` means all on; masked
+                positions are skipped (gaps allowed).
             k: number of paths per sequence (>= 1).
-            validate: check that the mask has no gaps and that emissions and parameters hold
+            validate: check that emissions and parameters hold
                 no NaN or +inf where the mask is on (with False, such inputs give NaN results).
 
         Returns:
@@ -259,7 +227,8 @@ class CRF(nn.Module):
             raise ValueError(f"k must be a positive int; got {k!r}")
         em, mask_bt = self._shapes(emissions, mask)
         kernel = self._kernel("viterbi", em, k=k)
-        paths, scores = kernel.viterbi(em, mask_bt, *self._scores(em.dtype), k, validate)
+        args = (self._scores(em.dtype), validate, None, False, k)
+        paths, scores = gaps.run(kernel, "viterbi", em, mask_bt, *args)
         if k == 1:
             paths, scores = paths[:, 0], scores[:, 0]
             return (paths if self.batch_first else paths.t().contiguous()), scores
@@ -272,46 +241,62 @@ class CRF(nn.Module):
 
         Args:
             emissions: float tensor (seq_len, batch, num_tags) or batch-first.
-            mask: bool/uint8 (seq_len, batch) or batch-first, left-aligned; ``None`` means all on.
-            validate: check that the mask has no gaps and that emissions and parameters hold
+            mask: bool/uint8 (seq_len, batch) or batch-first; ``None`` means all on; masked
+                positions are skipped (gaps allowed).
+            validate: check that emissions and parameters hold
                 no NaN or +inf where the mask is on (with False, such inputs give NaN results).
 
         Returns:
             float tensor shaped like ``emissions`` ((seq_len, batch, num_tags), or
             (batch, seq_len, num_tags) when ``batch_first``): rows sum to 1 where the mask is on
-            and are 0 elsewhere.
+            and are 0 elsewhere. Differentiable (twice; w.r.t. the emissions and the
+            parameters) when the emissions require a gradient: then computed in float64 by
+            :func:`chaincrf.crf.structure.marginals` (tensor operations), else by a kernel.
         """
         em, mask_bt = self._shapes(emissions, mask)
+        if torch.is_grad_enabled() and em.requires_grad:
+            em, mask_bt, packed = self._structure_inputs(emissions, mask, validate)
+            out = structure.marginals(em.double(), mask_bt, *self._scores(torch.float64))
+            out = (out if packed is None else packed.scatter(out)).to(emissions.dtype)
+            return out if self.batch_first else out.transpose(0, 1)
         kernel = self._kernel("marginals", em)
-        out = kernel.marginals(em, mask_bt, *self._scores(em.dtype), validate)
+        out = gaps.run(kernel, "marginals", em, mask_bt, self._scores(em.dtype), validate)
         out = out.to(emissions.dtype)
         return out if self.batch_first else out.transpose(0, 1)
 
     def pairwise_marginals(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
         """P(tag i at t - 1, tag j at t), (batch, seq_len - 1, K, K) indexed ``[b, t - 1, i, j]``
-        in either layout, 0 where t is masked (:mod:`chaincrf.crf.structure`: plain tensor
-        operations, any device, differentiable twice)."""
-        em, mask_bt = self._structure_inputs(emissions, mask)
-        return structure.pairwise_marginals(em, mask_bt, *self._scores(em.dtype))
+        in either layout, 0 where t is masked; with gaps, the pair is (the previous kept
+        position, t) (:mod:`chaincrf.crf.structure`: tensor operations, differentiable twice)."""
+        em, mask_bt, packed = self._structure_inputs(emissions, mask)
+        out = structure.pairwise_marginals(em, mask_bt, *self._scores(em.dtype))
+        return out if packed is None else packed.scatter_pairs(out)
 
     def entropy(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
         """Entropy (nats) of each sequence's distribution over tag paths, (batch,)."""
-        em, mask_bt = self._structure_inputs(emissions, mask)
+        em, mask_bt, _ = self._structure_inputs(emissions, mask)
         return structure.entropy(em, mask_bt, *self._scores(em.dtype))
 
     def sample(self, emissions: Tensor, mask: Tensor | None = None, num_samples: int = 1,
                generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
-        """Exact path samples, (num_samples, batch, seq_len) in either layout, -1 past each end."""
-        em, mask_bt = self._structure_inputs(emissions, mask)
+        """Exact path samples, (num_samples, batch, seq_len) in either layout, -1 where masked."""
+        em, mask_bt, packed = self._structure_inputs(emissions, mask)
         args = (num_samples, generator)
-        return structure.sample(em.detach(), mask_bt, *self._scores(em.dtype), *args)
+        out = structure.sample(em.detach(), mask_bt, *self._scores(em.dtype), *args)
+        return out if packed is None else packed.scatter(out, 1, 2)
 
-    def _structure_inputs(self, emissions: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _structure_inputs(
+        self, emissions: Tensor, mask: Tensor | None, validate: bool = False
+    ) -> tuple[Tensor, Tensor, gaps.Compaction | None]:
+        """Batch-first inputs for :mod:`chaincrf.crf.structure` (checked with ``validate``),
+        compacted if the mask has gaps (then the compaction, to put results back)."""
         em, mask_bt = self._shapes(emissions, mask)
-        gaps = (mask_bt[:, 1:] > mask_bt[:, :-1]).any(1)
-        if not plan.is_compiling() and bool(gaps.any()):
-            raise errors.mask_gap(int(gaps.nonzero()[0, 0]))
-        return em, mask_bt
+        if validate and not plan.is_compiling():
+            eager.validate_values(em, mask_bt, *self._scores(em.dtype), None, gaps=True)
+        if plan.is_compiling() or not gaps.has_gaps(mask_bt):
+            return em, mask_bt, None
+        packed = gaps.compaction(mask_bt)
+        return packed.gather(em), packed.mask, packed
 
     def partial_log_likelihood(
         self,
@@ -328,9 +313,10 @@ class CRF(nn.Module):
             allowed: bool tensor shaped like ``emissions``; ``allowed[.., t, y]`` says tag y may be
                 used at position t. With exactly one allowed tag per position this equals the
                 log-likelihood of that path.
-            mask: bool/uint8 (seq_len, batch) or batch-first, left-aligned; ``None`` means all on.
+            mask: bool/uint8 (seq_len, batch) or batch-first; ``None`` means all on; masked
+                positions are skipped (gaps allowed).
             reduction: as in ``forward``.
-            validate: check that every unmasked position allows at least one tag, and mask gaps.
+            validate: check that every unmasked position allows at least one tag.
 
         Returns:
             float tensor, (batch,) for ``none`` and () otherwise.
@@ -359,8 +345,8 @@ class CRF(nn.Module):
         clamped = torch.where(allowed_bt, em, neg_inf)
         scores = self._scores(em.dtype)
         kernel = self._kernel("log_partition", em, grad=self._needs_grad(em))
-        log_z = kernel.log_partition(em, mask_bt, *scores, validate)
-        llh = kernel.log_partition(clamped, mask_bt, *scores, False) - log_z
+        log_z = gaps.run(kernel, "log_partition", em, mask_bt, scores, validate)
+        llh = gaps.run(kernel, "log_partition", clamped, mask_bt, scores, False) - log_z
         return _reduce(llh, mask_bt, reduction)
 
     # ------------------------------------------------------------------ internals

@@ -1,7 +1,8 @@
 """A CRF layer's constraints in its ``state_dict``: saved with a constrained layer, restored by
 ``load_state_dict``; a state without them (pytorch-crf's, or an unconstrained layer's) keeps the
 constraints the layer was built with, and constraints loaded into a layer built without any are
-an error, not a silent drop. Importing this module imports only torch."""
+an error, not a silent drop; and the constructor's check of them. Importing this module
+imports only torch."""
 
 from __future__ import annotations
 
@@ -9,6 +10,37 @@ import torch
 from torch import Tensor, nn
 
 KEYS = ("start_allowed", "end_allowed", "transitions_allowed")
+
+
+def check_constraints(
+    K: int, constraints: tuple[Tensor, Tensor, Tensor] | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The constructor's ``constraints`` checked (bool, shapes (K,), (K,), (K, K)) and copied;
+    all allowed for None."""
+    if constraints is None:
+        return (
+            torch.ones(K, dtype=torch.bool),
+            torch.ones(K, dtype=torch.bool),
+            torch.ones(K, K, dtype=torch.bool),
+        )
+    if not isinstance(constraints, (tuple, list)) or len(constraints) != 3:
+        raise ValueError(
+            "constraints must be a tuple (start_allowed (K,), end_allowed (K,), "
+            f"transitions_allowed (K, K)); got {type(constraints).__name__}"
+        )
+    expected = ((K,), (K,), (K, K))
+    names = ("start_allowed", "end_allowed", "transitions_allowed")
+    out = []
+    for name, shape, value in zip(names, expected, constraints):
+        value = torch.as_tensor(value)
+        if value.dtype != torch.bool:
+            raise ValueError(f"constraints {name} must be a bool tensor; got dtype {value.dtype}")
+        if tuple(value.shape) != shape:
+            raise ValueError(
+                f"constraints {name} must have shape {shape}; got {tuple(value.shape)}"
+            )
+        out.append(value.clone())
+    return out[0], out[1], out[2]
 
 
 def save_constraints(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["entropy", "pairwise_marginals", "sample"]
+__all__ = ["entropy", "marginals", "pairwise_marginals", "sample"]
 
 
 def _padding_zeroed(em: Tensor, mask: Tensor) -> Tensor:
@@ -40,6 +40,15 @@ def _messages(
     alpha, beta = torch.stack(alphas, 1), torch.stack(betas[::-1], 1)
     log_z = torch.logsumexp(alpha[:, -1] + end, dim=1)
     return alpha, beta, torch.where(mask[:, 0], log_z, torch.zeros_like(log_z))
+
+
+def marginals(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor) -> Tensor:
+    """P(y_t = j) as (B, T, K), 0 where masked: the differentiable (twice) counterpart of the
+    kernels' marginals, which autograd does not see through."""
+    em = _padding_zeroed(em, mask)
+    alpha, beta, log_z = _messages(em, mask, start, trans, end)
+    node = torch.exp(alpha + beta - log_z.view(-1, 1, 1))
+    return torch.where(mask.unsqueeze(2), node, torch.zeros_like(node))
 
 
 def pairwise_marginals(

@@ -13,6 +13,10 @@ from chaincrf.crf.kernels import cpu_ops as ops
 
 __all__ = ["decode", "log_likelihood", "log_partition", "marginals", "viterbi"]
 
+GAPS = "detected"
+"""How this kernel meets a mask with gaps (:mod:`chaincrf.crf.gaps`): the pass that counts
+each row's length finds them, with or without ``validate``, and raises ``MaskGapError``."""
+
 
 def log_likelihood(
     em: Tensor,

@@ -102,9 +102,10 @@ def _not_finite(x):
 def _row_prelude(mask, em, tags, b, validate, problems, lengths):
     """Row b's length (its leading on positions of mask) into lengths[b]; problems[b] = (first
     position where the mask switches back on, first position < length whose emissions hold NaN
-    or +inf, first such position whose tag lies outside [0, K)), -1 for none. Gaps and
-    emissions are checked with validate only, tags (unless tags is (0, 0)) always: a kernel
-    never indexes with them unchecked. Returns whether the row may be computed."""
+    or +inf, first such position whose tag lies outside [0, K)), -1 for none. Emissions are
+    checked with validate only; gaps and tags (unless tags is (0, 0)) always: the layer
+    compacts a row with gaps, and a kernel never indexes with unchecked tags. Returns whether
+    the row may be computed."""
     T = mask.shape[1]
     K = em.shape[2]
     n = 0
@@ -114,12 +115,12 @@ def _row_prelude(mask, em, tags, b, validate, problems, lengths):
     for i in range(3):
         problems[b, i] = -1
     ok = True
+    for t in range(n, T):  # gaps: always (the layer compacts such rows; a few compares)
+        if mask[b, t]:
+            problems[b, 0] = t
+            ok = False
+            break
     if validate:
-        for t in range(n, T):
-            if mask[b, t]:
-                problems[b, 0] = t
-                ok = False
-                break
         for t in range(n):  # indexed, not sliced: a view per position costs an allocation
             bad = False
             for j in range(K):

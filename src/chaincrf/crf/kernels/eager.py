@@ -29,13 +29,25 @@ from chaincrf.crf.ragged import sort_time_major
 __all__ = ["decode", "log_likelihood", "log_partition", "marginals", "viterbi"]
 
 
+GAPS = "validated"
+"""How this kernel meets a mask with gaps (:mod:`chaincrf.crf.gaps`): it raises
+``MaskGapError`` under ``validate`` only."""
+
+
 def validate_values(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, tags: Tensor | None
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None,
+    gaps: bool = False,
 ) -> None:
-    """Mask gaps, then NaN/+inf scores, then NaN/+inf emissions where the mask is on (``-inf``
-    is allowed: a forbidden tag), then tags outside [0, K) there: each would give NaN results
-    or a meaningless path. Raises naming the batch row (and position)."""
-    if em.size(1) > 1:
+    """Mask gaps (unless ``gaps`` allows them), then NaN/+inf scores, then NaN/+inf emissions
+    where the mask is on (``-inf`` is allowed: a forbidden tag), then tags outside [0, K)
+    there: each would give NaN results or a meaningless path. Raises naming the batch row
+    (and position)."""
+    if em.size(1) > 1 and not gaps:
         gaps = mask[:, 1:] & ~mask[:, :-1]
         if bool(gaps.any()):
             row = int(gaps.any(1).nonzero()[0])

@@ -31,6 +31,10 @@ from chaincrf.crf.kernels import eager
 
 __all__ = ["decode", "log_likelihood", "log_partition", "marginals", "viterbi"]
 
+GAPS = "native"
+"""How this kernel meets a mask with gaps (:mod:`chaincrf.crf.gaps`): a masked step keeps the
+row's state, so the chain runs over the kept positions as it is."""
+
 
 def _logsumexp(x: Tensor, dim: int) -> Tensor:
     """``logsumexp`` that gives -inf (not NaN) where every term is -inf, in any runtime (ONNX's
@@ -43,8 +47,9 @@ def _logsumexp(x: Tensor, dim: int) -> Tensor:
 def _partition_step(
     alpha: Tensor, em_t: Tensor, on_t: Tensor, first: Tensor, trans: Tensor
 ) -> Tensor:
-    """One forward step: alpha (B, K) after position t; a masked row keeps its alpha, the first
-    position adds its emissions to the start scores (``alpha`` holds them)."""
+    """One forward step: alpha (B, K) after position t; a masked row keeps its alpha, a row's
+    first kept position (``first`` (B, 1)) adds its emissions to the start scores (``alpha``
+    holds them)."""
     moved = _logsumexp(alpha.unsqueeze(2) + trans, 1)
     nxt = torch.where(first, alpha, moved) + em_t
     return torch.where(on_t.unsqueeze(1), nxt, alpha)
@@ -54,7 +59,7 @@ def _viterbi_step(
     score: Tensor, em_t: Tensor, on_t: Tensor, first: Tensor, trans: Tensor, tags: Tensor
 ) -> tuple[Tensor, Tensor]:
     """One max-plus step: the best score (B, K) per tag after position t and the back-pointer
-    (B, K) of each tag (itself where the row is masked or at the first position)."""
+    (B, K) of each tag (itself where the row is masked or at its first kept position)."""
     cand = score.unsqueeze(2) + trans  # (B, K from, K to)
     best = cand.amax(1)
     back = cand.argmax(1)
@@ -64,12 +69,36 @@ def _viterbi_step(
     return torch.where(on, nxt, score), torch.where(keep, back, tags.expand_as(back))
 
 
+def _gold_score(
+    em: Tensor, tags: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor
+) -> Tensor:
+    """Score of the gold paths over the kept positions (a mask may have gaps), (B,): each kept
+    position's predecessor is the last kept one before it (a running maximum, no loop)."""
+    B, T, K = em.shape
+    kept = torch.where(mask, torch.arange(T, device=em.device).expand(B, T), -1)
+    upto = kept.cummax(1).values  # the last kept position at or before t
+    prev = torch.cat([upto.new_full((B, 1), -1), upto], 1)[:, :T]  # ... strictly before t
+    emit = em.gather(2, tags.unsqueeze(2)).squeeze(2)
+    prev_tag = tags.gather(1, prev.clamp(min=0))
+    pair = trans.reshape(-1)[(prev_tag * K + tags).reshape(-1)].reshape(B, T)
+    step = torch.where(prev < 0, start[tags], pair) + emit
+    score = torch.where(mask, step, torch.zeros_like(step)).sum(1)
+    last = kept.amax(1) if T > 0 else kept.new_full((B,), -1)
+    last_tag = tags.gather(1, last.clamp(min=0).unsqueeze(1)).squeeze(1) if T > 0 else last * 0
+    return score + torch.where(last >= 0, end[last_tag], torch.zeros_like(score))
+
+
+def _firsts(mask: Tensor) -> Tensor:
+    """(B, T): whether position t is its row's first kept one (none kept before it)."""
+    return (mask.cumsum(1) - mask.long() == 0) & mask
+
+
 def _log_partition_loop(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) -> Tensor:
     B, T, K = em.shape
     alpha = start.unsqueeze(0).expand(B, K)
+    firsts = _firsts(mask).unsqueeze(2)
     for t in range(T):
-        first = torch.full((1, 1), t == 0, dtype=torch.bool, device=em.device)
-        alpha = _partition_step(alpha, em[:, t], mask[:, t], first, trans)
+        alpha = _partition_step(alpha, em[:, t], mask[:, t], firsts[:, t], trans)
     return alpha
 
 
@@ -79,10 +108,10 @@ def _viterbi_loop(
     B, T, K = em.shape
     tags = torch.arange(K, device=em.device).unsqueeze(0)
     score = start.unsqueeze(0).expand(B, K)
+    firsts = _firsts(mask).unsqueeze(2)
     backs: list[Tensor] = []
     for t in range(T):
-        first = torch.full((1, 1), t == 0, dtype=torch.bool, device=em.device)
-        score, back = _viterbi_step(score, em[:, t], mask[:, t], first, trans, tags)
+        score, back = _viterbi_step(score, em[:, t], mask[:, t], firsts[:, t], trans, tags)
         backs.append(back)
     final = score + end
     tag = final.argmax(1)
@@ -107,9 +136,9 @@ def _padded(em: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 def _log_partition_scan(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) -> Tensor:
     from torch._higher_order_ops.scan import scan
 
-    B, T, K = em.shape
+    B, _, K = em.shape
     em, mask = _padded(em, mask)
-    first = (torch.arange(T + 1, device=em.device) == 0).view(T + 1, 1, 1)
+    first = _firsts(mask).t().unsqueeze(2)  # (T + 1, B, 1)
 
     def step(alpha: Tensor, xs: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         em_t, on_t, first_t = xs
@@ -130,7 +159,7 @@ def _viterbi_scan(
     B, T, K = em.shape
     tags = torch.arange(K, device=em.device).unsqueeze(0)
     em, mask = _padded(em, mask)
-    first = (torch.arange(T + 1, device=em.device) == 0).view(T + 1, 1, 1)
+    first = _firsts(mask).t().unsqueeze(2)  # (T + 1, B, 1)
 
     def forward(score: Tensor, xs: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         em_t, on_t, first_t = xs
@@ -172,7 +201,7 @@ def log_partition(
     """Log Z of each row (B,), 0 for an empty row."""
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips this block only)
         if validate and not plan.is_compiling():
-            eager.validate_values(em, mask, start, trans, end, None)
+            eager.validate_values(em, mask, start, trans, end, None, True)
     log_z = _logsumexp(_alpha(em, mask, start, trans) + end, 1)
     return torch.where(mask.sum(1) > 0, log_z, torch.zeros_like(log_z))  # 0 if empty
 
@@ -191,9 +220,8 @@ def log_likelihood(
     ``validate``, a forbidden gold path is an error (as eager)."""
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips this block only)
         if validate and not plan.is_compiling():
-            eager.validate_values(em, mask, start, trans, end, tags)
-    tags = tags.masked_fill(~mask, 0)
-    gold = eager.gold_score(em, tags, mask, start, trans, end)
+            eager.validate_values(em, mask, start, trans, end, tags, True)
+    gold = _gold_score(em, tags.masked_fill(~mask, 0), mask, start, trans, end)
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips this block only)
         if constrained and validate and not plan.is_compiling():
             bad = torch.isneginf(gold)
@@ -211,7 +239,7 @@ def viterbi(
         raise ValueError(f"the export kernel computes the best path only (k = 1); got k={k}")
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips this block only)
         if validate and not plan.is_compiling():
-            eager.validate_values(em, mask, start, trans, end, None)
+            eager.validate_values(em, mask, start, trans, end, None, True)
     em, start, trans, end = em.detach(), start.detach(), trans.detach(), end.detach()
     seq, best = _best(em, mask, start, trans, end)
     found = ~torch.isneginf(best)
@@ -223,13 +251,18 @@ def viterbi(
 def decode(
     em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
 ) -> list[list[int]]:
-    """The best path of each row as a list of its tags (all -1 where no path is allowed)."""
+    """The best path of each row as a list of its kept positions' tags (all -1 where no path
+    is allowed)."""
     paths, _ = viterbi(em, mask, start, trans, end, 1, validate)
-    lengths: list[int] = mask.sum(1).tolist()
     rows: list[list[int]] = paths[:, 0].tolist()
+    kept: list[list[bool]] = mask.tolist()
     out: list[list[int]] = []
     for i in range(len(rows)):
-        out.append(rows[i][: lengths[i]])
+        path: list[int] = []
+        for t in range(len(rows[i])):
+            if kept[i][t]:
+                path.append(rows[i][t])
+        out.append(path)
     return out
 
 
