@@ -3,8 +3,8 @@ kernels of :mod:`chaincrf.crf.kernels.gpu_triton`, called through the custom ops
 :mod:`chaincrf.crf.kernels.gpu_ops` (float32/float64; CUDA tensors, or CPU tensors under
 Triton's interpreter, ``TRITON_INTERPRET=1``).
 
-The rows' lengths are the mask's row sums (the layer guarantees a left-aligned mask), computed
-on the device. With ``validate`` the eager kernel's value checks run first (same errors, same
+The rows' lengths are the mask's row sums, computed on the device (the layer compacts a mask
+with gaps first, :mod:`chaincrf.crf.gaps`). With ``validate`` the eager kernel's value checks run first (same errors, same
 order); the log-likelihood's gold-path score is the eager kernel's tensor operations, minus
 the log-partition op. Viterbi computes the best path only (k = 1). Where a row has no allowed
 path, log Z and the Viterbi score are ``-inf`` and the path is all -1, as the eager kernel's;
@@ -22,6 +22,10 @@ from chaincrf.crf.kernels import eager
 from chaincrf.crf.kernels import gpu_ops as ops
 
 __all__ = ["decode", "log_likelihood", "log_partition", "marginals", "viterbi"]
+
+GAPS = "validated"
+"""How this kernel meets a mask with gaps (:mod:`chaincrf.crf.gaps`): it raises
+``MaskGapError`` under ``validate`` only (the layer checks the mask itself otherwise)."""
 
 
 def log_likelihood(
