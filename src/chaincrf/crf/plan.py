@@ -1,25 +1,21 @@
 """Which kernel computes a CRF operation: one table, each row with the measurement behind it.
 
-Kernels:
+Kernels (:mod:`chaincrf.crf.kernels`):
 
-- ``eager``: the portable tensor-operation kernels (:mod:`chaincrf.crf.kernels.eager`; any
-  device, any float dtype, k-best Viterbi); the reference every other kernel is tested
-  against. Its own thresholds (tree, scaled or exact paths, ...) are :data:`EAGER`, changed for
-  a block with :func:`eager_tuning`; :func:`record_paths` shows the paths it took.
-- ``fused``: compiled CPU loops (:mod:`chaincrf.crf.kernels.cpu`, numba), one row at a time
-  (float64 accumulation for the log-partition and its gradient; Viterbi in the emissions'
-  dtype, as eager), as ``torch.library`` custom ops with fake and autograd implementations;
-  large calls split their rows over torch's own OpenMP threads (:data:`FUSED`,
-  :func:`fused_tuning`; ``record_paths`` shows ``("fused_threads", n)``).
+- ``eager``: tensor operations (any device and float dtype, k-best Viterbi), the reference the
+  others are tested against; its own thresholds are :data:`EAGER` (:func:`eager_tuning`).
+- ``fused``: numba-compiled CPU loops as ``torch.library`` custom ops; large calls split their
+  rows over torch's own OpenMP threads (:data:`FUSED`, :func:`fused_tuning`).
+- ``export``: masked steps with no host synchronisation, for torch.export / ONNX / TorchScript.
+- ``triton``: GPU kernels (CUDA tensors; CPU tensors under ``TRITON_INTERPRET=1``).
 
 The choice is made here only: :func:`choose` walks :data:`TABLE` and takes the first row whose
 operation and condition match and whose kernel can run (with ``auto``, among
-:data:`AUTO_KERNELS`). It can be forced with ``CHAINCRF_KERNEL=eager|fused`` (``auto``, the
-default, follows the table) or the ``kernel`` argument of :class:`chaincrf.CRF`: a forced
-kernel runs every problem it can (:data:`CAN_RUN`; the table's speed conditions are for
-``auto``), and one it cannot (the fused kernel on a GPU tensor, or for k-best Viterbi) is
-left to the eager one. :func:`record` lists the choices made inside a ``with`` block, to
-see (or test) which kernel ran. Importing this module imports only torch.
+:data:`AUTO_KERNELS`). ``CHAINCRF_KERNEL=eager|fused|export|triton`` or the ``kernel``
+argument of :class:`chaincrf.CRF` forces a kernel: it runs every problem it can
+(:data:`CAN_RUN`; the table's speed conditions are for ``auto``), the eager kernel the rest.
+:func:`record` lists the choices made inside a ``with`` block, :func:`record_paths` the paths
+the kernels took. Importing this module imports only torch.
 """
 
 from __future__ import annotations
