@@ -58,7 +58,7 @@ def reference_span_confidences(tagger, emissions, mask, paths, spans_per_row):
     allowed[inside] = False
     at, pos = inside.nonzero(as_tuple=True)
     allowed[at, pos, span_paths[at, pos]] = True
-    after, before, first_is_inside = (t.to(device) for t in tagger._continuation_tables)
+    after, before, first_is_inside = (t.to(device) for t in tagger.predictor.continuation_tables)
     first = span_paths.gather(1, starts.unsqueeze(1)).squeeze(1)
     n_real = span_mask.sum(1)
     extend = (ends < n_real).nonzero(as_tuple=True)[0]
@@ -113,7 +113,7 @@ def test_span_confidences_equal_the_partial_likelihood_formula(scheme, constrain
         for lengths, viterbi in (([7, 1, 5, 3, 7, 2], True), ([6, 4, 1, 6], False)):
             emissions, mask, paths, spans = _random_case(tagger, lengths, viterbi)
             with torch.no_grad():
-                got = tagger._span_confidences(emissions, mask, paths, None, spans)
+                got = tagger.predictor.span_confidences(emissions, mask, paths, None, spans)
                 expected = reference_span_confidences(tagger, emissions, mask, paths, spans)
             assert [len(row) for row in got] == [len(row) for row in spans]
             for got_row, expected_row in zip(got, expected):
@@ -134,7 +134,7 @@ def test_span_log_probabilities_batched_equals_one_row_at_a_time():
     tagger = _span_tagger("BIOES", True, 0)
     emissions, mask, paths, spans = _random_case(tagger, [9, 4, 1, 6], viterbi=True)
     scores = crf_scores(tagger.model.crf)
-    tables = tagger._continuation_tables
+    tables = tagger.predictor.continuation_tables
     flat = torch.tensor([(r, s, e) for r, row in enumerate(spans) for _, s, e in row])
     batched = span_log_probabilities(emissions, mask, paths, flat, scores, tables)
     assert batched.dtype == torch.float64 and batched.shape == (len(flat),)

@@ -304,7 +304,7 @@ def test_span_confidences_equal_brute_force_enumeration(scheme):
     spans_per_row = [get_spans(row, scheme) for row in rows]
     assert sum(end - start > 1 for spans in spans_per_row for _, start, end in spans) == 3
     with torch.no_grad():
-        got = tagger._span_confidences(emissions, mask, paths, None, spans_per_row)
+        got = tagger.predictor.span_confidences(emissions, mask, paths, None, spans_per_row)
 
     for b, row in enumerate(rows):
         n = len(row)

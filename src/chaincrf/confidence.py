@@ -139,7 +139,7 @@ def span_log_probabilities(
             (num_tags,): the CRF's effective scores (:func:`crf_scores`).
         continuation: ``(after, before, first_is_inside)``: bool (num_tags, num_tags), bool
             (num_tags, num_tags) and bool (num_tags,), indexed by the span's first tag (see
-            ``SequenceTagger._continuation_tables``).
+            ``Predictor.continuation_tables``).
 
     Returns:
         float64 (num_spans,) log-probabilities (``-inf`` for an impossible labelling).

@@ -1,0 +1,93 @@
+"""Model files of the tagger: a training checkpoint or a bundle directory in, a tagger out —
+read as data, never as code (:mod:`chaincrf.model_files`) — and the bundle written.
+
+A bundle is ``weights.pt`` (the state dict), ``config.json`` (format and hyper-parameters) and
+``vocab.json`` (the vocabularies); ``chaincrf-export`` writes one from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from chaincrf.tagger.module import SequenceTagger
+
+__all__ = ["load", "save"]
+
+
+def load(
+    cls: type[SequenceTagger],
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    allow_targets: Sequence[str] = (),
+) -> SequenceTagger:
+    """Rebuild a trained tagger (model, labels, vocabularies) from a model file, as data.
+
+    The file is read without unpickling objects, and every ``_target_`` in its
+    hyper-parameters must name one of chaincrf's own classes or a ``torch.optim``
+    optimiser/scheduler (:mod:`chaincrf.spec`); anything else is refused before it is
+    imported.
+
+    Args:
+        cls: the tagger class to build (``SequenceTagger`` or a subclass).
+        path: a ``.ckpt`` written during training (e.g. ``<run>/checkpoints/best.ckpt``), or
+            a bundle directory written by :func:`save` / ``chaincrf-export``.
+        map_location: where to put the weights.
+        allow_targets: dotted names of further classes to trust, e.g. your own encoder
+            (``["mypkg.MyEncoder"]``). Only for files you trust: these are imported and
+            called with arguments taken from the file.
+
+    Returns:
+        The tagger in eval mode.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist (or a bundle lacks a file).
+        chaincrf.model_files.ModelFileError: (a ``ValueError``) naming the file, for a file
+            that is unreadable, holds pickled objects, names an untrusted ``_target_`` or
+            does not fit the model it describes.
+    """
+    from chaincrf.model_files import ModelFileError, read_model
+
+    allowed_keys = [
+        name
+        for name in inspect.signature(cls.__init__).parameters
+        if name not in ("self", "pretrained", "vocab")
+    ]
+    stored = read_model(path, allowed_keys, map_location, allow_targets)
+    try:
+        tagger = cls(**stored.hparams, vocab=stored.vocab)
+        if stored.vocab is not None:
+            tagger.sentence_encoder  # noqa: B018 - checks the vocabularies now, not at predict
+    except (ValueError, TypeError, KeyError) as error:
+        raise ModelFileError(
+            f"{stored.source}: does not describe a valid tagger: {error}"
+        ) from None
+    try:
+        tagger.load_state_dict(stored.state_dict)
+    except RuntimeError as error:
+        raise ModelFileError(f"{stored.source}: weights do not fit the model: {error}") from None
+    tagger.to(map_location)
+    tagger.eval()
+    return tagger
+
+
+def save(tagger: SequenceTagger, directory: str | Path) -> Path:
+    """Write ``weights.pt`` (state dict), ``config.json`` (hyper-parameters) and ``vocab.json``
+    into ``directory``; :func:`load` reads them back."""
+    from chaincrf.model_files import BUNDLE_FORMAT
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(tagger.state_dict(), directory / "weights.pt")
+    config = {"format": BUNDLE_FORMAT, "hparams": dict(tagger.hparams)}
+    (directory / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    (directory / "vocab.json").write_text(
+        json.dumps(tagger.vocab, ensure_ascii=False), encoding="utf-8"
+    )
+    return directory

@@ -1,0 +1,410 @@
+"""The training system: :class:`SequenceTagger`, the ``LightningModule`` around the network.
+
+It builds the network from plain hyper-parameters (:mod:`chaincrf.tagger.hparams`), computes the
+loss, runs the metrics of each stage, configures the optimiser and scheduler and turns decoded
+ids back into labels. Prediction is :mod:`chaincrf.tagger.predictor`'s, model files are
+:mod:`chaincrf.tagger.bundle`'s; the methods here only call them.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from chaincrf.constraints import convert_tags
+from chaincrf.crf import NonFiniteInputError
+from chaincrf.model_files import CHECKPOINT_KEY
+from chaincrf.spec import build_from_spec
+from chaincrf.tagger import bundle, hparams
+from chaincrf.tagger.outputs import TaggedSentence
+from chaincrf.tagger.predictor import Predictor
+from chaincrf.training import check_loss
+
+__all__ = ["SequenceTagger"]
+
+
+class SequenceTagger(pl.LightningModule):
+    """The training system around :class:`TaggerModel`.
+
+    Span tasks (a tag scheme is given: NER, chunking) report span precision/recall/F1 computed on
+    the corpus's ORIGINAL scheme with seqeval's semantics, plus token accuracy; tag tasks (POS)
+    report token accuracy. ``val/score`` is the dev F1 for span tasks and the dev accuracy
+    otherwise: the metric checkpoints and early stopping watch.
+
+    Args:
+        labels: tag names in id order, in the training scheme (length K).
+        num_words: size of the word vocabulary.
+        num_chars: size of the character vocabulary.
+        embeddings: spec of the token embedder, ``{"_target_": ..., **kwargs}``; ``num_words``,
+            ``num_chars``, ``pretrained`` (and ``feature_sizes``) are filled in.
+        encoder: spec of the encoder; ``input_dim`` is filled in.
+        scheme: the training tag scheme (``"IOB1"``, ``"BIO"``, ``"BIOES"``), or None for tags
+            without spans (POS).
+        original_scheme: the scheme of the corpus files, used for span metrics and output;
+            defaults to ``scheme``.
+        use_crf: CRF output layer (True) or the softmax baseline (False).
+        constrain: apply the scheme's transition constraints in the CRF (training and decoding).
+        dropout: dropout on the encoder output, before the projection (the BiLSTM applies
+            none of its own there; the cnn and transformer encoders drop out inside their layers).
+        optimizer: spec of the optimiser, called with the parameters; default Adam, lr 1e-3.
+        word_lr_scale: learning-rate multiplier of the word-embedding table (its own parameter
+            group): 1.0 trains it like the rest, 0.0 keeps it fixed while every other weight
+            trains.
+        scheduler: spec of a learning-rate scheduler or None. ``ReduceLROnPlateau`` watches
+            ``monitor``.
+        scheduler_interval: ``"epoch"`` or ``"step"``.
+        monitor: the metric a plateau scheduler watches.
+        pretrained: float (num_words, word_dim) initial word vectors; not stored in the
+            hyper-parameters (the trained weights are in the state dict).
+        vocab: the vocabularies as JSON-able data (``SentenceEncoder.to_dict()``); stored in the
+            checkpoint, not in the hyper-parameters. Needed by :meth:`predict`.
+        feature_sizes: vocabulary size of each feature column the data reads beside the token
+            (``TaggingDataModule.feature_sizes``); empty for token-only models.
+
+    Raises:
+        ValueError/TypeError: for any inconsistent argument, at construction.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        num_words: int,
+        num_chars: int,
+        embeddings: Mapping[str, Any],
+        encoder: Mapping[str, Any],
+        scheme: str | None = None,
+        original_scheme: str | None = None,
+        use_crf: bool = True,
+        constrain: bool = True,
+        dropout: float = 0.0,
+        optimizer: Mapping[str, Any] | None = None,
+        word_lr_scale: float = 1.0,
+        scheduler: Mapping[str, Any] | None = None,
+        scheduler_interval: str = "epoch",
+        monitor: str = "val/score",
+        pretrained: Tensor | None = None,
+        vocab: Mapping[str, Any] | None = None,
+        feature_sizes: Sequence[int] = (),
+    ) -> None:
+        super().__init__()
+        checked = hparams.checked(
+            labels, num_words, num_chars, embeddings, encoder, scheme, original_scheme,
+            use_crf, constrain, dropout, optimizer, word_lr_scale, scheduler,
+            scheduler_interval, monitor, pretrained, feature_sizes,
+        )  # fmt: skip
+        self.save_hyperparameters(checked)
+        self.labels: list[str] = checked["labels"]
+        self.scheme = checked["scheme"]
+        self.original_scheme = checked["original_scheme"]
+        self.vocab: dict[str, Any] | None = (
+            hparams.as_plain(vocab, "vocab") if vocab is not None else None
+        )
+        self.model = hparams.build_model(checked, pretrained)
+
+        from chaincrf.metrics import SpanF1, TokenAccuracy
+
+        self.span_metrics = nn.ModuleDict()
+        self.acc_metrics = nn.ModuleDict()
+        for stage in ("val", "test"):
+            self.acc_metrics[stage] = TokenAccuracy()
+            if self.is_span_task:
+                self.span_metrics[stage] = SpanF1(
+                    self.entity_types,
+                    scheme=self.original_scheme,
+                    strict=self.original_scheme == "BIOES",
+                )
+        self.confusion: dict[str, Tensor] = {}
+        self._confusion_acc: dict[str, Tensor] = {}
+        self.results: dict[str, dict[str, float]] = {}
+        self.trained_tokens = 0  # real tokens seen by training_step in this process (throughput)
+
+    # ------------------------------------------------------------------ construction helpers
+    @property
+    def is_span_task(self) -> bool:
+        """True when the tags have a span scheme (NER, chunking), False for POS-like tags."""
+        return self.scheme is not None
+
+    @property
+    def entity_types(self) -> list[str]:
+        """Sorted span types, e.g. ``["LOC", "MISC", "ORG", "PER"]`` (empty for POS)."""
+        if not self.is_span_task:
+            return []
+        return sorted({label[2:] for label in self.labels if label != "O"})
+
+    @property
+    def original_labels(self) -> list[str]:
+        """The label set as the corpus writes it (original scheme), for tables and plots."""
+        if not self.is_span_task or self.original_scheme == self.scheme:
+            return list(self.labels)
+        labels = ["O"]
+        prefixes = {"IOB1": "IB", "BIO": "BI", "BIOES": "BIES"}[self.original_scheme]
+        labels += [f"{p}-{t}" for t in self.entity_types for p in prefixes]
+        return labels
+
+    # ------------------------------------------------------------------ label helpers
+    def ids_to_labels(self, ids: Tensor, mask: Tensor) -> list[list[str]]:
+        """Tag ids (batch, seq_len) -> lists of training-scheme labels, cut at each length."""
+        lengths = mask.sum(-1).tolist()
+        rows = ids.tolist()
+        return [[self.labels[i] for i in row[:n]] for row, n in zip(rows, lengths)]
+
+    def to_original(self, tags: list[str]) -> list[str]:
+        """One sentence's training-scheme tags in the corpus's original scheme."""
+        if not self.is_span_task or self.original_scheme == self.scheme:
+            return tags
+        return convert_tags(tags, self.scheme, self.original_scheme)
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def forward(self, batch: Mapping[str, Any]) -> Tensor:
+        """Emissions, float (batch, seq_len, num_tags)."""
+        return self.model.emissions(batch)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        mask = batch["mask"]
+        emissions = self.model.emissions(batch)
+        try:
+            loss = self.model.loss(emissions, batch["tags"], mask)
+        except NonFiniteInputError:
+            # NaN/inf scores make a non-finite loss: on_before_backward stops the run, naming
+            # the step, on every rank at once.
+            loss = emissions.sum() * float("nan")
+        tokens = int(mask.sum())
+        self.trained_tokens += tokens
+        self.log(
+            "train/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=max(tokens, 1),
+        )
+        self.log(
+            "loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=1
+        )
+        return loss
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        """Stop at the first NaN or infinite training loss, before it changes any weight."""
+        if self._trainer is not None:
+            check_loss(self._trainer, loss)
+
+    def _eval_step(self, batch: Mapping[str, Any], stage: str) -> None:
+        mask = batch["mask"]
+        gold = batch["tags"]
+        emissions = self.model.emissions(batch)
+        loss = self.model.loss(emissions, gold, mask)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=max(int(mask.sum()), 1),
+        )
+        predicted = self.model.decode(emissions, mask)  # (B, T), -1 off the mask
+        self.acc_metrics[stage].update(predicted, gold, mask)
+        K = len(self.labels)
+        flat_pred = predicted[mask]
+        flat_gold = gold[mask]
+        counts = torch.bincount(flat_gold * K + flat_pred, minlength=K * K).reshape(K, K)
+        self._confusion_acc[stage] = self._confusion_acc.get(stage, 0) + counts.cpu()
+        if self.is_span_task:
+            pred_labels = [self.to_original(t) for t in self.ids_to_labels(predicted, mask)]
+            gold_labels = [self.to_original(t) for t in self.ids_to_labels(gold, mask)]
+            self.span_metrics[stage].update(pred_labels, gold_labels)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        results: dict[str, float] = {}
+        accuracy = float(self.acc_metrics[stage].compute())
+        self.acc_metrics[stage].reset()
+        results[f"{stage}/acc"] = accuracy
+        if self.is_span_task:
+            span = self.span_metrics[stage].compute()
+            self.span_metrics[stage].reset()
+            for key, value in _flatten_span_results(span).items():
+                results[f"{stage}/{key}"] = value
+            results[f"{stage}/score"] = results[f"{stage}/f1"]
+        else:
+            results[f"{stage}/score"] = accuracy
+        # Metric states are already synced across ranks by torchmetrics: no sync_dist here.
+        self.log_dict({k: v for k, v in results.items() if k != f"{stage}/score"})
+        self.log(f"{stage}/score", results[f"{stage}/score"], prog_bar=True)
+        self.results[stage] = results
+        confusion = self._confusion_acc.pop(stage, None)
+        if confusion is not None:
+            confusion = confusion.to(self.device)
+            if self.trainer is not None and self.trainer.world_size > 1:
+                confusion = self.all_gather(confusion).sum(0)
+            self.confusion[stage] = confusion.cpu()
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(
+        self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> list[TaggedSentence]:
+        """Tag a batch: labels (original scheme), token marginals and span confidences.
+
+        Returns:
+            One :class:`TaggedSentence` per batch row; its ``index`` order is the batch's, use
+            ``batch["index"]`` to restore the corpus order.
+        """
+        return self.predictor.tag_batch(batch)
+
+    def configure_optimizers(self) -> Any:
+        scale = self.hparams.get("word_lr_scale", 1.0)
+        # the trainable word table: the per-word correction with word_adapter, else the table
+        word = getattr(self.model.embedder, "word_residual", None) or getattr(
+            self.model.embedder, "word_embedding", None
+        )
+        if scale == 1.0 or word is None:
+            optimizer = build_from_spec(self.hparams.optimizer, "optimizer", self.parameters())
+        else:
+            rest = [p for p in self.parameters() if p is not word.weight]
+            groups = [{"params": rest}, {"params": [word.weight]}]
+            optimizer = build_from_spec(self.hparams.optimizer, "optimizer", groups)
+            optimizer.param_groups[1]["lr"] *= scale  # before any scheduler reads initial_lr
+        spec = self.hparams.scheduler
+        if spec is None:
+            return optimizer
+        scheduler = build_from_spec(spec, "scheduler", optimizer)
+        config = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = self.hparams.monitor
+            config["strict"] = False  # epochs without validation (overfit, val every n) just skip
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"format": 1, "vocab": self.vocab}
+        trainer = self._trainer
+        value = trainer.callback_metrics.get(self.hparams.monitor) if trainer is not None else None
+        if value is not None:
+            # Lightning writes epoch-end checkpoints before it steps a plateau scheduler and, on
+            # resume, skips that step (it has no metric): kept here to replay it (on_train_start).
+            checkpoint[CHECKPOINT_KEY]["monitor_value"] = float(value)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored = checkpoint.get(CHECKPOINT_KEY)
+        if stored is not None and stored.get("vocab") is not None:
+            self.vocab = stored["vocab"]
+        self._resumed_monitor_value = stored.get("monitor_value") if stored else None
+
+    def on_train_start(self) -> None:
+        """On resume, step each epoch-interval plateau scheduler that missed the last epoch's
+        step, with the score it would have seen, so a resumed run equals an uninterrupted one."""
+        value = getattr(self, "_resumed_monitor_value", None)
+        self._resumed_monitor_value = None
+        if value is None:
+            return
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if (
+                config.reduce_on_plateau
+                and config.interval == "epoch"
+                and scheduler.last_epoch < self.current_epoch
+            ):
+                scheduler.step(value)
+
+    # ------------------------------------------------------------------ inference API
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        map_location: str | torch.device = "cpu",
+        allow_targets: Sequence[str] = (),
+    ) -> SequenceTagger:
+        """Rebuild a trained tagger from a checkpoint or bundle, as data
+        (:func:`chaincrf.tagger.bundle.load`: arguments, errors)."""
+        return bundle.load(cls, path, map_location, allow_targets)
+
+    def save_bundle(self, directory: str | Path) -> Path:
+        """Write the tagger as a bundle directory (:func:`chaincrf.tagger.bundle.save`)."""
+        return bundle.save(self, directory)
+
+    @functools.cached_property
+    def predictor(self) -> Predictor:
+        """The :class:`~chaincrf.tagger.predictor.Predictor` over this tagger."""
+        return Predictor(self)
+
+    def predict(
+        self,
+        sentences: Sequence[str] | Sequence[Sequence[str]] | Sequence[Any],
+        batch_size: int = 128,
+    ) -> list[TaggedSentence]:
+        """Tag sentences, results in input order (:meth:`Predictor.predict`)."""
+        return self.predictor.predict(sentences, batch_size)
+
+    def predict_iter(
+        self,
+        sentences: Iterable[str] | Iterable[Sequence[str]] | Iterable[Any],
+        batch_size: int = 128,
+        chunk_size: int = 2048,
+    ) -> Iterator[TaggedSentence]:
+        """Tag a stream lazily, in bounded memory (:meth:`Predictor.predict_iter`)."""
+        return self.predictor.predict_iter(sentences, batch_size, chunk_size)
+
+    def encode(
+        self,
+        token_lists: Sequence[Sequence[str]],
+        feature_lists: Sequence[Sequence[Sequence[str]] | None] | None = None,
+    ) -> dict[str, Any]:
+        """A batch of token lists, as in training (:meth:`Predictor.encode`)."""
+        return self.predictor.encode(token_lists, feature_lists)
+
+    @property
+    def sentence_encoder(self) -> Any:
+        """The :class:`chaincrf.data.vocab.SentenceEncoder` of the stored vocabularies."""
+        return self.predictor.sentence_encoder
+
+    @classmethod
+    def from_datamodule(
+        cls,
+        datamodule: Any,
+        embeddings: Mapping[str, Any],
+        encoder: Mapping[str, Any],
+        **kwargs: Any,
+    ) -> SequenceTagger:
+        """Build a tagger sized for a set-up :class:`chaincrf.data.TaggingDataModule`.
+
+        Labels, vocabulary sizes, schemes, pretrained vectors and the vocabularies come from the
+        data module; ``kwargs`` are the remaining :class:`SequenceTagger` arguments.
+        """
+        vocabs = datamodule.vocabs
+        return cls(
+            labels=list(datamodule.tag_names),
+            num_words=len(vocabs["words"]),
+            num_chars=len(vocabs["chars"]),
+            feature_sizes=datamodule.feature_sizes,
+            embeddings=embeddings,
+            encoder=encoder,
+            scheme=datamodule.scheme,
+            original_scheme=datamodule.original_scheme,
+            pretrained=datamodule.pretrained_vectors,
+            vocab=datamodule.encoder.to_dict(),
+            **kwargs,
+        )
+
+
+def _flatten_span_results(span: Mapping[str, Any]) -> dict[str, float]:
+    """``SpanF1.compute()`` -> flat floats: ``{"f1": .., "precision": .., "f1_PER": .., ...}``."""
+    flat: dict[str, float] = {}
+    for key, value in span.items():
+        metric, _, type_ = key.partition("/")
+        name = f"{metric}_{type_}" if type_ else metric
+        flat[name] = float(value.item()) if isinstance(value, Tensor) else float(value)
+    return flat
