@@ -1,7 +1,8 @@
 """One way to build objects from plain specifications, and the allowlist that keeps model files data.
 
 A specification is a mapping ``{"_target_": "pkg.module.Class", **kwargs}`` — the shape of a Hydra
-node, as plain data. :func:`build_from_spec` imports the target and calls it. A specification that
+node, as plain data. :func:`instantiate` builds it with Hydra's semantics (``_partial_``,
+nesting); :func:`build_from_spec` calls it as a factory with sizes only the caller knows. A specification that
 comes from a *model file* (a checkpoint's hyper-parameters, a bundle's ``config.json``, the
 ``config.yaml`` beside a checkpoint) is checked first with :func:`check_targets`: every
 ``_target_`` in it must name one of the classes this project ships configs for
@@ -20,7 +21,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["SHIPPED_TARGETS", "UntrustedTargetError", "build_from_spec", "check_targets"]
+__all__ = [
+    "SHIPPED_TARGETS",
+    "UntrustedTargetError",
+    "build_from_spec",
+    "check_targets",
+    "instantiate",
+]
 
 SPEC_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 
@@ -122,20 +129,66 @@ def _accepts(target: Callable[..., Any], name: str) -> bool:
     return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
-def build_from_spec(spec: Mapping[str, Any], what: str, *args: Any, **runtime: Any) -> Any:
-    """Build an object from a plain specification ``{"_target_": "pkg.Class", **kwargs}``.
+def instantiate(spec: Any, what: str = "spec", **kwargs: Any) -> Any:
+    """Build what a plain specification describes, with ``hydra.utils.instantiate``'s semantics
+    for what this project uses: ``_target_`` (the dotted path called), ``_partial_`` (a
+    ``functools.partial`` instead of a call), ``_args_`` (positional arguments), nesting (inner
+    ``_target_`` nodes are built first, lists and mappings recursed into). ``kwargs`` are merged
+    into the top node (as Hydra's), ``_partial_=True`` included. The one builder of the
+    project: the CLIs build their config nodes with it, the tagger its sub-modules
+    (``tests/test_spec.py`` checks it against Hydra's over every file in ``conf/``).
 
-    The target is always called: ``"_partial_": True`` on the top node only says that the config
-    leaves arguments for the caller to fill in. Nested mappings with a ``_target_`` are built
-    first (as Hydra's ``instantiate`` does); a nested node with ``"_partial_": True`` becomes a
-    ``functools.partial``. ``runtime`` keyword arguments (sizes only the data knows) are passed
-    when the target accepts them and the spec does not set them. A spec read from a model file
-    must pass :func:`check_targets` first.
+    Args:
+        spec: a mapping with ``_target_`` (or any plain data holding such mappings).
+        what: the entry's name, for error messages.
+        **kwargs: arguments for the top node's target (override the spec's).
+
+    Returns:
+        The built object (a ``functools.partial`` for a ``_partial_`` node); plain data is
+        returned with its nodes built.
+
+    Raises:
+        ValueError: if a target cannot be imported.
+    """
+    if isinstance(spec, Mapping) and "_target_" in spec:
+        node = {**spec, **kwargs}
+        target = locate(str(node["_target_"]), what)
+        args = [_instantiate_value(v, f"{what}['_args_'][{i}]") for i, v in
+                enumerate(node.get("_args_", ()))]  # fmt: skip
+        call_kwargs = {
+            key: _instantiate_value(value, f"{what}[{key!r}]")
+            for key, value in node.items()
+            if key not in SPEC_KEYS
+        }
+        if node.get("_partial_", False):
+            return functools.partial(target, *args, **call_kwargs)
+        return target(*args, **call_kwargs)
+    return _instantiate_value(spec, what)
+
+
+def _instantiate_value(value: Any, what: str) -> Any:
+    if isinstance(value, Mapping) and "_target_" in value:
+        return instantiate(value, what)
+    if isinstance(value, Mapping):
+        return {k: _instantiate_value(v, f"{what}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_instantiate_value(v, f"{what}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def build_from_spec(spec: Mapping[str, Any], what: str, *args: Any, **runtime: Any) -> Any:
+    """Build a sub-module (embeddings, encoder, optimiser, scheduler) from its specification,
+    filling in what only the caller knows: the spec is a factory (:func:`instantiate` with
+    ``_partial_=True``, whether the spec says ``_partial_: true`` as ``conf/`` does or not, as
+    older checkpoints and hand-written specs may), called with ``args`` (e.g. the parameters of
+    an optimiser) and the ``runtime`` keyword arguments (sizes only the data knows) that the
+    target accepts and the spec does not set. A spec read from a model file must pass
+    :func:`check_targets` first.
 
     Args:
         spec: the specification, e.g. ``{"_target_": "torch.optim.SGD", "lr": 0.015}``.
         what: the argument's name, used in error messages.
-        *args: positional arguments for the target (e.g. the parameters of an optimiser).
+        *args: positional arguments for the target.
         **runtime: keyword arguments filled in at run time.
 
     Returns:
@@ -150,32 +203,10 @@ def build_from_spec(spec: Mapping[str, Any], what: str, *args: Any, **runtime: A
             f"{what} must be a mapping with a '_target_' key (e.g. a Hydra node converted to a "
             f"dict); got {type(spec).__name__}: {spec!r}"
         )
-    target = locate(str(spec["_target_"]), what)
-    kwargs = {
-        key: _build_nested(value, f"{what}[{key!r}]")
-        for key, value in spec.items()
-        if key not in SPEC_KEYS
+    factory = instantiate(spec, what, _partial_=True)
+    fill = {
+        key: value
+        for key, value in runtime.items()
+        if factory.keywords.get(key) is None and _accepts(factory.func, key)
     }
-    for key, value in runtime.items():
-        if kwargs.get(key) is None and _accepts(target, key):
-            kwargs[key] = value
-    return target(*args, **kwargs)
-
-
-def _build_nested(value: Any, what: str) -> Any:
-    """Build the ``_target_`` nodes inside ``value``, recursing into lists and mappings."""
-    if isinstance(value, Mapping) and "_target_" in value:
-        if value.get("_partial_", False):
-            target = locate(str(value["_target_"]), what)
-            kwargs = {
-                k: _build_nested(v, f"{what}[{k!r}]")
-                for k, v in value.items()
-                if k not in SPEC_KEYS
-            }
-            return functools.partial(target, **kwargs)
-        return build_from_spec(value, what)
-    if isinstance(value, Mapping):
-        return {k: _build_nested(v, f"{what}[{k!r}]") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_build_nested(v, f"{what}[{i}]") for i, v in enumerate(value)]
-    return value
+    return factory(*args, **fill)

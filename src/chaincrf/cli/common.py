@@ -107,17 +107,15 @@ def run_config_for(checkpoint: str | os.PathLike[str]) -> tuple[Path, DictConfig
 
 
 def build(node: Any, what: str, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate``, but a configuration mistake surfaces as the library's own
-    error (``ValueError``, ``TypeError``, ...) with the config key added, not wrapped."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
+    """A config node built by the project's one builder (:func:`chaincrf.spec.instantiate`:
+    Hydra's semantics on the resolved, plain node); a configuration mistake surfaces as the
+    library's own error (``ValueError``, ``TypeError``, ...) with the config key added."""
+    from chaincrf.spec import instantiate
 
+    plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
     try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as error:
-        cause = error.__cause__
-        if isinstance(cause, (ValueError, TypeError, OSError, ImportError)):
-            if hasattr(cause, "add_note"):
-                cause.add_note(f"(while building the config node `{what}`)")
-            raise cause from None
+        return instantiate(plain, what, **kwargs)
+    except (ValueError, TypeError, OSError, ImportError) as error:
+        if hasattr(error, "add_note"):
+            error.add_note(f"(while building the config node `{what}`)")
         raise

@@ -1,0 +1,118 @@
+"""One builder: :func:`chaincrf.spec.instantiate` against ``hydra.utils.instantiate``, node by node,
+over every file in ``conf/`` (each option of each group composed into a full config), and
+:func:`chaincrf.spec.build_from_spec`'s factory semantics for plain specs in checkpoints."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from hydra.utils import instantiate as hydra_instantiate
+from omegaconf import OmegaConf
+
+from chaincrf.encoders.bilstm import BiLSTMEncoder
+from chaincrf.spec import build_from_spec, instantiate
+from test_cli import CONF, NER_DATA, compose_config
+
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+
+
+def _nodes(node, path="cfg"):
+    """Every ``_target_`` node of a composed config, with its dotted path."""
+    if OmegaConf.is_dict(node):
+        if "_target_" in node:
+            yield path, node
+        for key in node:
+            yield from _nodes(node[key], f"{path}.{key}")
+    elif OmegaConf.is_list(node):
+        for i, item in enumerate(node):
+            yield from _nodes(item, f"{path}[{i}]")
+
+
+def _plain(value):
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _same(ours, hydras, where):
+    """The same callable, arguments and nested structure (partials compared field by field;
+    Hydra 1.3.8 defers a partial node nested in a partial as a partial-like ``_DeferredTarget``)."""
+    if isinstance(hydras, functools.partial) or hasattr(hydras, "keywords"):
+        assert isinstance(ours, functools.partial), where
+        assert ours.func is hydras.func, where
+        assert len(ours.args) == len(hydras.args), where
+        for a, b in zip(ours.args, hydras.args):
+            _same(a, b, where)
+        assert set(ours.keywords) == set(hydras.keywords), where
+        for key in hydras.keywords:
+            _same(ours.keywords[key], hydras.keywords[key], f"{where}.{key}")
+    elif isinstance(hydras, dict) or OmegaConf.is_dict(hydras):
+        assert isinstance(ours, dict) and set(ours) == set(hydras), where
+        for key in hydras:
+            _same(ours[key], hydras[key], f"{where}.{key}")
+    elif isinstance(hydras, (list, tuple)) or OmegaConf.is_list(hydras):
+        assert isinstance(ours, list) and len(ours) == len(hydras), where
+        for i, (a, b) in enumerate(zip(ours, hydras)):
+            _same(a, b, f"{where}[{i}]")
+    else:
+        assert ours == hydras, where
+
+
+def _configs():
+    for group in GROUPS:
+        for path in sorted((CONF / group).glob("*.yaml")):
+            yield pytest.param(group, path.stem, id=f"{group}={path.stem}")
+
+
+@pytest.mark.parametrize(("group", "option"), list(_configs()))
+def test_every_config_node_builds_as_hydra_builds_it(group, option, tmp_path):
+    cfg = compose_config([*NER_DATA, f"run_dir={tmp_path}", f"{group}={option}"])
+    nodes = list(_nodes(cfg))
+    assert nodes, f"{group}={option}: no _target_ node composed"
+    for where, node in nodes:
+        # _partial_ on top of each node: nothing is constructed (a data module, a logger...),
+        # the callable and every argument (nested nodes built) are compared
+        ours = instantiate(_plain(node), where, _partial_=True)
+        theirs = hydra_instantiate(node, _partial_=True)
+        _same(ours, theirs, where)
+
+
+def test_partial_nesting_and_positional_arguments_follow_hydra():
+    spec = {
+        "_target_": "builtins.dict",
+        "inner": {"_target_": "builtins.list", "_args_": [[1, 2]]},
+        "maker": {"_target_": "builtins.sorted", "_partial_": True, "reverse": True},
+        "plain": [{"_target_": "builtins.abs", "_args_": [-3]}, {"x": 1}],
+    }
+    ours, theirs = instantiate(spec), hydra_instantiate(OmegaConf.create(spec))
+    assert ours["inner"] == [1, 2] == list(theirs["inner"])
+    assert ours["maker"]([1, 3, 2]) == [3, 2, 1] == theirs["maker"]([1, 3, 2])
+    assert ours["plain"] == [3, {"x": 1}] and _plain(theirs["plain"]) == [3, {"x": 1}]
+    assert isinstance(instantiate({**spec, "_partial_": True}), functools.partial)
+    assert instantiate(spec, inner=5)["inner"] == 5  # kwargs override the node, as Hydra's
+
+
+@pytest.mark.parametrize("partial", [True, False])
+def test_build_from_spec_treats_a_spec_as_a_factory(partial):
+    """Specs in checkpoints (with or without ``_partial_``) get the sizes only data knows."""
+    spec = {"_target_": "chaincrf.encoders.bilstm.BiLSTMEncoder", "hidden_size": 4}
+    if partial:
+        spec["_partial_"] = True
+    encoder = build_from_spec(spec, "encoder", input_dim=6, not_an_argument=1)
+    assert isinstance(encoder, BiLSTMEncoder) and encoder.input_dim == 6
+    optimizer = build_from_spec(
+        {"_target_": "torch.optim.SGD", "_partial_": partial, "lr": 0.5},
+        "optimizer",
+        [torch.nn.Parameter(torch.zeros(1))],
+    )
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["lr"] == 0.5
+    with pytest.raises(TypeError, match="'_target_' key"):
+        build_from_spec({"lr": 1}, "optimizer")
+    with pytest.raises(ValueError, match="cannot be imported"):
+        instantiate({"_target_": "chaincrf.no_such_module.Thing"}, "encoder")
