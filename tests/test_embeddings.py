@@ -9,15 +9,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from chaincrf.embeddings import (
-    CASING_CLASSES,
-    NUM_CASING,
-    UNK_ID,
-    LockedDropout,
-    TokenEmbedder,
-    casing_id,
-    casing_ids,
-)
+from chaincrf.data.casing import CASING_CLASSES, casing_id, casing_ids
+from chaincrf.embeddings import NUM_CASING, UNK_ID, LockedDropout, TokenEmbedder
 
 NUM_WORDS, NUM_CHARS = 50, 20
 CONF = Path(__file__).resolve().parents[1] / "conf" / "embeddings"

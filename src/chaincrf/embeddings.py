@@ -7,8 +7,8 @@ vector per token, the concatenation of
   fine-tuned), with optional word dropout (ids replaced by the unknown id at training time);
 - a character encoder over the token's characters: a CNN with max-pooling as in Ma & Hovy (2016),
   or a BiLSTM whose final states are concatenated as in Lample et al. (2016);
-- an optional casing feature (Reimers & Gurevych, 2017): one of :data:`CASING_CLASSES` per token,
-  computed by :func:`casing_id`, embedded;
+- an optional casing feature (Reimers & Gurevych, 2017): one of the casing classes per token
+  (:mod:`chaincrf.data.casing`, computed by the data), embedded;
 - optional feature columns of the corpus (e.g. the POS column the CoNLL-2000 shared task gives as
   input), one embedding table per column.
 
@@ -25,15 +25,12 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 __all__ = [
-    "CASING_CLASSES",
     "CHAR_ENCODERS",
     "NUM_CASING",
     "PAD_ID",
     "UNK_ID",
     "LockedDropout",
     "TokenEmbedder",
-    "casing_id",
-    "casing_ids",
 ]
 
 PAD_ID = 0
@@ -41,58 +38,12 @@ PAD_ID = 0
 UNK_ID = 1
 """Id of the unknown word in the word vocabulary (word dropout replaces ids by it)."""
 
-CASING_CLASSES: tuple[str, ...] = (
-    "<pad>",
-    "other",
-    "numeric",
-    "mainly_numeric",
-    "all_lower",
-    "all_upper",
-    "initial_upper",
-    "contains_digit",
-)
-"""Casing classes of a token; a token's casing id is its index here (0 is padding)."""
-
-NUM_CASING = len(CASING_CLASSES)
-"""Number of casing ids, padding included: the ``num_casing`` that enables the casing feature."""
+NUM_CASING = 8
+"""Number of casing ids, padding included (``len(chaincrf.data.casing.CASING_CLASSES)``, which
+the data computes): the ``num_casing`` that enables the casing feature."""
 
 CHAR_ENCODERS: tuple[str, ...] = ("cnn", "lstm", "none")
 """Accepted values of ``TokenEmbedder(char_encoder=...)``."""
-
-_CASING_INDEX = {name: i for i, name in enumerate(CASING_CLASSES)}
-
-
-def casing_id(token: str) -> int:
-    """Return the casing class id (an index into :data:`CASING_CLASSES`, never 0) of a token.
-
-    The classes, checked in this order as in Reimers & Gurevych (2017): ``numeric`` (all
-    digits), ``mainly_numeric`` (more than half digits), ``all_lower`` (``str.islower``, so
-    ``"b2b"`` too), ``all_upper``, ``initial_upper`` (first character upper case),
-    ``contains_digit``, else ``other`` (also for the empty string).
-    """
-    if not token:
-        return _CASING_INDEX["other"]
-    digits = sum(ch.isdigit() for ch in token)
-    if token.isdigit():
-        name = "numeric"
-    elif digits / len(token) > 0.5:
-        name = "mainly_numeric"
-    elif token.islower():
-        name = "all_lower"
-    elif token.isupper():
-        name = "all_upper"
-    elif token[0].isupper():
-        name = "initial_upper"
-    elif digits > 0:
-        name = "contains_digit"
-    else:
-        name = "other"
-    return _CASING_INDEX[name]
-
-
-def casing_ids(tokens: list[str]) -> list[int]:
-    """Return :func:`casing_id` of each token of a sentence."""
-    return [casing_id(token) for token in tokens]
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -226,7 +177,7 @@ class TokenEmbedder(nn.Module):
         char_hidden: number of CNN filters, or LSTM units per direction; ``None``: 30 for
             ``cnn``, 25 for ``lstm``.
         char_kernel_size: width of the character CNN's filters (odd).
-        num_casing: size of the casing vocabulary (:data:`NUM_CASING` for :func:`casing_id`'s
+        num_casing: size of the casing vocabulary (:data:`NUM_CASING` for the data's
             classes); 0 disables the casing feature.
         casing_dim: size of the casing embeddings.
         feature_sizes: vocabulary size (padding and unknown included) of each extra feature

@@ -16,10 +16,8 @@ from typing import Any
 import torch
 
 from chaincrf import constraints
-from chaincrf.embeddings import (
-    CASING_CLASSES,
-)  # casing ids are defined once, beside their embedding
-from chaincrf.embeddings import casing_id as casing_class
+from chaincrf.data.casing import CASING_CLASSES
+from chaincrf.data.casing import casing_id as casing_class
 
 __all__ = [
     "CASING_CLASSES",
