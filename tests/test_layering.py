@@ -38,4 +38,4 @@ def test_the_tagger_imports_no_cli_module():
 
 
 def test_the_casing_feature_size_is_the_datas():
-    assert NUM_CASING == len(CASING_CLASSES)
+    assert len(CASING_CLASSES) == NUM_CASING
