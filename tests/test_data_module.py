@@ -230,6 +230,30 @@ def test_save_vocabs_and_rebuild_for_prediction(tmp_path):
     assert "tags" in test_batch
 
 
+@pytest.mark.parametrize("given", ["object", "file"])
+def test_vocabularies_given_as_an_object_or_a_file(given, tmp_path):
+    dm = ner(digits_to_zero=True)
+    dm.setup()
+    vocabularies = (
+        {"sentence_encoder": SentenceEncoder.from_dict(dm.encoder.to_dict())}
+        if given == "object"
+        else {"encoder_path": str(dm.save_vocabs(tmp_path))}
+    )
+    other = TaggingDataModule(
+        root=str(FIXTURES), test="ner_iob1_dev.txt", label_column=3, **vocabularies
+    )
+    other.setup("test")
+    assert other.encoder.to_dict() == dm.encoder.to_dict() and other.tag_names == dm.tag_names
+    tokens = [["Peter", "visited", "Paris", "in", "1997"]]
+    assert torch.equal(
+        next(iter(dm.loader_for(tokens)))["words"], next(iter(other.loader_for(tokens)))["words"]
+    )
+    with pytest.raises(ValueError, match="encoder_path and sentence_encoder are exclusive"):
+        TaggingDataModule(
+            test="x", encoder_path="e.json", sentence_encoder=dm.encoder, label_column=3
+        )
+
+
 def test_evaluating_a_dev_fraction_split_with_saved_vocabs(tmp_path):
     dm = ner(dev=None, dev_fraction=0.5)
     dm.setup("fit")

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -81,14 +79,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     tagger = SequenceTagger.load(ckpt, allow_targets=_allow_targets(cfg))
     data_cfg = data_config_for(cfg)
     overrides = to_plain(cfg.get("data_overrides")) or {}
-    with tempfile.TemporaryDirectory() as tmp:
-        # The checkpoint's vocabularies, not ones rebuilt from the data: ids map as in training.
-        encoder_path = Path(tmp) / "encoder.json"
-        encoder_path.write_text(json.dumps(tagger.vocab, ensure_ascii=False), encoding="utf-8")
-        datamodule = build(
-            OmegaConf.merge(data_cfg, overrides), "data", encoder_path=str(encoder_path)
-        )
-        datamodule.setup(stage)
+    # The checkpoint's vocabularies, not ones rebuilt from the data: ids map as in training.
+    node = OmegaConf.merge(data_cfg, overrides)
+    datamodule = build(node, "data", sentence_encoder=tagger.sentence_encoder)
+    datamodule.setup(stage)
     trainer = pl.Trainer(
         accelerator=cfg.get("accelerator", "cpu"),
         devices=1,

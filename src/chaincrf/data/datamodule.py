@@ -82,6 +82,9 @@ class TaggingDataModule(pl.LightningDataModule):
         cache_dir: download cache (default ``$CHAINCRF_CACHE`` or ``~/.cache/chaincrf``).
         encoder_path: a JSON file written by :meth:`save_vocabs`; when given, the vocabularies
             are loaded from it instead of being built (prediction, evaluation).
+        sentence_encoder: the vocabularies as an object (a
+            :class:`~chaincrf.data.vocab.SentenceEncoder`, e.g. a trained tagger's), used
+            instead of building them; exclusive with ``encoder_path``.
         num_workers: DataLoader worker processes.
         feature_columns: columns read as extra input features beside the token (integers for
             ``columns``, e.g. ``[1]`` for the POS column of CoNLL-2000; CoNLL-U names or indices
@@ -124,6 +127,7 @@ class TaggingDataModule(pl.LightningDataModule):
         download: str | None = None,
         cache_dir: str | None = None,
         encoder_path: str | None = None,
+        sentence_encoder: SentenceEncoder | None = None,
         num_workers: int = 0,
         feature_columns: Sequence[int | str] | None = None,
     ) -> None:
@@ -163,8 +167,13 @@ class TaggingDataModule(pl.LightningDataModule):
             raise ValueError(f"min_freq must be >= 1; got {min_freq}")
         if download is not None and download not in _DOWNLOADS:
             raise ValueError(f"download must be one of {_DOWNLOADS} or None; got {download!r}")
-        if train is None and encoder_path is None:
-            raise ValueError("train must be set (to build the vocabularies) unless encoder_path is")
+        if encoder_path is not None and sentence_encoder is not None:
+            raise ValueError("encoder_path and sentence_encoder are exclusive; pass one")
+        if train is None and encoder_path is None and sentence_encoder is None:
+            raise ValueError(
+                "train must be set (to build the vocabularies) unless encoder_path or "
+                "sentence_encoder is"
+            )
         self.root = root
         self.paths = {"train": train, "dev": dev, "test": test, "predict": predict}
         self.format = format
@@ -189,6 +198,7 @@ class TaggingDataModule(pl.LightningDataModule):
         self.download = download
         self.cache_dir = cache_dir
         self.encoder_path = encoder_path
+        self.given_encoder = sentence_encoder
         self.num_workers = num_workers
         self.feature_columns = feature_columns
 
@@ -245,7 +255,8 @@ class TaggingDataModule(pl.LightningDataModule):
         """
         if self.encoder is not None:
             return
-        needs_train = self.encoder_path is None or stage == "fit" or self.dev_fraction is not None
+        given = self.encoder_path is not None or self.given_encoder is not None
+        needs_train = not given or stage == "fit" or self.dev_fraction is not None
         if self.paths["train"] is not None and needs_train:
             train_file = self._read_split("train")
             train, dev = train_file, None
@@ -257,7 +268,9 @@ class TaggingDataModule(pl.LightningDataModule):
         for split in ("dev", "test"):
             if self.paths[split] is not None and split not in self.sentences:
                 self.sentences[split] = self._read_split(split)
-        if self.encoder_path is not None:
+        if self.given_encoder is not None:
+            self._use_encoder(self.given_encoder)
+        elif self.encoder_path is not None:
             self._use_encoder(SentenceEncoder.load(self.encoder_path))
         else:
             self.encoder = self._build_encoder(self.sentences["train"], train_file)
