@@ -116,3 +116,21 @@ def test_build_from_spec_treats_a_spec_as_a_factory(partial):
         build_from_spec({"lr": 1}, "optimizer")
     with pytest.raises(ValueError, match="cannot be imported"):
         instantiate({"_target_": "chaincrf.no_such_module.Thing"}, "encoder")
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_the_plateau_scheduler_follows_monitor_mode(mode, tmp_path):
+    cfg = compose_config(
+        [*NER_DATA, f"run_dir={tmp_path}", "scheduler=plateau", f"monitor_mode={mode}"]
+    )
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_from_spec(_plain(cfg.scheduler), "scheduler", optimizer)
+    assert scheduler.mode == mode
+
+
+def test_the_default_callbacks_extend_the_minimal_ones(tmp_path):
+    minimal = compose_config([*NER_DATA, f"run_dir={tmp_path}", "callbacks=minimal"]).callbacks
+    default = compose_config([*NER_DATA, f"run_dir={tmp_path}", "callbacks=default"]).callbacks
+    assert set(minimal) < set(default)
+    for name in minimal:
+        assert default[name] == minimal[name]

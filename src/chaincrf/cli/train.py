@@ -47,19 +47,15 @@ def build_datamodule(data_cfg: DictConfig) -> Any:
 
 def build_tagger(cfg: DictConfig, datamodule: Any) -> SequenceTagger:
     """The tagger of a training config, sized from a set-up data module."""
-    model_cfg = cfg.model
+    # the model group's keys (conf/model/) are SequenceTagger's arguments: one source of defaults
     return SequenceTagger.from_datamodule(
         datamodule,
         embeddings=to_plain(cfg.embeddings),
         encoder=to_plain(cfg.encoder),
-        use_crf=bool(model_cfg.get("use_crf", True)),
-        constrain=bool(model_cfg.get("constrain", True)),
-        dropout=float(model_cfg.get("dropout", 0.5)),
         optimizer=to_plain(cfg.optimizer),
-        word_lr_scale=float(model_cfg.get("word_lr_scale", 1.0)),
         scheduler=to_plain(cfg.get("scheduler")),
-        scheduler_interval=str(model_cfg.get("scheduler_interval", "epoch")),
-        monitor=str(cfg.get("monitor", "val/score")),
+        monitor=str(cfg.monitor),
+        **to_plain(cfg.model),
     )
 
 
