@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from seqeval.metrics.sequence_labeling import get_entities
 
 from chaincrf.constraints import (
+    TagScheme,
     allowed_transitions,
     convert_tags,
     detect_scheme,
@@ -217,3 +218,30 @@ def test_convert_rejects_labels_of_another_scheme():
 )
 def test_detect_scheme(sequences, expected):
     assert detect_scheme(sequences) == expected
+
+
+def test_tag_scheme_is_the_one_object_for_a_tag_set():
+    labels = ["O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "I-LOC", "E-LOC", "S-LOC"]
+    tags = TagScheme(labels, "BIOES", "BILOU")  # aliases normalised; BILOU reads as BIOES
+    assert tags.scheme == tags.original == "BIOES" and tags.is_span_task
+    assert tags.entity_types == ["LOC", "PER"] and tags.original_labels == labels
+    iob1 = TagScheme(labels, "bioes", "iob1")
+    assert iob1.original_labels == ["O", "I-LOC", "B-LOC", "I-PER", "B-PER"]
+    ids = torch.tensor([[1, 3, 0, 4], [8, 0, 0, 0]])
+    mask = torch.tensor([[True, True, True, True], [True, False, False, False]])
+    assert iob1.decode_batch(ids, mask) == [["B-PER", "E-PER", "O", "S-PER"], ["S-LOC"]]
+    assert iob1.decode_batch(ids, mask, original=True) == [
+        ["I-PER", "I-PER", "O", "I-PER"],
+        ["I-LOC"],
+    ]
+    assert iob1.to_training(["I-PER", "I-PER", "O", "I-PER"]) == ["B-PER", "E-PER", "O", "S-PER"]
+    assert iob1.spans(["B-PER", "E-PER", "O", "S-PER"]) == [("PER", 0, 2), ("PER", 3, 4)]
+    start, end, trans = iob1.allowed_transitions()
+    assert not start[2] and not end[1] and trans[1, 2] and not trans[1, 6]
+    pos = TagScheme(["NOUN", "VERB"])
+    assert not pos.is_span_task and pos.allowed_transitions() is None and pos.spans(["NOUN"]) == []
+    assert pos.decode([1, 0], original=True) == ["VERB", "NOUN"] and pos.entity_types == []
+    with pytest.raises(ValueError, match="needs a training scheme"):
+        TagScheme(["O"], None, "BIO")
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        TagScheme(["O"], "BIOX")

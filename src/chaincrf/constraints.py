@@ -1,4 +1,6 @@
-"""Tag schemes (IOB1, BIO, BIOES) as plain data: allowed transitions, spans and conversion.
+"""Tag schemes (IOB1, BIO, BIOES) as plain data: allowed transitions, spans and conversion, and
+:class:`TagScheme`, the one object the data, the tagger, the metrics and the report use for a
+tag set (its training and original schemes, ids to labels, conversion, spans, constraints).
 
 A span label is ``"O"`` or ``"<prefix>-<type>"`` such as ``"B-PER"``; the type may itself contain
 ``-`` (``"I-ARG-1"`` has type ``"ARG-1"``). The schemes:
@@ -19,19 +21,22 @@ Transition matrices are indexed ``[from, to]``: ``transitions_allowed[i, j]`` sa
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
 import torch
 
 __all__ = [
     "SCHEMES",
     "Span",
+    "TagScheme",
     "allowed_transitions",
     "convert_tags",
     "detect_scheme",
     "get_spans",
     "normalize_scheme",
     "split_label",
+    "tag_inventory",
     "validate_labels",
 ]
 
@@ -322,3 +327,98 @@ def detect_scheme(sequences: Iterable[Sequence[str]]) -> str | None:
     if has_bioes:
         return "BIOES"
     return "IOB1" if has_iob1_start else "BIO"
+
+
+def tag_inventory(types: Iterable[str], scheme: str) -> list[str]:
+    """All tags of ``scheme`` for the given span types: ``"O"`` first, then per sorted type
+    (``B-``, ``I-``, and ``E-``, ``S-`` for BIOES): a tag vocabulary that never misses a tag
+    a conversion can produce."""
+    prefixes = "BIES" if normalize_scheme(scheme) == "BIOES" else "BI"
+    return ["O", *(f"{p}-{t}" for t in sorted(set(types)) for p in prefixes)]
+
+
+@dataclass(frozen=True, eq=False)
+class TagScheme:
+    """A tag set and its schemes.
+
+    Args:
+        labels: the tags in id order, in the training scheme.
+        scheme: the training scheme (any alias), or None for tags without spans (POS).
+        original: the scheme of the corpus files, in which spans are scored and output is
+            written (any alias); defaults to ``scheme``.
+
+    Raises:
+        ValueError: for an unknown scheme, an original scheme without a training one, or a
+            label that does not fit the training scheme.
+    """
+
+    labels: tuple[str, ...]
+    scheme: str | None = None
+    original: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", tuple(self.labels))
+        if self.scheme is not None:
+            object.__setattr__(self, "scheme", normalize_scheme(self.scheme))
+        if self.original is not None:
+            if self.scheme is None:
+                raise ValueError(
+                    f"original_scheme={self.original!r} needs a training scheme; got scheme=None"
+                )
+            object.__setattr__(self, "original", normalize_scheme(self.original))
+        elif self.scheme is not None:
+            object.__setattr__(self, "original", self.scheme)
+
+    @property
+    def is_span_task(self) -> bool:
+        """True when the tags have a span scheme (NER, chunking), False for POS-like tags."""
+        return self.scheme is not None
+
+    @cached_property
+    def entity_types(self) -> list[str]:
+        """Sorted span types, e.g. ``["LOC", "MISC", "ORG", "PER"]`` (empty for POS)."""
+        if self.scheme is None:
+            return []
+        return sorted({label[2:] for label in self.labels if label != "O"})
+
+    @cached_property
+    def original_labels(self) -> list[str]:
+        """The label set as the corpus writes it (original scheme), for tables and plots."""
+        if self.scheme is None or self.original == self.scheme:
+            return list(self.labels)
+        prefixes = {"IOB1": "IB", "BIO": "BI", "BIOES": "BIES"}[self.original]
+        return ["O", *(f"{p}-{t}" for t in self.entity_types for p in prefixes)]
+
+    def to_original(self, tags: Sequence[str]) -> list[str]:
+        """One sentence's training-scheme tags in the original scheme."""
+        if self.scheme is None or self.original == self.scheme:
+            return list(tags)
+        return convert_tags(tags, self.scheme, self.original)
+
+    def to_training(self, tags: Sequence[str]) -> list[str]:
+        """One sentence's original-scheme tags in the training scheme."""
+        if self.scheme is None or self.original == self.scheme:
+            return list(tags)
+        return convert_tags(tags, self.original, self.scheme)
+
+    def decode(self, ids: Iterable[int] | torch.Tensor, original: bool = False) -> list[str]:
+        """One sentence's tag ids (unpadded) as labels (training scheme, or the original)."""
+        values = ids.tolist() if isinstance(ids, torch.Tensor) else ids
+        tags = [self.labels[i] for i in values]
+        return self.to_original(tags) if original else tags
+
+    def decode_batch(
+        self, ids: torch.Tensor, mask: torch.Tensor, original: bool = False
+    ) -> list[list[str]]:
+        """Tag ids (batch, seq_len) as label lists, each cut at its row's length (a
+        left-aligned bool ``mask``)."""
+        lengths = mask.long().sum(-1).tolist()
+        return [self.decode(row[:n], original) for row, n in zip(ids.tolist(), lengths)]
+
+    def spans(self, tags: Sequence[str]) -> list[Span]:
+        """The spans of one sentence's training-scheme tags (none without a scheme)."""
+        return get_spans(tags, self.scheme) if self.scheme is not None else []
+
+    def allowed_transitions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The CRF constraints of the training scheme (None without a scheme)."""
+        return allowed_transitions(self.scheme, self.labels) if self.scheme else None

@@ -541,9 +541,7 @@ class TaggingDataModule(pl.LightningDataModule):
             mask: bool tensor (batch, seq_len), left-aligned.
             original: convert to the files' scheme (else keep the training scheme).
         """
-        lengths = mask.long().sum(-1).tolist()
-        rows = paths.tolist()
-        return [self.decode_tags(row[:n], original) for row, n in zip(rows, lengths)]
+        return self._require_setup().tag_scheme.decode_batch(paths, mask, original)
 
     def save_vocabs(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``encoder.json`` (vocabularies and word options) into ``directory``.

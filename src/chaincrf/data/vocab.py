@@ -166,16 +166,8 @@ class Vocabulary:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-def span_tag_inventory(types: Iterable[str], scheme: str) -> list[str]:
-    """All tags of ``scheme`` for the given span types: ``"O"`` first, then per sorted type.
-
-    Args:
-        types: span types such as ``"PER"``.
-        scheme: the scheme (``"IOB1"``, ``"BIO"``, ``"BIOES"`` or an alias).
-    """
-    canonical = constraints.normalize_scheme(scheme)
-    prefixes = "BIES" if canonical == "BIOES" else "BI"
-    return ["O", *(f"{p}-{t}" for t in sorted(set(types)) for p in prefixes)]
+span_tag_inventory = constraints.tag_inventory
+"""All tags of a scheme for some span types (:func:`chaincrf.constraints.tag_inventory`)."""
 
 
 class SentenceEncoder:
@@ -255,22 +247,28 @@ class SentenceEncoder:
     def normalize(self, token: str) -> str:
         return normalize_word(token, self.lowercase, self.digits_to_zero)
 
+    @property
+    def tag_scheme(self) -> constraints.TagScheme:
+        """The tag set and its schemes (:class:`chaincrf.constraints.TagScheme`): ids to
+        labels, conversion between the training and the original scheme, spans."""
+        key = (tuple(self.tags.itos), self.scheme, self.original_scheme)
+        cached = getattr(self, "_tag_scheme", None)
+        if cached is None or cached[0] != key:
+            cached = (key, constraints.TagScheme(*key))
+            self._tag_scheme = cached
+        return cached[1]
+
     def to_training_scheme(self, labels: Sequence[str]) -> list[str]:
         """Convert one sentence's labels from the original to the training scheme."""
-        if self.scheme is None:
-            return list(labels)
-        return constraints.convert_tags(labels, self.original_scheme, self.scheme)
+        return self.tag_scheme.to_training(labels)
 
     def to_original_scheme(self, labels: Sequence[str]) -> list[str]:
         """Convert one sentence's labels from the training scheme back to the original one."""
-        if self.scheme is None:
-            return list(labels)
-        return constraints.convert_tags(labels, self.scheme, self.original_scheme)
+        return self.tag_scheme.to_original(labels)
 
     def decode_tags(self, ids: Iterable[int] | torch.Tensor, original: bool = True) -> list[str]:
         """Tag ids of one sentence (no padding) to labels, in the original scheme by default."""
-        labels = self.tags.decode(ids)
-        return self.to_original_scheme(labels) if original else labels
+        return self.tag_scheme.decode(ids, original)
 
     def encode_labels(self, labels: Sequence[str]) -> list[int]:
         """Original-scheme labels to training-scheme tag ids (``ValueError`` for unknown ones)."""

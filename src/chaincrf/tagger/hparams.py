@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import Tensor
 
-from chaincrf.constraints import allowed_transitions, normalize_scheme
+from chaincrf.constraints import TagScheme
 from chaincrf.spec import build_from_spec, locate
 from chaincrf.tagger.network import TaggerModel
 
@@ -75,16 +75,8 @@ def checked(
             f"feature_sizes must be a list of positive ints (one per feature column); "
             f"got {feature_sizes!r}"
         )
-    if scheme is not None:
-        scheme = normalize_scheme(scheme)
-    if original_scheme is not None:
-        if scheme is None:
-            raise ValueError(
-                f"original_scheme={original_scheme!r} needs a training scheme; got scheme=None"
-            )
-        original_scheme = normalize_scheme(original_scheme)
-    elif scheme is not None:
-        original_scheme = scheme
+    tags = TagScheme(labels, scheme, original_scheme)  # checks and normalises the schemes
+    scheme, original_scheme = tags.scheme, tags.original
     if scheduler_interval not in ("epoch", "step"):
         raise ValueError(
             f"scheduler_interval must be 'epoch' or 'step'; got {scheduler_interval!r}"
@@ -160,8 +152,8 @@ def build_model(hparams: Mapping[str, Any], pretrained: Tensor | None) -> Tagger
         )
     encoder = build_from_spec(hparams["encoder"], "encoder", input_dim=embed_dim)
     constraints = None
-    if hparams["use_crf"] and hparams["constrain"] and hparams["scheme"] is not None:
-        constraints = allowed_transitions(hparams["scheme"], hparams["labels"])
+    if hparams["use_crf"] and hparams["constrain"]:
+        constraints = TagScheme(hparams["labels"], hparams["scheme"]).allowed_transitions()
     return TaggerModel(
         embedder,
         encoder,

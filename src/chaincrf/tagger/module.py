@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from chaincrf.constraints import convert_tags
+from chaincrf.constraints import TagScheme
 from chaincrf.crf import NonFiniteInputError
 from chaincrf.model_files import CHECKPOINT_KEY
 from chaincrf.spec import build_from_spec
@@ -102,6 +102,7 @@ class SequenceTagger(pl.LightningModule):
         self.labels: list[str] = checked["labels"]
         self.scheme = checked["scheme"]
         self.original_scheme = checked["original_scheme"]
+        self.tags = TagScheme(self.labels, self.scheme, self.original_scheme)
         self.vocab: dict[str, Any] | None = (
             hparams.as_plain(vocab, "vocab") if vocab is not None else None
         )
@@ -128,37 +129,25 @@ class SequenceTagger(pl.LightningModule):
     @property
     def is_span_task(self) -> bool:
         """True when the tags have a span scheme (NER, chunking), False for POS-like tags."""
-        return self.scheme is not None
+        return self.tags.is_span_task
 
     @property
     def entity_types(self) -> list[str]:
         """Sorted span types, e.g. ``["LOC", "MISC", "ORG", "PER"]`` (empty for POS)."""
-        if not self.is_span_task:
-            return []
-        return sorted({label[2:] for label in self.labels if label != "O"})
+        return self.tags.entity_types
 
     @property
     def original_labels(self) -> list[str]:
         """The label set as the corpus writes it (original scheme), for tables and plots."""
-        if not self.is_span_task or self.original_scheme == self.scheme:
-            return list(self.labels)
-        labels = ["O"]
-        prefixes = {"IOB1": "IB", "BIO": "BI", "BIOES": "BIES"}[self.original_scheme]
-        labels += [f"{p}-{t}" for t in self.entity_types for p in prefixes]
-        return labels
+        return self.tags.original_labels
 
-    # ------------------------------------------------------------------ label helpers
     def ids_to_labels(self, ids: Tensor, mask: Tensor) -> list[list[str]]:
         """Tag ids (batch, seq_len) -> lists of training-scheme labels, cut at each length."""
-        lengths = mask.sum(-1).tolist()
-        rows = ids.tolist()
-        return [[self.labels[i] for i in row[:n]] for row, n in zip(rows, lengths)]
+        return self.tags.decode_batch(ids, mask)
 
     def to_original(self, tags: list[str]) -> list[str]:
         """One sentence's training-scheme tags in the corpus's original scheme."""
-        if not self.is_span_task or self.original_scheme == self.scheme:
-            return tags
-        return convert_tags(tags, self.scheme, self.original_scheme)
+        return self.tags.to_original(tags)
 
     # ------------------------------------------------------------------ Lightning hooks
     def forward(self, batch: Mapping[str, Any]) -> Tensor:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from chaincrf.constraints import get_spans
 from chaincrf.tagger.outputs import TaggedSentence, TaggedSpan, tokenize
 
 if TYPE_CHECKING:
@@ -210,10 +209,7 @@ class Predictor:
         tokens = batch.get("tokens")
         if tokens is None:
             tokens = [[""] * n for n in lengths]
-        spans_per_row = [
-            get_spans(tags, self.tagger.scheme) if self.tagger.is_span_task else []
-            for tags in train_tags
-        ]
+        spans_per_row = [self.tagger.tags.spans(tags) for tags in train_tags]
         confidences = self.span_confidences(emissions, mask, paths, chosen, spans_per_row)
         out = []
         for row, tags in enumerate(train_tags):
