@@ -241,7 +241,8 @@ class TaggingDataModule(pl.LightningDataModule):
         if missing:
             ensure(self.download, self._cache_root())
 
-    def _read_split(self, split: str) -> list[Sentence]:
+    def read_split(self, split: str) -> list[Sentence]:
+        """The sentences of one split's file, as configured (downloaded first if needed)."""
         path = self.resolve(split)
         if self.download is not None and not path.exists():
             self.prepare_data()
@@ -259,7 +260,7 @@ class TaggingDataModule(pl.LightningDataModule):
         given = self.encoder_path is not None or self.given_encoder is not None
         needs_train = not given or stage == "fit" or self.dev_fraction is not None
         if self.paths["train"] is not None and needs_train:
-            train_file = self._read_split("train")
+            train_file = self.read_split("train")
             train, dev = train_file, None
             if self.dev_fraction is not None:
                 train, dev = self._split_dev(train_file)
@@ -268,7 +269,7 @@ class TaggingDataModule(pl.LightningDataModule):
                 self.sentences["dev"] = dev
         for split in ("dev", "test"):
             if self.paths[split] is not None and split not in self.sentences:
-                self.sentences[split] = self._read_split(split)
+                self.sentences[split] = self.read_split(split)
         if self.given_encoder is not None:
             self._use_encoder(self.given_encoder)
         elif self.encoder_path is not None:
@@ -614,7 +615,7 @@ class TaggingDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Batches of the ``predict`` file (or of the test split when none is set)."""
         if "predict" not in self.datasets and self.paths["predict"] is not None:
-            sentences = self._read_split("predict")
+            sentences = self.read_split("predict")
             kept, self.datasets["predict"] = self._encode_split("predict", sentences)
             self.sentences["predict"] = kept
         if "predict" in self.datasets:
