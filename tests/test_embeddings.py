@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from chaincrf.data.casing import CASING_CLASSES, casing_id, casing_ids
 from chaincrf.embeddings import NUM_CASING, UNK_ID, LockedDropout, TokenEmbedder
@@ -313,8 +312,11 @@ def test_empty_batch_of_tokens():
 
 @pytest.mark.parametrize("name", sorted(path.stem for path in CONF.glob("*.yaml")))
 def test_every_embeddings_config_instantiates(name):
-    """Each conf/embeddings/*.yaml is a Hydra partial completed with the vocabulary sizes."""
-    config = OmegaConf.load(CONF / f"{name}.yaml")
+    """Each conf/embeddings/*.yaml (composed, as the CLIs do) is a Hydra partial completed with
+    the vocabulary sizes."""
+    from test_cli import NER_DATA, compose_config
+
+    config = compose_config([*NER_DATA, "run_dir=.", f"embeddings={name}"]).embeddings
     assert config._partial_ is True
     pretrained = torch.randn(NUM_WORDS, config.word_dim)
     embedder = instantiate(config)(num_words=NUM_WORDS, num_chars=NUM_CHARS, pretrained=pretrained)

@@ -134,3 +134,37 @@ def test_the_default_callbacks_extend_the_minimal_ones(tmp_path):
     assert set(minimal) < set(default)
     for name in minimal:
         assert default[name] == minimal[name]
+
+
+def _parameters(target) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(target).parameters) - {"self", "kwargs", "args"}
+
+
+def _keys(group: str, option: str) -> set[str]:
+    node = OmegaConf.load(CONF / group / f"{option}.yaml")
+    return {key for key in node if key not in ("defaults", "_target_", "_partial_")}
+
+
+def test_config_keys_and_the_code_agree_both_ways():
+    """Each key in conf/ is an argument the code reads, and each argument the code reads from
+    configuration has its key (and default) in conf/: one source of each default."""
+    from chaincrf.data import TaggingDataModule
+    from chaincrf.embeddings import TokenEmbedder
+    from chaincrf.tagger import SequenceTagger
+
+    passed_by_code = {"sentence_encoder"}  # an object: chaincrf-eval passes the checkpoint's
+    assert _keys("data", "base") == _parameters(TaggingDataModule.__init__) - passed_by_code
+    filled_by_tagger = {"num_words", "num_chars", "pretrained", "feature_sizes"}
+    assert _keys("embeddings", "default") == _parameters(TokenEmbedder.__init__) - filled_by_tagger
+    from_other_groups = {"labels", "num_words", "num_chars", "embeddings", "encoder", "optimizer",
+                         "scheduler", "monitor", "pretrained", "vocab", "feature_sizes", "scheme",
+                         "original_scheme"}  # fmt: skip
+    assert _keys("model", "crf") == _parameters(SequenceTagger.__init__) - from_other_groups
+    for group in ("data", "embeddings", "encoder", "optimizer", "scheduler"):
+        for path in sorted((CONF / group).glob("*.yaml")):
+            node = compose_config([*NER_DATA, "run_dir=.", f"{group}={path.stem}"])[group]
+            target = instantiate(_plain(node), group, _partial_=True).func
+            unknown = set(node) - {"_target_", "_partial_"} - _parameters(target)
+            assert not unknown, f"{group}={path.stem}: keys {unknown} are no argument of {target}"
