@@ -5,6 +5,7 @@ over every file in ``conf/`` (each option of each group composed into a full con
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,3 +169,37 @@ def test_config_keys_and_the_code_agree_both_ways():
             target = instantiate(_plain(node), group, _partial_=True).func
             unknown = set(node) - {"_target_", "_partial_"} - _parameters(target)
             assert not unknown, f"{group}={path.stem}: keys {unknown} are no argument of {target}"
+
+
+CLI_CONFIGS = {
+    "train": "config",
+    "evaluate": "eval",
+    "predict": "predict",
+    "data_stats": "data_stats",
+}
+
+
+@pytest.mark.parametrize(("module", "config"), CLI_CONFIGS.items())
+def test_each_cli_reads_its_config_keys_and_no_other(module, config):
+    """The top-level keys a command reads (``cfg.<key>``, ``cfg.get("<key>")``) are in its
+    primary config (or are config groups), and each key there is read by the command or used
+    by an interpolation: no dead option, no option only the code knows."""
+    import re
+
+    import chaincrf.cli
+
+    source = (Path(chaincrf.cli.__file__).parent / f"{module}.py").read_text()
+    if module in ("train", "evaluate"):  # both build the data node via cli/common.py
+        source += (Path(chaincrf.cli.__file__).parent / "common.py").read_text()
+    read = set(re.findall(r"\bcfg\.get\(\"(\w+)\"", source))
+    read |= set(re.findall(r"\brequire\(cfg, \"(\w+)\"", source))
+    read |= set(re.findall(r"\bcfg\.(\w+)\b", source)) - {"get"}
+    primary = OmegaConf.load(CONF / f"{config}.yaml")
+    keys = set(primary) - {"defaults", "hydra"}
+    groups = {p.name for p in CONF.iterdir() if p.is_dir()}
+    assert read <= keys | groups, f"{module} reads keys {read - keys - groups} {config}.yaml lacks"
+    interpolated = set(
+        re.findall(r"\$\{(\w+)", "\n".join(p.read_text() for p in CONF.rglob("*.yaml")))
+    )
+    unused = keys - read - interpolated
+    assert not unused, f"{config}.yaml keys {unused} are read by no code"

@@ -246,12 +246,10 @@ def predict(cfg: DictConfig) -> PredictSummary:
     out_fmt = str(cfg.get("output_format", "jsonl"))
     if out_fmt not in _OUTPUT_FORMATS:
         raise ValueError(f"output_format must be one of {_OUTPUT_FORMATS}; got {out_fmt!r}")
-    sizes = {}
-    for name, default in (("batch_size", 128), ("chunk_size", 2048)):
-        value = cfg.get(name, default)
+    sizes = {"batch_size": cfg.batch_size, "chunk_size": cfg.chunk_size}  # conf/predict.yaml
+    for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be >= 1; got {value!r}")
-        sizes[name] = value
     allow = to_plain(cfg.get("allow_targets")) or []
     if isinstance(allow, str) or not all(isinstance(v, str) for v in allow):
         raise ValueError(f"allow_targets must be a list of dotted names; got {allow!r}")
