@@ -67,6 +67,8 @@ def _same(ours, hydras, where):
 
 def _configs():
     for group in GROUPS:
+        if group == "callback":  # one file per callback, composed by callbacks=<set> (below)
+            continue
         for path in sorted((CONF / group).glob("*.yaml")):
             yield pytest.param(group, path.stem, id=f"{group}={path.stem}")
 
@@ -127,6 +129,11 @@ def test_the_plateau_scheduler_follows_monitor_mode(mode, tmp_path):
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler = build_from_spec(_plain(cfg.scheduler), "scheduler", optimizer)
     assert scheduler.mode == mode
+
+
+def test_the_default_callbacks_compose_every_callback_file(tmp_path):
+    default = compose_config([*NER_DATA, f"run_dir={tmp_path}", "callbacks=default"]).callbacks
+    assert set(default) == {p.stem for p in (CONF / "callback").glob("*.yaml")}
 
 
 def test_the_default_callbacks_extend_the_minimal_ones(tmp_path):
