@@ -35,6 +35,7 @@ __all__ = [
     "detect_scheme",
     "get_spans",
     "normalize_scheme",
+    "scheme_labels",
     "split_label",
     "tag_inventory",
     "validate_labels",
@@ -329,6 +330,17 @@ def detect_scheme(sequences: Iterable[Sequence[str]]) -> str | None:
     return "IOB1" if has_iob1_start else "BIO"
 
 
+_LABEL_PREFIXES: dict[str, str] = {"IOB1": "IB", "BIO": "BI", "BIOES": "BIES"}
+
+
+def scheme_labels(types: Iterable[str], scheme: str) -> list[str]:
+    """Every label a corpus in ``scheme`` can write for these span types: ``"O"``, then per
+    type in the given order its prefixes (IOB1 ``I-``, ``B-``; BIO ``B-``, ``I-``; BIOES ``B-``,
+    ``I-``, ``E-``, ``S-``)."""
+    prefixes = _LABEL_PREFIXES[normalize_scheme(scheme)]
+    return ["O", *(f"{p}-{t}" for t in types for p in prefixes)]
+
+
 def tag_inventory(types: Iterable[str], scheme: str) -> list[str]:
     """All tags of ``scheme`` for the given span types: ``"O"`` first, then per sorted type
     (``B-``, ``I-``, and ``E-``, ``S-`` for BIOES): a tag vocabulary that never misses a tag
@@ -386,8 +398,7 @@ class TagScheme:
         """The label set as the corpus writes it (original scheme), for tables and plots."""
         if self.scheme is None or self.original == self.scheme:
             return list(self.labels)
-        prefixes = {"IOB1": "IB", "BIO": "BI", "BIOES": "BIES"}[self.original]
-        return ["O", *(f"{p}-{t}" for t in self.entity_types for p in prefixes)]
+        return scheme_labels(self.entity_types, self.original)
 
     def to_original(self, tags: Sequence[str]) -> list[str]:
         """One sentence's training-scheme tags in the original scheme."""

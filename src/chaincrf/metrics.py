@@ -19,11 +19,10 @@ from seqeval.scheme import IOB1, IOB2, IOBES, Entities
 from torch import Tensor
 from torchmetrics import Metric
 
-from chaincrf.constraints import normalize_scheme, split_label
+from chaincrf.constraints import normalize_scheme, scheme_labels, split_label
 
 __all__ = ["SpanF1", "TokenAccuracy"]
 
-_PREFIXES = {"IOB1": "IB", "BIO": "BI", "BIOES": "BIES"}
 _SEQEVAL_SCHEMES = {"IOB1": IOB1, "BIO": IOB2, "BIOES": IOBES}
 
 
@@ -79,9 +78,7 @@ class SpanF1(Metric):
         self.scheme = normalize_scheme(scheme)
         self.strict = strict
         self._type_index = {name: i for i, name in enumerate(entity_types)}
-        self._valid_labels = frozenset(
-            ["O"] + [f"{p}-{t}" for p in _PREFIXES[self.scheme] for t in entity_types]
-        )
+        self._valid_labels = frozenset(scheme_labels(entity_types, self.scheme))
         size = len(entity_types)
         for name in ("true_positives", "predicted", "actual"):
             self.add_state(name, default=torch.zeros(size, dtype=torch.long), dist_reduce_fx="sum")
@@ -105,7 +102,8 @@ class SpanF1(Metric):
         invalid = set(chain.from_iterable(sequences)) - self._valid_labels
         if invalid:
             label = sorted(invalid, key=str)[0]
-            prefixes = "/".join(_PREFIXES[self.scheme])
+            one_type = scheme_labels(self.entity_types[:1], self.scheme)[1:]
+            prefixes = "/".join(label[0] for label in one_type)
             raise ValueError(
                 f"{argument} holds the label {label!r}, which is not 'O' or "
                 f"'<{prefixes}>-<type>' with a type in entity_types={self.entity_types} "
