@@ -87,7 +87,5 @@ def save(tagger: SequenceTagger, directory: str | Path) -> Path:
     torch.save(tagger.state_dict(), directory / "weights.pt")
     config = {"format": BUNDLE_FORMAT, "hparams": dict(tagger.hparams)}
     (directory / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    (directory / "vocab.json").write_text(
-        json.dumps(tagger.vocab, ensure_ascii=False), encoding="utf-8"
-    )
+    tagger.sentence_encoder.save(directory / "vocab.json")  # the data's one writer
     return directory
