@@ -16,9 +16,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from chaincrf.cli.common import run_cli
 from chaincrf.cli.evaluate import evaluate
-from chaincrf.cli.export import export
-from chaincrf.cli.export import main as export_main
+from chaincrf.cli.export import export, export_command
 from chaincrf.cli.predict import predict
 from chaincrf.cli.train import build_tagger, train
 from chaincrf.report import read_metrics_csv
@@ -82,6 +82,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def compose_config(overrides: list[str], name: str = "config") -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name=name, overrides=overrides)
+
+
+def export_main(overrides: list[str]) -> int:
+    """``chaincrf-export`` with these overrides: its exit status (1 for a user error)."""
+    try:
+        run_cli(export_command, compose_config(overrides, name="export"))
+    except SystemExit as stop:
+        return int(stop.code)
+    return 0
 
 
 def options(group: str) -> list[str]:
@@ -416,7 +425,7 @@ def test_export_cli_writes_a_loadable_bundle(trained, tmp_path):
     ckpt = trained["run_dir"] / "checkpoints" / "best.ckpt"
     old = os.umask(0o022)
     try:
-        assert export_main([str(ckpt), str(tmp_path / "bundle")]) == 0
+        assert export_main([f"ckpt_path={ckpt}", f"output={tmp_path / 'bundle'}"]) == 0
     finally:
         os.umask(old)
     assert (tmp_path / "bundle").stat().st_mode & 0o777 == 0o755  # not tempfile's 0o700

@@ -15,14 +15,13 @@ from omegaconf import OmegaConf
 
 from chaincrf.cli.evaluate import evaluate
 from chaincrf.cli.export import export
-from chaincrf.cli.export import main as export_main
 from chaincrf.cli.predict import predict
 from chaincrf.cli.train import train
 from chaincrf.encoders.identity import IdentityEncoder
 from chaincrf.model_files import ModelFileError
 from chaincrf.spec import UntrustedTargetError
 from chaincrf.tagger import SequenceTagger
-from test_cli import compose_config, run_overrides
+from test_cli import compose_config, export_main, run_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -82,7 +81,7 @@ def _call(entry: str, path: Path, tmp_path: Path, caplog=None):
         return evaluate(compose_config([f"ckpt_path={path}", "split=dev"], name="eval"))
     if entry == "export":
         return export(path, tmp_path / "bundle")
-    code = export_main([str(path), str(tmp_path / "bundle")])
+    code = export_main([f"ckpt_path={path}", f"output={tmp_path / 'bundle'}"])
     if code != 0:
         raise ModelFileError(f"chaincrf-export exited with {code}: {caplog.text if caplog else ''}")
     return code
@@ -205,8 +204,9 @@ def test_user_class_loads_only_with_an_explicit_opt_in(run, tmp_path):
     loaded = SequenceTagger.load(ckpt, allow_targets=[target])
     assert isinstance(loaded.model.encoder, TrustedByTheUser)
     bundle = export(ckpt, tmp_path / "bundle", allow_targets=[target])
-    assert export_main([str(bundle), str(tmp_path / "again")]) == 1  # refused without opt-in
-    assert export_main([str(bundle), str(tmp_path / "again"), "--allow-target", target]) == 0
+    again = [f"ckpt_path={bundle}", f"output={tmp_path / 'again'}"]
+    assert export_main(again) == 1  # refused without opt-in
+    assert export_main([*again, f"allow_targets=[{target}]"]) == 0
 
 
 def test_every_shipped_optimizer_and_scheduler_loads(run, tmp_path):
@@ -260,7 +260,8 @@ def test_truncated_or_foreign_checkpoints_name_the_file(run, tmp_path):
 def test_unwritable_bundle_folder_is_one_clear_error(run, tmp_path, caplog):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    assert export_main([str(run / "checkpoints" / "best.ckpt"), str(blocker / "bundle")]) == 1
+    ckpt = run / "checkpoints" / "best.ckpt"
+    assert export_main([f"ckpt_path={ckpt}", f"output={blocker / 'bundle'}"]) == 1
     assert f"cannot write the bundle {blocker / 'bundle'}" in caplog.text
 
 

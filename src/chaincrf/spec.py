@@ -96,7 +96,7 @@ def check_targets(spec: Any, what: str, source: str, allow_targets: Iterable[str
                     f"{source}: {what}['_target_'] names {target!r}, which is not one of "
                     "chaincrf's own classes or a torch.optim optimiser/scheduler; refused "
                     "(nothing was imported or run). If you trust this file, allow it explicitly: "
-                    f"allow_targets=[{target!r}] (chaincrf-export --allow-target {target})"
+                    f"allow_targets=[{target!r}] (on the command line: allow_targets=[{target}])"
                 )
         for key, value in spec.items():
             check_targets(value, f"{what}[{key!r}]", source, extra)

@@ -58,6 +58,14 @@ def to_plain(node: Any) -> Any:
     return node
 
 
+def allow_targets(cfg: DictConfig) -> list[str]:
+    """``cfg.allow_targets``: the extra ``_target_`` names the user trusts in model files."""
+    value = to_plain(cfg.get("allow_targets")) or []
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"allow_targets must be a list of dotted names; got {value!r}")
+    return list(value)
+
+
 def require(cfg: DictConfig, key: str, hint: str) -> Any:
     """``cfg[key]``, or a clear error naming the key and what to pass."""
     value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from chaincrf.cli.common import (
     CONFIG_DIR,
+    allow_targets,
     atomic_output,
     build,
     require,
@@ -50,16 +51,8 @@ def data_config_for(cfg: DictConfig) -> DictConfig:
         )
     path, run_cfg = found
     # A file beside a model file is data too: only the project's data module may be built from it.
-    check_targets(to_plain(run_cfg.data), "data", str(path), allow_targets=_allow_targets(cfg))
+    check_targets(to_plain(run_cfg.data), "data", str(path), allow_targets=allow_targets(cfg))
     return run_cfg.data
-
-
-def _allow_targets(cfg: DictConfig) -> list[str]:
-    """``cfg.allow_targets``: the extra ``_target_`` names the user trusts in model files."""
-    value = to_plain(cfg.get("allow_targets")) or []
-    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"allow_targets must be a list of dotted names; got {value!r}")
-    return list(value)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -76,7 +69,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {sorted(_SPLITS)}; got {split!r}")
     stage = _SPLITS[split]
-    tagger = SequenceTagger.load(ckpt, allow_targets=_allow_targets(cfg))
+    tagger = SequenceTagger.load(ckpt, allow_targets=allow_targets(cfg))
     data_cfg = data_config_for(cfg)
     overrides = to_plain(cfg.get("data_overrides")) or {}
     # The checkpoint's vocabularies, not ones rebuilt from the data: ids map as in training.

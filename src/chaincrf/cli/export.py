@@ -2,7 +2,7 @@
 
 Example::
 
-    chaincrf-export outputs/train/<run>/checkpoints/best.ckpt exported/ner
+    chaincrf-export ckpt_path=outputs/train/<run>/checkpoints/best.ckpt output=exported/ner
 
 writes ``exported/ner/`` with
 
@@ -11,25 +11,24 @@ writes ``exported/ner/`` with
 - ``vocab.json``: the vocabularies and word options (plain JSON).
 
 ``SequenceTagger.load(bundle_dir)`` rebuilds the tagger from them; nothing is pickled. The bundle
-is written into a temporary folder and renamed when complete. No Hydra here: plain ``argparse``.
-
-There is deliberately no TorchScript export: tracing bakes the batch's sentence and word lengths
-into the graph (packed LSTM, character widths), so a traced tagger gives wrong scores on other
-batches, and ``torch.jit`` is deprecated in favour of ``torch.export``.
+is written into a temporary folder and renamed when complete. A Hydra CLI like the others
+(``conf/export.yaml``).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import hydra
+from omegaconf import DictConfig
+
+from chaincrf.cli.common import CONFIG_DIR, allow_targets, require, run_cli
 from chaincrf.data.download import creation_mode
+from chaincrf.model_files import check_local_path
 from chaincrf.tagger import SequenceTagger
 
 log = logging.getLogger("chaincrf.export")
@@ -71,31 +70,22 @@ def export(checkpoint: str | Path, out_dir: str | Path, allow_targets: Sequence[
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``chaincrf-export``."""
-    parser = argparse.ArgumentParser(prog="chaincrf-export", description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoint", help="a .ckpt written by chaincrf-train")
-    parser.add_argument("out_dir", help="the bundle directory to write (replaced if it exists)")
-    parser.add_argument(
-        "--allow-target",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="trust this _target_ of the checkpoint beyond chaincrf's own classes (it will be "
-        "imported and called with arguments from the file: only for files you trust); repeatable",
+def export_command(cfg: DictConfig) -> Path:
+    """``chaincrf-export``: the bundle of ``cfg.ckpt_path`` written to ``cfg.output``."""
+    ckpt = check_local_path(
+        require(cfg, "ckpt_path", "pass ckpt_path=<path to a .ckpt>"), "ckpt_path"
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        path = export(args.checkpoint, args.out_dir, allow_targets=args.allow_target)
-    except (ValueError, OSError) as error:
-        if os.environ.get("CHAINCRF_TRACEBACK") == "1":
-            raise
-        log.error("chaincrf-export: %s: %s", type(error).__name__, error)
-        return 1
+    output = require(cfg, "output", "pass output=<bundle directory to write>")
+    path = export(ckpt, output, allow_targets=allow_targets(cfg))
     log.info("wrote %s", path)
-    return 0
+    return path
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+def main(cfg: DictConfig) -> None:
+    """Entry point of ``chaincrf-export``."""
+    run_cli(export_command, cfg)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -40,7 +40,7 @@ from typing import IO, Any
 import hydra
 from omegaconf import DictConfig
 
-from chaincrf.cli.common import CONFIG_DIR, atomic_output, require, run_cli, to_plain
+from chaincrf.cli.common import CONFIG_DIR, allow_targets, atomic_output, require, run_cli
 from chaincrf.model_files import check_local_path
 from chaincrf.tagger import SequenceTagger, TaggedSentence, tokenize
 
@@ -250,10 +250,7 @@ def predict(cfg: DictConfig) -> PredictSummary:
     for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be >= 1; got {value!r}")
-    allow = to_plain(cfg.get("allow_targets")) or []
-    if isinstance(allow, str) or not all(isinstance(v, str) for v in allow):
-        raise ValueError(f"allow_targets must be a list of dotted names; got {allow!r}")
-    tagger = SequenceTagger.load(ckpt, allow_targets=allow)
+    tagger = SequenceTagger.load(ckpt, allow_targets=allow_targets(cfg))
     items, gold = read_input(cfg, tagger.sentence_encoder.feature_columns)
     results = tagger.predict_iter(items, **sizes)
     with open_output(cfg.get("output", "-")) as stream:
