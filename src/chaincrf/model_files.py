@@ -20,14 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from chaincrf.data.download import atomic_file
 from chaincrf.spec import check_targets
 
 __all__ = [
     "BUNDLE_FILES",
-    "AtomicCheckpointIO",
     "ModelFileError",
     "StoredModel",
     "check_local_path",
@@ -195,25 +192,11 @@ def read_model(
     return StoredModel(hparams, dict(vocab) if vocab is not None else None, dict(state), source)
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint I/O that never leaves a truncated checkpoint behind.
+def __getattr__(name: str) -> Any:
+    """``AtomicCheckpointIO`` (a Lightning plugin) lives in :mod:`chaincrf.training`: reading
+    model files never imports Lightning."""
+    if name == "AtomicCheckpointIO":
+        from chaincrf.training import AtomicCheckpointIO
 
-    The checkpoint is written to a temporary file in the target folder, flushed and synced to
-    disk, then renamed over the target (``os.replace`` is atomic on POSIX and Windows): a process
-    killed while saving leaves the previous file intact and, at most, a ``.<name>.*.tmp`` file,
-    and after a power loss the renamed file holds its data (Lightning's own writer also renames
-    a temporary file, through an fsspec transaction, but does not sync it first).
-    """
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any = None
-    ) -> None:
-        if storage_options is not None:
-            raise TypeError(
-                f"{type(self).__name__}.save_checkpoint takes no storage_options; got {storage_options!r}"
-            )
-        if "://" in str(path):  # a remote filesystem: Lightning's own writer
-            super().save_checkpoint(checkpoint, path)
-            return
-        with atomic_file(path, binary=True) as stream:
-            torch.save(checkpoint, stream)
+        return AtomicCheckpointIO
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,13 +11,23 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
-__all__ = ["NonFiniteLossError", "ReseedEachEpoch", "check_loss", "epoch_seed"]
+from chaincrf.data.download import atomic_file
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "NonFiniteLossError",
+    "ReseedEachEpoch",
+    "check_loss",
+    "epoch_seed",
+]
 
 _SEED_MODULUS = 2**32
 
@@ -93,3 +103,27 @@ def _batch_index(trainer: pl.Trainer) -> Any:
     epoch_loop = getattr(loop, "epoch_loop", None)
     progress = getattr(getattr(epoch_loop, "batch_progress", None), "current", None)
     return getattr(progress, "ready", "?")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O that never leaves a truncated checkpoint behind.
+
+    The checkpoint is written to a temporary file in the target folder, flushed and synced to
+    disk, then renamed over the target (``os.replace`` is atomic on POSIX and Windows): a process
+    killed while saving leaves the previous file intact and, at most, a ``.<name>.*.tmp`` file,
+    and after a power loss the renamed file holds its data (Lightning's own writer also renames
+    a temporary file, through an fsspec transaction, but does not sync it first).
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(
+                f"{type(self).__name__}.save_checkpoint takes no storage_options; got {storage_options!r}"
+            )
+        if "://" in str(path):  # a remote filesystem: Lightning's own writer
+            super().save_checkpoint(checkpoint, path)
+            return
+        with atomic_file(path, binary=True) as stream:
+            torch.save(checkpoint, stream)

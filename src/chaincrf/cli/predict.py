@@ -42,7 +42,8 @@ from omegaconf import DictConfig
 
 from chaincrf.cli.common import CONFIG_DIR, allow_targets, atomic_output, require, run_cli
 from chaincrf.model_files import check_local_path
-from chaincrf.tagger import SequenceTagger, TaggedSentence, tokenize
+from chaincrf.tagger.bundle import load_predictor
+from chaincrf.tagger.outputs import TaggedSentence, tokenize
 
 log = logging.getLogger("chaincrf.predict")
 
@@ -250,9 +251,9 @@ def predict(cfg: DictConfig) -> PredictSummary:
     for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be >= 1; got {value!r}")
-    tagger = SequenceTagger.load(ckpt, allow_targets=allow_targets(cfg))
-    items, gold = read_input(cfg, tagger.sentence_encoder.feature_columns)
-    results = tagger.predict_iter(items, **sizes)
+    predictor = load_predictor(ckpt, allow_targets=allow_targets(cfg))  # torch only
+    items, gold = read_input(cfg, predictor.sentence_encoder.feature_columns)
+    results = predictor.predict_iter(items, **sizes)
     with open_output(cfg.get("output", "-")) as stream:
         summary = write_output(stream, results, out_fmt, gold)
     log.info("tagged %d sentences, %d tokens", summary.sentences, summary.tokens)

@@ -29,9 +29,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from chaincrf.cli.common import CONFIG_DIR, build, require, run_cli, to_plain
-from chaincrf.model_files import AtomicCheckpointIO, check_local_path
+from chaincrf.model_files import check_local_path
 from chaincrf.tagger import SequenceTagger
-from chaincrf.training import ReseedEachEpoch
+from chaincrf.training import AtomicCheckpointIO, ReseedEachEpoch
 
 log = logging.getLogger("chaincrf.train")
 

@@ -13,10 +13,14 @@ A few modules, one job each:
 - :mod:`~chaincrf.tagger.outputs`: the output types and :func:`tokenize` (raw text is split on
   whitespace: ``"EU rejects German call ."`` is five tokens; pass token lists to use your own
   tokeniser); :mod:`~chaincrf.tagger.schedule`: :class:`InverseTimeDecay`.
+
+``SequenceTagger`` is imported on first use (it needs Lightning); loading a model file for
+prediction (:func:`chaincrf.tagger.bundle.load_predictor`) needs torch only.
 """
 
+from typing import Any
+
 from chaincrf.spec import build_from_spec
-from chaincrf.tagger.module import SequenceTagger
 from chaincrf.tagger.network import TaggerModel
 from chaincrf.tagger.outputs import TaggedSentence, TaggedSpan, tokenize
 from chaincrf.tagger.predictor import Predictor
@@ -32,3 +36,11 @@ __all__ = [
     "build_from_spec",
     "tokenize",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SequenceTagger":
+        from chaincrf.tagger.module import SequenceTagger
+
+        return SequenceTagger
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,8 +17,9 @@ import torch
 
 if TYPE_CHECKING:
     from chaincrf.tagger.module import SequenceTagger
+    from chaincrf.tagger.predictor import Predictor
 
-__all__ = ["load", "save"]
+__all__ = ["load", "load_predictor", "save"]
 
 
 def load(
@@ -75,6 +76,45 @@ def load(
     tagger.to(map_location)
     tagger.eval()
     return tagger
+
+
+def load_predictor(
+    path: str | Path, map_location: str | torch.device = "cpu", allow_targets: Sequence[str] = ()
+) -> Predictor:
+    """A trained model file as a :class:`~chaincrf.tagger.predictor.Predictor`, importing torch
+    only (no Lightning, torchmetrics, seqeval or Hydra): the network, its tag scheme and its
+    vocabularies, read as data exactly as :func:`load` reads them, in eval mode.
+
+    Args and Raises: as :func:`load`.
+    """
+    from chaincrf.constraints import TagScheme
+    from chaincrf.model_files import ModelFileError, read_model
+    from chaincrf.tagger import hparams
+    from chaincrf.tagger.predictor import Predictor
+
+    allowed_keys = [name for name in inspect.signature(hparams.checked).parameters
+                    if name != "pretrained"]  # fmt: skip
+    stored = read_model(path, allowed_keys, map_location, allow_targets)
+    try:
+        checked = hparams.checked(**stored.hparams)
+        model = hparams.build_model(checked, None)
+        tags = TagScheme(checked["labels"], checked["scheme"], checked["original_scheme"])
+        predictor = Predictor(model, tags, stored.vocab)
+        if stored.vocab is not None:
+            predictor.sentence_encoder  # noqa: B018 - checks the vocabularies now
+    except (ValueError, TypeError, KeyError) as error:
+        raise ModelFileError(
+            f"{stored.source}: does not describe a valid tagger: {error}"
+        ) from None
+    weights = {
+        k[len("model.") :]: v for k, v in stored.state_dict.items() if k.startswith("model.")
+    }
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise ModelFileError(f"{stored.source}: weights do not fit the model: {error}") from None
+    model.to(map_location).eval()
+    return predictor
 
 
 def save(tagger: SequenceTagger, directory: str | Path) -> Path:

@@ -42,21 +42,22 @@ def checked(
     num_chars: int,
     embeddings: Mapping[str, Any],
     encoder: Mapping[str, Any],
-    scheme: str | None,
-    original_scheme: str | None,
-    use_crf: bool,
-    constrain: bool,
-    dropout: float,
-    optimizer: Mapping[str, Any] | None,
-    word_lr_scale: float,
-    scheduler: Mapping[str, Any] | None,
-    scheduler_interval: str,
-    monitor: str,
-    pretrained: Tensor | None,
-    feature_sizes: Sequence[int],
+    scheme: str | None = None,
+    original_scheme: str | None = None,
+    use_crf: bool = True,
+    constrain: bool = True,
+    dropout: float = 0.0,
+    optimizer: Mapping[str, Any] | None = None,
+    word_lr_scale: float = 1.0,
+    scheduler: Mapping[str, Any] | None = None,
+    scheduler_interval: str = "epoch",
+    monitor: str = "val/score",
+    pretrained: Tensor | None = None,
+    feature_sizes: Sequence[int] = (),
 ) -> dict[str, Any]:
     """:class:`~chaincrf.tagger.SequenceTagger`'s arguments checked and normalised (schemes'
-    names, the default optimiser), as the plain hyper-parameters it saves.
+    names, the default optimiser), as the plain hyper-parameters it saves. The defaults are
+    SequenceTagger's (a test keeps them equal): model files that predate a key load as before.
 
     Raises:
         ValueError/TypeError: naming the first inconsistent argument.

@@ -8,7 +8,6 @@ ids back into labels. Prediction is :mod:`chaincrf.tagger.predictor`'s, model fi
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -325,10 +324,14 @@ class SequenceTagger(pl.LightningModule):
         """Write the tagger as a bundle directory (:func:`chaincrf.tagger.bundle.save`)."""
         return bundle.save(self, directory)
 
-    @functools.cached_property
+    @property
     def predictor(self) -> Predictor:
-        """The :class:`~chaincrf.tagger.predictor.Predictor` over this tagger."""
-        return Predictor(self)
+        """The :class:`~chaincrf.tagger.predictor.Predictor` over this tagger's network, tags
+        and vocabularies (a new one when the vocabularies were replaced)."""
+        cached = self.__dict__.get("_predictor")
+        if cached is None or cached.vocab is not self.vocab:
+            cached = self.__dict__["_predictor"] = Predictor(self.model, self.tags, self.vocab)
+        return cached
 
     def predict(
         self,

@@ -4,37 +4,49 @@
 or :class:`chaincrf.data.Sentence` objects into :class:`TaggedSentence` results: it encodes
 them with the stored vocabularies exactly as in training, batches them by length, decodes
 (Viterbi), and adds each token's marginal and each span's exact probability
-(:mod:`chaincrf.confidence`). It reads the tagger (network, labels, schemes, vocabularies) and
-changes nothing in it; ``SequenceTagger.predict`` and ``predict_iter`` call it.
+(:mod:`chaincrf.confidence`). It needs the network, the tag scheme and the vocabularies only
+(torch, no Lightning); ``SequenceTagger.predict`` and ``predict_iter`` call it.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from chaincrf.constraints import TagScheme
+from chaincrf.tagger.network import TaggerModel
 from chaincrf.tagger.outputs import TaggedSentence, TaggedSpan, tokenize
-
-if TYPE_CHECKING:
-    from chaincrf.tagger.module import SequenceTagger
 
 __all__ = ["Predictor"]
 
 
 class Predictor:
-    """Tagging with a trained :class:`~chaincrf.tagger.SequenceTagger`.
+    """Tagging with a trained network: what :meth:`SequenceTagger.predict` runs, and what
+    :func:`chaincrf.tagger.bundle.load_predictor` gives without Lightning.
 
     Args:
-        tagger: the tagger whose network, labels and vocabularies it uses.
+        model: the network (embeddings, encoder, projection, CRF).
+        tags: the tag set and its schemes (labels in the network's id order).
+        vocab: the vocabularies as plain data (``SentenceEncoder.to_dict()``), or None (then
+            only :meth:`tag_batch` on ready batches works).
     """
 
-    def __init__(self, tagger: SequenceTagger) -> None:
-        self.tagger = tagger
+    def __init__(
+        self, model: TaggerModel, tags: TagScheme, vocab: Mapping[str, Any] | None
+    ) -> None:
+        self.model = model
+        self.tags = tags
+        self.vocab = vocab
         self._sentence_encoder: tuple[Any, Any] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are (batches are moved there)."""
+        return next(self.model.parameters()).device
 
     def predict(
         self,
@@ -95,7 +107,7 @@ class Predictor:
         """
         from itertools import islice
 
-        if self.tagger.vocab is None:
+        if self.vocab is None:
             raise ValueError(
                 "this tagger has no vocab; build it with vocab=... or load a trained checkpoint"
             )
@@ -123,8 +135,8 @@ class Predictor:
             for s in sentences
         ]
         feature_lists = [getattr(s, "features", None) for s in sentences]
-        was_training = self.tagger.training
-        self.tagger.eval()
+        was_training = self.model.training
+        self.model.eval()
         results: list[TaggedSentence | None] = [None] * len(token_lists)
         order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
         try:
@@ -142,7 +154,7 @@ class Predictor:
                 for i, tagged in zip(nonempty, self.tag_batch(batch)):
                     results[i] = tagged
         finally:
-            self.tagger.train(was_training)
+            self.model.train(was_training)
         return [r for r in results if r is not None]
 
     def encode(
@@ -178,38 +190,36 @@ class Predictor:
                 raise ValueError(f"sentence {i} ({' '.join(tokens)[:60]!r}): {error}") from None
             items.append({**encoded, "tokens": list(tokens), "index": i})
         batch = collate(items)
-        return {
-            k: v.to(self.tagger.device) if isinstance(v, Tensor) else v for k, v in batch.items()
-        }
+        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
     @property
     def sentence_encoder(self) -> Any:
         """The :class:`chaincrf.data.vocab.SentenceEncoder` rebuilt from the stored vocab."""
-        if self.tagger.vocab is None:
+        if self.vocab is None:
             raise ValueError(
                 "this tagger has no vocab; build it with vocab=... or load a trained checkpoint"
             )
         cached = self._sentence_encoder
-        if cached is None or cached[0] is not self.tagger.vocab:
+        if cached is None or cached[0] is not self.vocab:
             from chaincrf.data.vocab import SentenceEncoder
 
-            cached = (self.tagger.vocab, SentenceEncoder.from_dict(self.tagger.vocab))
+            cached = (self.vocab, SentenceEncoder.from_dict(self.vocab))
             self._sentence_encoder = cached
         return cached[1]
 
     @torch.no_grad()
     def tag_batch(self, batch: Mapping[str, Any]) -> list[TaggedSentence]:
         mask = batch["mask"]
-        emissions = self.tagger.model.emissions(batch)  # (B, T, K)
-        paths = self.tagger.model.decode(emissions, mask)  # (B, T)
-        marginals = self.tagger.model.marginals(emissions, mask)  # (B, T, K)
+        emissions = self.model.emissions(batch)  # (B, T, K)
+        paths = self.model.decode(emissions, mask)  # (B, T)
+        marginals = self.model.marginals(emissions, mask)  # (B, T, K)
         chosen = marginals.gather(-1, paths.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)
-        train_tags = self.tagger.ids_to_labels(paths, mask)
+        train_tags = self.tags.decode_batch(paths, mask)
         lengths = mask.sum(-1).tolist()
         tokens = batch.get("tokens")
         if tokens is None:
             tokens = [[""] * n for n in lengths]
-        spans_per_row = [self.tagger.tags.spans(tags) for tags in train_tags]
+        spans_per_row = [self.tags.spans(tags) for tags in train_tags]
         confidences = self.span_confidences(emissions, mask, paths, chosen, spans_per_row)
         out = []
         for row, tags in enumerate(train_tags):
@@ -221,7 +231,7 @@ class Predictor:
             out.append(
                 TaggedSentence(
                     tokens=list(tokens[row][:n]),
-                    tags=self.tagger.to_original(tags),
+                    tags=self.tags.to_original(tags),
                     confidences=[round(float(p), 6) for p in chosen[row, :n].tolist()],
                     spans=spans,
                 )
@@ -261,7 +271,7 @@ class Predictor:
         result: list[list[float]] = [[] for _ in spans_per_row]
         if not flat:
             return result
-        crf = self.tagger.model.crf
+        crf = self.model.crf
         if crf is None:
             for row, start, end in flat:
                 result[row].append(round(float(chosen[row, start:end].prod()), 6))
@@ -288,4 +298,4 @@ class Predictor:
         """
         from chaincrf.confidence import continuation_tables
 
-        return continuation_tables(self.tagger.labels)
+        return continuation_tables(list(self.tags.labels))
