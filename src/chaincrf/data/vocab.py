@@ -5,6 +5,7 @@ Everything here saves to plain JSON (no pickle), so prediction maps tokens exact
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -247,16 +248,12 @@ class SentenceEncoder:
     def normalize(self, token: str) -> str:
         return normalize_word(token, self.lowercase, self.digits_to_zero)
 
-    @property
+    @functools.cached_property
     def tag_scheme(self) -> constraints.TagScheme:
         """The tag set and its schemes (:class:`chaincrf.constraints.TagScheme`): ids to
-        labels, conversion between the training and the original scheme, spans."""
-        key = (tuple(self.tags.itos), self.scheme, self.original_scheme)
-        cached = getattr(self, "_tag_scheme", None)
-        if cached is None or cached[0] != key:
-            cached = (key, constraints.TagScheme(*key))
-            self._tag_scheme = cached
-        return cached[1]
+        labels, conversion between the training and the original scheme, spans (built once:
+        an encoder's tags and schemes are fixed at construction)."""
+        return constraints.TagScheme(self.tags.itos, self.scheme, self.original_scheme)
 
     def to_training_scheme(self, labels: Sequence[str]) -> list[str]:
         """Convert one sentence's labels from the original to the training scheme."""

@@ -41,7 +41,7 @@ class Predictor:
         self.model = model
         self.tags = tags
         self.vocab = vocab
-        self._sentence_encoder: tuple[Any, Any] | None = None
+        self._sentence_encoder: Any = None
 
     @property
     def device(self) -> torch.device:
@@ -199,13 +199,11 @@ class Predictor:
             raise ValueError(
                 "this tagger has no vocab; build it with vocab=... or load a trained checkpoint"
             )
-        cached = self._sentence_encoder
-        if cached is None or cached[0] is not self.vocab:
+        if self._sentence_encoder is None:  # the vocab is fixed for a predictor's life
             from chaincrf.data.vocab import SentenceEncoder
 
-            cached = (self.vocab, SentenceEncoder.from_dict(self.vocab))
-            self._sentence_encoder = cached
-        return cached[1]
+            self._sentence_encoder = SentenceEncoder.from_dict(self.vocab)
+        return self._sentence_encoder
 
     @torch.no_grad()
     def tag_batch(self, batch: Mapping[str, Any]) -> list[TaggedSentence]:
