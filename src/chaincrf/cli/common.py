@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -41,14 +41,65 @@ def run_cli(function: Callable[[DictConfig], T], cfg: DictConfig) -> T:
 
 
 def config_dir() -> str:
-    """Directory of the Hydra configs: ``$CHAINCRF_CONFIG_DIR``, else ``conf/`` of the checkout."""
-    env = os.environ.get("CHAINCRF_CONFIG_DIR")
-    if env:
-        return str(Path(env).resolve())
-    return str(Path(__file__).resolve().parents[3] / "conf")
+    """Directory of the built-in Hydra configs: ``chaincrf/conf`` inside the installed package.
+
+    In the repository ``src/chaincrf/conf`` is a link to the top-level ``conf/`` (their one
+    source); a wheel holds a copy. A user's own configs are added with ``$CHAINCRF_CONFIG_DIR``
+    or Hydra's ``--config-dir`` (see :func:`hydra_main`), not by replacing these.
+    """
+    return str(Path(__file__).resolve().parents[1] / "conf")
 
 
 CONFIG_DIR = config_dir()
+
+USER_CONFIG_ENV = "CHAINCRF_CONFIG_DIR"
+"""Environment variable naming a folder of the user's own configs, searched before the built-in
+ones (as Hydra's ``--config-dir``, which takes precedence over it when both are given)."""
+
+
+def user_config_args(argv: Sequence[str]) -> list[str]:
+    """``["--config-dir", <folder>]`` for ``$CHAINCRF_CONFIG_DIR``, or ``[]`` when it is unset or
+    the command line already has ``--config-dir``/``-cd``.
+
+    Raises:
+        NotADirectoryError: naming the variable, when it does not name a folder.
+    """
+    folder = os.environ.get(USER_CONFIG_ENV)
+    if not folder:
+        return []
+    if any(a in ("--config-dir", "-cd") or a.startswith("--config-dir=") for a in argv):
+        return []
+    if not Path(folder).is_dir():
+        raise NotADirectoryError(f"{USER_CONFIG_ENV}={folder}: not a folder of configs")
+    return ["--config-dir", str(Path(folder).resolve())]
+
+
+def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """``hydra.main`` over the built-in configs, with the user's folder from
+    ``$CHAINCRF_CONFIG_DIR`` added in front of them (Hydra's ``--config-dir``): the entry point
+    of each command."""
+    import functools
+
+    import hydra
+
+    def wrap(function: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        decorated = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(
+            function
+        )
+
+        @functools.wraps(function)
+        def entry() -> Any:
+            try:
+                extra = user_config_args(sys.argv[1:])
+            except NotADirectoryError as error:
+                log.error("%s", error)
+                raise SystemExit(1) from None
+            sys.argv[1:1] = extra
+            return decorated()
+
+        return entry
+
+    return wrap
 
 
 def to_plain(node: Any) -> Any:

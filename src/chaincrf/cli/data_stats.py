@@ -18,10 +18,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
-from chaincrf.cli.common import CONFIG_DIR, build, run_cli
+from chaincrf.cli.common import build, hydra_main, run_cli
 from chaincrf.data.stats import SplitStats, compute_stats
 
 __all__ = ["data_stats", "main"]
@@ -92,7 +91,7 @@ def _counts(title: str, what: str, results: list[SplitStats], counts: Any) -> An
     return table
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="data_stats")
+@hydra_main("data_stats")
 def main(cfg: DictConfig) -> None:
     """Entry point of ``chaincrf-data-stats``."""
     run_cli(data_stats, cfg)

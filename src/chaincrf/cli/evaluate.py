@@ -16,15 +16,14 @@ import json
 import logging
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from chaincrf.cli.common import (
-    CONFIG_DIR,
     allow_targets,
     atomic_output,
     build,
+    hydra_main,
     require,
     run_cli,
     run_config_for,
@@ -143,7 +142,7 @@ def print_table(tagger: SequenceTagger, results: dict[str, Any], stage: str) -> 
     console.print(table)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@hydra_main("eval")
 def main(cfg: DictConfig) -> None:
     """Entry point of ``chaincrf-eval``."""
     run_cli(evaluate, cfg)

@@ -23,10 +23,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from chaincrf.cli.common import CONFIG_DIR, allow_targets, require, run_cli
+from chaincrf.cli.common import allow_targets, hydra_main, require, run_cli
 from chaincrf.data.download import creation_mode
 from chaincrf.model_files import check_local_path
 from chaincrf.tagger import SequenceTagger
@@ -81,7 +80,7 @@ def export_command(cfg: DictConfig) -> Path:
     return path
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+@hydra_main("export")
 def main(cfg: DictConfig) -> None:
     """Entry point of ``chaincrf-export``."""
     run_cli(export_command, cfg)

@@ -23,12 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from chaincrf.cli.common import CONFIG_DIR, build, require, run_cli, to_plain
+from chaincrf.cli.common import build, hydra_main, require, run_cli, to_plain
 from chaincrf.model_files import check_local_path
 from chaincrf.tagger import SequenceTagger
 from chaincrf.training import AtomicCheckpointIO, ReseedEachEpoch
@@ -238,7 +237,7 @@ def _metrics_csv(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@hydra_main("config")
 def main(cfg: DictConfig) -> float | None:
     """Entry point of ``chaincrf-train``; returns the monitored score (for Hydra sweepers)."""
     metrics = run_cli(train, cfg)
