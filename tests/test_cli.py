@@ -355,12 +355,16 @@ def test_predict_cli_raw_text_to_jsonl(trained, tmp_path):
     assert output.stat().st_mode & 0o777 == 0o644  # the umask's, not tempfile's 0o600
     records = [json.loads(line) for line in output.read_text().splitlines()]
     lines = (FIXTURES / "raw.txt").read_text().splitlines()
-    assert [r["tokens"] for r in records] == [line.split() for line in lines]
-    for record in records:
+    assert [r["tokens"] for r in records] == [line.split() for line in lines]  # spaCy agrees
+    for line, record in zip(lines, records):
         assert len(record["tags"]) == len(record["confidences"]) == len(record["tokens"])
+        assert [line[a:b] for a, b in record["offsets"]] == record["tokens"]
+        assert "alternatives" not in record  # top_k=1
         for span in record["spans"]:
-            assert set(span) == {"type", "start", "end", "text", "confidence"}
+            keys = {"type", "start", "end", "text", "confidence", "start_char", "end_char"}
+            assert set(span) == keys
             assert span["text"] == " ".join(record["tokens"][span["start"] : span["end"]])
+            assert span["text"] == line[span["start_char"] : span["end_char"]]
     assert sorted(p.name for p in output.parent.iterdir()) == ["tags.jsonl"]  # no temporary left
 
 

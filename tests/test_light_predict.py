@@ -1,6 +1,6 @@
 """Prediction without the training stack: ``chaincrf.tagger.bundle.load_predictor`` loads a
-bundle or a checkpoint and tags text with torch alone — tested in a subprocess in which
-importing Lightning, torchmetrics, seqeval, Hydra or OmegaConf fails."""
+bundle or a checkpoint and tags text with torch alone (and spaCy, for raw text) — tested in a
+subprocess in which importing Lightning, torchmetrics, seqeval, Hydra or OmegaConf fails."""
 
 from __future__ import annotations
 
@@ -29,23 +29,58 @@ from chaincrf.tagger.bundle import load_predictor
 predictor = load_predictor({path!r})
 sentences = json.loads(sys.stdin.read())
 print(json.dumps([tagged.to_dict() for tagged in predictor.predict(sentences)]))
+print(json.dumps(sorted(sys.modules)))
 """
+SPAN_KEYS = ("type", "start", "end", "text", "confidence")  # the fixture's (v1) span fields
+
+
+def run_light(model_file: str, sentences: list) -> tuple[list[dict], list[str]]:
+    """``predictor.predict(sentences)`` in a subprocess that cannot import the training stack:
+    its records as dicts, and the modules it loaded."""
+    code = SCRIPT.format(blocked=BLOCKED, path=str(FIXTURES / model_file))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps(sentences),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    records, modules = out.stdout.splitlines()
+    return json.loads(records), json.loads(modules)
 
 
 @pytest.mark.parametrize("model_file", ["v1_bundle", "v1.ckpt"])
 def test_a_model_file_predicts_with_torch_alone(model_file):
     expected = json.loads((FIXTURES / "v1_expected.json").read_text())
-    code = SCRIPT.format(blocked=BLOCKED, path=str(FIXTURES / model_file))
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        input=json.dumps([s["tokens"] for s in expected]),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    got = json.loads(out.stdout)
+    got, modules = run_light(model_file, [s["tokens"] for s in expected])
     assert [s["tags"] for s in got] == [s["tags"] for s in expected]
-    assert [s["spans"] for s in got] == [s["spans"] for s in expected]
+    # the spans of v1, plus the character offsets: none for token lists
+    assert [[{k: span[k] for k in SPAN_KEYS} for span in s["spans"]] for s in got] == [
+        s["spans"] for s in expected
+    ]
+    assert all(span["start_char"] is None for s in got for span in s["spans"])
+    assert all(s["offsets"] is None for s in got)
+    assert "spacy" not in modules  # pre-tokenised input never loads the tokenizer
+
+
+def test_raw_text_is_tokenised_by_spacy_with_torch_alone():
+    """The default tokenizer (spaCy) on raw lines: "lamb." is split as the fixture's tokens
+    were, runs of spaces are not tokens, and spans carry the line's own substrings."""
+    expected = json.loads((FIXTURES / "v1_expected.json").read_text())
+    lines = ["  ".join(s["tokens"][:-1]) + s["tokens"][-1] for s in expected]  # "lamb."
+    assert lines[0].endswith("  lamb.")
+    got, modules = run_light("v1_bundle", lines)
+    assert "spacy" in modules and not [m for m in modules if m.split(".")[0] in BLOCKED]
+    assert [s["tokens"] for s in got] == [s["tokens"] for s in expected]
+    assert [s["tags"] for s in got] == [s["tags"] for s in expected]
+    for line, record in zip(lines, got):
+        assert [line[a:b] for a, b in record["offsets"]] == record["tokens"]
+        for span in record["spans"]:
+            assert span["text"] == line[span["start_char"] : span["end_char"]]
+            assert span["start_char"] == record["offsets"][span["start"]][0]
+            assert span["end_char"] == record["offsets"][span["end"] - 1][1]
+    names = [span["text"] for record in got for span in record["spans"]]
+    assert "Peter  Blackburn" in names  # the original text, both spaces
 
 
 def test_the_light_path_reads_the_taggers_defaults():

@@ -23,8 +23,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are built: tag schemes need none
+    import torch
+
 
 __all__ = [
     "SCHEMES",
@@ -155,6 +158,8 @@ def allowed_transitions(
     canonical = normalize_scheme(scheme)
     if isinstance(labels, str):
         raise ValueError(f"labels must be a sequence of label strings; got the string {labels!r}")
+    import torch
+
     parts = [split_label(label, canonical) for label in labels]
     K = len(parts)
     start = torch.zeros(K, dtype=torch.bool)
@@ -414,7 +419,7 @@ class TagScheme:
 
     def decode(self, ids: Iterable[int] | torch.Tensor, original: bool = False) -> list[str]:
         """One sentence's tag ids (unpadded) as labels (training scheme, or the original)."""
-        values = ids.tolist() if isinstance(ids, torch.Tensor) else ids
+        values = ids.tolist() if hasattr(ids, "tolist") else ids
         tags = [self.labels[i] for i in values]
         return self.to_original(tags) if original else tags
 

@@ -6,22 +6,34 @@ Examples::
     chaincrf-predict ckpt_path=best.ckpt input=news.txt output=news.jsonl
     chaincrf-predict ckpt_path=best.ckpt input=eng.testb input_format=conll output_format=conll output=out.conll
 
-Raw text: one sentence per line, tokenised by splitting on whitespace (``str.split()``); a blank
-line is an empty sentence (an empty JSON record). Lines end at "\n" only (one "\r" before it is
-dropped): every input line gives exactly one record, whatever other separators (a lone "\r",
-"\x0b", "\x0c", "\x1c"-"\x1e", "\x85", U+2028, U+2029) it holds; ``str.split()`` treats those as
-whitespace between tokens. JSON lines hold ``tokens``, ``tags`` (in the
-corpus's original scheme), ``confidences`` (marginal probability of each tag) and ``spans`` with
-``type``, ``start``, ``end`` (exclusive), ``text`` and ``confidence``. CoNLL output has one token
-per line — ``token gold predicted`` when the input had labels (ready for conlleval), else
-``token predicted`` — and a blank line after each sentence.
+Raw text: one sentence per line, tokenised by ``tokenizer`` (:mod:`chaincrf.tagger.tokenizers`):
+``spacy`` (the default: spaCy's rule-based English tokenizer, ``call.`` -> ``call`` ``.``) or
+``whitespace`` (``str.split()``, the former rule); a blank line is an empty sentence (an empty
+JSON record). Lines end at "\n" only (one "\r" before it is dropped): every input line gives
+exactly one record, whatever other separators (a lone "\r", "\x0b", "\x0c", "\x1c"-"\x1e",
+"\x85", U+2028, U+2029) it holds; both tokenizers treat those as whitespace between tokens.
+JSON lines hold ``tokens``, ``tags`` (in the corpus's original scheme), ``confidences``
+(marginal probability of each tag), ``spans`` with ``type``, ``start``, ``end`` (token offsets,
+end exclusive), ``text``, ``confidence``, ``start_char`` and ``end_char``, and ``offsets``: per
+token, ``[start, end]`` character offsets into its line (for raw text; null for column input,
+as the spans' ``start_char``/``end_char``). A span's ``text`` is its line's original substring
+(raw text) or its tokens joined by spaces (column input). With ``top_k`` > 1 (a CRF model), a
+record also holds ``alternatives``: the ``top_k`` best taggings with their probabilities, best
+first. CoNLL output has one token per line — ``token gold predicted`` when the input had labels
+(ready for conlleval), else ``token predicted`` — and a blank line after each sentence.
 
 Memory is bounded: raw text is read as a stream of lines, tagged ``chunk_size`` sentences at a
 time and each chunk's records are written before the next chunk is read, so memory holds one
 chunk (its sentences and records) plus one batch's tensors, whatever the input's length. Column
 files (conll, conllu) are read whole, then tagged and written chunk by chunk the same way. Output
 files are written atomically (complete, or not at all); on stdout each chunk's records are
-written as soon as they are done, each record in one piece.
+written as soon as they are done, each record in one piece. The spaCy tokenizer works chunk by
+chunk too (the strings it creates for a chunk are freed after it).
+
+Progress: when stderr is a terminal (and the records do not go to that terminal), a progress
+display there counts the lines and tokens tagged as chunks finish; at the end one log line gives
+the sentences, tokens and tokens per second (wall time of reading, tagging and writing, model
+loading excluded).
 """
 
 from __future__ import annotations
@@ -32,8 +44,9 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,7 +56,8 @@ from omegaconf import DictConfig
 from chaincrf.cli.common import CONFIG_DIR, allow_targets, atomic_output, require, run_cli
 from chaincrf.model_files import check_local_path
 from chaincrf.tagger.bundle import load_predictor
-from chaincrf.tagger.outputs import TaggedSentence, tokenize
+from chaincrf.tagger.outputs import TaggedSentence
+from chaincrf.tagger.tokenizers import get_tokenizer
 
 log = logging.getLogger("chaincrf.predict")
 
@@ -74,22 +88,24 @@ def _input_format(cfg: DictConfig) -> str:
 
 @dataclass(frozen=True)
 class PredictSummary:
-    """What :func:`predict` tagged: the number of sentences (records) and of tokens."""
+    """What :func:`predict` tagged: the number of sentences (records) and of tokens, and the
+    wall time in seconds of reading, tagging and writing them (model loading excluded)."""
 
     sentences: int
     tokens: int
+    seconds: float = 0.0
 
 
 def read_input(
     cfg: DictConfig, feature_columns: Sequence[int | str] | None = None
 ) -> tuple[Iterable[Any], list[list[str]] | None]:
-    """The sentences to tag: ``(token lists or Sentences, gold labels or None)``.
+    """The sentences to tag: ``(raw lines, token lists or Sentences, gold labels or None)``.
 
-    Raw text is a lazy stream of token lists, one per line (see :func:`text_lines`); the input
-    file is checked now and read while the stream is consumed. With ``feature_columns`` (a model
-    trained with feature columns), column input is read into :class:`~chaincrf.data.Sentence`
-    objects carrying those columns, and a column file has gold labels only when it has a column
-    after the token and feature columns (the last one).
+    Raw text is a lazy stream of lines, one sentence each (see :func:`text_lines`; the predictor
+    tokenises them); the input file is checked now and read while the stream is consumed. With
+    ``feature_columns`` (a model trained with feature columns), column input is read into
+    :class:`~chaincrf.data.Sentence` objects carrying those columns, and a column file has gold
+    labels only when it has a column after the token and feature columns (the last one).
     """
     source = str(cfg.get("input", "-"))
     fmt = _input_format(cfg)
@@ -104,7 +120,7 @@ def read_input(
         limit = cfg.get("max_line_chars", MAX_LINE_CHARS)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"max_line_chars must be a positive int; got {limit!r}")
-        return (tokenize(line) for line in text_lines(source, encoding, limit)), None
+        return text_lines(source, encoding, limit), None
     if source == "-":
         raise ValueError(f"input_format={fmt} needs a file: pass input=<path>")
     from chaincrf.data.readers import read_columns, read_conllu
@@ -232,14 +248,83 @@ def open_output(output: str | None) -> Iterator[IO[str]]:
         yield stream
 
 
+def show_progress(output: str | None) -> bool:
+    """Whether to show a progress display: stderr is a terminal and the records do not go to a
+    terminal on stdout (they would scroll through it)."""
+
+    def is_terminal(stream: object) -> bool:
+        isatty = getattr(stream, "isatty", None)
+        return bool(isatty()) if callable(isatty) else False
+
+    to_stdout = output is None or str(output) == "-"
+    return is_terminal(sys.stderr) and not (to_stdout and is_terminal(sys.stdout))
+
+
+@contextlib.contextmanager
+def progress_display(enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """A ``rich`` progress display on stderr, or nothing.
+
+    Args:
+        enabled: show it (see :func:`show_progress`); when False nothing is imported or shown.
+
+    Returns:
+        A context manager giving ``update(lines, tokens)``, to call with the totals so far.
+    """
+    if not enabled:
+        yield lambda lines, tokens: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("tagging {task.completed:,.0f} lines, {task.fields[tokens]:,} tokens"),
+        TextColumn("({task.fields[speed]} tokens/s)"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        redirect_stdout=False,  # records written to stdout must never pass through rich
+        redirect_stderr=False,
+        transient=True,  # the final log line sums it up
+    )
+    task = progress.add_task("tagging", total=None, tokens=0, speed="-")
+    start = time.perf_counter()
+
+    def update(lines: int, tokens: int) -> None:
+        speed = tokens / max(time.perf_counter() - start, 1e-9)
+        progress.update(task, completed=lines, tokens=tokens, speed=f"{speed:,.0f}")
+
+    with progress:
+        yield update
+
+
+def counted(
+    results: Iterable[TaggedSentence], every: int, update: Callable[[int, int], None]
+) -> Iterator[TaggedSentence]:
+    """Pass ``results`` through, calling ``update(lines, tokens)`` after every ``every``
+    results have been consumed (a chunk's end) and at the end."""
+    lines = tokens = 0
+    for tagged in results:
+        yield tagged
+        lines += 1
+        tokens += len(tagged.tokens)
+        if lines % every == 0:
+            update(lines, tokens)
+    update(lines, tokens)
+
+
 def predict(cfg: DictConfig) -> PredictSummary:
     """Tag ``cfg.input`` with ``cfg.ckpt_path`` and write ``cfg.output``; tests call this.
 
     Sentences are tagged ``cfg.chunk_size`` at a time and written as each chunk is done (see
-    the module docstring for the memory bound).
+    the module docstring for the memory bound); raw text is tokenised by ``cfg.tokenizer``.
 
     Returns:
-        How many sentences (records) and tokens were tagged.
+        How many sentences (records) and tokens were tagged, and in how many seconds.
+
+    Raises:
+        ValueError: for a bad option (``output_format``, ``batch_size``, ``chunk_size``,
+            ``top_k``, ``tokenizer``, ...), before the model is loaded; for ``top_k`` > 1 with
+            a model without a CRF, before anything is read.
     """
     ckpt = check_local_path(
         require(cfg, "ckpt_path", "pass ckpt_path=<path to a .ckpt>"), "ckpt_path"
@@ -248,15 +333,29 @@ def predict(cfg: DictConfig) -> PredictSummary:
     if out_fmt not in _OUTPUT_FORMATS:
         raise ValueError(f"output_format must be one of {_OUTPUT_FORMATS}; got {out_fmt!r}")
     sizes = {"batch_size": cfg.batch_size, "chunk_size": cfg.chunk_size}  # conf/predict.yaml
-    for name, value in sizes.items():
+    top_k = cfg.get("top_k", 1)
+    for name, value in {**sizes, "top_k": top_k}.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be >= 1; got {value!r}")
+    tokenizer = get_tokenizer(cfg.get("tokenizer", "spacy"))
     predictor = load_predictor(ckpt, allow_targets=allow_targets(cfg))  # torch only
+    predictor.tokenizer = tokenizer
     items, gold = read_input(cfg, predictor.sentence_encoder.feature_columns)
-    results = predictor.predict_iter(items, **sizes)
-    with open_output(cfg.get("output", "-")) as stream:
-        summary = write_output(stream, results, out_fmt, gold)
-    log.info("tagged %d sentences, %d tokens", summary.sentences, summary.tokens)
+    if _input_format(cfg) == "text":
+        tokenizer.prepare()  # spaCy's start-up is not tagging time
+    results = predictor.predict_iter(items, **sizes, top_k=top_k)
+    output = cfg.get("output", "-")
+    start = time.perf_counter()
+    with open_output(output) as stream, progress_display(show_progress(output)) as update:
+        summary = write_output(stream, counted(results, sizes["chunk_size"], update), out_fmt, gold)
+    summary = replace(summary, seconds=time.perf_counter() - start)
+    log.info(
+        "tagged %d sentences, %d tokens in %.2f s (%.0f tokens/s)",
+        summary.sentences,
+        summary.tokens,
+        summary.seconds,
+        summary.tokens / max(summary.seconds, 1e-9),
+    )
     return summary
 
 

@@ -109,7 +109,7 @@ def _triton_device(problem: Problem) -> bool:
 CAN_RUN: dict[str, Callable[[Problem], bool]] = {
     "eager": lambda p: True,
     "fused": lambda p: _cpu_float(p) and p.k == 1,
-    "export": lambda p: p.k == 1 and p.operation != "marginals",
+    "export": lambda p: p.k == 1,
     "triton": lambda p: (
         _triton_device(p) and p.dtype in (torch.float32, torch.float64) and p.k == 1
     ),
@@ -120,7 +120,7 @@ speed conditions apply to ``auto`` only)."""
 TABLE: tuple[Rule, ...] = (
     Rule(
         "export",
-        frozenset({"log_partition", "viterbi"}),
+        frozenset({"log_partition", "viterbi", "marginals"}),
         lambda p: p.exporting,
         "not a speed rule: torch.export and the ONNX exporter need standard operations and "
         "a loop the graph can hold (the scan); tests/test_crf_export.py",

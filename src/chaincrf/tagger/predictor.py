@@ -1,17 +1,20 @@
 """The predictor: text in, tagged sentences with confidences out.
 
-:class:`Predictor` turns raw strings (:func:`~chaincrf.tagger.outputs.tokenize`), token lists
-or :class:`chaincrf.data.Sentence` objects into :class:`TaggedSentence` results: it encodes
-them with the stored vocabularies exactly as in training, batches them by length, decodes
-(Viterbi), and adds each token's marginal and each span's exact probability
+:class:`Predictor` turns raw strings (tokenised by :mod:`chaincrf.tagger.tokenizers`, with
+character offsets), token lists or :class:`chaincrf.data.Sentence` objects into
+:class:`TaggedSentence` results: it encodes them with the stored vocabularies exactly as in
+training, batches them by length, decodes (Viterbi, or the k best paths with their
+probabilities), and adds each token's marginal and each span's exact probability
 (:mod:`chaincrf.confidence`). It needs the network, the tag scheme and the vocabularies only
-(torch, no Lightning); ``SequenceTagger.predict`` and ``predict_iter`` call it.
+(torch, no Lightning; spaCy on first use of its tokenizer); ``SequenceTagger.predict`` and
+``predict_iter`` call it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -19,12 +22,13 @@ from torch import Tensor
 
 from chaincrf.constraints import TagScheme
 from chaincrf.tagger.network import TaggerModel
-from chaincrf.tagger.outputs import TaggedSentence, TaggedSpan, tokenize
+from chaincrf.tagger.outputs import TaggedSentence, TaggedSpan
+from chaincrf.tagger.streaming import StreamPredictor
 
 __all__ = ["Predictor"]
 
 
-class Predictor:
+class Predictor(StreamPredictor):
     """Tagging with a trained network: what :meth:`SequenceTagger.predict` runs, and what
     :func:`chaincrf.tagger.bundle.load_predictor` gives without Lightning.
 
@@ -33,129 +37,49 @@ class Predictor:
         tags: the tag set and its schemes (labels in the network's id order).
         vocab: the vocabularies as plain data (``SentenceEncoder.to_dict()``), or None (then
             only :meth:`tag_batch` on ready batches works).
+        tokenizer: how raw strings are tokenised
+            (:func:`chaincrf.tagger.tokenizers.get_tokenizer`): ``"spacy"`` (spaCy's rule-based
+            English tokenizer: ``call.`` -> ``call`` ``.``) or ``"whitespace"``
+            (``str.split()``).
+
+    Attributes:
+        tokenizer: the :class:`~chaincrf.tagger.tokenizers.Tokenizer` for raw strings (may be
+            replaced, e.g. ``predictor.tokenizer = get_tokenizer("whitespace")``).
+
+    Raises:
+        ValueError: for an unknown ``tokenizer`` name.
     """
 
     def __init__(
-        self, model: TaggerModel, tags: TagScheme, vocab: Mapping[str, Any] | None
+        self,
+        model: TaggerModel,
+        tags: TagScheme,
+        vocab: Mapping[str, Any] | None,
+        tokenizer: str = "spacy",
     ) -> None:
+        super().__init__(tags, vocab, tokenizer)
         self.model = model
-        self.tags = tags
-        self.vocab = vocab
-        self._sentence_encoder: Any = None
 
     @property
     def device(self) -> torch.device:
         """Where the network's weights are (batches are moved there)."""
         return next(self.model.parameters()).device
 
-    def predict(
-        self,
-        sentences: Sequence[str] | Sequence[Sequence[str]] | Sequence[Any],
-        batch_size: int = 128,
+    def tag_tokens(
+        self, token_lists: list[list[str]], feature_lists: list[Any], top_k: int
     ) -> list[TaggedSentence]:
-        """Tag sentences.
+        """Tag one batch of non-empty token lists: :meth:`encode`, then :meth:`tag_batch`."""
+        return self.tag_batch(self.encode(token_lists, feature_lists), top_k)
 
-        Args:
-            sentences: raw strings (tokenised by :func:`tokenize`: whitespace split), lists of
-                tokens, or :class:`chaincrf.data.Sentence` objects (their ``tokens`` and, for a
-                model trained with feature columns, their ``features``).
-            batch_size: sentences per forward pass.
-
-        Returns:
-            One :class:`TaggedSentence` per input, in input order (empty input -> empty tags).
-
-        Raises:
-            ValueError: if the tagger has no vocabularies (not trained through a data module), if
-                it was trained with feature columns and a sentence has none, or if
-                ``batch_size`` is not a positive int.
-        """
-        if isinstance(sentences, str):
-            raise TypeError(
-                "sentences must be a list of sentences; got a single string (wrap it in a list)"
-            )
-        sentences = list(sentences)
-        # one chunk: the whole list is sorted by length, as it always was
-        return list(self.predict_iter(sentences, batch_size, chunk_size=max(len(sentences), 1)))
-
-    def predict_iter(
-        self,
-        sentences: Iterable[str] | Iterable[Sequence[str]] | Iterable[Any],
-        batch_size: int = 128,
-        chunk_size: int = 2048,
-    ) -> Iterator[TaggedSentence]:
-        """Tag a stream of sentences lazily, in bounded memory.
-
-        Reads ``chunk_size`` sentences, tags them (sorted by length within the chunk,
-        ``batch_size`` per forward pass), yields their results in input order, and only then
-        reads the next chunk. Memory is bounded by one chunk (its sentences and results) plus
-        one batch's tensors, whatever the length of the stream.
-
-        Args:
-            sentences: any iterable of what :meth:`predict` takes (raw strings, token lists or
-                :class:`chaincrf.data.Sentence` objects), e.g. the lines of an open file.
-            batch_size: sentences per forward pass (>= 1).
-            chunk_size: sentences read, sorted and tagged together (>= 1).
-
-        Returns:
-            A generator of one :class:`TaggedSentence` per input, in input order.
-
-        Raises:
-            TypeError: for a single string (at the call).
-            ValueError: at the call, if the tagger has no vocabularies or ``batch_size`` or
-                ``chunk_size`` is not a positive int; while iterating, if a feature-column model
-                gets a sentence without features.
-        """
-        from itertools import islice
-
-        if self.vocab is None:
-            raise ValueError(
-                "this tagger has no vocab; build it with vocab=... or load a trained checkpoint"
-            )
-        if isinstance(sentences, str):
-            raise TypeError(
-                "sentences must be a list of sentences; got a single string (wrap it in a list)"
-            )
-        for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
-        stream = iter(sentences)
-
-        def tag_chunks() -> Iterator[TaggedSentence]:
-            while chunk := list(islice(stream, chunk_size)):
-                yield from self.tag_chunk(chunk, batch_size)
-
-        return tag_chunks()
-
-    def tag_chunk(self, sentences: list[Any], batch_size: int) -> list[TaggedSentence]:
-        """Tag one chunk in eval mode, sorted by length into batches; results in input order."""
-        token_lists = [
-            tokenize(s)
-            if isinstance(s, str)
-            else [str(t) for t in (s.tokens if hasattr(s, "tokens") else s)]
-            for s in sentences
-        ]
-        feature_lists = [getattr(s, "features", None) for s in sentences]
+    @contextlib.contextmanager
+    def tagging(self) -> Iterator[None]:
+        """Eval mode while a chunk is tagged (the model's mode is restored after)."""
         was_training = self.model.training
         self.model.eval()
-        results: list[TaggedSentence | None] = [None] * len(token_lists)
-        order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
         try:
-            for lo in range(0, len(order), batch_size):
-                chunk = order[lo : lo + batch_size]
-                nonempty = [i for i in chunk if token_lists[i]]
-                for i in chunk:
-                    if not token_lists[i]:
-                        results[i] = TaggedSentence([], [], [], [])
-                if not nonempty:
-                    continue
-                batch = self.encode(
-                    [token_lists[i] for i in nonempty], [feature_lists[i] for i in nonempty]
-                )
-                for i, tagged in zip(nonempty, self.tag_batch(batch)):
-                    results[i] = tagged
+            yield
         finally:
             self.model.train(was_training)
-        return [r for r in results if r is not None]
 
     def encode(
         self,
@@ -192,24 +116,28 @@ class Predictor:
         batch = collate(items)
         return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
-    @property
-    def sentence_encoder(self) -> Any:
-        """The :class:`chaincrf.data.vocab.SentenceEncoder` rebuilt from the stored vocab."""
-        if self.vocab is None:
-            raise ValueError(
-                "this tagger has no vocab; build it with vocab=... or load a trained checkpoint"
-            )
-        if self._sentence_encoder is None:  # the vocab is fixed for a predictor's life
-            from chaincrf.data.vocab import SentenceEncoder
-
-            self._sentence_encoder = SentenceEncoder.from_dict(self.vocab)
-        return self._sentence_encoder
-
     @torch.no_grad()
-    def tag_batch(self, batch: Mapping[str, Any]) -> list[TaggedSentence]:
+    def tag_batch(self, batch: Mapping[str, Any], top_k: int = 1) -> list[TaggedSentence]:
+        """Tag one encoded batch (:meth:`encode`, or a training batch).
+
+        Args:
+            batch: the batch dict; ``mask`` bool (batch, seq_len), left-aligned, and ``tokens``
+                (optional: without it the results' tokens are empty strings).
+            top_k: alternatives per sentence (see :meth:`predict`; > 1 needs a CRF).
+
+        Returns:
+            One :class:`TaggedSentence` per row, without offsets.
+
+        Raises:
+            ValueError: if ``top_k > 1`` without a CRF.
+        """
         mask = batch["mask"]
         emissions = self.model.emissions(batch)  # (B, T, K)
-        paths = self.model.decode(emissions, mask)  # (B, T)
+        alternatives: list[list[dict[str, Any]]] = [[] for _ in range(mask.shape[0])]
+        if top_k > 1:
+            paths, alternatives = self.best_paths(emissions, mask, top_k)  # (B, T)
+        else:
+            paths = self.model.decode(emissions, mask)  # (B, T)
         marginals = self.model.marginals(emissions, mask)  # (B, T, K)
         chosen = marginals.gather(-1, paths.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)
         train_tags = self.tags.decode_batch(paths, mask)
@@ -232,9 +160,57 @@ class Predictor:
                     tags=self.tags.to_original(tags),
                     confidences=[round(float(p), 6) for p in chosen[row, :n].tolist()],
                     spans=spans,
+                    alternatives=alternatives[row],
                 )
             )
         return out
+
+    def best_paths(
+        self, emissions: Tensor, mask: Tensor, top_k: int
+    ) -> tuple[Tensor, list[list[dict[str, Any]]]]:
+        """The ``top_k`` best taggings of each row and their probabilities, from the CRF.
+
+        A tagging's probability is ``exp(score - log_partition)``; both are computed in float64,
+        and the best path returned is the first alternative (so ``tags`` equals it).
+
+        Args:
+            emissions: float (batch, seq_len, num_tags).
+            mask: bool (batch, seq_len), left-aligned; every row non-empty.
+            top_k: paths per row (>= 1).
+
+        Returns:
+            ``paths`` long (batch, seq_len), the best path (-1 off the mask), and per row up to
+            ``top_k`` dicts ``{"tags": [...original scheme...], "probability": p}``, best first
+            (fewer where the row has fewer possible taggings).
+
+        Raises:
+            ValueError: without a CRF.
+        """
+        self.check_top_k(top_k)
+        crf = self.model.crf
+        assert crf is not None  # check_top_k
+        em = emissions.double()
+        k_paths, scores = crf.viterbi(em, mask, k=top_k)  # (B, k, T), (B, k)
+        probabilities = (scores - crf.log_partition(em, mask).unsqueeze(-1)).exp()  # (B, k)
+        lengths = mask.sum(-1).tolist()
+        alternatives: list[list[dict[str, Any]]] = []
+        for row, (row_paths, row_probs) in enumerate(zip(k_paths.tolist(), probabilities.tolist())):
+            n = lengths[row]
+            alternatives.append(
+                [
+                    {"tags": self.tags.decode(path[:n], original=True), "probability": p}
+                    for path, p in zip(row_paths, row_probs)
+                    if path[0] >= 0 and p > 0.0  # -1: fewer paths than top_k
+                ]
+            )
+        return k_paths[:, 0], alternatives
+
+    def check_top_k(self, top_k: int) -> None:
+        if top_k > 1 and self.model.crf is None:
+            raise ValueError(
+                f"top_k > 1 needs a CRF output layer; this model tags with a per-token softmax "
+                f"(use_crf=False); got top_k={top_k!r}"
+            )
 
     def span_confidences(
         self,

@@ -2,7 +2,7 @@
 torch.export and ONNX.
 
 The interface of :mod:`chaincrf.crf.kernels.eager` (``log_partition``, ``log_likelihood``,
-``viterbi`` with k = 1, ``decode``; marginals and k-best paths stay with the other kernels),
+``viterbi`` with k = 1, ``decode``, ``marginals``; k-best paths stay with the other kernels),
 written so that a graph can hold it: every row steps through every position, a masked step
 keeps the row's state (no sorting by length, no slicing, no host synchronisation, no shape
 logic in Python). The same step functions run three ways:
@@ -102,6 +102,29 @@ def _log_partition_loop(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) 
     return alpha
 
 
+def _normalized(alpha: Tensor) -> Tensor:
+    """``alpha`` (B, K) shifted so that its largest entry is 0 (rows of -inf unchanged): the
+    forward-backward passes carry these, whatever the length (float32 loses the marginals of
+    long chains otherwise)."""
+    top = alpha.amax(1, keepdim=True)
+    return alpha - torch.where(torch.isneginf(top), torch.zeros_like(top), top)
+
+
+def _alphas_loop(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) -> Tensor:
+    """The forward scores after every position (T, B, K), each row shifted by a constant per
+    position (:func:`_normalized`; a masked position repeats the row's previous ones)."""
+    B, T, K = em.shape
+    alpha = start.unsqueeze(0).expand(B, K)
+    firsts = _firsts(mask).unsqueeze(2)
+    steps: list[Tensor] = []
+    for t in range(T):
+        alpha = _normalized(_partition_step(alpha, em[:, t], mask[:, t], firsts[:, t], trans))
+        steps.append(alpha)
+    if T == 0:
+        return em.new_zeros((0, B, K))
+    return torch.stack(steps, 0)
+
+
 def _viterbi_loop(
     em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -151,6 +174,24 @@ def _log_partition_scan(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) 
 
 
 @torch.jit.unused
+def _alphas_scan(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) -> Tensor:
+    from torch._higher_order_ops.scan import scan
+
+    B, T, K = em.shape
+    em, mask = _padded(em, mask)
+    first = _firsts(mask).t().unsqueeze(2)  # (T + 1, B, 1)
+
+    def step(alpha: Tensor, xs: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        em_t, on_t, first_t = xs
+        alpha = _normalized(_partition_step(alpha, em_t, on_t, first_t, trans))
+        return alpha.clone(), alpha.clone()
+
+    init = start.unsqueeze(0).expand(B, K).contiguous()
+    _, alphas = scan(step, init, (em.transpose(0, 1), mask.t(), first))
+    return alphas[:T]
+
+
+@torch.jit.unused
 def _viterbi_scan(
     em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -184,6 +225,13 @@ def _alpha(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) -> Tensor:
         if plan.is_exporting():
             return _log_partition_scan(em, mask, start, trans)
     return _log_partition_loop(em, mask, start, trans)
+
+
+def _all_alphas(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) -> Tensor:
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips this block only)
+        if plan.is_exporting():
+            return _alphas_scan(em, mask, start, trans)
+    return _alphas_loop(em, mask, start, trans)
 
 
 def _best(
@@ -269,5 +317,21 @@ def decode(
 def marginals(
     em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
 ) -> Tensor:
-    """Not an export operation: the planner never sends marginals here (eager computes them)."""
-    return eager.marginals(em, mask, start, trans, end, validate)
+    """Posterior tag probabilities (B, T, K): rows sum to 1 where the mask is on, else 0.
+
+    Forward-backward as two masked-step passes: the forward scores, and the same recursion on
+    the time-reversed rows with the transitions transposed and the end scores as start (a
+    mask's gaps are skipped both ways), each shifted to a maximum of 0 at every step; at each
+    kept position, ``alpha + beta - emission`` normalised over the tags (the shifts cancel).
+    """
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips this block only)
+        if validate and not plan.is_compiling():
+            eager.validate_values(em, mask, start, trans, end, None, True)
+    em, start, trans, end = em.detach(), start.detach(), trans.detach(), end.detach()
+    ahead = _all_alphas(em, mask, start, trans)  # (T, B, K), emissions at t included
+    behind = _all_alphas(em.flip(1), mask.flip(1), end, trans.t()).flip(0)  # (T, B, K), too
+    em_tm = em.transpose(0, 1)
+    joint = torch.where(torch.isneginf(em_tm), em_tm, ahead + behind - em_tm)
+    probs = torch.softmax(joint, 2)  # exp(x - max) / sum: sums to 1 where log Z would round
+    probs = torch.where(mask.t().unsqueeze(2), probs, torch.zeros_like(probs))
+    return probs.transpose(0, 1)

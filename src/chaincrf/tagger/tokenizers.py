@@ -1,0 +1,215 @@
+"""Raw text to tokens with character offsets: the ``"spacy"`` and ``"whitespace"`` tokenizers.
+
+A tokenizer turns one line into :class:`TokenizedLine`: its tokens and, per token, the
+``(start, end)`` character offsets into that line, so that ``line[start:end] == token``.
+
+- ``"spacy"``: spaCy's rule-based English tokenizer (``spacy.blank("en").tokenizer``: no model
+  download). It splits ``call.`` into ``call`` ``.`` and ``don't`` into ``do`` ``n't``, and keeps
+  ``U.S.`` and ``Mr.`` whole. Like ``str.split()`` it first splits on runs of whitespace
+  (``str.isspace()``: also "\\t", "\\x0b", "\\x85", U+2028, ...), then splits each piece on its
+  prefixes, suffixes, infixes and special cases; the whitespace tokens spaCy emits for runs of
+  spaces are dropped. spaCy is imported on first use, once per process.
+- ``"whitespace"``: ``str.split()``, the former rule (:func:`chaincrf.tagger.outputs.tokenize`).
+
+Neither imports torch, Lightning, Hydra, torchmetrics or seqeval.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
+
+__all__ = [
+    "TOKENIZERS",
+    "SpacyTokenizer",
+    "TokenizedLine",
+    "Tokenizer",
+    "WhitespaceTokenizer",
+    "get_tokenizer",
+]
+
+TOKENIZERS = ("spacy", "whitespace")
+"""The tokenizer names :func:`get_tokenizer` accepts."""
+
+_NON_SPACE = re.compile(r"\S+")  # \s is exactly str.isspace() for str patterns
+_SPACE = re.compile(r"\s")
+
+
+class TokenizedLine(NamedTuple):
+    """One tokenised line.
+
+    Attributes:
+        tokens: the tokens, e.g. ``["call", "."]`` for ``"call."``.
+        offsets: per token, ``(start, end)`` character offsets into the line (end exclusive):
+            ``line[start:end] == tokens[i]``.
+    """
+
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+
+
+class Tokenizer:
+    """The interface: :meth:`tokenize` one line, :meth:`tokenize_lines` a chunk of lines.
+
+    Attributes:
+        name: the name :func:`get_tokenizer` knows it by.
+    """
+
+    name = ""
+
+    def tokenize(self, line: str) -> TokenizedLine:
+        """Tokenise one line.
+
+        Args:
+            line: one sentence, e.g. ``"EU rejects German call."``.
+
+        Returns:
+            Its tokens and their character offsets into ``line``.
+        """
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Load now what the tokenizer needs (spaCy's pipeline), not at the first line."""
+
+    def tokenize_lines(self, lines: Iterable[str]) -> list[TokenizedLine]:
+        """Tokenise a chunk of lines (what the predictor calls, once per chunk).
+
+        Args:
+            lines: the lines.
+
+        Returns:
+            One :class:`TokenizedLine` per line, in order.
+        """
+        return [self.tokenize(line) for line in lines]
+
+    def __call__(self, line: str) -> TokenizedLine:
+        """Same as :meth:`tokenize`."""
+        return self.tokenize(line)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class WhitespaceTokenizer(Tokenizer):
+    """``str.split()`` with offsets: a token is a maximal run of non-whitespace characters."""
+
+    name = "whitespace"
+
+    def tokenize(self, line: str) -> TokenizedLine:
+        """Tokenise one line on whitespace (as :meth:`Tokenizer.tokenize`)."""
+        matches = list(_NON_SPACE.finditer(line))
+        return TokenizedLine([m.group() for m in matches], [m.span() for m in matches])
+
+
+@functools.lru_cache(maxsize=1)
+def _spacy_english() -> Any:
+    """``spacy.blank("en")``, built once per process.
+
+    Its lexical attribute getters are switched off: the tokenizer's splits do not read them
+    (only its rules and prefix, suffix and infix patterns), and computing them for every new
+    word halves the throughput.
+
+    Raises:
+        ImportError: naming the package and the other tokenizer, when spaCy is not installed.
+    """
+    try:
+        import spacy
+    except ImportError as error:
+        raise ImportError(
+            "the 'spacy' tokenizer needs spaCy (pip install spacy); or use "
+            f"tokenizer='whitespace' ({error})"
+        ) from None
+    nlp = spacy.blank("en")
+    nlp.vocab.lex_attr_getters = {}
+    return nlp
+
+
+class SpacyTokenizer(Tokenizer):
+    """spaCy's rule-based English tokenizer (``spacy.blank("en").tokenizer``), whitespace
+    tokens dropped.
+
+    Memory stays bounded over a stream: :meth:`tokenize_lines` runs in a spaCy memory zone (the
+    strings and lexemes spaCy creates for a chunk are freed after it), and a line longer than
+    ``piece_chars`` is tokenised in pieces cut at whitespace (spaCy tokenises the text between
+    whitespace runs independently, so the tokens are the same). Not thread-safe (one spaCy
+    pipeline per process).
+
+    Args:
+        piece_chars: the longest piece of a line given to spaCy at once (>= 1).
+
+    Raises:
+        ValueError: if ``piece_chars`` is not a positive int.
+    """
+
+    name = "spacy"
+
+    def __init__(self, piece_chars: int = 100_000) -> None:
+        if not isinstance(piece_chars, int) or isinstance(piece_chars, bool) or piece_chars < 1:
+            raise ValueError(f"piece_chars must be a positive int; got {piece_chars!r}")
+        self.piece_chars = piece_chars
+
+    def prepare(self) -> None:
+        """Import spaCy and build its English pipeline (once per process)."""
+        _spacy_english()
+
+    def tokenize(self, line: str) -> TokenizedLine:
+        """Tokenise one line with spaCy (as :meth:`Tokenizer.tokenize`)."""
+        return self.tokenize_lines([line])[0]
+
+    def tokenize_lines(self, lines: Iterable[str]) -> list[TokenizedLine]:
+        """Tokenise a chunk of lines in one spaCy memory zone (as
+        :meth:`Tokenizer.tokenize_lines`)."""
+        lines = list(lines)
+        if not lines:  # spaCy is not loaded for nothing
+            return []
+        nlp = _spacy_english()
+        out = []
+        with nlp.memory_zone():  # the Docs must not outlive it: copy out strings and ints
+            for line in lines:
+                tokens: list[str] = []
+                offsets: list[tuple[int, int]] = []
+                for shift, piece in self._pieces(line):
+                    for token in nlp.tokenizer(piece):
+                        text = token.text
+                        if not text.isspace():
+                            start = token.idx + shift
+                            tokens.append(text)
+                            offsets.append((start, start + len(text)))
+                out.append(TokenizedLine(tokens, offsets))
+        return out
+
+    def _pieces(self, line: str) -> Iterator[tuple[int, str]]:
+        """``(offset, piece)``: the line cut after a whitespace character once a piece has
+        ``piece_chars`` characters (a longer run without whitespace stays whole)."""
+        start = 0
+        while len(line) - start > self.piece_chars:
+            space = _SPACE.search(line, start + self.piece_chars - 1)
+            if space is None:
+                break
+            yield start, line[start : space.end()]
+            start = space.end()
+        yield start, line[start:]
+
+    def __repr__(self) -> str:
+        return f"SpacyTokenizer(piece_chars={self.piece_chars})"
+
+
+def get_tokenizer(name: str) -> Tokenizer:
+    """The tokenizer called ``name`` (spaCy is not imported until it tokenises).
+
+    Args:
+        name: one of :data:`TOKENIZERS`: ``"spacy"`` or ``"whitespace"``.
+
+    Returns:
+        A new :class:`Tokenizer`.
+
+    Raises:
+        ValueError: naming the argument and the choices, for any other name.
+    """
+    if name == "spacy":
+        return SpacyTokenizer()
+    if name == "whitespace":
+        return WhitespaceTokenizer()
+    raise ValueError(f"tokenizer must be one of {TOKENIZERS}; got {name!r}")
