@@ -59,7 +59,9 @@ def _variant(name: str, seed: int = 0) -> Predictor:
         spec["feature_sizes"] = [len(features)]
         embeddings.update(feature_dim=4)
         encoder.clear()
-        encoder.update({"_target_": "chaincrf.encoders.identity.IdentityEncoder", "_partial_": True})
+        encoder.update(
+            {"_target_": "chaincrf.encoders.identity.IdentityEncoder", "_partial_": True}
+        )
     else:
         raise AssertionError(name)
     torch.manual_seed(seed)

@@ -50,12 +50,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-import hydra
 from omegaconf import DictConfig
 
-from chaincrf.cli.common import CONFIG_DIR, allow_targets, atomic_output, require, run_cli
-from chaincrf.model_files import check_local_path
-from chaincrf.tagger.bundle import load_predictor
+from chaincrf.cli.common import allow_targets, atomic_output, hydra_main, require, run_cli
 from chaincrf.tagger.outputs import TaggedSentence
 from chaincrf.tagger.tokenizers import get_tokenizer
 
@@ -67,6 +64,7 @@ one line (the bounded-memory prediction path handles that); a longer line is not
 
 _FORMATS = ("auto", "text", "conll", "conllu")
 _OUTPUT_FORMATS = ("jsonl", "conll")
+_ENGINES = ("auto", "torch", "onnx")
 
 
 def _input_format(cfg: DictConfig) -> str:
@@ -312,6 +310,33 @@ def counted(
     update(lines, tokens)
 
 
+def load(ckpt: Any, engine: str, cfg: DictConfig) -> Any:
+    """The predictor for ``engine``: ``onnx`` runs an exported folder's ``model.onnx`` with
+    onnxruntime (no torch: :class:`~chaincrf.tagger.onnx_predictor.OnnxPredictor`), ``torch``
+    the PyTorch network of a checkpoint or bundle (torch only), ``auto`` the first when the
+    folder was exported with ``format=onnx`` and onnxruntime is installed, else the second.
+
+    Raises:
+        ValueError: for ``engine=onnx`` and a path that is not an ONNX export.
+    """
+    import importlib.util
+
+    from chaincrf.tagger.onnx_predictor import OnnxPredictor, is_artefact
+
+    onnx = is_artefact(ckpt, "onnx")
+    if engine == "onnx" and not onnx:
+        raise ValueError(
+            f"engine=onnx needs a folder written by `chaincrf-export ... format=onnx`; got {ckpt}"
+        )
+    if onnx and engine != "torch" and importlib.util.find_spec("onnxruntime") is not None:
+        return OnnxPredictor(ckpt)
+    from chaincrf.model_files import check_local_path
+    from chaincrf.tagger.bundle import load_predictor
+
+    path = check_local_path(ckpt, "ckpt_path")
+    return load_predictor(path, allow_targets=allow_targets(cfg))  # torch only
+
+
 def predict(cfg: DictConfig) -> PredictSummary:
     """Tag ``cfg.input`` with ``cfg.ckpt_path`` and write ``cfg.output``; tests call this.
 
@@ -326,9 +351,10 @@ def predict(cfg: DictConfig) -> PredictSummary:
             ``top_k``, ``tokenizer``, ...), before the model is loaded; for ``top_k`` > 1 with
             a model without a CRF, before anything is read.
     """
-    ckpt = check_local_path(
-        require(cfg, "ckpt_path", "pass ckpt_path=<path to a .ckpt>"), "ckpt_path"
-    )
+    ckpt = require(cfg, "ckpt_path", "pass ckpt_path=<path to a .ckpt>")
+    engine = str(cfg.get("engine", "auto"))
+    if engine not in _ENGINES:
+        raise ValueError(f"engine must be one of {_ENGINES}; got {engine!r}")
     out_fmt = str(cfg.get("output_format", "jsonl"))
     if out_fmt not in _OUTPUT_FORMATS:
         raise ValueError(f"output_format must be one of {_OUTPUT_FORMATS}; got {out_fmt!r}")
@@ -338,7 +364,7 @@ def predict(cfg: DictConfig) -> PredictSummary:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be >= 1; got {value!r}")
     tokenizer = get_tokenizer(cfg.get("tokenizer", "spacy"))
-    predictor = load_predictor(ckpt, allow_targets=allow_targets(cfg))  # torch only
+    predictor = load(ckpt, engine, cfg)
     predictor.tokenizer = tokenizer
     items, gold = read_input(cfg, predictor.sentence_encoder.feature_columns)
     if _input_format(cfg) == "text":
@@ -359,7 +385,7 @@ def predict(cfg: DictConfig) -> PredictSummary:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+@hydra_main("predict")
 def main(cfg: DictConfig) -> None:
     """Entry point of ``chaincrf-predict``."""
     run_cli(predict, cfg)

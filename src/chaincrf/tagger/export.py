@@ -28,6 +28,7 @@ onnxruntime and numpy only.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from chaincrf.embeddings import PAD_ID, TokenEmbedder, _CharCNN, _CharLSTM
+from chaincrf.tagger.onnx_predictor import ARTEFACT_FORMAT
 
 assert PAD_ID == 0, "the graph writes the padding id as the literal 0 (TorchScript)"
 
@@ -44,8 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["ARTEFACT_FORMAT", "FORMATS", "ExportableTagger", "export_model", "graph_inputs"]
 
 FORMATS = ("torchscript", "onnx")
-ARTEFACT_FORMAT = "chaincrf-artefact-1"
-"""``format`` in an artefact's ``tagger.json``."""
 
 ONNX_OPSET = 18
 
@@ -312,7 +312,15 @@ def _example(num_features: int) -> tuple[Tensor, ...]:
     return inputs
 
 
-def export_model(predictor: Predictor, out_dir: str | Path, fmt: str = "onnx") -> Path:
+QUANTIZE = (None, "int8")
+"""``quantize`` choices: none, or int8 dynamic quantisation of the ONNX model's encoder and
+projection (onnxruntime's ``quantize_dynamic`` on its LSTM and MatMul nodes: int8 weights,
+activations quantised per call)."""
+
+
+def export_model(
+    predictor: Predictor, out_dir: str | Path, fmt: str = "onnx", quantize: str | None = None
+) -> Path:
     """Write the artefact folder of a predictor's network (see the module docstring).
 
     Args:
@@ -321,6 +329,8 @@ def export_model(predictor: Predictor, out_dir: str | Path, fmt: str = "onnx") -
         out_dir: the folder to write into (created; files of the same names are replaced).
         fmt: ``"torchscript"`` (``model.pt``, ``torch.jit.load``) or ``"onnx"``
             (``model.onnx``, opset 18, for onnxruntime).
+        quantize: None, or ``"int8"`` (ONNX only): the LSTMs and matrix products with int8
+            weights (:data:`QUANTIZE`), for faster CPU prediction.
 
     Returns:
         The path of the model file.
@@ -331,6 +341,10 @@ def export_model(predictor: Predictor, out_dir: str | Path, fmt: str = "onnx") -
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}; got {fmt!r}")
+    if quantize not in QUANTIZE or (quantize is not None and fmt != "onnx"):
+        raise ValueError(
+            f"quantize must be one of {QUANTIZE} (int8: format onnx); got {quantize!r}"
+        )
     if predictor.vocab is None:
         raise ValueError("the predictor has no vocabularies: load it from a trained model file")
     graph = ExportableTagger(predictor.model.cpu())
@@ -345,11 +359,14 @@ def export_model(predictor: Predictor, out_dir: str | Path, fmt: str = "onnx") -
         else:
             path = out_dir / "model.onnx"
             _export_onnx(graph, path, names, num_features)
+            if quantize == "int8":
+                _quantize_int8(path)
     tags = predictor.tags
     meta = {
         "format": ARTEFACT_FORMAT,
         "model": path.name,
         "engine": fmt,
+        "quantize": quantize,
         "inputs": names,
         "outputs": ["tags", "confidences"],
         "labels": list(tags.labels),
@@ -383,17 +400,20 @@ def _export_onnx(graph: ExportableTagger, path: Path, names: list[str], num_feat
     # measured). Emptying the cache first makes every export see the swap.
     for op in (torch.ops.aten.lstm.input, torch.ops.aten.lstm.data):
         getattr(op, "_dispatch_cache", {}).clear()
-    program = torch.onnx.export(
-        graph,
-        _example(num_features),
-        str(path),
-        input_names=names,
-        output_names=["tags", "confidences"],
-        dynamic_shapes=tuple(shapes),
-        opset_version=ONNX_OPSET,
-        dynamo=True,
-        external_data=False,
-    )
+    with warnings.catch_warnings():  # the exporter's notes on its own internals
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph,
+            _example(num_features),
+            str(path),
+            input_names=names,
+            output_names=["tags", "confidences"],
+            dynamic_shapes=tuple(shapes),
+            opset_version=ONNX_OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
     fixed = [
         (value.name, axis)
         for value in program.model_proto.graph.input
@@ -403,3 +423,18 @@ def _export_onnx(graph: ExportableTagger, path: Path, names: list[str], num_feat
     if fixed:  # a model that takes one batch shape only: not what was asked for
         path.unlink(missing_ok=True)
         raise RuntimeError(f"the ONNX exporter fixed dynamic axes (input, axis): {fixed}")
+
+
+def _quantize_int8(path: Path) -> None:
+    """Replace the ONNX model at ``path`` by its int8 dynamic quantisation (LSTM and MatMul
+    nodes: the encoder and the projection; the character CNN, embeddings and CRF stay float)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    float_path = path.with_suffix(".float.onnx")
+    path.rename(float_path)
+    try:
+        quantize_dynamic(
+            float_path, path, weight_type=QuantType.QInt8, op_types_to_quantize=["LSTM", "MatMul"]
+        )
+    finally:
+        float_path.unlink(missing_ok=True)
