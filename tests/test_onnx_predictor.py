@@ -129,7 +129,7 @@ def test_chaincrf_predict_runs_an_onnx_folder_with_onnxruntime(exported, tmp_pat
 
 
 def test_bad_folders_and_options_are_named(exported, tmp_path):
-    with pytest.raises(FileNotFoundError, match="tagger.json: missing"):
+    with pytest.raises(FileNotFoundError, match=r"tagger\.json: missing"):
         OnnxPredictor(tmp_path)
     (tmp_path / "tagger.json").write_text('{"format": "chaincrf-artefact-1", "engine": "pt"}')
     with pytest.raises(ValueError, match="not an ONNX tagger artefact"):
