@@ -337,18 +337,21 @@ class SequenceTagger(pl.LightningModule):
         self,
         sentences: Sequence[str] | Sequence[Sequence[str]] | Sequence[Any],
         batch_size: int = 128,
+        top_k: int = 1,
     ) -> list[TaggedSentence]:
-        """Tag sentences, results in input order (:meth:`Predictor.predict`)."""
-        return self.predictor.predict(sentences, batch_size)
+        """Tag sentences, results in input order (:meth:`Predictor.predict`; ``top_k`` > 1
+        adds the k best taggings with their probabilities)."""
+        return self.predictor.predict(sentences, batch_size, top_k=top_k)
 
     def predict_iter(
         self,
         sentences: Iterable[str] | Iterable[Sequence[str]] | Iterable[Any],
         batch_size: int = 128,
         chunk_size: int = 2048,
+        top_k: int = 1,
     ) -> Iterator[TaggedSentence]:
         """Tag a stream lazily, in bounded memory (:meth:`Predictor.predict_iter`)."""
-        return self.predictor.predict_iter(sentences, batch_size, chunk_size)
+        return self.predictor.predict_iter(sentences, batch_size, chunk_size, top_k=top_k)
 
     def encode(
         self,

@@ -1,0 +1,47 @@
+"""Where the commands find their configs: inside the installed package (``chaincrf/conf``), plus
+the user's folder from ``$CHAINCRF_CONFIG_DIR`` (Hydra's ``--config-dir``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import chaincrf
+from chaincrf.cli.common import CONFIG_DIR, USER_CONFIG_ENV, user_config_args
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_configs_are_inside_the_package_and_are_the_repositorys():
+    packaged = Path(chaincrf.__file__).parent / "conf"
+    assert Path(CONFIG_DIR) == packaged
+    assert packaged.resolve() == (ROOT / "conf").resolve()  # one source: the link
+    assert {p.name for p in packaged.iterdir()} >= {"config.yaml", "predict.yaml", "export.yaml"}
+
+
+def test_the_users_folder_is_added_as_hydras_config_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv(USER_CONFIG_ENV, raising=False)
+    assert user_config_args([]) == []
+    monkeypatch.setenv(USER_CONFIG_ENV, str(tmp_path))
+    assert user_config_args(["trainer=cpu"]) == ["--config-dir", str(tmp_path.resolve())]
+    assert user_config_args(["--config-dir", "/elsewhere"]) == []  # the command line wins
+    assert user_config_args(["-cd", "/elsewhere"]) == []
+    monkeypatch.setenv(USER_CONFIG_ENV, str(tmp_path / "missing"))
+    with pytest.raises(NotADirectoryError, match=r"CHAINCRF_CONFIG_DIR=.*missing: not a folder"):
+        user_config_args([])
+
+
+@pytest.mark.slow
+def test_a_command_composes_the_users_own_option(tmp_path):
+    (tmp_path / "trainer").mkdir()
+    (tmp_path / "trainer" / "mine.yaml").write_text("max_epochs: 77\n")
+    env = {**os.environ, USER_CONFIG_ENV: str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-m", "chaincrf.cli.train", "--cfg", "job", "trainer=mine"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, check=True,
+    )  # fmt: skip
+    assert "max_epochs: 77" in out.stdout
