@@ -127,14 +127,7 @@ class OnnxPredictor(StreamPredictor):
             ValueError: naming the sentence, when a feature-column model gets no features.
         """
         encoder = self.sentence_encoder
-        if feature_lists is None:
-            feature_lists = [None] * len(token_lists)
-        items = []
-        for i, (tokens, features) in enumerate(zip(token_lists, feature_lists)):
-            try:
-                items.append(encoder.encode(list(tokens), features=features))
-            except ValueError as error:
-                raise ValueError(f"sentence {i} ({' '.join(tokens)[:60]!r}): {error}") from None
+        items = self.encode_ids(token_lists, feature_lists)
         B = len(items)
         T = max(len(item["words"]) for item in items)
         C = max(max(len(ids) for ids in item["chars"]) for item in items)

@@ -37,17 +37,7 @@ class Predictor(StreamPredictor):
         tags: the tag set and its schemes (labels in the network's id order).
         vocab: the vocabularies as plain data (``SentenceEncoder.to_dict()``), or None (then
             only :meth:`tag_batch` on ready batches works).
-        tokenizer: how raw strings are tokenised
-            (:func:`chaincrf.tagger.tokenizers.get_tokenizer`): ``"spacy"`` (spaCy's rule-based
-            English tokenizer: ``call.`` -> ``call`` ``.``) or ``"whitespace"``
-            (``str.split()``).
-
-    Attributes:
-        tokenizer: the :class:`~chaincrf.tagger.tokenizers.Tokenizer` for raw strings (may be
-            replaced, e.g. ``predictor.tokenizer = get_tokenizer("whitespace")``).
-
-    Raises:
-        ValueError: for an unknown ``tokenizer`` name.
+        tokenizer: for raw strings, as :class:`~chaincrf.tagger.streaming.StreamPredictor`'s.
     """
 
     def __init__(
@@ -103,16 +93,12 @@ class Predictor(StreamPredictor):
         """
         from chaincrf.data.batching import collate
 
-        encoder = self.sentence_encoder
-        if feature_lists is None:
-            feature_lists = [None] * len(token_lists)
-        items = []
-        for i, (tokens, features) in enumerate(zip(token_lists, feature_lists)):
-            try:
-                encoded = encoder.encode(list(tokens), features=features)
-            except ValueError as error:
-                raise ValueError(f"sentence {i} ({' '.join(tokens)[:60]!r}): {error}") from None
-            items.append({**encoded, "tokens": list(tokens), "index": i})
+        items = [
+            {**encoded, "tokens": list(tokens), "index": i}
+            for i, (tokens, encoded) in enumerate(
+                zip(token_lists, self.encode_ids(token_lists, feature_lists))
+            )
+        ]
         batch = collate(items)
         return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 

@@ -66,6 +66,28 @@ class StreamPredictor:
         """
         raise NotImplementedError
 
+    def encode_ids(
+        self,
+        token_lists: Sequence[Sequence[str]],
+        feature_lists: Sequence[Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Each sentence's ids (:meth:`SentenceEncoder.encode`: ``words``, ``chars``,
+        ``casing`` and, for feature-column models, ``features``), as in training.
+
+        Raises:
+            ValueError: naming the sentence, when a feature-column model gets no features.
+        """
+        encoder = self.sentence_encoder
+        if feature_lists is None:
+            feature_lists = [None] * len(token_lists)
+        items = []
+        for i, (tokens, features) in enumerate(zip(token_lists, feature_lists)):
+            try:
+                items.append(encoder.encode(list(tokens), features=features))
+            except ValueError as error:
+                raise ValueError(f"sentence {i} ({' '.join(tokens)[:60]!r}): {error}") from None
+        return items
+
     def tagging(self) -> contextlib.AbstractContextManager[None]:
         """The context a chunk is tagged in (the PyTorch predictor's: eval mode)."""
         return contextlib.nullcontext()

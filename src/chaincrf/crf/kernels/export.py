@@ -156,25 +156,12 @@ def _padded(em: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.jit.unused
-def _log_partition_scan(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) -> Tensor:
-    from torch._higher_order_ops.scan import scan
-
-    B, _, K = em.shape
-    em, mask = _padded(em, mask)
-    first = _firsts(mask).t().unsqueeze(2)  # (T + 1, B, 1)
-
-    def step(alpha: Tensor, xs: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        em_t, on_t, first_t = xs
-        alpha = _partition_step(alpha, em_t, on_t, first_t, trans)
-        return alpha.clone(), alpha.new_zeros(())
-
-    init = start.unsqueeze(0).expand(B, K).contiguous()
-    alpha, _ = scan(step, init, (em.transpose(0, 1), mask.t(), first))
-    return alpha
-
-
-@torch.jit.unused
-def _alphas_scan(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) -> Tensor:
+def _forward_scan(
+    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, normalized: bool
+) -> tuple[Tensor, Tensor]:
+    """The forward recursion as one ``scan``: the scores after the last position (B, K) and
+    after every position (T, B, K); ``normalized`` shifts them to a maximum of 0 at each step
+    (:func:`_normalized`)."""
     from torch._higher_order_ops.scan import scan
 
     B, T, K = em.shape
@@ -183,12 +170,14 @@ def _alphas_scan(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) -> Tens
 
     def step(alpha: Tensor, xs: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         em_t, on_t, first_t = xs
-        alpha = _normalized(_partition_step(alpha, em_t, on_t, first_t, trans))
+        alpha = _partition_step(alpha, em_t, on_t, first_t, trans)
+        if normalized:
+            alpha = _normalized(alpha)
         return alpha.clone(), alpha.clone()
 
     init = start.unsqueeze(0).expand(B, K).contiguous()
-    _, alphas = scan(step, init, (em.transpose(0, 1), mask.t(), first))
-    return alphas[:T]
+    alpha, alphas = scan(step, init, (em.transpose(0, 1), mask.t(), first))
+    return alpha, alphas[:T]
 
 
 @torch.jit.unused
@@ -223,14 +212,14 @@ def _viterbi_scan(
 def _alpha(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) -> Tensor:
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips this block only)
         if plan.is_exporting():
-            return _log_partition_scan(em, mask, start, trans)
+            return _forward_scan(em, mask, start, trans, False)[0]
     return _log_partition_loop(em, mask, start, trans)
 
 
 def _all_alphas(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) -> Tensor:
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips this block only)
         if plan.is_exporting():
-            return _alphas_scan(em, mask, start, trans)
+            return _forward_scan(em, mask, start, trans, True)[1]
     return _alphas_loop(em, mask, start, trans)
 
 
