@@ -9,7 +9,8 @@ round (the machine is shared and noisy), with ``--threads`` intra-op threads eac
   sizes, random weights: speed does not depend on them), batches of 32 random sentences padded
   to the longest, ``emissions`` + ``torchcrf.CRF.decode``;
 - ``eager``: chaincrf's network in PyTorch (``Predictor.model``): emissions, Viterbi and the
-  marginals, on length-sorted batches of ``--batch-size``;
+  marginals, on length-sorted batches of ``--batch-size`` (and ``tags only``: emissions and
+  Viterbi, the plain loop's work);
 - ``torchscript``, ``onnxruntime``, ``onnxruntime int8``: the exported graph (the same work:
   tags and each tag's marginal) on the same batches.
 
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128, help="chaincrf's batches")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--profile", action="store_true", help="also print where eager emissions spend their time"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     root = data_root(args.data_root)
@@ -109,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
             baseline.crf.decode(baseline.emissions(words, chars), mask)
 
     @torch.inference_mode()
+    def eager_tags() -> None:
+        model = predictor.model
+        for batch in torch_batches:
+            model.decode(model.emissions(batch), batch["mask"])
+
+    @torch.inference_mode()
     def eager() -> None:
         model = predictor.model
         for batch in torch_batches:
@@ -133,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model_rows = {
         "plain PyTorch + pytorch-crf loop (batches of 32)": plain_loop,
+        "chaincrf eager PyTorch, tags only": eager_tags,
         "chaincrf eager PyTorch": eager,
         "chaincrf TorchScript": torchscript,
         "chaincrf ONNX Runtime": onnxruntime("onnx"),
@@ -176,6 +187,14 @@ def main(argv: list[str] | None = None) -> int:
             ts_tags.extend(predictor.tags.decode_batch(tags, batch["mask"]))
     ts_by_row = dict(zip(order, (predictor.tags.to_original(t) for t in ts_tags)))
     scores["chaincrf TorchScript"] = f1_score(gold, [ts_by_row[i] for i in range(len(gold))])
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            for batch in torch_batches:
+                predictor.model.emissions(batch)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
 
     base = n_tokens * args.rounds / seconds["plain PyTorch + pytorch-crf loop (batches of 32)"]
     print(f"\nCoNLL-2003 dev: {len(sentences)} sentences, {n_tokens} tokens; {args.rounds} rounds, "
