@@ -8,12 +8,15 @@ A few modules, one job each:
   Hydra object, no pickled module) and the network built from them;
 - :mod:`~chaincrf.tagger.module`: :class:`SequenceTagger`, the ``LightningModule`` that trains
   and evaluates the network;
-- :mod:`~chaincrf.tagger.predictor`: text in, :class:`TaggedSentence` out, with confidences;
+- :mod:`~chaincrf.tagger.streaming`: prediction over streams (tokenising, chunks, length-sorted
+  batches, input order), whatever engine tags the batches;
+  :mod:`~chaincrf.tagger.predictor`: the PyTorch engine, :class:`TaggedSentence` out with
+  confidences and top-k alternatives;
+- :mod:`~chaincrf.tagger.tokenizers`: raw text to tokens with character offsets (spaCy's
+  rule-based English tokenizer, or whitespace);
 - :mod:`~chaincrf.tagger.bundle`: model files read as data, bundles written;
-- :mod:`~chaincrf.tagger.outputs`: the output types and :func:`tokenize` (raw text is split on
-  whitespace: ``"EU rejects German call ."`` is five tokens; pass token lists to use your own
-  tokeniser); :mod:`~chaincrf.tagger.schedule`: :class:`InverseTimeDecay`.
-
+- :mod:`~chaincrf.tagger.outputs`: the output types and :func:`tokenize` (the whitespace rule);
+  :mod:`~chaincrf.tagger.schedule`: :class:`InverseTimeDecay`;
 - :mod:`~chaincrf.tagger.export`: the whole network as one graph, saved as TorchScript or ONNX;
   :mod:`~chaincrf.tagger.onnx_predictor`: :class:`OnnxPredictor` runs the ONNX one with
   onnxruntime and numpy only.
