@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import chaincrf
-from chaincrf.cli.common import CONFIG_DIR, USER_CONFIG_ENV, user_config_args
+from chaincrf.cli.common import CONFIG_DIR, USER_CONFIG_ENV, config_hints, user_config_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,3 +45,34 @@ def test_a_command_composes_the_users_own_option(tmp_path):
         capture_output=True, text=True, env=env, cwd=tmp_path, check=True,
     )  # fmt: skip
     assert "max_epochs: 77" in out.stdout
+
+
+def test_misspelled_keys_and_options_get_did_you_mean_hints():
+    hints = config_hints("config", ["trainer.max_epoch=1", "experiment=conll2003", "seed=3"])
+    assert any("did you mean experiment=conll2003_ner?" in h for h in hints)
+    assert any(
+        "did you mean trainer.max_epochs?" in h and "+trainer.max_epoch=1" in h for h in hints
+    )
+    assert len(hints) == 2  # seed=3 is a key of the config
+    assert config_hints("predict", ["ckpt_path=x", "tokenizer=spacy", "+extra=1"]) == []
+    assert config_hints("config", ["data.trian=x"]) == [
+        "data.trian=x: no key `trian` in `data`; did you mean data.train? (to add a key: "
+        "+data.trian=x)"
+    ]
+
+
+def test_the_user_folders_options_are_not_flagged(tmp_path):
+    (tmp_path / "trainer").mkdir()
+    (tmp_path / "trainer" / "mine.yaml").write_text("max_epochs: 77\n")
+    assert config_hints("config", ["--config-dir", str(tmp_path), "trainer=mine"]) == []
+    assert config_hints("config", ["trainer=mien"])[0].startswith("trainer=mien: no such option")
+
+
+@pytest.mark.slow
+def test_a_command_with_a_misspelled_key_says_what_was_meant(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "chaincrf.cli.train", "trainer.max_epoch=1"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "did you mean trainer.max_epochs?" in out.stderr

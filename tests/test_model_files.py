@@ -21,6 +21,7 @@ from chaincrf.encoders.identity import IdentityEncoder
 from chaincrf.model_files import ModelFileError
 from chaincrf.spec import UntrustedTargetError
 from chaincrf.tagger import SequenceTagger
+from chaincrf.tagger.bundle import load_predictor
 from test_cli import compose_config, export_main, run_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -248,6 +249,12 @@ def test_truncated_or_foreign_checkpoints_name_the_file(run, tmp_path):
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFileError, match=f"{truncated}: cannot be read as a torch file"):
         SequenceTagger.load(truncated)
+    text = tmp_path / "notes.txt"  # e.g. the wrong file of a run folder
+    text.write_text("EU rejects German call .\n")
+    for load in (SequenceTagger.load, load_predictor):
+        with pytest.raises(ModelFileError, match=f"{text}: not a checkpoint or bundle") as error:
+            load(text)
+        assert "starts with 'EU rejects German call" in str(error.value)
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"weights": torch.zeros(2)}, foreign)
     with pytest.raises(ModelFileError, match="not a training checkpoint"):

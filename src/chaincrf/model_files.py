@@ -75,6 +75,17 @@ def check_local_path(value: str | os.PathLike[str], what: str) -> Path:
 
 def _torch_load(path: Path, map_location: Any) -> Any:
     try:
+        with path.open("rb") as handle:
+            head = handle.read(64)
+    except OSError as error:
+        raise ModelFileError(f"{path}: cannot be read: {error.strerror or error}") from None
+    if not head.startswith((b"PK", b"\x80")):  # a zip archive (torch.save) or a legacy pickle
+        shown = head[:24].decode("utf-8", "replace").replace("\n", " ")
+        raise ModelFileError(
+            f"{path}: not a checkpoint or bundle (a model file is a .ckpt written by training, "
+            f"or a bundle folder from chaincrf-export); the file starts with {shown!r}"
+        )
+    try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -83,8 +94,8 @@ def _torch_load(path: Path, map_location: Any) -> Any:
             f"{path}: holds pickled objects other than tensors and plain data; refused "
             f"(weights_only loading): {_ANSI.sub('', detail)}"
         ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
-        raise ModelFileError(f"{path}: cannot be read as a torch file: {error}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as error:
+        raise ModelFileError(f"{path}: cannot be read as a torch file: {error!r}") from None
 
 
 def _read_json(path: Path) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import sys
@@ -95,11 +96,91 @@ def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Call
                 log.error("%s", error)
                 raise SystemExit(1) from None
             sys.argv[1:1] = extra
-            return decorated()
+            try:
+                return decorated()
+            except SystemExit as stop:
+                if stop.code not in (0, None):  # Hydra's error (or ours) is printed: add hints
+                    for hint in config_hints(config_name, sys.argv[1:]):
+                        sys.stderr.write(hint + "\n")
+                raise
 
         return entry
 
     return wrap
+
+
+def config_hints(config_name: str, argv: Sequence[str]) -> list[str]:
+    """Did-you-mean lines for the command line's overrides that name no config option or key.
+
+    ``experiment=conll2003`` (no such option in the group) gets the closest options and the
+    list; ``trainer.max_epoch=1`` (no such key) gets the closest keys at that level, e.g.
+    ``trainer.max_epochs``. Overrides with ``+``/``~``/``++`` (adding or deleting keys on
+    purpose) and Hydra's own are left alone.
+
+    Returns:
+        One line per override that is not found (none when all are).
+    """
+    import difflib
+
+    from omegaconf import DictConfig
+
+    folder = Path(CONFIG_DIR)
+    folders = [folder]  # and the user's (--config-dir), whose options are as valid
+    for flag, value in itertools.pairwise(argv):
+        if flag in ("--config-dir", "-cd") and Path(value).is_dir():
+            folders.append(Path(value))
+    groups = {p.name for f in folders for p in f.iterdir() if p.is_dir()}
+    hints: list[str] = []
+    keys: list[tuple[str, str]] = []
+    choices: list[str] = []
+    for argument in argv:
+        if "=" not in argument or argument.startswith(("-", "+", "~", "hydra")):
+            continue
+        key, _, value = argument.partition("=")
+        if key in groups:
+            options = sorted({p.stem for f in folders for p in (f / key).glob("*.yaml")})
+            wanted = [v for v in value.split(",") if v and v not in options and v != "null"]
+            for option in wanted:
+                close = difflib.get_close_matches(option, options, n=2, cutoff=0.5)
+                guess = f"did you mean {key}={close[0]}? " if close else ""
+                hints.append(
+                    f"{key}={option}: no such option; {guess}(options: {', '.join(options)})"
+                )
+            if not wanted:
+                choices.append(argument)
+        else:
+            keys.append((key, argument))
+    if not keys:
+        return hints
+    try:
+        from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
+            extra = [f"hydra.searchpath=[file://{f}]" for f in folders[1:2]]
+            cfg = compose(config_name=config_name, overrides=[*choices, *extra])
+    except Exception:  # the choices themselves do not compose: Hydra's message says why
+        return hints
+    for key, argument in keys:
+        node: Any = cfg
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, DictConfig):
+                break
+            if part not in node.keys():  # noqa: SIM118 - ``in`` is False for a missing "???"
+                prefix = ".".join(parts[:depth])
+                close = difflib.get_close_matches(part, [str(k) for k in node], n=1, cutoff=0.6)
+                where = f" in `{prefix}`" if prefix else ""
+                guess = f"did you mean {'.'.join([*parts[:depth], close[0]])}? " if close else ""
+                hints.append(
+                    f"{argument}: no key `{part}`{where}; {guess}(to add a key: +{argument})"
+                )
+                break
+            if OmegaConf.is_missing(node, part):
+                break
+            node = node[part]
+    return hints
 
 
 def to_plain(node: Any) -> Any:
