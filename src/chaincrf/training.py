@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import Any
 
 import pytorch_lightning as pl
@@ -65,6 +67,52 @@ class ReseedEachEpoch(pl.Callback):
                 workers=True,
                 verbose=False,
             )
+
+
+class EpochSummary(pl.Callback):
+    """One log line per epoch, kept on the terminal and in the run's ``train.log`` (the progress
+    bar is redrawn): training loss, the monitored dev score and the best so far, seconds per
+    epoch and the time left for ``max_epochs`` at that pace.
+
+    Args:
+        monitor: the dev metric (``val/score``).
+        mode: ``"max"`` or ``"min"``: which direction is better.
+    """
+
+    def __init__(self, monitor: str = "val/score", mode: str = "max") -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min'; got {mode!r}")
+        self.monitor = monitor
+        self.mode = mode
+        self.best: float | None = None
+        self._started: float | None = None
+        self._epochs = 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._started is None:
+            self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.fast_dev_run or self._started is None:
+            return
+        self._epochs += 1
+        metrics = trainer.callback_metrics
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        if "train/loss" in metrics:
+            parts.append(f"train loss {float(metrics['train/loss']):.4f}")
+        if self.monitor in metrics:
+            score = float(metrics[self.monitor])
+            better = self.best is None or (
+                score > self.best if self.mode == "max" else score < self.best
+            )
+            self.best = score if better else self.best
+            parts.append(f"{self.monitor} {score:.4f} (best {self.best:.4f})")
+        per_epoch = (time.perf_counter() - self._started) / self._epochs
+        parts.append(f"{per_epoch:.0f} s/epoch")
+        if trainer.max_epochs and trainer.max_epochs > 0:
+            left = per_epoch * (trainer.max_epochs - trainer.current_epoch - 1)
+            parts.append(f"at most {left / 60:.1f} min left")
+        logging.getLogger("chaincrf.train").info("  ".join(parts))
 
 
 class NonFiniteLossError(FloatingPointError):

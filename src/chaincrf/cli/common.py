@@ -183,6 +183,25 @@ def config_hints(config_name: str, argv: Sequence[str]) -> list[str]:
     return hints
 
 
+class _Tips(logging.Filter):
+    """Drops Lightning's advertising tips ("💡 Tip: ... litlogger ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_third_party(cfg: DictConfig) -> None:
+    """Unless ``cfg.verbose``: silence third-party noise that says nothing about the run —
+    Lightning's tips and the ``LeafSpec`` deprecation warning its own code triggers."""
+    if cfg.get("verbose", False):
+        return
+    import warnings
+
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_Tips())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 def to_plain(node: Any) -> Any:
     """A config node as plain Python data (dicts, lists, scalars), interpolations resolved."""
     if isinstance(node, DictConfig) or OmegaConf.is_config(node):

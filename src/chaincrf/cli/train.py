@@ -27,7 +27,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from chaincrf.cli.common import build, hydra_main, require, run_cli, to_plain
+from chaincrf.cli.common import build, hydra_main, quiet_third_party, require, run_cli, to_plain
 from chaincrf.model_files import check_local_path
 from chaincrf.tagger import SequenceTagger
 from chaincrf.training import AtomicCheckpointIO, ReseedEachEpoch
@@ -92,6 +92,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg)
     started = time.perf_counter()
     run_dir = Path(cfg.run_dir).resolve()
+    log.info("run directory: %s", run_dir)
+    quiet_third_party(cfg)
     resume = cfg.get("ckpt_path")
     if resume is not None:
         resume = str(check_local_path(resume, "ckpt_path"))
@@ -151,7 +153,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             tagger, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True
         )
         metrics.update(tagger.results.get("val", {}))
-    if cfg.get("test", True):
+    run_test = bool(cfg.get("test", True))
+    if run_test and not cfg.data.get("test"):
+        log.warning("no test file (data.test is null): the test is skipped (test=false to say so)")
+        run_test = False
+    if run_test:
         test_started = time.perf_counter()
         eval_trainer.test(
             tagger, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True
@@ -186,6 +192,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             details=details,
         )
         log.info("report: %s", path)
+    summary = [f"{k} {metrics[k]:.4f}" for k in ("val/score", "test/score") if k in metrics]
+    if summary:
+        log.info("done in %.1f min: %s%s", (time.perf_counter() - started) / 60,
+                 ", ".join(summary), f"; model {best}" if best else "")  # fmt: skip
     return metrics
 
 
