@@ -156,7 +156,10 @@ def test_logger_configs_instantiate(option, tmp_path, monkeypatch):
         logger = instantiate(node)
         assert logger is not None
     if option == "mlflow":
-        assert cfg.logger.mlflow.tracking_uri.startswith("sqlite:///")
+        assert cfg.logger.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'mlruns.db'}"
+        monkeypatch.delenv("CHAINCRF_MLFLOW_DB")  # by default: inside the run's folder
+        cfg = compose_config([f"logger={option}", f"run_dir={tmp_path / 'run'}"])
+        assert cfg.logger.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'run' / 'mlruns.db'}"
 
 
 def test_mlflow_logger_records_the_run_in_sqlite(tmp_path, monkeypatch):
