@@ -18,6 +18,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import OnExceptionCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
@@ -113,6 +114,31 @@ class EpochSummary(pl.Callback):
             left = per_epoch * (trainer.max_epochs - trainer.current_epoch - 1)
             parts.append(f"at most {left / 60:.1f} min left")
         logging.getLogger("chaincrf.train").info("  ".join(parts))
+
+
+class InterruptCheckpoint(OnExceptionCheckpoint):
+    """Lightning's :class:`~pytorch_lightning.callbacks.OnExceptionCheckpoint` for interrupts
+    only: Ctrl-C (and SIGTERM, which ``chaincrf-train`` turns into the same interrupt) saves
+    the whole training state as ``last.ckpt`` (atomically, through the trainer's checkpoint
+    I/O), ready for ``ckpt_path=`` to resume; other failures leave the last saved one alone.
+
+    Args:
+        dirpath: the run's checkpoint folder.
+        filename: the file's name without ``.ckpt``.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "last") -> None:
+        super().__init__(dirpath, filename)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            super().on_exception(trainer, pl_module, exception)
+
+    def teardown(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        """Keep the file (Lightning's callback deletes it at the end of a run without an
+        exception; here it is the ``last.ckpt`` that ``ModelCheckpoint`` writes each epoch)."""
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -75,10 +75,13 @@ def user_config_args(argv: Sequence[str]) -> list[str]:
     return ["--config-dir", str(Path(folder).resolve())]
 
 
-def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+def hydra_main(
+    config_name: str, argv_hook: Callable[[list[str]], list[str]] | None = None
+) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
     """``hydra.main`` over the built-in configs, with the user's folder from
     ``$CHAINCRF_CONFIG_DIR`` added in front of them (Hydra's ``--config-dir``): the entry point
-    of each command."""
+    of each command. ``argv_hook`` may add overrides to the command line first (the training
+    command's: resume in the run's own folder)."""
     import functools
 
     import hydra
@@ -96,6 +99,8 @@ def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Call
                 log.error("%s", error)
                 raise SystemExit(1) from None
             sys.argv[1:1] = extra
+            if argv_hook is not None:
+                sys.argv[1:] = argv_hook(sys.argv[1:])
             try:
                 return decorated()
             except SystemExit as stop:

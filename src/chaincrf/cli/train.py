@@ -17,7 +17,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shlex
 import shutil
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +29,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.trainer.states import TrainerStatus
 
 from chaincrf.cli.common import build, hydra_main, quiet_third_party, require, run_cli, to_plain
 from chaincrf.model_files import check_local_path
@@ -127,7 +131,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics: dict[str, float] = {"setup_seconds": time.perf_counter() - started}
     fit_started = time.perf_counter()
     if cfg.get("train", True):
-        trainer.fit(tagger, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        metrics_csv = run_dir / "csv" / "metrics.csv"
+        earlier = (
+            metrics_csv.read_text(encoding="utf-8") if resume and metrics_csv.is_file() else None
+        )
+        try:
+            with _sigterm_as_interrupt() as received:
+                trainer.fit(tagger, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        except SystemExit:
+            if trainer.state.status != TrainerStatus.INTERRUPTED:
+                raise
+            _report_interrupt(run_dir, received)
+        finally:
+            if earlier is not None:
+                _prepend_metrics(metrics_csv, earlier)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
     best = _best_checkpoint(trainer)
     fit_seconds = time.perf_counter() - fit_started
@@ -200,6 +217,72 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 @contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[list[str]]:
+    """SIGTERM (a scheduler's or ``kill``'s stop) raises ``KeyboardInterrupt`` like Ctrl-C, so
+    that Lightning's interrupt path runs (``InterruptCheckpoint`` saves ``last.ckpt``); yields
+    a list that gets the name of the signal received."""
+    received: list[str] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield received
+        return
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _report_interrupt(run_dir: Path, received: list[str]) -> None:
+    """Say where the state is and how to resume, then exit with 130 (Ctrl-C) or 143 (SIGTERM)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except (ImportError, ValueError):  # not under Hydra (a test calling train())
+        overrides = sys.argv[1:]
+    kept = [o for o in overrides if not o.startswith(("ckpt_path=", "+ckpt_path="))]
+    command = shlex.join(["chaincrf-train", *kept, f"ckpt_path={last}"])
+    if last.is_file():
+        log.warning("interrupted: the training state is in %s; resume with:\n  %s", last, command)
+    else:
+        log.warning("interrupted before a checkpoint was written (%s)", last)
+    raise SystemExit(143 if received else 130)
+
+
+def _prepend_metrics(path: Path, earlier: str) -> None:
+    """Put the metrics of the run before a resume back in front of the resumed ones (Lightning's
+    CSV logger starts its file afresh): rows of steps the resumed run logged again are dropped."""
+    import csv
+    import io
+
+    old_rows = list(csv.DictReader(io.StringIO(earlier)))
+    new_rows = (
+        list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+        if path.is_file()
+        else []
+    )
+    steps = [int(r["step"]) for r in new_rows if r.get("step")]
+    first = min(steps) if steps else None
+    kept = [r for r in old_rows if first is None or not r.get("step") or int(r["step"]) < first]
+    fields = list(
+        dict.fromkeys([*(old_rows[0] if old_rows else {}), *(new_rows[0] if new_rows else {})])
+    )
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows([*kept, *new_rows])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(out.getvalue(), encoding="utf-8")
+
+
+@contextlib.contextmanager
 def _removed_on_failure(run_dir: Path) -> Iterator[None]:
     """Remove what a run wrote into ``run_dir`` when it fails before training starts.
 
@@ -247,7 +330,23 @@ def _metrics_csv(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-@hydra_main("config")
+def resume_in_place(argv: list[str]) -> list[str]:
+    """``ckpt_path=<run>/checkpoints/<name>.ckpt`` of a run folder (one with its ``config.yaml``)
+    resumes in that folder: ``hydra.run.dir=<run>`` is added, unless the command line sets the
+    folder or is a multirun. Its logs are appended to, its metrics continued, its config and
+    report written anew."""
+    if any(a.startswith(("hydra.run.dir=", "-m", "--multirun")) for a in argv):
+        return argv
+    for argument in argv:
+        if argument.startswith(("ckpt_path=", "+ckpt_path=")):
+            path = Path(argument.split("=", 1)[1]).expanduser()
+            run = path.parent.parent
+            if path.parent.name == "checkpoints" and (run / "config.yaml").is_file():
+                return [*argv, f"hydra.run.dir={run.resolve()}"]
+    return argv
+
+
+@hydra_main("config", argv_hook=resume_in_place)
 def main(cfg: DictConfig) -> float | None:
     """Entry point of ``chaincrf-train``; returns the monitored score (for Hydra sweepers)."""
     metrics = run_cli(train, cfg)
