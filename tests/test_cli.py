@@ -299,6 +299,14 @@ def test_training_run_writes_everything(trained):
     assert metrics["train_tokens_per_s"] > 0 and metrics["test_tokens_per_s"] > 0
     report = (run_dir / "report.md").read_text()
     assert "| dev |" in report and "| test |" in report and "PER" in report
+    # a model card: how to reproduce it, what it is for
+    from chaincrf.data.download import sha256_of
+
+    train_file = Path(trained["cfg"].data.train)
+    assert f"sha256 {sha256_of(train_file)}" in report and "**seed**: 1" in report
+    for line in ("**command**: `chaincrf-train", "**versions**: Python", "torch", "**hardware**"):
+        assert line in report
+    assert "**intended use**: tagging spans (LOC, MISC, ORG, PER)" in report
 
 
 def test_eval_from_checkpoint_gives_the_training_figures(trained, tmp_path):
