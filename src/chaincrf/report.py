@@ -102,29 +102,58 @@ def _per_type(results: Mapping[str, float], stage: str) -> dict[str, dict[str, f
     return table
 
 
+def learning_curves(
+    series: Mapping[str, list[tuple[float, float]]],
+) -> tuple[dict[str, list[tuple[float, float]]], float | None]:
+    """The learning curves to draw: ``train/loss``, ``val/loss`` and ``val/score`` per epoch
+    trained, and the test score apart (None without one).
+
+    The re-validation of the best checkpoint after training and the test are logged at the
+    epoch after the last one trained: they are not points of the curves.
+    """
+    trained = max((x for x, _ in series.get("train/loss", [])), default=math.inf)
+    curves = {
+        key: [(x, y) for x, y in series[key] if x <= trained]
+        for key in ("train/loss", "val/loss", "val/score")
+        if key in series
+    }
+    test = series["test/score"][-1][1] if series.get("test/score") else None
+    return {k: v for k, v in curves.items() if v}, test
+
+
 def _plot_learning_curves(
     series: Mapping[str, list[tuple[float, float]]], path: Path, score_name: str
 ) -> bool:
-    losses = [k for k in ("train/loss", "val/loss") if k in series]
-    if not losses and "val/score" not in series:
+    curves, test = learning_curves(series)
+    if not curves:
         return False
+    from matplotlib.ticker import MaxNLocator
+
     figure = _figure(10, 4)
     left, right = figure.subplots(1, 2)
-    for key in losses:
-        xs, ys = zip(*series[key])
-        left.plot(xs, ys, marker="o", label=key)
+    for key in ("train/loss", "val/loss"):
+        if key in curves:
+            xs, ys = zip(*curves[key])
+            left.plot(xs, ys, marker="o", label=key)
     left.set_xlabel("epoch")
     left.set_ylabel("loss (per token)")
     left.set_title("Loss")
-    left.legend()
-    for key in ("val/score", "test/score"):
-        if key in series:
-            xs, ys = zip(*series[key])
-            right.plot(xs, [100 * y for y in ys], marker="o", label=key)
+    if "val/score" in curves:
+        xs, ys = zip(*curves["val/score"])
+        right.plot(xs, [100 * y for y in ys], marker="o", label="dev, each epoch")
+    if test is not None:  # one figure, of the best checkpoint: a line apart from the curve
+        right.axhline(
+            100 * test,
+            linestyle="--",
+            color="grey",
+            label=f"test, best checkpoint: {100 * test:.2f}",
+        )
+    for axis in (left, right):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+        axis.legend()
     right.set_xlabel("epoch")
     right.set_ylabel(f"{score_name} (%)")
     right.set_title(f"Dev {score_name}")
-    right.legend()
     figure.tight_layout()
     figure.savefig(path)
     return True
