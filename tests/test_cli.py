@@ -320,10 +320,20 @@ def test_eval_from_checkpoint_gives_the_training_figures(trained, tmp_path):
     for key in ("val/f1", "val/precision", "val/recall", "val/acc", "val/f1_PER"):
         assert results[key] == pytest.approx(metrics[key], abs=1e-9), key
     assert json.loads(output.read_text())["val/f1"] == pytest.approx(metrics["val/f1"])
+    card = tmp_path / "card"
     cfg = compose_config(
-        [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", "split=test"], name="eval"
+        [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", "split=test", f"report={card}"],
+        name="eval",
     )
     assert evaluate(cfg)["test/f1"] == pytest.approx(metrics["test/f1"], abs=1e-9)
+    # the evaluation's model card, as training writes one
+    from chaincrf.data.download import sha256_of
+
+    report = (card / "report.md").read_text()
+    assert report.startswith("# chaincrf evaluation report: test")
+    assert f"sha256 {sha256_of(run_dir / 'checkpoints' / 'best.ckpt')}" in report
+    assert f"sha256 {sha256_of(FIXTURES / 'test.conll')}" in report and "| test |" in report
+    assert "**intended use**: tagging spans (LOC, MISC, ORG, PER)" in report
 
 
 def test_eval_data_overrides_reach_the_data_module(trained, tmp_path):

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["data_files", "environment"]
+__all__ = ["card", "data_files", "environment"]
 
 
 def _git_commit() -> str | None:
@@ -66,3 +68,33 @@ def data_files(paths: Mapping[str, Path | None]) -> dict[str, str]:
         size = Path(path).stat().st_size
         out[f"{split} data"] = f"`{path}` ({size:,} bytes, sha256 {sha256_of(path)})"
     return out
+
+
+def card(
+    tagger: Any, command: Sequence[str], files: Mapping[str, Path | None], seed: Any = None
+) -> dict[str, str]:
+    """The model card's lines beyond the figures: how to reproduce (the command, seed, versions,
+    commit, hardware, threads, data files with their sha256), the label set and the intended
+    use.
+
+    Args:
+        tagger: the :class:`~chaincrf.tagger.SequenceTagger`.
+        command: the command line (program and arguments).
+        files: each split's data file.
+        seed: the run's seed, if any.
+    """
+    labels = tagger.original_labels if tagger.is_span_task else tagger.labels
+    kinds = tagger.tags.entity_types if tagger.is_span_task else sorted(set(labels))
+    task = "spans" if tagger.is_span_task else "tags"
+    lines = {"command": "`" + shlex.join(command) + "`"}
+    if seed is not None:
+        lines["seed"] = str(seed)
+    return {
+        **lines,
+        **environment(),
+        **data_files(files),
+        "label set": ", ".join(sorted(set(labels))),
+        "intended use": f"tagging {task} ({', '.join(kinds)}) in text like the training data's "
+        "(language, domain, tokenisation, era); measure it on your own text before relying on "
+        "it elsewhere",
+    }

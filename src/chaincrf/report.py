@@ -262,6 +262,7 @@ def write_report(
     confusion: Mapping[str, Tensor] | None = None,
     metrics_csv: str | Path | None = None,
     details: Mapping[str, Any] | None = None,
+    title: str = "chaincrf training report",
 ) -> Path:
     """Write ``report.md`` and the PNG plots into ``run_dir``.
 
@@ -273,6 +274,7 @@ def write_report(
             over the training-scheme tags.
         metrics_csv: the CSV logger's ``metrics.csv`` for the learning curves, if any.
         details: extra lines for the header (command, wall time, data, ...).
+        title: the report's heading.
 
     Returns:
         The path of ``report.md``.
@@ -282,7 +284,7 @@ def write_report(
     confusion = dict(confusion or {})
     span_task = bool(getattr(tagger, "is_span_task", False))
     score_name = "span F1" if span_task else "accuracy"
-    lines = ["# chaincrf training report", ""]
+    lines = [f"# {title}", ""]
     for key, value in (details or {}).items():
         lines.append(f"- **{key}**: {value}")
     hp = getattr(tagger, "hparams", {})

@@ -207,6 +207,16 @@ def quiet_third_party(cfg: DictConfig) -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
+def overrides() -> list[str]:
+    """The command line's overrides (Hydra's record of them; ``sys.argv`` outside Hydra)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except (ImportError, ValueError):  # not under Hydra (a test calling the function)
+        return sys.argv[1:]
+
+
 def to_plain(node: Any) -> Any:
     """A config node as plain Python data (dicts, lists, scalars), interpolations resolved."""
     if isinstance(node, DictConfig) or OmegaConf.is_config(node):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -24,6 +25,7 @@ from chaincrf.cli.common import (
     atomic_output,
     build,
     hydra_main,
+    overrides,
     quiet_third_party,
     require,
     run_cli,
@@ -97,8 +99,43 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                 indent=2,
                 sort_keys=True,
             )
+    if cfg.get("report"):
+        _write_card(cfg, ckpt, tagger, datamodule, split, stage, results)
     print_table(tagger, results, stage)
     return results
+
+
+def _write_card(
+    cfg: DictConfig,
+    ckpt: Any,
+    tagger: SequenceTagger,
+    datamodule: Any,
+    split: str,
+    stage: str,
+    results: dict[str, Any],
+) -> None:
+    """``cfg.report``: the evaluation's model card (``report.md``, as training writes one, for
+    this split) and its plots, in that folder."""
+    from chaincrf.data.download import sha256_of
+    from chaincrf.provenance import card
+    from chaincrf.report import write_report
+
+    command = ["chaincrf-eval", *overrides()]
+    details = {
+        "checkpoint": f"`{ckpt}` (sha256 {sha256_of(ckpt)})"
+        if Path(ckpt).is_file()
+        else f"`{ckpt}`"
+    }
+    details.update(card(tagger, command, {split: datamodule.resolve(split)}))
+    path = write_report(
+        cfg.report,
+        tagger,
+        results={stage: results},
+        confusion={stage: tagger.confusion[stage]} if stage in tagger.confusion else None,
+        details=details,
+        title=f"chaincrf evaluation report: {split}",
+    )
+    log.info("report: %s", path)
 
 
 def print_table(tagger: SequenceTagger, results: dict[str, Any], stage: str) -> None:

@@ -20,7 +20,6 @@ import logging
 import shlex
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.trainer.states import TrainerStatus
 
-from chaincrf.cli.common import build, hydra_main, quiet_third_party, require, run_cli, to_plain
+from chaincrf.cli.common import (
+    build,
+    hydra_main,
+    overrides,
+    quiet_third_party,
+    require,
+    run_cli,
+    to_plain,
+)
 from chaincrf.model_files import check_local_path
 from chaincrf.tagger import SequenceTagger
 from chaincrf.training import AtomicCheckpointIO, ReseedEachEpoch
@@ -200,7 +207,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for key, label in (("train_tokens_per_s", "training"), ("test_tokens_per_s", "test")):
             if key in metrics:
                 details[f"{label} tokens/s"] = f"{metrics[key]:,.0f}"
-        details.update(_card(cfg, datamodule, tagger))
+        from chaincrf.provenance import card
+
+        files = {split: datamodule.resolve(split) for split in ("train", "dev", "test")}
+        details.update(card(tagger, ["chaincrf-train", *overrides()], files, cfg.get("seed")))
         path = write_report(
             run_dir,
             tagger,
@@ -215,39 +225,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("done in %.1f min: %s%s", (time.perf_counter() - started) / 60,
                  ", ".join(summary), f"; model {best}" if best else "")  # fmt: skip
     return metrics
-
-
-def _card(cfg: DictConfig, datamodule: Any, tagger: SequenceTagger) -> dict[str, str]:
-    """The model card's lines beyond the figures: how to reproduce the run (command, overrides,
-    seed, versions, commit, data files with their sha256, hardware, threads), the label set and
-    the intended use."""
-    from chaincrf.provenance import data_files, environment
-
-    overrides = _overrides()
-    labels = tagger.original_labels if tagger.is_span_task else tagger.labels
-    kinds = tagger.tags.entity_types if tagger.is_span_task else sorted(set(labels))
-    task = "spans" if tagger.is_span_task else "tags"
-    card = {
-        "command": "`" + shlex.join(["chaincrf-train", *overrides]) + "`",
-        "seed": str(cfg.get("seed")),
-        **environment(),
-        **data_files({split: datamodule.resolve(split) for split in ("train", "dev", "test")}),
-        "label set": ", ".join(sorted(set(labels))),
-        "intended use": f"tagging {task} ({', '.join(kinds)}) in text "
-        "like the training data's (language, domain, tokenisation, era); measure it on your "
-        "own text before relying on it elsewhere",
-    }
-    return card
-
-
-def _overrides() -> list[str]:
-    """The command line's overrides (Hydra's record of them; ``sys.argv`` outside Hydra)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return list(HydraConfig.get().overrides.task)
-    except (ImportError, ValueError):  # not under Hydra (a test calling train())
-        return sys.argv[1:]
 
 
 @contextlib.contextmanager
@@ -275,7 +252,7 @@ def _sigterm_as_interrupt() -> Iterator[list[str]]:
 def _report_interrupt(run_dir: Path, received: list[str]) -> None:
     """Say where the state is and how to resume, then exit with 130 (Ctrl-C) or 143 (SIGTERM)."""
     last = run_dir / "checkpoints" / "last.ckpt"
-    kept = [o for o in _overrides() if not o.startswith(("ckpt_path=", "+ckpt_path="))]
+    kept = [o for o in overrides() if not o.startswith(("ckpt_path=", "+ckpt_path="))]
     command = shlex.join(["chaincrf-train", *kept, f"ckpt_path={last}"])
     if last.is_file():
         log.warning("interrupted: the training state is in %s; resume with:\n  %s", last, command)
