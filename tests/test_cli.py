@@ -544,3 +544,30 @@ def test_ema_weight_averaging_is_what_dev_test_and_eval_score(tmp_path):
             assert results[f"{prefix}/{key}"] == pytest.approx(
                 metrics[f"{prefix}/{key}"], abs=1e-9
             ), (split, key)
+
+
+def test_the_confusion_matrix_is_over_the_scored_labels(trained):
+    """Spans are scored on the corpus's own labels (IOB1 here): so is the confusion matrix
+    (the model trains on BIOES); it counts every test token once."""
+    import pytorch_lightning as pl
+
+    from chaincrf.data import TaggingDataModule
+    from chaincrf.tagger import SequenceTagger
+
+    tagger = SequenceTagger.load(trained["run_dir"] / "checkpoints" / "best.ckpt")
+    assert tagger.scheme == "BIOES" and tagger.original_scheme == "IOB1"
+    labels = tagger.confusion_labels
+    assert labels == tagger.original_labels and not any(x.startswith(("E-", "S-")) for x in labels)
+    datamodule = TaggingDataModule(
+        train=str(FIXTURES / "train.conll"),
+        test=str(FIXTURES / "test.conll"),
+        scheme="BIOES",
+        sentence_encoder=tagger.sentence_encoder,
+    )
+    datamodule.setup("test")
+    pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False).test(
+        tagger, datamodule=datamodule, verbose=False
+    )
+    confusion = tagger.confusion["test"]
+    assert tuple(confusion.shape) == (len(labels), len(labels))
+    assert int(confusion.sum()) == sum(len(s) for s in datamodule.sentences["test"])

@@ -7,7 +7,8 @@
 - ``transitions.png``: the learned CRF transition matrix as a labelled heatmap (forbidden moves
   greyed out), the part of a CRF one can read;
 - ``per_type_f1.png``: F1 per span type (NER, chunking) or per tag (POS), dev and test;
-- ``confusion.png``: the test (else dev) confusion matrix over tags, normalised per gold tag.
+- ``confusion.png``: the test (else dev) confusion matrix over the labels as scored (the
+  corpus's own scheme for spans), normalised per gold label.
 
 Plots use matplotlib's object API with the Agg canvas: no pyplot, no global backend switch.
 """
@@ -271,7 +272,7 @@ def write_report(
         tagger: the trained :class:`chaincrf.tagger.SequenceTagger` (labels, transitions).
         results: ``{"val": {"val/f1": .., ...}, "test": {...}}`` as the tagger's ``results``.
         confusion: ``{"val": (K, K) long, "test": (K, K) long}`` gold-by-predicted token counts
-            over the training-scheme tags.
+            over the tagger's ``confusion_labels`` (the corpus's own labels for spans).
         metrics_csv: the CSV logger's ``metrics.csv`` for the learning curves, if any.
         details: extra lines for the header (command, wall time, data, ...).
         title: the report's heading.
@@ -352,7 +353,7 @@ def write_report(
         if stage in confusion:
             _plot_confusion(
                 confusion[stage],
-                tagger.labels,
+                getattr(tagger, "confusion_labels", tagger.labels),
                 run_dir / "confusion.png",
                 {"val": "dev", "test": "test"}[stage],
             )

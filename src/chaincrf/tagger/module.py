@@ -136,6 +136,12 @@ class SequenceTagger(pl.LightningModule):
         return self.tags.entity_types
 
     @property
+    def confusion_labels(self) -> list[str]:
+        """The labels of :attr:`confusion`'s rows and columns: the corpus's own labels for span
+        tasks (as scored), the tags otherwise."""
+        return self.original_labels if self.is_span_task else list(self.labels)
+
+    @property
     def original_labels(self) -> list[str]:
         """The label set as the corpus writes it (original scheme), for tables and plots."""
         return self.tags.original_labels
@@ -197,15 +203,24 @@ class SequenceTagger(pl.LightningModule):
         )
         predicted = self.model.decode(emissions, mask)  # (B, T), -1 off the mask
         self.acc_metrics[stage].update(predicted, gold, mask)
-        K = len(self.labels)
-        flat_pred = predicted[mask]
-        flat_gold = gold[mask]
-        counts = torch.bincount(flat_gold * K + flat_pred, minlength=K * K).reshape(K, K)
-        self._confusion_acc[stage] = self._confusion_acc.get(stage, 0) + counts.cpu()
         if self.is_span_task:
             pred_labels = [self.to_original(t) for t in self.ids_to_labels(predicted, mask)]
             gold_labels = [self.to_original(t) for t in self.ids_to_labels(gold, mask)]
             self.span_metrics[stage].update(pred_labels, gold_labels)
+            # the confusion over the labels as scored (the corpus's scheme), not the training's
+            index = {label: i for i, label in enumerate(self.confusion_labels)}
+            K = len(index)
+            flat = [
+                index[g] * K + index[p]
+                for golds, preds in zip(gold_labels, pred_labels)
+                for g, p in zip(golds, preds)
+            ]
+            cells = torch.tensor(flat, dtype=torch.long)
+        else:
+            K = len(self.labels)
+            cells = (gold[mask] * K + predicted[mask]).cpu()
+        counts = torch.bincount(cells, minlength=K * K).reshape(K, K)
+        self._confusion_acc[stage] = self._confusion_acc.get(stage, 0) + counts
 
     def _eval_epoch_end(self, stage: str) -> None:
         results: dict[str, float] = {}
