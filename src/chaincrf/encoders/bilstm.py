@@ -9,7 +9,29 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from chaincrf.encoders.base import Encoder, check_dropout, check_inputs
 
-__all__ = ["BiLSTMEncoder"]
+__all__ = ["BiLSTMEncoder", "reverse_index", "reversed_rows"]
+
+
+def reverse_index(lengths: Tensor, T: int) -> Tensor:
+    """(B * T,) rows of a flattened (B * T, D) tensor that reverse each row within its length.
+
+    ``rev[b, t]`` is the position that ``t`` maps to when row ``b`` is reversed within its
+    length: an involution that leaves the padding where it is. As rows of the flattened tensor,
+    ``index_select`` copies whole rows (measured ~6x faster than ``gather`` with an index
+    expanded over the features). Written for graphs too (no host synchronisation).
+    """
+    B = lengths.shape[0]
+    steps = torch.arange(T, device=lengths.device).unsqueeze(0)
+    ends = lengths.unsqueeze(1)
+    rev = torch.where(steps < ends, ends - 1 - steps, steps)
+    return (rev + T * torch.arange(B, device=lengths.device).unsqueeze(1)).reshape(-1)
+
+
+def reversed_rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x`` (B, T, D) with each row reversed within its length (``index`` from
+    :func:`reverse_index`)."""
+    B, T, D = x.shape
+    return x.reshape(B * T, D).index_select(0, index).reshape(B, T, D)
 
 
 # On the CPU, batches with at most this fraction of padding run each direction as one padded
@@ -87,24 +109,15 @@ class BiLSTMEncoder(Encoder):
         Returns:
             float (B, T, 2 * hidden_size); unspecified at padded positions.
         """
-        B, T, _ = features.shape
-        steps = torch.arange(T, device=features.device)
-        # rev[b, t]: the position that t maps to when row b is reversed within its length; an
-        # involution that leaves the padding where it is
-        rev = torch.where(steps < lengths.unsqueeze(1), lengths.unsqueeze(1) - 1 - steps, steps)
-        # as rows of the flattened (B * T, D) tensor: index_select copies whole rows (measured
-        # ~6x faster than gather with an index expanded over the features)
-        flat = (rev + T * torch.arange(B, device=features.device).unsqueeze(1)).reshape(-1)
-
-        def reverse(t: Tensor) -> Tensor:
-            return t.reshape(B * T, -1).index_select(0, flat).view(B, T, -1)
-
+        index = reverse_index(lengths, features.shape[1])
         x = features
         for layer in range(self.lstm.num_layers):
             if layer > 0 and self.lstm.dropout > 0:
                 x = F.dropout(x, self.lstm.dropout, self.training)
             forward = self._direction(x, layer, "")
-            backward = reverse(self._direction(reverse(x), layer, "_reverse"))
+            backward = reversed_rows(
+                self._direction(reversed_rows(x, index), layer, "_reverse"), index
+            )
             x = torch.cat([forward, backward], dim=2)
         return x
 

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from chaincrf.embeddings import PAD_ID, TokenEmbedder, _CharCNN, _CharLSTM
+from chaincrf.encoders.bilstm import reverse_index, reversed_rows
 from chaincrf.tagger.onnx_predictor import ARTEFACT_FORMAT
 
 assert PAD_ID == 0, "the graph writes the padding id as the literal 0 (TorchScript)"
@@ -48,23 +49,6 @@ __all__ = ["ARTEFACT_FORMAT", "FORMATS", "ExportableTagger", "export_model", "gr
 FORMATS = ("torchscript", "onnx")
 
 ONNX_OPSET = 18
-
-
-def _reverse_index(lengths: Tensor, T: int) -> Tensor:
-    """(B * T,) rows of a flattened (B * T, D) tensor that reverse each row within its length
-    (an involution; positions past a row's length stay where they are)."""
-    B = lengths.shape[0]
-    steps = torch.arange(T, device=lengths.device).unsqueeze(0)
-    ends = lengths.unsqueeze(1)
-    rev = torch.where(steps < ends, ends - 1 - steps, steps)
-    return (rev + T * torch.arange(B, device=lengths.device).unsqueeze(1)).reshape(-1)
-
-
-def _reversed(x: Tensor, index: Tensor) -> Tensor:
-    """``x`` (B, T, D) with each row reversed within its length (``index`` from
-    :func:`_reverse_index`)."""
-    B, T, D = x.shape
-    return x.reshape(B * T, D).index_select(0, index).reshape(B, T, D)
 
 
 def _one_direction(lstm: nn.LSTM, layer: int, reverse: bool) -> nn.LSTM:
@@ -99,8 +83,8 @@ class _BiLSTMGraph(nn.Module):
         their lengths."""
         for forward, backward in zip(self.forwards, self.backwards):
             ahead, _ = forward(x)
-            behind, _ = backward(_reversed(x, index))
-            x = torch.cat([ahead, _reversed(behind, index)], dim=2)
+            behind, _ = backward(reversed_rows(x, index))
+            x = torch.cat([ahead, reversed_rows(behind, index)], dim=2)
         return torch.where(mask.unsqueeze(2), x, torch.zeros_like(x))
 
 
@@ -137,7 +121,7 @@ class _CharLSTMGraph(nn.Module):
         lengths = (chars != 0).sum(1).clamp(min=1)  # (N,)
         embedded = self.embedding(chars)  # (N, C, E)
         ahead, _ = self.ahead(embedded)  # (N, C, H)
-        behind, _ = self.behind(_reversed(embedded, _reverse_index(lengths, C)))
+        behind, _ = self.behind(reversed_rows(embedded, reverse_index(lengths, C)))
         last = (lengths - 1).view(N, 1, 1).expand(N, 1, ahead.shape[2])
         return torch.cat([ahead.gather(1, last).squeeze(1), behind.gather(1, last).squeeze(1)], 1)
 
@@ -286,7 +270,7 @@ class ExportableTagger(nn.Module):
             for k, embedding in enumerate(self.feature_embeddings):
                 parts.append(embedding(columns[:, :, k]))
         x = torch.cat(parts, dim=2) * keep.to(feats.dtype)
-        x = self.encoder(x, mask, _reverse_index(mask.sum(1), T))
+        x = self.encoder(x, mask, reverse_index(mask.sum(1), T))
         return self.projection(x)
 
 

@@ -164,9 +164,8 @@ class OnnxPredictor(StreamPredictor):
         for row, tokens in enumerate(token_lists):
             n = len(tokens)
             chosen = confidences[row, :n].astype(np.float64)
-
-            def span_confidence(start: int, end: int, chosen: np.ndarray = chosen) -> float:
-                return round(float(np.prod(chosen[start:end])), 6)
-
-            out.append(self.tagged(tokens, tags[row, :n].tolist(), chosen, span_confidence))
+            train_tags = self.tags.decode(tags[row, :n].tolist())
+            spans = self.tags.spans(train_tags)
+            products = [round(float(np.prod(chosen[start:end])), 6) for _, start, end in spans]
+            out.append(self.tagged(tokens, train_tags, chosen, spans, products))
         return out

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from chaincrf.constraints import TagScheme
 from chaincrf.tagger.network import TaggerModel
-from chaincrf.tagger.outputs import TaggedSentence, TaggedSpan
+from chaincrf.tagger.outputs import TaggedSentence
 from chaincrf.tagger.streaming import StreamPredictor
 
 __all__ = ["Predictor"]
@@ -133,23 +133,17 @@ class Predictor(StreamPredictor):
             tokens = [[""] * n for n in lengths]
         spans_per_row = [self.tags.spans(tags) for tags in train_tags]
         confidences = self.span_confidences(emissions, mask, paths, chosen, spans_per_row)
-        out = []
-        for row, tags in enumerate(train_tags):
-            n = lengths[row]
-            spans = [
-                TaggedSpan(type_, start, end, " ".join(tokens[row][start:end]), conf)
-                for (type_, start, end), conf in zip(spans_per_row[row], confidences[row])
-            ]
-            out.append(
-                TaggedSentence(
-                    tokens=list(tokens[row][:n]),
-                    tags=self.tags.to_original(tags),
-                    confidences=[round(float(p), 6) for p in chosen[row, :n].tolist()],
-                    spans=spans,
-                    alternatives=alternatives[row],
-                )
+        return [
+            self.tagged(
+                tokens[row][: lengths[row]],
+                tags,
+                chosen[row, : lengths[row]].tolist(),
+                spans_per_row[row],
+                confidences[row],
+                alternatives[row],
             )
-        return out
+            for row, tags in enumerate(train_tags)
+        ]
 
     def best_paths(
         self, emissions: Tensor, mask: Tensor, top_k: int

@@ -98,30 +98,30 @@ class StreamPredictor:
     def tagged(
         self,
         tokens: Sequence[str],
-        ids: Sequence[int],
+        train_tags: Sequence[str],
         confidences: Sequence[float],
-        span_confidence: Any,
+        spans: Sequence[tuple[str, int, int]],
+        span_confidences: Sequence[float],
         alternatives: list[dict[str, Any]] | None = None,
     ) -> TaggedSentence:
-        """One result from a row's tag ids (training scheme) and each tag's marginal.
+        """One result, whatever engine tagged it.
 
         Args:
             tokens: the sentence's tokens (n).
-            ids: the tag ids (n).
+            train_tags: its tags in the training scheme (n).
             confidences: each chosen tag's marginal probability (n).
-            span_confidence: ``f(start, end) -> float``, the probability of a predicted span.
+            spans: the predicted spans ``(type, start, end)`` (:meth:`TagScheme.spans`).
+            span_confidences: each span's probability.
             alternatives: the k best taggings, when asked for.
         """
-        train_tags = self.tags.decode(ids)
-        spans = [
-            TaggedSpan(type_, start, end, " ".join(tokens[start:end]), span_confidence(start, end))
-            for type_, start, end in self.tags.spans(train_tags)
-        ]
         return TaggedSentence(
             tokens=list(tokens),
             tags=self.tags.to_original(train_tags),
             confidences=[round(float(p), 6) for p in confidences],
-            spans=spans,
+            spans=[
+                TaggedSpan(type_, start, end, " ".join(tokens[start:end]), confidence)
+                for (type_, start, end), confidence in zip(spans, span_confidences)
+            ],
             alternatives=alternatives or [],
         )
 
