@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from chaincrf.precision import rnn_precision
+
 __all__ = [
     "CHAR_ENCODERS",
     "NUM_CASING",
@@ -158,7 +160,8 @@ class _CharLSTM(nn.Module):
         packed = pack_padded_sequence(
             embedded, lengths.cpu(), batch_first=True, enforce_sorted=False
         )
-        _, (h_n, _) = self.lstm(packed)  # h_n: (2, N, H), in the original order
+        with rnn_precision(embedded):
+            _, (h_n, _) = self.lstm(packed)  # h_n: (2, N, H), in the original order
         return torch.cat([h_n[0], h_n[1]], dim=-1)  # (N, 2H)
 
 
@@ -363,7 +366,7 @@ class TokenEmbedder(nn.Module):
             if lengths.numel() > 0:
                 max_len = int(lengths.max())
                 encoded = self.char_encoder(real_chars[:, :max_len], lengths)  # (N, F)
-                char_features[mask] = encoded
+                char_features[mask] = encoded.to(char_features.dtype)  # bf16 under autocast
             features.append(char_features)  # (B, T, F)
 
         if self.casing_embedding is not None:

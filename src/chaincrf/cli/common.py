@@ -94,13 +94,12 @@ def hydra_main(
         @functools.wraps(function)
         def entry() -> Any:
             try:
-                extra = user_config_args(sys.argv[1:])
-            except NotADirectoryError as error:
+                sys.argv[1:1] = user_config_args(sys.argv[1:])
+                if argv_hook is not None:
+                    sys.argv[1:] = argv_hook(sys.argv[1:])
+            except USER_ERRORS as error:
                 log.error("%s", error)
                 raise SystemExit(1) from None
-            sys.argv[1:1] = extra
-            if argv_hook is not None:
-                sys.argv[1:] = argv_hook(sys.argv[1:])
             try:
                 return decorated()
             except SystemExit as stop:
@@ -197,7 +196,8 @@ class _Tips(logging.Filter):
 
 def quiet_third_party(cfg: DictConfig) -> None:
     """Unless ``cfg.verbose``: silence third-party noise that says nothing about the run —
-    Lightning's tips and the ``LeafSpec`` deprecation warning its own code triggers."""
+    Lightning's tips and the deprecation warnings its own code triggers (``LeafSpec``,
+    ``all_gather``)."""
     if cfg.get("verbose", False):
         return
     import warnings
@@ -205,6 +205,9 @@ def quiet_third_party(cfg: DictConfig) -> None:
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_Tips())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # Lightning's all_gather (of the confusion counts across ranks) calls a torch function that
+    # torch 2.13 deprecates; nothing the user can change
+    warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather")
 
 
 def overrides() -> list[str]:

@@ -39,6 +39,7 @@ from chaincrf.cli.common import (
     run_cli,
     to_plain,
 )
+from chaincrf.cli.launch import launch_rank, shared_run_dir
 from chaincrf.model_files import check_local_path
 from chaincrf.tagger import SequenceTagger
 from chaincrf.training import AtomicCheckpointIO, ReseedEachEpoch
@@ -108,20 +109,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resume = cfg.get("ckpt_path")
     if resume is not None:
         resume = str(check_local_path(resume, "ckpt_path"))
-    with _removed_on_failure(run_dir):
+    # Under torchrun or SLURM every rank runs this function in the one run directory (see
+    # chaincrf.cli.launch): rank 0 alone writes its files (Lightning's loggers and checkpoints
+    # are rank 0's already).
+    writer = launch_rank()[0] == 0
+    with _removed_on_failure(run_dir) if writer else contextlib.nullcontext():
         run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
         if cfg.get("seed") is not None:
             pl.seed_everything(int(cfg.seed), workers=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+        if writer:
+            (run_dir / "config.yaml").write_text(
+                OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8"
+            )
 
         datamodule = build_datamodule(cfg.data)
         tagger = build_tagger(cfg, datamodule)
         total = sum(p.numel() for p in tagger.parameters())
         trainable = sum(p.numel() for p in tagger.parameters() if p.requires_grad)
         log.info("model: %s parameters, %s trainable", f"{total:,}", f"{trainable:,}")
-        datamodule.save_vocabs(run_dir)
+        if writer:
+            datamodule.save_vocabs(run_dir)
 
         callbacks = _instantiate_all(cfg.get("callbacks"))
         if cfg.trainer.get("enable_progress_bar", True) is False:
@@ -153,6 +162,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if earlier is not None:
                 _prepend_metrics(metrics_csv, earlier)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # torchrun/SLURM ranks keep their process group after fit: the final dev/test pass runs
+        # in rank 0 alone (exact corpus counts, no shard padding), and its metrics must not
+        # wait for ranks that have finished.
+        torch.distributed.destroy_process_group()
     best = _best_checkpoint(trainer)
     fit_seconds = time.perf_counter() - fit_started
     metrics["fit_seconds"] = fit_seconds
@@ -351,7 +365,12 @@ def resume_in_place(argv: list[str]) -> list[str]:
     return argv
 
 
-@hydra_main("config", argv_hook=resume_in_place)
+def _argv_hook(argv: list[str]) -> list[str]:
+    """Resume in the checkpoint's run folder; one run folder for all ranks of a launch."""
+    return shared_run_dir(resume_in_place(argv))
+
+
+@hydra_main("config", argv_hook=_argv_hook)
 def main(cfg: DictConfig) -> float | None:
     """Entry point of ``chaincrf-train``; returns the monitored score (for Hydra sweepers)."""
     metrics = run_cli(train, cfg)

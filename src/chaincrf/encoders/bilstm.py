@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from chaincrf.encoders.base import Encoder, check_dropout, check_inputs
+from chaincrf.precision import rnn_precision
 
 __all__ = ["BiLSTMEncoder", "reverse_index", "reversed_rows"]
 
@@ -92,11 +93,16 @@ class BiLSTMEncoder(Encoder):
         real = mask.sum(dim=1)  # (B,)
         lengths = real.clamp(min=1).cpu()  # packing needs lengths on the CPU
         padding = B * T - int(lengths.sum())
-        if features.device.type == "cpu" and B * T > 0 and padding <= PADDED_MAX_PADDING * B * T:
-            output = self._padded(features, real)
-            return torch.where(mask.unsqueeze(-1), output, output.new_zeros(()))
-        packed = pack_padded_sequence(features, lengths, batch_first=True, enforce_sorted=False)
-        output, _ = self.lstm(packed)
+        with rnn_precision(features):
+            if (
+                features.device.type == "cpu"
+                and B * T > 0
+                and padding <= PADDED_MAX_PADDING * B * T
+            ):
+                output = self._padded(features, real)
+                return torch.where(mask.unsqueeze(-1), output, output.new_zeros(()))
+            packed = pack_padded_sequence(features, lengths, batch_first=True, enforce_sorted=False)
+            output, _ = self.lstm(packed)
         output, _ = pad_packed_sequence(output, batch_first=True, total_length=T)  # (B, T, 2H)
         return torch.where(mask.unsqueeze(-1), output, output.new_zeros(()))
 

@@ -235,9 +235,11 @@ class SequenceTagger(pl.LightningModule):
             results[f"{stage}/score"] = results[f"{stage}/f1"]
         else:
             results[f"{stage}/score"] = accuracy
-        # Metric states are already synced across ranks by torchmetrics: no sync_dist here.
-        self.log_dict({k: v for k, v in results.items() if k != f"{stage}/score"})
-        self.log(f"{stage}/score", results[f"{stage}/score"], prog_bar=True)
+        # The metric states are synced across ranks by torchmetrics, so every rank holds the
+        # same figures: sync_dist's mean over ranks leaves them as they are (and is what tells
+        # Lightning that they are reduced).
+        self.log_dict({k: v for k, v in results.items() if k != f"{stage}/score"}, sync_dist=True)
+        self.log(f"{stage}/score", results[f"{stage}/score"], prog_bar=True, sync_dist=True)
         self.results[stage] = results
         confusion = self._confusion_acc.pop(stage, None)
         if confusion is not None:
@@ -271,16 +273,28 @@ class SequenceTagger(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         scale = self.hparams.get("word_lr_scale", 1.0)
+        spec = self.hparams.optimizer
+        trainer = self._trainer
+        if (
+            trainer is not None
+            and str(trainer.precision).endswith("-mixed")
+            and trainer.gradient_clip_val
+            and isinstance(spec, Mapping)
+            and spec.get("fused")
+        ):
+            # A fused optimizer unscales gradients itself, so Lightning's mixed-precision plugin
+            # refuses to clip them: the plain (for-each) implementation, same updates.
+            spec = {**spec, "fused": False}
         # the trainable word table: the per-word correction with word_adapter, else the table
         word = getattr(self.model.embedder, "word_residual", None) or getattr(
             self.model.embedder, "word_embedding", None
         )
         if scale == 1.0 or word is None:
-            optimizer = build_from_spec(self.hparams.optimizer, "optimizer", self.parameters())
+            optimizer = build_from_spec(spec, "optimizer", self.parameters())
         else:
             rest = [p for p in self.parameters() if p is not word.weight]
             groups = [{"params": rest}, {"params": [word.weight]}]
-            optimizer = build_from_spec(self.hparams.optimizer, "optimizer", groups)
+            optimizer = build_from_spec(spec, "optimizer", groups)
             optimizer.param_groups[1]["lr"] *= scale  # before any scheduler reads initial_lr
         spec = self.hparams.scheduler
         if spec is None:

@@ -1,0 +1,49 @@
+"""Mixed precision on the CPU: what autocast may run in bfloat16 or float16 there.
+
+Lightning's ``bf16-mixed`` turns on CPU autocast, which sends LSTMs to oneDNN in bfloat16; CPUs
+without native bf16/fp16 support (AVX-512 BF16, AMX) have no such oneDNN primitive and fail
+("could not create a primitive descriptor for the LSTM"). :func:`rnn_precision` runs an RNN in
+float32 on those CPUs (autocast off for that call: the rest of the network keeps it) and as autocast says
+everywhere else (GPUs, CPUs with the instructions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+
+
+@functools.cache
+def cpu_supports(dtype: torch.dtype) -> bool:
+    """Whether oneDNN computes ``dtype`` (bfloat16, float16) natively on this CPU."""
+    try:
+        if dtype == torch.bfloat16:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if dtype == torch.float16:
+            return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN or without the query
+        return False
+    return dtype == torch.float32
+
+
+def _cpu_autocast_dtype() -> torch.dtype | None:
+    """The dtype of CPU autocast when it is on, else None."""
+    try:
+        if not torch.is_autocast_enabled("cpu"):
+            return None
+        return torch.get_autocast_dtype("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+
+
+def rnn_precision(data: torch.Tensor) -> contextlib.AbstractContextManager[None]:
+    """A context for an RNN over ``data``: autocast off when CPU autocast is on but this CPU cannot
+    run the RNN in autocast's dtype (see the module's note), else nothing. Inputs stay float32
+    (embeddings are), so the RNN computes in float32."""
+    if data.device.type == "cpu":
+        dtype = _cpu_autocast_dtype()
+        if dtype is not None and not cpu_supports(dtype):
+            return torch.autocast("cpu", enabled=False)
+    return contextlib.nullcontext()
