@@ -113,6 +113,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # chaincrf.cli.launch): rank 0 alone writes its files (Lightning's loggers and checkpoints
     # are rank 0's already).
     writer = launch_rank()[0] == 0
+    if not writer:  # one train.log: other ranks log to their console (as chaincrf.cli.launch)
+        for handler in logging.getLogger().handlers[:]:
+            if isinstance(handler, logging.FileHandler):
+                logging.getLogger().removeHandler(handler)
     with _removed_on_failure(run_dir) if writer else contextlib.nullcontext():
         run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.get("threads"):
@@ -162,6 +166,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if earlier is not None:
                 _prepend_metrics(metrics_csv, earlier)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+    trained_tokens = tagger.trained_tokens
+    if trainer.world_size > 1:  # every rank's tokens (Lightning's reduce over the ranks)
+        trained_tokens = int(trainer.strategy.reduce(torch.tensor(trained_tokens), reduce_op="sum"))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # torchrun/SLURM ranks keep their process group after fit: the final dev/test pass runs
         # in rank 0 alone (exact corpus counts, no shard padding), and its metrics must not
@@ -170,9 +177,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     best = _best_checkpoint(trainer)
     fit_seconds = time.perf_counter() - fit_started
     metrics["fit_seconds"] = fit_seconds
-    if fit_seconds > 0 and tagger.trained_tokens > 0 and not cfg.trainer.get("fast_dev_run"):
-        # Real training tokens per second of fit, dev evaluation and checkpointing included.
-        metrics["train_tokens_per_s"] = tagger.trained_tokens / fit_seconds
+    if fit_seconds > 0 and trained_tokens > 0 and not cfg.trainer.get("fast_dev_run"):
+        # Real training tokens per second of fit, dev evaluation and checkpointing included
+        # (all ranks together).
+        metrics["train_tokens_per_s"] = trained_tokens / fit_seconds
     if not trainer.is_global_zero:
         return metrics
     if best is not None:
