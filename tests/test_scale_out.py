@@ -58,8 +58,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(command: list[str], out: Path, timeout: float = 240) -> subprocess.Popen:
-    env = {**os.environ, "CHAINCRF_OUTPUT": str(out), "OMP_NUM_THREADS": "1"}
+def launch(command: list[str], out: Path, extra_env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "CHAINCRF_OUTPUT": str(out), "OMP_NUM_THREADS": "1", **(extra_env or {})}
     return subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -127,12 +127,14 @@ def test_slurm_tasks_name_the_directory_after_the_job_step():
     assert array == [f"hydra.run.dir={RUN_DIR_PATTERN}slurm-800_5.0"]
 
 
-def test_one_process_a_multirun_and_a_named_directory_are_left_alone():
+def test_one_process_a_multirun_and_a_named_directory_are_left_alone_and_fallbacks():
     assert shared_run_dir(["seed=1"], {}) == ["seed=1"]
     many = {"RANK": "1", "WORLD_SIZE": "2"}
     assert shared_run_dir(["-m", "seed=1,2"], many) == ["-m", "seed=1,2"]
     named = shared_run_dir(["hydra.run.dir=/x"], many)  # resume in place, Lightning's launcher
     assert named == ["hydra.run.dir=/x", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    old_torchrun = {**many, "TORCHELASTIC_RUN_ID": "5f1e", "TORCHELASTIC_RESTART_COUNT": "2"}
+    assert shared_run_dir([], old_torchrun)[0] == f"hydra.run.dir={RUN_DIR_PATTERN}torchrun-5f1e-2"
     with pytest.raises(ValueError, match=r"hydra\.run\.dir"):
         shared_run_dir([], many)  # no torchrun store, no SLURM job: cannot agree
 
@@ -206,6 +208,29 @@ def test_two_nodes_on_loopback_train_into_one_checkpoint(tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["global_step"] == 2
+
+
+@pytest.mark.slow
+def test_slurm_tasks_train_into_one_run_directory(tmp_path):
+    """Two tasks as ``srun`` starts them (its environment variables, one node): Lightning's
+    SLURM environment, trainer=slurm sizing the run from them, one directory named after the
+    job step."""
+    out = tmp_path / "out"
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1",
+             "SLURM_NODEID": "0", "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0",
+             "SLURM_NODELIST": "127.0.0.1", "SLURM_JOB_NAME": "chaincrf",
+             "MASTER_PORT": str(free_port())}  # fmt: skip
+    command = [sys.executable, "-m", "chaincrf.cli.train", "trainer=slurm", *TINY_RUN,
+               "trainer.max_epochs=1", "test=false"]  # fmt: skip
+    tasks = [
+        launch(command, out, {**slurm, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)})
+        for i in range(2)
+    ]
+    outputs = [finish(task) for task in tasks]
+    assert any("GLOBAL_RANK: 1, MEMBER: 2/2" in o for o in outputs)
+    assert [p.name for p in (out / "train").iterdir()] == ["slurm-4242.0"]
+    run = out / "train" / "slurm-4242.0"
+    assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "metrics.json").is_file()
 
 
 # ---------------------------------------------------------------- sweeps, launchers, summaries
@@ -333,3 +358,39 @@ def test_the_crf_and_the_lstms_compute_in_float32_under_cpu_autocast():
         assert out.dtype == torch.float32 and torch.equal(out, reference)
     else:
         torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0.05)
+
+
+# ---------------------------------------------------------------- GPUs (scripts/gpu_check.sh)
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("precision", ["32-true", "16-mixed", "bf16-mixed"])
+def test_training_on_one_gpu(tmp_path, precision):
+    """The same run as on the CPU, on a GPU: finite loss, float32 weights, figures that a
+    single-process chaincrf-eval reproduces."""
+    cfg = compose_config([*TINY_RUN, f"run_dir={tmp_path}", "trainer=gpu",
+                          f"trainer.precision={precision}", "trainer.max_epochs=2"])  # fmt: skip
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    ckpt = tmp_path / "checkpoints" / "best.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float32}
+    again = evaluate(compose_config([f"ckpt_path={ckpt}", "split=dev"], name="eval"))
+    assert again["val/score"] == pytest.approx(metrics["val/score"], abs=1e-9)
+
+
+@pytest.mark.gpu
+@TWO_GPUS
+@pytest.mark.slow
+def test_torchrun_on_two_gpus(tmp_path):
+    out = tmp_path / "out"
+    command = [*torchrun("--standalone", "--nproc_per_node=2"), "trainer=torchrun", *TINY_RUN,
+               "trainer.max_epochs=2", "trainer.precision=16-mixed"]  # fmt: skip
+    output = finish(launch(command, out))
+    assert "GPU available: True (cuda), used: True" in output
+    [run] = list((out / "train").iterdir())
+    assert (run / "checkpoints" / "best.ckpt").is_file()

@@ -9,7 +9,8 @@ names:
   ``TCPStore`` at ``MASTER_ADDR:MASTER_PORT`` that torchrun's agent serves to its workers) and
   the other ranks read it there, on every node;
 - **SLURM** (``srun``, Lightning's SLURM environment): the job's id names the directory
-  (``slurm-<job>[_<array task>].<step>``), the one name every task of the step knows;
+  (``slurm-<job>[_<array task>].<step>``), the one name every task of the step knows (and a
+  torchrun whose workers have no agent store, older torch, is named after its run id);
 - **Lightning's own launcher** (``strategy=ddp`` without torchrun) already passes rank 0's
   ``hydra.run.dir`` to the processes it starts, and ``ddp_spawn`` has one Hydra process: both are
   left as they are, as is a command line that sets ``hydra.run.dir`` itself or is a multirun.
@@ -74,6 +75,8 @@ def shared_run_dir(argv: list[str], env: Mapping[str, str] | None = None) -> lis
             stamp = _agree_through_store(rank, env)
         elif env.get("SLURM_JOB_ID"):
             stamp = _slurm_name(env)
+        elif env.get("TORCHELASTIC_RUN_ID", "none") != "none":  # torchrun without an agent store
+            stamp = f"torchrun-{env['TORCHELASTIC_RUN_ID']}-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
         else:
             raise ValueError(
                 f"rank {rank} of {world}: cannot agree on one run directory (no torchrun store, "

@@ -93,7 +93,9 @@ def _record(run: Path) -> dict[str, Any]:
         key, _, value = str(item).partition("=")
         pairs[key.lstrip("+~")] = value
     metrics_file = run / "metrics.json"
-    metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else None
+    metrics = (
+        json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else None
+    )
     return {"run": run, "overrides": pairs, "metrics": metrics}
 
 
