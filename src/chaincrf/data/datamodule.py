@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from chaincrf import constraints
-from chaincrf.data import corpus
+from chaincrf.data import checks, corpus, subsets
 from chaincrf.data.batching import EncodedDataset
 from chaincrf.data.download import DATASETS
 from chaincrf.data.files import SPLITS, CorpusFiles
@@ -91,6 +91,8 @@ class TaggingDataModule(pl.LightningDataModule):
             ``columns``, e.g. ``[1]`` for the POS column of CoNLL-2000; CoNLL-U names or indices
             for ``conllu``). Each gets a vocabulary built on train (unseen values map to
             ``<unk>``) and the embedder an embedding table; prediction then needs column input.
+        train_subset: a subset file (``scripts/make_subsets.py``: seed and sentence indices):
+            train on those sentences of the training file only.
 
     Raises:
         ValueError: for inconsistent or invalid settings (at construction).
@@ -131,6 +133,7 @@ class TaggingDataModule(pl.LightningDataModule):
         sentence_encoder: SentenceEncoder | None = None,
         num_workers: int = 0,
         feature_columns: Sequence[int | str] | None = None,
+        train_subset: str | None = None,
     ) -> None:
         super().__init__()
         feature_columns = [] if feature_columns is None else list(feature_columns)
@@ -192,6 +195,7 @@ class TaggingDataModule(pl.LightningDataModule):
         self.given_encoder = sentence_encoder
         self.num_workers = num_workers
         self.feature_columns = feature_columns
+        self.train_subset = train_subset
 
         self.encoder: SentenceEncoder | None = None
         self.original_scheme: str | None = None
@@ -218,16 +222,15 @@ class TaggingDataModule(pl.LightningDataModule):
     # ---------------------------------------------------------------- setup
 
     def setup(self, stage: str | None = None) -> None:
-        """Read the splits, build (or load) the vocabularies and encode everything.
-
-        Idempotent: a second call does nothing.
-        """
+        """Read the splits, build (or load) the vocabularies and encode everything (once)."""
         if self.encoder is not None:
             return
         given = self.encoder_path is not None or self.given_encoder is not None
         needs_train = not given or stage == "fit" or self.dev_fraction is not None
         if self.paths["train"] is not None and needs_train:
             train_file = self.read_split("train")
+            if self.train_subset is not None:  # a fixed subset (chaincrf.data.subsets)
+                train_file = subsets.apply(self.train_subset, self.resolve("train"), train_file)
             train, dev = train_file, None
             if self.dev_fraction is not None:
                 train, dev = corpus.split_dev(train_file, self.dev_fraction, self.dev_seed)
@@ -243,6 +246,7 @@ class TaggingDataModule(pl.LightningDataModule):
             self._use_encoder(SentenceEncoder.load(self.encoder_path))
         else:
             self.encoder = self._build_encoder(self.sentences["train"], train_file)
+            checks.warn_about_corpus(self)  # small, mixed-scheme, unseen labels, no vectors
         for split, sentences in list(self.sentences.items()):
             kept, self.datasets[split] = corpus.encode_split(
                 split, sentences, self.encoder, self._where()
