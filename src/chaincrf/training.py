@@ -99,6 +99,10 @@ class EpochSummary(pl.Callback):
         self._epochs += 1
         metrics = trainer.callback_metrics
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        if trainer.max_steps > 0:  # a budget in steps (budget.steps)
+            parts[0] = (
+                f"epoch {trainer.current_epoch + 1}, step {trainer.global_step}/{trainer.max_steps}"
+            )
         if "train/loss" in metrics:
             parts.append(f"train loss {float(metrics['train/loss']):.4f}")
         if self.monitor in metrics:
@@ -110,7 +114,11 @@ class EpochSummary(pl.Callback):
             parts.append(f"{self.monitor} {score:.4f} (best {self.best:.4f})")
         per_epoch = (time.perf_counter() - self._started) / self._epochs
         parts.append(f"{per_epoch:.0f} s/epoch")
-        if trainer.max_epochs and trainer.max_epochs > 0:
+        if trainer.max_steps > 0:
+            per_step = (time.perf_counter() - self._started) / max(trainer.global_step, 1)
+            left = per_step * (trainer.max_steps - trainer.global_step)
+            parts.append(f"at most {left / 60:.1f} min left")
+        elif trainer.max_epochs and trainer.max_epochs > 0:
             left = per_epoch * (trainer.max_epochs - trainer.current_epoch - 1)
             parts.append(f"at most {left / 60:.1f} min left")
         logging.getLogger("chaincrf.train").info("  ".join(parts))

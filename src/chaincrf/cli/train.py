@@ -78,6 +78,27 @@ def _instantiate_all(node: DictConfig | None) -> list[Any]:
     ]
 
 
+def budget_arguments(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
+    """Trainer arguments for ``cfg.budget`` (steps instead of epochs; see conf/config.yaml)."""
+    budget = cfg.get("budget") or {}
+    steps, every = budget.get("steps"), budget.get("eval_every")
+    arguments: dict[str, Any] = {}
+    for name, value in (("budget.steps", steps), ("budget.eval_every", every)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer or null; got {value!r}")
+    if steps is not None:
+        arguments["max_steps"] = steps
+    if every is not None:
+        # dev evaluations every `every` steps, across epoch ends (Lightning's iteration-based
+        # validation); the plateau scheduler follows them (SequenceTagger.configure_optimizers)
+        arguments.update(val_check_interval=every, check_val_every_n_epoch=None)
+    if arguments:
+        per_epoch = len(datamodule.train_dataloader())
+        log.info("budget: %s optimiser steps (%s batches per epoch), dev every %s steps",
+                 steps or "no limit on", per_epoch, every or per_epoch)  # fmt: skip
+    return arguments
+
+
 def check_config(cfg: DictConfig) -> None:
     """Fail early, naming the key, for a config that cannot train."""
     for group in _REQUIRED_GROUPS:
@@ -145,8 +166,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         loggers = _instantiate_all(cfg.get("logger"))
         plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
         trainer: pl.Trainer = build(
-            cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **plugins
-        )
+            cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **plugins,
+            **budget_arguments(cfg, datamodule),
+        )  # fmt: skip
 
     metrics: dict[str, float] = {"setup_seconds": time.perf_counter() - started}
     fit_started = time.perf_counter()

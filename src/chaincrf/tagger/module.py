@@ -304,6 +304,9 @@ class SequenceTagger(pl.LightningModule):
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = self.hparams.monitor
             config["strict"] = False  # epochs without validation (overfit, val every n) just skip
+            if trainer is not None and trainer.check_val_every_n_epoch is None:
+                # dev evaluated every N steps (budget.eval_every): step the plateau after each
+                config.update(interval="step", frequency=int(trainer.val_check_interval))
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
