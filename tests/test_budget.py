@@ -4,31 +4,20 @@ evaluations (with early stopping and the plateau scheduler) every N steps across
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
 from chaincrf.cli.train import train
+from fixture_runs import CONF, NER_DATA, TINY_MODEL
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-FIXTURES = Path(__file__).parent / "fixtures" / "tagger"
 RUN = [
-    "data=custom",
-    "data.root=null",
-    f"data.train={FIXTURES / 'train.conll'}",
-    f"data.dev={FIXTURES / 'dev.conll'}",
+    *NER_DATA,  # 41 training sentences in batches of 8: 6 batches per epoch
+    *TINY_MODEL,
     "data.test=null",
     "test=false",
-    "data.batch_size=8",  # 41 sentences: 6 batches per epoch
-    "embeddings.word_dim=16",
-    "embeddings.char_dim=8",
-    "embeddings.char_hidden=8",
-    "encoder.hidden_size=16",
-    "trainer.enable_progress_bar=false",
     "trainer.log_every_n_steps=1",
-    "report=false",
 ]
 
 pytestmark = pytest.mark.usefixtures("one_thread")

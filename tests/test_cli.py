@@ -23,18 +23,11 @@ from chaincrf.cli.predict import predict
 from chaincrf.cli.train import build_tagger, train
 from chaincrf.report import read_metrics_csv
 from chaincrf.tagger import SequenceTagger
+from fixture_runs import NER_DATA
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FIXTURES = Path(__file__).parent / "fixtures" / "tagger"
 
-NER_DATA = [
-    "data=custom",
-    "data.root=null",
-    f"data.train={FIXTURES / 'train.conll'}",
-    f"data.dev={FIXTURES / 'dev.conll'}",
-    f"data.test={FIXTURES / 'test.conll'}",
-    "data.batch_size=8",
-]
 POS_DATA = [
     "data=custom",
     "data.root=null",

@@ -24,24 +24,13 @@ from chaincrf.cli.evaluate import evaluate
 from chaincrf.cli.launch import RUN_DIR_PATTERN, STAMP_FORMAT, launch_rank, shared_run_dir
 from chaincrf.cli.summary import summarize
 from chaincrf.cli.train import train
+from fixture_runs import CONF, NER_DATA, TINY_MODEL
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-FIXTURES = Path(__file__).parent / "fixtures" / "tagger"
 TINY_RUN = [
-    "data=custom",
-    "data.root=null",
-    f"data.train={FIXTURES / 'train.conll'}",
-    f"data.dev={FIXTURES / 'dev.conll'}",
-    f"data.test={FIXTURES / 'test.conll'}",
-    "data.batch_size=8",
-    "embeddings.word_dim=16",
-    "embeddings.char_dim=8",
-    "embeddings.char_hidden=8",
-    "encoder.hidden_size=16",
+    *NER_DATA,
+    *TINY_MODEL,
     "callbacks=minimal",
-    "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
-    "report=false",
 ]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
