@@ -13,14 +13,11 @@ tag ``j``. Forbidden moves are ``-inf`` scores, never finite sentinels.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import Any, TypeVar
-
 import torch
 from torch import Tensor, nn
 
 from chaincrf.crf import gaps, plan, state, structure
+from chaincrf.crf.autocast import float32_computations
 from chaincrf.crf.errors import NonFiniteInputError
 from chaincrf.crf.kernels import eager, kernel_module
 
@@ -28,34 +25,8 @@ __all__ = ["CRF", "NonFiniteInputError"]
 
 _REDUCTIONS = ("none", "sum", "mean", "token_mean")
 
-_F = TypeVar("_F", bound=Callable[..., Any])
 
-
-def _autocast_enabled(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4: no device argument (CUDA), a CPU function apart
-        return (
-            torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
-        )
-
-
-def _float32(method: _F) -> _F:
-    """Run a CRF computation with autocast off (mixed-precision training: ``bf16-mixed``,
-    ``16-mixed``): the layer takes half-precision emissions and computes in float32, since its
-    recursions' products and sums lose the scores in half precision."""
-
-    @functools.wraps(method)
-    def run(self: CRF, emissions: Tensor, *args: Any, **kwargs: Any) -> Any:
-        kind = emissions.device.type if isinstance(emissions, Tensor) else "cpu"
-        if kind in ("cpu", "cuda") and _autocast_enabled(kind):
-            with torch.autocast(kind, enabled=False):
-                return method(self, emissions, *args, **kwargs)
-        return method(self, emissions, *args, **kwargs)
-
-    return run  # type: ignore[return-value]
-
-
+@float32_computations  # under autocast (mixed precision) the CRF computes in float32
 class CRF(nn.Module):
     """Linear-chain conditional random field over ``num_tags`` tags.
 
@@ -155,7 +126,6 @@ class CRF(nn.Module):
 
     # ------------------------------------------------------------------ public API
 
-    @_float32
     def forward(
         self,
         emissions: Tensor,
@@ -198,7 +168,6 @@ class CRF(nn.Module):
 
     loss = nll
 
-    @_float32
     def log_partition(
         self, emissions: Tensor, mask: Tensor | None = None, validate: bool = True
     ) -> Tensor:
@@ -218,7 +187,6 @@ class CRF(nn.Module):
         kernel = self._kernel("log_partition", em, grad=self._needs_grad(em))
         return gaps.run(kernel, "log_partition", em, mask_bt, self._scores(em.dtype), validate)
 
-    @_float32
     def decode(
         self, emissions: Tensor, mask: Tensor | None = None, validate: bool = True
     ) -> list[list[int]]:
@@ -238,7 +206,6 @@ class CRF(nn.Module):
         kernel = self._kernel("viterbi", em)
         return gaps.run(kernel, "decode", em, mask_bt, self._scores(em.dtype), validate)
 
-    @_float32
     def viterbi(
         self, emissions: Tensor, mask: Tensor | None = None, k: int = 1, validate: bool = True
     ) -> tuple[Tensor, Tensor]:
@@ -269,7 +236,6 @@ class CRF(nn.Module):
             return (paths if self.batch_first else paths.t().contiguous()), scores
         return (paths if self.batch_first else paths.permute(2, 0, 1).contiguous()), scores
 
-    @_float32
     def marginals(
         self, emissions: Tensor, mask: Tensor | None = None, validate: bool = True
     ) -> Tensor:
@@ -300,7 +266,6 @@ class CRF(nn.Module):
         out = out.to(emissions.dtype)
         return out if self.batch_first else out.transpose(0, 1)
 
-    @_float32
     def pairwise_marginals(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
         """P(tag i at t - 1, tag j at t), (batch, seq_len - 1, K, K) indexed ``[b, t - 1, i, j]``
         in either layout, 0 where t is masked; with gaps, the pair is (the previous kept
@@ -309,13 +274,11 @@ class CRF(nn.Module):
         out = structure.pairwise_marginals(em, mask_bt, *self._scores(em.dtype))
         return out if packed is None else packed.scatter_pairs(out)
 
-    @_float32
     def entropy(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
         """Entropy (nats) of each sequence's distribution over tag paths, (batch,)."""
         em, mask_bt, _ = self._structure_inputs(emissions, mask)
         return structure.entropy(em, mask_bt, *self._scores(em.dtype))
 
-    @_float32
     def sample(self, emissions: Tensor, mask: Tensor | None = None, num_samples: int = 1,
                generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
         """Exact path samples, (num_samples, batch, seq_len) in either layout, -1 where masked."""
@@ -337,7 +300,6 @@ class CRF(nn.Module):
         packed = gaps.compaction(mask_bt)
         return packed.gather(em), packed.mask, packed
 
-    @_float32
     def partial_log_likelihood(
         self,
         emissions: Tensor,
