@@ -190,7 +190,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
     trained_tokens = tagger.trained_tokens
     if trainer.world_size > 1:  # every rank's tokens (Lightning's reduce over the ranks)
-        trained_tokens = int(trainer.strategy.reduce(torch.tensor(trained_tokens), reduce_op="sum"))
+        count = torch.tensor(trained_tokens, device=trainer.strategy.root_device)  # NCCL: on GPU
+        trained_tokens = int(trainer.strategy.reduce(count, reduce_op="sum"))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # torchrun/SLURM ranks keep their process group after fit: the final dev/test pass runs
         # in rank 0 alone (exact corpus counts, no shard padding), and its metrics must not
