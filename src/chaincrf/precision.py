@@ -14,6 +14,8 @@ import functools
 
 import torch
 
+from chaincrf.crf.autocast import autocast_enabled
+
 
 @functools.cache
 def cpu_supports(dtype: torch.dtype) -> bool:
@@ -30,12 +32,12 @@ def cpu_supports(dtype: torch.dtype) -> bool:
 
 def _cpu_autocast_dtype() -> torch.dtype | None:
     """The dtype of CPU autocast when it is on, else None."""
+    if not autocast_enabled("cpu"):
+        return None
     try:
-        if not torch.is_autocast_enabled("cpu"):
-            return None
         return torch.get_autocast_dtype("cpu")
     except TypeError:  # torch < 2.4
-        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_cpu_dtype()
 
 
 def rnn_precision(data: torch.Tensor) -> contextlib.AbstractContextManager[None]:
