@@ -13,7 +13,7 @@ from chaincrf.cli.train import train
 from fixture_runs import CONF, NER_DATA, TINY_MODEL
 
 RUN = [
-    *NER_DATA,  # 41 training sentences in batches of 8: 6 batches per epoch
+    *NER_DATA,  # 41 training sentences in batches of 8: 5 batches per epoch
     *TINY_MODEL,
     "data.test=null",
     "test=false",
@@ -35,14 +35,56 @@ def test_a_step_budget_evaluates_every_n_steps_and_stops_at_the_budget(tmp_path)
     with open(next(tmp_path.glob("csv/**/metrics.csv")), newline="") as stream:
         rows = list(csv.DictReader(stream))
     evaluated = [int(r["step"]) + 1 for r in rows if r.get("val/score") not in (None, "")]
-    assert evaluated[:6] == [4, 8, 12, 16, 20, 24]  # across epoch ends (6 batches per epoch)
+    assert evaluated[:6] == [4, 8, 12, 16, 20, 24]  # across epoch ends (5 batches per epoch)
     lrs = [float(r["lr-Adam"]) for r in rows if r.get("lr-Adam") not in (None, "")]
     assert min(lrs) < 0.001  # the plateau scheduler (patience 0) stepped after evaluations
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 24
 
 
-def test_a_bad_budget_is_named(tmp_path):
-    cfg = compose_config([*RUN, f"run_dir={tmp_path}", "budget.steps=0"])
-    with pytest.raises(ValueError, match=r"budget\.steps must be a positive integer"):
+@pytest.mark.parametrize("key", ["steps", "eval_every", "min_steps", "min_eval_every"])
+def test_a_bad_budget_is_named(key, tmp_path):
+    cfg = compose_config([*RUN, f"run_dir={tmp_path}", f"budget.{key}=0"])
+    with pytest.raises(ValueError, match=rf"budget\.{key} must be a positive integer"):
         train(cfg)
+
+
+def evaluated_steps(run_dir) -> list[int]:
+    with open(next(run_dir.glob("csv/**/metrics.csv")), newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    return [int(r["step"]) + 1 for r in rows if r.get("val/score") not in (None, "")]
+
+
+def test_a_corpus_too_small_for_its_epochs_trains_to_the_step_floor(tmp_path, caplog):
+    # 2 epochs of 5 batches are 10 steps < budget.min_steps=18: 18 steps, dev every 9
+    floor = ["trainer.max_epochs=2", "budget.min_steps=18", "budget.min_eval_every=9"]
+    cfg = compose_config([*RUN, *floor, f"run_dir={tmp_path}"])
+    with caplog.at_level("WARNING", logger="chaincrf.train"):
+        train(cfg)
+    assert "a small training set: 2 epochs of 5 batches are 10 optimiser steps" in caplog.text
+    assert evaluated_steps(tmp_path)[:2] == [9, 18]
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 18
+
+
+def test_a_corpus_with_enough_steps_keeps_its_epochs(tmp_path):
+    # 3 epochs of 5 batches are 15 steps >= budget.min_steps=12: epochs as given, dev each epoch
+    floor = ["trainer.max_epochs=3", "budget.min_steps=12", "budget.min_eval_every=9"]
+    cfg = compose_config([*RUN, *floor, f"run_dir={tmp_path}"])
+    train(cfg)
+    assert evaluated_steps(tmp_path)[:3] == [5, 10, 15]
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 15
+
+
+@pytest.mark.parametrize("recipe", ["spans", "tokens"])
+def test_the_own_data_recipes_train_on_column_files(recipe, tmp_path):
+    # the README's own-data command on the fixture (a tiny model, a floor of 8 steps)
+    data = [o for o in NER_DATA if not o.startswith("data=custom")]
+    tiny = ["embeddings.word_dim=16", "embeddings.char_hidden=8", "encoder.hidden_size=16"]
+    floor = ["trainer.max_epochs=1", "budget.min_steps=8", "trainer.enable_progress_bar=false"]
+    overrides = [f"experiment={recipe}", *data, *tiny, *floor, "report=false"]
+    metrics = train(compose_config([*overrides, f"run_dir={tmp_path}"]))
+    assert 0.0 <= metrics["test/score"] <= 1.0
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 8

@@ -82,10 +82,36 @@ def budget_arguments(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
     """Trainer arguments for ``cfg.budget`` (steps instead of epochs; see conf/config.yaml)."""
     budget = cfg.get("budget") or {}
     steps, every = budget.get("steps"), budget.get("eval_every")
+    floor, floor_every = budget.get("min_steps"), budget.get("min_eval_every")
     arguments: dict[str, Any] = {}
-    for name, value in (("budget.steps", steps), ("budget.eval_every", every)):
+    named = {"budget.steps": steps, "budget.eval_every": every, "budget.min_steps": floor}
+    named["budget.min_eval_every"] = floor_every
+    for name, value in named.items():
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer or null; got {value!r}")
+    per_epoch = len(datamodule.train_dataloader()) if steps or every or floor else 0
+    epochs = cfg.trainer.get("max_epochs")
+    limit = cfg.trainer.get("limit_train_batches")
+    debugging = bool(cfg.trainer.get("fast_dev_run") or cfg.trainer.get("overfit_batches"))
+    debugging = debugging or limit not in (None, 1.0)
+    if steps is None and floor and epochs and epochs * per_epoch < floor and not debugging:
+        # a corpus too small for the recipe's epochs: train by steps (budget.min_steps), with dev
+        # evaluations, early stopping and the plateau scheduler counted in budget.min_eval_every
+        # steps, within budget.max_time unless trainer.max_time is set
+        if not every and floor_every and floor_every > per_epoch:
+            every = min(floor_every, floor)
+        log.warning(
+            "a small training set: %s epochs of %s batches are %s optimiser steps; training for "
+            "budget.min_steps=%s steps instead, dev every %s steps (budget.min_steps=null: epochs)",
+            epochs, per_epoch, epochs * per_epoch, floor, every or per_epoch,
+        )  # fmt: skip
+        steps = floor
+        arguments["max_epochs"] = -1
+        if cfg.trainer.get("max_time") is None and budget.get("max_time"):
+            arguments["max_time"] = budget.max_time
+    if steps and every and every > steps:
+        raise ValueError(f"budget.eval_every={every} exceeds the budget of {steps} steps: no dev "
+                         "evaluation would run")  # fmt: skip
     if steps is not None:
         arguments["max_steps"] = steps
     if every is not None:
@@ -93,7 +119,6 @@ def budget_arguments(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
         # validation); the plateau scheduler follows them (SequenceTagger.configure_optimizers)
         arguments.update(val_check_interval=every, check_val_every_n_epoch=None)
     if arguments:
-        per_epoch = len(datamodule.train_dataloader())
         log.info("budget: %s optimiser steps (%s batches per epoch), dev every %s steps",
                  steps or "no limit on", per_epoch, every or per_epoch)  # fmt: skip
     return arguments
