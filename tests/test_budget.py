@@ -81,9 +81,8 @@ def test_a_corpus_with_enough_steps_keeps_its_epochs(tmp_path):
 def test_the_own_data_recipes_train_on_column_files(recipe, tmp_path):
     # the README's own-data command on the fixture (a tiny model, a floor of 8 steps)
     data = [o for o in NER_DATA if not o.startswith("data=custom")]
-    tiny = ["embeddings.word_dim=16", "embeddings.char_hidden=8", "encoder.hidden_size=16"]
-    floor = ["trainer.max_epochs=1", "budget.min_steps=8", "trainer.enable_progress_bar=false"]
-    overrides = [f"experiment={recipe}", *data, *tiny, *floor, "report=false"]
+    floor = ["trainer.max_epochs=1", "budget.min_steps=8"]
+    overrides = [f"experiment={recipe}", *data, *TINY_MODEL, *floor]
     metrics = train(compose_config([*overrides, f"run_dir={tmp_path}"]))
     assert 0.0 <= metrics["test/score"] <= 1.0
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)

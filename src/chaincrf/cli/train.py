@@ -84,16 +84,15 @@ def budget_arguments(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
     steps, every = budget.get("steps"), budget.get("eval_every")
     floor, floor_every = budget.get("min_steps"), budget.get("min_eval_every")
     arguments: dict[str, Any] = {}
-    named = {"budget.steps": steps, "budget.eval_every": every, "budget.min_steps": floor}
-    named["budget.min_eval_every"] = floor_every
-    for name, value in named.items():
+    for key in ("steps", "eval_every", "min_steps", "min_eval_every"):
+        name, value = f"budget.{key}", budget.get(key)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer or null; got {value!r}")
     per_epoch = len(datamodule.train_dataloader()) if steps or every or floor else 0
     epochs = cfg.trainer.get("max_epochs")
-    limit = cfg.trainer.get("limit_train_batches")
-    debugging = bool(cfg.trainer.get("fast_dev_run") or cfg.trainer.get("overfit_batches"))
-    debugging = debugging or limit not in (None, 1.0)
+    debugging = bool(cfg.trainer.get("fast_dev_run") or cfg.trainer.get("overfit_batches")) or (
+        cfg.trainer.get("limit_train_batches") not in (None, 1.0)
+    )
     if steps is None and floor and epochs and epochs * per_epoch < floor and not debugging:
         # a corpus too small for the recipe's epochs: train by steps (budget.min_steps), with dev
         # evaluations, early stopping and the plateau scheduler counted in budget.min_eval_every
