@@ -228,18 +228,20 @@ def test_value_errors_are_the_eager_kernels(case):
         assert _message(lambda c=call: c(triton)) == _message(lambda c=call: c(eager))
 
 
-def test_forbidden_gold_path_is_refused_as_by_eager():
+def test_forbidden_gold_path_is_refused_under_validate_as_by_eager():
     eager, triton = layers(5, 2, torch.float64, "cpu", constrained=True)
     emissions, _tags, mask = batch(3, 4, 5, 2, torch.float64, "cpu")
     tags = torch.ones(3, 4, dtype=torch.long)
     tags[0, 1] = 3  # 1 -> 3 is forbidden (1 - 3 = 1 mod 3), 3 -> 1 allowed
     pattern = "tags at batch row 0 break the transition constraints"
-    for validate in (True, False):
-        with pytest.raises(ValueError, match=pattern):
-            triton(emissions, tags, mask, validate=validate)
+    with pytest.raises(ValueError, match=pattern):
+        triton(emissions, tags, mask, validate=True)
     assert _message(lambda: triton(emissions, tags, mask)) == _message(
         lambda: eager(emissions, tags, mask)
     )
+    # without validate nothing is read back: the forbidden path's log-likelihood is -inf
+    llh = triton(emissions, tags, mask, reduction="none", validate=False)
+    assert bool(torch.isneginf(llh[0])) and bool(torch.isfinite(llh[1:]).all())
 
 
 @pytest.mark.parametrize("constrained", [False, True])
@@ -270,15 +272,26 @@ def test_custom_ops_pass_opcheck():
     torch.compile and torch.export use them (``torch.library.opcheck``)."""
     from chaincrf.crf.kernels import gpu_ops  # noqa: F401  (registers the ops)
 
-    emissions, _tags, mask = batch(3, 4, 3, 5, torch.float64, "cpu")
+    emissions, tags, mask = batch(3, 4, 3, 5, torch.float64, "cpu")
+    mask[0, 1] = False  # a gap: the kernels skip it
     em = emissions.clone().requires_grad_(True)
-    lengths = mask.sum(1)
+    mask8 = mask.to(torch.uint8)
     g = torch.Generator().manual_seed(5)
     scores = [torch.randn(s, dtype=torch.float64, generator=g) for s in ((3,), (3, 3), (3,))]
     scores = [s.requires_grad_(True) for s in scores]
     ops = torch.ops.chaincrf
-    torch.library.opcheck(ops.triton_log_partition, (em, lengths, *scores, True))
-    detached = [em.detach(), lengths, *(s.detach() for s in scores)]
+    tags = tags.clamp(0, 2)
+    eager_only = ("test_schema", "test_autograd_registration", "test_faketensor")
+    for row_tags, scale in ((tags, -1.0), (None, 1.0)):
+        torch.library.opcheck(
+            ops.triton_forward, (em, row_tags, mask8, *scores, scale, True, False)
+        )
+        # the accumulator (its backward adds into a buffer the forward zeroed) is for eager
+        # calls only: a traced call never asks for it (AOTAutograd cannot save a buffer that
+        # the backward mutates)
+        args = (em, row_tags, mask8, *scores, scale, True, True)
+        torch.library.opcheck(ops.triton_forward, args, test_utils=eager_only)
+    detached = [em.detach(), mask8, *(s.detach() for s in scores)]
     torch.library.opcheck(ops.triton_viterbi, detached)
     torch.library.opcheck(ops.triton_marginals, detached)
 
@@ -324,3 +337,124 @@ def test_log_partition_compiles_to_one_graph_with_its_gradient():
         grads.append((out.detach(), em.grad))
     for got, expected in zip(*grads):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_nll_viterbi_and_marginals_compile_to_one_graph_without_host_reads():
+    """The whole CUDA path of a training and a decoding call (NLL with its gradient, Viterbi,
+    marginals), mask gaps included, traced with ``fullgraph=True``: any read back to the host
+    (``.item()``, ``bool(tensor)``, ``nonzero``) would break the graph and fail here."""
+    eager, triton = layers(5, 6, torch.float64, "cpu", constrained=True)
+    emissions, tags, mask = batch(4, 6, 5, 6, torch.float64, "cpu")
+    mask[0, 2] = False  # a gap: the kernels skip it without a compaction
+    tags = torch.full_like(tags, 2)  # staying in a tag is always allowed
+
+    def step(crf: CRF, em: torch.Tensor):
+        loss = crf.nll(em, tags, mask, reduction="sum", validate=False)
+        paths, scores = crf.viterbi(em.detach(), mask, validate=False)
+        return loss, paths, scores, crf.marginals(em.detach(), mask, validate=False)
+
+    step(triton, emissions)
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    results = []
+    for crf, run in ((triton, compiled), (eager, step)):
+        crf.zero_grad()
+        em = emissions.clone().requires_grad_(True)
+        loss, paths, scores, marginals = run(crf, em)
+        loss.backward()
+        results.append((loss.detach(), paths, scores, marginals, em.grad, crf.transitions.grad))
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.gpu
+@CUDA
+def test_a_training_step_replays_in_a_cuda_graph_as_eager():
+    """Embedding, projection, CRF NLL, backward and an Adam step captured in one CUDA graph
+    (no host synchronisation may happen inside a capture), replayed: the same losses and
+    weights as the same steps run eagerly."""
+    B, T, K = 8, 12, 5
+    g = torch.Generator().manual_seed(0)
+    words = torch.randint(50, (B, T), generator=g).cuda()
+    tags = torch.randint(K, (B, T), generator=g).cuda()
+    mask = (torch.arange(T) < torch.randint(1, T + 1, (B,), generator=g)[:, None]).cuda()
+
+    def build():
+        torch.manual_seed(0)
+        model = torch.nn.ModuleDict(
+            {"embed": torch.nn.Embedding(50, 16), "proj": torch.nn.Linear(16, K),
+             "crf": CRF(K, batch_first=True)}
+        ).cuda()  # fmt: skip
+        return model, torch.optim.Adam(model.parameters(), lr=0.05, capturable=True)
+
+    def train_step(model, opt):
+        opt.zero_grad(set_to_none=False)
+        emissions = model["proj"](model["embed"](words))
+        loss = model["crf"].nll(emissions, tags, mask, validate=False)
+        loss.backward()
+        opt.step()
+        return loss
+
+    reference, ref_opt = build()
+    expected = [float(train_step(reference, ref_opt)) for _ in range(5)]
+    model, opt = build()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        losses = [float(train_step(model, opt)) for _ in range(2)]
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = train_step(model, opt)
+    for _ in range(3):
+        graph.replay()
+        losses.append(float(static_loss))
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(expected), rtol=1e-4, atol=1e-4)
+    for got, want in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@CUDA
+def test_torch_compile_fullgraph_on_cuda_equals_eager():
+    """torch.compile (Inductor, fullgraph) of a module holding the CRF on CUDA: the planner
+    keeps the Triton kernels (not the export kernel, whatever ``is_exporting`` says), forward
+    and backward equal eager."""
+    B, T, K = 6, 10, 7
+    torch.manual_seed(0)
+    proj = torch.nn.Linear(8, K).cuda()
+    crf = CRF(K, batch_first=True).cuda()
+    x = torch.randn(B, T, 8, device="cuda")
+    tags = torch.randint(K, (B, T), device="cuda")
+    mask = torch.arange(T, device="cuda") < torch.randint(1, T + 1, (B, 1), device="cuda")
+
+    def loss_fn(x):
+        return crf.nll(proj(x), tags, mask, validate=False)
+
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    results = []
+    for run in (compiled, loss_fn):
+        for p in (*proj.parameters(), *crf.parameters()):
+            p.grad = None
+        with plan.record() as ran:
+            loss = run(x)
+        loss.backward()
+        results.append([loss.detach(), *(p.grad for p in (*proj.parameters(), *crf.parameters()))])
+        assert {kernel for _, kernel in ran} <= {"triton"}
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_retained_graph_gives_the_same_gradients_twice():
+    """The score gradients are added into a buffer the forward launch zeroed: a second
+    backward through a retained graph starts the sums again (not twice the gradient)."""
+    eager, triton = layers(5, 8, torch.float64, "cpu", constrained=False)
+    emissions, tags, mask = batch(6, 5, 5, 8, torch.float64, "cpu")
+    loss = triton.nll(emissions, tags, mask)
+    loss.backward(retain_graph=True)
+    first = [p.grad.clone() for p in triton.parameters()]
+    triton.zero_grad()
+    loss.backward()
+    eager.nll(emissions, tags, mask).backward()
+    for once, twice, want in zip(first, triton.parameters(), eager.parameters()):
+        torch.testing.assert_close(twice.grad, once, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(once, want.grad, **tolerances(torch.float64))

@@ -103,8 +103,8 @@ def run(
 
 
 def _call(kernel, operation, em, mask, scores, validate, tags, constrained, k):
-    if operation == "log_likelihood":
-        return kernel.log_likelihood(em, tags, mask, *scores, constrained, validate)
+    if operation in ("log_likelihood", "negative_log_likelihood"):
+        return getattr(kernel, operation)(em, tags, mask, *scores, constrained, validate)
     if operation == "viterbi":
         return kernel.viterbi(em, mask, *scores, k, validate)
     return getattr(kernel, operation)(em, mask, *scores, validate)

@@ -151,20 +151,12 @@ class CRF(nn.Module):
         Returns:
             float tensor, (batch,) for ``none`` and () otherwise.
         """
-        self._check_reduction(reduction)
-        em, mask_bt = self._shapes(emissions, mask)
-        tags_bt = self._check_tags(tags, em)
-        kernel = self._kernel("log_partition", em, grad=self._needs_grad(em))
-        scores = self._scores(em.dtype)
-        constrained = self.has_constraints
-        args = (scores, validate, tags_bt, constrained)
-        llh = gaps.run(kernel, "log_likelihood", em, mask_bt, *args)
-        return _reduce(llh, mask_bt, reduction)
+        return self._log_likelihood(emissions, tags, mask, reduction, validate, negate=False)
 
     def nll(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None,
             reduction: str = "sum", validate: bool = True) -> Tensor:  # fmt: skip
         """Negative log-likelihood: ``-self(emissions, tags, mask, reduction)``; a loss to minimise."""
-        return -self.forward(emissions, tags, mask, reduction=reduction, validate=validate)
+        return self._log_likelihood(emissions, tags, mask, reduction, validate, negate=True)
 
     loss = nll
 
@@ -353,16 +345,39 @@ class CRF(nn.Module):
 
     # ------------------------------------------------------------------ internals
 
+    def _log_likelihood(
+        self,
+        emissions: Tensor,
+        tags: Tensor,
+        mask: Tensor | None,
+        reduction: str,
+        validate: bool,
+        negate: bool,
+    ) -> Tensor:
+        """The log-likelihood (``negate``: its negative, in the kernel's own pass when it has
+        one, so that the sign costs no launch), reduced."""
+        self._check_reduction(reduction)
+        em, mask_bt = self._shapes(emissions, mask)
+        tags_bt = self._check_tags(tags, em)
+        kernel = self._kernel("log_partition", em, grad=self._needs_grad(em))
+        scores = self._scores(em.dtype)
+        args = (scores, validate, tags_bt, self.has_constraints)
+        fused_sign = negate and hasattr(kernel, "negative_log_likelihood")
+        operation = "negative_log_likelihood" if fused_sign else "log_likelihood"
+        llh = gaps.run(kernel, operation, em, mask_bt, *args)
+        llh = _reduce(llh, mask_bt, reduction)
+        return -llh if negate and not fused_sign else llh
+
     def _scores(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
         """Start (K,), transition (K, K) and end (K,) scores in ``dtype``, -inf where forbidden."""
         start, trans, end = self.start_transitions, self.transitions, self.end_transitions
         if start.dtype != dtype:
             start, trans, end = start.to(dtype), trans.to(dtype), end.to(dtype)
         if self.has_constraints:
-            neg_inf = torch.tensor(float("-inf"), dtype=dtype, device=start.device)
-            start = torch.where(self.start_allowed, start, neg_inf)
-            trans = torch.where(self.transitions_allowed, trans, neg_inf)
-            end = torch.where(self.end_allowed, end, neg_inf)
+            # a Python scalar, not a tensor made on the host: no copy to the device
+            start = torch.where(self.start_allowed, start, float("-inf"))
+            trans = torch.where(self.transitions_allowed, trans, float("-inf"))
+            end = torch.where(self.end_allowed, end, float("-inf"))
         return start, trans, end
 
     @staticmethod
@@ -432,8 +447,8 @@ class CRF(nn.Module):
         """The kernel module the planner picks for ``operation`` on these emissions."""
         B, T, K = em.shape
         compiling = plan.is_compiling()
-        exporting = compiling and plan.is_exporting()
         device = em.device.type
+        exporting = compiling and plan.export_tracing(device)
         problem = plan.Problem(operation, B, T, K, em.dtype, device, k, grad, compiling, exporting)
         return kernel_module(plan.choose(problem, self.kernel))
 

@@ -44,6 +44,8 @@ __all__ = [
     "Rule",
     "choose",
     "eager_tuning",
+    "export_tracing",
+    "exporting",
     "fused_tuning",
     "is_compiling",
     "is_exporting",
@@ -166,7 +168,32 @@ is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is
 """Whether torch.compile / torch.export is tracing (torch >= 2.3 names it torch.compiler)."""
 
 is_exporting: Callable[[], bool] = getattr(torch.compiler, "is_exporting", lambda: False)
-"""Whether torch.export (also under the ONNX exporter) is tracing (torch >= 2.5)."""
+"""Whether torch.export (also under the ONNX exporter) is tracing (torch >= 2.5). Not
+trusted alone: torch 2.11 answers True inside a plain torch.compile on CUDA (see
+:func:`export_tracing`)."""
+
+_export_blocks: list[bool] = []
+
+
+@contextlib.contextmanager
+def exporting() -> Iterator[None]:
+    """Mark a block as an export for another runtime (ONNX, TorchScript, an ExportedProgram
+    run without chaincrf): every CRF call traced inside takes the export kernel, on any
+    device. chaincrf's own exporters (:mod:`chaincrf.tagger.export`) use it."""
+    _export_blocks.append(True)
+    try:
+        yield
+    finally:
+        _export_blocks.pop()
+
+
+def export_tracing(device: str) -> bool:
+    """Whether a call being traced on ``device`` is an export that needs standard operations
+    only: inside :func:`exporting`, or when torch says it exports (:func:`is_exporting`) and
+    the tensors are not on CUDA. On CUDA torch's word alone is not taken (torch 2.11 says
+    True under a plain torch.compile, whose Inductor cannot lower the export kernel's scan):
+    there the Triton custom ops are traced, which torch.export keeps as custom ops."""
+    return bool(_export_blocks) or (device != "cuda" and is_exporting())
 
 
 _recorders: list[list[tuple[str, str]]] = []

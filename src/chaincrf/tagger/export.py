@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from chaincrf.crf import plan
 from chaincrf.embeddings import PAD_ID, TokenEmbedder, _CharCNN, _CharLSTM
 from chaincrf.encoders.bilstm import reverse_index, reversed_rows
 from chaincrf.tagger.onnx_predictor import ARTEFACT_FORMAT
@@ -384,7 +385,7 @@ def _export_onnx(graph: ExportableTagger, path: Path, names: list[str], num_feat
     # measured). Emptying the cache first makes every export see the swap.
     for op in (torch.ops.aten.lstm.input, torch.ops.aten.lstm.data):
         getattr(op, "_dispatch_cache", {}).clear()
-    with warnings.catch_warnings():  # the exporter's notes on its own internals
+    with warnings.catch_warnings(), plan.exporting():  # the exporter's notes: not ours
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             graph,

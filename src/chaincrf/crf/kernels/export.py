@@ -211,14 +211,14 @@ def _viterbi_scan(
 
 def _alpha(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) -> Tensor:
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips this block only)
-        if plan.is_exporting():
+        if plan.export_tracing(em.device.type):
             return _forward_scan(em, mask, start, trans, False)[0]
     return _log_partition_loop(em, mask, start, trans)
 
 
 def _all_alphas(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) -> Tensor:
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips this block only)
-        if plan.is_exporting():
+        if plan.export_tracing(em.device.type):
             return _forward_scan(em, mask, start, trans, True)[1]
     return _alphas_loop(em, mask, start, trans)
 
@@ -227,7 +227,7 @@ def _best(
     em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor
 ) -> tuple[Tensor, Tensor]:
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips this block only)
-        if plan.is_exporting():
+        if plan.export_tracing(em.device.type):
             return _viterbi_scan(em, mask, start, trans, end)
     return _viterbi_loop(em, mask, start, trans, end)
 

@@ -1,15 +1,19 @@
 """The Triton kernel: the kernel interface of :mod:`chaincrf.crf.kernels.eager` on the GPU
 kernels of :mod:`chaincrf.crf.kernels.gpu_triton`, called through the custom ops of
-:mod:`chaincrf.crf.kernels.gpu_ops` (float32/float64; CUDA tensors, or CPU tensors under
-Triton's interpreter, ``TRITON_INTERPRET=1``).
+:mod:`chaincrf.crf.kernels.gpu_ops` (CUDA tensors, or CPU tensors under Triton's
+interpreter, ``TRITON_INTERPRET=1``).
 
-The rows' lengths are the mask's row sums, computed on the device (the layer compacts a mask
-with gaps first, :mod:`chaincrf.crf.gaps`). With ``validate`` the eager kernel's value checks run first (same errors, same
-order); the log-likelihood's gold-path score is the eager kernel's tensor operations, minus
-the log-partition op. Viterbi computes the best path only (k = 1). Where a row has no allowed
-path, log Z and the Viterbi score are ``-inf`` and the path is all -1, as the eager kernel's;
-its gradients and marginals are 0 (the eager kernel's are NaN there). Importing this module
-imports Triton.
+No call reads a value back to the host unless it must return one (``decode``'s lists) or
+``validate`` asks for the checks: then every check of the call (scores, emissions, tags and,
+with constraints, the gold path) is one reduction read back once, and only when it finds
+something are the eager kernel's checks run to name it (same errors, same order). Under
+``torch.compile`` the checks are an asynchronous device assertion instead. Without
+``validate``, a gold path that the constraints forbid gives a log-likelihood of ``-inf``
+(no error: raising would need the host). The gold-path score is computed in the forward
+kernel, the mask's gaps are handled in the kernels (``GAPS = "native"``), and Viterbi
+computes the best path only (k = 1). Where a row has no allowed path, log Z and the Viterbi
+score are ``-inf`` and the path all -1, as the eager kernel's; its gradients and marginals
+are 0 (the eager kernel's are NaN there). Importing this module imports Triton.
 """
 
 from __future__ import annotations
@@ -17,15 +21,62 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from chaincrf.crf import errors
+from chaincrf.crf import errors, plan
 from chaincrf.crf.kernels import eager
 from chaincrf.crf.kernels import gpu_ops as ops
 
-__all__ = ["decode", "log_likelihood", "log_partition", "marginals", "viterbi"]
+__all__ = [
+    "decode",
+    "log_likelihood",
+    "log_partition",
+    "marginals",
+    "negative_log_likelihood",
+    "viterbi",
+]
 
-GAPS = "validated"
-"""How this kernel meets a mask with gaps (:mod:`chaincrf.crf.gaps`): it raises
-``MaskGapError`` under ``validate`` only (the layer checks the mask itself otherwise)."""
+GAPS = "native"
+"""How this kernel meets a mask with gaps (:mod:`chaincrf.crf.gaps`): the kernels skip the
+masked positions themselves; no compaction, no host synchronisation."""
+
+
+def _invalid(em: Tensor, mask: Tensor, scores: tuple[Tensor, ...], tags: Tensor | None) -> Tensor:
+    """One bool tensor (a device reduction, not read): whether a score is NaN or +inf, an
+    emission where the mask is on is NaN or +inf, or a tag there is outside [0, K)."""
+    flat = torch.cat([s.reshape(-1) for s in scores])
+    bad = (torch.isnan(flat) | torch.isposinf(flat)).any()
+    bad = bad | ((torch.isnan(em) | torch.isposinf(em)).any(-1) & mask).any()
+    if tags is not None:
+        bad = bad | (mask & ((tags < 0) | (tags >= em.size(2)))).any()
+    return bad
+
+
+def _check(
+    em: Tensor,
+    mask: Tensor,
+    scores: tuple[Tensor, Tensor, Tensor],
+    tags: Tensor | None = None,
+    gold: Tensor | None = None,
+) -> None:
+    """The value checks with one read-back (see the module docstring); ``gold``: the gold
+    scores of a constrained layer, ``-inf`` where the path is forbidden."""
+    bad = _invalid(em, mask, scores, tags)
+    forbidden = None if gold is None else torch.isneginf(gold)
+    if forbidden is not None:
+        bad = bad | forbidden.any()
+    if plan.is_compiling():  # no host read inside a graph
+        torch._assert_async(~bad)
+        return
+    if bool(bad):
+        eager.validate_values(em, mask, *scores, tags, gaps=True)
+        if forbidden is not None:
+            raise errors.forbidden_gold_path(int(forbidden.nonzero()[0]))
+
+
+def _likelihood(em, tags, mask, start, trans, end, constrained, validate, scale) -> Tensor:
+    out, gold = ops.forward(em, tags, mask, start, trans, end, scale)
+    if validate:
+        _check(em, mask, (start, trans, end), tags, gold if constrained else None)
+    return out
 
 
 def log_likelihood(
@@ -38,28 +89,35 @@ def log_likelihood(
     constrained: bool,
     validate: bool,
 ) -> Tensor:
-    """Gold-path score minus log Z (B,); with ``constrained``, a forbidden gold path is an error.
+    """Gold-path score minus log Z (B,); with ``constrained`` and ``validate``, a forbidden
+    gold path is an error.
 
     Args:
         em: float (B, T, K) emissions; tags: long (B, T) gold tags, ignored where the mask is
-            off; mask: bool (B, T), left-aligned; start, end: (K,) and trans: (K, K)
+            off; mask: bool (B, T), gaps allowed; start, end: (K,) and trans: (K, K)
             ``[from, to]`` effective scores, ``-inf`` where forbidden.
-        constrained: raise ``ValueError`` for a gold path of score ``-inf`` (forbidden by
-            the constraints), whether or not ``validate``, as the eager kernel.
-        validate: check the values first (mask gaps, scores, emissions, tags).
+        constrained: the scores hold constraints: check the gold path against them (with
+            ``validate``).
+        validate: check the values (scores, emissions, tags) with one read-back.
 
     Returns:
         float (B,), differentiable w.r.t. ``em`` and the three scores.
     """
-    if validate:
-        eager.validate_values(em, mask, start, trans, end, tags)
-    tags = tags.masked_fill(~mask, 0)
-    gold = eager.gold_score(em, tags, mask, start, trans, end)
-    if constrained:
-        bad = torch.isneginf(gold)
-        if bool(bad.any()):
-            raise errors.forbidden_gold_path(int(bad.nonzero()[0]))
-    return gold - ops.log_partition(em, mask.sum(1), start, trans, end)
+    return _likelihood(em, tags, mask, start, trans, end, constrained, validate, 1.0)
+
+
+def negative_log_likelihood(
+    em: Tensor,
+    tags: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    constrained: bool,
+    validate: bool,
+) -> Tensor:
+    """``-log_likelihood(...)`` in the same launch (no negation kernel, forward or backward)."""
+    return _likelihood(em, tags, mask, start, trans, end, constrained, validate, -1.0)
 
 
 def log_partition(
@@ -68,15 +126,15 @@ def log_partition(
     """Log Z of each row (B,), 0 for an empty row, ``-inf`` for a row with no allowed path;
     differentiable w.r.t. ``em`` and the three scores (arguments as in :func:`log_likelihood`)."""
     if validate:
-        eager.validate_values(em, mask, start, trans, end, None)
-    return ops.log_partition(em, mask.sum(1), start, trans, end)
+        _check(em, mask, (start, trans, end))
+    return ops.forward(em, None, mask, start, trans, end)[0]
 
 
 def viterbi(
     em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, k: int, validate: bool
 ) -> tuple[Tensor, Tensor]:
-    """The best path (k = 1 only) (B, 1, T), -1 past each length and where no path is allowed,
-    and its score (B, 1): 0 for an empty row, ``-inf`` with no allowed path.
+    """The best path (k = 1 only) (B, 1, T), -1 where the mask is off and where no path is
+    allowed, and its score (B, 1): 0 for an empty row, ``-inf`` with no allowed path.
 
     Raises:
         ValueError: for ``k`` other than 1 (the planner sends k-best Viterbi to the eager
@@ -85,20 +143,23 @@ def viterbi(
     if k != 1:
         raise ValueError(f"the Triton kernel computes the best path only (k = 1); got k={k}")
     if validate:
-        eager.validate_values(em, mask, start, trans, end, None)
-    paths, scores = ops.viterbi(em, mask.sum(1), start, trans, end)
+        _check(em, mask, (start, trans, end))
+    paths, scores = ops.viterbi(em, mask, start, trans, end)
     return paths.unsqueeze(1), scores.unsqueeze(1)
 
 
 def decode(
     em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
 ) -> list[list[int]]:
-    """The best path of each row as a list of its tags (all -1 where no path is allowed)."""
+    """The best path of each row as a list of its tags at the kept positions (all -1 where no
+    path is allowed)."""
     if validate:
-        eager.validate_values(em, mask, start, trans, end, None)
-    lengths = mask.sum(1)
-    paths, _ = ops.viterbi(em, lengths, start, trans, end)
-    return [row[:n] for row, n in zip(paths.tolist(), lengths.tolist())]
+        _check(em, mask, (start, trans, end))
+    paths, _ = ops.viterbi(em, mask, start, trans, end)
+    return [
+        [tag for tag, on in zip(row, keep) if on]
+        for row, keep in zip(paths.tolist(), mask.tolist())
+    ]
 
 
 def marginals(
@@ -107,5 +168,5 @@ def marginals(
     """Posterior tag probabilities (B, T, K): rows sum to 1 where the mask is on, else 0 (and 0
     in a row with no allowed path); not differentiable."""
     if validate:
-        eager.validate_values(em, mask, start, trans, end, None)
-    return ops.marginals(em, mask.sum(1), start, trans, end)
+        _check(em, mask, (start, trans, end))
+    return ops.marginals(em, mask, start, trans, end)

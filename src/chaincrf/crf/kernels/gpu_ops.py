@@ -1,18 +1,22 @@
 """The Triton CRF kernels (:mod:`chaincrf.crf.kernels.gpu_triton`) as ``torch.library`` custom ops.
 
-Each op has a fake (shape-only) implementation, so that torch.compile and torch.export can
-trace it, and the log-partition has its autograd formula (the backward kernel), so that it is
-differentiable eagerly and compiled alike. Inputs are batch-first; ``lengths`` (B,) are the
-rows' lengths (a left-aligned mask's row sums), in any integer dtype on the emissions' device.
-Transitions are indexed ``[from, to]``; forbidden moves are ``-inf`` scores.
+Each op has a fake (shape-only) implementation, so that torch.compile and torch.export trace
+it, and the forward op has its autograd formula (the backward kernel), so that it is
+differentiable eagerly and compiled alike. Inputs are batch-first; ``mask`` is uint8 (B, T),
+1 at kept positions, gaps allowed (a bool mask viewed as uint8 costs nothing). Transitions are
+indexed ``[from, to]``; forbidden moves are ``-inf`` scores. No op reads a value back to the
+host: each is one kernel launch (the backward's per-program sums add one reduction when the
+batch spans several programs).
 
-* ``chaincrf::triton_log_partition`` -> (log Z (B,), forward messages (B, T, K), or (0, 0, 0)
-  without ``keep_alpha``);
-* ``chaincrf::triton_log_partition_backward`` -> gradients of ``sum(grad * log Z)`` for the
-  emissions and the three score tensors (recomputing the forward messages when they were not
-  kept);
-* ``chaincrf::triton_viterbi`` -> (best paths (B, T) int64, -1 padded; their scores (B,));
-* ``chaincrf::triton_marginals`` -> tag marginals (B, T, K), 0 past each length.
+* ``chaincrf::triton_forward`` -> (``scale * (gold - log Z)`` with tags, else log Z (B,);
+  log Z and the gold scores (2, B); the forward messages (B, T, K) or (0, 0, 0); a zeroed
+  (K + 2, K) accumulator for the backward's score gradients, or (0, 0));
+* ``chaincrf::triton_backward`` -> the emissions' gradient and the score gradients stacked
+  (K + 2, K): start, transitions (K rows), end; ``chaincrf::triton_backward_into`` -> the
+  emissions' gradient, the score gradients added into the forward's accumulator (eager calls
+  only: AOTAutograd cannot save a buffer that the backward mutates);
+* ``chaincrf::triton_viterbi`` -> (best paths (B, T) int64, -1 where masked; scores (B,));
+* ``chaincrf::triton_marginals`` -> tag marginals (B, T, K), 0 where masked.
 """
 
 from __future__ import annotations
@@ -22,173 +26,256 @@ from torch import Tensor
 
 from chaincrf.crf.kernels import gpu_triton as kernels
 
-__all__ = ["log_partition", "marginals", "viterbi"]
+__all__ = ["forward", "marginals", "viterbi"]
 
 
-def _prepared(
-    emissions: Tensor, lengths: Tensor, *scores: Tensor
-) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """Contiguous emissions and scores (the kernels index them densely), int32 lengths."""
-    dtype = emissions.dtype
-    return (
-        emissions.contiguous(),
-        lengths.to(torch.int32).contiguous(),
-        [s.to(dtype).contiguous() for s in scores],
-    )
+def _compute(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-@torch.library.custom_op("chaincrf::triton_log_partition", mutates_args=())
-def _log_partition_op(
+def _prepared(em: Tensor, *scores: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Contiguous emissions and scores in the compute dtype (no copy when they are already)."""
+    dtype = _compute(em)
+    return em.contiguous(), [s.to(dtype).contiguous() for s in scores]
+
+
+@torch.library.custom_op("chaincrf::triton_forward", mutates_args=())
+def _forward_op(
     emissions: Tensor,
-    lengths: Tensor,
+    tags: Tensor | None,
+    mask: Tensor,
     start: Tensor,
     transitions: Tensor,
     end: Tensor,
+    scale: float,
     keep_alpha: bool,
-) -> tuple[Tensor, Tensor]:
-    em, lens, (start, transitions, end) = _prepared(emissions, lengths, start, transitions, end)
-    return kernels.chain_forward(em, lens, start, transitions, end, keep_alpha)
+    accumulator: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    em, (start, transitions, end) = _prepared(emissions, start, transitions, end)
+    tags = None if tags is None else tags.contiguous()
+    mask = mask.contiguous()
+    return kernels.forward(em, tags, mask, start, transitions, end, scale, keep_alpha, accumulator)
 
 
-@_log_partition_op.register_fake
-def _(emissions, lengths, start, transitions, end, keep_alpha):
-    B = emissions.shape[0]
-    alpha_shape = emissions.shape if keep_alpha else (0, 0, 0)
-    return emissions.new_empty(B), emissions.new_empty(alpha_shape)
+@_forward_op.register_fake
+def _(emissions, tags, mask, start, transitions, end, scale, keep_alpha, accumulator):
+    B, T, K = emissions.shape
+    dtype = _compute(emissions)
+    return (
+        emissions.new_empty(B, dtype=dtype),
+        emissions.new_empty((2, B) if tags is not None else (0, 0), dtype=dtype),
+        emissions.new_empty((B, T, K) if keep_alpha else (0, 0, 0), dtype=dtype),
+        emissions.new_empty((K + 2, K) if accumulator else (0, 0), dtype=dtype),
+    )
 
 
-@torch.library.custom_op("chaincrf::triton_log_partition_backward", mutates_args=())
-def _log_partition_backward_op(
+def _backward(grad, emissions, tags, mask, start, transitions, end, alpha, log_z, scale, acc):
+    em, (start, transitions, end) = _prepared(emissions, start, transitions, end)
+    mask = mask.contiguous()
+    tags = None if tags is None else tags.contiguous()
+    if alpha.shape != em.shape:  # not kept by the forward call: recompute them
+        out, aux, alpha, _ = kernels.forward(em, tags, mask, start, transitions, end, scale, True)
+        log_z = aux[0] if tags is not None else out
+    d_em, d_par = kernels.backward(
+        grad, em, tags, mask, transitions, end, alpha, log_z.contiguous(), scale, True, acc
+    )
+    return d_em.to(emissions.dtype), d_par
+
+
+@torch.library.custom_op("chaincrf::triton_backward", mutates_args=())
+def _backward_op(
     grad: Tensor,
     emissions: Tensor,
-    lengths: Tensor,
+    tags: Tensor | None,
+    mask: Tensor,
     start: Tensor,
     transitions: Tensor,
     end: Tensor,
     alpha: Tensor,
     log_z: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    em, lens, (start, transitions, end) = _prepared(emissions, lengths, start, transitions, end)
-    if alpha.shape != em.shape:  # not kept by the forward call: recompute them
-        log_z, alpha = kernels.chain_forward(em, lens, start, transitions, end, True)
-    grad = grad.to(em.dtype).contiguous()
-    d_em, d_start, d_trans, d_end = kernels.chain_backward(
-        grad, em, lens, transitions, end, alpha.contiguous(), log_z.contiguous(), True
-    )
-    return d_em, d_start.sum(0), d_trans.sum(0), d_end.sum(0)
+    scale: float,
+) -> tuple[Tensor, Tensor]:
+    args = (grad, emissions, tags, mask, start, transitions, end, alpha, log_z, scale)
+    return _backward(*args, None)
 
 
-@_log_partition_backward_op.register_fake
-def _(grad, emissions, lengths, start, transitions, end, alpha, log_z):
-    return (
-        emissions.new_empty(emissions.shape),
-        emissions.new_empty(start.shape),
-        emissions.new_empty(transitions.shape),
-        emissions.new_empty(end.shape),
-    )
+@_backward_op.register_fake
+def _(grad, emissions, tags, mask, start, transitions, end, alpha, log_z, scale):
+    K = emissions.shape[2]
+    d_par = emissions.new_empty((K + 2, K), dtype=_compute(emissions))
+    return emissions.new_empty(emissions.shape), d_par
 
 
-def _save_log_partition(ctx, inputs, output) -> None:
-    emissions, lengths, start, transitions, end, _keep_alpha = inputs
-    log_z, alpha = output
-    ctx.save_for_backward(emissions, lengths, start, transitions, end, alpha, log_z)
-    ctx.dtypes = (start.dtype, transitions.dtype, end.dtype)
+@torch.library.custom_op("chaincrf::triton_backward_into", mutates_args=("acc",))
+def _backward_into_op(
+    grad: Tensor,
+    emissions: Tensor,
+    tags: Tensor | None,
+    mask: Tensor,
+    start: Tensor,
+    transitions: Tensor,
+    end: Tensor,
+    alpha: Tensor,
+    log_z: Tensor,
+    scale: float,
+    acc: Tensor,
+) -> Tensor:
+    """As ``triton_backward``, the score gradients added into ``acc`` (eager calls only)."""
+    args = (grad, emissions, tags, mask, start, transitions, end, alpha, log_z, scale)
+    return _backward(*args, acc)[0]
 
 
-def _log_partition_backward(ctx, grad: Tensor, _grad_alpha: Tensor | None):
-    emissions, lengths, start, transitions, end, alpha, log_z = ctx.saved_tensors
-    d_em, d_start, d_trans, d_end = _log_partition_backward_op(
-        grad, emissions, lengths, start, transitions, end, alpha, log_z
-    )
-    d_start, d_trans, d_end = (g.to(d) for g, d in zip((d_start, d_trans, d_end), ctx.dtypes))
-    return d_em, None, d_start, d_trans, d_end, None
+@_backward_into_op.register_fake
+def _(grad, emissions, tags, mask, start, transitions, end, alpha, log_z, scale, acc):
+    return emissions.new_empty(emissions.shape)
 
 
-_log_partition_op.register_autograd(_log_partition_backward, setup_context=_save_log_partition)
+def _save_forward(ctx, inputs, output) -> None:
+    emissions, tags, mask, start, transitions, end, scale, _keep, _acc = inputs
+    out, aux, alpha, acc = output
+    log_z = aux[0] if tags is not None else out
+    ctx.save_for_backward(emissions, tags, mask, start, transitions, end, alpha, log_z)
+    ctx.acc = acc  # not a saved tensor: the backward mutates it (no version check wanted)
+    ctx.scale = scale
+    ctx.added = False
+
+
+def _forward_backward(ctx, grad: Tensor, *_unused: Tensor | None):
+    emissions, tags, mask, start, transitions, end, alpha, log_z = ctx.saved_tensors
+    acc = ctx.acc
+    args = (grad, emissions, tags, mask, start, transitions, end, alpha, log_z, ctx.scale)
+    if acc.numel() > 0:  # an eager call: the forward zeroed it, the backward adds into it
+        if ctx.added:  # a second backward through a retained graph: the sums start again
+            acc.zero_()
+        ctx.added = True
+        d_em, d_par = _backward_into_op(*args, acc), acc
+    else:
+        d_em, d_par = _backward_op(*args)
+    K = d_par.shape[1]
+    grads = (d_par[0], d_par[1 : K + 1], d_par[K + 1])
+    d_start, d_trans, d_end = (g.to(s.dtype) for g, s in zip(grads, (start, transitions, end)))
+    return d_em, None, None, d_start, d_trans, d_end, None, None, None
+
+
+_forward_op.register_autograd(_forward_backward, setup_context=_save_forward)
 
 
 @torch.library.custom_op("chaincrf::triton_viterbi", mutates_args=())
 def _viterbi_op(
-    emissions: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor
 ) -> tuple[Tensor, Tensor]:
-    em, lens, (start, transitions, end) = _prepared(emissions, lengths, start, transitions, end)
-    return kernels.viterbi(em, lens, start, transitions, end)
+    em, (start, transitions, end) = _prepared(emissions, start, transitions, end)
+    return kernels.viterbi(em, mask.contiguous(), start, transitions, end)
 
 
 @_viterbi_op.register_fake
-def _(emissions, lengths, start, transitions, end):
+def _(emissions, mask, start, transitions, end):
     B, T, _ = emissions.shape
-    return emissions.new_empty((B, T), dtype=torch.long), emissions.new_empty(B)
+    return (
+        emissions.new_empty((B, T), dtype=torch.long),
+        emissions.new_empty(B, dtype=_compute(emissions)),
+    )
 
 
 @torch.library.custom_op("chaincrf::triton_marginals", mutates_args=())
 def _marginals_op(
-    emissions: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor
 ) -> Tensor:
-    em, lens, (start, transitions, end) = _prepared(emissions, lengths, start, transitions, end)
-    log_z, alpha = kernels.chain_forward(em, lens, start, transitions, end, True)
-    ones = torch.ones_like(log_z)
-    return kernels.chain_backward(ones, em, lens, transitions, end, alpha, log_z, False)[0]
+    em, (start, transitions, end) = _prepared(emissions, start, transitions, end)
+    mask = mask.contiguous()
+    log_z, _aux, alpha, _ = kernels.forward(em, None, mask, start, transitions, end, 1.0, True)
+    one = log_z.new_ones(()).expand(log_z.shape[0])
+    d_em, _ = kernels.backward(one, em, None, mask, transitions, end, alpha, log_z, 1.0, False)
+    return d_em
 
 
 @_marginals_op.register_fake
-def _(emissions, lengths, start, transitions, end):
-    return emissions.new_empty(emissions.shape)
+def _(emissions, mask, start, transitions, end):
+    return emissions.new_empty(emissions.shape, dtype=_compute(emissions))
 
 
 # ------------------------------------------------------------------------------ public calls
 
 
-def log_partition(
-    emissions: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor
-) -> Tensor:
-    """Log Z of each row, differentiable w.r.t. the emissions and the three score tensors.
+def _tracing() -> bool:
+    from chaincrf.crf import plan
+
+    return plan.is_compiling()
+
+
+def _uint8(mask: Tensor) -> Tensor:
+    return mask.view(torch.uint8) if mask.dtype == torch.bool else mask.to(torch.uint8)
+
+
+def forward(
+    emissions: Tensor,
+    tags: Tensor | None,
+    mask: Tensor,
+    start: Tensor,
+    transitions: Tensor,
+    end: Tensor,
+    scale: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """``scale * (gold score - log Z)`` of each row with ``tags``, else log Z; differentiable
+    w.r.t. the emissions and the three score tensors.
 
     Args:
-        emissions: float32/float64 (batch, seq_len, num_tags), unnormalised scores; positions
-            past a row's length are never read.
-        lengths: integer (batch,), each in [0, seq_len].
+        emissions: float (batch, seq_len, num_tags), unnormalised scores (float16 and
+            bfloat16 are computed in float32).
+        tags: long (batch, seq_len) gold tags, read where the mask is on (a tag outside
+            [0, num_tags) there makes the row's result NaN; nothing is read outside the
+            tensors), or None.
+        mask: bool or uint8 (batch, seq_len), on at kept positions (gaps allowed).
         start: (num_tags,) scores of starting in each tag, ``-inf`` where forbidden.
         transitions: (num_tags, num_tags), ``transitions[i, j]`` scores tag i followed by j.
         end: (num_tags,) scores of ending in each tag.
+        scale: the factor (-1 gives the negative log-likelihood in the same launch).
 
     Returns:
-        (batch,) in the emissions' dtype: 0 for an empty row, ``-inf`` for a row with no
-        allowed path (whose gradients are 0).
+        ``out`` (batch,) in float32 (float64 for float64 emissions): 0 for an empty row; log Z
+        ``-inf`` for a row with no allowed path (whose gradients are 0); and the gold scores
+        (batch,) (``-inf`` for a forbidden gold path), or None without ``tags``.
     """
     scores = (start, transitions, end)
-    keep_alpha = torch.is_grad_enabled() and any(x.requires_grad for x in (emissions, *scores))
-    return _log_partition_op(emissions, lengths, *scores, keep_alpha)[0]
+    keep = torch.is_grad_enabled() and any(x.requires_grad for x in (emissions, *scores))
+    # the backward adds the score gradients into a buffer this launch zeroes (one launch
+    # fewer), unless the results must not vary in their last bits (deterministic mode) or a
+    # graph is being traced (where a graph input must not be mutated)
+    adding = keep and not torch.are_deterministic_algorithms_enabled() and not _tracing()
+    mask8 = _uint8(mask)
+    out, aux, _alpha, _acc = _forward_op(
+        emissions, tags, mask8, *scores, float(scale), keep, adding
+    )
+    return out, (aux[1] if tags is not None else None)
 
 
 def viterbi(
-    emissions: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Best path of each row (ties to the lowest tag index) and its score; not differentiable.
 
     Args:
-        emissions, lengths, start, transitions, end: as in :func:`log_partition`.
+        emissions, mask, start, transitions, end: as in :func:`forward`.
 
     Returns:
-        ``paths`` int64 (batch, seq_len), -1 past each length and in a row with no allowed
-        path; ``scores`` (batch,) in the emissions' dtype (0 for an empty row, ``-inf`` with
-        no allowed path).
+        ``paths`` int64 (batch, seq_len), -1 where the mask is off and in a row with no
+        allowed path; ``scores`` (batch,) (0 for an empty row, ``-inf`` with no allowed path).
     """
     em, start, transitions, end = (x.detach() for x in (emissions, start, transitions, end))
-    return _viterbi_op(em, lengths, start, transitions, end)
+    return _viterbi_op(em, _uint8(mask), start, transitions, end)
 
 
 def marginals(
-    emissions: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor
 ) -> Tensor:
     """Posterior tag probabilities (batch, seq_len, num_tags); not differentiable.
 
     Args:
-        emissions, lengths, start, transitions, end: as in :func:`log_partition`.
+        emissions, mask, start, transitions, end: as in :func:`forward`.
 
     Returns:
-        (batch, seq_len, num_tags) in the emissions' dtype: each position's row sums to 1
-        inside the row's length; 0 past it and in a row with no allowed path.
+        (batch, seq_len, num_tags): each kept position's row sums to 1; 0 where the mask is
+        off and in a row with no allowed path.
     """
     em, start, transitions, end = (x.detach() for x in (emissions, start, transitions, end))
-    return _marginals_op(em, lengths, start, transitions, end)
+    return _marginals_op(em, _uint8(mask), start, transitions, end)

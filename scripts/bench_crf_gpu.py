@@ -1,0 +1,502 @@
+"""The CRF on a CUDA device: speed against the peers and the hardware floor, exactness against
+float64, kernel launches and host synchronisations per call, torch.compile and CUDA graphs.
+
+Every section writes its rows to one JSON report (``--json``) and prints a Markdown table:
+
+* ``grid``: NLL + backward and decode (``viterbi``, tensors) over B x T x K, chaincrf (the
+  planner's choice: the Triton kernels) against pytorch-crf and torch-struct in the same
+  process, float32. Each library's log-likelihood and gradients are first checked against a
+  float64 reference (chaincrf's eager kernel in float64 where T <= 128, its Triton kernels in
+  float64 beyond: both tested against brute force), so a failure names the wrong side. Times
+  are wall-clock per call (host included: what a training loop sees), median of repeated
+  blocks after a warm-up. Each cell prints its floor: bytes moved / 4.8 TB/s, and the
+  serial-step floor T x ``--step-ns``.
+* ``long``: float32 against float64 (eager kernel) at T = 512, 4,096 and 10,000: log Z, the
+  log-likelihood, the emissions' and transitions' gradients and the marginals.
+* ``launches``: torch.profiler's kernel launches and ``torch.cuda.set_sync_debug_mode``'s
+  synchronisations per NLL + backward, with and without ``validate``.
+* ``compile``: ``torch.compile(fullgraph=True)`` of a module holding the CRF against eager
+  (results and time), and pytorch-crf under ``torch.compile(mode="reduce-overhead")``.
+* ``graph``: a whole training step (embedding, linear, CRF NLL, backward, Adam) captured in a
+  CUDA graph and replayed equals eager.
+
+Usage: ``python scripts/bench_crf_gpu.py --json out.json`` (about 3 minutes on one H200).
+"""
+
+# ruff: noqa: B023 (each closure is timed in the iteration that defines it)
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from chaincrf import CRF
+
+BANDWIDTH = 4.8e12  # bytes/s, the H200's HBM3e
+DEVICE = (
+    "cuda"  # --device cpu (with TRITON_INTERPRET=1 and tiny sizes): a smoke test of this script
+)
+
+
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], budget: float = 0.15, min_reps: int = 3) -> float:
+    """Median seconds per call over blocks of calls, after a warm-up (wall clock, synchronised
+    at each block's ends)."""
+    fn()
+    _sync()
+    t0 = time.perf_counter()
+    fn()
+    _sync()
+    one = max(time.perf_counter() - t0, 1e-6)
+    per_block = max(1, min(200, int(0.02 / one)))
+    blocks = max(min_reps, min(15, int(budget / (one * per_block))))
+    samples = []
+    for _ in range(blocks):
+        _sync()
+        t0 = time.perf_counter()
+        for _ in range(per_block):
+            fn()
+        _sync()
+        samples.append((time.perf_counter() - t0) / per_block)
+    return statistics.median(samples)
+
+
+def inputs(B: int, T: int, K: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    em = torch.randn(B, T, K, generator=g) * 2
+    tags = torch.randint(K, (B, T), generator=g)
+    lengths = torch.randint(max(1, T // 2), T + 1, (B,), generator=g)
+    lengths[0] = T
+    mask = torch.arange(T) < lengths[:, None]
+    return em.to(DEVICE), tags.to(DEVICE), mask.to(DEVICE), int(lengths.sum())
+
+
+def make_crf(K: int, seed: int, kernel: str = "auto", dtype=torch.float32) -> CRF:
+    torch.manual_seed(seed)
+    return CRF(K, batch_first=True, kernel=kernel).to(device=DEVICE, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------- libraries
+
+
+def chaincrf_nll(crf: CRF, em, tags, mask, validate: bool = False):
+    def run():
+        e = em.detach().requires_grad_(True)
+        crf.zero_grad(set_to_none=True)
+        loss = crf.nll(e, tags, mask, reduction="sum", validate=validate)
+        loss.backward()
+        return loss, e
+
+    return run
+
+
+def grads_of(run, crf_params):
+    loss, e = run()
+    return float(loss), e.grad.double(), [p.grad.double() for p in crf_params()]
+
+
+def torchcrf_layer(crf: CRF):
+    import torchcrf
+
+    peer = torchcrf.CRF(crf.num_tags, batch_first=True).to(DEVICE)
+    peer.load_state_dict({k: v.float() for k, v in crf.state_dict().items()})
+    return peer
+
+
+def torchcrf_nll(peer, em, tags, mask):
+    def run():
+        e = em.detach().requires_grad_(True)
+        peer.zero_grad(set_to_none=True)
+        loss = -peer(e, tags, mask, reduction="sum")
+        loss.backward()
+        return loss, e
+
+    return run
+
+
+def torchstruct_nll(crf: CRF, em, tags, mask):
+    """torch-struct's LinearChainCRF on the standard potentials (built inside the timed call,
+    :class:`bench_crf.StructCRF`)."""
+    from bench_crf import StructCRF
+
+    peer = StructCRF(crf.num_tags).to(DEVICE)
+    peer.load_state_dict({k: v.float() for k, v in crf.state_dict().items()})
+    lengths = mask.sum(1)
+
+    def run():
+        e = em.detach().requires_grad_(True)
+        peer.zero_grad(set_to_none=True)
+        loss = -peer.log_likelihood(e, tags, lengths).sum()
+        loss.backward()
+        return loss, e
+
+    return run, peer.parameters
+
+
+# ---------------------------------------------------------------------------- sections
+
+
+def section_grid(args, report: dict) -> None:
+    rows = []
+    peers = set(args.peers)
+    for B in args.batch:
+        for T in args.length:
+            for K in args.tags:
+                em, tags, mask, tokens = inputs(B, T, K, seed=B * 1000 + T + K)
+                crf = make_crf(K, seed=K)
+                ref_kernel = "eager" if T <= 128 else "triton"
+                ref = make_crf(K, seed=K, kernel=ref_kernel, dtype=torch.float64)
+                ref.load_state_dict({k: v.double() for k, v in crf.state_dict().items()})
+                want = grads_of(chaincrf_nll(ref, em.double(), tags, mask), ref.parameters)
+                row = {"B": B, "T": T, "K": K, "tokens": tokens}
+                runs = {"chaincrf": (chaincrf_nll(crf, em, tags, mask), crf.parameters)}
+                if "pytorch-crf" in peers:
+                    peer = torchcrf_layer(crf)
+                    runs["pytorch-crf"] = (torchcrf_nll(peer, em, tags, mask), peer.parameters)
+                if "torch-struct" in peers and T >= 2:
+                    try:
+                        runs["torch-struct"] = torchstruct_nll(crf, em, tags, mask)
+                    except Exception as error:
+                        row["torch-struct_error"] = type(error).__name__
+                for name, (run, params) in runs.items():
+                    try:
+                        got = grads_of(run, params)
+                    except torch.OutOfMemoryError:
+                        row[f"{name}_error"] = "OOM"
+                        torch.cuda.empty_cache()
+                        continue
+                    row[f"{name}_check"] = _compare(got, want, tokens)
+                    row[f"{name}_nll_us"] = timed(run) * 1e6
+                with torch.no_grad():
+                    row["chaincrf_viterbi_us"] = (
+                        timed(lambda: crf.viterbi(em, mask, validate=False)) * 1e6
+                    )
+                    if "pytorch-crf" in peers and B * T <= args.max_peer_decode:
+                        peer = torchcrf_layer(crf)
+                        row["pytorch-crf_decode_us"] = (
+                            timed(lambda: peer.decode(em, mask), budget=0.1, min_reps=1) * 1e6
+                        )
+                        want_paths = peer.decode(em, mask)
+                        got = crf.decode(em, mask)
+                        row["decode_equal"] = got == want_paths
+                bytes_moved = (
+                    em.numel() * 4 * 2 + tags.numel() * 8 + mask.numel()
+                )  # em read + grad written
+                row["floor_bytes_us"] = bytes_moved / BANDWIDTH * 1e6
+                row["floor_serial_us"] = 2 * T * args.step_ns / 1e3  # forward + backward steps
+                row["chaincrf_tokens_per_s"] = tokens / (row["chaincrf_nll_us"] / 1e6)
+                for peer_name in ("pytorch-crf", "torch-struct"):
+                    if f"{peer_name}_nll_us" in row:
+                        row[f"x_{peer_name}"] = row[f"{peer_name}_nll_us"] / row["chaincrf_nll_us"]
+                if "pytorch-crf_decode_us" in row:
+                    row["x_pytorch-crf_decode"] = (
+                        row["pytorch-crf_decode_us"] / row["chaincrf_viterbi_us"]
+                    )
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    report["grid"] = rows
+    _table(rows)
+
+
+def _compare(got, want, tokens: int) -> dict:
+    loss, d_em, d_par = got
+    want_loss, want_em, want_par = want
+    out = {
+        "loss_rel": abs(loss - want_loss) / max(1.0, abs(want_loss)),
+        "em_grad_abs": float((d_em - want_em).abs().max()),
+    }
+    trans = d_par[2]  # every library orders its parameters start, end, transitions
+    # per token: the transitions' gradient is a sum over the B * T positions
+    out["trans_grad_abs_per_token"] = float((trans - want_par[2]).abs().max()) / tokens
+    out["ok"] = (
+        out["loss_rel"] <= 1e-4
+        and out["em_grad_abs"] <= 1e-4
+        and out.get("trans_grad_abs_per_token", 0) <= 1e-4
+    )
+    return out
+
+
+def _table(rows) -> None:
+    head = "| B | T | K | chaincrf NLL+bwd us | Mtok/s | x pytorch-crf | x torch-struct | floor bytes us | floor serial us | viterbi us | x pytorch-crf decode | checks |"
+    print(head)
+    print("|---" * 12 + "|")
+    for r in rows:
+        checks = all(
+            r.get(f"{n}_check", {"ok": True})["ok"]
+            for n in ("chaincrf", "pytorch-crf", "torch-struct")
+        )
+        print(
+            f"| {r['B']} | {r['T']} | {r['K']} | {r['chaincrf_nll_us']:.0f} | "
+            f"{r['chaincrf_tokens_per_s'] / 1e6:.1f} | {r.get('x_pytorch-crf', float('nan')):.1f} | "
+            f"{r.get('x_torch-struct', float('nan')):.1f} | {r['floor_bytes_us']:.1f} | "
+            f"{r['floor_serial_us']:.1f} | {r['chaincrf_viterbi_us']:.0f} | "
+            f"{r.get('x_pytorch-crf_decode', float('nan')):.0f} | {'ok' if checks else 'FAIL'} |"
+        )
+
+
+def section_long(args, report: dict) -> None:
+    rows = []
+    for T in (512, 4096, 10000):
+        B, K = 4, 9
+        em, tags, mask, tokens = inputs(B, T, K, seed=T)
+        crf = make_crf(K, seed=1)
+        ref = make_crf(K, seed=1, kernel="eager", dtype=torch.float64)
+        ref.load_state_dict({k: v.double() for k, v in crf.state_dict().items()})
+        got = grads_of(chaincrf_nll(crf, em, tags, mask), crf.parameters)
+        want = grads_of(chaincrf_nll(ref, em.double(), tags, mask), ref.parameters)
+        with torch.no_grad():
+            log_z = crf.log_partition(em, mask).double()
+            want_z = ref.log_partition(em.double(), mask)
+            marg = crf.marginals(em, mask).double()
+            want_m = ref.marginals(em.double(), mask)
+        row = {
+            "T": T,
+            "log_z_rel": float(((log_z - want_z).abs() / want_z.abs()).max()),
+            "nll_rel": abs(got[0] - want[0]) / abs(want[0]),
+            "em_grad_abs": float((got[1] - want[1]).abs().max()),
+            "trans_grad_sum_rel": float(
+                (got[2][1].sum() - want[2][1].sum()).abs() / want[2][1].abs().sum()
+            ),
+            "trans_grad_abs_per_token": float((got[2][1] - want[2][1]).abs().max()) / tokens,
+            "marginals_abs": float((marg - want_m).abs().max()),
+        }
+        row["ok"] = all(v <= 1e-4 for k, v in row.items() if k != "T")
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    report["long"] = rows
+
+
+def section_launches(args, report: dict) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    rows = []
+    for B, T, K in ((1, 32, 9), (512, 128, 50)):
+        em, tags, mask, _ = inputs(B, T, K, seed=3)
+        crf = make_crf(K, seed=3)
+        for validate in (False, True):
+            run = chaincrf_nll(crf, em, tags, mask, validate)
+            run()
+            _sync()
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                run()
+                _sync()
+            names = [e.name for e in prof.events()]
+            launches = sum(
+                n
+                in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")
+                for n in names
+            )
+            memsets = sum(n.startswith("cudaMemset") for n in names)
+            copies = sum(n.startswith("cudaMemcpy") for n in names)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if DEVICE == "cuda":
+                    torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    run()
+                finally:
+                    if DEVICE == "cuda":
+                        torch.cuda.set_sync_debug_mode("default")
+            syncs = sum("synchroniz" in str(w.message) for w in caught)
+            row = {"B": B, "T": T, "K": K, "validate": validate, "launches": launches,
+                   "memsets": memsets, "memcpys": copies, "syncs": syncs,
+                   "kernels": sorted({e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA})}  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    report["launches"] = rows
+
+
+class _Tagger(torch.nn.Module):
+    def __init__(self, vocab: int, dim: int, K: int):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.proj = torch.nn.Linear(dim, K)
+        self.crf = CRF(K, batch_first=True)
+
+    def forward(self, words, tags, mask):
+        return self.crf.nll(self.proj(self.embed(words)), tags, mask, validate=False)
+
+
+def section_compile(args, report: dict) -> None:
+    rows = []
+    for B, T, K in ((1, 32, 9), (32, 128, 9), (512, 32, 50)):
+        g = torch.Generator().manual_seed(0)
+        words = torch.randint(1000, (B, T), generator=g).to(DEVICE)
+        _em, tags, mask, tokens = inputs(B, T, K, seed=4)
+        torch.manual_seed(0)
+        model = _Tagger(1000, 64, K).to(DEVICE)
+        compiled = torch.compile(model, fullgraph=True)
+
+        def step(m):
+            def run():
+                model.zero_grad(set_to_none=True)
+                loss = m(words, tags, mask)
+                loss.backward()
+                return loss
+
+            return run
+
+        row = {"B": B, "T": T, "K": K}
+        t0 = time.perf_counter()
+        loss_c = float(step(compiled)())
+        row["compile_s"] = time.perf_counter() - t0
+        grads_c = [p.grad.clone() for p in model.parameters()]
+        loss_e = float(step(model)())
+        grads_e = [p.grad.clone() for p in model.parameters()]
+        row["equal"] = abs(loss_c - loss_e) <= 1e-4 * max(1, abs(loss_e)) and all(
+            torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(grads_c, grads_e)
+        )
+        row["eager_us"] = timed(step(model)) * 1e6
+        row["compiled_us"] = timed(step(compiled)) * 1e6
+        if "pytorch-crf" in args.peers and T <= 32:  # its loop is unrolled: minutes beyond
+            import torchcrf
+
+            peer = torchcrf.CRF(K, batch_first=True).to(DEVICE)
+            em = _em.detach().requires_grad_(True)
+            fn = torch.compile(
+                lambda e: -peer(e, tags, mask, reduction="sum"), mode="reduce-overhead"
+            )
+
+            def peer_run():
+                peer.zero_grad(set_to_none=True)
+                e = em.detach().requires_grad_(True)
+                loss = fn(e)
+                loss.backward()
+                return loss
+
+            t0 = time.perf_counter()
+            for _ in range(3):
+                peer_run()
+            row["pytorch-crf_compile_s"] = time.perf_counter() - t0
+            row["pytorch-crf_reduce_overhead_crf_only_us"] = timed(peer_run) * 1e6
+            crf = make_crf(K, seed=0)
+            row["chaincrf_crf_only_us"] = timed(chaincrf_nll(crf, _em, tags, mask)) * 1e6
+            row["x_pytorch-crf_reduce_overhead"] = (
+                row["pytorch-crf_reduce_overhead_crf_only_us"] / row["chaincrf_crf_only_us"]
+            )
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    report["compile"] = rows
+
+
+def section_graph(args, report: dict) -> None:
+    B, T, K = 32, 64, 9
+    g = torch.Generator().manual_seed(1)
+    words = torch.randint(500, (B, T), generator=g).to(DEVICE)
+    _em, tags, mask, _ = inputs(B, T, K, seed=5)
+
+    def build():
+        torch.manual_seed(1)
+        model = _Tagger(500, 32, K).to(DEVICE)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2, capturable=True)
+        return model, opt
+
+    def train_step(model, opt):
+        opt.zero_grad(set_to_none=False)
+        loss = model(words, tags, mask)
+        loss.backward()
+        opt.step()
+        return loss
+
+    eager_model, eager_opt = build()
+    eager_losses = [float(train_step(eager_model, eager_opt)) for _ in range(6)]
+    model, opt = build()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        losses = [float(train_step(model, opt)) for _ in range(3)]  # warm-up, also state
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = train_step(model, opt)
+    for _ in range(3):
+        graph.replay()
+        losses.append(float(static_loss))
+    ok = all(abs(a - b) <= 1e-4 * max(1, abs(b)) for a, b in zip(losses, eager_losses))
+    params_ok = all(
+        torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+        for a, b in zip(model.parameters(), eager_model.parameters())
+    )
+    row = {
+        "B": B,
+        "T": T,
+        "K": K,
+        "eager": eager_losses,
+        "graph": losses,
+        "equal": ok and params_ok,
+    }
+    row["replay_us"] = timed(graph.replay) * 1e6
+    row["eager_step_us"] = timed(lambda: train_step(eager_model, eager_opt)) * 1e6
+    print(json.dumps(row), flush=True)
+    report["graph"] = row
+
+
+SECTIONS = {
+    "grid": section_grid,
+    "long": section_long,
+    "launches": section_launches,
+    "compile": section_compile,
+    "graph": section_graph,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 32, 128, 512])
+    p.add_argument("--length", type=int, nargs="+", default=[32, 128, 512])
+    p.add_argument("--tags", type=int, nargs="+", default=[9, 50])
+    p.add_argument("--peers", nargs="*", default=["pytorch-crf", "torch-struct"])
+    p.add_argument(
+        "--step-ns", type=float, default=500.0, help="assumed latency of one serial step (ns)"
+    )
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    p.add_argument(
+        "--max-peer-decode",
+        type=int,
+        default=16384,
+        help="pytorch-crf's decode (one .item() per tag) only where B * T is at most this",
+    )
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device", file=sys.stderr)
+        return 2
+    report: dict = {
+        "device": torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "command": " ".join(sys.argv),
+    }
+    failed = []
+    for name in args.sections:
+        t0 = time.perf_counter()
+        try:
+            SECTIONS[name](args, report)
+        except Exception as error:
+            import traceback
+
+            traceback.print_exc()
+            report[f"{name}_error"] = f"{type(error).__name__}: {error}"[:2000]
+            failed.append(name)
+        report[f"{name}_seconds"] = time.perf_counter() - t0
+        print(f"# section {name}: {report[f'{name}_seconds']:.1f} s", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1, default=str))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
