@@ -147,6 +147,21 @@ def test_export_into_an_empty_folder(tmp_path):
     SequenceTagger.load(bundle)
 
 
+def test_int8_quantisation_keeps_a_file_of_the_folder_named_like_its_temporary(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from chaincrf.tagger.bundle import load_predictor
+    from chaincrf.tagger.export import export_model
+
+    folder = tmp_path / "artefact"
+    folder.mkdir()
+    (folder / "model.float.onnx").write_bytes(b"the user's own float model")
+    export_model(load_predictor(CHECKPOINT), folder, "onnx", quantize="int8")
+    assert (folder / "model.float.onnx").read_bytes() == b"the user's own float model"
+    assert (folder / "model.onnx").is_file()
+    assert hidden(folder) == []
+
+
 # ---------------------------------------------------------------- devices and FIFOs
 
 
