@@ -434,7 +434,12 @@ def test_reloaded_model_predicts_identically(trained, tmp_path):
     second = SequenceTagger.load(ckpt).predict(sentences)
     assert [r.to_dict() for r in first] == [r.to_dict() for r in second]
     bundle = export(ckpt, tmp_path / "bundle")
-    assert sorted(p.name for p in bundle.iterdir()) == ["config.json", "vocab.json", "weights.pt"]
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        ".chaincrf-export.json",
+        "config.json",
+        "vocab.json",
+        "weights.pt",
+    ]
     third = SequenceTagger.load(bundle).predict(sentences)
     assert [r.to_dict() for r in third] == [r.to_dict() for r in first]
 

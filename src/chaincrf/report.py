@@ -24,6 +24,8 @@ from typing import Any
 
 from torch import Tensor
 
+from chaincrf.data.download import atomic_file
+
 __all__ = ["per_tag_scores", "read_metrics_csv", "write_report"]
 
 log = logging.getLogger(__name__)
@@ -360,7 +362,6 @@ def write_report(
             lines += ["![confusion matrix](confusion.png)", ""]
             break
     path = run_dir / "report.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(path)
+    with atomic_file(path) as stream:
+        stream.write("\n".join(lines))
     return path

@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -81,7 +82,8 @@ def hydra_main(
     """``hydra.main`` over the built-in configs, with the user's folder from
     ``$CHAINCRF_CONFIG_DIR`` added in front of them (Hydra's ``--config-dir``): the entry point
     of each command. ``argv_hook`` may add overrides to the command line first (the training
-    command's: resume in the run's own folder)."""
+    command's: resume in the run's own folder). SIGTERM stops the command as ``SystemExit(143)``
+    (:func:`sigterm_as_exit`), so that its temporary files are removed."""
     import functools
 
     import hydra
@@ -101,9 +103,10 @@ def hydra_main(
                 log.error("%s", error)
                 raise SystemExit(1) from None
             try:
-                return decorated()
+                with sigterm_as_exit():
+                    return decorated()
             except SystemExit as stop:
-                if stop.code not in (0, None):  # Hydra's error (or ours) is printed: add hints
+                if stop.code not in (0, None, STOPPED):  # Hydra's error or ours: add hints
                     for hint in config_hints(config_name, sys.argv[1:]):
                         sys.stderr.write(hint + "\n")
                 raise
@@ -111,6 +114,31 @@ def hydra_main(
         return entry
 
     return wrap
+
+
+STOPPED = 128 + signal.SIGTERM
+"""The exit status of a command stopped by SIGTERM (143, as the shell reports a kill)."""
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Within the block, SIGTERM (``kill``, a scheduler's stop) raises ``SystemExit(143)``
+    instead of ending the process at once, so that cleanup runs as for Ctrl-C: temporary files
+    are removed, no half-written output is left. Outside the main thread signals are left alone.
+    """
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(STOPPED)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def config_hints(config_name: str, argv: Sequence[str]) -> list[str]:

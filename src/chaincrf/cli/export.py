@@ -18,13 +18,18 @@ writes ``exported/ner/`` with
 :class:`chaincrf.tagger.onnx_predictor.OnnxPredictor` with onnxruntime and numpy, or
 ``chaincrf-predict ckpt_path=<folder>``) or ``model.pt`` (``torch.jit.load``), and
 ``tagger.json`` (inputs, outputs, tag names and schemes): see :mod:`chaincrf.tagger.export`.
-The folder is written into a temporary folder and renamed when complete. A Hydra CLI like the
-others (``conf/export.yaml``).
+The folder is written into a temporary folder and renamed when complete, with a manifest
+(``.chaincrf-export.json``) naming the files written. An existing ``output`` is used only when it
+is empty or holds nothing but the files its manifest names (a previous export, then replaced);
+any other folder (a run folder, the working directory, a folder of your own files) is refused,
+and nothing in it is touched. A Hydra CLI like the others (``conf/export.yaml``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -41,6 +46,10 @@ log = logging.getLogger("chaincrf.export")
 
 FORMATS = ("bundle", "torchscript", "onnx")
 
+MANIFEST = ".chaincrf-export.json"
+"""The file in every export folder that lists the files the export wrote: only those (and the
+manifest) are ever deleted when the folder is exported into again."""
+
 
 def export(
     checkpoint: str | Path,
@@ -49,7 +58,12 @@ def export(
     fmt: str = "bundle",
     quantize: str | None = None,
 ) -> Path:
-    """Write the bundle of ``checkpoint`` into ``out_dir`` (replaced if it exists).
+    """Write the bundle of ``checkpoint`` into ``out_dir``, a new folder, an empty one, or the
+    folder of a previous export (replaced).
+
+    The files are written into a temporary folder beside ``out_dir``, listed in its manifest
+    (:data:`MANIFEST`) and renamed to ``out_dir`` when complete. A previous export's folder is
+    moved aside first and only the files its manifest lists are deleted from it.
 
     Args:
         checkpoint: a ``.ckpt`` written by training (or a bundle, to copy it).
@@ -65,17 +79,21 @@ def export(
         ``out_dir`` as a Path.
 
     Raises:
+        FileExistsError: naming the folder, when ``out_dir`` exists and holds anything that its
+            manifest does not list (nothing in it is touched), or is not a folder.
         OSError: naming the folder, when it cannot be written.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}; got {fmt!r}")
     if quantize not in (None, "int8") or (quantize is not None and fmt != "onnx"):
         raise ValueError(f"quantize must be null or int8 (with format=onnx); got {quantize!r}")
-    tagger = SequenceTagger.load(checkpoint, allow_targets=allow_targets)
     out_dir = Path(out_dir)
+    target = Path(os.path.realpath(out_dir))  # a link to a folder: the folder it names
+    _previous_export(target, out_dir)  # refused before the model is even loaded
+    tagger = SequenceTagger.load(checkpoint, allow_targets=allow_targets)
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     except OSError as error:
         raise OSError(
             error.errno, f"cannot write the bundle {out_dir}: {error.strerror or error}"
@@ -87,14 +105,93 @@ def export(
             from chaincrf.tagger.export import export_model
 
             export_model(load_predictor(tmp), tmp, fmt, quantize)
+        written = sorted(p.name for p in tmp.iterdir())
+        assert not any((tmp / name).is_dir() for name in written), written  # flat, as listed
+        (tmp / MANIFEST).write_text(
+            json.dumps({"format": "chaincrf-export", "files": written}, indent=2) + "\n",
+            encoding="utf-8",
+        )
         tmp.chmod(creation_mode(directory=True))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        _put_in_place(tmp, target, _previous_export(target, out_dir))
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # the temporary folder this call made
         raise
     return out_dir
+
+
+def _previous_export(folder: Path, shown: str | Path | None = None) -> list[str] | None:
+    """What an export may replace in ``folder``: None when it does not exist, else the names in
+    it, all written by a previous export (its manifest and the files it lists; none for an
+    empty folder).
+
+    Args:
+        folder: the export folder.
+        shown: how to name the folder in messages (default ``folder``).
+
+    Raises:
+        FileExistsError: naming the folder and the fix, when it is not a folder, or holds an
+            entry its manifest (:data:`MANIFEST`) does not list.
+    """
+    shown = folder if shown is None else shown
+    if not os.path.lexists(folder):
+        return None
+    if not folder.is_dir():
+        raise FileExistsError(
+            f"cannot export into {shown}: it exists and is not a folder; "
+            "choose a new or empty folder for output"
+        )
+    names = sorted(os.listdir(folder))
+    listed = _manifest_files(folder / MANIFEST)
+    foreign = [
+        name
+        for name in names
+        if name != MANIFEST and (name not in listed or (folder / name).is_dir())
+    ]
+    if foreign:
+        shown_names = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise FileExistsError(
+            f"cannot export into {shown}: it holds {len(foreign)} "
+            f"{'entry' if len(foreign) == 1 else 'entries'} that no export wrote "
+            f"({shown_names}); nothing was changed; choose a new or empty folder for output"
+        )
+    return names
+
+
+def _manifest_files(path: Path) -> set[str]:
+    """The file names an export's manifest lists (none when it is missing or not one)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(data, dict) or data.get("format") != "chaincrf-export":
+        return set()
+    files = data.get("files")
+    if not isinstance(files, list):
+        return set()
+    return {f for f in files if isinstance(f, str) and f and f == Path(f).name and f != ".."}
+
+
+def _put_in_place(tmp: Path, target: Path, previous: list[str] | None) -> None:
+    """Rename the finished folder ``tmp`` to ``target``; a previous export there (``previous``:
+    its manifest and listed files) is moved aside first, and only those names are deleted."""
+    if not previous:  # absent, or an empty folder (which a rename replaces)
+        os.replace(tmp, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    os.replace(target, aside)  # onto the empty folder just made
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(aside, target)
+        raise
+    for name in previous:
+        entry = aside / name
+        if entry.is_symlink() or entry.is_file():  # a link itself, never what it points to
+            entry.unlink()
+    try:
+        aside.rmdir()
+    except OSError:  # something arrived meanwhile: kept, never deleted
+        log.warning("kept %s: it holds files the previous export did not write", aside)
 
 
 def export_command(cfg: DictConfig) -> Path:

@@ -7,6 +7,7 @@ import hashlib
 import http.client
 import logging
 import os
+import stat
 import tempfile
 import urllib.parse
 import urllib.request
@@ -61,9 +62,14 @@ def creation_mode(directory: bool = False) -> int:
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str], binary: bool = False) -> Iterator[IO[Any]]:
     """Write a file atomically: a temporary file in the same folder, flushed and synced to disk,
-    renamed over ``path`` when the block ends without an error (and removed when it fails), with
-    the permissions of :func:`creation_mode`. A reader, or a process killed meanwhile, sees the
-    old file or the new one, never half of one.
+    renamed over ``path`` when the block ends without an error (and removed when it fails or is
+    interrupted, ``KeyboardInterrupt`` and ``SystemExit`` included), with the permissions of
+    :func:`creation_mode`. A reader, or a process killed meanwhile, sees the old file or the new
+    one, never half of one.
+
+    A ``path`` that exists and is not a regular file (``/dev/null``, a terminal, a FIFO, a
+    socket) is opened and written in place, never replaced; a symbolic link is followed, so the
+    file it points to is replaced and the link is kept.
 
     Args:
         path: the file to write (its folder is created).
@@ -71,12 +77,21 @@ def atomic_file(path: str | os.PathLike[str], binary: bool = False) -> Iterator[
 
     Yields:
         The open stream.
+
+    Raises:
+        IsADirectoryError: naming ``path``, when it is a folder.
     """
-    target = Path(path)
+    mode: dict[str, Any] = (
+        {"mode": "wb"} if binary else {"mode": "w", "encoding": "utf-8", "newline": "\n"}
+    )
+    target = _replaceable(path)
+    if target is None:
+        with open(path, **mode) as stream:  # a device, FIFO or socket: written in place
+            yield stream
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        mode = {"mode": "wb"} if binary else {"mode": "w", "encoding": "utf-8", "newline": "\n"}
         with os.fdopen(handle, **mode) as stream:
             yield stream
             stream.flush()
@@ -87,6 +102,23 @@ def atomic_file(path: str | os.PathLike[str], binary: bool = False) -> Iterator[
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def _replaceable(path: str | os.PathLike[str]) -> Path | None:
+    """The file that a temporary file may be renamed over to write ``path``: ``path`` itself,
+    the file a symbolic link points to, or None when ``path`` is a device, FIFO or socket (to be
+    written in place).
+
+    Raises:
+        IsADirectoryError: naming ``path``, when it is a folder.
+    """
+    try:
+        status = os.stat(path)  # follows links (``/dev/stdout`` -> the terminal or a pipe)
+    except FileNotFoundError:
+        return Path(os.path.realpath(path))
+    if stat.S_ISDIR(status.st_mode):
+        raise IsADirectoryError(f"{path} is a folder; expected the path of a file to write")
+    return Path(os.path.realpath(path)) if stat.S_ISREG(status.st_mode) else None
 
 
 def default_cache_dir() -> Path:
@@ -138,10 +170,15 @@ def download_file(
 
     Raises:
         ValueError: for a URL that is not https.
-        DownloadError: when every attempt failed or the checksum does not match.
+        IsADirectoryError: naming ``target``, when it is a folder.
+        DownloadError: when every attempt failed or the checksum does not match, or when
+            ``target`` exists and is not a regular file (a device, FIFO or socket).
     """
     _check_url(url)
-    target = Path(target)
+    given = target
+    target = _replaceable(given)
+    if target is None:
+        raise DownloadError(f"{given} is not a regular file; the download is not written over it")
     target.parent.mkdir(parents=True, exist_ok=True)
     last_error: Exception | None = None
     for attempt in range(retries + 1):

@@ -28,6 +28,8 @@ onnxruntime and numpy only.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -415,9 +417,12 @@ def _quantize_int8(path: Path) -> None:
     nodes: the encoder and the projection; the character CNN, embeddings and CRF stay float)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    float_path = path.with_suffix(".float.onnx")
-    path.rename(float_path)
+    # the float model moves to a temporary file of its own (never over a file of the folder's)
+    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".float.onnx", dir=path.parent)
+    os.close(handle)
+    float_path = Path(name)
     try:
+        os.replace(path, float_path)
         quantize_dynamic(
             float_path, path, weight_type=QuantType.QInt8, op_types_to_quantize=["LSTM", "MatMul"]
         )
