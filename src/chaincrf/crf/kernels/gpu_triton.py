@@ -52,6 +52,7 @@ def _forward_kernel(
     alpha_ptr,  # (B, T, K) forward messages (STORE_ALPHA) or int32 back-pointers (MAX_PLUS)
     path_ptr,  # (B, T) int64 best paths, -1 where masked or no path (MAX_PLUS)
     acc_ptr,  # (K + 2, K) zeroed by program 0 (ZERO_ACC): the backward kernel's sums
+    acc_size,  # (K + 2) * K
     B,
     T,
     K,
@@ -62,13 +63,13 @@ def _forward_kernel(
     MAX_PLUS: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    BLOCK_ACC: tl.constexpr,  # a power of two >= acc_size
 ):
     """The forward recursion of ``BLOCK_B`` rows, reduced by logsumexp or (``MAX_PLUS``) max."""
     if ZERO_ACC:  # noqa: SIM102 (a compile-time branch)  the backward adds into it
         if tl.program_id(0) == 0:
-            chunk = tl.arange(0, 1024)
-            for i in range(0, (K + 2) * K, 1024):
-                tl.store(acc_ptr + i + chunk, 0.0, mask=i + chunk < (K + 2) * K)
+            cells = tl.arange(0, BLOCK_ACC)
+            tl.store(acc_ptr + cells, 0.0, mask=cells < acc_size)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     src = tl.arange(0, BLOCK_K)  # source tags i
@@ -293,9 +294,11 @@ def forward(
     gold = tags is not None
     _forward_kernel[(triton.cdiv(B, block_b),)](
         em, tags if gold else mask, mask, start, trans, end, out, aux if gold else out,
-        alpha if keep_alpha else out, out, acc if accumulator else out, B, T, K, float(scale),
+        alpha if keep_alpha else out, out, acc if accumulator else out, (K + 2) * K,
+        B, T, K, float(scale),
         ZERO_ACC=accumulator, GOLD=gold, STORE_ALPHA=keep_alpha, MAX_PLUS=False,
-        BLOCK_B=block_b, BLOCK_K=block_k, num_warps=warps,
+        BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_ACC=triton.next_power_of_2((K + 2) * K),
+        num_warps=warps,
     )  # fmt: skip
     return out, aux, alpha, acc
 
@@ -375,8 +378,8 @@ def viterbi(
     back = torch.empty((B, T, K), dtype=torch.int32, device=em.device)  # read where written
     block_b, block_k, warps = blocks(B, K)
     _forward_kernel[(triton.cdiv(B, block_b),)](
-        em, mask, mask, start, trans, end, scores, scores, back, paths, scores, B, T, K, 1.0,
+        em, mask, mask, start, trans, end, scores, scores, back, paths, scores, 0, B, T, K, 1.0,
         ZERO_ACC=False, GOLD=False, STORE_ALPHA=False, MAX_PLUS=True,
-        BLOCK_B=block_b, BLOCK_K=block_k, num_warps=warps,
+        BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_ACC=1, num_warps=warps,
     )  # fmt: skip
     return paths, scores
