@@ -18,6 +18,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from chaincrf.cli.evaluate import evaluate
+from chaincrf.cli.run_folder import absolute_data_paths, resume_command
 from chaincrf.cli.train import train
 from fixture_runs import FIXTURES, TINY_MODEL
 from test_cli import compose_config
@@ -162,3 +163,26 @@ def test_a_failed_set_up_keeps_an_existing_folder_and_removes_only_a_new_one(tmp
     with pytest.raises(ValueError, match=r"missing\.conll"):
         train(compose_config([*bad, *TINY_MODEL, f"run_dir={new}"]))
     assert not new.exists()
+
+
+def test_the_resume_command_carries_the_environment_as_overrides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHAINCRF_DATA", "corpus")  # relative, as in the quick start
+    monkeypatch.setenv("CHAINCRF_CACHE", "cache")
+    given = ["data=ud_ewt", "run_dir=run", "data.dev=dev.conllu"]
+    cfg = compose_config(given)
+    absolute_data_paths(cfg.data, tmp_path)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    mine = str(tmp_path / "mine")
+    command = shlex.split(resume_command(cfg.data, given, last, tmp_path / "run", [mine]))
+    assert command[:3] == ["chaincrf-train", "--config-dir", mine]
+    assert command[-1] == f"ckpt_path={last}"
+    for expected in (
+        "data=ud_ewt",
+        f"data.root={tmp_path / 'corpus'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.dev=dev.conllu",  # relative to the data root, as given
+        f"run_dir={tmp_path / 'run'}",
+    ):
+        assert expected in command
+    assert "run_dir=run" not in command
