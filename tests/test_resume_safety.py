@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from chaincrf.cli.evaluate import evaluate
 from chaincrf.cli.run_folder import absolute_data_paths, resume_command
-from chaincrf.cli.train import train
+from chaincrf.cli.train import resume_in_place, train
 from fixture_runs import FIXTURES, TINY_MODEL
 from test_cli import compose_config
 
@@ -186,3 +186,15 @@ def test_the_resume_command_carries_the_environment_as_overrides(tmp_path, monke
     ):
         assert expected in command
     assert "run_dir=run" not in command
+
+
+def test_a_resume_continues_in_the_checkpoints_folder_even_without_its_config(tmp_path):
+    run = tmp_path / "run"  # a run whose config.yaml an earlier failure removed
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    argv = ["data=custom", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"]
+    assert resume_in_place(argv) == [
+        *argv,
+        f"hydra.run.dir={run.resolve()}",
+        "hydra.output_subdir=null",  # Hydra's record is rewritten once the set-up succeeds
+    ]
