@@ -33,3 +33,15 @@ class PoisonAtEpoch(pl.Callback):
         if trainer.current_epoch == self.epoch:
             with torch.no_grad():
                 pl_module.model.projection.weight.fill_(float("nan"))
+
+
+class InterruptAtStep(pl.Callback):
+    """Ctrl-C (SIGINT to this process) when training reaches global step ``step`` (mid-epoch), in
+    a run that is not itself a resume (so that the resumed run goes on past that step)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and trainer.ckpt_path is None:
+            os.kill(os.getpid(), signal.SIGINT)

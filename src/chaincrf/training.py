@@ -89,7 +89,9 @@ class EpochSummary(pl.Callback):
         self._started: float | None = None
         self._epochs = 0
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # here, not at an epoch's start: a run resumed mid-epoch skips that epoch's start hook,
+        # and the interrupted epoch still gets its line
         if self._started is None:
             self._started = time.perf_counter()
 

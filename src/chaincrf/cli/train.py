@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shlex
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -27,7 +25,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.trainer.states import TrainerStatus
 
 from chaincrf.cli.common import (
@@ -40,6 +38,15 @@ from chaincrf.cli.common import (
     to_plain,
 )
 from chaincrf.cli.launch import launch_rank, shared_run_dir
+from chaincrf.cli.run_folder import (
+    absolute_data_paths,
+    guarded,
+    resume_command,
+    start_folder,
+    user_config_dirs,
+    write_config,
+    write_hydra_record,
+)
 from chaincrf.model_files import check_local_path
 from chaincrf.tagger import SequenceTagger
 from chaincrf.training import AtomicCheckpointIO, ReseedEachEpoch
@@ -142,6 +149,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg: the composed config (``conf/config.yaml`` plus overrides); ``cfg.run_dir`` is where
             everything is written.
 
+    Until training starts nothing is written into the run directory: a run that fails before
+    (a resume with a wrong data root, say) leaves an existing folder exactly as it was, and
+    removes a folder it created (:func:`chaincrf.cli.run_folder.guarded`). The data paths are
+    made absolute (from the folder the command started in) before ``config.yaml`` is written.
+
     Returns:
         The final metrics: ``val/*`` of the best checkpoint, ``test/*`` when ``cfg.test``, plus
         ``best_model_path`` is logged.
@@ -149,8 +161,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg)
     started = time.perf_counter()
     run_dir = Path(cfg.run_dir).resolve()
-    log.info("run directory: %s", run_dir)
     quiet_third_party(cfg)
+    absolute_data_paths(cfg.data, start_folder())
     resume = cfg.get("ckpt_path")
     if resume is not None:
         resume = str(check_local_path(resume, "ckpt_path"))
@@ -162,24 +174,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for handler in logging.getLogger().handlers[:]:
             if isinstance(handler, logging.FileHandler):
                 logging.getLogger().removeHandler(handler)
-    with _removed_on_failure(run_dir) if writer else contextlib.nullcontext():
-        run_dir.mkdir(parents=True, exist_ok=True)
+    with guarded(run_dir) if writer else contextlib.nullcontext():
+        log.info("run directory: %s", run_dir)
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
         if cfg.get("seed") is not None:
             pl.seed_everything(int(cfg.seed), workers=True)
-        if writer:
-            (run_dir / "config.yaml").write_text(
-                OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8"
-            )
 
         datamodule = build_datamodule(cfg.data)
         tagger = build_tagger(cfg, datamodule)
         total = sum(p.numel() for p in tagger.parameters())
         trainable = sum(p.numel() for p in tagger.parameters() if p.requires_grad)
         log.info("model: %s parameters, %s trainable", f"{total:,}", f"{trainable:,}")
-        if writer:
-            datamodule.save_vocabs(run_dir)
 
         callbacks = _instantiate_all(cfg.get("callbacks"))
         if cfg.trainer.get("enable_progress_bar", True) is False:
@@ -193,6 +199,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **plugins,
             **budget_arguments(cfg, datamodule),
         )  # fmt: skip
+        if writer:  # the set-up has succeeded: the run's own files, each written atomically
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_config(run_dir, cfg)
+            datamodule.save_vocabs(run_dir)
+            if resume is not None:
+                write_hydra_record(run_dir, cfg)
 
     metrics: dict[str, float] = {"setup_seconds": time.perf_counter() - started}
     fit_started = time.perf_counter()
@@ -207,7 +219,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         except SystemExit:
             if trainer.state.status != TrainerStatus.INTERRUPTED:
                 raise
-            _report_interrupt(run_dir, received)
+            _report_interrupt(cfg, run_dir, received)
         finally:
             if earlier is not None:
                 _prepend_metrics(metrics_csv, earlier)
@@ -318,11 +330,11 @@ def _sigterm_as_interrupt() -> Iterator[list[str]]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _report_interrupt(run_dir: Path, received: list[str]) -> None:
-    """Say where the state is and how to resume, then exit with 130 (Ctrl-C) or 143 (SIGTERM)."""
+def _report_interrupt(cfg: DictConfig, run_dir: Path, received: list[str]) -> None:
+    """Say where the state is and how to resume (a command complete enough for a fresh shell in
+    any folder), then exit with 130 (Ctrl-C) or 143 (SIGTERM)."""
     last = run_dir / "checkpoints" / "last.ckpt"
-    kept = [o for o in overrides() if not o.startswith(("ckpt_path=", "+ckpt_path="))]
-    command = shlex.join(["chaincrf-train", *kept, f"ckpt_path={last}"])
+    command = resume_command(cfg.data, overrides(), last, run_dir, user_config_dirs())
     if last.is_file():
         log.warning("interrupted: the training state is in %s; resume with:\n  %s", last, command)
     else:
@@ -356,28 +368,6 @@ def _prepend_metrics(path: Path, earlier: str) -> None:
     path.write_text(out.getvalue(), encoding="utf-8")
 
 
-@contextlib.contextmanager
-def _removed_on_failure(run_dir: Path) -> Iterator[None]:
-    """Remove what a run wrote into ``run_dir`` when it fails before training starts.
-
-    The run's own files (``config.yaml``, ``encoder.json``) are deleted; the folder itself too when
-    nothing else is left in it but Hydra's ``.hydra/`` and job log. A folder holding anything
-    else (a reused ``run_dir``) keeps it.
-    """
-    existed = run_dir.exists()
-    try:
-        yield
-    except BaseException:
-        for name in ("config.yaml", "encoder.json"):
-            with contextlib.suppress(FileNotFoundError):
-                (run_dir / name).unlink()
-        if run_dir.is_dir():
-            left = [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
-            if not left and (not existed or (run_dir / ".hydra").is_dir()):
-                shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-
-
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:
     callback = trainer.checkpoint_callback
     if callback is None:
@@ -405,18 +395,24 @@ def _metrics_csv(run_dir: Path) -> Path | None:
 
 
 def resume_in_place(argv: list[str]) -> list[str]:
-    """``ckpt_path=<run>/checkpoints/<name>.ckpt`` of a run folder (one with its ``config.yaml``)
-    resumes in that folder: ``hydra.run.dir=<run>`` is added, unless the command line sets the
-    folder or is a multirun. Its logs are appended to, its metrics continued, its config and
-    report written anew."""
+    """``ckpt_path=<run>/checkpoints/<name>.ckpt`` of a run folder (one with its ``config.yaml``
+    or Hydra's ``.hydra/``) resumes in that folder: ``hydra.run.dir=<run>`` is added, unless the
+    command line sets the folder or is a multirun. Its logs are appended to, its metrics
+    continued, its config and report written anew — once the set-up has succeeded: Hydra is told
+    not to rewrite ``.hydra/`` (``hydra.output_subdir=null``; :func:`train` writes it then)."""
     if any(a.startswith(("hydra.run.dir=", "-m", "--multirun")) for a in argv):
         return argv
     for argument in argv:
         if argument.startswith(("ckpt_path=", "+ckpt_path=")):
             path = Path(argument.split("=", 1)[1]).expanduser()
             run = path.parent.parent
-            if path.parent.name == "checkpoints" and (run / "config.yaml").is_file():
-                return [*argv, f"hydra.run.dir={run.resolve()}"]
+            if path.parent.name == "checkpoints" and (
+                (run / "config.yaml").is_file() or (run / ".hydra").is_dir()
+            ):
+                extra = [f"hydra.run.dir={run.resolve()}"]
+                if not any(a.startswith("hydra.output_subdir=") for a in argv):
+                    extra.append("hydra.output_subdir=null")
+                return [*argv, *extra]
     return argv
 
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # no torch at import: the ONNX Runtime predictor encodes with
 from chaincrf import constraints
 from chaincrf.data.casing import CASING_CLASSES
 from chaincrf.data.casing import casing_id as casing_class
+from chaincrf.data.download import atomic_file
 
 __all__ = [
     "CASING_CLASSES",
@@ -378,8 +379,10 @@ class SentenceEncoder:
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the encoder (vocabularies and options) as one JSON file."""
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+        """Write the encoder (vocabularies and options) as one JSON file, atomically (a reader, or
+        a run folder whose resume fails, sees the old file or the new one)."""
+        with atomic_file(path) as stream:
+            stream.write(json.dumps(self.to_dict(), ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SentenceEncoder:
