@@ -176,7 +176,7 @@ def test_a_huge_num_words_is_refused_before_the_model_is_built(bundle):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     with pytest.raises(
         ModelFileError,
-        match=rf"{config}: num_words is 50000000, but the weights' "
+        match=rf"{config}: weights do not fit the model: num_words is 50000000, but the weights' "
         r"model\.embedder\.word_embedding\.weight has 61 rows",
     ):
         load_predictor(bundle)

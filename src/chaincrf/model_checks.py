@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -186,10 +187,9 @@ def _check_str_list(value: Any, source: str, field: str, unique: bool) -> list[s
         )
         raise ModelFileError(f"{source}: {field} must be a list of strings; got {shown}")
     if unique and len(set(value)) != len(value):
-        seen: set[str] = set()
-        repeated = [x for x in value if x in seen or seen.add(x)]  # type: ignore[func-returns-value]
+        repeated = sorted(x for x, n in Counter(value).items() if n > 1)
         raise ModelFileError(
-            f"{source}: {field} must not repeat entries; got {sorted(set(repeated))[:5]} twice"
+            f"{source}: {field} must not repeat entries; got {repeated[:5]} more than once"
         )
     return value
 
@@ -347,22 +347,23 @@ def check_hparams_fit(
         found = _rows(shapes, suffix)
         if found is not None and found[1] != value:
             raise ModelFileError(
-                f"{source}: {field} is {value}, but the weights' {found[0]} has {found[1]} rows"
+                f"{source}: weights do not fit the model: {field} is {value}, but the weights' "
+                f"{found[0]} has {found[1]} rows"
             )
     for suffix in TAG_ROWS:
         found = _rows(shapes, suffix)
         if found is not None and found[1] != len(labels):
             raise ModelFileError(
-                f"{source}: labels name {len(labels)} tags, but the weights' {found[0]} has "
-                f"{found[1]} rows"
+                f"{source}: weights do not fit the model: labels name {len(labels)} tags, but the "
+                f"weights' {found[0]} has {found[1]} rows"
             )
     rows: dict[str, int | None] = {"words": num_words, "chars": num_chars}
     for i, size in enumerate(feature_sizes):
         found = _rows(shapes, f"embedder.feature_embeddings.{i}.weight")
         if found is not None and found[1] != size:
             raise ModelFileError(
-                f"{source}: feature_sizes[{i}] is {size}, but the weights' {found[0]} has "
-                f"{found[1]} rows"
+                f"{source}: weights do not fit the model: feature_sizes[{i}] is {size}, but the "
+                f"weights' {found[0]} has {found[1]} rows"
             )
         rows[f"feature{i}"] = size
     largest = max((d for shape in shapes.values() for d in shape), default=0)
@@ -380,7 +381,6 @@ def check_hparams_fit(
             check_int(value, source, field, 0)
             if value > limit:
                 raise ModelFileError(
-                    f"{source}: {field} is {value}, more than {what}; the weights cannot "
-                    "belong to this model"
+                    f"{source}: weights do not fit the model: {field} is {value}, more than {what}"
                 )
     return rows
