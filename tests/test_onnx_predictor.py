@@ -103,6 +103,16 @@ def test_int8_quantises_the_encoder_and_projection_and_keeps_most_tags(exported)
     assert 0.9 <= agreement <= 1.0
 
 
+@pytest.mark.parametrize("kind", ["float", "int8"])
+def test_the_exported_graph_states_the_sizes_the_loader_checks(exported, kind):
+    """check_model finds the embeddings and the projection by the exporter's names."""
+    from chaincrf.tagger.onnx_model import check_model
+
+    assert check_model(exported[kind] / "model.onnx", 17) == {"words": 61, "chars": 46}
+    with pytest.raises(ValueError, match="the model scores 17 tags"):
+        check_model(exported[kind] / "model.onnx", 16)
+
+
 def _predict(overrides: list[str], capsys) -> list[dict]:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="predict", overrides=overrides)

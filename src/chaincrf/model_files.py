@@ -1,15 +1,16 @@
 """Reading and writing model files as data: checkpoints, bundles, atomic checkpoint writes.
 
 Every model file is read without unpickling objects (``torch.load(..., weights_only=True)``), its
-hyper-parameters are checked against the allowlist of :mod:`chaincrf.spec` before anything is
-built, and every problem surfaces as a :class:`ModelFileError` naming the file. Checkpoints are
+hyper-parameters are checked against the allowlist of :mod:`chaincrf.spec` and, with the
+vocabularies, against the weights' shapes (:mod:`chaincrf.model_checks`) before anything is
+built, and every problem surfaces as a :class:`ModelFileError` naming the file. The weights are
+memory-mapped, so reading their shapes allocates nothing. Checkpoints are
 written through :class:`AtomicCheckpointIO`: a temporary file in the same folder, flushed to disk,
 then renamed, so a process killed while saving leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -21,6 +22,14 @@ from typing import Any
 
 import torch
 
+from chaincrf.model_checks import (
+    ModelFileError,
+    check_hparams_fit,
+    check_vocab,
+    check_vocab_fits,
+    confined,
+    read_json,
+)
 from chaincrf.spec import check_targets
 
 __all__ = [
@@ -38,10 +47,6 @@ BUNDLE_FORMAT = 1
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _SPEC_ENTRIES = ("embeddings", "encoder", "optimizer", "scheduler")
-
-
-class ModelFileError(ValueError):
-    """A checkpoint or bundle that cannot be used, with the file named in the message."""
 
 
 @dataclass
@@ -86,7 +91,9 @@ def _torch_load(path: Path, map_location: Any) -> Any:
             f"or a bundle folder from chaincrf-export); the file starts with {shown!r}"
         )
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # a zip archive is memory-mapped: its shapes are checked before anything is copied
+        mmap = head.startswith(b"PK")
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         detail = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "")
@@ -96,19 +103,6 @@ def _torch_load(path: Path, map_location: Any) -> Any:
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as error:
         raise ModelFileError(f"{path}: cannot be read as a torch file: {error!r}") from None
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ModelFileError(
-            f"{path}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}"
-        ) from None
-    except UnicodeDecodeError as error:
-        raise ModelFileError(f"{path}: not UTF-8 text ({error.reason})") from None
-    except OSError as error:
-        raise ModelFileError(f"{path}: cannot be read: {error.strerror or error}") from None
 
 
 def _check_hparams(
@@ -165,8 +159,10 @@ def read_model(
             raise FileNotFoundError(
                 f"{path} is not a chaincrf bundle: missing {', '.join(missing)}"
             )
+        for name in BUNDLE_FILES:
+            confined(path, name, str(path / name), "the file")
         config_path = path / "config.json"
-        config = _read_json(config_path)
+        config = read_json(config_path)
         if not isinstance(config, Mapping) or "hparams" not in config:
             raise ModelFileError(
                 f"{config_path}: has no 'hparams' entry; a chaincrf bundle's config.json is "
@@ -178,9 +174,10 @@ def read_model(
                 f"format {BUNDLE_FORMAT}"
             )
         hparams = _check_hparams(config["hparams"], str(config_path), allowed_keys, allow_targets)
-        vocab = _read_json(path / "vocab.json")
+        vocab = read_json(path / "vocab.json")
         state = _torch_load(path / "weights.pt", map_location)
         source = str(path)
+        vocab_source, hparams_source = str(path / "vocab.json"), str(config_path)
     elif path.is_file():
         checkpoint = _torch_load(path, map_location)
         if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
@@ -191,15 +188,19 @@ def read_model(
         stored = checkpoint.get(CHECKPOINT_KEY) or {}
         vocab = stored.get("vocab") if isinstance(stored, Mapping) else None
         state = checkpoint["state_dict"]
-        source = str(path)
+        source = vocab_source = hparams_source = str(path)
     else:
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if vocab is not None and not isinstance(vocab, Mapping):
-        raise ModelFileError(f"{source}: the vocabularies must be a JSON object")
+    if vocab is not None:
+        vocab = check_vocab(vocab, vocab_source)
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
     ):
         raise ModelFileError(f"{source}: the weights must be a mapping of names to tensors")
+    shapes = {str(name): tuple(tensor.shape) for name, tensor in state.items()}
+    rows = check_hparams_fit(hparams, shapes, hparams_source)
+    if vocab is not None:
+        check_vocab_fits(vocab, vocab_source, hparams["labels"], rows, hparams_source)
     return StoredModel(hparams, dict(vocab) if vocab is not None else None, dict(state), source)
 
 

@@ -33,7 +33,10 @@ def load(
     The file is read without unpickling objects, and every ``_target_`` in its
     hyper-parameters must name one of chaincrf's own classes or a ``torch.optim``
     optimiser/scheduler (:mod:`chaincrf.spec`); anything else is refused before it is
-    imported.
+    imported. A bundle's files must lie inside its folder (links included), every field has its
+    type checked, and the sizes the hyper-parameters and vocabularies state are compared with
+    the weights' shapes (memory-mapped) before the network is built
+    (:mod:`chaincrf.model_checks`): a file cannot make it allocate more than its weights hold.
 
     Args:
         cls: the tagger class to build (``SequenceTagger`` or a subclass).

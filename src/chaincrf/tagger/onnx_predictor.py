@@ -21,7 +21,6 @@ and ``top_k`` alternatives are not available.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,16 @@ from typing import Any
 import numpy as np
 
 from chaincrf.constraints import TagScheme
+from chaincrf.model_checks import (
+    ModelFileError,
+    check_labels,
+    check_optional_str,
+    check_vocab,
+    check_vocab_fits,
+    confined,
+    read_json,
+)
+from chaincrf.tagger.onnx_model import check_model, open_session, run_session
 from chaincrf.tagger.outputs import TaggedSentence
 from chaincrf.tagger.streaming import StreamPredictor
 
@@ -38,27 +47,43 @@ ARTEFACT_FORMAT = "chaincrf-artefact-1"
 """``format`` in an artefact's ``tagger.json``."""
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing (not an exported tagger folder?)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not readable JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
-
-
 def is_artefact(path: str | Path, engine: str = "onnx") -> bool:
-    """Whether ``path`` is a folder exported for ``engine`` (its ``tagger.json`` says so)."""
+    """Whether ``path`` is a folder exported for ``engine`` (its ``tagger.json`` says so).
+
+    Raises:
+        ModelFileError: naming the file, when ``tagger.json`` exists but cannot be read or is
+            not a JSON object with a string ``engine``: a broken export is an error, never a
+            reason to try another engine.
+    """
     meta = Path(path) / "tagger.json"
     if not meta.is_file():
         return False
-    try:
-        return _read_json(meta).get("engine") == engine
-    except ValueError:
-        return False
+    data = read_json(meta)
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{meta}: must be a JSON object; got {type(data).__name__}")
+    found = data.get("engine")
+    if not isinstance(found, str):
+        raise ModelFileError(f"{meta}: engine must be a string; got {found!r}")
+    return found == engine
+
+
+def _check_meta(meta: Any, source: str) -> dict[str, Any]:
+    """``tagger.json`` with every field's type checked."""
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{source}: must be a JSON object; got {type(meta).__name__}")
+    if meta.get("format") != ARTEFACT_FORMAT or meta.get("engine") != "onnx":
+        raise ModelFileError(
+            f"{source}: not an ONNX tagger artefact (format {meta.get('format')!r}, engine "
+            f"{meta.get('engine')!r}; expected {ARTEFACT_FORMAT!r}, 'onnx')"
+        )
+    check_labels(meta.get("labels"), source, "labels")
+    for name in ("scheme", "original_scheme", "quantize"):
+        check_optional_str(meta.get(name), source, name)
+    for name in ("inputs", "outputs"):
+        value = meta.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise ModelFileError(f"{source}: {name} must be a list of strings; got {value!r}")
+    return meta
 
 
 class OnnxPredictor(StreamPredictor):
@@ -69,40 +94,41 @@ class OnnxPredictor(StreamPredictor):
         tokenizer: for raw strings: ``"spacy"`` or ``"whitespace"``.
         threads: onnxruntime's intra-op threads (None: its default, all cores).
 
+    Every file is checked before onnxruntime reads the model (:mod:`chaincrf.model_checks`,
+    :func:`chaincrf.tagger.onnx_model.check_model`): the paths stay inside ``folder``, every
+    field has its type, the labels are distinct, and the vocabularies fit the model's
+    embeddings and tag count.
+
     Raises:
         FileNotFoundError: naming a missing file.
-        ValueError: naming the file, for one that is not what the exporter writes.
+        chaincrf.model_checks.ModelFileError: (a ``ValueError``) naming the file and field, for
+            one that is not what the exporter writes, a path leading outside ``folder``, or a
+            model onnxruntime cannot load or run.
         ImportError: when onnxruntime is not installed (``pip install chaincrf[export]``).
     """
 
     def __init__(self, folder: str | Path, tokenizer: str = "spacy", threads: int | None = None):
         folder = Path(folder)
-        meta = _read_json(folder / "tagger.json")
-        if meta.get("format") != ARTEFACT_FORMAT or meta.get("engine") != "onnx":
-            raise ValueError(
-                f"{folder / 'tagger.json'}: not an ONNX tagger artefact (format "
-                f"{meta.get('format')!r}, engine {meta.get('engine')!r}; expected "
-                f"{ARTEFACT_FORMAT!r}, 'onnx')"
-            )
-        vocab = _read_json(folder / "vocab.json")
+        meta_path, vocab_path = folder / "tagger.json", folder / "vocab.json"
+        meta = _check_meta(read_json(meta_path), str(meta_path))
+        vocab = check_vocab(read_json(confined(folder, "vocab.json", str(vocab_path), "the file")),
+                            str(vocab_path))  # fmt: skip
+        model = confined(folder, meta.get("model", "model.onnx"), str(meta_path), "model")
+        if not model.is_file():
+            raise FileNotFoundError(f"{model}: missing (named by {meta_path}'s model)")
         try:
             tags = TagScheme(meta["labels"], meta["scheme"], meta["original_scheme"])
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{folder / 'tagger.json'}: bad tag set: {error}") from None
+            raise ModelFileError(f"{meta_path}: bad tag set: {error}") from None
+        rows = check_model(model, len(tags.labels))  # before onnxruntime reads it
+        check_vocab_fits(vocab, str(vocab_path), tags.labels, rows, str(model))
         super().__init__(tags, vocab, tokenizer)
         try:
             self.sentence_encoder  # noqa: B018 - checks the vocabularies now
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{folder / 'vocab.json'}: bad vocabularies: {error}") from None
-        model = folder / str(meta.get("model", "model.onnx"))
-        if not model.is_file():
-            raise FileNotFoundError(f"{model}: missing")
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+            raise ModelFileError(f"{vocab_path}: bad vocabularies: {error}") from None
+        self.model_path = model
+        self.session = open_session(model, threads)
         self.input_names = [value.name for value in self.session.get_inputs()]
 
     def check_top_k(self, top_k: int) -> None:
@@ -157,9 +183,17 @@ class OnnxPredictor(StreamPredictor):
         """Tag one batch of non-empty token lists with the ONNX model."""
         self.check_top_k(top_k)
         arrays = self.encode(token_lists, feature_lists)
-        tags, confidences = self.session.run(
-            None, {name: arrays[name] for name in self.input_names}
+        tags, confidences = run_session(
+            self.session, self.model_path, {name: arrays[name] for name in self.input_names}
         )
+        chosen_ids = tags[arrays["mask"]]
+        if chosen_ids.size and not 0 <= chosen_ids.min() <= chosen_ids.max() < len(
+            self.tags.labels
+        ):
+            raise ModelFileError(
+                f"{self.model_path}: the model gave tag ids outside [0, {len(self.tags.labels)}) "
+                f"(the labels of tagger.json): {int(chosen_ids.min())}..{int(chosen_ids.max())}"
+            )
         out = []
         for row, tokens in enumerate(token_lists):
             n = len(tokens)
