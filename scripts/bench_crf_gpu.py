@@ -182,7 +182,7 @@ def section_grid(args, report: dict) -> None:
                     row["chaincrf_viterbi_us"] = (
                         timed(lambda: crf.viterbi(em, mask, validate=False)) * 1e6
                     )
-                    if "pytorch-crf" in peers and B * T <= args.max_peer_decode:
+                    if "pytorch-crf" in peers and args.max_peer_decode >= B * T:
                         peer = torchcrf_layer(crf)
                         row["pytorch-crf_decode_us"] = (
                             timed(lambda: peer.decode(em, mask), budget=0.1, min_reps=1) * 1e6
@@ -333,7 +333,7 @@ def section_compile(args, report: dict) -> None:
     for B, T, K in ((1, 32, 9), (32, 128, 9), (512, 32, 50)):
         g = torch.Generator().manual_seed(0)
         words = torch.randint(1000, (B, T), generator=g).to(DEVICE)
-        _em, tags, mask, tokens = inputs(B, T, K, seed=4)
+        _em, tags, mask, _tokens = inputs(B, T, K, seed=4)
         torch.manual_seed(0)
         model = _Tagger(1000, 64, K).to(DEVICE)
         compiled = torch.compile(model, fullgraph=True)
