@@ -163,7 +163,7 @@ def read_model(
         missing = [n for n in BUNDLE_FILES if not (path / n).is_file()]
         if missing:
             raise FileNotFoundError(
-                f"{path} is not a chaincrf bundle: missing {', '.join(missing)}"
+                f"{path} is not a chaincrf bundle: missing {', '.join(missing)}; for a training run's folder, pass {path / 'checkpoints' / 'best.ckpt'}"
             )
         config_path = path / "config.json"
         config = _read_json(config_path)

@@ -53,6 +53,7 @@ from typing import IO, Any
 from omegaconf import DictConfig
 
 from chaincrf.cli.common import allow_targets, atomic_output, hydra_main, require, run_cli
+from chaincrf.extras import require as require_extra
 from chaincrf.tagger.outputs import TaggedSentence
 from chaincrf.tagger.tokenizers import get_tokenizer
 
@@ -318,6 +319,7 @@ def load(ckpt: Any, engine: str, cfg: DictConfig) -> Any:
 
     Raises:
         ValueError: for ``engine=onnx`` and a path that is not an ONNX export.
+        MissingExtra: (an ``ImportError``) for ``engine=onnx`` without onnxruntime.
     """
     import importlib.util
 
@@ -328,6 +330,8 @@ def load(ckpt: Any, engine: str, cfg: DictConfig) -> Any:
         raise ValueError(
             f"engine=onnx needs a folder written by `chaincrf-export ... format=onnx`; got {ckpt}"
         )
+    if engine == "onnx":
+        require_extra("onnxruntime", "export", "chaincrf-predict engine=onnx")
     if onnx and engine != "torch" and importlib.util.find_spec("onnxruntime") is not None:
         return OnnxPredictor(ckpt)
     from chaincrf.model_files import check_local_path
