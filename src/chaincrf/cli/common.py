@@ -121,7 +121,7 @@ def hydra_main(
             try:
                 usage.require_cli_extras(program, sys.argv[1:])
             except MissingExtra as error:
-                sys.stderr.write(f"{error}\n")
+                log.error("%s", error)
                 raise SystemExit(1) from None
             try:
                 sys.argv[1:1] = user_config_args(sys.argv[1:])
