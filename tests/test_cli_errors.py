@@ -207,9 +207,10 @@ def test_data_stats_tells_the_splits_apart_in_a_narrow_terminal(monkeypatch, cap
     monkeypatch.setenv("COLUMNS", "60")
     data_stats(compose_config("data_stats", NER_DATA))
     out = capsys.readouterr().out
-    for name in ("train.conll", "dev.conll", "test.conll"):
-        assert name in out
-    assert "…" not in out.split("label counts")[0].split("┡")[1]  # no file name or figure cut
+    summary, counts = out.split("label counts")
+    for split in ("train", "dev", "test"):  # each file's whole name, never cut
+        assert f"{split}:" in summary and f"{split}.conll" in summary
+        assert f" {split} " in counts.splitlines()[2]  # the counts' columns: the splits
 
 
 def test_the_model_card_of_a_token_tagger_says_tagging_tokens():

@@ -58,22 +58,20 @@ def data_stats(cfg: DictConfig) -> list[SplitStats]:
 
 
 def _print_tables(results: list[SplitStats], splits: list[str]) -> None:
-    """The tables: each split by its name (train, dev, test), its file's whole name and the
-    figures folded over lines in a narrow terminal, never cut (file names often differ only at
-    their end: en_ewt-ud-train.conllu, en_ewt-ud-dev.conllu)."""
+    """The tables: each split by its name (train, dev, test) and its file's whole name, folded
+    over lines in a narrow terminal, never cut (file names often differ only at their end:
+    en_ewt-ud-train.conllu, en_ewt-ud-dev.conllu)."""
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     summary = Table(title="splits")
-    summary.add_column("split", no_wrap=True)
-    summary.add_column("file", overflow="fold", min_width=12)
+    summary.add_column("split: file", overflow="fold", min_width=12)
     for column in ("sentences", "tokens", "documents", "labels", "OOV vs train", "longest"):
-        summary.add_column(column, justify="right", overflow="fold")
+        summary.add_column(column, justify="right")
     for split, r in zip(splits, results):
         summary.add_row(
-            split,
-            Path(r.name).name,
+            f"{split}: {Path(r.name).name}",
             f"{r.sentences:,}",
             f"{r.tokens:,}",
             f"{r.documents:,}",
