@@ -290,6 +290,10 @@ def test_training_run_writes_everything(trained):
     metrics = trained["metrics"]
     assert metrics["val/f1"] > 0.5 and metrics["test/f1"] > 0.5  # it learnt something
     assert metrics["train_tokens_per_s"] > 0 and metrics["test_tokens_per_s"] > 0
+    # figures of the run only: not the last step's loss (the progress bar's)
+    assert (
+        "loss" not in json.loads((run_dir / "metrics.json").read_text()) and "loss" not in metrics
+    )
     report = (run_dir / "report.md").read_text()
     assert "| dev |" in report and "| test |" in report and "PER" in report
     # a model card: how to reproduce it, what it is for

@@ -133,3 +133,17 @@ def test_pretrained_vectors_missing_most_words_warn_with_the_coverage():
     [warning] = warn_about_corpus(_Datamodule(0.31))
     assert "cover only 310 of 1000 words (31.0%)" in warning and "data.pretrained=null" in warning
     assert warn_about_corpus(_Datamodule(0.93)) == []
+
+
+def test_iob2_with_one_stray_i_span_is_read_as_iob2_naming_its_line(tmp_path, caplog):
+    iob2 = [("in", "O"), ("Rome", "B-LOC"), ("Italy", "B-LOC"), ("Ann", "B-PER"), ("Lee", "I-PER")]
+    stray = [("Mary", "O"), ("ran", "I-PER")]  # line 1 + 5 sentences * 6 lines + 2 = line 32
+    train = write(tmp_path / "train.txt", [iob2] * 5 + [stray])
+    with caplog.at_level(logging.WARNING):
+        dm = module(train, batch_size=2)
+    assert dm.original_scheme == "BIO"  # 10 spans open fresh with B-, one with I-: IOB2 wins
+    assert "1 spans open with I- (IOB1) and 10 with B-" in caplog.text
+    assert f"read as IOB2, the scheme of most spans; the 1 opening with I- instead: {train}:32" in (
+        caplog.text
+    )
+    assert "convert the file" not in caplog.text

@@ -157,7 +157,7 @@ def read_model(
         missing = [n for n in BUNDLE_FILES if not (path / n).is_file()]
         if missing:
             raise FileNotFoundError(
-                f"{path} is not a chaincrf bundle: missing {', '.join(missing)}"
+                f"{path} is not a chaincrf bundle: missing {', '.join(missing)}; for a training run's folder, pass {path / 'checkpoints' / 'best.ckpt'}"
             )
         for name in BUNDLE_FILES:
             confined(path, name, str(path / name), "the file")

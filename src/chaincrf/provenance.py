@@ -85,7 +85,7 @@ def card(
     """
     labels = tagger.original_labels if tagger.is_span_task else tagger.labels
     kinds = tagger.tags.entity_types if tagger.is_span_task else sorted(set(labels))
-    task = "spans" if tagger.is_span_task else "tags"
+    task = "spans" if tagger.is_span_task else "tokens"
     lines = {"command": "`" + shlex.join(command) + "`"}
     if seed is not None:
         lines["seed"] = str(seed)

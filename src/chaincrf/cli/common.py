@@ -15,6 +15,8 @@ from typing import IO, Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 from chaincrf.data.download import atomic_file
+from chaincrf.extras import MissingExtra
+from chaincrf.extras import require as require_extra
 
 log = logging.getLogger("chaincrf")
 
@@ -28,11 +30,19 @@ a non-finite loss) instead of a traceback. Set CHAINCRF_TRACEBACK=1 to see the t
 def run_cli(function: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     """Run a command's function; a user error is logged as one line and exits with status 1.
 
+    A missing optional package (:class:`~chaincrf.extras.MissingExtra`) is that one line alone:
+    the feature, and the extra that installs it.
+
     Programming errors (anything else) keep their traceback. ``CHAINCRF_TRACEBACK=1`` re-raises
     user errors too.
     """
     try:
         return function(cfg)
+    except MissingExtra as error:  # the message is the whole story: one line, no note
+        if os.environ.get("CHAINCRF_TRACEBACK") == "1":
+            raise
+        log.error("%s", error)
+        raise SystemExit(1) from None
     except USER_ERRORS as error:
         if os.environ.get("CHAINCRF_TRACEBACK") == "1":
             raise
@@ -83,7 +93,11 @@ def hydra_main(
     ``$CHAINCRF_CONFIG_DIR`` added in front of them (Hydra's ``--config-dir``): the entry point
     of each command. ``argv_hook`` may add overrides to the command line first (the training
     command's: resume in the run's own folder). SIGTERM stops the command as ``SystemExit(143)``
-    (:func:`sigterm_as_exit`), so that its temporary files are removed."""
+    (:func:`sigterm_as_exit`), so that its temporary files are removed.
+
+    Before Hydra parses anything: ``--help``/``-h`` prints the command's own options
+    (:func:`chaincrf.cli.usage.help_text`), ``--version`` chaincrf's version, and an option
+    that needs a missing optional package ends in one line naming its extra."""
     import functools
 
     import hydra
@@ -95,6 +109,20 @@ def hydra_main(
 
         @functools.wraps(function)
         def entry() -> Any:
+            from chaincrf.cli import usage
+
+            program = usage.PROGRAMS.get(config_name, config_name)
+            if usage.VERSION_FLAG in sys.argv[1:]:
+                sys.stdout.write(f"{program} {usage.version()}\n")
+                return None
+            if any(flag in sys.argv[1:] for flag in usage.HELP_FLAGS):
+                sys.stdout.write(usage.help_text(config_name, CONFIG_DIR))
+                return None
+            try:
+                usage.require_cli_extras(program, sys.argv[1:])
+            except MissingExtra as error:
+                log.error("%s", error)
+                raise SystemExit(1) from None
             try:
                 sys.argv[1:1] = user_config_args(sys.argv[1:])
                 if argv_hook is not None:
@@ -311,6 +339,17 @@ def run_config_for(checkpoint: str | os.PathLike[str]) -> tuple[Path, DictConfig
     return None
 
 
+OPTIONAL_TARGETS = {
+    "pytorch_lightning.loggers.TensorBoardLogger": (
+        "tensorboard",
+        "tensorboard",
+        "logger=tensorboard",
+    ),
+    "pytorch_lightning.loggers.MLFlowLogger": ("mlflow", "mlflow", "logger=mlflow"),
+}
+"""``_target_`` -> (the optional module it needs, its extra, the option that asks for it)."""
+
+
 def build(node: Any, what: str, **kwargs: Any) -> Any:
     """A config node built by the project's one builder (:func:`chaincrf.spec.instantiate`:
     Hydra's semantics on the resolved, plain node); a configuration mistake surfaces as the
@@ -318,6 +357,8 @@ def build(node: Any, what: str, **kwargs: Any) -> Any:
     from chaincrf.spec import instantiate
 
     plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    if isinstance(plain, dict) and plain.get("_target_") in OPTIONAL_TARGETS:
+        require_extra(*OPTIONAL_TARGETS[plain["_target_"]])
     try:
         return instantiate(plain, what, **kwargs)
     except (ValueError, TypeError, OSError, ImportError) as error:

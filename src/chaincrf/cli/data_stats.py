@@ -38,10 +38,12 @@ def data_stats(cfg: DictConfig) -> list[SplitStats]:
     """
     datamodule = build(cfg.data, "data")
     results: list[SplitStats] = []
+    splits: list[str] = []
     train_vocab: set[str] | None = None
     for split in ("train", "dev", "test"):
         if datamodule.paths[split] is None:
             continue
+        splits.append(split)
         sentences = datamodule.read_split(split)
         results.append(compute_stats(str(datamodule.resolve(split)), sentences, train_vocab))
         if train_vocab is None:
@@ -51,21 +53,25 @@ def data_stats(cfg: DictConfig) -> list[SplitStats]:
     if cfg.get("json", False):
         sys.stdout.write(json.dumps([asdict(r) for r in results], indent=2) + "\n")
     else:
-        _print_tables(results)
+        _print_tables(results, splits)
     return results
 
 
-def _print_tables(results: list[SplitStats]) -> None:
+def _print_tables(results: list[SplitStats], splits: list[str]) -> None:
+    """The tables: each split by its name (train, dev, test) and its file's whole name, folded
+    over lines in a narrow terminal, never cut (file names often differ only at their end:
+    en_ewt-ud-train.conllu, en_ewt-ud-dev.conllu)."""
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     summary = Table(title="splits")
-    for column in ("file", "sentences", "tokens", "documents", "labels", "OOV vs train", "longest"):
-        summary.add_column(column, justify="left" if column == "file" else "right")
-    for r in results:
+    summary.add_column("split: file", overflow="fold", min_width=12)
+    for column in ("sentences", "tokens", "documents", "labels", "OOV vs train", "longest"):
+        summary.add_column(column, justify="right")
+    for split, r in zip(splits, results):
         summary.add_row(
-            Path(r.name).name,
+            f"{split}: {Path(r.name).name}",
             f"{r.sentences:,}",
             f"{r.tokens:,}",
             f"{r.documents:,}",
@@ -74,18 +80,20 @@ def _print_tables(results: list[SplitStats]) -> None:
             f"{r.longest} (line {r.longest_line})" if r.longest_line else str(r.longest),
         )
     console.print(summary)
-    console.print(_counts("label counts", "label", results, lambda r: r.labels))
+    console.print(_counts("label counts", "label", results, splits, lambda r: r.labels))
     if all(r.spans is not None for r in results):
-        console.print(_counts("spans", "type", results, lambda r: r.spans))
+        console.print(_counts("spans", "type", results, splits, lambda r: r.spans))
 
 
-def _counts(title: str, what: str, results: list[SplitStats], counts: Any) -> Any:
+def _counts(
+    title: str, what: str, results: list[SplitStats], splits: list[str], counts: Any
+) -> Any:
     from rich.table import Table
 
     table = Table(title=title)
     table.add_column(what)
-    for r in results:
-        table.add_column(Path(r.name).name, justify="right")
+    for split in splits:
+        table.add_column(split, justify="right", no_wrap=True)
     for key in sorted({key for r in results for key in counts(r)}):
         table.add_row(key, *(f"{counts(r).get(key, 0):,}" for r in results))
     return table

@@ -39,6 +39,7 @@ from omegaconf import DictConfig
 
 from chaincrf.cli.common import allow_targets, hydra_main, require, run_cli
 from chaincrf.data.download import creation_mode
+from chaincrf.extras import require as require_extra
 from chaincrf.model_files import check_local_path
 from chaincrf.tagger import SequenceTagger
 
@@ -82,11 +83,16 @@ def export(
         FileExistsError: naming the folder, when ``out_dir`` exists and holds anything that its
             manifest does not list (nothing in it is touched), or is not a folder.
         OSError: naming the folder, when it cannot be written.
+        MissingExtra: (an ``ImportError``) for ``fmt="onnx"`` without the ``export`` extra.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}; got {fmt!r}")
     if quantize not in (None, "int8") or (quantize is not None and fmt != "onnx"):
         raise ValueError(f"quantize must be null or int8 (with format=onnx); got {quantize!r}")
+    if fmt == "onnx":  # torch.onnx's exporter imports them; missing: one line naming the extra
+        feature = "chaincrf-export format=onnx" + (f" quantize={quantize}" if quantize else "")
+        for module in ("onnx", "onnxscript", *(["onnxruntime"] if quantize else [])):
+            require_extra(module, "export", feature)
     out_dir = Path(out_dir)
     target = Path(os.path.realpath(out_dir))  # a link to a folder: the folder it names
     _previous_export(target, out_dir)  # refused before the model is even loaded

@@ -223,7 +223,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         finally:
             if earlier is not None:
                 _prepend_metrics(metrics_csv, earlier)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+        metrics.update(
+            {
+                k: float(v)
+                for k, v in trainer.callback_metrics.items()
+                if v.numel() == 1 and k != "loss"  # the last step's loss: the progress bar's
+            }
+        )
     trained_tokens = tagger.trained_tokens
     if trainer.world_size > 1:  # every rank's tokens (Lightning's reduce over the ranks)
         count = torch.tensor(trained_tokens, device=trainer.strategy.root_device)  # NCCL: on GPU

