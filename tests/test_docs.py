@@ -19,7 +19,14 @@ def _headings(text: str) -> list[str]:
 def test_readme_is_short_and_in_the_newcomers_order():
     text = README.read_text(encoding="utf-8")
     assert len(text.splitlines()) < 300
-    order = ["Quick start", "Predict", "Your own data", "Export and serve", "Scale out", "The CRF layer"]
+    order = [
+        "Quick start",
+        "Predict",
+        "Your own data",
+        "Export and serve",
+        "Scale out",
+        "The CRF layer",
+    ]
     headings = _headings(text)
     positions = [headings.index(name) for name in order]
     assert positions == sorted(positions), headings
@@ -30,9 +37,7 @@ def test_every_relative_link_resolves():
     broken = []
     for page in pages:
         text = page.read_text(encoding="utf-8")
-        anchors = {
-            re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in _headings(text)
-        }
+        anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in _headings(text)}
         for target in LINK.findall(text):
             if target.startswith(("http://", "https://", "mailto:")):
                 continue
