@@ -359,33 +359,23 @@ def warm_up(predictor: Any, items: Iterable[Any], top_k: int) -> Iterable[Any]:
     return itertools.chain([first], iterator)
 
 
-def model_argument(cfg: DictConfig) -> str:
-    """The model to tag with: ``cfg.model`` (a path or an installed model's name) or
-    ``cfg.ckpt_path``, one of the two.
+def model_alias(argv: list[str]) -> list[str]:
+    """The command line with ``model=<name or path>`` as ``ckpt_path=<name or path>``: the same
+    option under the name users of model packages expect (``model`` alone would be Hydra's
+    config group of that name).
 
     Raises:
-        ValueError: when neither is given, or both are and differ.
+        ValueError: when both ``model=`` and ``ckpt_path=`` are given.
     """
-    from omegaconf import OmegaConf
-
-    model = cfg.get("model")
-    ckpt = OmegaConf.select(cfg, "ckpt_path", default=None, throw_on_missing=False)
-    if model is not None and ckpt not in (None, "???", model):
-        raise ValueError(f"pass model= or ckpt_path=, not both; got model={model} ckpt_path={ckpt}")
-    if model is not None:
-        return str(model)
-    return str(
-        require(
-            cfg,
-            "ckpt_path",
-            "pass model=<an installed model's name> or ckpt_path=<path to a .ckpt or bundle>",
-        )
-    )
+    models = [a for a in argv if a.startswith("model=")]
+    if models and any(a.startswith("ckpt_path=") for a in argv):
+        raise ValueError("pass model= or ckpt_path=, not both (they are the same option)")
+    return [f"ckpt_path={a.removeprefix('model=')}" if a in models else a for a in argv]
 
 
 def predict(cfg: DictConfig) -> PredictSummary:
-    """Tag ``cfg.input`` with ``cfg.model`` (or ``cfg.ckpt_path``) and write ``cfg.output``;
-    tests call this.
+    """Tag ``cfg.input`` with ``cfg.ckpt_path`` (a path or an installed model's name; ``model=``
+    on the command line) and write ``cfg.output``; tests call this.
 
     Sentences are tagged ``cfg.chunk_size`` at a time and written as each chunk is done (see
     the module docstring for the memory bound); raw text is tokenised by ``cfg.tokenizer``.
@@ -398,7 +388,9 @@ def predict(cfg: DictConfig) -> PredictSummary:
             ``top_k``, ``tokenizer``, ...), before the model is loaded; for ``top_k`` > 1 with
             a model without a CRF, before anything is read.
     """
-    ckpt = model_argument(cfg)
+    ckpt = require(
+        cfg, "ckpt_path", "pass model=<an installed model's name> or ckpt_path=<a .ckpt or bundle>"
+    )
     engine = str(cfg.get("engine", "auto"))
     if engine not in _ENGINES:
         raise ValueError(f"engine must be one of {_ENGINES}; got {engine!r}")
@@ -434,7 +426,7 @@ def predict(cfg: DictConfig) -> PredictSummary:
     return summary
 
 
-@hydra_main("predict")
+@hydra_main("predict", argv_hook=model_alias)
 def main(cfg: DictConfig) -> None:
     """Entry point of ``chaincrf-predict``."""
     run_cli(predict, cfg)

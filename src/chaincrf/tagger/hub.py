@@ -113,6 +113,8 @@ def from_pretrained(
     revision: str | None = None,
     map_location: str | torch.device = "cpu",
     allow_targets: Sequence[str] = (),
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
 ) -> SequenceTagger:
     """Load a tagger saved by :func:`save_pretrained`: a local folder (or any bundle, checkpoint
     or installed model's name), or a Hub repository id.
@@ -124,6 +126,8 @@ def from_pretrained(
         revision: the Hub revision (branch, tag or commit) of a repository id.
         map_location: where to put the weights.
         allow_targets: as :func:`chaincrf.tagger.bundle.load`.
+        cache_dir: the Hub cache to use (default: huggingface_hub's, ``$HF_HUB_CACHE``).
+        local_files_only: read the Hub cache only, never the network (as ``HF_HUB_OFFLINE=1``).
 
     Returns:
         The tagger in eval mode.
@@ -141,7 +145,12 @@ def from_pretrained(
 
         hub = require("huggingface_hub", "hub", f"SequenceTagger.from_pretrained({text!r})")
         text = hub.snapshot_download(
-            repo_id=text, revision=revision, allow_patterns=list(FILES), library_name="chaincrf"
+            repo_id=text,
+            revision=revision,
+            allow_patterns=list(FILES),
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            library_name="chaincrf",
         )
     return load(cls, text, map_location, allow_targets)
 

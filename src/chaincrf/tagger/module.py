@@ -373,13 +373,17 @@ class SequenceTagger(pl.LightningModule):
         revision: str | None = None,
         map_location: str | torch.device = "cpu",
         allow_targets: Sequence[str] = (),
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
     ) -> SequenceTagger:
         """Load a folder written by :meth:`save_pretrained`, or a Hugging Face Hub repository
         id (the ``hub`` extra) (:func:`chaincrf.tagger.hub.from_pretrained`: arguments,
         errors)."""
         from chaincrf.tagger import hub
 
-        return hub.from_pretrained(cls, path_or_repo_id, revision, map_location, allow_targets)
+        return hub.from_pretrained(
+            cls, path_or_repo_id, revision, map_location, allow_targets, cache_dir, local_files_only
+        )
 
     @property
     def predictor(self) -> Predictor:
