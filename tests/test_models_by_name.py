@@ -256,3 +256,12 @@ def test_a_repo_id_loads_from_the_local_hub_cache_offline(tmp_path):
     )
     lines = RAW.read_text(encoding="utf-8").splitlines()
     assert tags_of(by_id, lines) == tags_of(tagger, lines)
+
+
+def test_chaincrf_package_help_lists_its_options():
+    from chaincrf.cli.usage import PROGRAMS, help_text
+
+    assert PROGRAMS["package"] == "chaincrf-package"
+    text = help_text("package", CONF)
+    for key in ("source=???", "name=???", "output=dist", "version=0.1.0", "license=null"):
+        assert key in text

@@ -3,7 +3,7 @@ installed (:mod:`chaincrf.packaging`).
 
 Examples::
 
-    chaincrf-package outputs/train/<run> name=en_ewt_upos version=0.1.0
+    chaincrf-package outputs/ud_ewt_pos/<run> name=en_ewt_upos version=0.1.0
     chaincrf-package source=exported/ner name=my_ner license=MIT attribution="..."
     pip install dist/en_ewt_upos-0.1.0-py3-none-any.whl
     chaincrf-predict model=en_ewt_upos input=sentences.txt
