@@ -53,12 +53,16 @@ data:
 """
 
 
+REPORT = "# chaincrf training report\n\n- **seed**: 42\n\n## Overall\n\n| split | accuracy |\n"
+
+
 def make_run(folder: Path, config: str) -> Path:
     """A run folder: the fixture checkpoint as ``checkpoints/best.ckpt`` and a ``config.yaml``
     whose ``data`` node says what it was trained on."""
     (folder / "checkpoints").mkdir(parents=True)
     shutil.copy(CHECKPOINT, folder / "checkpoints" / "best.ckpt")
     (folder / "config.yaml").write_text(config.format(root=folder / "data"), encoding="utf-8")
+    (folder / "report.md").write_text(REPORT, encoding="utf-8")
     return folder
 
 
@@ -153,6 +157,7 @@ def test_the_wheel_holds_the_model_its_card_licence_and_entry_point(wheel):
     assert card.startswith("---\nlicense: cc-by-sa-4.0\nlanguage:\n- en\n")
     assert "datasets:\n- universal_dependencies\n" in card
     assert "UD_English-EWT" in card and "CoNLL-2003 are never packaged" in card
+    assert "## Training report\n\n- **seed**: 42\n\n### Overall\n" in card  # the run's report
     assert "CC-BY-SA-4.0" in text[f"{NAME}/LICENSE"] and "Silveira" in text[f"{NAME}/LICENSE"]
 
 

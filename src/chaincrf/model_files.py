@@ -152,8 +152,9 @@ def read_model(
     """Read a ``.ckpt`` or a bundle directory as data, checked; nothing is built or run.
 
     Args:
-        path: a checkpoint file written by training, or a bundle directory (``weights.pt``,
-            ``config.json``, ``vocab.json``).
+        path: a checkpoint file written by training, a bundle directory (``weights.pt`` or
+            ``model.safetensors``, ``config.json``, ``vocab.json``), or the name of an installed
+            model package (:func:`chaincrf.models.resolve`).
         allowed_keys: the hyper-parameter names the model class accepts.
         map_location: where to put the tensors.
         allow_targets: dotted ``_target_`` names trusted beyond the shipped ones.

@@ -235,7 +235,7 @@ def _card(name: str, version: str, tagger: Any, licence: str, credit: str, run: 
     report = run / "report.md" if run is not None else None
     if report is not None and report.is_file():
         text = report.read_text(encoding="utf-8")
-        text = re.sub(r"^# .*\n", "", text, count=1)  # the report's own title
+        text = re.sub(r"^# .*\n", "", text, count=1).strip()  # the report's own title
         lines += ["## Training report", "", re.sub(r"^(#+) ", r"#\1 ", text, flags=re.M)]
     return "\n".join(lines)
 
