@@ -119,6 +119,8 @@ def test_data_of_unknown_licence_needs_license_and_attribution(tmp_path):
         ValueError, match=r"no record of its training data; pass license=.*attribution="
     ):
         package_model(BUNDLE, tmp_path, "my_ner")
+    with pytest.raises(ValueError, match=r"attributed to CoNLL-2003.*never shipped"):
+        package_model(BUNDLE, tmp_path, "my_ner", license="MIT", attribution="CoNLL 2003, renamed")
     with pytest.raises(ValueError, match=r"license must be an SPDX licence expression"):
         package_model(BUNDLE, tmp_path, "my_ner", license="research only", attribution="x")
 
@@ -153,6 +155,7 @@ def test_the_wheel_holds_the_model_its_card_licence_and_entry_point(wheel):
     metadata = text[f"{NAME}-1.2.0.dist-info/METADATA"]
     assert "License-Expression: CC-BY-SA-4.0" in metadata
     assert "Requires-Dist: chaincrf>=" in metadata
+    assert "Requires-Dist: safetensors>=" in metadata  # the weights are model.safetensors
     card = text[f"{NAME}/model/README.md"]
     assert card.startswith("---\nlicense: cc-by-sa-4.0\nlanguage:\n- en\n")
     assert "datasets:\n- universal_dependencies\n" in card

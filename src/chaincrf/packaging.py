@@ -12,8 +12,8 @@ package ``<name>/`` holds
 - ``LICENSE``: the licence of the weights, with the training data's attribution;
 - ``__init__.py``: ``MODEL_DIR`` and ``load()``, for ``import en_ewt_upos``;
 
-and the wheel declares a dependency on chaincrf and the entry point
-``[chaincrf.models] <name> = <name>`` (:mod:`chaincrf.models`).
+and the wheel declares a dependency on chaincrf (and safetensors, for its weights) and the entry
+point ``[chaincrf.models] <name> = <name>`` (:mod:`chaincrf.models`).
 
 The licence comes from the training run's data (``<run>/config.yaml``): a known corpus
 (:data:`CORPORA`) gives its licence and attribution; a model trained on CoNLL-2003 is refused
@@ -203,6 +203,9 @@ def _licence(
             f"{source}: {where}; pass license=<SPDX id of the data's licence> and "
             "attribution=<the data's source and authors> (what its licence asks for)"
         )
+    if re.search(r"conll[-_ ]?2003", attribution, re.IGNORECASE):
+        conll = CORPORA["conll2003"]
+        raise ValueError(f"{source}: attributed to {conll.name}; refused: {conll.refusal}")
     return licence, attribution, None
 
 
@@ -240,7 +243,9 @@ def _card(name: str, version: str, tagger: Any, licence: str, credit: str, run: 
     return "\n".join(lines)
 
 
-def _pyproject(name: str, version: str, licence: str, dependency: str, summary: str) -> str:
+def _pyproject(
+    name: str, version: str, licence: str, dependencies: Sequence[str], summary: str
+) -> str:
     """The generated ``pyproject.toml`` (strings quoted as JSON, which TOML reads alike)."""
 
     def q(value: str) -> str:
@@ -258,7 +263,7 @@ readme = "README.md"
 requires-python = ">=3.10"
 license = {q(licence)}
 license-files = ["LICENSE"]
-dependencies = [{q(dependency)}]
+dependencies = [{", ".join(q(d) for d in dependencies)}]
 
 [project.entry-points."chaincrf.models"]
 {name} = {q(name)}
@@ -342,7 +347,8 @@ def package_model(
     credit = "; ".join([credit, *[e or f"pretrained vectors {data['pretrained']}" for e in extras]])
     body = _card(name, version, tagger, licence, credit, run)
     metadata = {
-        "license": licence.lower(),
+        # the Hub's licence ids are SPDX ids in lower case; an expression is "other"
+        "license": "other" if " " in licence else licence.lower(),
         "language": [corpus.language] if corpus and corpus.language else None,
         "tags": [
             "sequence-tagging",
@@ -368,9 +374,11 @@ def package_model(
         (package / "__init__.py").write_text(_INIT.format(name=name, version=version))
         (project / "README.md").write_text(body + "\n", encoding="utf-8")
         summary = f"chaincrf model {name}: " + body.splitlines()[2].removeprefix("A chaincrf ")
-        dependency = f"chaincrf>={chaincrf.__version__}"
+        dependencies = [f"chaincrf>={chaincrf.__version__}"]
+        if (package / "model" / "model.safetensors").is_file():
+            dependencies.append("safetensors>=0.4")  # to read the weights
         (project / "pyproject.toml").write_text(
-            _pyproject(name, version, licence, dependency, summary[:200]), encoding="utf-8"
+            _pyproject(name, version, licence, dependencies, summary[:200]), encoding="utf-8"
         )
         built = Path(tmp) / "wheel"
         command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
