@@ -136,7 +136,14 @@ def test_a_known_corpus_keeps_its_licence_and_names_are_checked(tmp_path):
     ):
         package_model(run, tmp_path / "dist", "En-EWT")
     with pytest.raises(ValueError, match=r"version must be a PEP 440 version.*'one'"):
-        package_model(run, tmp_path / "dist", "en_ewt_upos", version="one")
+        package_model(run, tmp_path / "dist", version="one")  # the name: en_ewt_upos
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "dist" / "en_ewt_upos-0.1.0-py3-none-any.whl").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"en_ewt_upos-0.1.0-py3-none-any.whl exists"):
+        package_model(run, tmp_path / "dist")
+    assert (tmp_path / "dist" / "en_ewt_upos-0.1.0-py3-none-any.whl").read_text() == "mine"
+    with pytest.raises(ValueError, match=r"pass name=<the model's name"):
+        package_model(BUNDLE, tmp_path / "dist", license="MIT", attribution="x")
 
 
 # ---------------------------------------------------------------- the wheel, installed
@@ -271,5 +278,5 @@ def test_chaincrf_package_help_lists_its_options():
 
     assert PROGRAMS["package"] == "chaincrf-package"
     text = help_text("package", CONF)
-    for key in ("source=???", "name=???", "output=dist", "version=0.1.0", "license=null"):
+    for key in ("source=???", "name=null", "output=dist", "version=0.1.0", "license=null"):
         assert key in text

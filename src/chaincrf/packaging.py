@@ -297,7 +297,7 @@ def load(**kwargs):
 def package_model(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
-    name: str,
+    name: str | None = None,
     version: str = "0.1.0",
     license: str | None = None,
     attribution: str | None = None,
@@ -309,7 +309,8 @@ def package_model(
         source: a training run's folder, a checkpoint (its run's ``config.yaml`` beside it or
             one folder up records the data), or a bundle.
         output: the folder to put the wheel in (created).
-        name: the model's name: the package and entry-point name (``en_ewt_upos``).
+        name: the model's name: the package and entry-point name (``en_ewt_upos``); None
+            for a UD English-EWT run: ``en_ewt_<its label column>``.
         version: the package's PEP 440 version.
         license: the SPDX licence, for data chaincrf does not know (a known corpus sets it).
         attribution: the data's credit, for data chaincrf does not know (added to a known
@@ -330,10 +331,15 @@ def package_model(
     from chaincrf.extras import require
     from chaincrf.tagger import SequenceTagger
 
-    version, licence = _check_names(name, version, license)
     source = Path(os.fspath(source))
     model_file, run = _model_file(source)
     data = _run_data(run)
+    if name is None:
+        column = str(data.get("label_column") or "upos")
+        if (identify_corpus(data) if data else None) != "ud_ewt":
+            raise ValueError(f"{source}: pass name=<the model's name, e.g. en_ner>")
+        name = f"en_ewt_{column}"
+    version, licence = _check_names(name, version, license)
     licence, credit, corpus = _licence(source, data, licence, attribution)
     wheel_name = f"{name}-{version}-py3-none-any.whl"
     target = Path(output) / wheel_name

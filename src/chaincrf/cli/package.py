@@ -3,7 +3,7 @@ installed (:mod:`chaincrf.packaging`).
 
 Examples::
 
-    chaincrf-package outputs/ud_ewt_pos/<run> name=en_ewt_upos version=0.1.0
+    chaincrf-package outputs/ud_ewt_pos/<run>      # dist/en_ewt_upos-0.1.0-py3-none-any.whl
     chaincrf-package source=exported/ner name=my_ner license=MIT attribution="..."
     pip install dist/en_ewt_upos-0.1.0-py3-none-any.whl
     chaincrf-predict model=en_ewt_upos input=sentences.txt
@@ -40,19 +40,21 @@ def package_command(cfg: DictConfig) -> Path:
     source = check_local_path(
         require(cfg, "source", "pass the training run, checkpoint or bundle to package"), "source"
     )
-    name = require(cfg, "name", "pass name=<the model's name, e.g. en_ewt_upos>")
+    name = cfg.get("name")
     license_ = cfg.get("license")
     attribution = cfg.get("attribution")
     path = package_model(
         source,
         str(cfg.get("output") or "dist"),
-        str(name),
+        None if name is None else str(name),
         version=str(cfg.get("version")),
         license=None if license_ is None else str(license_),
         attribution=None if attribution is None else str(attribution),
         allow_targets=allow_targets(cfg),
     )
-    log.info("wrote %s (pip install it, then: chaincrf-predict model=%s)", path, name)
+    log.info(
+        "wrote %s (pip install it, then: chaincrf-predict model=%s)", path, path.name.split("-")[0]
+    )
     return path
 
 
