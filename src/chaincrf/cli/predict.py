@@ -1,4 +1,5 @@
-"""``chaincrf-predict``: tag raw text or a CoNLL file with a trained checkpoint.
+"""``chaincrf-predict``: tag raw text or a CoNLL file with a trained checkpoint, a bundle, or
+an installed model package by name (``model=en_ewt_upos``; see :mod:`chaincrf.models`).
 
 Examples::
 
@@ -55,6 +56,7 @@ from omegaconf import DictConfig
 
 from chaincrf.cli.common import allow_targets, atomic_output, hydra_main, require, run_cli
 from chaincrf.extras import require as require_extra
+from chaincrf.model_files import check_local_path
 from chaincrf.tagger.outputs import TaggedSentence
 from chaincrf.tagger.tokenizers import get_tokenizer
 
@@ -324,8 +326,10 @@ def load(ckpt: Any, engine: str, cfg: DictConfig) -> Any:
     """
     import importlib.util
 
+    from chaincrf.models import resolve
     from chaincrf.tagger.onnx_predictor import OnnxPredictor, is_artefact
 
+    ckpt = resolve(check_local_path(ckpt, "ckpt_path"))  # an installed model's name: its folder
     onnx = is_artefact(ckpt, "onnx")
     if engine == "onnx" and not onnx:
         raise ValueError(
@@ -335,11 +339,9 @@ def load(ckpt: Any, engine: str, cfg: DictConfig) -> Any:
         require_extra("onnxruntime", "export", "chaincrf-predict engine=onnx")
     if onnx and engine != "torch" and importlib.util.find_spec("onnxruntime") is not None:
         return OnnxPredictor(ckpt)
-    from chaincrf.model_files import check_local_path
     from chaincrf.tagger.bundle import load_predictor
 
-    path = check_local_path(ckpt, "ckpt_path")
-    return load_predictor(path, allow_targets=allow_targets(cfg))  # torch only
+    return load_predictor(ckpt, allow_targets=allow_targets(cfg))  # torch only
 
 
 def warm_up(predictor: Any, items: Iterable[Any], top_k: int) -> Iterable[Any]:
@@ -357,8 +359,23 @@ def warm_up(predictor: Any, items: Iterable[Any], top_k: int) -> Iterable[Any]:
     return itertools.chain([first], iterator)
 
 
+def model_alias(argv: list[str]) -> list[str]:
+    """The command line with ``model=<name or path>`` as ``ckpt_path=<name or path>``: the same
+    option under the name users of model packages expect (``model`` alone would be Hydra's
+    config group of that name).
+
+    Raises:
+        ValueError: when both ``model=`` and ``ckpt_path=`` are given.
+    """
+    models = [a for a in argv if a.startswith("model=")]
+    if models and any(a.startswith("ckpt_path=") for a in argv):
+        raise ValueError("pass model= or ckpt_path=, not both (they are the same option)")
+    return [f"ckpt_path={a.removeprefix('model=')}" if a in models else a for a in argv]
+
+
 def predict(cfg: DictConfig) -> PredictSummary:
-    """Tag ``cfg.input`` with ``cfg.ckpt_path`` and write ``cfg.output``; tests call this.
+    """Tag ``cfg.input`` with ``cfg.ckpt_path`` (a path or an installed model's name; ``model=``
+    on the command line) and write ``cfg.output``; tests call this.
 
     Sentences are tagged ``cfg.chunk_size`` at a time and written as each chunk is done (see
     the module docstring for the memory bound); raw text is tokenised by ``cfg.tokenizer``.
@@ -371,7 +388,9 @@ def predict(cfg: DictConfig) -> PredictSummary:
             ``top_k``, ``tokenizer``, ...), before the model is loaded; for ``top_k`` > 1 with
             a model without a CRF, before anything is read.
     """
-    ckpt = require(cfg, "ckpt_path", "pass ckpt_path=<path to a .ckpt>")
+    ckpt = require(
+        cfg, "ckpt_path", "pass model=<an installed model's name> or ckpt_path=<a .ckpt or bundle>"
+    )
     engine = str(cfg.get("engine", "auto"))
     if engine not in _ENGINES:
         raise ValueError(f"engine must be one of {_ENGINES}; got {engine!r}")
@@ -407,7 +426,7 @@ def predict(cfg: DictConfig) -> PredictSummary:
     return summary
 
 
-@hydra_main("predict")
+@hydra_main("predict", argv_hook=model_alias)
 def main(cfg: DictConfig) -> None:
     """Entry point of ``chaincrf-predict``."""
     run_cli(predict, cfg)

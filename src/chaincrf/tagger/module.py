@@ -348,13 +348,42 @@ class SequenceTagger(pl.LightningModule):
         map_location: str | torch.device = "cpu",
         allow_targets: Sequence[str] = (),
     ) -> SequenceTagger:
-        """Rebuild a trained tagger from a checkpoint or bundle, as data
+        """Rebuild a trained tagger from a checkpoint, a bundle, or the name of an installed
+        model package (``SequenceTagger.load("en_ewt_upos")``; :mod:`chaincrf.models`), as data
         (:func:`chaincrf.tagger.bundle.load`: arguments, errors)."""
         return bundle.load(cls, path, map_location, allow_targets)
 
     def save_bundle(self, directory: str | Path) -> Path:
         """Write the tagger as a bundle directory (:func:`chaincrf.tagger.bundle.save`)."""
         return bundle.save(self, directory)
+
+    def save_pretrained(
+        self, folder: str | Path, card: str | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> Path:
+        """Write the tagger in the Hugging Face Hub layout, a bundle with a model card
+        (:func:`chaincrf.tagger.hub.save_pretrained`: arguments)."""
+        from chaincrf.tagger import hub
+
+        return hub.save_pretrained(self, folder, card, metadata)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | Path,
+        revision: str | None = None,
+        map_location: str | torch.device = "cpu",
+        allow_targets: Sequence[str] = (),
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+    ) -> SequenceTagger:
+        """Load a folder written by :meth:`save_pretrained`, or a Hugging Face Hub repository
+        id (the ``hub`` extra) (:func:`chaincrf.tagger.hub.from_pretrained`: arguments,
+        errors)."""
+        from chaincrf.tagger import hub
+
+        return hub.from_pretrained(
+            cls, path_or_repo_id, revision, map_location, allow_targets, cache_dir, local_files_only
+        )
 
     @property
     def predictor(self) -> Predictor:
