@@ -16,8 +16,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from chaincrf.cli.predict import predict
-from chaincrf.confidence import crf_scores, span_log_probabilities
 from chaincrf.constraints import get_spans
+from chaincrf.crf.confidence import crf_scores, span_log_probabilities
 from chaincrf.data import SentenceEncoder, Vocabulary, collate, read_columns
 from chaincrf.data.vocab import span_tag_inventory
 from chaincrf.tagger import SequenceTagger

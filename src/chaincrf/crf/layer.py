@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from chaincrf.crf import gaps, inputs, kernels, plan, state, structure, tracing
+from chaincrf.crf import gaps, inputs, kernels, plan, scores, state, structure, tracing
 from chaincrf.crf.autocast import float32_computations
 from chaincrf.crf.errors import NonFiniteInputError
 from chaincrf.crf.kernels.eager import ops as eager
@@ -369,16 +369,22 @@ class CRF(nn.Module):
         return -llh if negate and not fused_sign else llh
 
     def _scores(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-        """Start (K,), transition (K, K) and end (K,) scores in ``dtype``, -inf where forbidden."""
-        start, trans, end = self.start_transitions, self.transitions, self.end_transitions
-        if start.dtype != dtype:
-            start, trans, end = start.to(dtype), trans.to(dtype), end.to(dtype)
-        if self.has_constraints:
-            # a Python scalar, not a tensor made on the host: no copy to the device
-            start = torch.where(self.start_allowed, start, float("-inf"))
-            trans = torch.where(self.transitions_allowed, trans, float("-inf"))
-            end = torch.where(self.end_allowed, end, float("-inf"))
-        return start, trans, end
+        return self.effective_scores(dtype)
+
+    def effective_scores(self, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The scores every computation of this layer uses: start (num_tags,), transitions
+        (num_tags, num_tags) indexed ``[from, to]`` and end (num_tags,), in ``dtype`` (default:
+        the parameters'), ``-inf`` where the constraints forbid; differentiable."""
+        return scores.effective_scores(
+            self.start_transitions,
+            self.transitions,
+            self.end_transitions,
+            self.start_allowed,
+            self.transitions_allowed,
+            self.end_allowed,
+            self.has_constraints,
+            self.transitions.dtype if dtype is None else dtype,
+        )
 
     @staticmethod
     def _check_reduction(reduction: str) -> None:

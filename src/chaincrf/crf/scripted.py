@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from chaincrf.crf.kernels.export import ops as export
+from chaincrf.crf.scores import effective_scores
 
 __all__ = ["ScriptableCRF"]
 
@@ -120,14 +121,16 @@ class ScriptableCRF(nn.Module):
         return probs if self.batch_first else probs.transpose(0, 1)
 
     def _scores(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-        start = self.start_transitions.to(dtype)
-        trans = self.transitions.to(dtype)
-        end = self.end_transitions.to(dtype)
-        if self.has_constraints:
-            start = start.masked_fill(~self.start_allowed, float("-inf"))
-            trans = trans.masked_fill(~self.transitions_allowed, float("-inf"))
-            end = end.masked_fill(~self.end_allowed, float("-inf"))
-        return start, trans, end
+        return effective_scores(
+            self.start_transitions,
+            self.transitions,
+            self.end_transitions,
+            self.start_allowed,
+            self.transitions_allowed,
+            self.end_allowed,
+            self.has_constraints,
+            dtype,
+        )
 
     def _shapes(self, emissions: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         if emissions.dim() != 3 or emissions.size(2) != self.num_tags:

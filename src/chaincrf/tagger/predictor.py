@@ -217,7 +217,7 @@ class Predictor(StreamPredictor):
         Returns:
             Per row, one probability per span, rounded to 6 decimals.
         """
-        from chaincrf.confidence import crf_scores, span_log_probabilities
+        from chaincrf.crf.confidence import crf_scores, span_log_probabilities
 
         flat = [
             (row, start, end) for row, spans in enumerate(spans_per_row) for _, start, end in spans
@@ -250,6 +250,6 @@ class Predictor(StreamPredictor):
             type; used only when ``f`` is an ``I-`` tag, in IOB1); ``first_is_inside`` bool
             (K,): whether tag ``f`` is an ``I-`` tag.
         """
-        from chaincrf.confidence import continuation_tables
+        from chaincrf.crf.confidence import continuation_tables
 
         return continuation_tables(list(self.tags.labels))
