@@ -32,7 +32,6 @@ from chaincrf.cli.common import (
     build,
     hydra_main,
     overrides,
-    quiet_third_party,
     require,
     run_cli,
     to_plain,
@@ -49,7 +48,7 @@ from chaincrf.cli.run_folder import (
 )
 from chaincrf.model_files import check_local_path
 from chaincrf.tagger import SequenceTagger
-from chaincrf.training import AtomicCheckpointIO, ReseedEachEpoch
+from chaincrf.training import AtomicCheckpointIO, ProgressBar, ReseedEachEpoch
 
 log = logging.getLogger("chaincrf.train")
 
@@ -61,6 +60,23 @@ def build_datamodule(data_cfg: DictConfig) -> Any:
     datamodule = build(data_cfg, "data")
     datamodule.setup("fit")
     return datamodule
+
+
+def data_summary(datamodule: Any) -> str:
+    """The console's data line: each split's sentences and tokens, the tags and their scheme,
+    e.g. ``train 41 sentences (612 tokens), dev 10 (148), test 10 (131); 17 tags, IOB1 trained as
+    BIOES``."""
+    parts = []
+    for split in ("train", "dev", "test"):
+        if split in datamodule.datasets:
+            lengths = datamodule.datasets[split].lengths
+            unit = " sentences" if not parts else ""
+            parts.append(f"{split} {len(lengths):,}{unit} ({sum(lengths):,} tokens)")
+    text = f"{', '.join(parts)}; {datamodule.num_tags} tags"
+    source, scheme = datamodule.original_scheme, datamodule.scheme
+    if source and scheme:
+        text += f", {source}" + (f" trained as {scheme}" if scheme != source else "")
+    return text
 
 
 def build_tagger(cfg: DictConfig, datamodule: Any) -> SequenceTagger:
@@ -161,7 +177,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg)
     started = time.perf_counter()
     run_dir = Path(cfg.run_dir).resolve()
-    quiet_third_party(cfg)
     absolute_data_paths(cfg.data, start_folder())
     resume = cfg.get("ckpt_path")
     if resume is not None:
@@ -182,6 +197,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             pl.seed_everything(int(cfg.seed), workers=True)
 
         datamodule = build_datamodule(cfg.data)
+        log.info("data: %s", data_summary(datamodule))
         tagger = build_tagger(cfg, datamodule)
         total = sum(p.numel() for p in tagger.parameters())
         trainable = sum(p.numel() for p in tagger.parameters() if p.requires_grad)
@@ -191,13 +207,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.trainer.get("enable_progress_bar", True) is False:
             # trainer.enable_progress_bar=false (e.g. logging to a file) wins over callbacks' bar.
             callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
+        elif not any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks):
+            # chaincrf's bar rather than Lightning's default (stdout, epochs from 0)
+            callbacks.append(ProgressBar())
         if cfg.get("seed") is not None:
             callbacks.append(ReseedEachEpoch(int(cfg.seed)))
         loggers = _instantiate_all(cfg.get("logger"))
         plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
+        # Lightning's parameter table: only with verbose=true (the "model:" line above says it)
+        summary = bool(cfg.trainer.get("enable_model_summary", True) and cfg.get("verbose"))
         trainer: pl.Trainer = build(
             cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **plugins,
-            **budget_arguments(cfg, datamodule),
+            enable_model_summary=summary, **budget_arguments(cfg, datamodule),
         )  # fmt: skip
         if writer:  # the set-up has succeeded: the run's own files, each written atomically
             run_dir.mkdir(parents=True, exist_ok=True)
