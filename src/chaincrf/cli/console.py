@@ -6,7 +6,8 @@ stdout free for what a command produces (``chaincrf-predict``'s records, ``--hel
 ``--cfg job``). :func:`quiet_third_party` hides, for the duration of a command, what the
 libraries underneath say about themselves rather than about the user's run: each at its own
 logger or by its own message, never all warnings at once, so that chaincrf's own warnings (the
-data checks, a skipped test) and any warning not listed here still show.
+data checks, a skipped test) and any warning not listed here still show. :func:`data_summary`
+is the training console's line about the data.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 QUIET_LOGGERS = {
     # "Seed set to 42", "GPU available", "TPU available", "Restoring states ...", "Loaded model
@@ -97,3 +99,20 @@ def quiet_third_party(verbose: bool = False) -> Iterator[None]:
             logging.getLogger().removeFilter(root_filter)
             for name, level in levels.items():
                 logging.getLogger(name).setLevel(level)
+
+
+def data_summary(datamodule: Any) -> str:
+    """The console's data line: each split's sentences and tokens, the tags and their scheme,
+    e.g. ``train 40 sentences (322 tokens), dev 12 (98 tokens); 17 tags, IOB1 trained as BIOES``.
+    """
+    parts = []
+    for split in ("train", "dev", "test"):
+        if split in datamodule.datasets:
+            lengths = datamodule.datasets[split].lengths
+            unit = " sentences" if not parts else ""
+            parts.append(f"{split} {len(lengths):,}{unit} ({sum(lengths):,} tokens)")
+    text = f"{', '.join(parts)}; {datamodule.num_tags} tags"
+    source, scheme = datamodule.original_scheme, datamodule.scheme
+    if source and scheme:
+        text += f", {source}" + (f" trained as {scheme}" if scheme != source else "")
+    return text

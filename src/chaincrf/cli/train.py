@@ -36,6 +36,7 @@ from chaincrf.cli.common import (
     run_cli,
     to_plain,
 )
+from chaincrf.cli.console import data_summary
 from chaincrf.cli.launch import launch_rank, shared_run_dir
 from chaincrf.cli.run_folder import (
     absolute_data_paths,
@@ -60,23 +61,6 @@ def build_datamodule(data_cfg: DictConfig) -> Any:
     datamodule = build(data_cfg, "data")
     datamodule.setup("fit")
     return datamodule
-
-
-def data_summary(datamodule: Any) -> str:
-    """The console's data line: each split's sentences and tokens, the tags and their scheme,
-    e.g. ``train 41 sentences (612 tokens), dev 10 (148), test 10 (131); 17 tags, IOB1 trained as
-    BIOES``."""
-    parts = []
-    for split in ("train", "dev", "test"):
-        if split in datamodule.datasets:
-            lengths = datamodule.datasets[split].lengths
-            unit = " sentences" if not parts else ""
-            parts.append(f"{split} {len(lengths):,}{unit} ({sum(lengths):,} tokens)")
-    text = f"{', '.join(parts)}; {datamodule.num_tags} tags"
-    source, scheme = datamodule.original_scheme, datamodule.scheme
-    if source and scheme:
-        text += f", {source}" + (f" trained as {scheme}" if scheme != source else "")
-    return text
 
 
 def build_tagger(cfg: DictConfig, datamodule: Any) -> SequenceTagger:
