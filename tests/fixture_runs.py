@@ -31,8 +31,9 @@ TINY_MODEL = [
 
 CHAINCRF_LINE = re.compile(
     r"\[\d{4}-\d\d-\d\d [\d:,]+\]\[chaincrf(\.\w+)*\]\[(INFO|WARNING)\] -? ?"
-    r"(run directory: |data: train |model: [\d,]+ parameters|budget: |epoch \d+(/\d+)?  train loss "
-    r"|best checkpoint: |report: |done in |val/score = |no test file |wrote |interrupted)"
+    r"(run directory: |data: train |model: [\d,]+ parameters|budget: |a small training set: "
+    r"|epoch \d+(/\d+)?(, step \d+/\d+)?  train loss |best checkpoint: |report: |done in "
+    r"|val/score = |no test file |wrote |interrupted)"
 )
 """A console line chaincrf writes (its log format, a chaincrf logger, one of its messages); the
 continuation of a multi-line message (an indented resume command) counts as part of it."""
