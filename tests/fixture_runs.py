@@ -31,7 +31,8 @@ TINY_MODEL = [
 
 CHAINCRF_LINE = re.compile(
     r"\[\d{4}-\d\d-\d\d [\d:,]+\]\[chaincrf(\.\w+)*\]\[(INFO|WARNING)\] -? ?"
-    r"(run directory: |data: train |model: [\d,]+ parameters|budget: |a small training set: "
+    r"(run directory: |data: train |pretrained vectors |model: [\d,]+ parameters|budget: "
+    r"|a small training set: "
     r"|epoch \d+(/\d+)?(, step \d+/\d+)?  train loss |best checkpoint: |report: |done in "
     r"|val/score = |no test file |wrote |interrupted)"
 )
