@@ -64,7 +64,7 @@ def run_command(
 
 
 def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
-    """The lines of an error, on either stream (chaincrf-train logs to stdout)."""
+    """The lines of an error, on either stream (Hydra's own errors, the did-you-mean hints)."""
     lines = (result.stdout + result.stderr).splitlines()
     return [line for line in lines if "ERROR" in line or "Error" in line or "needs the" in line]
 
