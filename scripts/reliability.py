@@ -775,7 +775,7 @@ def probe_kill_while_saving(table: Table, work: Path, quick: bool) -> None:
             "pytorch_lightning.plugins.io.TorchCheckpointIO",
             "Lightning's TorchCheckpointIO (before)",
         ),
-        ("chaincrf.model_files.AtomicCheckpointIO", "chaincrf AtomicCheckpointIO (train uses it)"),
+        ("chaincrf.training.AtomicCheckpointIO", "chaincrf AtomicCheckpointIO (train uses it)"),
     ):
         outcomes: Counter = Counter()
         folder = work / label.split()[0].replace("'", "")

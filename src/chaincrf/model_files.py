@@ -228,12 +228,3 @@ def read_model(
         check_vocab_fits(vocab, vocab_source, hparams["labels"], rows, hparams_source)
     return StoredModel(hparams, dict(vocab) if vocab is not None else None, dict(state), source)
 
-
-def __getattr__(name: str) -> Any:
-    """``AtomicCheckpointIO`` (a Lightning plugin) lives in :mod:`chaincrf.training`: reading
-    model files never imports Lightning."""
-    if name == "AtomicCheckpointIO":
-        from chaincrf.training import AtomicCheckpointIO
-
-        return AtomicCheckpointIO
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

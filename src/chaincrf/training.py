@@ -26,6 +26,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
 from chaincrf.data.download import atomic_file
+from chaincrf.model_files import CHECKPOINT_KEY
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -74,6 +75,45 @@ class ReseedEachEpoch(pl.Callback):
                 workers=True,
                 verbose=False,
             )
+
+
+class ReplayPlateauStep(pl.Callback):
+    """Exact resume with a plateau scheduler: Lightning writes an epoch-end checkpoint before it
+    steps a ``ReduceLROnPlateau`` scheduler and, on resume, skips that step (it has no metric).
+    This callback stores the monitored value in the checkpoint (``checkpoint["chaincrf"]
+    ["monitor_value"]``) and, when training resumes, steps each epoch-interval plateau
+    scheduler that missed it, with the value it would have seen: a resumed run then equals an
+    uninterrupted one. ``chaincrf-train`` always adds it.
+    """
+
+    def __init__(self) -> None:
+        self._value: float | None = None
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        monitor = getattr(pl_module, "hparams", {}).get("monitor", "val/score")
+        value = trainer.callback_metrics.get(monitor)
+        if value is not None:
+            checkpoint.setdefault(CHECKPOINT_KEY, {})["monitor_value"] = float(value)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._value = (checkpoint.get(CHECKPOINT_KEY) or {}).get("monitor_value")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value, self._value = self._value, None
+        if value is None:
+            return
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if (
+                config.reduce_on_plateau
+                and config.interval == "epoch"
+                and scheduler.last_epoch < trainer.current_epoch
+            ):
+                scheduler.step(value)
 
 
 def epoch_label(current_epoch: int, max_epochs: int | None) -> str:

@@ -49,7 +49,7 @@ from chaincrf.cli.run_folder import (
 )
 from chaincrf.model_files import check_local_path
 from chaincrf.tagger import SequenceTagger
-from chaincrf.training import AtomicCheckpointIO, ProgressBar, ReseedEachEpoch
+from chaincrf.training import AtomicCheckpointIO, ProgressBar, ReplayPlateauStep, ReseedEachEpoch
 
 log = logging.getLogger("chaincrf.train")
 
@@ -196,6 +196,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             callbacks.append(ProgressBar())
         if cfg.get("seed") is not None:
             callbacks.append(ReseedEachEpoch(int(cfg.seed)))
+        callbacks.append(ReplayPlateauStep())  # exact resume with a plateau scheduler
         loggers = _instantiate_all(cfg.get("logger"))
         plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
         # Lightning's parameter table: only with verbose=true (the "model:" line above says it)
