@@ -28,6 +28,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -892,9 +893,11 @@ def probe_clear_errors(table: Table, run: Path, work: Path) -> None:
     )
 
 
-def _timed_cli(arguments: list[str], timeout: float) -> tuple[str, float, float, str]:
-    """Run ``chaincrf-predict`` with ``arguments``: (outcome, seconds, peak RSS in MiB, stderr);
-    outcome "ok" for exit status 0, "refused" for 1, "hang" past ``timeout``, else "crash"."""
+def _timed_cli(arguments: list[str], timeout: float) -> tuple[str, float, float, float]:
+    """Run ``chaincrf-predict`` with ``arguments``: (outcome, seconds, peak RSS in MiB, seconds
+    tagging); outcome "ok" for exit status 0, "refused" for 1, "hang" past ``timeout``, else
+    "crash"; the tagging time is the command's own log line's (reading, tokenising, tagging and
+    writing: start-up and model loading excluded)."""
     started = time.perf_counter()
     try:
         done = subprocess.run(
@@ -913,12 +916,13 @@ def _timed_cli(arguments: list[str], timeout: float) -> tuple[str, float, float,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
     except subprocess.TimeoutExpired:
-        return "hang", float("nan"), float("nan"), ""
+        return "hang", float("nan"), float("nan"), float("nan")
     seconds = time.perf_counter() - started
     peak = [ln for ln in done.stderr.splitlines() if ln.startswith("MAXRSS")]
     rss = int(peak[-1].split()[1]) / 1024 if peak else float("nan")
     outcome = {0: "ok", 1: "refused"}.get(done.returncode, "crash")
-    return outcome, seconds, rss, done.stderr
+    tagged = re.findall(r"tokens in ([0-9.]+) s", done.stderr)
+    return outcome, seconds, rss, float(tagged[-1]) if tagged else float("nan")
 
 
 def probe_bounded_work(table: Table, run: Path, work: Path) -> None:
@@ -941,24 +945,24 @@ def probe_bounded_work(table: Table, run: Path, work: Path) -> None:
     for label, line in lines.items():
         source = work / "worst.txt"
         source.write_text(line + "\n")
-        outcome, seconds, rss, _ = _timed_cli(
+        outcome, seconds, rss, tagging = _timed_cli(
             [f"ckpt_path={ckpt}", f"input={source}", f"output={work / 'worst.jsonl'}"], 300
         )
-        bounded = outcome == "ok" and seconds < 30 and rss < 1536
+        bounded = outcome == "ok" and tagging < 30 and rss < 1536
         outcomes["ok" if bounded else ("hang" if outcome in ("ok", "hang") else "crash")] += 1
-        notes.append(f"{label}: {seconds:.1f} s, {rss:.0f} MiB")
+        notes.append(f"{label}: {tagging:.1f} s ({seconds:.0f} s with start-up), {rss:.0f} MiB")
     source = work / "worst_1mb.txt"  # ten 100,000-character lines: 1 MB
     source.write_text(("".join(rng.choice(punctuation) for _ in range(99_999)) + "\n") * 10)
-    outcome, seconds, rss, _ = _timed_cli(
+    outcome, seconds, rss, tagging = _timed_cli(
         [f"ckpt_path={ckpt}", f"input={source}", f"output={work / 'worst.jsonl'}"], 600
     )
     outcomes["ok" if outcome == "ok" and rss < 1536 else "crash"] += 1
-    notes.append(f"1 MB of punctuation (10 lines): {seconds:.1f} s, {rss:.0f} MiB")
+    notes.append(f"1 MB of punctuation (10 lines): {tagging:.1f} s, {rss:.0f} MiB")
     table.add(
         "10",
         "worst lines for the spaCy tokenizer, chaincrf-predict file to file (time, peak RSS)",
         outcomes,
-        "; ".join(notes) + " (ok: under 30 s and 1.5 GB)",
+        "; ".join(notes) + " (ok: a line under 30 s, peak RSS under 1.5 GB)",
     )
 
     outcomes = Counter()
