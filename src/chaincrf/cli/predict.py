@@ -58,13 +58,17 @@ from chaincrf.cli.common import allow_targets, atomic_output, hydra_main, requir
 from chaincrf.extras import require as require_extra
 from chaincrf.model_files import check_local_path
 from chaincrf.tagger.outputs import TaggedSentence
+from chaincrf.tagger.streaming import check_top_k_limit
 from chaincrf.tagger.tokenizers import get_tokenizer
 
 log = logging.getLogger("chaincrf.predict")
 
-MAX_LINE_CHARS = 10_000_000
-"""Default ``max_line_chars`` of raw text input: ten million characters, over a million tokens in
-one line (the bounded-memory prediction path handles that); a longer line is not a sentence."""
+MAX_LINE_CHARS = 100_000
+"""Default ``max_line_chars`` of raw text input: a hundred thousand characters (a sentence is
+rarely over a thousand). The worst such line (up to 100,000 tokens of punctuation) is tokenised
+in seconds (:data:`chaincrf.tagger.tokenizers.MAX_RUN_CHARS`) and tagged in well under a GB
+(measured: ``python3 scripts/reliability.py --only bounded_work``); a longer line is almost
+always not a sentence (a file without line breaks, a JSON dump). Raise it for genuine ones."""
 
 _FORMATS = ("auto", "text", "conll", "conllu")
 _OUTPUT_FORMATS = ("jsonl", "conll")
@@ -154,6 +158,7 @@ def text_lines(
 
     One "\r" right before the "\n" is dropped; any other character (a lone "\r", "\x0b",
     "\x85", U+2028, ...) stays inside its line, so each line of the input is one item.
+    ``max_line_chars`` counts a line's characters without its line end ("\n" or "\r\n").
 
     Raises:
         ValueError: ``<source>:<line>: ...`` for a line longer than ``max_line_chars``
@@ -169,17 +174,18 @@ def text_lines(
             stack.callback(stream.detach)  # leave sys.stdin's buffer open
         else:  # a text stream without bytes below it (an embedding application's, tests')
             stream = sys.stdin
-        limit = -1 if max_line_chars is None else max_line_chars + 2  # room for "\r\n"
+        # room for "\r\n": a read without "\n" at this size holds more than max_line_chars
+        limit = -1 if max_line_chars is None else max_line_chars + 2
         number = 0
         while line := stream.readline(limit):
             number += 1
-            if max_line_chars is not None and len(line.rstrip("\r\n")) > max_line_chars:
+            if line.endswith("\n"):
+                line = line[:-2] if line.endswith("\r\n") else line[:-1]
+            if max_line_chars is not None and len(line) > max_line_chars:
                 raise ValueError(
                     f"{'stdin' if source == '-' else source}:{number}: line is longer than "
                     f"{max_line_chars} characters (max_line_chars=...; one sentence per line)"
                 )
-            if line.endswith("\n"):
-                line = line[:-2] if line.endswith("\r\n") else line[:-1]
             yield line
 
 
@@ -402,6 +408,7 @@ def predict(cfg: DictConfig) -> PredictSummary:
     for name, value in {**sizes, "top_k": top_k}.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be >= 1; got {value!r}")
+    check_top_k_limit(top_k)
     tokenizer = get_tokenizer(cfg.get("tokenizer", "spacy"))
     predictor = load(ckpt, engine, cfg)
     predictor.tokenizer = tokenizer

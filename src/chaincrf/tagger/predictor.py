@@ -170,7 +170,10 @@ class Predictor(StreamPredictor):
         crf = self.model.crf
         assert crf is not None  # check_top_k
         em = emissions.double()
-        k_paths, scores = crf.viterbi(em, mask, k=top_k)  # (B, k, T), (B, k)
+        longest, num_tags = mask.shape[1], emissions.shape[-1]
+        # no more ranks than taggings (num_tags ** longest): memory is O(k·T·K)
+        k = min(top_k, num_tags ** min(longest, top_k.bit_length()))
+        k_paths, scores = crf.viterbi(em, mask, k=k)  # (B, k, T), (B, k)
         probabilities = (scores - crf.log_partition(em, mask).unsqueeze(-1)).exp()  # (B, k)
         lengths = mask.sum(-1).tolist()
         alternatives: list[list[dict[str, Any]]] = []
