@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # the fast lane (README) leaves this module out
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_crf.py"
 
 

@@ -508,6 +508,7 @@ def test_runs_launched_together_get_their_own_directories(tmp_path):
         assert (run / "config.yaml").is_file() and (run / "encoder.json").is_file()
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path):
     cfg = compose_config(
         run_overrides(

@@ -81,6 +81,7 @@ TRAIN = [*NER_DATA, "trainer.max_epochs=1", "test=false", "report=false"]
 """Each case ends before the first step (any encoder: no model sizes)."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("module", "args", "blocked", "env", "extra", "feature"),
     [
@@ -143,6 +144,7 @@ def test_a_missing_extra_is_one_line_naming_it(
     assert feature in line
 
 
+@pytest.mark.slow
 def test_engine_onnx_without_onnxruntime_names_the_export_extra(onnx_folder, tmp_path):
     args = [f"ckpt_path={onnx_folder}", f"input={RAW}", "engine=onnx"]
     result = run_command("predict", args, tmp_path, ("onnxruntime",))
@@ -189,6 +191,7 @@ def test_predict_help_lists_its_own_options_and_no_training_groups(tmp_path):
         assert group not in text
 
 
+@pytest.mark.slow
 def test_train_help_lists_its_groups_with_their_options(tmp_path):
     result = run_command("train", ["-h"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -196,6 +199,7 @@ def test_train_help_lists_its_groups_with_their_options(tmp_path):
     assert "seed=42" in result.stdout and "Hydra" not in result.stdout.splitlines()[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", list(PROGRAMS))
 def test_version_is_chaincrfs(module, tmp_path):
     result = run_command(module, ["--version"], tmp_path)

@@ -13,6 +13,8 @@ import pytest
 import chaincrf
 from chaincrf.cli.common import CONFIG_DIR, USER_CONFIG_ENV, config_hints, user_config_args
 
+pytestmark = pytest.mark.slow  # the fast lane (README) leaves this module out
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -10,7 +10,10 @@ from chaincrf import CRF
 from chaincrf.crf import plan
 
 pytest.importorskip("numba")
-pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad"),
+]
 
 
 class _Tagger(torch.nn.Module):

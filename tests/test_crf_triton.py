@@ -23,6 +23,7 @@ from chaincrf.crf import plan
 from crf_helpers import make_crf, params, ragged_batch, sentence
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.usefixtures("one_thread"),
     # the interpreter computes log(0) = -inf (a sum of exp(-inf)) with numpy, which warns
     pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning"),

@@ -67,6 +67,7 @@ def test_a_subset_of_another_file_is_refused_naming_it(tmp_path):
         apply(subset, train, read_conll(train))
 
 
+@pytest.mark.slow
 def test_the_script_writes_seed_and_indices_not_text(tmp_path):
     out = tmp_path / "subsets"
     command = [sys.executable, str(SCRIPT), "--data", "custom", "--sizes", "5", "9", "--seed",

@@ -233,6 +233,7 @@ def _write_feature_only_corpus(path: Path, n: int, seed: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_features", [True, False])
 def test_a_label_only_the_feature_column_predicts_is_learned_only_with_it(tmp_path, with_features):
     for split, seed in (("train", 0), ("dev", 1), ("test", 2)):

@@ -14,6 +14,8 @@ import pytest
 
 from chaincrf.tagger import SequenceTagger, hparams
 
+pytestmark = pytest.mark.slow  # subprocesses and ONNX exports: not in the fast lane (README)
+
 FIXTURES = Path(__file__).parent / "fixtures" / "model_files"
 BLOCKED = ("pytorch_lightning", "lightning", "lightning_fabric", "torchmetrics", "seqeval",
            "hydra", "omegaconf")  # fmt: skip

@@ -272,6 +272,7 @@ def test_unwritable_bundle_folder_is_one_clear_error(run, tmp_path, caplog):
     assert f"cannot write the bundle {blocker / 'bundle'}" in caplog.text
 
 
+@pytest.mark.slow
 def test_failing_run_leaves_no_directory_and_prints_one_line(tmp_path):
     """A run that fails before training (a data file that does not exist) removes the folder
     Hydra made for it, and the user sees one line, not a traceback."""

@@ -147,6 +147,7 @@ def test_export_into_an_empty_folder(tmp_path):
     SequenceTagger.load(bundle)
 
 
+@pytest.mark.slow
 def test_int8_quantisation_keeps_a_file_of_the_folder_named_like_its_temporary(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -278,6 +279,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_command_without_leaving_its_temporary_file(tmp_path):
     out = tmp_path / "out" / "predictions.jsonl"
     env = {**os.environ, "PYTHONPATH": str(Path(chaincrf.__file__).parents[1])}

@@ -20,6 +20,8 @@ from chaincrf.tagger.onnx_predictor import OnnxPredictor, is_artefact
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+pytestmark = pytest.mark.slow  # subprocesses and ONNX exports: not in the fast lane (README)
+
 HERE = Path(__file__).parent
 CONF = HERE.parent / "conf"
 CHECKPOINT = HERE / "fixtures" / "model_files" / "v1.ckpt"

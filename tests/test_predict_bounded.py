@@ -153,6 +153,7 @@ def test_span_log_probabilities_batched_equals_one_row_at_a_time():
     assert span_log_probabilities(emissions, mask, paths, flat[:0], scores, tables).shape == (0,)
 
 
+@pytest.mark.slow
 def test_span_confidences_of_a_20000_token_sentence():
     # Every token a one-token B-PER span: 20,000 spans. The former formula needed one copy of
     # the sentence per span, about spans x tokens x tags floats (8 GB here).
@@ -254,6 +255,7 @@ def test_latin1_text_input_still_reads_with_the_encoding_option(bundle, tmp_path
     assert [r["tokens"] for r in records] == [["Müller", "visited", "Zürich", "."], [], ["EU"]]
 
 
+@pytest.mark.slow
 def test_20000_lines_stream_through_in_order(bundle, tmp_path):
     lines = [" ".join(f"w{i}" for i in range(k % 5)) + f" x{k}" for k in range(20_000)]
     lines[7] = ""  # an empty sentence keeps its place

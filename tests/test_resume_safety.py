@@ -23,6 +23,8 @@ from chaincrf.cli.train import resume_in_place, train
 from fixture_runs import FIXTURES, TINY_MODEL
 from test_cli import compose_config
 
+pytestmark = pytest.mark.slow  # the fast lane (README) leaves this module out
+
 TESTS = Path(__file__).resolve().parent
 TRAIN = [sys.executable, "-u", "-m", "chaincrf.cli.train"]
 EVAL = [sys.executable, "-m", "chaincrf.cli.evaluate"]

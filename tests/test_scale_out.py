@@ -33,7 +33,7 @@ TINY_RUN = [
     "trainer.enable_model_summary=false",
 ]
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def compose_config(overrides: list[str], name: str = "config", hydra: bool = False):

@@ -19,6 +19,8 @@ from chaincrf.tagger.bundle import load_predictor
 from chaincrf.tagger.export import ExportableTagger, export_model, graph_inputs
 from chaincrf.tagger.predictor import Predictor
 
+pytestmark = pytest.mark.slow  # the fast lane (README) leaves this module out
+
 FIXTURES = Path(__file__).parent / "fixtures"
 BUNDLE = FIXTURES / "model_files" / "v1_bundle"
 SENTENCES = [

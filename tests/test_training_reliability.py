@@ -20,7 +20,7 @@ from chaincrf.tagger import SequenceTagger
 from chaincrf.training import NonFiniteLossError
 from test_cli import compose_config, run_overrides
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 TESTS = Path(__file__).resolve().parent
 RANDOM = [  # dropout everywhere, so that the random generators matter
