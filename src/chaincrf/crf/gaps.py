@@ -19,6 +19,7 @@ Importing this module imports only torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -103,7 +104,17 @@ def run(
         return _compacted(call, operation, em, mask, scores, tags, k, constrained, validate)
 
 
-def _compacted(call, operation, em, mask, scores, tags, k, constrained, validate):
+def _compacted(
+    call: Callable[..., Any],
+    operation: str,
+    em: Tensor,
+    mask: Tensor,
+    scores: tuple[Tensor, Tensor, Tensor],
+    tags: Tensor | None,
+    k: int,
+    constrained: bool,
+    validate: bool,
+) -> Any:
     """The gap path: values checked in the original positions (errors name those), then the
     kernel on the compacted batch, the per-position results put back."""
     if validate:

@@ -13,6 +13,9 @@ tag ``j``. Forbidden moves are ``-inf`` scores, never finite sentinels.
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -55,6 +58,14 @@ class CRF(nn.Module):
         end_transitions: float parameter (K,), score of ending in each tag (likewise).
         transitions: float parameter (K, K), ``transitions[i, j]`` scores tag i followed by tag j.
     """
+
+    # Parameters or buffers, registered in __init__ (nn.Module's attribute lookup is untyped).
+    start_transitions: Tensor
+    end_transitions: Tensor
+    transitions: Tensor
+    start_allowed: Tensor
+    end_allowed: Tensor
+    transitions_allowed: Tensor
 
     def __init__(
         self,
@@ -99,12 +110,21 @@ class CRF(nn.Module):
 
         return ScriptableCRF(self)
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+    def _save_to_state_dict(
+        self, destination: dict[str, Tensor], prefix: str, keep_vars: bool
+    ) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
         state.save_constraints(self, destination, prefix, keep_vars)
 
     def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        self,
+        state_dict: dict[str, Tensor],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
     ) -> None:
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -175,9 +195,10 @@ class CRF(nn.Module):
         """
         em, mask_bt = self._shapes(emissions, mask)
         kernel = self._kernel("log_partition", em, grad=self._needs_grad(em))
-        return gaps.run(
+        log_z: Tensor = gaps.run(
             kernel, "log_partition", em, mask_bt, self._scores(em.dtype), validate=validate
         )
+        return log_z
 
     def decode(
         self, emissions: Tensor, mask: Tensor | None = None, validate: bool = True
@@ -196,7 +217,9 @@ class CRF(nn.Module):
         """
         em, mask_bt = self._shapes(emissions, mask)
         kernel = self._kernel("viterbi", em)
-        return gaps.run(kernel, "decode", em, mask_bt, self._scores(em.dtype), validate=validate)
+        scores = self._scores(em.dtype)
+        paths: list[list[int]] = gaps.run(kernel, "decode", em, mask_bt, scores, validate=validate)
+        return paths
 
     def viterbi(
         self, emissions: Tensor, mask: Tensor | None = None, k: int = 1, validate: bool = True
@@ -254,9 +277,10 @@ class CRF(nn.Module):
             out = (out if packed is None else packed.scatter(out)).to(emissions.dtype)
             return out if self.batch_first else out.transpose(0, 1)
         kernel = self._kernel("marginals", em)
-        out = gaps.run(kernel, "marginals", em, mask_bt, self._scores(em.dtype), validate=validate)
-        out = out.to(emissions.dtype)
-        return out if self.batch_first else out.transpose(0, 1)
+        scores = self._scores(em.dtype)
+        probs: Tensor = gaps.run(kernel, "marginals", em, mask_bt, scores, validate=validate)
+        probs = probs.to(emissions.dtype)
+        return probs if self.batch_first else probs.transpose(0, 1)
 
     def pairwise_marginals(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
         """P(tag i at t - 1, tag j at t), (batch, seq_len - 1, K, K) indexed ``[b, t - 1, i, j]``
@@ -399,7 +423,7 @@ class CRF(nn.Module):
     def _needs_grad(self, em: Tensor) -> bool:
         return torch.is_grad_enabled() and (em.requires_grad or self.transitions.requires_grad)
 
-    def _kernel(self, operation: str, em: Tensor, k: int = 1, grad: bool = False):
+    def _kernel(self, operation: str, em: Tensor, k: int = 1, grad: bool = False) -> ModuleType:
         """The kernel the planner picks for ``operation`` on these emissions."""
         B, T, K = em.shape
         compiling = tracing.is_compiling()

@@ -12,11 +12,16 @@ k-best paths stay with the Python layer.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
 from chaincrf.crf.kernels.export import ops as export
 from chaincrf.crf.scores import effective_scores
+
+if TYPE_CHECKING:  # the layer imports this module when it is scripted
+    from chaincrf.crf.layer import CRF
 
 __all__ = ["ScriptableCRF"]
 
@@ -28,7 +33,18 @@ class ScriptableCRF(nn.Module):
         crf: the layer; its parameters and constraint buffers are shared, not copied.
     """
 
-    def __init__(self, crf: nn.Module) -> None:
+    if TYPE_CHECKING:
+        # Parameters or buffers shared with the layer, set in __init__ (nn.Module's attribute
+        # lookup is untyped). For the type checker only: TorchScript reads a class annotation
+        # and cannot resolve a postponed (string) one.
+        start_transitions: Tensor
+        end_transitions: Tensor
+        transitions: Tensor
+        start_allowed: Tensor
+        end_allowed: Tensor
+        transitions_allowed: Tensor
+
+    def __init__(self, crf: CRF) -> None:
         super().__init__()
         self.num_tags: int = crf.num_tags
         self.batch_first: bool = crf.batch_first

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -82,9 +83,9 @@ def record() -> Iterator[list[tuple[str, str]]]:
 
 
 @contextlib.contextmanager
-def _collecting(registry: list[list]) -> Iterator[list]:
+def _collecting(registry: list[list[Any]]) -> Iterator[list[Any]]:
     """A new list appended to ``registry`` for a block (what is recorded meanwhile)."""
-    collected: list = []
+    collected: list[Any] = []
     registry.append(collected)
     try:
         yield collected

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -121,7 +122,7 @@ def fused_tuning(**changes: int) -> Iterator[FusedTuning]:
 
 
 @contextlib.contextmanager
-def _replaced(name: str, changes: dict) -> Iterator:
+def _replaced(name: str, changes: dict[str, Any]) -> Iterator[Any]:
     """The module's tuning ``name`` (EAGER, FUSED) with ``changes`` for a block."""
     names = globals()
     before = names[name]

@@ -37,9 +37,9 @@ def validate_values(
     there: each would give NaN results or a meaningless path. Raises naming the batch row
     (and position)."""
     if em.size(1) > 1 and not gaps:
-        gaps = mask[:, 1:] & ~mask[:, :-1]
-        if bool(gaps.any()):
-            row = int(gaps.any(1).nonzero()[0])
+        starts = mask[:, 1:] & ~mask[:, :-1]  # kept positions after a masked one
+        if bool(starts.any()):
+            row = int(starts.any(1).nonzero()[0])
             raise errors.mask_gap(row)
     for name, value in (
         ("start_transitions", start),
@@ -167,6 +167,7 @@ def viterbi(
     with torch.no_grad():
         em_tm, order, n_active = sort_time_major(em, lengths)
         state, backptr = scan(em_tm, start, trans, n_active, "topk", k)
+        assert backptr is not None  # topk keeps back-pointers
         paths, scores = vit._backtrace(state, backptr, end, n_active, lengths[order], k)
         paths_out = torch.empty_like(paths)
         paths_out[order] = paths

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -222,7 +224,8 @@ class _Exact:
                     + (g_next[lo:hi] - lz[lo:hi]).unsqueeze(1)
                 )
                 d_trans += torch.einsum("n,nij->ij", gw[lo:hi], torch.exp(w))
-        return tuple(x.to(self.dtype) for x in (gamma, d_start, d_trans, d_end))
+        dtype = self.dtype
+        return gamma.to(dtype), d_start.to(dtype), d_trans.to(dtype), d_end.to(dtype)
 
 
 class _ForwardBackward:
@@ -285,6 +288,7 @@ class _ForwardBackward:
             z = grad.new_zeros(K)
             return grad.new_zeros(T, B, K), z, grad.new_zeros(K, K), z
         if self.scaled is None:
+            assert self.exact is not None  # not both None (above)
             return self.exact.backward(grad)
         out = self.scaled.backward(grad)
         if self.exact is None:
@@ -299,13 +303,21 @@ class _LogPartition(torch.autograd.Function):
     """Differentiable log-partition whose backward is forward-backward, not autograd of a loop."""
 
     @staticmethod
-    def forward(ctx, em, start, trans, end, n_active, lengths):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        em: Tensor,
+        start: Tensor,
+        trans: Tensor,
+        end: Tensor,
+        n_active: list[int],
+        lengths: Tensor,
+    ) -> Tensor:
         fb = _ForwardBackward(em, start, trans, end, n_active, lengths)
         ctx.fb = fb
         return fb.log_z
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, None, None]:
         d_em, d_start, d_trans, d_end = ctx.fb.backward(grad)
         return d_em, d_start, d_trans, d_end, None, None
 
@@ -388,4 +400,6 @@ def _log_partition_sorted(
         if log_z is not None:
             tracing.path_taken("tree", em.shape[1])
             return log_z
-    return _LogPartition.apply(em, start, trans, end, n_active, lengths)
+    # torch.autograd.Function.apply is unannotated in torch
+    out: Tensor = _LogPartition.apply(em, start, trans, end, n_active, lengths)  # type: ignore[no-untyped-call]
+    return out

@@ -50,6 +50,7 @@ def scan(
         if n < B:
             prev, out, emit = prev[:n], out[:n], emit[:n]
         if reduce == "topk":
+            assert backptr is not None  # made above for topk
             cand = (prev.unsqueeze(3) + trans).view(n, k * K, K)  # (n, k*K from, K to)
             torch.topk(cand, k, dim=1, out=(out, backptr[t, :n]))
         else:

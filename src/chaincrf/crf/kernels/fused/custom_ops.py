@@ -34,6 +34,7 @@ kernels compiled (``cache=True``: once per machine), on the first call.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -78,7 +79,7 @@ def warm_up() -> None:
     lengths = torch.ones(1, dtype=torch.long)
     with torch.enable_grad():
         emissions = tiny.clone().requires_grad_(True)
-        log_partition(emissions, lengths, *scores).sum().backward()
+        log_partition(emissions, lengths, *scores).sum().backward()  # type: ignore[no-untyped-call]  # Tensor.backward: unannotated in torch
     viterbi(tiny, lengths, *scores)
 
 
@@ -98,7 +99,9 @@ def _log_partition_op(
 
 
 @_log_partition_op.register_fake
-def _(emissions, mask, start, transitions, end, validate):
+def _(
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
+) -> tuple[Tensor, Tensor]:
     B = emissions.shape[0]
     return emissions.new_empty(B), emissions.new_empty(B, dtype=torch.long)
 
@@ -120,7 +123,16 @@ def _log_likelihood_op(
 
 
 @_log_likelihood_op.register_fake
-def _(emissions, tags, mask, start, transitions, end, constrained, validate):
+def _(
+    emissions: Tensor,
+    tags: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    transitions: Tensor,
+    end: Tensor,
+    constrained: bool,
+    validate: bool,
+) -> tuple[Tensor, Tensor]:
     B = emissions.shape[0]
     return emissions.new_empty(B), emissions.new_empty(B, dtype=torch.long)
 
@@ -139,7 +151,15 @@ def _forward_backward_op(
 
 
 @_forward_backward_op.register_fake
-def _(grad, emissions, tags, lengths, start, transitions, end):
+def _(
+    grad: Tensor,
+    emissions: Tensor,
+    tags: Tensor,
+    lengths: Tensor,
+    start: Tensor,
+    transitions: Tensor,
+    end: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return (
         emissions.new_empty(emissions.shape),
         start.new_empty(start.shape),
@@ -148,12 +168,14 @@ def _(grad, emissions, tags, lengths, start, transitions, end):
     )
 
 
-def _save_log_partition(ctx, inputs, output):
+def _save_log_partition(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
     emissions, _mask, start, transitions, end, _validate = inputs
     ctx.save_for_backward(emissions, output[1], start, transitions, end)
 
 
-def _log_partition_backward(ctx, grad, _grad_lengths):
+def _log_partition_backward(
+    ctx: Any, grad: Tensor, _grad_lengths: Tensor | None
+) -> tuple[Tensor, None, Tensor, Tensor, Tensor, None]:
     emissions, lengths, start, transitions, end = ctx.saved_tensors
     no_tags = lengths.new_empty((0, 0))
     d_em, d_start, d_trans, d_end = _forward_backward_op(
@@ -162,12 +184,14 @@ def _log_partition_backward(ctx, grad, _grad_lengths):
     return d_em, None, d_start, d_trans, d_end, None
 
 
-def _save_log_likelihood(ctx, inputs, output):
+def _save_log_likelihood(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
     emissions, tags, _mask, start, transitions, end, _constrained, _validate = inputs
     ctx.save_for_backward(emissions, tags, output[1], start, transitions, end)
 
 
-def _log_likelihood_backward(ctx, grad, _grad_lengths):
+def _log_likelihood_backward(
+    ctx: Any, grad: Tensor, _grad_lengths: Tensor | None
+) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None]:
     emissions, tags, lengths, start, transitions, end = ctx.saved_tensors
     d_em, d_start, d_trans, d_end = _forward_backward_op(
         grad, emissions, tags, lengths, start, transitions, end
@@ -187,7 +211,9 @@ def _viterbi_op(
 
 
 @_viterbi_op.register_fake
-def _(emissions, mask, start, transitions, end, validate):
+def _(
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     B, T, _ = emissions.shape
     long = torch.long
     return (
@@ -205,7 +231,9 @@ def _marginals_op(
 
 
 @_marginals_op.register_fake
-def _(emissions, mask, start, transitions, end, validate):
+def _(
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
+) -> Tensor:
     return emissions.new_empty(emissions.shape)
 
 
@@ -214,14 +242,24 @@ def _(emissions, mask, start, transitions, end, validate):
 
 class _LogPartition(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, emissions, mask, start, transitions, end, validate):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        emissions: Tensor,
+        mask: Tensor,
+        start: Tensor,
+        transitions: Tensor,
+        end: Tensor,
+        validate: bool,
+    ) -> tuple[Tensor, Tensor]:
         log_z, lengths = _log_partition_impl(emissions, mask, start, transitions, end, validate)
         ctx.save_for_backward(emissions, lengths, start, transitions, end)
         ctx.mark_non_differentiable(lengths)
         return log_z, lengths
 
     @staticmethod
-    def backward(ctx, grad, _grad_lengths):  # type: ignore[override]
+    def backward(
+        ctx: Any, grad: Tensor, _grad_lengths: Tensor | None
+    ) -> tuple[Tensor, None, Tensor, Tensor, Tensor, None]:
         emissions, lengths, start, transitions, end = ctx.saved_tensors
         grads = _forward_backward_impl(grad, emissions, _NO_TAGS, lengths, start, transitions, end)[
             :4
@@ -236,7 +274,17 @@ class _LogLikelihood(torch.autograd.Function):
     rows instead of a forward and, later, a forward-backward)."""
 
     @staticmethod
-    def forward(ctx, emissions, tags, mask, start, transitions, end, constrained, validate):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        emissions: Tensor,
+        tags: Tensor,
+        mask: Tensor,
+        start: Tensor,
+        transitions: Tensor,
+        end: Tensor,
+        constrained: bool,
+        validate: bool,
+    ) -> Tensor:
         if not any(ctx.needs_input_grad):
             return _log_likelihood_impl(
                 emissions, tags, mask, start, transitions, end, constrained, validate
@@ -251,7 +299,9 @@ class _LogLikelihood(torch.autograd.Function):
         return torch.from_numpy((gold - log_z).astype(_NUMPY_DTYPES[emissions.dtype]))
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(
+        ctx: Any, grad: Tensor
+    ) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None]:
         emissions, tags, lengths, start, transitions, end, *unit = ctx.saved_tensors
         B = grad.shape[0]
         # one weight for every row (a sum's gradient is expanded: stride 0): scale the sums;
@@ -285,9 +335,13 @@ def log_partition_masked(
     emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
 ) -> tuple[Tensor, Tensor]:
     """(log Z (B,), lengths (B,)); differentiable w.r.t. emissions and the scores."""
+    # torch types a custom op's call and autograd.Function.apply as Any (apply: unannotated)
+    out: tuple[Tensor, Tensor]
     if _is_compiling():
-        return _log_partition_op(emissions, mask, start, transitions, end, validate)
-    return _LogPartition.apply(emissions, mask, start, transitions, end, validate)
+        out = _log_partition_op(emissions, mask, start, transitions, end, validate)
+    else:
+        out = _LogPartition.apply(emissions, mask, start, transitions, end, validate)  # type: ignore[no-untyped-call]
+    return out
 
 
 def log_likelihood_masked(
@@ -303,10 +357,12 @@ def log_likelihood_masked(
     """Gold score - log Z (B,); differentiable w.r.t. emissions and scores."""
     args = (emissions, tags, mask, start, transitions, end, constrained, validate)
     if _is_compiling():
-        return _log_likelihood_op(*args)[0]
+        llh: Tensor = _log_likelihood_op(*args)[0]  # a custom op's call is typed Any
+        return llh
     if not torch.is_grad_enabled():  # inside Function.forward needs_input_grad ignores no_grad
         return _log_likelihood_impl(*args)[0]
-    return _LogLikelihood.apply(*args)
+    llh = _LogLikelihood.apply(*args)  # type: ignore[no-untyped-call]  # apply is unannotated
+    return llh
 
 
 def viterbi_masked(
@@ -315,7 +371,10 @@ def viterbi_masked(
     """(best paths (B, T) -1 padded, their scores (B,), lengths (B,)); not differentiable."""
     if _is_compiling():
         em, start, transitions, end = _detached(emissions, start, transitions, end)
-        return _viterbi_op(em, mask, start, transitions, end, validate)
+        best: tuple[Tensor, Tensor, Tensor] = _viterbi_op(
+            em, mask, start, transitions, end, validate
+        )
+        return best  # (a custom op's call is typed Any)
     return _viterbi_impl(emissions, mask, start, transitions, end, validate)
 
 
@@ -325,7 +384,8 @@ def marginals_masked(
     """Posterior tag probabilities (B, T, K), 0 past each length; not differentiable."""
     if _is_compiling():
         em, start, transitions, end = _detached(emissions, start, transitions, end)
-        return _marginals_op(em, mask, start, transitions, end, validate)
+        probs: Tensor = _marginals_op(em, mask, start, transitions, end, validate)
+        return probs  # (a custom op's call is typed Any)
     return _marginals_impl(emissions, mask, start, transitions, end, validate)
 
 

@@ -245,8 +245,10 @@ def _likelihood_gradient_impl(
     found = _kernels()._ragged_kernel(mk, em, tg, *_scores(*scores), validate, lengths, problems)
     if found:
         _raise_problems(problems, found, emissions, tags)
-    *unit, log_z, gold = _forward_backward_arrays(emissions, em, tg, lengths, np.ones(B), scores)
-    return torch.from_numpy(lengths), tuple(unit), log_z, gold
+    d_em, d_start, d_trans, d_end, log_z, gold = _forward_backward_arrays(
+        emissions, em, tg, lengths, np.ones(B), scores
+    )
+    return torch.from_numpy(lengths), (d_em, d_start, d_trans, d_end), log_z, gold
 
 
 def _forward_backward_arrays(

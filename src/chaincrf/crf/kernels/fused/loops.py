@@ -61,7 +61,7 @@ _KERNELS = (
 # ------------------------------------------------------------------------------ kernels (numba)
 
 
-def _check_lengths(lengths, T):
+def _check_lengths(lengths: np.ndarray, T: int) -> None:
     for b in range(lengths.shape[0]):
         if lengths[b] < 0 or lengths[b] > T:
             raise ValueError(

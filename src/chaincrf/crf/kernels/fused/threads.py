@@ -17,6 +17,7 @@ import functools
 import itertools
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -32,6 +33,7 @@ def _run_parts(data: int | None) -> None:
     run, parts, failures = _jobs[data or 0]
     try:
         gomp = _openmp()
+        assert gomp is not None  # _threads gives > 1 thread only when the runtime was found
         tid, team = gomp.omp_get_thread_num(), gomp.omp_get_num_threads()
         for part in range(tid, parts, team):
             run(part)
@@ -42,7 +44,9 @@ def _run_parts(data: int | None) -> None:
 @functools.cache
 def _openmp() -> ctypes.CDLL | None:
     """The OpenMP runtime torch runs on (already loaded: RTLD_NOLOAD), or None."""
-    if not torch.backends.openmp.is_available() or not hasattr(os, "RTLD_NOLOAD"):
+    # torch.backends.openmp.is_available is unannotated in torch's sources
+    openmp = torch.backends.openmp.is_available()  # type: ignore[no-untyped-call]
+    if not openmp or not hasattr(os, "RTLD_NOLOAD"):
         return None
     for name in ("libgomp.so.1", "libiomp5.so", "libomp.so"):
         try:
@@ -91,8 +95,10 @@ def _split(parts: int, threads: int, call: Callable[[int, int], int]) -> list[in
     failures: list[BaseException] = []
     key = next(_job_ids)
     _jobs[key] = (run, threads, failures)
+    gomp = _openmp()
+    assert gomp is not None  # _threads gives > 1 thread only when the runtime was found
     try:
-        _openmp().GOMP_parallel(_callback, key, threads, 0)
+        gomp.GOMP_parallel(_callback, key, threads, 0)
     finally:
         del _jobs[key]
     if failures:
@@ -106,7 +112,9 @@ def _merged(codes: list[int]) -> int:
     return codes[0] % 4 + (4 if any(code >= 4 for code in codes) else 0)
 
 
-def _over_rows(kernel: Callable, B: int, threads: int, args: tuple, sliced: str) -> int:
+def _over_rows(
+    kernel: Callable[..., int], B: int, threads: int, args: tuple[Any, ...], sliced: str
+) -> int:
     """kernel(*args) over B rows on ``threads`` threads: the arguments marked "r" in
     ``sliced`` (one letter per argument, "." for shared ones) are cut to each thread's rows.
     Returns the kernel's problem code (merged over the threads)."""

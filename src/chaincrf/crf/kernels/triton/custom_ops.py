@@ -21,6 +21,8 @@ batch spans several programs).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -59,7 +61,17 @@ def _forward_op(
 
 
 @_forward_op.register_fake
-def _(emissions, tags, mask, start, transitions, end, scale, keep_alpha, accumulator):
+def _(
+    emissions: Tensor,
+    tags: Tensor | None,
+    mask: Tensor,
+    start: Tensor,
+    transitions: Tensor,
+    end: Tensor,
+    scale: float,
+    keep_alpha: bool,
+    accumulator: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     B, T, K = emissions.shape
     dtype = _compute(emissions)
     return (
@@ -70,7 +82,19 @@ def _(emissions, tags, mask, start, transitions, end, scale, keep_alpha, accumul
     )
 
 
-def _backward(grad, emissions, tags, mask, start, transitions, end, alpha, log_z, scale, acc):
+def _backward(
+    grad: Tensor,
+    emissions: Tensor,
+    tags: Tensor | None,
+    mask: Tensor,
+    start: Tensor,
+    transitions: Tensor,
+    end: Tensor,
+    alpha: Tensor,
+    log_z: Tensor,
+    scale: float,
+    acc: Tensor | None,
+) -> tuple[Tensor, Tensor]:
     em, (start, transitions, end) = _prepared(emissions, start, transitions, end)
     mask = mask.contiguous()
     tags = None if tags is None else tags.contiguous()
@@ -101,7 +125,18 @@ def _backward_op(
 
 
 @_backward_op.register_fake
-def _(grad, emissions, tags, mask, start, transitions, end, alpha, log_z, scale):
+def _(
+    grad: Tensor,
+    emissions: Tensor,
+    tags: Tensor | None,
+    mask: Tensor,
+    start: Tensor,
+    transitions: Tensor,
+    end: Tensor,
+    alpha: Tensor,
+    log_z: Tensor,
+    scale: float,
+) -> tuple[Tensor, Tensor]:
     K = emissions.shape[2]
     d_par = emissions.new_empty((K + 2, K), dtype=_compute(emissions))
     return emissions.new_empty(emissions.shape), d_par
@@ -127,11 +162,25 @@ def _backward_into_op(
 
 
 @_backward_into_op.register_fake
-def _(grad, emissions, tags, mask, start, transitions, end, alpha, log_z, scale, acc):
+def _(
+    grad: Tensor,
+    emissions: Tensor,
+    tags: Tensor | None,
+    mask: Tensor,
+    start: Tensor,
+    transitions: Tensor,
+    end: Tensor,
+    alpha: Tensor,
+    log_z: Tensor,
+    scale: float,
+    acc: Tensor,
+) -> Tensor:
     return emissions.new_empty(emissions.shape)
 
 
-def _save_forward(ctx, inputs, output) -> None:
+def _save_forward(
+    ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor, Tensor]
+) -> None:
     emissions, tags, mask, start, transitions, end, scale, _keep, _acc = inputs
     out, aux, alpha, acc = output
     log_z = aux[0] if tags is not None else out
@@ -141,7 +190,9 @@ def _save_forward(ctx, inputs, output) -> None:
     ctx.added = False
 
 
-def _forward_backward(ctx, grad: Tensor, *_unused: Tensor | None):
+def _forward_backward(
+    ctx: Any, grad: Tensor, *_unused: Tensor | None
+) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None, None]:
     emissions, tags, mask, start, transitions, end, alpha, log_z = ctx.saved_tensors
     acc = ctx.acc
     args = (grad, emissions, tags, mask, start, transitions, end, alpha, log_z, ctx.scale)
@@ -170,7 +221,9 @@ def _viterbi_op(
 
 
 @_viterbi_op.register_fake
-def _(emissions, mask, start, transitions, end):
+def _(
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor
+) -> tuple[Tensor, Tensor]:
     B, T, _ = emissions.shape
     return (
         emissions.new_empty((B, T), dtype=torch.long),
@@ -191,7 +244,7 @@ def _marginals_op(
 
 
 @_marginals_op.register_fake
-def _(emissions, mask, start, transitions, end):
+def _(emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
     return emissions.new_empty(emissions.shape, dtype=_compute(emissions))
 
 
@@ -214,7 +267,7 @@ def forward(
     transitions: Tensor,
     end: Tensor,
     scale: float = 1.0,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor | None]:
     """``scale * (gold score - log Z)`` of each row with ``tags``, else log Z; differentiable
     w.r.t. the emissions and the three score tensors.
 
@@ -261,7 +314,8 @@ def viterbi(
         allowed path; ``scores`` (batch,) (0 for an empty row, ``-inf`` with no allowed path).
     """
     em, start, transitions, end = (x.detach() for x in (emissions, start, transitions, end))
-    return _viterbi_op(em, _uint8(mask), start, transitions, end)
+    best: tuple[Tensor, Tensor] = _viterbi_op(em, _uint8(mask), start, transitions, end)
+    return best  # (a custom op's call is typed Any)
 
 
 def marginals(
@@ -277,4 +331,5 @@ def marginals(
         off and in a row with no allowed path.
     """
     em, start, transitions, end = (x.detach() for x in (emissions, start, transitions, end))
-    return _marginals_op(em, _uint8(mask), start, transitions, end)
+    probs: Tensor = _marginals_op(em, _uint8(mask), start, transitions, end)
+    return probs  # (a custom op's call is typed Any)

@@ -68,7 +68,17 @@ def _check(
             raise errors.forbidden_gold_path(int(forbidden.nonzero()[0]))
 
 
-def _likelihood(em, tags, mask, start, trans, end, constrained, validate, scale) -> Tensor:
+def _likelihood(
+    em: Tensor,
+    tags: Tensor | None,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    constrained: bool,
+    validate: bool,
+    scale: float,
+) -> Tensor:
     if tags is None:
         raise ValueError("log_likelihood needs tags")
     out, gold = ops.forward(em, tags, mask, start, trans, end, scale)

@@ -342,7 +342,7 @@ def backward(
     block_b, block_k, warps = blocks(B, K)
     programs = triton.cdiv(B, block_b)
     atomic = acc is not None
-    if atomic:
+    if acc is not None:
         d_par = acc
     else:  # every entry written by the kernel, but the transitions' without ``pairwise``
         d_par = (em.new_empty if pairwise else em.new_zeros)((programs, K + 2, K), dtype=dtype)
