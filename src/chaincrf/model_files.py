@@ -227,4 +227,3 @@ def read_model(
     if vocab is not None:
         check_vocab_fits(vocab, vocab_source, hparams["labels"], rows, hparams_source)
     return StoredModel(hparams, dict(vocab) if vocab is not None else None, dict(state), source)
-

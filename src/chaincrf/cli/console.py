@@ -105,7 +105,7 @@ def data_summary(datamodule: Any) -> str:
     """The console's data line: each split's sentences and tokens, the tags and their scheme,
     e.g. ``train 40 sentences (322 tokens), dev 12 (98 tokens); 17 tags, IOB1 trained as BIOES``.
     """
-    parts = []
+    parts: list[str] = []
     for split in ("train", "dev", "test"):
         if split in datamodule.datasets:
             lengths = datamodule.datasets[split].lengths

@@ -313,10 +313,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             details=details,
         )
         log.info("report: %s", path)
-    summary = [f"{k} {metrics[k]:.4f}" for k in ("val/score", "test/score") if k in metrics]
-    if summary:
+    scores = [f"{k} {metrics[k]:.4f}" for k in ("val/score", "test/score") if k in metrics]
+    if scores:
         log.info("done in %.1f min: %s%s", (time.perf_counter() - started) / 60,
-                 ", ".join(summary), f"; model {best}" if best else "")  # fmt: skip
+                 ", ".join(scores), f"; model {best}" if best else "")  # fmt: skip
     return metrics
 
 
