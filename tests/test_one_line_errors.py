@@ -114,6 +114,26 @@ def test_max_word_chars_must_be_a_positive_int_at_construction(value):
         TaggingDataModule(train=str(FIXTURES / "train.conll"), max_word_chars=value)
 
 
+def test_a_float_max_word_chars_override_is_one_line_naming_it_and_the_config_node(
+    tmp_path, caplog
+):
+    from chaincrf.cli.common import run_cli
+    from chaincrf.cli.train import train
+
+    overrides = [*NER_DATA, *TINY_MODEL, "data.max_word_chars=2.5", f"run_dir={tmp_path / 'run'}"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    with pytest.raises(SystemExit) as stop:
+        run_cli(train, cfg)
+    assert stop.value.code == 1
+    [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert error == (
+        "ValueError: max_word_chars must be an int >= 1; got 2.5 "
+        "(while building the config node `data`)"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------- a full disk
 
 
