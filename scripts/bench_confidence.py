@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from chaincrf import CRF
-from chaincrf.confidence import continuation_tables, crf_scores, span_log_probabilities
 from chaincrf.constraints import allowed_transitions, get_spans
+from chaincrf.crf.confidence import continuation_tables, crf_scores, span_log_probabilities
 
 LABELS = ["O"] + [f"{p}-{t}" for t in ("LOC", "MISC", "ORG", "PER") for p in "BIES"]
 

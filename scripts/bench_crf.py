@@ -62,6 +62,8 @@ from typing import Any
 
 import torch
 
+from chaincrf.crf import kernels
+
 # torch-struct's distributions predate torch's arg_constraints check
 warnings.filterwarnings("ignore", message=".*does not define `arg_constraints`")
 
@@ -72,7 +74,7 @@ WORKLOADS = ("nll", "nll+backward", "decode", "viterbi_k5", "marginals")
 # where one library has several ways to produce the same thing.
 # "chaincrf" is the layer as shipped (the planner's choice, kernel="auto"); "chaincrf[eager]",
 # "chaincrf[fused]", "chaincrf[export]", "chaincrf[triton]" force one kernel (--kernels).
-KERNELS = ("eager", "fused", "export", "triton")
+KERNELS = kernels.names()  # every registered kernel
 _FORCED = tuple(f"chaincrf[{k}]" for k in KERNELS)
 ENTRIES = {
     "nll": ("chaincrf", *_FORCED, "pytorch-crf", "torch-struct"),

@@ -243,7 +243,7 @@ def first_call_times() -> dict[str, float]:
         return out
 
     timed("import torch._dynamo", importlib.import_module, "torch._dynamo")  # custom ops need it
-    from chaincrf.crf.kernels import cpu_ops as crf_fused
+    from chaincrf.crf.kernels.fused import custom_ops as crf_fused
 
     timed("import numba", crf_fused.available)
     x = make_inputs(4, 6, 3)
@@ -285,7 +285,7 @@ def _pair(a: Callable, b: Callable, reps: int, rounds: int = 3) -> tuple[float, 
 def report_tuning() -> None:
     from chaincrf import CRF
     from chaincrf.crf import plan
-    from chaincrf.crf.kernels import cpu_impl
+    from chaincrf.crf.kernels.fused import impl as cpu_impl
 
     never, always = 10**18, 0
     print("### rows split over the torch threads (fused kernels forced)\n")
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     torch.set_num_threads(args.threads)
-    from chaincrf.crf.kernels import cpu_ops as crf_fused
+    from chaincrf.crf.kernels.fused import custom_ops as crf_fused
 
     if not crf_fused.available():
         sys.exit("numba is not importable: pip install numba")

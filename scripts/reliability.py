@@ -28,6 +28,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -775,7 +776,7 @@ def probe_kill_while_saving(table: Table, work: Path, quick: bool) -> None:
             "pytorch_lightning.plugins.io.TorchCheckpointIO",
             "Lightning's TorchCheckpointIO (before)",
         ),
-        ("chaincrf.model_files.AtomicCheckpointIO", "chaincrf AtomicCheckpointIO (train uses it)"),
+        ("chaincrf.training.AtomicCheckpointIO", "chaincrf AtomicCheckpointIO (train uses it)"),
     ):
         outcomes: Counter = Counter()
         folder = work / label.split()[0].replace("'", "")
@@ -889,6 +890,223 @@ def probe_clear_errors(table: Table, run: Path, work: Path) -> None:
         "bad bundle JSON (5 kinds), truncated checkpoint, unwritable output (export, predict), a run failing before training",
         outcomes,
         "errors name the file (and line); the failed run's folder is removed",
+    )
+
+
+def _timed_cli(arguments: list[str], timeout: float) -> tuple[str, float, float, float]:
+    """Run ``chaincrf-predict`` with ``arguments``: (outcome, seconds, peak RSS in MiB, seconds
+    tagging); outcome "ok" for exit status 0, "refused" for 1, "hang" past ``timeout``, else
+    "crash"; the tagging time is the command's own log line's (reading, tokenising, tagging and
+    writing: start-up and model loading excluded)."""
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(
+            [
+                "/usr/bin/time",
+                "-f",
+                "MAXRSS %M",
+                sys.executable,
+                "-m",
+                "chaincrf.cli.predict",
+                *arguments,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+    except subprocess.TimeoutExpired:
+        return "hang", float("nan"), float("nan"), float("nan")
+    seconds = time.perf_counter() - started
+    peak = [ln for ln in done.stderr.splitlines() if ln.startswith("MAXRSS")]
+    rss = int(peak[-1].split()[1]) / 1024 if peak else float("nan")
+    outcome = {0: "ok", 1: "refused"}.get(done.returncode, "crash")
+    tagged = re.findall(r"tokens in ([0-9.]+) s", done.stderr)
+    return outcome, seconds, rss, float(tagged[-1]) if tagged else float("nan")
+
+
+def probe_bounded_work(table: Table, run: Path, work: Path) -> None:
+    """Bounded time and memory for any input, and the right input or a clear refusal."""
+    from chaincrf.cli.predict import predict, text_lines
+    from chaincrf.cli.train import train
+    from chaincrf.tagger import SequenceTagger
+
+    ckpt = run / "checkpoints" / "best.ckpt"
+    rng = random.Random(10)
+    punctuation = "()[]{}\"'.,;:!?-/"
+    lines = {
+        "30,000 `)`": ")" * 30_000,
+        "40,011 quotes and parentheses": '"(' * 20_005 + '"',
+        "100,000 random punctuation": "".join(rng.choice(punctuation) for _ in range(100_000)),
+        "99,973: runs of 256 `)` (the longest spaCy gets)": (")" * 256 + " ") * 389,
+    }
+    outcomes: Counter = Counter()
+    notes = []
+    for label, line in lines.items():
+        source = work / "worst.txt"
+        source.write_text(line + "\n")
+        outcome, seconds, rss, tagging = _timed_cli(
+            [f"ckpt_path={ckpt}", f"input={source}", f"output={work / 'worst.jsonl'}"], 300
+        )
+        bounded = outcome == "ok" and tagging < 30 and rss < 1536
+        outcomes["ok" if bounded else ("hang" if outcome in ("ok", "hang") else "crash")] += 1
+        notes.append(f"{label}: {tagging:.1f} s ({seconds:.0f} s with start-up), {rss:.0f} MiB")
+    source = work / "worst_1mb.txt"  # ten 100,000-character lines: 1 MB
+    source.write_text(("".join(rng.choice(punctuation) for _ in range(99_999)) + "\n") * 10)
+    outcome, seconds, rss, tagging = _timed_cli(
+        [f"ckpt_path={ckpt}", f"input={source}", f"output={work / 'worst.jsonl'}"], 600
+    )
+    outcomes["ok" if outcome == "ok" and rss < 1536 else "crash"] += 1
+    notes.append(f"1 MB of punctuation (10 lines): {tagging:.1f} s, {rss:.0f} MiB")
+    table.add(
+        "10",
+        "worst lines for the spaCy tokenizer, chaincrf-predict file to file (time, peak RSS)",
+        outcomes,
+        "; ".join(notes) + " (ok: a line under 30 s, peak RSS under 1.5 GB)",
+    )
+
+    outcomes = Counter()
+    notes = []
+    nine = ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."]
+    for top_k in (1_000_000, 1000):
+        code = (
+            "import torch; torch.set_num_threads(1)\n"
+            "from chaincrf.tagger import SequenceTagger\n"
+            f"t = SequenceTagger.load({str(ckpt)!r})\n"
+            "try:\n"
+            f"    r = t.predict([{nine!r}], top_k={top_k})[0]\n"
+            "    print('ALTERNATIVES', len(r.alternatives))\n"
+            "except ValueError as error:\n"
+            "    print('REFUSED', error)\n"
+        )
+        outcome, peak, line = _peak_rss_subprocess(code, timeout=300)
+        right = (
+            ("REFUSED top_k must be at most 1000" in line)
+            if top_k > 1000
+            else (line.startswith("ALTERNATIVES 1000"))
+        )
+        outcomes["ok" if outcome == "ok" and right and peak < 1536 else "crash"] += 1
+        notes.append(f"top_k={top_k:,}: {line.split(' (')[0]}, peak RSS {peak:.0f} MiB")
+    table.add("10", "top_k on a 9-token sentence (SequenceTagger.predict)", outcomes,
+              "; ".join(notes))  # fmt: skip
+
+    outcomes = Counter()
+    notes = []
+    started = time.perf_counter()
+    cfg = compose(train_overrides(work / "deep", "encoder.num_layers=10000"))
+    outcomes[classify(lambda: train(cfg), work, ValueError, "num_layers must be an int")] += 1
+    notes.append(f"training override: refused in {time.perf_counter() - started:.1f} s")
+    from chaincrf.cli.export import export
+
+    good = export(ckpt, work / "bounded_bundle")
+    for field, edit, match in (
+        ("hparams.encoder.num_layers=10000", lambda c: c["hparams"]["encoder"].update(
+            num_layers=10_000), "num_layers is 10000"),
+    ):  # fmt: skip
+        bundle = work / "bounded_crafted"
+        shutil.rmtree(bundle, ignore_errors=True)
+        shutil.copytree(good, bundle)
+        config = json.loads((bundle / "config.json").read_text())
+        edit(config)
+        (bundle / "config.json").write_text(json.dumps(config))
+        started = time.perf_counter()
+        outcomes[classify(lambda b=bundle: SequenceTagger.load(b), work, ValueError, match)] += 1
+        notes.append(f"bundle {field}: refused in {time.perf_counter() - started:.1f} s")
+    bundle = work / "bounded_crafted"
+    shutil.rmtree(bundle)
+    shutil.copytree(good, bundle)
+    vocab = json.loads((bundle / "vocab.json").read_text())
+    vocab["lowercase"] = "no"
+    (bundle / "vocab.json").write_text(json.dumps(vocab))
+    outcomes[classify(lambda: SequenceTagger.load(bundle), work, ValueError, "lowercase")] += 1
+    notes.append('vocab.json lowercase: "no" refused')
+    table.add("10", "num_layers=10000 (training override, bundle config); lowercase: \"no\"",
+              outcomes, "; ".join(notes))  # fmt: skip
+
+    outcomes = Counter()
+    predictors = {"torch": SequenceTagger.load(ckpt).predictor}
+    try:
+        from chaincrf.tagger.onnx_predictor import OnnxPredictor
+
+        predictors["onnx"] = OnnxPredictor(export(ckpt, work / "bounded_onnx", fmt="onnx"))
+    except ImportError:
+        pass
+    bad_inputs = [
+        ([b"EU rejects"], "sentence 0 must be a str"),
+        ([["EU"], {"tokens": ["EU", "rejects"]}], "sentence 1 must be a str"),
+        ([None], "sentence 0 must be a str"),
+        ([["EU", None]], "sentence 0, token 1 must be a str"),
+        ([["EU", 7]], "sentence 0, token 1 must be a str"),
+        ([["EU", b"rejects"]], "sentence 0, token 1 must be a str"),
+    ]
+    for predictor in predictors.values():
+        for sentences, match in bad_inputs:
+            call = lambda p=predictor, s=sentences: p.predict(s)  # noqa: E731
+            outcomes[classify(call, work, TypeError, match)] += 1
+    table.add(
+        "10",
+        f"bytes, dict, None and non-str tokens ({' and '.join(predictors)} predictor.predict)",
+        outcomes,
+        "TypeError naming the sentence (and token); no stringified tokens",
+    )
+
+    outcomes = Counter()
+    source = work / "crcrlf.txt"
+    source.write_bytes(b"abcde\r\r\nxy\n")
+    try:
+        list(text_lines(str(source), max_line_chars=5))
+        outcomes["silent wrong"] += 1
+    except ValueError as error:
+        outcomes["ok" if f"{source}:1: line is longer than 5" in str(error) else "crash"] += 1
+    source.write_bytes(b"abcde\r\nfghij\r\n")
+    output = work / "crcrlf.jsonl"
+    predict(compose([f"ckpt_path={ckpt}", f"input={source}", f"output={output}",
+                     "max_line_chars=5"], "predict"))  # fmt: skip
+    records = [json.loads(x)["tokens"] for x in output.read_text().splitlines()]
+    outcomes["ok" if records == [["abcde"], ["fghij"]] else "silent wrong"] += 1
+    table.add(
+        "10",
+        "max_line_chars=5: `abcde\\r\\r\\n` (6 characters), `abcde\\r\\n` x 2",
+        outcomes,
+        "the first refused naming line 1; the second 2 records (the line end not counted)",
+    )
+
+    outcomes = Counter()
+    notes = []
+    source = work / "interrupt.txt"
+    source.write_text(")" * 30_000 + "\n" + "EU rejects German call .\n" * 20_000)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        out = work / f"interrupt_{signum.name}"
+        out.mkdir()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "chaincrf.cli.predict", f"ckpt_path={ckpt}", f"input={source}",
+             f"output={out / 'o.jsonl'}", f"hydra.run.dir={work / 'interrupt_hydra'}"],
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not any(out.iterdir()) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        started = time.perf_counter()
+        process.send_signal(signum)
+        try:  # a service manager's grace period, then SIGKILL
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        left = [p.name for p in out.iterdir()]
+        stopped = process.returncode in (128 + signum, -signum)
+        outcomes["ok" if stopped and not left else "silent wrong"] += 1
+        notes.append(
+            f"{signum.name}: stopped in {time.perf_counter() - started:.2f} s, "
+            f"{len(left)} file(s) left"
+        )
+    table.add(
+        "10",
+        "SIGTERM / SIGINT while chaincrf-predict tags a 30,000-`)` line into a file (5 s grace)",
+        outcomes,
+        "; ".join(notes),
     )
 
 
@@ -1119,7 +1337,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="write the Markdown table here")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
-        "--only", metavar="NAME", help="run only the probe named NAME (e.g. one_line_errors)"
+        "--only",
+        action="append",
+        metavar="NAME",
+        help="run only this probe (repeatable), e.g. --only bounded_work",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -1145,12 +1366,14 @@ def main(argv: list[str] | None = None) -> int:
             "resume": lambda: probe_resume(table, work),
             "kill_while_saving": lambda: probe_kill_while_saving(table, work, args.quick),
             "clear_errors": lambda: probe_clear_errors(table, run, work),
+            "bounded_work": lambda: probe_bounded_work(table, run, work),
             "one_line_errors": lambda: probe_one_line_errors(table, run, work),
         }
-        if args.only is not None and args.only not in probes:
-            parser.error(f"--only must be one of {', '.join(probes)}; got {args.only!r}")
+        unknown = sorted(set(args.only or ()) - set(probes))
+        if unknown:
+            parser.error(f"--only: no probe {unknown}; the probes: {', '.join(probes)}")
         for name, probe in probes.items():
-            if args.only is not None and name != args.only:
+            if args.only and name not in args.only:
                 continue
             with contextlib.suppress(KeyboardInterrupt):
                 probe()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from chaincrf.crf import CRF, plan
+from chaincrf.crf import CRF, kernels, plan
 
 
 def ragged_batch(B: int, T: int, K: int, seed: int, min_len: int = 0, dtype=torch.float64):
@@ -23,11 +23,14 @@ def ragged_batch(B: int, T: int, K: int, seed: int, min_len: int = 0, dtype=torc
 
 def assert_forced(ran: list[tuple[str, str]], kernel: str, dtype=torch.float64) -> None:
     """What ``plan.record()`` saw with ``kernel`` forced on CPU tensors: that kernel for every
-    operation it can run (``plan.CAN_RUN``), eager for the others."""
+    operation it can run (the kernel's ``can_run``), eager for the others."""
     assert ran, "no CRF operation was recorded"
     for operation, chosen in ran:
         problem = plan.Problem(operation, 1, 1, 1, dtype, "cpu")
-        assert chosen == (kernel if plan.CAN_RUN[kernel](problem) else "eager"), (kernel, ran)
+        assert chosen == (kernel if kernels.get(kernel).can_run(problem) else "eager"), (
+            kernel,
+            ran,
+        )
 
 
 def make_crf(

@@ -64,7 +64,7 @@ def run_command(
 
 
 def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
-    """The lines of an error, on either stream (chaincrf-train logs to stdout)."""
+    """The lines of an error, on either stream (Hydra's own errors, the did-you-mean hints)."""
     lines = (result.stdout + result.stderr).splitlines()
     return [line for line in lines if "ERROR" in line or "Error" in line or "needs the" in line]
 
@@ -181,7 +181,10 @@ def test_predict_help_lists_its_own_options_and_no_training_groups(tmp_path):
     text = result.stdout
     for key in ("ckpt_path=???", "input=", "top_k=1", "engine=auto", "batch_size=", "tokenizer="):
         assert key in text
-    assert "The checkpoint to tag with (required)." in text  # one line each, from the config
+    assert (
+        "The model to tag with (required): a checkpoint, a bundle or an installed model's name."
+        in text
+    )  # one line each, from the config
     for group in ("optimizer", "trainer", "scheduler", "encoder", "callbacks", "hydra/launcher"):
         assert group not in text
 

@@ -17,7 +17,7 @@ pytest.importorskip("numba")
 import reference as ref
 from chaincrf.constraints import allowed_transitions
 from chaincrf.crf import plan
-from chaincrf.crf.kernels import cpu_ops as crf_fused
+from chaincrf.crf.kernels.fused import custom_ops as crf_fused
 from crf_helpers import make_crf, params, ragged_batch, sentence
 
 pytestmark = [
@@ -458,7 +458,7 @@ def test_errors_name_the_argument():
 def test_import_loads_no_numba_and_missing_numba_is_a_clear_error():
     code = (
         "import sys, torch\n"
-        "import chaincrf.crf.kernels.cpu_ops as f\n"
+        "import chaincrf.crf.kernels.fused.custom_ops as f\n"
         "assert 'numba' not in sys.modules, 'numba imported eagerly'\n"
         "sys.modules['numba'] = None\n"  # numba now fails to import
         "assert not f.available()\n"

@@ -12,7 +12,7 @@ import torch
 import reference as ref
 from chaincrf import CRF
 from chaincrf.constraints import allowed_transitions
-from chaincrf.crf import plan
+from chaincrf.crf import kernels
 from crf_helpers import params
 
 LABELS = ["O", "B-X", "I-X", "E-X", "S-X"]
@@ -55,7 +55,7 @@ def _kept(x: torch.Tensor, b: int) -> list:
 
 @pytest.mark.parametrize("validate", [True, False])
 @pytest.mark.parametrize("constrained", [False, True])
-@pytest.mark.parametrize("kernel", plan.KERNELS)
+@pytest.mark.parametrize("kernel", kernels.names())
 def test_every_operation_runs_over_the_kept_positions(kernel, constrained, validate):
     crf = _layer(kernel, constrained)
     emissions, mask = _inputs()
@@ -79,7 +79,7 @@ def test_every_operation_runs_over_the_kept_positions(kernel, constrained, valid
         torch.testing.assert_close(marginals[b][MASK[b]], want)
 
 
-@pytest.mark.parametrize("kernel", plan.KERNELS)
+@pytest.mark.parametrize("kernel", kernels.names())
 def test_training_over_gaps_equals_training_on_the_kept_positions(kernel):
     """Log-likelihoods and gradients: as if each row held its kept positions only."""
     crf = _layer(kernel, constrained=False)
@@ -135,7 +135,7 @@ def test_structure_methods_skip_masked_positions(batch_first):
         assert all(tuple(s) in probs for s in row[:, MASK[b]].tolist())
 
 
-@pytest.mark.parametrize("kernel", plan.KERNELS)
+@pytest.mark.parametrize("kernel", kernels.names())
 def test_errors_name_the_original_positions(kernel):
     crf = _layer(kernel, constrained=False)
     emissions, mask = _inputs(5)

@@ -10,8 +10,9 @@ import torch
 
 from chaincrf import CRF
 from chaincrf.constraints import allowed_transitions
+from chaincrf.crf import kernels
 from chaincrf.crf import plan as crf_plan
-from chaincrf.crf.kernels import cpu_ops as crf_fused
+from chaincrf.crf.kernels.fused import custom_ops as crf_fused
 
 LABELS = ["O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "I-LOC", "E-LOC", "S-LOC"]
 needs_numba = pytest.mark.skipif(not crf_fused.available(), reason="numba is not installed")
@@ -51,13 +52,13 @@ def test_forcing_each_kernel_runs_it_and_both_kernels_agree(dtype, monkeypatch):
     with torch.no_grad():
         crf.transitions.normal_()
     outputs = {}
-    for kernel in crf_plan.KERNELS:
+    for kernel in kernels.names():
         monkeypatch.setenv(crf_plan.ENV, kernel)
         with crf_plan.record() as ran:
             outputs[kernel] = _run_all(crf, emissions, mask, tags)
         for operation, chosen in ran:  # the forced kernel wherever it can run, else eager
             problem = crf_plan.Problem(operation, 5, 7, len(LABELS), dtype, "cpu")
-            assert chosen == (kernel if crf_plan.CAN_RUN[kernel](problem) else "eager"), ran
+            assert chosen == (kernel if kernels.get(kernel).can_run(problem) else "eager"), ran
         assert {op for op, _ in ran} == {"log_partition", "viterbi", "marginals"}
     monkeypatch.delenv(crf_plan.ENV)
     with crf_plan.record() as ran:
@@ -65,7 +66,7 @@ def test_forcing_each_kernel_runs_it_and_both_kernels_agree(dtype, monkeypatch):
     assert ran == [("viterbi", "fused")]  # auto: the table's first row that can run
     tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 1e-9, "atol": 1e-9}
     res_e, grad_e, dec_e = outputs["eager"]
-    for kernel in crf_plan.KERNELS:
+    for kernel in kernels.names():
         res_f, grad_f, dec_f = outputs[kernel]
         for a, b in zip(res_e, res_f):
             if a.is_floating_point():
@@ -81,7 +82,7 @@ def test_constraints_and_impossible_rows_agree():
     emissions, mask, _ = _batch(torch.float64)
     emissions[2, 1, :] = float("-inf")  # row 2 has no allowed path
     results = {}
-    for kernel in crf_plan.KERNELS:
+    for kernel in kernels.names():
         crf = CRF(
             len(LABELS),
             batch_first=True,
@@ -127,8 +128,8 @@ def test_a_forced_kernel_runs_what_auto_would_not_pick(monkeypatch):
     problem = crf_plan.Problem("log_partition", 2, 5, 3, torch.float32, "cpu", requires_grad=True)
     assert crf_plan.choose(problem) == "eager"
     assert crf_plan.choose(problem, "fused") == "fused"
-    assert crf_plan.CAN_RUN["fused"](problem)
-    assert not crf_plan.CAN_RUN["fused"](dataclasses.replace(problem, device="cuda"))
+    assert kernels.get("fused").can_run(problem)
+    assert not kernels.get("fused").can_run(dataclasses.replace(problem, device="cuda"))
 
 
 def test_unknown_kernel_names_are_refused(monkeypatch):
@@ -141,7 +142,7 @@ def test_unknown_kernel_names_are_refused(monkeypatch):
 
 def test_every_table_row_names_its_measurement():
     for rule in crf_plan.TABLE:
-        assert rule.kernel in crf_plan.KERNELS and rule.measured and rule.operations
+        assert rule.kernel in kernels.REGISTRY and rule.why and rule.operations
 
 
 def test_eager_tuning_is_scoped_and_refuses_unknown_thresholds():

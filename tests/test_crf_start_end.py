@@ -8,7 +8,7 @@ import torch
 
 import reference as ref
 from chaincrf.constraints import allowed_transitions
-from chaincrf.crf import CRF, plan
+from chaincrf.crf import CRF, kernels, plan
 from crf_helpers import assert_forced, params, ragged_batch, sentence
 
 LABELS = ["O", "B-X", "I-X"]
@@ -29,7 +29,7 @@ def make(kernel: str, constrained: bool) -> CRF:
     return crf
 
 
-@pytest.mark.parametrize("kernel", plan.KERNELS)
+@pytest.mark.parametrize("kernel", kernels.names())
 @pytest.mark.parametrize("constrained", [False, True])
 def test_no_start_end_scores_against_brute_force(kernel, constrained):
     crf = make(kernel, constrained)
@@ -51,7 +51,7 @@ def test_no_start_end_scores_against_brute_force(kernel, constrained):
         torch.testing.assert_close(marginals[b, :n], want.reshape(n, -1))
 
 
-@pytest.mark.parametrize("kernel", plan.KERNELS)
+@pytest.mark.parametrize("kernel", kernels.names())
 def test_no_start_end_parameters_and_their_gradients(kernel):
     crf = make(kernel, constrained=False)
     assert list(crf.state_dict()) == ["transitions"]

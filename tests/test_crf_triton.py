@@ -270,7 +270,7 @@ def test_against_brute_force(constrained):
 def test_custom_ops_pass_opcheck():
     """Schemas, fake (shape-only) implementations and the log-partition's autograd formula, as
     torch.compile and torch.export use them (``torch.library.opcheck``)."""
-    from chaincrf.crf.kernels import gpu_ops  # noqa: F401  (registers the ops)
+    from chaincrf.crf.kernels.triton import custom_ops  # noqa: F401  (registers the ops)
 
     emissions, tags, mask = batch(3, 4, 3, 5, torch.float64, "cpu")
     mask[0, 1] = False  # a gap: the kernels skip it

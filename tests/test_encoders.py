@@ -246,7 +246,8 @@ def test_sinusoidal_positions():
     [
         (lambda: BiLSTMEncoder(0), "input_dim must be a positive int; got 0"),
         (lambda: BiLSTMEncoder(D, hidden_size=0), "hidden_size must be positive; got 0"),
-        (lambda: BiLSTMEncoder(D, num_layers=0), "num_layers must be positive; got 0"),
+        (lambda: BiLSTMEncoder(D, num_layers=0), r"num_layers must be an int in 1\.\.64; got 0"),
+        (lambda: BiLSTMEncoder(D, num_layers=10_000), r"in 1\.\.64; got 10000$"),
         (lambda: BiLSTMEncoder(D, dropout=1.0), r"dropout must be in \[0, 1\); got 1.0"),
         (lambda: CNNEncoder(D, kernel_size=4), "kernel_size must be a positive odd int; got 4"),
         (lambda: CNNEncoder(D, dilations=()), "dilations must be a non-empty list"),
@@ -259,7 +260,8 @@ def test_sinusoidal_positions():
             lambda: TransformerEncoder(D, positions="rotary"),
             r"positions must be one of .*got 'rotary'",
         ),
-        (lambda: TransformerEncoder(D, num_layers=0), "num_layers must be positive; got 0"),
+        (lambda: TransformerEncoder(D, num_layers=0), r"num_layers must be an int in 1\.\.64"),
+        (lambda: TransformerEncoder(D, num_layers=10_000), r"in 1\.\.64; got 10000$"),
         (lambda: IdentityEncoder(-3), "input_dim must be a positive int; got -3"),
     ],
 )

@@ -4,6 +4,7 @@ in the same run folder (one config, continuous metrics, logs appended, one repor
 from __future__ import annotations
 
 import csv
+import re
 import shlex
 import signal
 import subprocess
@@ -11,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from fixture_runs import foreign_lines
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tagger"
 OVERRIDES = [
@@ -50,9 +53,16 @@ def test_an_interrupt_saves_the_state_and_resuming_continues_in_the_same_folder(
     resume = output.split("resume with:\n", 1)[1].splitlines()[0].strip()
     assert resume.startswith("chaincrf-train ") and resume.endswith(f"ckpt_path={last}")
     # the printed command, as printed (the module instead of the installed script)
-    subprocess.run(
-        [*COMMAND, *shlex.split(resume)[1:]], cwd=tmp_path, check=True, capture_output=True
-    )
+    resumed = subprocess.run(
+        [*COMMAND, *shlex.split(resume)[1:]], cwd=tmp_path, check=True, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    # the resume's console: chaincrf's lines only (no Lightning notes about the folder, the
+    # checkpoint or the dataloader), each epoch from the interrupted one on, once
+    assert foreign_lines(resumed.stdout + resumed.stderr) == []
+    before = [int(n) for n in re.findall(r" - epoch (\d+)/25 ", output)]
+    after = [int(n) for n in re.findall(r" - epoch (\d+)/25 ", resumed.stderr)]
+    assert after == list(range(before[-1] + 1, 26)), resumed.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no second run folder
     assert (run / "report.md").is_file() and len(list(run.glob("config.yaml"))) == 1
     rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))

@@ -4,12 +4,16 @@ tagger's side reaches into ``cli/``."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from chaincrf.data.casing import CASING_CLASSES
 from chaincrf.embeddings import NUM_CASING
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "chaincrf"
 
 
 def _new_modules(setup: str, statement: str) -> list[str]:
@@ -39,3 +43,91 @@ def test_the_tagger_imports_no_cli_module():
 
 def test_the_casing_feature_size_is_the_datas():
     assert len(CASING_CLASSES) == NUM_CASING
+
+
+def _imports(path: Path, module: str, package: bool, known: set[str]) -> set[str]:
+    """The chaincrf modules ``module`` imports, anywhere in the file (functions included: a
+    lazy import still ties the two), but not under ``if TYPE_CHECKING:`` (annotations only)."""
+    base = module if package else module.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in known)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = base.split(".")[: len(base.split(".")) - node.level + 1]
+                source = ".".join(parts + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            for alias in node.names:
+                target = f"{source}.{alias.name}"
+                if target in known:
+                    found.add(target)
+                elif source in known:
+                    found.add(source)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")))
+    found.discard(module)
+    return found
+
+
+def import_circles(root: Path) -> list[list[str]]:
+    """Every import circle among the modules under ``root`` (strongly connected components
+    of the import graph with more than one module)."""
+    modules: dict[str, tuple[Path, bool]] = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        package = parts[-1] == "__init__"
+        modules[".".join(parts[:-1] if package else parts)] = (path, package)
+    graph = {name: _imports(path, name, pkg, set(modules)) for name, (path, pkg) in modules.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def connect(node: str) -> None:  # Tarjan's algorithm
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in graph[node]:
+            if other not in index:
+                connect(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return circles
+
+
+def test_no_import_circle_under_src():
+    assert import_circles(SRC) == []
+
+
+def test_the_circle_finder_finds_a_circle(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("def f():\n    from pkg import b\n")
+    (package / "b.py").write_text("from pkg.a import f\n")
+    (package / "c.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import a\n"
+    )
+    assert import_circles(package) == [["pkg.a", "pkg.b"]]

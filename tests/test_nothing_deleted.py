@@ -25,11 +25,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import chaincrf
-from chaincrf.cli.common import atomic_output, run_cli
+from chaincrf.cli.common import atomic_output, run_cli, sigterm_as_exit
 from chaincrf.cli.export import MANIFEST, export, export_command
 from chaincrf.cli.predict import open_output
 from chaincrf.data import DownloadError, download_file
-from chaincrf.data.download import atomic_file
+from chaincrf.data.download import atomic_file, deferred_signals
 from chaincrf.tagger import SequenceTagger
 
 HERE = Path(__file__).parent
@@ -243,6 +243,24 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_temporary_file(tmp_path
         raise stop()
     assert path.read_text() == "old\n"
     assert hidden(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("signum", "stop"), [(signal.SIGTERM, SystemExit), (signal.SIGINT, KeyboardInterrupt)]
+)
+def test_an_interrupt_while_a_temporary_file_is_created_or_removed_waits_for_it(signum, stop):
+    """atomic_file creates and removes its temporary file with interrupts held back: a signal
+    between creating the file and knowing its name, or during its removal after a first
+    interrupt, would leave it behind."""
+    done = []
+    with sigterm_as_exit(), pytest.raises(stop):
+        with deferred_signals():
+            os.kill(os.getpid(), signum)
+            time.sleep(0.05)  # a handler would have run by now
+            done.append("the block ran to its end")
+        done.append("not reached: the signal is delivered when the block ends")
+    assert done == ["the block ran to its end"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 COMMAND = """

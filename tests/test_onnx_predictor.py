@@ -149,3 +149,13 @@ def test_bad_folders_and_options_are_named(exported, tmp_path):
     with pytest.raises(ValueError, match="format must be one of"):
         export(CHECKPOINT, tmp_path / "x", fmt="tflite")
     assert not (tmp_path / "x").exists()
+
+
+def test_bytes_dicts_and_none_are_refused_naming_the_sentence_and_token(exported):
+    predictor = OnnxPredictor(exported["float"])
+    with pytest.raises(TypeError, match=r"sentence 0 must be a str \(raw text\) .*; got bytes"):
+        predictor.predict([b"EU rejects"])  # not the byte values '69', '85', ...
+    with pytest.raises(TypeError, match=r"sentence 1 must be .*; got dict"):
+        predictor.predict([["EU"], {"tokens": ["EU", "rejects"]}])
+    with pytest.raises(TypeError, match=r"sentence 0, token 1 must be a str; got NoneType None"):
+        predictor.predict([["EU", None]])

@@ -5,6 +5,7 @@ tagging and writing chunk by chunk, one record per input line split on "\\n" onl
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 import sys
@@ -15,9 +16,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from chaincrf.cli.predict import predict
-from chaincrf.confidence import crf_scores, span_log_probabilities
+from chaincrf.cli.predict import predict, text_lines
 from chaincrf.constraints import get_spans
+from chaincrf.crf.confidence import crf_scores, span_log_probabilities
 from chaincrf.data import SentenceEncoder, Vocabulary, collate, read_columns
 from chaincrf.data.vocab import span_tag_inventory
 from chaincrf.tagger import SequenceTagger
@@ -280,7 +281,7 @@ def test_stdout_receives_finished_chunks_before_a_later_error(bundle, monkeypatc
     data = "".join(f"s{k} t\n" for k in range(6000)).encode() + b"\xff\n"
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
     cfg = compose_predict([f"ckpt_path={bundle}", "chunk_size=500"])
-    with pytest.raises(UnicodeDecodeError):
+    with pytest.raises(ValueError, match=r"^stdin:6001: bytes b'\\xff' cannot be decoded"):
         predict(cfg)
     out = capsys.readouterr().out
     assert out.endswith("\n")
@@ -390,3 +391,55 @@ def test_a_raw_text_line_over_max_line_chars_names_its_line(bundle, tmp_path):
     with pytest.raises(ValueError, match=f"{source}:2: line is longer than 50 characters"):
         predict(cfg)
     assert not (tmp_path / "out.jsonl").exists()
+
+
+# ---------------------------------------------------------------- bounded work, checked input
+
+
+def test_max_line_chars_counts_a_line_without_its_line_end(tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"abcde\r\nfghij\n")
+    assert list(text_lines(str(source), max_line_chars=5)) == ["abcde", "fghij"]
+    source.write_bytes(b"ok\nabcde\r\r\nxy\n")  # line 2 is "abcde\r": 6 characters
+    with pytest.raises(ValueError, match=f"{re.escape(str(source))}:2: line is longer than 5 "):
+        list(text_lines(str(source), max_line_chars=5))
+    assert list(text_lines(str(source), max_line_chars=6)) == ["ok", "abcde\r", "xy"]
+
+
+@pytest.fixture(scope="module")
+def loaded(bundle):
+    return SequenceTagger.load(bundle)
+
+
+@pytest.mark.parametrize(
+    ("sentences", "match"),
+    [
+        ([b"EU rejects"], r"sentence 0 must be a str \(raw text\) or a sequence of str tokens; "),
+        ([["EU"], {"tokens": ["EU"]}], r"sentence 1 must be .*; got dict \{'tokens'"),
+        ([["EU"], None], r"sentence 1 must be .*; got NoneType None$"),
+        ([["EU", None, "call"]], r"^sentence 0, token 1 must be a str; got NoneType None$"),
+        ([["EU", 3]], r"^sentence 0, token 1 must be a str; got int 3$"),
+        ([["EU", b"call"]], r"^sentence 0, token 1 must be a str; got bytes b'call'$"),
+    ],
+)
+def test_sentences_that_are_not_text_or_str_tokens_are_refused(loaded, sentences, match):
+    with pytest.raises(TypeError, match=match):
+        loaded.predict(sentences)
+
+
+def test_a_bad_sentence_in_a_stream_is_named_by_its_place_in_the_stream(loaded):
+    stream = loaded.predict_iter(iter([["EU"], ["call"], ["lamb"], ["x", 7]]), chunk_size=2)
+    assert len(list(itertools.islice(stream, 2))) == 2
+    with pytest.raises(TypeError, match=r"^sentence 3, token 1 must be a str; got int 7$"):
+        next(stream)
+
+
+def test_top_k_over_its_maximum_is_refused_naming_it(loaded, tmp_path):
+    with pytest.raises(ValueError, match=r"^top_k must be at most 1000 .*; got 1001$"):
+        loaded.predict([["EU", "rejects"]], top_k=1001)
+    (tagged,) = loaded.predict([["EU"]], top_k=1000)  # more than the taggings: all of them
+    assert 1 < len(tagged.alternatives) <= len(loaded.labels)
+    assert sum(a["probability"] for a in tagged.alternatives) == pytest.approx(1.0, abs=1e-6)
+    cfg = compose_predict([f"ckpt_path={tmp_path / 'not_loaded'}", "top_k=1000000"])
+    with pytest.raises(ValueError, match=r"^top_k must be at most 1000 .*; got 1000000$"):
+        predict(cfg)  # before the model is loaded

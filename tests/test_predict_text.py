@@ -22,6 +22,7 @@ from chaincrf.cli.predict import predict, show_progress
 from chaincrf.tagger import SequenceTagger, TaggedSentence, tokenize
 from chaincrf.tagger.predictor import Predictor
 from chaincrf.tagger.tokenizers import (
+    MAX_RUN_CHARS,
     TOKENIZERS,
     SpacyTokenizer,
     WhitespaceTokenizer,
@@ -95,6 +96,28 @@ def test_a_long_line_is_tokenised_in_pieces_with_the_same_tokens():
     assert len(whole.tokens) > 200
 
 
+def test_a_run_over_max_run_chars_is_split_into_words_and_single_marks():
+    run = '("' * 200 + "abc" + ")" * 100  # 503 non-space characters: spaCy takes ~0.2 s on it
+    line = f"Mr. Smith's {run}  e-mail."
+    tokens, offsets = SpacyTokenizer().tokenize(line)
+    assert len(run) > MAX_RUN_CHARS
+    head, tail = SpacyTokenizer().tokenize("Mr. Smith's"), SpacyTokenizer().tokenize("e-mail.")
+    assert tokens == head.tokens + ["(", '"'] * 200 + ["abc"] + [")"] * 100 + tail.tokens
+    assert [line[a:b] for a, b in offsets] == tokens
+    # a run as long as max_run_chars is spaCy's, one character more is split by the regex
+    assert SpacyTokenizer(max_run_chars=6).tokenize("((ab)) x") == SpacyTokenizer().tokenize(
+        "((ab)) x"
+    )
+    split = SpacyTokenizer(max_run_chars=5).tokenize("((ab)) x").tokens
+    assert split == ["(", "(", "ab", ")", ")", "x"]
+
+
+@pytest.mark.timeout(20)  # spaCy alone takes 105 s: linear time, not a hang
+def test_a_line_of_30000_closing_brackets_is_30000_tokens():
+    tokens, offsets = SpacyTokenizer().tokenize(")" * 30_000)
+    assert tokens == [")"] * 30_000 and offsets[-1] == (29_999, 30_000)
+
+
 def test_spacy_keeps_no_strings_from_a_chunk():
     from chaincrf.tagger.tokenizers import _spacy_english
 
@@ -128,6 +151,8 @@ def test_an_unknown_tokenizer_or_piece_size_is_a_clear_error():
         Predictor(None, None, None, tokenizer="nltk")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="piece_chars must be a positive int; got 0"):
         SpacyTokenizer(piece_chars=0)
+    with pytest.raises(ValueError, match="max_run_chars must be a positive int; got 0"):
+        SpacyTokenizer(max_run_chars=0)
 
 
 # ---------------------------------------------------------------- predictor: offsets

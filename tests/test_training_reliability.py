@@ -102,7 +102,7 @@ def test_training_stops_at_the_first_non_finite_loss(tmp_path):
 _SAVER = textwrap.dedent(
     """
     import sys, torch
-    from chaincrf.model_files import AtomicCheckpointIO
+    from chaincrf.training import AtomicCheckpointIO
     io = AtomicCheckpointIO()
     version = 0
     while True:

@@ -18,6 +18,7 @@ from seqeval.metrics.sequence_labeling import get_entities
 from seqeval.scheme import IOB1, IOB2, IOBES, Entities
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from chaincrf.constraints import normalize_scheme, scheme_labels, split_label
 
@@ -225,3 +226,30 @@ class TokenAccuracy(Metric):
     def compute(self) -> Tensor:
         """Return the accuracy, a float64 0-d tensor (0 before any token was counted)."""
         return _divide(self.correct, self.total)
+
+
+class LabelConfusion(MulticlassConfusionMatrix):
+    """Token confusion counts over a fixed label list, ``[gold, predicted]``: torchmetrics'
+    multiclass confusion matrix (synced across DDP ranks by torchmetrics), fed with label ids
+    or with label strings (the corpus's own scheme, as span tasks are scored).
+
+    Args:
+        labels: the rows' and columns' labels, in order.
+    """
+
+    def __init__(self, labels: Sequence[str], **kwargs) -> None:
+        super().__init__(num_classes=len(labels), **kwargs)
+        self.index = {label: i for i, label in enumerate(labels)}
+
+    def update_labels(
+        self, gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]
+    ) -> None:
+        """Count the tokens of sentences given as label strings (one list per sentence)."""
+        pairs = [
+            (self.index[g], self.index[p])
+            for golds, preds in zip(gold, predicted)
+            for g, p in zip(golds, preds)
+        ]
+        if pairs:
+            target, preds = torch.tensor(pairs, dtype=torch.long, device=self.device).t()
+            self.update(preds, target)

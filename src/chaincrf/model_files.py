@@ -41,6 +41,9 @@ __all__ = [
 ]
 
 BUNDLE_FILES = ("weights.pt", "config.json", "vocab.json")
+SAFETENSORS_WEIGHTS = "model.safetensors"
+"""The weights of a Hugging Face Hub layout (:mod:`chaincrf.tagger.hub`), read in place of
+``weights.pt`` when a bundle folder has it (safetensors holds tensors only, by design)."""
 CHECKPOINT_KEY = "chaincrf"
 """Key of the checkpoint entry holding the vocabularies (plain JSON-able data)."""
 BUNDLE_FORMAT = 1
@@ -105,6 +108,18 @@ def _torch_load(path: Path, map_location: Any) -> Any:
         raise ModelFileError(f"{path}: cannot be read as a torch file: {error!r}") from None
 
 
+def _safetensors_load(path: Path, map_location: Any) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file (no code, no pickle: the format holds tensors)."""
+    from chaincrf.extras import require
+
+    safetensors_torch = require("safetensors.torch", "hub", f"reading {path}")
+    device = str(map_location) if map_location is not None else "cpu"
+    try:
+        return dict(safetensors_torch.load_file(path, device=device))
+    except Exception as error:  # safetensors' own error types (SafetensorError, ...)
+        raise ModelFileError(f"{path}: cannot be read as a safetensors file: {error}") from None
+
+
 def _check_hparams(
     hparams: Any, source: str, allowed_keys: Iterable[str], allow_targets: Iterable[str]
 ) -> dict[str, Any]:
@@ -137,8 +152,9 @@ def read_model(
     """Read a ``.ckpt`` or a bundle directory as data, checked; nothing is built or run.
 
     Args:
-        path: a checkpoint file written by training, or a bundle directory (``weights.pt``,
-            ``config.json``, ``vocab.json``).
+        path: a checkpoint file written by training, a bundle directory (``weights.pt`` or
+            ``model.safetensors``, ``config.json``, ``vocab.json``), or the name of an installed
+            model package (:func:`chaincrf.models.resolve`).
         allowed_keys: the hyper-parameter names the model class accepts.
         map_location: where to put the tensors.
         allow_targets: dotted ``_target_`` names trusted beyond the shipped ones.
@@ -150,16 +166,22 @@ def read_model(
         FileNotFoundError: if ``path`` does not exist or a bundle lacks a file.
         ModelFileError: naming the file, for anything unreadable, pickled or untrusted.
     """
-    path = check_local_path(path, "path")
+    from chaincrf.models import resolve
+
+    path = resolve(check_local_path(path, "path"))  # an installed model's name: its folder
     allow_targets = list(allow_targets)
     allowed_keys = list(allowed_keys)
     if path.is_dir():
-        missing = [n for n in BUNDLE_FILES if not (path / n).is_file()]
+        weights = "weights.pt"
+        if (path / SAFETENSORS_WEIGHTS).is_file() and not (path / weights).is_file():
+            weights = SAFETENSORS_WEIGHTS
+        files = (weights, "config.json", "vocab.json")
+        missing = [n for n in files if not (path / n).is_file()]
         if missing:
             raise FileNotFoundError(
                 f"{path} is not a chaincrf bundle: missing {', '.join(missing)}; for a training run's folder, pass {path / 'checkpoints' / 'best.ckpt'}"
             )
-        for name in BUNDLE_FILES:
+        for name in files:
             confined(path, name, str(path / name), "the file")
         config_path = path / "config.json"
         config = read_json(config_path)
@@ -175,7 +197,10 @@ def read_model(
             )
         hparams = _check_hparams(config["hparams"], str(config_path), allowed_keys, allow_targets)
         vocab = read_json(path / "vocab.json")
-        state = _torch_load(path / "weights.pt", map_location)
+        if weights == SAFETENSORS_WEIGHTS:
+            state = _safetensors_load(path / weights, map_location)
+        else:
+            state = _torch_load(path / weights, map_location)
         source = str(path)
         vocab_source, hparams_source = str(path / "vocab.json"), str(config_path)
     elif path.is_file():
@@ -203,12 +228,3 @@ def read_model(
         check_vocab_fits(vocab, vocab_source, hparams["labels"], rows, hparams_source)
     return StoredModel(hparams, dict(vocab) if vocab is not None else None, dict(state), source)
 
-
-def __getattr__(name: str) -> Any:
-    """``AtomicCheckpointIO`` (a Lightning plugin) lives in :mod:`chaincrf.training`: reading
-    model files never imports Lightning."""
-    if name == "AtomicCheckpointIO":
-        from chaincrf.training import AtomicCheckpointIO
-
-        return AtomicCheckpointIO
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

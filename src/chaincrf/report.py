@@ -125,12 +125,13 @@ def learning_curves(
     """The learning curves to draw: ``train/loss``, ``val/loss`` and ``val/score`` per epoch
     trained, and the test score apart (None without one).
 
-    The re-validation of the best checkpoint after training and the test are logged at the
-    epoch after the last one trained: they are not points of the curves.
+    The epochs are numbered from 1, as the console's epoch lines (``epoch 12/12``), not as
+    Lightning logs them (from 0). The re-validation of the best checkpoint after training and the
+    test are logged at the epoch after the last one trained: they are not points of the curves.
     """
     trained = max((x for x, _ in series.get("train/loss", [])), default=math.inf)
     curves = {
-        key: [(x, y) for x, y in series[key] if x <= trained]
+        key: [(x + 1, y) for x, y in series[key] if x <= trained]
         for key in ("train/loss", "val/loss", "val/score")
         if key in series
     }

@@ -7,28 +7,35 @@
 - :func:`check_loss` (the tagger's ``on_before_backward``) stops training at the first non-finite
   loss, before its backward pass and optimiser step, naming the epoch, step and batch;
   checkpoints written before it are left as they are.
+- :class:`EpochSummary` and :class:`ProgressBar` say what happens, epochs numbered from 1
+  (:func:`epoch_label`) as in ``learning_curves.png``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import OnExceptionCheckpoint
+from pytorch_lightning.callbacks import OnExceptionCheckpoint, RichProgressBar
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
 from chaincrf.data.download import atomic_file
+from chaincrf.model_files import CHECKPOINT_KEY
 
 __all__ = [
     "AtomicCheckpointIO",
+    "EpochSummary",
     "NonFiniteLossError",
+    "ProgressBar",
     "ReseedEachEpoch",
     "check_loss",
+    "epoch_label",
     "epoch_seed",
 ]
 
@@ -70,6 +77,86 @@ class ReseedEachEpoch(pl.Callback):
             )
 
 
+class ReplayPlateauStep(pl.Callback):
+    """Exact resume with a plateau scheduler: Lightning writes an epoch-end checkpoint before it
+    steps a ``ReduceLROnPlateau`` scheduler and, on resume, skips that step (it has no metric).
+    This callback stores the monitored value in the checkpoint (``checkpoint["chaincrf"]
+    ["monitor_value"]``) and, when training resumes, steps each epoch-interval plateau
+    scheduler that missed it, with the value it would have seen: a resumed run then equals an
+    uninterrupted one. ``chaincrf-train`` always adds it.
+    """
+
+    def __init__(self) -> None:
+        self._value: float | None = None
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        monitor = getattr(pl_module, "hparams", {}).get("monitor", "val/score")
+        value = trainer.callback_metrics.get(monitor)
+        if value is not None:
+            checkpoint.setdefault(CHECKPOINT_KEY, {})["monitor_value"] = float(value)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._value = (checkpoint.get(CHECKPOINT_KEY) or {}).get("monitor_value")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value, self._value = self._value, None
+        if value is None:
+            return
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if (
+                config.reduce_on_plateau
+                and config.interval == "epoch"
+                and scheduler.last_epoch < trainer.current_epoch
+            ):
+                scheduler.step(value)
+
+
+def epoch_label(current_epoch: int, max_epochs: int | None) -> str:
+    """``"3/12"``: Lightning's 0-based ``current_epoch`` numbered from 1, out of ``max_epochs``
+    (``"3"`` without a limit: ``None`` or ``-1``, a budget in steps). The one numbering of the
+    epoch lines, the progress bar and the learning curves."""
+    number = current_epoch + 1
+    return f"{number}/{max_epochs}" if max_epochs is not None and max_epochs > 0 else f"{number}"
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, on stderr (the console's one stream, as the log lines),
+    its epochs numbered as the epoch lines (:func:`epoch_label`: ``Epoch 12/12``, not Lightning's
+    ``11/11``). Off when stderr is not a terminal: a console captured into a file keeps the
+    epoch lines, not the bar's last frames.
+
+    Args:
+        refresh_rate: updates per second (0: no bar).
+        leave: keep each finished epoch's bar on the terminal.
+        console_kwargs: ``rich.console.Console`` arguments (``stderr=True`` unless given).
+    """
+
+    def __init__(
+        self, refresh_rate: int = 1, leave: bool = False, console_kwargs: dict | None = None
+    ) -> None:
+        console_kwargs = {"stderr": True, **(console_kwargs or {})}
+        super().__init__(refresh_rate, leave, console_kwargs=console_kwargs)
+        self._console_arguments = dict(console_kwargs)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        import rich
+
+        # rich's one console, which Lightning's parameter table (verbose=true) prints to as well
+        rich.reconfigure(**self._console_arguments)
+        if not (sys.stderr if self._console_arguments["stderr"] else sys.stdout).isatty():
+            self.disable()
+
+    def _get_train_description(self, current_epoch: int) -> str:  # Lightning's hook for the label
+        label = f"Epoch {epoch_label(current_epoch, self.trainer.max_epochs)}"
+        return f"{label:{len(self.validation_description)}}"
+
+
 class EpochSummary(pl.Callback):
     """One log line per epoch, kept on the terminal and in the run's ``train.log`` (the progress
     bar is redrawn): training loss, the monitored dev score and the best so far, seconds per
@@ -100,7 +187,7 @@ class EpochSummary(pl.Callback):
             return
         self._epochs += 1
         metrics = trainer.callback_metrics
-        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        parts = [f"epoch {epoch_label(trainer.current_epoch, trainer.max_epochs)}"]
         if trainer.max_steps > 0:  # a budget in steps (budget.steps)
             parts[0] = (
                 f"epoch {trainer.current_epoch + 1}, step {trainer.global_step}/{trainer.max_steps}"

@@ -35,10 +35,14 @@ def run_cli(function: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     the feature, and the extra that installs it.
 
     Programming errors (anything else) keep their traceback. ``CHAINCRF_TRACEBACK=1`` re-raises
-    user errors too.
+    user errors too. The libraries' chatter is hidden while the function runs unless
+    ``cfg.verbose`` (:func:`chaincrf.cli.console.quiet_third_party`).
     """
+    from chaincrf.cli.console import quiet_third_party
+
     try:
-        return function(cfg)
+        with quiet_third_party(bool(cfg.get("verbose", False))):
+            return function(cfg)
     except MissingExtra as error:  # the message is the whole story: one line, no note
         if os.environ.get("CHAINCRF_TRACEBACK") == "1":
             raise
@@ -241,29 +245,6 @@ def config_hints(config_name: str, argv: Sequence[str]) -> list[str]:
                 break
             node = node[part]
     return hints
-
-
-class _Tips(logging.Filter):
-    """Drops Lightning's advertising tips ("💡 Tip: ... litlogger ...")."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
-
-
-def quiet_third_party(cfg: DictConfig) -> None:
-    """Unless ``cfg.verbose``: silence third-party noise that says nothing about the run —
-    Lightning's tips and the deprecation warnings its own code triggers (``LeafSpec``,
-    ``all_gather``)."""
-    if cfg.get("verbose", False):
-        return
-    import warnings
-
-    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_Tips())
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    # Lightning's all_gather (of the confusion counts across ranks) calls a torch function that
-    # torch 2.13 deprecates; nothing the user can change
-    warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather")
 
 
 def overrides() -> list[str]:

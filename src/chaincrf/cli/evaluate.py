@@ -26,7 +26,6 @@ from chaincrf.cli.common import (
     build,
     hydra_main,
     overrides,
-    quiet_third_party,
     require,
     run_cli,
     run_config_for,
@@ -67,7 +66,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt = check_local_path(
         require(cfg, "ckpt_path", "pass ckpt_path=<path to a .ckpt>"), "ckpt_path"
     )
-    quiet_third_party(cfg)
     split = str(cfg.get("split", "test"))
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {sorted(_SPLITS)}; got {split!r}")

@@ -38,7 +38,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from chaincrf.cli.common import allow_targets, hydra_main, require, run_cli
-from chaincrf.data.download import creation_mode
+from chaincrf.data.download import creation_mode, deferred_signals
 from chaincrf.extras import require as require_extra
 from chaincrf.model_files import check_local_path
 from chaincrf.tagger import SequenceTagger
@@ -97,13 +97,19 @@ def export(
     target = Path(os.path.realpath(out_dir))  # a link to a folder: the folder it names
     _previous_export(target, out_dir)  # refused before the model is even loaded
     tagger = SequenceTagger.load(checkpoint, allow_targets=allow_targets)
+    tmp: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        with deferred_signals():  # an interrupt cannot fall between creating and naming it
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     except OSError as error:
         raise OSError(
             error.errno, f"cannot write the bundle {out_dir}: {error.strerror or error}"
         ) from None
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         tagger.save_bundle(tmp)
         if fmt != "bundle":
@@ -120,7 +126,8 @@ def export(
         tmp.chmod(creation_mode(directory=True))
         _put_in_place(tmp, target, _previous_export(target, out_dir))
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # the temporary folder this call made
+        with deferred_signals():  # a second interrupt waits for the removal
+            shutil.rmtree(tmp, ignore_errors=True)  # the temporary folder this call made
         raise
     return out_dir
 

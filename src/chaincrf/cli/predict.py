@@ -1,4 +1,5 @@
-"""``chaincrf-predict``: tag raw text or a CoNLL file with a trained checkpoint.
+"""``chaincrf-predict``: tag raw text or a CoNLL file with a trained checkpoint, a bundle, or
+an installed model package by name (``model=en_ewt_upos``; see :mod:`chaincrf.models`).
 
 Examples::
 
@@ -55,14 +56,19 @@ from omegaconf import DictConfig
 
 from chaincrf.cli.common import allow_targets, atomic_output, hydra_main, require, run_cli
 from chaincrf.extras import require as require_extra
+from chaincrf.model_files import check_local_path
 from chaincrf.tagger.outputs import TaggedSentence
+from chaincrf.tagger.streaming import check_top_k_limit
 from chaincrf.tagger.tokenizers import get_tokenizer
 
 log = logging.getLogger("chaincrf.predict")
 
-MAX_LINE_CHARS = 10_000_000
-"""Default ``max_line_chars`` of raw text input: ten million characters, over a million tokens in
-one line (the bounded-memory prediction path handles that); a longer line is not a sentence."""
+MAX_LINE_CHARS = 100_000
+"""Default ``max_line_chars`` of raw text input: a hundred thousand characters (a sentence is
+rarely over a thousand). The worst such line (up to 100,000 tokens of punctuation) is tokenised
+in seconds (:data:`chaincrf.tagger.tokenizers.MAX_RUN_CHARS`) and tagged in well under a GB
+(measured: ``python3 scripts/reliability.py --only bounded_work``); a longer line is almost
+always not a sentence (a file without line breaks, a JSON dump). Raise it for genuine ones."""
 
 _FORMATS = ("auto", "text", "conll", "conllu")
 _OUTPUT_FORMATS = ("jsonl", "conll")
@@ -183,6 +189,7 @@ def text_lines(
 
     One "\r" right before the "\n" is dropped; any other character (a lone "\r", "\x0b",
     "\x85", U+2028, ...) stays inside its line, so each line of the input is one item.
+    ``max_line_chars`` counts a line's characters without its line end ("\n" or "\r\n").
 
     Raises:
         ValueError: ``<source>:<line>: ...`` for a line longer than ``max_line_chars``
@@ -207,11 +214,14 @@ def text_lines(
             stack.callback(stream.detach)  # leave sys.stdin's buffer open
         else:  # a text stream without bytes below it (an embedding application's, tests')
             stream = sys.stdin
-        limit = -1 if max_line_chars is None else max_line_chars + 2  # room for "\r\n"
+        # room for "\r\n": a read without "\n" at this size holds more than max_line_chars
+        limit = -1 if max_line_chars is None else max_line_chars + 2
         number = 0
         while line := stream.readline(limit):
             number += 1
-            if max_line_chars is not None and len(line.rstrip("\r\n")) > max_line_chars:
+            if line.endswith("\n"):
+                line = line[:-2] if line.endswith("\r\n") else line[:-1]
+            if max_line_chars is not None and len(line) > max_line_chars:
                 raise ValueError(
                     f"{where}:{number}: line is longer than "
                     f"{max_line_chars} characters (max_line_chars=...; one sentence per line)"
@@ -222,8 +232,6 @@ def text_lines(
                     f"{where}:{number}: bytes {raw!r} cannot be decoded as {encoding} (pass "
                     "encoding=<the text's encoding>, e.g. encoding=latin-1 or encoding=cp1252)"
                 )
-            if line.endswith("\n"):
-                line = line[:-2] if line.endswith("\r\n") else line[:-1]
             yield line
 
 
@@ -370,8 +378,10 @@ def load(ckpt: Any, engine: str, cfg: DictConfig) -> Any:
     """
     import importlib.util
 
+    from chaincrf.models import resolve
     from chaincrf.tagger.onnx_predictor import OnnxPredictor, is_artefact
 
+    ckpt = resolve(check_local_path(ckpt, "ckpt_path"))  # an installed model's name: its folder
     onnx = is_artefact(ckpt, "onnx")
     if engine == "onnx" and not onnx:
         raise ValueError(
@@ -381,11 +391,9 @@ def load(ckpt: Any, engine: str, cfg: DictConfig) -> Any:
         require_extra("onnxruntime", "export", "chaincrf-predict engine=onnx")
     if onnx and engine != "torch" and importlib.util.find_spec("onnxruntime") is not None:
         return OnnxPredictor(ckpt)
-    from chaincrf.model_files import check_local_path
     from chaincrf.tagger.bundle import load_predictor
 
-    path = check_local_path(ckpt, "ckpt_path")
-    return load_predictor(path, allow_targets=allow_targets(cfg))  # torch only
+    return load_predictor(ckpt, allow_targets=allow_targets(cfg))  # torch only
 
 
 def warm_up(predictor: Any, items: Iterable[Any], top_k: int) -> Iterable[Any]:
@@ -403,8 +411,23 @@ def warm_up(predictor: Any, items: Iterable[Any], top_k: int) -> Iterable[Any]:
     return itertools.chain([first], iterator)
 
 
+def model_alias(argv: list[str]) -> list[str]:
+    """The command line with ``model=<name or path>`` as ``ckpt_path=<name or path>``: the same
+    option under the name users of model packages expect (``model`` alone would be Hydra's
+    config group of that name).
+
+    Raises:
+        ValueError: when both ``model=`` and ``ckpt_path=`` are given.
+    """
+    models = [a for a in argv if a.startswith("model=")]
+    if models and any(a.startswith("ckpt_path=") for a in argv):
+        raise ValueError("pass model= or ckpt_path=, not both (they are the same option)")
+    return [f"ckpt_path={a.removeprefix('model=')}" if a in models else a for a in argv]
+
+
 def predict(cfg: DictConfig) -> PredictSummary:
-    """Tag ``cfg.input`` with ``cfg.ckpt_path`` and write ``cfg.output``; tests call this.
+    """Tag ``cfg.input`` with ``cfg.ckpt_path`` (a path or an installed model's name; ``model=``
+    on the command line) and write ``cfg.output``; tests call this.
 
     Sentences are tagged ``cfg.chunk_size`` at a time and written as each chunk is done (see
     the module docstring for the memory bound); raw text is tokenised by ``cfg.tokenizer``.
@@ -417,7 +440,9 @@ def predict(cfg: DictConfig) -> PredictSummary:
             ``top_k``, ``tokenizer``, ...), before the model is loaded; for ``top_k`` > 1 with
             a model without a CRF, before anything is read.
     """
-    ckpt = require(cfg, "ckpt_path", "pass ckpt_path=<path to a .ckpt>")
+    ckpt = require(
+        cfg, "ckpt_path", "pass model=<an installed model's name> or ckpt_path=<a .ckpt or bundle>"
+    )
     engine = str(cfg.get("engine", "auto"))
     if engine not in _ENGINES:
         raise ValueError(f"engine must be one of {_ENGINES}; got {engine!r}")
@@ -429,6 +454,7 @@ def predict(cfg: DictConfig) -> PredictSummary:
     for name, value in {**sizes, "top_k": top_k}.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be >= 1; got {value!r}")
+    check_top_k_limit(top_k)
     tokenizer = get_tokenizer(cfg.get("tokenizer", "spacy"))
     if _input_format(cfg) == "text":
         text_encoding(cfg.get("encoding", "utf-8"))
@@ -456,7 +482,7 @@ def predict(cfg: DictConfig) -> PredictSummary:
     return summary
 
 
-@hydra_main("predict")
+@hydra_main("predict", argv_hook=model_alias)
 def main(cfg: DictConfig) -> None:
     """Entry point of ``chaincrf-predict``."""
     run_cli(predict, cfg)

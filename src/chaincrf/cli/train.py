@@ -32,11 +32,11 @@ from chaincrf.cli.common import (
     build,
     hydra_main,
     overrides,
-    quiet_third_party,
     require,
     run_cli,
     to_plain,
 )
+from chaincrf.cli.console import data_summary
 from chaincrf.cli.launch import launch_rank, shared_run_dir
 from chaincrf.cli.run_folder import (
     absolute_data_paths,
@@ -52,7 +52,7 @@ from chaincrf.cli.run_folder import (
 from chaincrf.data.download import atomic_file
 from chaincrf.model_files import check_local_path
 from chaincrf.tagger import SequenceTagger
-from chaincrf.training import AtomicCheckpointIO, ReseedEachEpoch
+from chaincrf.training import AtomicCheckpointIO, ProgressBar, ReplayPlateauStep, ReseedEachEpoch
 
 log = logging.getLogger("chaincrf.train")
 
@@ -164,7 +164,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg)
     started = time.perf_counter()
     run_dir = Path(cfg.run_dir).resolve()
-    quiet_third_party(cfg)
     absolute_data_paths(cfg.data, start_folder())
     resume = cfg.get("ckpt_path")
     if resume is not None:
@@ -185,6 +184,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             pl.seed_everything(int(cfg.seed), workers=True)
 
         datamodule = build_datamodule(cfg.data)
+        log.info("data: %s", data_summary(datamodule))
         tagger = build_tagger(cfg, datamodule)
         total = sum(p.numel() for p in tagger.parameters())
         trainable = sum(p.numel() for p in tagger.parameters() if p.requires_grad)
@@ -194,13 +194,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.trainer.get("enable_progress_bar", True) is False:
             # trainer.enable_progress_bar=false (e.g. logging to a file) wins over callbacks' bar.
             callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
+        elif not any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks):
+            # chaincrf's bar rather than Lightning's default (stdout, epochs from 0)
+            callbacks.append(ProgressBar())
         if cfg.get("seed") is not None:
             callbacks.append(ReseedEachEpoch(int(cfg.seed)))
+        callbacks.append(ReplayPlateauStep())  # exact resume with a plateau scheduler
         loggers = _instantiate_all(cfg.get("logger"))
         plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
+        # Lightning's parameter table: only with verbose=true (the "model:" line above says it)
+        summary = bool(cfg.trainer.get("enable_model_summary", True) and cfg.get("verbose"))
         trainer: pl.Trainer = build(
             cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **plugins,
-            **budget_arguments(cfg, datamodule),
+            enable_model_summary=summary, **budget_arguments(cfg, datamodule),
         )  # fmt: skip
         if writer:  # the set-up has succeeded: the run's own files, each written atomically
             run_dir.mkdir(parents=True, exist_ok=True)

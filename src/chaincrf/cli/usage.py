@@ -18,6 +18,7 @@ PROGRAMS = {
     "predict": "chaincrf-predict",
     "export": "chaincrf-export",
     "data_stats": "chaincrf-data-stats",
+    "package": "chaincrf-package",
 }
 """Each command's config name (``conf/<name>.yaml``) -> its program."""
 

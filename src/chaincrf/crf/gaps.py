@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from chaincrf.crf import plan
+from chaincrf.crf import tracing
 from chaincrf.crf.errors import MaskGapError
-from chaincrf.crf.kernels import eager
+from chaincrf.crf.kernels.eager import ops as eager
 
 __all__ = ["Compaction", "compaction", "has_gaps", "run"]
 
@@ -83,42 +83,34 @@ def run(
     em: Tensor,
     mask: Tensor,
     scores: tuple[Tensor, Tensor, Tensor],
-    validate: bool,
     tags: Tensor | None = None,
-    constrained: bool = False,
     k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> Any:
-    """``kernel.<operation>`` on batch-first inputs whose mask may have gaps: as it is when
-    the mask is left-aligned (or the kernel takes gaps natively, or a graph is being traced),
-    else on the compacted batch, the results put back in the original positions."""
-    gaps = getattr(kernel, "GAPS", "validated")
-    if gaps == "native" or plan.is_compiling():
-        return _call(kernel, operation, em, mask, scores, validate, tags, constrained, k)
-    if gaps == "validated" and not validate and has_gaps(mask):
-        return _compacted(kernel, operation, em, mask, scores, validate, tags, constrained, k)
+    """``operation`` of ``kernel`` (a registered kernel, :mod:`chaincrf.crf.kernels.base`) on
+    batch-first inputs whose mask may have gaps: as it is when the mask is left-aligned (or
+    the kernel takes gaps natively, or a graph is being traced), else on the compacted batch,
+    the results put back in the original positions."""
+    call = getattr(kernel.operations(), operation)
+    if kernel.GAPS == "native" or tracing.is_compiling():
+        return call(em, mask, *scores, tags, k, constrained, validate)
+    if kernel.GAPS == "validated" and not validate and has_gaps(mask):
+        return _compacted(call, operation, em, mask, scores, tags, k, constrained, validate)
     try:
-        return _call(kernel, operation, em, mask, scores, validate, tags, constrained, k)
+        return call(em, mask, *scores, tags, k, constrained, validate)
     except MaskGapError:
-        return _compacted(kernel, operation, em, mask, scores, validate, tags, constrained, k)
+        return _compacted(call, operation, em, mask, scores, tags, k, constrained, validate)
 
 
-def _call(kernel, operation, em, mask, scores, validate, tags, constrained, k):
-    if operation in ("log_likelihood", "negative_log_likelihood"):
-        return getattr(kernel, operation)(em, tags, mask, *scores, constrained, validate)
-    if operation == "viterbi":
-        return kernel.viterbi(em, mask, *scores, k, validate)
-    return getattr(kernel, operation)(em, mask, *scores, validate)
-
-
-def _compacted(kernel, operation, em, mask, scores, validate, tags, constrained, k):
+def _compacted(call, operation, em, mask, scores, tags, k, constrained, validate):
     """The gap path: values checked in the original positions (errors name those), then the
-    kernel on the compacted batch."""
+    kernel on the compacted batch, the per-position results put back."""
     if validate:
         eager.validate_values(em, mask, *scores, tags, gaps=True)
     packed = compaction(mask)
-    em_c, mask_c = packed.gather(em), packed.mask
     tags_c = None if tags is None else packed.gather(tags)
-    out = _call(kernel, operation, em_c, mask_c, scores, False, tags_c, constrained, k)
+    out = call(packed.gather(em), packed.mask, *scores, tags_c, k, constrained, False)
     if operation == "viterbi":
         paths, best = out
         return packed.scatter(paths, 0, 2), best

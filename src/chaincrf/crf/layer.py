@@ -16,14 +16,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from chaincrf.crf import gaps, plan, state, structure
+from chaincrf.crf import gaps, inputs, kernels, plan, scores, state, structure, tracing
 from chaincrf.crf.autocast import float32_computations
 from chaincrf.crf.errors import NonFiniteInputError
-from chaincrf.crf.kernels import eager, kernel_module
+from chaincrf.crf.kernels.eager import ops as eager
 
 __all__ = ["CRF", "NonFiniteInputError"]
-
-_REDUCTIONS = ("none", "sum", "mean", "token_mean")
 
 
 @float32_computations  # under autocast (mixed precision) the CRF computes in float32
@@ -66,8 +64,8 @@ class CRF(nn.Module):
         kernel: str = "auto",
         include_start_end_transitions: bool = True,
     ) -> None:
-        if kernel not in ("auto", *plan.KERNELS):
-            raise ValueError(f"kernel must be one of {('auto', *plan.KERNELS)}; got {kernel!r}")
+        if kernel != "auto" and kernel not in kernels.REGISTRY:
+            raise ValueError(f"kernel must be one of {('auto', *kernels.names())}; got {kernel!r}")
         if not isinstance(num_tags, int) or isinstance(num_tags, bool) or num_tags <= 0:
             raise ValueError(
                 f"invalid number of tags: num_tags must be a positive int; got {num_tags!r}"
@@ -177,7 +175,9 @@ class CRF(nn.Module):
         """
         em, mask_bt = self._shapes(emissions, mask)
         kernel = self._kernel("log_partition", em, grad=self._needs_grad(em))
-        return gaps.run(kernel, "log_partition", em, mask_bt, self._scores(em.dtype), validate)
+        return gaps.run(
+            kernel, "log_partition", em, mask_bt, self._scores(em.dtype), validate=validate
+        )
 
     def decode(
         self, emissions: Tensor, mask: Tensor | None = None, validate: bool = True
@@ -196,7 +196,7 @@ class CRF(nn.Module):
         """
         em, mask_bt = self._shapes(emissions, mask)
         kernel = self._kernel("viterbi", em)
-        return gaps.run(kernel, "decode", em, mask_bt, self._scores(em.dtype), validate)
+        return gaps.run(kernel, "decode", em, mask_bt, self._scores(em.dtype), validate=validate)
 
     def viterbi(
         self, emissions: Tensor, mask: Tensor | None = None, k: int = 1, validate: bool = True
@@ -221,8 +221,8 @@ class CRF(nn.Module):
             raise ValueError(f"k must be a positive int; got {k!r}")
         em, mask_bt = self._shapes(emissions, mask)
         kernel = self._kernel("viterbi", em, k=k)
-        args = (self._scores(em.dtype), validate, None, False, k)
-        paths, scores = gaps.run(kernel, "viterbi", em, mask_bt, *args)
+        scores_ = self._scores(em.dtype)
+        paths, scores = gaps.run(kernel, "viterbi", em, mask_bt, scores_, k=k, validate=validate)
         if k == 1:
             paths, scores = paths[:, 0], scores[:, 0]
             return (paths if self.batch_first else paths.t().contiguous()), scores
@@ -254,7 +254,7 @@ class CRF(nn.Module):
             out = (out if packed is None else packed.scatter(out)).to(emissions.dtype)
             return out if self.batch_first else out.transpose(0, 1)
         kernel = self._kernel("marginals", em)
-        out = gaps.run(kernel, "marginals", em, mask_bt, self._scores(em.dtype), validate)
+        out = gaps.run(kernel, "marginals", em, mask_bt, self._scores(em.dtype), validate=validate)
         out = out.to(emissions.dtype)
         return out if self.batch_first else out.transpose(0, 1)
 
@@ -285,9 +285,9 @@ class CRF(nn.Module):
         """Batch-first inputs for :mod:`chaincrf.crf.structure` (checked with ``validate``),
         compacted if the mask has gaps (then the compaction, to put results back)."""
         em, mask_bt = self._shapes(emissions, mask)
-        if validate and not plan.is_compiling():
+        if validate and not tracing.is_compiling():
             eager.validate_values(em, mask_bt, *self._scores(em.dtype), None, gaps=True)
-        if plan.is_compiling() or not gaps.has_gaps(mask_bt):
+        if tracing.is_compiling() or not gaps.has_gaps(mask_bt):
             return em, mask_bt, None
         packed = gaps.compaction(mask_bt)
         return packed.gather(em), packed.mask, packed
@@ -339,9 +339,9 @@ class CRF(nn.Module):
         clamped = torch.where(allowed_bt, em, neg_inf)
         scores = self._scores(em.dtype)
         kernel = self._kernel("log_partition", em, grad=self._needs_grad(em))
-        log_z = gaps.run(kernel, "log_partition", em, mask_bt, scores, validate)
-        llh = gaps.run(kernel, "log_partition", clamped, mask_bt, scores, False) - log_z
-        return _reduce(llh, mask_bt, reduction)
+        log_z = gaps.run(kernel, "log_partition", em, mask_bt, scores, validate=validate)
+        llh = gaps.run(kernel, "log_partition", clamped, mask_bt, scores, validate=False) - log_z
+        return inputs.reduce(llh, mask_bt, reduction)
 
     # ------------------------------------------------------------------ internals
 
@@ -361,103 +361,49 @@ class CRF(nn.Module):
         tags_bt = self._check_tags(tags, em)
         kernel = self._kernel("log_partition", em, grad=self._needs_grad(em))
         scores = self._scores(em.dtype)
-        args = (scores, validate, tags_bt, self.has_constraints)
-        fused_sign = negate and hasattr(kernel, "negative_log_likelihood")
+        fused_sign = negate and "negative_log_likelihood" in kernel.OPERATIONS
         operation = "negative_log_likelihood" if fused_sign else "log_likelihood"
-        llh = gaps.run(kernel, operation, em, mask_bt, *args)
-        llh = _reduce(llh, mask_bt, reduction)
+        constrained = self.has_constraints
+        llh = gaps.run(kernel, operation, em, mask_bt, scores, tags_bt, 1, constrained, validate)
+        llh = inputs.reduce(llh, mask_bt, reduction)
         return -llh if negate and not fused_sign else llh
 
     def _scores(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-        """Start (K,), transition (K, K) and end (K,) scores in ``dtype``, -inf where forbidden."""
-        start, trans, end = self.start_transitions, self.transitions, self.end_transitions
-        if start.dtype != dtype:
-            start, trans, end = start.to(dtype), trans.to(dtype), end.to(dtype)
-        if self.has_constraints:
-            # a Python scalar, not a tensor made on the host: no copy to the device
-            start = torch.where(self.start_allowed, start, float("-inf"))
-            trans = torch.where(self.transitions_allowed, trans, float("-inf"))
-            end = torch.where(self.end_allowed, end, float("-inf"))
-        return start, trans, end
+        return self.effective_scores(dtype)
+
+    def effective_scores(self, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The scores every computation of this layer uses: start (num_tags,), transitions
+        (num_tags, num_tags) indexed ``[from, to]`` and end (num_tags,), in ``dtype`` (default:
+        the parameters'), ``-inf`` where the constraints forbid; differentiable."""
+        return scores.effective_scores(
+            self.start_transitions,
+            self.transitions,
+            self.end_transitions,
+            self.start_allowed,
+            self.transitions_allowed,
+            self.end_allowed,
+            self.has_constraints,
+            self.transitions.dtype if dtype is None else dtype,
+        )
 
     @staticmethod
     def _check_reduction(reduction: str) -> None:
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"invalid reduction: expected one of {_REDUCTIONS}; got {reduction!r}")
-
-    def _layout(self, what: str) -> str:
-        return f"(batch, seq_len{what})" if self.batch_first else f"(seq_len, batch{what})"
+        inputs.check_reduction(reduction)
 
     def _shapes(self, emissions: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Checks shapes and dtypes (no values: nothing syncs with the device); returns
-        batch-first float emissions (B, T, K) and a bool mask (B, T)."""
-        if not isinstance(emissions, Tensor):
-            raise ValueError(f"emissions must be a torch.Tensor; got {type(emissions).__name__}")
-        if emissions.dim() != 3:
-            raise ValueError(
-                f"emissions must have 3 dimensions {self._layout(f', {self.num_tags}')}; "
-                f"got shape {tuple(emissions.shape)}"
-            )
-        if emissions.size(2) != self.num_tags:
-            raise ValueError(
-                f"emissions must have shape {self._layout(f', {self.num_tags}')}: last dimension "
-                f"{self.num_tags} (num_tags); got {tuple(emissions.shape)}"
-            )
-        if not emissions.is_floating_point():
-            raise ValueError(
-                f"emissions must be a floating point tensor; got dtype {emissions.dtype}"
-            )
-        em = emissions if self.batch_first else emissions.transpose(0, 1)
-        if em.dtype in (torch.float16, torch.bfloat16):
-            em = em.float()
-        B, T, _ = em.shape
-        if mask is None:
-            mask_bt = torch.ones(B, T, dtype=torch.bool, device=em.device)
-        else:
-            if not isinstance(mask, Tensor):
-                raise ValueError(f"mask must be a torch.Tensor; got {type(mask).__name__}")
-            if tuple(mask.shape) != tuple(emissions.shape[:2]):
-                raise ValueError(
-                    f"mask must have shape {self._layout('')} = {tuple(emissions.shape[:2])} "
-                    f"matching emissions; got {tuple(mask.shape)}"
-                )
-            if mask.dtype not in (torch.bool, torch.uint8):
-                raise ValueError(f"mask must be a bool or uint8 tensor; got dtype {mask.dtype}")
-            mask_bt = (mask if self.batch_first else mask.t()).bool()
-        return em, mask_bt
+        return inputs.emissions_and_mask(emissions, mask, self.num_tags, self.batch_first)
 
     def _check_tags(self, tags: Tensor, em: Tensor) -> Tensor:
-        """Checks the tags' shape and dtype; returns them (B, T) long, batch-first."""
-        if not isinstance(tags, Tensor):
-            raise ValueError(f"tags must be a torch.Tensor; got {type(tags).__name__}")
-        expected = tuple(em.shape[:2]) if self.batch_first else (em.shape[1], em.shape[0])
-        if tuple(tags.shape) != expected:
-            raise ValueError(
-                f"tags must have shape {self._layout('')} = {expected} matching emissions; "
-                f"got {tuple(tags.shape)}"
-            )
-        if tags.is_floating_point() or tags.dtype == torch.bool or tags.is_complex():
-            raise ValueError(f"tags must be an integer tensor; got dtype {tags.dtype}")
-        return (tags if self.batch_first else tags.t()).long()
+        return inputs.batch_first_tags(tags, em, self.batch_first)
 
     def _needs_grad(self, em: Tensor) -> bool:
         return torch.is_grad_enabled() and (em.requires_grad or self.transitions.requires_grad)
 
     def _kernel(self, operation: str, em: Tensor, k: int = 1, grad: bool = False):
-        """The kernel module the planner picks for ``operation`` on these emissions."""
+        """The kernel the planner picks for ``operation`` on these emissions."""
         B, T, K = em.shape
-        compiling = plan.is_compiling()
+        compiling = tracing.is_compiling()
         device = em.device.type
-        exporting = compiling and plan.export_tracing(device)
+        exporting = compiling and tracing.export_tracing(device)
         problem = plan.Problem(operation, B, T, K, em.dtype, device, k, grad, compiling, exporting)
-        return kernel_module(plan.choose(problem, self.kernel))
-
-
-def _reduce(llh: Tensor, mask: Tensor, reduction: str) -> Tensor:
-    if reduction == "none":
-        return llh
-    if reduction == "sum":
-        return llh.sum()
-    if reduction == "mean":
-        return llh.mean()
-    return llh.sum() / mask.sum().clamp(min=1).to(llh.dtype)  # no 0/0 for all-empty batches
+        return kernels.get(plan.choose(problem, self.kernel))

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from chaincrf.crf.kernels import export
+from chaincrf.crf.kernels.export import ops as export
+from chaincrf.crf.scores import effective_scores
 
 __all__ = ["ScriptableCRF"]
 
@@ -55,7 +56,7 @@ class ScriptableCRF(nn.Module):
         if tags_bt.shape != mask_bt.shape:
             raise ValueError("tags must have the shape of the mask " + str(list(mask_bt.shape)))
         start, trans, end = self._scores(em.dtype)
-        llh = export.log_likelihood(em, tags_bt.long(), mask_bt, start, trans, end, False, False)
+        llh = export.log_likelihood(em, mask_bt, start, trans, end, tags_bt.long(), validate=False)
         if reduction == "none":
             return llh
         if reduction == "sum":
@@ -85,7 +86,7 @@ class ScriptableCRF(nn.Module):
         """Log of the partition function, (batch,) (as ``CRF.log_partition``)."""
         em, mask_bt = self._shapes(emissions, mask)
         start, trans, end = self._scores(em.dtype)
-        return export.log_partition(em, mask_bt, start, trans, end, False)
+        return export.log_partition(em, mask_bt, start, trans, end, validate=False)
 
     @torch.jit.export
     def viterbi(
@@ -96,7 +97,7 @@ class ScriptableCRF(nn.Module):
             raise ValueError("a scripted CRF computes the best path only (k = 1)")
         em, mask_bt = self._shapes(emissions, mask)
         start, trans, end = self._scores(em.dtype)
-        paths, scores = export.viterbi(em, mask_bt, start, trans, end, 1, False)
+        paths, scores = export.viterbi(em, mask_bt, start, trans, end, validate=False)
         paths, scores = paths[:, 0], scores[:, 0]
         return (paths if self.batch_first else paths.t().contiguous()), scores
 
@@ -107,7 +108,7 @@ class ScriptableCRF(nn.Module):
         """Best tag sequence per batch item, as lists of ints (as ``CRF.decode``)."""
         em, mask_bt = self._shapes(emissions, mask)
         start, trans, end = self._scores(em.dtype)
-        return export.decode(em, mask_bt, start, trans, end, False)
+        return export.decode(em, mask_bt, start, trans, end, validate=False)
 
     @torch.jit.export
     def marginals(
@@ -116,18 +117,20 @@ class ScriptableCRF(nn.Module):
         """Posterior tag probabilities (as ``CRF.marginals``; 0 where the mask is off)."""
         em, mask_bt = self._shapes(emissions, mask)
         start, trans, end = self._scores(em.dtype)
-        probs = export.marginals(em, mask_bt, start, trans, end, False)
+        probs = export.marginals(em, mask_bt, start, trans, end, validate=False)
         return probs if self.batch_first else probs.transpose(0, 1)
 
     def _scores(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-        start = self.start_transitions.to(dtype)
-        trans = self.transitions.to(dtype)
-        end = self.end_transitions.to(dtype)
-        if self.has_constraints:
-            start = start.masked_fill(~self.start_allowed, float("-inf"))
-            trans = trans.masked_fill(~self.transitions_allowed, float("-inf"))
-            end = end.masked_fill(~self.end_allowed, float("-inf"))
-        return start, trans, end
+        return effective_scores(
+            self.start_transitions,
+            self.transitions,
+            self.end_transitions,
+            self.start_allowed,
+            self.transitions_allowed,
+            self.end_allowed,
+            self.has_constraints,
+            dtype,
+        )
 
     def _shapes(self, emissions: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         if emissions.dim() != 3 or emissions.size(2) != self.num_tags:

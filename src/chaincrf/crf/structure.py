@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["entropy", "marginals", "pairwise_marginals", "sample"]
+__all__ = ["entropy", "marginals", "messages", "pairwise_marginals", "sample"]
 
 
 def _padding_zeroed(em: Tensor, mask: Tensor) -> Tensor:
@@ -18,10 +18,13 @@ def _padding_zeroed(em: Tensor, mask: Tensor) -> Tensor:
     return em.masked_fill(~mask.unsqueeze(2), 0.0)
 
 
-def _messages(
+def messages(
     em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Forward and backward log-messages alpha, beta (B, T, K) and log Z (B,) of batch-first
+    """The one log-space forward-backward (the structure quantities here and the span
+    confidences, :mod:`chaincrf.crf.confidence`, use it). Forward and backward log-messages
+    alpha (prefix scores, position t's emission included), beta (suffix scores after t given
+    its tag, end score included, t's emission not) (B, T, K) and log Z (B,) of batch-first
     emissions under a left-aligned mask; past a row's end alpha holds its last value and beta
     is ``end``, so ``alpha[t] + beta[t] - log Z`` is the node log-marginal at every t < length.
     An empty row has log Z = 0."""
@@ -46,7 +49,7 @@ def marginals(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tenso
     """P(y_t = j) as (B, T, K), 0 where masked: the differentiable (twice) counterpart of the
     kernels' marginals, which autograd does not see through."""
     em = _padding_zeroed(em, mask)
-    alpha, beta, log_z = _messages(em, mask, start, trans, end)
+    alpha, beta, log_z = messages(em, mask, start, trans, end)
     node = torch.exp(alpha + beta - log_z.view(-1, 1, 1))
     return torch.where(mask.unsqueeze(2), node, torch.zeros_like(node))
 
@@ -57,7 +60,7 @@ def pairwise_marginals(
     """P(y_{t-1} = i, y_t = j) as (B, T - 1, K, K), indexed ``[b, t - 1, i, j]``; 0 where
     position t is masked."""
     em = _padding_zeroed(em, mask)
-    alpha, beta, log_z = _messages(em, mask, start, trans, end)
+    alpha, beta, log_z = messages(em, mask, start, trans, end)
     if em.shape[1] < 2:
         return em.new_zeros(em.shape[0], 0, em.shape[2], em.shape[2])
     scores = alpha[:, :-1].unsqueeze(3) + trans + (em[:, 1:] + beta[:, 1:]).unsqueeze(2)
@@ -69,7 +72,7 @@ def entropy(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor)
     """Entropy (nats) of each row's path distribution, (B,): log Z minus the expected path
     score (forbidden moves have probability 0 and add nothing; an empty row has entropy 0)."""
     em = _padding_zeroed(em, mask)
-    alpha, beta, log_z = _messages(em, mask, start, trans, end)
+    alpha, beta, log_z = messages(em, mask, start, trans, end)
     B, T, K = em.shape
     if T == 0:
         return em.new_zeros(B)
@@ -103,7 +106,7 @@ def sample(
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int; got {num_samples!r}")
     em = _padding_zeroed(em, mask)
-    alpha, _, log_z = _messages(em, mask, start, trans, end)
+    alpha, _, log_z = messages(em, mask, start, trans, end)
     B, T, K = em.shape
     out = torch.full((num_samples, B, T), -1, dtype=torch.long, device=em.device)
     if T == 0:

@@ -7,6 +7,7 @@ import hashlib
 import http.client
 import logging
 import os
+import signal
 import stat
 import tempfile
 import urllib.parse
@@ -24,6 +25,7 @@ __all__ = [
     "Downloadable",
     "creation_mode",
     "default_cache_dir",
+    "deferred_signals",
     "download_file",
     "ensure",
     "ensure_ud_ewt",
@@ -90,8 +92,12 @@ def atomic_file(path: str | os.PathLike[str], binary: bool = False) -> Iterator[
             yield stream
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp_name = None
     try:
+        with deferred_signals():  # an interrupt cannot fall between creating and naming it
+            handle, tmp_name = tempfile.mkstemp(
+                prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
+            )
         with os.fdopen(handle, **mode) as stream:
             yield stream
             stream.flush()
@@ -99,9 +105,39 @@ def atomic_file(path: str | os.PathLike[str], binary: bool = False) -> Iterator[
         os.chmod(tmp_name, creation_mode())
         os.replace(tmp_name, target)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+        with deferred_signals(), contextlib.suppress(FileNotFoundError):
+            if tmp_name is not None:  # a second interrupt waits for the removal
+                os.unlink(tmp_name)
         raise
+
+
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+"""The signals that stop a command with cleanup (Ctrl-C, ``kill``): :func:`deferred_signals`
+holds them back while a temporary file is created or removed."""
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM are held back and delivered when it ends, so that an
+    interrupt cannot leave a temporary file created but not yet known, or half removed. Outside
+    the main thread (where Python runs no signal handler) the block runs as is."""
+    received: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        received.append(signum)
+
+    try:
+        previous = {number: signal.signal(number, hold) for number in INTERRUPTS}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        for number in dict.fromkeys(received):
+            signal.raise_signal(number)
 
 
 def _replaceable(path: str | os.PathLike[str]) -> Path | None:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from chaincrf.encoders.base import Encoder, check_dropout, check_inputs
+from chaincrf.encoders.base import Encoder, check_dropout, check_inputs, check_num_layers
 from chaincrf.precision import rnn_precision
 
 __all__ = ["BiLSTMEncoder", "reverse_index", "reversed_rows"]
@@ -58,7 +58,8 @@ class BiLSTMEncoder(Encoder):
             dropped out here: the tagger's ``dropout`` (``model.dropout``, default 0) does that.
 
     Raises:
-        ValueError: for a size that is not positive or a dropout outside [0, 1).
+        ValueError: for a size that is not positive, num_layers outside 1..MAX_LAYERS or a
+            dropout outside [0, 1).
     """
 
     def __init__(
@@ -67,8 +68,7 @@ class BiLSTMEncoder(Encoder):
         super().__init__(input_dim)
         if hidden_size <= 0:
             raise ValueError(f"hidden_size must be positive; got {hidden_size!r}")
-        if num_layers <= 0:
-            raise ValueError(f"num_layers must be positive; got {num_layers!r}")
+        check_num_layers(num_layers)
         check_dropout(dropout)
         self.lstm = nn.LSTM(
             input_dim,

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from chaincrf.encoders.base import Encoder, check_dropout, check_inputs
+from chaincrf.encoders.base import Encoder, check_dropout, check_inputs, check_num_layers
 
 __all__ = ["POSITIONS", "TransformerEncoder"]
 
@@ -64,12 +64,12 @@ class TransformerEncoder(Encoder):
         for name, value in [
             ("d_model", d_model),
             ("num_heads", num_heads),
-            ("num_layers", num_layers),
             ("dim_feedforward", dim_feedforward),
             ("max_len", max_len),
         ]:
             if value <= 0:
                 raise ValueError(f"{name} must be positive; got {value!r}")
+        check_num_layers(num_layers)
         if d_model % num_heads != 0:
             raise ValueError(
                 f"d_model must be divisible by num_heads; got d_model={d_model}, "

@@ -40,8 +40,10 @@ def load(
 
     Args:
         cls: the tagger class to build (``SequenceTagger`` or a subclass).
-        path: a ``.ckpt`` written during training (e.g. ``<run>/checkpoints/best.ckpt``), or
-            a bundle directory written by :func:`save` / ``chaincrf-export``.
+        path: a ``.ckpt`` written during training (e.g. ``<run>/checkpoints/best.ckpt``),
+            a bundle directory written by :func:`save` / ``chaincrf-export`` (or in the Hub
+            layout, :mod:`chaincrf.tagger.hub`), or the name of an installed model package
+            (:mod:`chaincrf.models`).
         map_location: where to put the weights.
         allow_targets: dotted names of further classes to trust, e.g. your own encoder
             (``["mypkg.MyEncoder"]``). Only for files you trust: these are imported and
@@ -51,7 +53,8 @@ def load(
         The tagger in eval mode.
 
     Raises:
-        FileNotFoundError: if ``path`` does not exist (or a bundle lacks a file).
+        FileNotFoundError: if ``path`` does not exist (or a bundle lacks a file); for a bare
+            name that is no installed model, one line listing the installed ones.
         chaincrf.model_files.ModelFileError: (a ``ValueError``) naming the file, for a file
             that is unreadable, holds pickled objects, names an untrusted ``_target_`` or
             does not fit the model it describes.

@@ -107,20 +107,21 @@ class SequenceTagger(pl.LightningModule):
         )
         self.model = hparams.build_model(checked, pretrained)
 
-        from chaincrf.metrics import SpanF1, TokenAccuracy
+        from chaincrf.metrics import LabelConfusion, SpanF1, TokenAccuracy
 
         self.span_metrics = nn.ModuleDict()
         self.acc_metrics = nn.ModuleDict()
+        self.confusion_metrics = nn.ModuleDict()
         for stage in ("val", "test"):
             self.acc_metrics[stage] = TokenAccuracy()
+            self.confusion_metrics[stage] = LabelConfusion(self.confusion_labels)
             if self.is_span_task:
                 self.span_metrics[stage] = SpanF1(
                     self.entity_types,
                     scheme=self.original_scheme,
                     strict=self.original_scheme == "BIOES",
                 )
-        self.confusion: dict[str, Tensor] = {}
-        self._confusion_acc: dict[str, Tensor] = {}
+        self.confusion: dict[str, Tensor] = {}  # stage -> (K, K) counts [gold, predicted]
         self.results: dict[str, dict[str, float]] = {}
         self.trained_tokens = 0  # real tokens seen by training_step in this process (throughput)
 
@@ -208,19 +209,9 @@ class SequenceTagger(pl.LightningModule):
             gold_labels = [self.to_original(t) for t in self.ids_to_labels(gold, mask)]
             self.span_metrics[stage].update(pred_labels, gold_labels)
             # the confusion over the labels as scored (the corpus's scheme), not the training's
-            index = {label: i for i, label in enumerate(self.confusion_labels)}
-            K = len(index)
-            flat = [
-                index[g] * K + index[p]
-                for golds, preds in zip(gold_labels, pred_labels)
-                for g, p in zip(golds, preds)
-            ]
-            cells = torch.tensor(flat, dtype=torch.long)
+            self.confusion_metrics[stage].update_labels(gold_labels, pred_labels)
         else:
-            K = len(self.labels)
-            cells = (gold[mask] * K + predicted[mask]).cpu()
-        counts = torch.bincount(cells, minlength=K * K).reshape(K, K)
-        self._confusion_acc[stage] = self._confusion_acc.get(stage, 0) + counts
+            self.confusion_metrics[stage].update(predicted[mask], gold[mask])
 
     def _eval_epoch_end(self, stage: str) -> None:
         results: dict[str, float] = {}
@@ -241,12 +232,10 @@ class SequenceTagger(pl.LightningModule):
         self.log_dict({k: v for k, v in results.items() if k != f"{stage}/score"}, sync_dist=True)
         self.log(f"{stage}/score", results[f"{stage}/score"], prog_bar=True, sync_dist=True)
         self.results[stage] = results
-        confusion = self._confusion_acc.pop(stage, None)
-        if confusion is not None:
-            confusion = confusion.to(self.device)
-            if self.trainer is not None and self.trainer.world_size > 1:
-                confusion = self.all_gather(confusion).sum(0)
-            self.confusion[stage] = confusion.cpu()
+        confusion = self.confusion_metrics[stage]
+        if confusion.update_count:  # synced across ranks by torchmetrics, as the other metrics
+            self.confusion[stage] = confusion.compute().cpu()
+        confusion.reset()
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -310,35 +299,13 @@ class SequenceTagger(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"format": 1, "vocab": self.vocab}
-        trainer = self._trainer
-        value = trainer.callback_metrics.get(self.hparams.monitor) if trainer is not None else None
-        if value is not None:
-            # Lightning writes epoch-end checkpoints before it steps a plateau scheduler and, on
-            # resume, skips that step (it has no metric): kept here to replay it (on_train_start).
-            checkpoint[CHECKPOINT_KEY]["monitor_value"] = float(value)
+        # the plateau scheduler's resume value is ReplayPlateauStep's (chaincrf.training)
+        checkpoint.setdefault(CHECKPOINT_KEY, {}).update(format=1, vocab=self.vocab)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get(CHECKPOINT_KEY)
         if stored is not None and stored.get("vocab") is not None:
             self.vocab = stored["vocab"]
-        self._resumed_monitor_value = stored.get("monitor_value") if stored else None
-
-    def on_train_start(self) -> None:
-        """On resume, step each epoch-interval plateau scheduler that missed the last epoch's
-        step, with the score it would have seen, so a resumed run equals an uninterrupted one."""
-        value = getattr(self, "_resumed_monitor_value", None)
-        self._resumed_monitor_value = None
-        if value is None:
-            return
-        for config in self.trainer.lr_scheduler_configs:
-            scheduler = config.scheduler
-            if (
-                config.reduce_on_plateau
-                and config.interval == "epoch"
-                and scheduler.last_epoch < self.current_epoch
-            ):
-                scheduler.step(value)
 
     # ------------------------------------------------------------------ inference API
     @classmethod
@@ -348,13 +315,42 @@ class SequenceTagger(pl.LightningModule):
         map_location: str | torch.device = "cpu",
         allow_targets: Sequence[str] = (),
     ) -> SequenceTagger:
-        """Rebuild a trained tagger from a checkpoint or bundle, as data
+        """Rebuild a trained tagger from a checkpoint, a bundle, or the name of an installed
+        model package (``SequenceTagger.load("en_ewt_upos")``; :mod:`chaincrf.models`), as data
         (:func:`chaincrf.tagger.bundle.load`: arguments, errors)."""
         return bundle.load(cls, path, map_location, allow_targets)
 
     def save_bundle(self, directory: str | Path) -> Path:
         """Write the tagger as a bundle directory (:func:`chaincrf.tagger.bundle.save`)."""
         return bundle.save(self, directory)
+
+    def save_pretrained(
+        self, folder: str | Path, card: str | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> Path:
+        """Write the tagger in the Hugging Face Hub layout, a bundle with a model card
+        (:func:`chaincrf.tagger.hub.save_pretrained`: arguments)."""
+        from chaincrf.tagger import hub
+
+        return hub.save_pretrained(self, folder, card, metadata)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | Path,
+        revision: str | None = None,
+        map_location: str | torch.device = "cpu",
+        allow_targets: Sequence[str] = (),
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+    ) -> SequenceTagger:
+        """Load a folder written by :meth:`save_pretrained`, or a Hugging Face Hub repository
+        id (the ``hub`` extra) (:func:`chaincrf.tagger.hub.from_pretrained`: arguments,
+        errors)."""
+        from chaincrf.tagger import hub
+
+        return hub.from_pretrained(
+            cls, path_or_repo_id, revision, map_location, allow_targets, cache_dir, local_files_only
+        )
 
     @property
     def predictor(self) -> Predictor:

@@ -170,7 +170,10 @@ class Predictor(StreamPredictor):
         crf = self.model.crf
         assert crf is not None  # check_top_k
         em = emissions.double()
-        k_paths, scores = crf.viterbi(em, mask, k=top_k)  # (B, k, T), (B, k)
+        longest, num_tags = mask.shape[1], emissions.shape[-1]
+        # no more ranks than taggings (num_tags ** longest): memory is O(k·T·K)
+        k = min(top_k, num_tags ** min(longest, top_k.bit_length()))
+        k_paths, scores = crf.viterbi(em, mask, k=k)  # (B, k, T), (B, k)
         probabilities = (scores - crf.log_partition(em, mask).unsqueeze(-1)).exp()  # (B, k)
         lengths = mask.sum(-1).tolist()
         alternatives: list[list[dict[str, Any]]] = []
@@ -217,7 +220,7 @@ class Predictor(StreamPredictor):
         Returns:
             Per row, one probability per span, rounded to 6 decimals.
         """
-        from chaincrf.confidence import crf_scores, span_log_probabilities
+        from chaincrf.crf.confidence import crf_scores, span_log_probabilities
 
         flat = [
             (row, start, end) for row, spans in enumerate(spans_per_row) for _, start, end in spans
@@ -250,6 +253,6 @@ class Predictor(StreamPredictor):
             type; used only when ``f`` is an ``I-`` tag, in IOB1); ``first_is_inside`` bool
             (K,): whether tag ``f`` is an ``I-`` tag.
         """
-        from chaincrf.confidence import continuation_tables
+        from chaincrf.crf.confidence import continuation_tables
 
         return continuation_tables(list(self.tags.labels))

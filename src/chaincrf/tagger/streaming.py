@@ -18,7 +18,20 @@ from chaincrf.constraints import TagScheme
 from chaincrf.tagger.outputs import TaggedSentence, TaggedSpan
 from chaincrf.tagger.tokenizers import TokenizedLine, Tokenizer, get_tokenizer
 
-__all__ = ["StreamPredictor"]
+__all__ = ["MAX_BATCH_TOKENS", "MAX_TOP_K", "StreamPredictor", "check_top_k_limit"]
+
+MAX_TOP_K = 1000
+"""The largest ``top_k`` accepted: the k best taggings take O(k·T·K) memory per sentence
+(scores and back-pointers for each of T tokens, K tags and k ranks: 16 bytes each, 27 MB for
+k=1000 and 100 tokens of 17 tags), enough to list every tagging of a short sentence; beyond
+that the taggings' probabilities are vanishingly small. A larger ``top_k`` is refused; one
+larger than a sentence's number of taggings (K^T) gives them all."""
+MAX_BATCH_TOKENS = 100_000
+"""The most token positions (sentences x the longest one, padding included, times ``top_k``)
+in one forward pass: a batch is cut short of ``batch_size`` sentences when its sentences are
+long, so that memory is bounded by this and not by ``batch_size`` times the longest line (a
+sentence longer than this is tagged alone). Ordinary sentences never reach it: 128 sentences of
+781 tokens."""
 
 
 class StreamPredictor:
@@ -140,16 +153,20 @@ class StreamPredictor:
                 ``features``).
             batch_size: sentences per forward pass.
             top_k: with k > 1, each result's ``alternatives`` holds the k best taggings and
-                their probabilities (needs a CRF).
+                their probabilities (needs a CRF; at most :data:`MAX_TOP_K`; a sentence with
+                fewer taggings gives them all).
 
         Returns:
             One :class:`TaggedSentence` per input, in input order (empty input -> empty tags).
 
         Raises:
-            TypeError: for a single string.
+            TypeError: for a single string; naming the sentence (and token) for a sentence that
+                is neither a str nor a sequence of str tokens (bytes, a dict, None, a token that
+                is not a str).
             ValueError: if the tagger has no vocabularies (not trained through a data module), if
                 it was trained with feature columns and a sentence has none, if ``batch_size``
-                or ``top_k`` is not a positive int, or if ``top_k > 1`` without a CRF.
+                or ``top_k`` is not a positive int, if ``top_k`` is over :data:`MAX_TOP_K`, or
+                if ``top_k > 1`` without a CRF.
         """
         if isinstance(sentences, str):
             raise TypeError(
@@ -185,10 +202,11 @@ class StreamPredictor:
             A generator of one :class:`TaggedSentence` per input, in input order.
 
         Raises:
-            TypeError: for a single string (at the call).
+            TypeError: for a single string (at the call); while iterating, naming the sentence
+                (and token) for one that is neither a str nor a sequence of str tokens.
             ValueError: at the call, if the tagger has no vocabularies, if ``batch_size``,
-                ``chunk_size`` or ``top_k`` is not a positive int, or if ``top_k > 1`` without a
-                CRF; while iterating, if a feature-column model gets a sentence without features.
+                ``chunk_size`` or ``top_k`` is not a positive int, if ``top_k`` is over
+                :data:`MAX_TOP_K`, or if ``top_k > 1`` without a CRF; while iterating, if a feature-column model gets a sentence without features.
         """
         from itertools import islice
 
@@ -204,45 +222,52 @@ class StreamPredictor:
         for name, value in sizes:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int; got {value!r}")
+        check_top_k_limit(top_k)
         self.check_top_k(top_k)
         stream = iter(sentences)
 
         def tag_chunks() -> Iterator[TaggedSentence]:
+            first = 0
             while chunk := list(islice(stream, chunk_size)):
-                yield from self.tag_chunk(chunk, batch_size, top_k)
+                yield from self.tag_chunk(chunk, batch_size, top_k, first)
+                first += len(chunk)
 
         return tag_chunks()
 
     def tag_chunk(
-        self, sentences: list[Any], batch_size: int, top_k: int = 1
+        self, sentences: list[Any], batch_size: int, top_k: int = 1, first: int = 0
     ) -> list[TaggedSentence]:
-        """Tag one chunk in eval mode, sorted by length into batches.
+        """Tag one chunk in eval mode, sorted by length into batches (of at most
+        ``batch_size`` sentences and :data:`MAX_BATCH_TOKENS` token positions).
 
         Args:
             sentences: what :meth:`predict` takes; the raw strings are tokenised together
                 (:meth:`Tokenizer.tokenize_lines`).
             batch_size: sentences per forward pass.
             top_k: alternatives per sentence (see :meth:`predict`).
+            first: the index of the chunk's first sentence in the whole input (for messages).
 
         Returns:
             One :class:`TaggedSentence` per sentence, in input order.
+
+        Raises:
+            TypeError: naming the sentence (and token), for a sentence that is neither a str
+                nor a sequence of str tokens (bytes, a dict, None, a token that is not a str).
         """
         raw = [i for i, s in enumerate(sentences) if isinstance(s, str)]
         tokenized: dict[int, TokenizedLine] = {}
         if raw:
             tokenized = dict(zip(raw, self.tokenizer.tokenize_lines([sentences[i] for i in raw])))
         token_lists = [
-            tokenized[i].tokens
-            if i in tokenized
-            else [str(t) for t in (s.tokens if hasattr(s, "tokens") else s)]
+            tokenized[i].tokens if i in tokenized else _token_list(s, first + i)
             for i, s in enumerate(sentences)
         ]
         feature_lists = [getattr(s, "features", None) for s in sentences]
         results: list[TaggedSentence | None] = [None] * len(token_lists)
         order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
+        positions = max(MAX_BATCH_TOKENS // top_k, 1)
         with self.tagging():
-            for lo in range(0, len(order), batch_size):
-                chunk = order[lo : lo + batch_size]
+            for chunk in _batches(order, [len(t) for t in token_lists], batch_size, positions):
                 nonempty = [i for i in chunk if token_lists[i]]
                 for i in chunk:
                     if not token_lists[i]:
@@ -274,3 +299,61 @@ class StreamPredictor:
 
             self._sentence_encoder = SentenceEncoder.from_dict(self.vocab)
         return self._sentence_encoder
+
+
+def _token_list(sentence: Any, index: int) -> list[str]:
+    """The tokens of a sentence given as tokens (a sequence of str, or an object with
+    ``tokens``), each checked to be a str: bytes, mappings, None and numbers are not stringified
+    into tokens (``b"EU"`` would become ``"69"``, ``"85"``).
+
+    Raises:
+        TypeError: naming ``index`` (and the token's), what was expected and what arrived.
+    """
+    tokens = getattr(sentence, "tokens", sentence)
+    if (
+        tokens is None
+        or isinstance(tokens, (bytes, bytearray, memoryview, Mapping))
+        or not (isinstance(tokens, Iterable))
+    ):
+        raise TypeError(
+            f"sentence {index} must be a str (raw text) or a sequence of str tokens; got "
+            f"{type(tokens).__name__} {_short(tokens)}"
+        )
+    tokens = list(tokens)
+    for j, token in enumerate(tokens):
+        if not isinstance(token, str):
+            raise TypeError(
+                f"sentence {index}, token {j} must be a str; got {type(token).__name__} "
+                f"{_short(token)}"
+            )
+    return tokens
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_top_k_limit(top_k: int) -> None:
+    """Raise a ``ValueError`` naming ``top_k`` and :data:`MAX_TOP_K` when it is over it."""
+    if top_k > MAX_TOP_K:
+        raise ValueError(
+            f"top_k must be at most {MAX_TOP_K} (the k best taggings take memory in proportion "
+            f"to k x tokens x tags); got {top_k}"
+        )
+
+
+def _batches(
+    order: list[int], lengths: list[int], batch_size: int, positions: int
+) -> Iterator[list[int]]:
+    """``order`` (indices sorted by ascending length) cut into batches of at most
+    ``batch_size`` sentences and ``positions`` padded token positions (sentences x the longest),
+    each batch holding at least one sentence."""
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) == batch_size or (len(batch) + 1) * lengths[i] > positions):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch

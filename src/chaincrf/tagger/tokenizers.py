@@ -8,7 +8,11 @@ A tokenizer turns one line into :class:`TokenizedLine`: its tokens and, per toke
   ``U.S.`` and ``Mr.`` whole. Like ``str.split()`` it first splits on runs of whitespace
   (``str.isspace()``: also "\\t", "\\x0b", "\\x85", U+2028, ...), then splits each piece on its
   prefixes, suffixes, infixes and special cases; the whitespace tokens spaCy emits for runs of
-  spaces are dropped. spaCy is imported on first use, once per process.
+  spaces are dropped. spaCy is imported on first use, once per process. Its affix rules take
+  time quadratic in the length of a run of non-whitespace characters (8 s for 10,000 ``)``), so a
+  run longer than :data:`MAX_RUN_CHARS` characters (never a word of running text) is split by
+  :data:`LONG_RUN` instead: runs of word characters, and each other character alone. The time
+  per line is then linear in its length.
 - ``"whitespace"``: ``str.split()``, the former rule (:func:`chaincrf.tagger.outputs.tokenize`).
 
 Neither imports torch, Lightning, Hydra, torchmetrics or seqeval.
@@ -23,6 +27,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 __all__ = [
+    "LONG_RUN",
+    "MAX_RUN_CHARS",
     "TOKENIZERS",
     "SpacyTokenizer",
     "TokenizedLine",
@@ -36,6 +42,15 @@ TOKENIZERS = ("spacy", "whitespace")
 
 _NON_SPACE = re.compile(r"\S+")  # \s is exactly str.isspace() for str patterns
 _SPACE = re.compile(r"\s")
+
+MAX_RUN_CHARS = 256
+"""The longest run of non-whitespace characters the ``"spacy"`` tokenizer gives spaCy: long
+enough for any word, number or usual URL; a run of 256 ``)`` takes spaCy ~12 ms, so a
+100,000-character line costs at most ~5 s (measured: ``python3 scripts/reliability.py --only
+bounded_work``)."""
+LONG_RUN = re.compile(r"\w+|[^\w\s]")
+"""How a longer run is split: runs of word characters, and every other character alone (what
+spaCy gives for runs of brackets, quotes and other punctuation)."""
 
 
 class TokenizedLine(NamedTuple):
@@ -144,22 +159,27 @@ class SpacyTokenizer(Tokenizer):
     Memory stays bounded over a stream: :meth:`tokenize_lines` runs in a spaCy memory zone (the
     strings and lexemes spaCy creates for a chunk are freed after it), and a line longer than
     ``piece_chars`` is tokenised in pieces cut at whitespace (spaCy tokenises the text between
-    whitespace runs independently, so the tokens are the same). Not thread-safe (one spaCy
+    whitespace runs independently, so the tokens are the same). Time is bounded too: a run of
+    more than ``max_run_chars`` non-whitespace characters is split by :data:`LONG_RUN`, not by
+    spaCy (whose affix rules are quadratic in a run's length). Not thread-safe (one spaCy
     pipeline per process).
 
     Args:
         piece_chars: the longest piece of a line given to spaCy at once (>= 1).
+        max_run_chars: the longest run of non-whitespace characters given to spaCy (>= 1).
 
     Raises:
-        ValueError: if ``piece_chars`` is not a positive int.
+        ValueError: if ``piece_chars`` or ``max_run_chars`` is not a positive int.
     """
 
     name = "spacy"
 
-    def __init__(self, piece_chars: int = 100_000) -> None:
-        if not isinstance(piece_chars, int) or isinstance(piece_chars, bool) or piece_chars < 1:
-            raise ValueError(f"piece_chars must be a positive int; got {piece_chars!r}")
+    def __init__(self, piece_chars: int = 100_000, max_run_chars: int = MAX_RUN_CHARS) -> None:
+        for field, value in (("piece_chars", piece_chars), ("max_run_chars", max_run_chars)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{field} must be a positive int; got {value!r}")
         self.piece_chars = piece_chars
+        self.max_run_chars = max_run_chars
 
     def prepare(self) -> None:
         """Import spaCy and build its English pipeline (once per process)."""
@@ -181,15 +201,37 @@ class SpacyTokenizer(Tokenizer):
             for line in lines:
                 tokens: list[str] = []
                 offsets: list[tuple[int, int]] = []
-                for shift, piece in self._pieces(line):
-                    for token in nlp.tokenizer(piece):
-                        text = token.text
-                        if not text.isspace():
-                            start = token.idx + shift
-                            tokens.append(text)
-                            offsets.append((start, start + len(text)))
+                for shift, text, long in self._segments(line):
+                    if long:  # one long run of non-whitespace characters
+                        for match in LONG_RUN.finditer(text):
+                            tokens.append(match.group())
+                            offsets.append((shift + match.start(), shift + match.end()))
+                        continue
+                    for at, piece in self._pieces(text):
+                        for token in nlp.tokenizer(piece):
+                            word = token.text
+                            if not word.isspace():
+                                start = token.idx + at + shift
+                                tokens.append(word)
+                                offsets.append((start, start + len(word)))
                 out.append(TokenizedLine(tokens, offsets))
         return out
+
+    def _segments(self, line: str) -> Iterator[tuple[int, str, bool]]:
+        """``(offset, text, long)``: the line cut around its runs of more than
+        ``max_run_chars`` non-whitespace characters (``long`` True), in order."""
+        if len(line) <= self.max_run_chars:  # no long run: the whole line, as is
+            yield 0, line, False
+            return
+        start = 0
+        for match in _NON_SPACE.finditer(line):
+            if match.end() - match.start() > self.max_run_chars:
+                if match.start() > start:
+                    yield start, line[start : match.start()], False
+                yield match.start(), match.group(), True
+                start = match.end()
+        if start < len(line):
+            yield start, line[start:], False
 
     def _pieces(self, line: str) -> Iterator[tuple[int, str]]:
         """``(offset, piece)``: the line cut after a whitespace character once a piece has
@@ -204,7 +246,7 @@ class SpacyTokenizer(Tokenizer):
         yield start, line[start:]
 
     def __repr__(self) -> str:
-        return f"SpacyTokenizer(piece_chars={self.piece_chars})"
+        return f"SpacyTokenizer(piece_chars={self.piece_chars}, max_run_chars={self.max_run_chars})"
 
 
 def get_tokenizer(name: str) -> Tokenizer:

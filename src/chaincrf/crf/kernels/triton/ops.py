@@ -1,6 +1,6 @@
 """The Triton kernel: the kernel interface of :mod:`chaincrf.crf.kernels.eager` on the GPU
-kernels of :mod:`chaincrf.crf.kernels.gpu_triton`, called through the custom ops of
-:mod:`chaincrf.crf.kernels.gpu_ops` (CUDA tensors, or CPU tensors under Triton's
+kernels of :mod:`chaincrf.crf.kernels.triton.programs`, called through the custom ops of
+:mod:`chaincrf.crf.kernels.triton.custom_ops` (CUDA tensors, or CPU tensors under Triton's
 interpreter, ``TRITON_INTERPRET=1``).
 
 No call reads a value back to the host unless it must return one (``decode``'s lists) or
@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from chaincrf.crf import errors, plan
-from chaincrf.crf.kernels import eager
-from chaincrf.crf.kernels import gpu_ops as ops
+from chaincrf.crf import errors, tracing
+from chaincrf.crf.kernels.eager import ops as eager
+from chaincrf.crf.kernels.triton import custom_ops as ops
 
 __all__ = [
     "decode",
@@ -33,10 +33,6 @@ __all__ = [
     "negative_log_likelihood",
     "viterbi",
 ]
-
-GAPS = "native"
-"""How this kernel meets a mask with gaps (:mod:`chaincrf.crf.gaps`): the kernels skip the
-masked positions themselves; no compaction, no host synchronisation."""
 
 
 def _invalid(em: Tensor, mask: Tensor, scores: tuple[Tensor, ...], tags: Tensor | None) -> Tensor:
@@ -63,7 +59,7 @@ def _check(
     forbidden = None if gold is None else torch.isneginf(gold)
     if forbidden is not None:
         bad = bad | forbidden.any()
-    if plan.is_compiling():  # no host read inside a graph
+    if tracing.is_compiling():  # no host read inside a graph
         torch._assert_async(~bad)
         return
     if bool(bad):
@@ -73,6 +69,8 @@ def _check(
 
 
 def _likelihood(em, tags, mask, start, trans, end, constrained, validate, scale) -> Tensor:
+    if tags is None:
+        raise ValueError("log_likelihood needs tags")
     out, gold = ops.forward(em, tags, mask, start, trans, end, scale)
     if validate:
         _check(em, mask, (start, trans, end), tags, gold if constrained else None)
@@ -81,13 +79,14 @@ def _likelihood(em, tags, mask, start, trans, end, constrained, validate, scale)
 
 def log_likelihood(
     em: Tensor,
-    tags: Tensor,
     mask: Tensor,
     start: Tensor,
     trans: Tensor,
     end: Tensor,
-    constrained: bool,
-    validate: bool,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> Tensor:
     """Gold-path score minus log Z (B,); with ``constrained`` and ``validate``, a forbidden
     gold path is an error.
@@ -108,20 +107,29 @@ def log_likelihood(
 
 def negative_log_likelihood(
     em: Tensor,
-    tags: Tensor,
     mask: Tensor,
     start: Tensor,
     trans: Tensor,
     end: Tensor,
-    constrained: bool,
-    validate: bool,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> Tensor:
     """``-log_likelihood(...)`` in the same launch (no negation kernel, forward or backward)."""
     return _likelihood(em, tags, mask, start, trans, end, constrained, validate, -1.0)
 
 
 def log_partition(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> Tensor:
     """Log Z of each row (B,), 0 for an empty row, ``-inf`` for a row with no allowed path;
     differentiable w.r.t. ``em`` and the three scores (arguments as in :func:`log_likelihood`)."""
@@ -131,7 +139,15 @@ def log_partition(
 
 
 def viterbi(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, k: int, validate: bool
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """The best path (k = 1 only) (B, 1, T), -1 where the mask is off and where no path is
     allowed, and its score (B, 1): 0 for an empty row, ``-inf`` with no allowed path.
@@ -149,7 +165,15 @@ def viterbi(
 
 
 def decode(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> list[list[int]]:
     """The best path of each row as a list of its tags at the kept positions (all -1 where no
     path is allowed)."""
@@ -163,7 +187,15 @@ def decode(
 
 
 def marginals(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> Tensor:
     """Posterior tag probabilities (B, T, K): rows sum to 1 where the mask is on, else 0 (and 0
     in a row with no allowed path); not differentiable."""

@@ -1,4 +1,4 @@
-"""The implementations behind :mod:`chaincrf.crf.kernels.cpu_ops`: numba's loading, the numpy
+"""The implementations behind :mod:`chaincrf.crf.kernels.fused.custom_ops`: numba's loading, the numpy
 views, and one function per operation that allocates the outputs, calls the compiled kernel and
 turns its problem codes into the eager kernel's errors. Importing this module imports only
 torch (and the numpy that torch brings); numba is imported on the first call.
@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from chaincrf.crf import errors, plan
-from chaincrf.crf.kernels import cpu_exp, cpu_logspace
-from chaincrf.crf.kernels import cpu_loops as loops
-from chaincrf.crf.kernels.cpu_threads import _over_rows, _split, _threads
+from chaincrf.crf import errors, tracing, tuning
+from chaincrf.crf.kernels.fused import exp as cpu_exp
+from chaincrf.crf.kernels.fused import logspace as cpu_logspace
+from chaincrf.crf.kernels.fused import loops
+from chaincrf.crf.kernels.fused.threads import _over_rows, _split, _threads
 
 
 @functools.cache
@@ -24,7 +25,7 @@ def _load() -> SimpleNamespace | ImportError:
     """Imports numba and compiles the kernels (lazily, per dtype); the ImportError if it can't.
 
     The kernels are serial (``nogil``: one row after another on their thread); a large call
-    runs them on torch's OpenMP threads itself (:mod:`chaincrf.crf.kernels.cpu_threads`). numba's own parallel
+    runs them on torch's OpenMP threads itself (:mod:`chaincrf.crf.kernels.fused.threads`). numba's own parallel
     versions were measured and dropped: with its workqueue pool no faster on this 2-core CPU
     (serial / parallel 0.98-1.00 over B 8-128, T 32-128, K 5-50, numba 0.68, 2026-11-29:
     torch's spinning OpenMP workers hold the other core), and starting its OpenMP pool calls
@@ -60,7 +61,7 @@ def _kernels() -> SimpleNamespace:
     loaded = _load()
     if isinstance(loaded, ImportError):
         raise RuntimeError(
-            "chaincrf.crf.kernels.cpu_ops needs numba (pip install numba), which failed to "
+            "chaincrf.crf.kernels.fused.custom_ops needs numba (pip install numba), which failed to "
             f"import: {loaded}"
         )
     return loaded
@@ -96,9 +97,9 @@ def _from_numpy(x: np.ndarray, dtype: torch.dtype) -> Tensor:
 def _exp_emissions(emissions: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """exp(em - M) (B, T, K) and M (B, T), the maxima over tags: torch's vectorised exp (the
     kernels' exp-space rows then need no transcendental per tag; see cpu_exp), or for small
-    batches one compiled loop (see plan.FUSED.numba_exp_max_btk)."""
+    batches one compiled loop (see tuning.FUSED.numba_exp_max_btk)."""
     em = emissions.detach()
-    if em.numel() <= plan.FUSED.numba_exp_max_btk:
+    if em.numel() <= tuning.FUSED.numba_exp_max_btk:
         P, M = (
             np.empty(em.shape, _NUMPY_DTYPES[em.dtype]),
             np.empty(em.shape[:2], _NUMPY_DTYPES[em.dtype]),
@@ -361,7 +362,7 @@ def _check_inputs(
 def _mask_of(emissions: Tensor, lengths: Tensor) -> Tensor:
     """The left-aligned mask of ``lengths`` (checked to lie in [0, T] unless compiling)."""
     T = emissions.shape[1]
-    if not plan.is_compiling():
+    if not tracing.is_compiling():
         _kernels()
         loops._check_lengths(lengths.numpy(), T)  # compiled by _load
     return torch.arange(T) < lengths.unsqueeze(1)

@@ -6,9 +6,9 @@ maximum, computed by torch's vectorised ``exp``), the scores as ``exp(x - max x)
 no transcendental but one ``log`` of its scale. Terms smaller than ~1e-308 of a step's largest
 vanish; when a step's scale falls below ``_EXP_TINY`` (nothing representable may be left) the
 row reports failure and the caller recomputes it exactly in log space
-(:func:`chaincrf.crf.kernels.cpu_loops._forward_row` / ``_backward_row``), so forbidden
+(:func:`chaincrf.crf.kernels.fused.loops._forward_row` / ``_backward_row``), so forbidden
 (``-inf``) scores and huge emissions stay exact. Plain Python until
-:func:`chaincrf.crf.kernels.cpu_ops._load` compiles each function (they call none of each
+:func:`chaincrf.crf.kernels.fused.custom_ops._load` compiles each function (they call none of each
 other). Importing this module imports only numpy.
 """
 
@@ -41,7 +41,7 @@ def _exp_scores(x):
 
 def _exp_emissions_kernel(em, P, M):
     """P = exp(em - M), M (B, T) the maxima over tags (-inf where every tag is -inf, P then
-    unused): the small batches' version of cpu_impl._exp_emissions (no torch dispatch)."""
+    unused): the small batches' version of impl._exp_emissions (no torch dispatch)."""
     B, T, K = em.shape
     for b in range(B):
         for t in range(T):

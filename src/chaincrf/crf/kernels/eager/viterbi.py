@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from chaincrf.crf import plan
+from chaincrf.crf import tuning
 
 
 def _max_scan(em: Tensor, start: Tensor, trans: Tensor, n_active: list[int]) -> Tensor:
@@ -16,7 +16,7 @@ def _max_scan(em: Tensor, start: Tensor, trans: Tensor, n_active: list[int]) -> 
     that the max runs over the outermost dimension (element-wise maxima of contiguous rows,
     3-6x faster than a max over a short innermost dimension). A step covers the whole batch, the
     rows already past their end included, unless slicing to the active prefix saves more
-    arithmetic than the extra view operations cost (``plan.EAGER.slice_min_saved`` elements).
+    arithmetic than the extra view operations cost (``tuning.EAGER.slice_min_saved`` elements).
 
     Args:
         em: float (T, B, K), time-major, batch sorted by decreasing length.
@@ -36,7 +36,7 @@ def _max_scan(em: Tensor, start: Tensor, trans: Tensor, n_active: list[int]) -> 
     prevs = V.transpose(1, 2).unsqueeze(3).unbind(0)  # (K from, B, 1) views of each step
     tr = trans.unsqueeze(1)  # (K from, 1, K to)
     buf = em.new_empty((K, B, K))
-    min_rows_saved = plan.EAGER.slice_min_saved // (K * K) + 1
+    min_rows_saved = tuning.EAGER.slice_min_saved // (K * K) + 1
     for t in range(1, T):
         n = n_active[t]
         if n == 0:
@@ -59,7 +59,7 @@ def _best_sorted(
     """Viterbi (k = 1) on sorted time-major emissions: best tags and scores.
 
     The forward pass is ``_max_scan``. Small problems (batch * tags^2 at most
-    ``plan.EAGER.batched_backpointers_max``) then take every back-pointer in one argmax and follow them by
+    ``tuning.EAGER.batched_backpointers_max``) then take every back-pointer in one argmax and follow them by
     pointer doubling (``_follow``): O(log T) operations; larger ones take the argmax for the
     chosen tag only, step by step ((B, K) work per step instead of (B, K, K)).
 
@@ -80,7 +80,7 @@ def _best_sorted(
     best = final.gather(1, tag.unsqueeze(1)).squeeze(1)
     if T == 1:
         return tag.unsqueeze(0), best
-    if plan.EAGER.batched_backpointers_max >= B * K * K:
+    if tuning.EAGER.batched_backpointers_max >= B * K * K:
         back = _max_backpointers(V, trans, lengths)  # (T-1, B, K)
         return torch.cat([_follow(back, tag), tag.unsqueeze(0)]), best
     tags = [tag]
@@ -183,9 +183,9 @@ def _use_tree_viterbi(em: Tensor) -> bool:
     rows and few tags (its arithmetic grows as batch * T * tags^3, its operations as log T)."""
     B, T, K = em.shape
     work = B * K**3
-    tuning = plan.EAGER
-    return (tuning.tree_viterbi_min_t <= T and work <= tuning.tree_viterbi_max_bkkk) or (
-        tuning.tree_viterbi_long_t <= T and work <= tuning.tree_viterbi_long_max_bkkk
+    tune = tuning.EAGER
+    return (tune.tree_viterbi_min_t <= T and work <= tune.tree_viterbi_max_bkkk) or (
+        tune.tree_viterbi_long_t <= T and work <= tune.tree_viterbi_long_max_bkkk
     )
 
 

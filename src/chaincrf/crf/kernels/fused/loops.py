@@ -1,8 +1,8 @@
-"""The numba kernels behind :mod:`chaincrf.crf.kernels.cpu_ops`: plain Python until it compiles
+"""The numba kernels behind :mod:`chaincrf.crf.kernels.fused.custom_ops`: plain Python until it compiles
 them. One batch row at a time (a caller may give each thread its own rows): the value checks
-and lengths of each row, the gold score, then float64 exp-space rows (:mod:`chaincrf.crf.kernels.cpu_exp`) with an exact
-log-space recomputation (:mod:`chaincrf.crf.kernels.cpu_logspace`) of any row that underflows;
-the max-plus recursion for Viterbi, in the emissions' dtype. ``chaincrf.crf.kernels.cpu_ops._load`` swaps each helper
+and lengths of each row, the gold score, then float64 exp-space rows (:mod:`chaincrf.crf.kernels.fused.exp`) with an exact
+log-space recomputation (:mod:`chaincrf.crf.kernels.fused.logspace`) of any row that underflows;
+the max-plus recursion for Viterbi, in the emissions' dtype. ``chaincrf.crf.kernels.fused.custom_ops._load`` swaps each helper
 for its compiled version in these modules' namespaces, then compiles the kernels: numba
 resolves a kernel's global names when it compiles it. Importing this module imports only numpy.
 """
@@ -13,12 +13,12 @@ import math
 
 import numpy as np
 
-from chaincrf.crf.kernels.cpu_exp import (
+from chaincrf.crf.kernels.fused.exp import (
     _backward_row_exp,
     _exp_scores,
     _forward_row_exp,
 )
-from chaincrf.crf.kernels.cpu_logspace import (
+from chaincrf.crf.kernels.fused.logspace import (
     _backward_row,
     _col_normalised,
     _forward_row,

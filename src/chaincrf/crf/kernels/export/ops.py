@@ -26,14 +26,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from chaincrf.crf import errors, plan
-from chaincrf.crf.kernels import eager
+from chaincrf.crf import errors, tracing
+from chaincrf.crf.kernels.eager import ops as eager
 
 __all__ = ["decode", "log_likelihood", "log_partition", "marginals", "viterbi"]
-
-GAPS = "native"
-"""How this kernel meets a mask with gaps (:mod:`chaincrf.crf.gaps`): a masked step keeps the
-row's state, so the chain runs over the kept positions as it is."""
 
 
 def _logsumexp(x: Tensor, dim: int) -> Tensor:
@@ -211,14 +207,14 @@ def _viterbi_scan(
 
 def _alpha(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) -> Tensor:
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips this block only)
-        if plan.export_tracing(em.device.type):
+        if tracing.export_tracing(em.device.type):
             return _forward_scan(em, mask, start, trans, False)[0]
     return _log_partition_loop(em, mask, start, trans)
 
 
 def _all_alphas(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) -> Tensor:
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips this block only)
-        if plan.export_tracing(em.device.type):
+        if tracing.export_tracing(em.device.type):
             return _forward_scan(em, mask, start, trans, True)[1]
     return _alphas_loop(em, mask, start, trans)
 
@@ -227,17 +223,25 @@ def _best(
     em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor
 ) -> tuple[Tensor, Tensor]:
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips this block only)
-        if plan.export_tracing(em.device.type):
+        if tracing.export_tracing(em.device.type):
             return _viterbi_scan(em, mask, start, trans, end)
     return _viterbi_loop(em, mask, start, trans, end)
 
 
 def log_partition(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> Tensor:
     """Log Z of each row (B,), 0 for an empty row."""
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips this block only)
-        if validate and not plan.is_compiling():
+        if validate and not tracing.is_compiling():
             eager.validate_values(em, mask, start, trans, end, None, True)
     log_z = _logsumexp(_alpha(em, mask, start, trans) + end, 1)
     return torch.where(mask.sum(1) > 0, log_z, torch.zeros_like(log_z))  # 0 if empty
@@ -245,37 +249,48 @@ def log_partition(
 
 def log_likelihood(
     em: Tensor,
-    tags: Tensor,
     mask: Tensor,
     start: Tensor,
     trans: Tensor,
     end: Tensor,
-    constrained: bool,
-    validate: bool,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> Tensor:
     """Gold-path score minus log Z (B,); outside a trace, with ``constrained`` and
     ``validate``, a forbidden gold path is an error (as eager)."""
+    if tags is None:
+        raise ValueError("log_likelihood needs tags")
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips this block only)
-        if validate and not plan.is_compiling():
+        if validate and not tracing.is_compiling():
             eager.validate_values(em, mask, start, trans, end, tags, True)
     gold = _gold_score(em, tags.masked_fill(~mask, 0), mask, start, trans, end)
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips this block only)
-        if constrained and validate and not plan.is_compiling():
+        if constrained and validate and not tracing.is_compiling():
             bad = torch.isneginf(gold)
             if bool(bad.any()):
                 raise errors.forbidden_gold_path(int(bad.nonzero()[0]))
-    return gold - log_partition(em, mask, start, trans, end, False)
+    return gold - log_partition(em, mask, start, trans, end, validate=False)
 
 
 def viterbi(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, k: int, validate: bool
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """The best path (k = 1 only) (B, 1, T), -1 past each length and where no path is
     allowed, and its score (B, 1): 0 for an empty row, -inf where no path is allowed."""
     if k != 1:
         raise ValueError(f"the export kernel computes the best path only (k = 1); got k={k}")
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips this block only)
-        if validate and not plan.is_compiling():
+        if validate and not tracing.is_compiling():
             eager.validate_values(em, mask, start, trans, end, None, True)
     em, start, trans, end = em.detach(), start.detach(), trans.detach(), end.detach()
     seq, best = _best(em, mask, start, trans, end)
@@ -286,11 +301,19 @@ def viterbi(
 
 
 def decode(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> list[list[int]]:
     """The best path of each row as a list of its kept positions' tags (all -1 where no path
     is allowed)."""
-    paths, _ = viterbi(em, mask, start, trans, end, 1, validate)
+    paths, _ = viterbi(em, mask, start, trans, end, validate=validate)
     rows: list[list[int]] = paths[:, 0].tolist()
     kept: list[list[bool]] = mask.tolist()
     out: list[list[int]] = []
@@ -304,7 +327,15 @@ def decode(
 
 
 def marginals(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> Tensor:
     """Posterior tag probabilities (B, T, K): rows sum to 1 where the mask is on, else 0.
 
@@ -314,7 +345,7 @@ def marginals(
     kept position, ``alpha + beta - emission`` normalised over the tags (the shifts cancel).
     """
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips this block only)
-        if validate and not plan.is_compiling():
+        if validate and not tracing.is_compiling():
             eager.validate_values(em, mask, start, trans, end, None, True)
     em, start, trans, end = em.detach(), start.detach(), trans.detach(), end.detach()
     ahead = _all_alphas(em, mask, start, trans)  # (T, B, K), emissions at t included

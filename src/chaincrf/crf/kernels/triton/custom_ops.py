@@ -1,4 +1,4 @@
-"""The Triton CRF kernels (:mod:`chaincrf.crf.kernels.gpu_triton`) as ``torch.library`` custom ops.
+"""The Triton CRF kernels (:mod:`chaincrf.crf.kernels.triton.programs`) as ``torch.library`` custom ops.
 
 Each op has a fake (shape-only) implementation, so that torch.compile and torch.export trace
 it, and the forward op has its autograd formula (the backward kernel), so that it is
@@ -24,7 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from chaincrf.crf.kernels import gpu_triton as kernels
+from chaincrf.crf import tracing
+from chaincrf.crf.kernels.triton import programs as kernels
 
 __all__ = ["forward", "marginals", "viterbi"]
 
@@ -198,9 +199,7 @@ def _(emissions, mask, start, transitions, end):
 
 
 def _tracing() -> bool:
-    from chaincrf.crf import plan
-
-    return plan.is_compiling()
+    return tracing.is_compiling()
 
 
 def _uint8(mask: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from chaincrf.crf import plan
+from chaincrf.crf import tracing, tuning
 
 _IMPORT_PID = os.getpid()
 _jobs: dict[int, tuple[Callable[[int], object], int, list[BaseException]]] = {}
@@ -63,17 +63,17 @@ _callback = _CALLBACK(_run_parts)
 
 def _threads(B: int, T: int, K: int, viterbi: bool = False) -> int:
     """How many of torch's threads a call over B rows of T steps and K tags uses (see
-    plan.FUSED); 1 in a process forked after chaincrf was imported (an OpenMP runtime's
+    tuning.FUSED); 1 in a process forked after chaincrf was imported (an OpenMP runtime's
     threads do not survive a fork) or where torch's OpenMP runtime cannot be found."""
     threads = min(torch.get_num_threads(), B)
-    tuning = plan.FUSED
-    least = tuning.split_min_btkk_viterbi if viterbi else tuning.split_min_btkk
+    tune = tuning.FUSED
+    least = tune.split_min_btkk_viterbi if viterbi else tune.split_min_btkk
     work = B * T * K * K
     if threads < 2 or work < least:
         return 1
     if os.getpid() != _IMPORT_PID or _openmp() is None:
         return 1
-    plan.path_taken("fused_threads", threads)
+    tracing.path_taken("fused_threads", threads)
     return threads
 
 

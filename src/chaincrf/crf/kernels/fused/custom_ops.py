@@ -2,15 +2,15 @@
 
 Each kernel runs one batch row at a time (over fixed chunks of rows where parameter gradients
 are summed, in a fixed order); a large call splits its rows over torch's own OpenMP threads
-(``chaincrf.crf.plan.FUSED``; the results do not depend on the split). The log-partition and
+(``chaincrf.crf.tuning.FUSED``; the results do not depend on the split). The log-partition and
 its gradient accumulate in float64 whatever the emissions' dtype (float32 or float64); Viterbi
 computes in the emissions' dtype, the eager kernel's sums step for step. Inputs are batch-first; a row covers the leading on positions of its mask, and
 positions past its length are never read. Transitions are indexed ``[from, to]``; forbidden
 moves are ``-inf`` scores (see ``chaincrf.confidence.crf_scores``).
 
 * ``chaincrf::log_partition`` (mask) -> (log Z, lengths): the forward recursion in exp space
-  (:mod:`chaincrf.crf.kernels.cpu_exp`), O(K) scratch per row; a row whose scale underflows is
-  recomputed exactly in log space (:mod:`chaincrf.crf.kernels.cpu_loops`).
+  (:mod:`chaincrf.crf.kernels.fused.exp`), O(K) scratch per row; a row whose scale underflows is
+  recomputed exactly in log space (:mod:`chaincrf.crf.kernels.fused.loops`).
 * ``chaincrf::log_likelihood`` (tags, mask) -> (gold score - log Z, lengths): the same pass
   plus the gold path's score.
 * ``chaincrf::forward_backward`` (grad, tags or none, lengths): the gradient of either, for the
@@ -38,8 +38,8 @@ import functools
 import torch
 from torch import Tensor
 
-from chaincrf.crf import plan
-from chaincrf.crf.kernels.cpu_impl import (
+from chaincrf.crf import tracing
+from chaincrf.crf.kernels.fused.impl import (
     _NO_TAGS,
     _NUMPY_DTYPES,
     _check_gold,
@@ -273,11 +273,11 @@ def _detached(*tensors: Tensor) -> list[Tensor]:
     return [x.detach() for x in tensors]
 
 
-_is_compiling = plan.is_compiling
+_is_compiling = tracing.is_compiling
 
 
 # ------------------------------------------------------------------------------ masked calls
-# What the kernel interface (chaincrf.crf.kernels.cpu) calls: a left-aligned bool mask, the
+# What the kernel interface (chaincrf.crf.kernels.fused.ops) calls: a left-aligned bool mask, the
 # value checks in the kernel (``validate``), the lengths returned with the results.
 
 

@@ -1,18 +1,12 @@
 """The eager kernel: the CRF's operations as tensor operations (any device, any float dtype).
 
 The portable fallback and the reference the other kernels are tested against. Every kernel
-module offers the same functions, on batch-first emissions ``em`` (B, T, K), a left-aligned
-bool ``mask`` (B, T) and the effective scores ``start`` (K,), ``trans`` (K, K) indexed
-``[from, to]`` and ``end`` (K,), ``-inf`` where forbidden; with ``validate`` they check the
-values first and raise the same errors, in the same order (mask gaps, scores, emissions, tags):
-
-- ``log_likelihood(em, tags, mask, start, trans, end, constrained, validate)`` -> (B,)
-- ``log_partition(em, mask, start, trans, end, validate)`` -> (B,)
-- ``viterbi(em, mask, start, trans, end, k, validate)`` -> paths (B, k, T), scores (B, k)
-- ``decode(em, mask, start, trans, end, validate)`` -> list of B lists of tags
-- ``marginals(em, mask, start, trans, end, validate)`` -> (B, T, K), 0 where the mask is off
-
-Log-likelihoods and log-partitions are differentiable w.r.t. ``em`` and the scores.
+offers the same operations with one signature (:mod:`chaincrf.crf.kernels.base`), on
+batch-first emissions ``em`` (B, T, K), a left-aligned bool ``mask`` (B, T) and the effective
+scores ``start`` (K,), ``trans`` (K, K) indexed ``[from, to]`` and ``end`` (K,), ``-inf`` where
+forbidden; with ``validate`` they check the values first and raise the same errors, in the same
+order (mask gaps, scores, emissions, tags). Log-likelihoods and log-partitions are
+differentiable w.r.t. ``em`` and the scores.
 """
 
 from __future__ import annotations
@@ -20,18 +14,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from chaincrf.crf import errors, plan
-from chaincrf.crf.kernels import eager_partition as part
-from chaincrf.crf.kernels import eager_viterbi as vit
-from chaincrf.crf.kernels.eager_scan import scan
+from chaincrf.crf import errors, tracing
+from chaincrf.crf.kernels.eager import partition as part
+from chaincrf.crf.kernels.eager import viterbi as vit
+from chaincrf.crf.kernels.eager.scan import scan
 from chaincrf.crf.ragged import sort_time_major
 
 __all__ = ["decode", "log_likelihood", "log_partition", "marginals", "viterbi"]
-
-
-GAPS = "validated"
-"""How this kernel meets a mask with gaps (:mod:`chaincrf.crf.gaps`): it raises
-``MaskGapError`` under ``validate`` only."""
 
 
 def validate_values(
@@ -96,15 +85,18 @@ def gold_score(
 
 def log_likelihood(
     em: Tensor,
-    tags: Tensor,
     mask: Tensor,
     start: Tensor,
     trans: Tensor,
     end: Tensor,
-    constrained: bool,
-    validate: bool,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> Tensor:
     """Gold-path score minus log Z (B,); with ``constrained``, a forbidden gold path is an error."""
+    if tags is None:
+        raise ValueError("log_likelihood needs tags")
     if validate:
         validate_values(em, mask, start, trans, end, tags)
     tags = tags.masked_fill(~mask, 0)
@@ -118,7 +110,15 @@ def log_likelihood(
 
 
 def log_partition(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> Tensor:
     """Log Z of each row (B,), 0 for an empty row."""
     if validate:
@@ -135,7 +135,15 @@ def _log_partition(
 
 
 def viterbi(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, k: int, validate: bool
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """k-best paths (B, k, T), -1 past each length, and their scores (B, k), best first."""
     if validate:
@@ -168,7 +176,15 @@ def viterbi(
 
 
 def decode(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> list[list[int]]:
     """The best path of each row as a list of its tags (all -1 where no path is allowed)."""
     if validate:
@@ -206,10 +222,10 @@ def _best_paths(
         if T == 0:
             return em.new_zeros((0, B), dtype=torch.long), em.new_zeros(B), None, lengths
         if vit._use_tree_viterbi(em):
-            plan.path_taken("tree_viterbi", B)
+            tracing.path_taken("tree_viterbi", B)
             seq, best = vit._tree_viterbi(em, start, trans, end, lengths)
             return seq, best, None, lengths
-        plan.path_taken("scan_viterbi", B)
+        tracing.path_taken("scan_viterbi", B)
         if B == 1:  # nothing to sort
             n = int(lengths[0])
             em_tm, order, n_active = em.transpose(0, 1), None, [1] * n + [0] * (T - n)
@@ -221,7 +237,15 @@ def _best_paths(
 
 
 def marginals(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> Tensor:
     """Posterior tag probabilities (B, T, K): rows sum to 1 where the mask is on, else 0."""
     if validate:
@@ -237,7 +261,7 @@ def marginals(
             args = (start.clone(), trans.clone(), end.clone(), lengths.clone())
             log_z = part._tree_log_partition(em_req, *args)
             if log_z is not None:
-                plan.path_taken("tree", em_tm.shape[1])
+                tracing.path_taken("tree", em_tm.shape[1])
                 (gamma,) = torch.autograd.grad(log_z.sum(), em_req)
     if gamma is None:
         with torch.no_grad():

@@ -1,12 +1,12 @@
 """Exact log-space rows for the fused CPU kernels: the forward recursion and the
 forward-backward gradient of one row, for the rows whose exp-space computation
-(:mod:`chaincrf.crf.kernels.cpu_exp`) underflowed, so that ``-inf`` scores and emissions up to
+(:mod:`chaincrf.crf.kernels.fused.exp`) underflowed, so that ``-inf`` scores and emissions up to
 1e4 over 10,000 steps stay exact and never produce NaN.
 
 A step of the recursion is one multiply-add per (from, to) pair in exp space, scaled by the
 message's maximum and each column's maximum transition score; a column whose sum may have lost
 terms to underflow is recomputed exactly in log space. Plain Python until
-:func:`chaincrf.crf.kernels.cpu_ops._load` compiles each function (and swaps the compiled
+:func:`chaincrf.crf.kernels.fused.custom_ops._load` compiles each function (and swaps the compiled
 versions into this namespace: they call each other). Importing this module imports only numpy.
 """
 

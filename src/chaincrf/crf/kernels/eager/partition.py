@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from chaincrf.crf import plan
-from chaincrf.crf.kernels.eager_scan import scan
+from chaincrf.crf import tracing, tuning
+from chaincrf.crf.kernels.eager.scan import scan
 from chaincrf.crf.ragged import active_counts
 
 
@@ -19,9 +19,9 @@ def _broadcast_products(B: int, K: int) -> bool:
     (measured 30-80 µs here) that dwarfs the arithmetic; a broadcast multiply and sum does not.
     Single-threaded, BLAS is far faster (2 µs against 40 µs at B=32, K=9).
     """
-    tuning = plan.EAGER
+    tune = tuning.EAGER
     threads = torch.get_num_threads()
-    return threads >= tuning.broadcast_min_threads and K <= 16 and tuning.broadcast_max >= B * K * K
+    return threads >= tune.broadcast_min_threads and K <= 16 and tune.broadcast_max >= B * K * K
 
 
 def _mm(a: Tensor, b: Tensor, out: Tensor, broadcast: bool) -> None:
@@ -37,7 +37,7 @@ class _Scaled:
 
     The step is ``p_t = normalise((p_{t-1} @ exp(trans - tmax)) * exp(em_t - max em_t))`` with
     log-scales accumulated in float64. Exact to working precision while the spread of finite
-    transition scores stays under ``plan.EAGER.span_limit`` and no step's normaliser underflows; rows where
+    transition scores stays under ``tuning.EAGER.span_limit`` and no step's normaliser underflows; rows where
     one does are reported in ``ok`` and must be recomputed in log space.
 
     Args:
@@ -100,7 +100,7 @@ class _Scaled:
         emax = end_fin.max() if end_fin.numel() else zero
         end_w = torch.exp(end - emax)  # (K,)
         z = (P[last, rows] * end_w).sum(1)  # (B,)
-        ok = (S[..., 0] > plan.EAGER.tiny(dtype)).all(0) & (z > plan.EAGER.tiny(dtype))
+        ok = (S[..., 0] > tuning.EAGER.tiny(dtype)).all(0) & (z > tuning.EAGER.tiny(dtype))
         ok |= lengths == 0
         if not bool(ok.all()):  # neutralise failed rows so their backward is exactly zero
             bad = ~ok
@@ -229,7 +229,7 @@ class _ForwardBackward:
     """Log-partition and its gradient for sorted time-major emissions, choosing the method.
 
     The scaled exp-space recursion runs first; rows where it could lose precision (transition
-    spread over ``plan.EAGER.span_limit``, or a step whose normaliser underflows, as with ``-inf``
+    spread over ``tuning.EAGER.span_limit``, or a step whose normaliser underflows, as with ``-inf``
     constraints against huge emissions) are recomputed exactly in log space. Never approximate
     silently.
     """
@@ -253,15 +253,15 @@ class _ForwardBackward:
             return
         finite = torch.isfinite(trans)
         spread = trans[finite].max() - trans[finite].min() if bool(finite.any()) else None
-        limit = plan.EAGER.span_limit(em.dtype)
+        limit = tuning.EAGER.span_limit(em.dtype)
         if limit is not None and spread is not None and float(spread) <= limit:
             self.scaled = _Scaled(em, start, trans, end, n_active, lengths)
             self.log_z = self.scaled.log_z
-            plan.path_taken("scaled", B)
+            tracing.path_taken("scaled", B)
             if bool(self.scaled.ok.all()):
                 return
             rows = (~self.scaled.ok).nonzero()[:, 0]  # still sorted by decreasing length
-            plan.path_taken("exact", int(rows.numel()))
+            tracing.path_taken("exact", int(rows.numel()))
             sub_lengths = lengths[rows]
             self.exact = _Exact(
                 em.index_select(1, rows),
@@ -274,7 +274,7 @@ class _ForwardBackward:
             self.exact_rows = rows
             self.log_z = self.log_z.index_put((rows,), self.exact.log_z)
         else:
-            plan.path_taken("exact", B)
+            tracing.path_taken("exact", B)
             self.exact = _Exact(em, start, trans, end, n_active, lengths)
             self.log_z = self.exact.log_z
 
@@ -347,7 +347,7 @@ def _tree_log_partition(
     while M.size(0) > 1:
         M = torch.matmul(M[0::2], M[1::2])
         c = M.detach().amax(dim=(2, 3), keepdim=True)  # (n, B, 1, 1)
-        if not bool((c > plan.EAGER.tiny(dtype)).all()):
+        if not bool((c > tuning.EAGER.tiny(dtype)).all()):
             return None
         M = M / c
         log_c = log_c + c.double().log().sum((0, 2, 3))
@@ -357,7 +357,7 @@ def _tree_log_partition(
     v = torch.exp(a0 - m0).unsqueeze(1)  # (B, 1, K)
     total = M[0] if M.size(0) else eye.expand(B, K, K)
     z = (torch.matmul(v, total).squeeze(1) * torch.exp(end - emax)).sum(1)  # (B,)
-    if not bool((z.detach() > plan.EAGER.tiny(dtype)).all()):
+    if not bool((z.detach() > tuning.EAGER.tiny(dtype)).all()):
         return None
     log_z = (log_c + m0[:, 0].double() + emax.double()).to(dtype) + z.log()
     return torch.where(lengths > 0, log_z, 0.0)
@@ -366,17 +366,13 @@ def _tree_log_partition(
 def _use_tree(em: Tensor, start: Tensor, trans: Tensor, end: Tensor) -> bool:
     """Whether the log-depth path is both exact and faster: small, unconstrained, few tags."""
     T, B, K = em.shape
-    tuning = plan.EAGER
-    if (
-        tuning.tree_min_t > T
-        or tuning.tree_max_bkk < B * K * K
-        or tuning.span_limit(em.dtype) is None
-    ):
+    tune = tuning.EAGER
+    if tune.tree_min_t > T or tune.tree_max_bkk < B * K * K or tune.span_limit(em.dtype) is None:
         return False
     scores = torch.cat([start.detach(), end.detach(), trans.detach().view(-1)])
     if not bool(torch.isfinite(scores).all()) or bool(torch.isneginf(em).any()):
         return False
-    return float(trans.detach().max() - trans.detach().min()) <= tuning.tree_span_limit
+    return float(trans.detach().max() - trans.detach().min()) <= tune.tree_span_limit
 
 
 def _log_partition_sorted(
@@ -390,6 +386,6 @@ def _log_partition_sorted(
     if _use_tree(em, start, trans, end):
         log_z = _tree_log_partition(em, start, trans, end, lengths)
         if log_z is not None:
-            plan.path_taken("tree", em.shape[1])
+            tracing.path_taken("tree", em.shape[1])
             return log_z
     return _LogPartition.apply(em, start, trans, end, n_active, lengths)

@@ -1,5 +1,5 @@
 """The fused CPU kernel: the kernel interface of :mod:`chaincrf.crf.kernels.eager` on the
-compiled loops of :mod:`chaincrf.crf.kernels.cpu_ops` (numba; float32/float64 CPU tensors).
+compiled loops of :mod:`chaincrf.crf.kernels.fused.custom_ops` (numba; float32/float64 CPU tensors).
 
 The value checks (``validate``) run inside the kernels, in the pass that counts each row's
 length: same errors, same order as the eager kernel, without a host synchronisation in Python.
@@ -9,39 +9,54 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from chaincrf.crf.kernels import cpu_ops as ops
+from chaincrf.crf.kernels.fused import custom_ops as ops
 
 __all__ = ["decode", "log_likelihood", "log_partition", "marginals", "viterbi"]
-
-GAPS = "detected"
-"""How this kernel meets a mask with gaps (:mod:`chaincrf.crf.gaps`): the pass that counts
-each row's length finds them, with or without ``validate``, and raises ``MaskGapError``."""
 
 
 def log_likelihood(
     em: Tensor,
-    tags: Tensor,
     mask: Tensor,
     start: Tensor,
     trans: Tensor,
     end: Tensor,
-    constrained: bool,
-    validate: bool,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> Tensor:
     """Gold-path score minus log Z (B,); with ``constrained``, a forbidden gold path is an error."""
+    if tags is None:
+        raise ValueError("log_likelihood needs tags")
     args = (em, tags.contiguous(), mask, start, trans, end, constrained, validate)
     return ops.log_likelihood_masked(*args)
 
 
 def log_partition(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> Tensor:
     """Log Z of each row (B,), 0 for an empty row."""
     return ops.log_partition_masked(em, mask, start, trans, end, validate)[0]
 
 
 def viterbi(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, k: int, validate: bool
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """The best path (k = 1 only) (B, 1, T), -1 past each length, and its score (B, 1)."""
     if k != 1:
@@ -51,7 +66,15 @@ def viterbi(
 
 
 def decode(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> list[list[int]]:
     """The best path of each row as a list of its tags (all -1 where no path is allowed)."""
     paths, _, lengths = ops.viterbi_masked(em, mask, start, trans, end, validate)
@@ -59,7 +82,15 @@ def decode(
 
 
 def marginals(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, validate: bool
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
 ) -> Tensor:
     """Posterior tag probabilities (B, T, K): rows sum to 1 where the mask is on, else 0."""
     return ops.marginals_masked(em, mask, start, trans, end, validate)

@@ -1,0 +1,86 @@
+"""The layer's arguments checked and laid out: shapes and dtypes only (no values, so nothing
+syncs with the device), errors that name the argument, the expected shape and what arrived;
+and the reductions of per-row log-likelihoods."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["REDUCTIONS", "batch_first_tags", "check_reduction", "emissions_and_mask", "reduce"]
+
+REDUCTIONS = ("none", "sum", "mean", "token_mean")
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"invalid reduction: expected one of {REDUCTIONS}; got {reduction!r}")
+
+
+def _layout(batch_first: bool, what: str) -> str:
+    return f"(batch, seq_len{what})" if batch_first else f"(seq_len, batch{what})"
+
+
+def emissions_and_mask(
+    emissions: Tensor, mask: Tensor | None, num_tags: int, batch_first: bool
+) -> tuple[Tensor, Tensor]:
+    """Checks shapes and dtypes; returns batch-first float emissions (B, T, K) (half
+    precision upcast to float32) and a bool mask (B, T)."""
+    layout = _layout(batch_first, f", {num_tags}")
+    if not isinstance(emissions, Tensor):
+        raise ValueError(f"emissions must be a torch.Tensor; got {type(emissions).__name__}")
+    if emissions.dim() != 3:
+        raise ValueError(
+            f"emissions must have 3 dimensions {layout}; got shape {tuple(emissions.shape)}"
+        )
+    if emissions.size(2) != num_tags:
+        raise ValueError(
+            f"emissions must have shape {layout}: last dimension "
+            f"{num_tags} (num_tags); got {tuple(emissions.shape)}"
+        )
+    if not emissions.is_floating_point():
+        raise ValueError(f"emissions must be a floating point tensor; got dtype {emissions.dtype}")
+    em = emissions if batch_first else emissions.transpose(0, 1)
+    if em.dtype in (torch.float16, torch.bfloat16):
+        em = em.float()
+    B, T, _ = em.shape
+    if mask is None:
+        return em, torch.ones(B, T, dtype=torch.bool, device=em.device)
+    if not isinstance(mask, Tensor):
+        raise ValueError(f"mask must be a torch.Tensor; got {type(mask).__name__}")
+    if tuple(mask.shape) != tuple(emissions.shape[:2]):
+        raise ValueError(
+            f"mask must have shape {_layout(batch_first, '')} = {tuple(emissions.shape[:2])} "
+            f"matching emissions; got {tuple(mask.shape)}"
+        )
+    if mask.dtype not in (torch.bool, torch.uint8):
+        raise ValueError(f"mask must be a bool or uint8 tensor; got dtype {mask.dtype}")
+    return em, (mask if batch_first else mask.t()).bool()
+
+
+def batch_first_tags(tags: Tensor, em: Tensor, batch_first: bool) -> Tensor:
+    """Checks the tags' shape (that of the batch-first emissions ``em``'s first two
+    dimensions, in the layer's layout) and dtype; returns them (B, T) long, batch-first."""
+    if not isinstance(tags, Tensor):
+        raise ValueError(f"tags must be a torch.Tensor; got {type(tags).__name__}")
+    expected = tuple(em.shape[:2]) if batch_first else (em.shape[1], em.shape[0])
+    if tuple(tags.shape) != expected:
+        raise ValueError(
+            f"tags must have shape {_layout(batch_first, '')} = {expected} matching emissions; "
+            f"got {tuple(tags.shape)}"
+        )
+    if tags.is_floating_point() or tags.dtype == torch.bool or tags.is_complex():
+        raise ValueError(f"tags must be an integer tensor; got dtype {tags.dtype}")
+    return (tags if batch_first else tags.t()).long()
+
+
+def reduce(llh: Tensor, mask: Tensor, reduction: str) -> Tensor:
+    """Per-row log-likelihoods (B,) reduced as ``reduction`` says (``token_mean``: over the
+    mask's tokens)."""
+    if reduction == "none":
+        return llh
+    if reduction == "sum":
+        return llh.sum()
+    if reduction == "mean":
+        return llh.mean()
+    return llh.sum() / mask.sum().clamp(min=1).to(llh.dtype)  # no 0/0 for all-empty batches

@@ -1,0 +1,118 @@
+"""What is tracing a call, and what ran: the checks the kernels and the planner share.
+
+- :func:`is_compiling`, :func:`is_exporting`, :func:`exporting`, :func:`export_tracing`: whether
+  torch.compile / torch.export / an exporter for another runtime is tracing;
+- :func:`record` lists the kernel chosen for each call inside a block, :func:`record_paths` the
+  paths the kernels took (:func:`note_choice`, :func:`path_taken` report them).
+
+A leaf: imports torch only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+
+__all__ = [
+    "export_tracing",
+    "exporting",
+    "is_compiling",
+    "is_exporting",
+    "note_choice",
+    "path_taken",
+    "record",
+    "record_paths",
+]
+
+is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+"""Whether torch.compile / torch.export is tracing (torch >= 2.3 names it torch.compiler)."""
+
+is_exporting: Callable[[], bool] = getattr(torch.compiler, "is_exporting", lambda: False)
+"""Whether torch.export (also under the ONNX exporter) is tracing (torch >= 2.5). Not
+trusted alone: torch 2.11 answers True inside a plain torch.compile on CUDA (see
+:func:`export_tracing`)."""
+
+_export_blocks: list[bool] = []
+
+
+@contextlib.contextmanager
+def exporting() -> Iterator[None]:
+    """Mark a block as an export for another runtime (ONNX, TorchScript, an ExportedProgram
+    run without chaincrf): every CRF call traced inside takes the export kernel, on any
+    device. chaincrf's own exporters (:mod:`chaincrf.tagger.export`) use it."""
+    _export_blocks.append(True)
+    try:
+        yield
+    finally:
+        _export_blocks.pop()
+
+
+def export_tracing(device: str) -> bool:
+    """Whether a call being traced on ``device`` is an export that needs standard operations
+    only: inside :func:`exporting`, or when torch says it exports (:func:`is_exporting`) and
+    the tensors are not on CUDA. On CUDA torch's word alone is not taken (torch 2.11 says
+    True under a plain torch.compile, whose Inductor cannot lower the export kernel's scan):
+    there the Triton custom ops are traced, which torch.export keeps as custom ops."""
+    return bool(_export_blocks) or (device != "cuda" and is_exporting())
+
+
+_recorders: list[list[tuple[str, str]]] = []
+
+
+def note_choice(operation: str, kernel: str) -> None:
+    """Called by the planner for every choice it makes (see :func:`record`)."""
+    for recorder in _recorders:
+        recorder.append((operation, kernel))
+
+
+@contextlib.contextmanager
+def record() -> Iterator[list[tuple[str, str]]]:
+    """Collect ``(operation, kernel)`` for every choice made inside the block.
+
+    Example::
+
+        with chaincrf.crf.tracing.record() as ran:
+            crf.viterbi(emissions, mask)
+        assert ran == [("viterbi", "fused")]
+    """
+    with _collecting(_recorders) as ran:
+        yield ran
+
+
+@contextlib.contextmanager
+def _collecting(registry: list[list]) -> Iterator[list]:
+    """A new list appended to ``registry`` for a block (what is recorded meanwhile)."""
+    collected: list = []
+    registry.append(collected)
+    try:
+        yield collected
+    finally:
+        registry.remove(collected)
+
+
+_path_recorders: list[list[tuple[str, int]]] = []
+
+
+def path_taken(path: str, rows: int) -> None:
+    """Called by a kernel when it takes ``path`` for ``rows`` batch rows (threads, for
+    ``"fused_threads"``)."""
+    for recorder in _path_recorders:
+        recorder.append((path, rows))
+
+
+@contextlib.contextmanager
+def record_paths() -> Iterator[list[tuple[str, int]]]:
+    """Collect ``(path, rows)`` for every eager path taken inside the block: ``"scaled"``,
+    ``"exact"`` (log space), ``"tree"`` (log-partition); ``"tree_viterbi"``, ``"scan_viterbi"``;
+    and ``("fused_threads", n)`` for a fused call split over n threads.
+
+    Example::
+
+        with chaincrf.crf.tracing.record_paths() as paths:
+            crf.log_partition(emissions, mask)
+        assert ("exact", 5) in paths
+    """
+    with _collecting(_path_recorders) as paths:
+        yield paths

@@ -1,0 +1,132 @@
+"""The kernels' thresholds: every number by which a kernel picks among its own paths, in one
+place, each with the command that re-measures it (the figures are in ``benchmarks/``).
+
+A leaf: imports torch only. The kernels read :data:`EAGER` and :data:`FUSED` at call time, so
+:func:`eager_tuning` / :func:`fused_tuning` change them for a block (to tune for another
+machine, or to reach a path in a test).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["EAGER", "FUSED", "EagerTuning", "FusedTuning", "eager_tuning", "fused_tuning"]
+
+
+@dataclass(frozen=True)
+class EagerTuning:
+    """The thresholds by which the eager kernel picks among its own paths: one line each, why
+    and the command that re-measures it (``python3 scripts/bench_crf.py --kernels eager``
+    unless said); the figures are in ``benchmarks/crf_kernels.md`` ("Thresholds").
+
+    Attributes:
+        span_limit_float32, span_limit_float64: widest spread of finite transition scores the
+            scaled exp-space log-partition takes without losing a term to underflow (exactness,
+            not speed: ``tests/test_crf_reference.py``); wider goes to the log-space path.
+        tiny_float32, tiny_float64: smallest per-step normaliser the scaled path accepts (the
+            same reason); below it the row is recomputed in log space.
+        tree_max_bkk, tree_min_t, tree_span_limit: when the log-depth tree of matrix products
+            beats the sequential scan (the spread bound keeps its products from underflowing).
+        broadcast_max, broadcast_min_threads: when broadcasting beats a BLAS product on a
+            handful of rows (the BLAS thread hand-off dominates there).
+        batched_backpointers_max: when one argmax over every step's back-pointers beats
+            following the chosen tag only.
+        slice_min_saved: when slicing to the rows still running saves more than the views cost.
+        tree_viterbi_min_t, tree_viterbi_max_bkkk, tree_viterbi_long_t,
+        tree_viterbi_long_max_bkkk: when the max-plus tree beats the sequential Viterbi scan.
+    """
+
+    span_limit_float32: float = 60.0
+    span_limit_float64: float = 600.0
+    tiny_float32: float = 1e-20
+    tiny_float64: float = 1e-200
+    tree_max_bkk: int = 512
+    tree_min_t: int = 8
+    tree_span_limit: float = 25.0
+    broadcast_max: int = 4096
+    broadcast_min_threads: int = 2
+    batched_backpointers_max: int = 3000
+    slice_min_saved: int = 8192
+    tree_viterbi_min_t: int = 64
+    tree_viterbi_max_bkkk: int = 512
+    tree_viterbi_long_t: int = 256
+    tree_viterbi_long_max_bkkk: int = 1024
+
+    def span_limit(self, dtype: torch.dtype) -> float | None:
+        """The spread limit of the scaled path in ``dtype`` (None: no scaled path)."""
+        return {torch.float32: self.span_limit_float32, torch.float64: self.span_limit_float64}.get(
+            dtype
+        )
+
+    def tiny(self, dtype: torch.dtype) -> float:
+        return self.tiny_float64 if dtype == torch.float64 else self.tiny_float32
+
+
+@dataclass(frozen=True)
+class FusedTuning:
+    """The fused kernels' own thresholds: one line each, why and the command that re-measures
+    it (``python3 scripts/bench_fused.py --tuning``); the figures are in
+    ``benchmarks/crf_kernels.md`` ("Thresholds").
+
+    Attributes:
+        split_min_btkk: from this B * T * K^2 on a log-partition, likelihood, gradient or
+            marginals call splits its rows over torch's OpenMP threads (a fixed part each, so
+            results do not depend on the split); below it a parallel region costs more than it
+            saves.
+        split_min_btkk_viterbi: the same for Viterbi.
+        numba_exp_max_btk: up to this many emissions the exp-space kernels' exp(em - max) is one
+            compiled loop, above it torch's vectorised exp is faster.
+    """
+
+    split_min_btkk: int = 250_000
+    split_min_btkk_viterbi: int = 1_000_000
+    numba_exp_max_btk: int = 3000
+
+
+FUSED = FusedTuning()
+"""The fused kernels' threshold in force (see :func:`fused_tuning`)."""
+
+EAGER = EagerTuning()
+"""The eager kernel's thresholds in force (see :func:`eager_tuning` to change them)."""
+
+
+@contextlib.contextmanager
+def eager_tuning(**changes: float) -> Iterator[EagerTuning]:
+    """Run a block with some eager thresholds changed (to tune for another machine, or to
+    reach a path in a test), e.g. ``with eager_tuning(tree_max_bkk=0):`` (never the tree).
+
+    Raises:
+        TypeError: naming an unknown threshold.
+    """
+    with _replaced("EAGER", changes) as tuning:
+        yield tuning
+
+
+@contextlib.contextmanager
+def fused_tuning(**changes: int) -> Iterator[FusedTuning]:
+    """Run a block with the fused kernels' threshold changed, e.g.
+    ``with fused_tuning(split_min_btkk=0, split_min_btkk_viterbi=0):`` (split every call
+    over torch's threads).
+
+    Raises:
+        TypeError: naming an unknown threshold.
+    """
+    with _replaced("FUSED", changes) as tuning:
+        yield tuning
+
+
+@contextlib.contextmanager
+def _replaced(name: str, changes: dict) -> Iterator:
+    """The module's tuning ``name`` (EAGER, FUSED) with ``changes`` for a block."""
+    names = globals()
+    before = names[name]
+    names[name] = dataclasses.replace(before, **changes)
+    try:
+        yield names[name]
+    finally:
+        names[name] = before

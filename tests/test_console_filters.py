@@ -1,0 +1,81 @@
+"""The console's filters (:func:`chaincrf.cli.console.quiet_third_party`) hide what the libraries
+say about themselves, at their own loggers and by their own messages, and nothing else; the
+progress bar numbers epochs as the epoch lines do. In-process and fast; the commands' whole
+consoles are checked in tests/test_console.py."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytorch_lightning as pl
+
+from chaincrf.cli.console import quiet_third_party
+from chaincrf.training import ProgressBar, epoch_label
+
+LIGHTNING_NOTE = "Checkpoint directory /x/checkpoints exists and is not empty."
+
+
+def _warn(message: str, module: str) -> None:
+    warnings.warn_explicit(message, UserWarning, f"{module.replace('.', '/')}.py", 1, module=module)
+
+
+def _raised(verbose: bool) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_third_party(verbose):
+            _warn(LIGHTNING_NOTE, "pytorch_lightning.callbacks.model_checkpoint")
+            _warn(LIGHTNING_NOTE, "chaincrf.data.checks")  # the same words, from chaincrf
+            _warn("a new warning of Lightning's", "pytorch_lightning.trainer.trainer")
+    return [f"{w.filename}: {w.message}" for w in caught]
+
+
+def test_lightnings_known_notes_are_hidden_and_other_warnings_kept():
+    assert _raised(verbose=False) == [
+        f"chaincrf/data/checks.py: {LIGHTNING_NOTE}",
+        "pytorch_lightning/trainer/trainer.py: a new warning of Lightning's",
+    ]
+    assert len(_raised(verbose=True)) == 3
+
+
+def _root_record(path: str, message: str) -> logging.LogRecord:
+    return logging.LogRecord("root", logging.WARNING, path, 1, message, None, None)
+
+
+def _enabled(name: str, level: int) -> bool:
+    return logging.getLogger(name).isEnabledFor(level)
+
+
+def test_the_libraries_loggers_are_quiet_within_the_block_only(caplog):
+    caplog.set_level(logging.INFO)
+    before = logging.getLogger("onnxscript").level
+    with quiet_third_party(False):
+        assert not _enabled("lightning_fabric.utilities.seed", logging.INFO)  # "Seed set to 42"
+        assert not _enabled(
+            "pytorch_lightning.utilities.rank_zero", logging.INFO
+        )  # "GPU available"
+        assert not _enabled("onnxscript.optimizer._constant_folding", logging.INFO)
+        assert not _enabled("torch.onnx._internal.exporter", logging.WARNING)  # torchvision
+        assert _enabled("pytorch_lightning.trainer", logging.WARNING)  # a real warning
+        assert _enabled("chaincrf.data.checks", logging.WARNING)
+        assert _enabled("chaincrf.train", logging.INFO)  # the epoch lines
+        # onnxruntime's quantisation logs on the root logger: dropped by where it comes from
+        root = logging.getLogger()
+        root.handle(_root_record("/x/onnxruntime/quantization/quantize.py", "pre-processing"))
+        root.handle(_root_record("/x/mine/script.py", "the user's own root warning"))
+    assert [r.getMessage() for r in caplog.records] == ["the user's own root warning"]
+    assert logging.getLogger("onnxscript").level == before
+    assert _enabled("lightning_fabric.utilities.seed", logging.INFO)
+    with quiet_third_party(True):
+        assert _enabled("lightning_fabric.utilities.seed", logging.INFO)
+        assert _enabled("onnxscript.optimizer._constant_folding", logging.INFO)
+
+
+def test_the_progress_bar_numbers_epochs_as_the_epoch_lines(tmp_path):
+    assert epoch_label(11, 12) == "12/12" and epoch_label(0, -1) == "1"
+    bar = ProgressBar()
+    trainer = pl.Trainer(max_epochs=12, callbacks=[bar], logger=False, default_root_dir=tmp_path)
+    assert trainer.progress_bar_callback is bar
+    bar.setup(trainer, pl.LightningModule(), "fit")
+    assert bar._get_train_description(11).strip() == "Epoch 12/12"  # Lightning's: "Epoch 11/11"
+    assert bar.is_disabled  # stderr is not a terminal here: the epoch lines alone
