@@ -1110,6 +1110,228 @@ def probe_bounded_work(table: Table, run: Path, work: Path) -> None:
     )
 
 
+def _one_line_cli(
+    module: str,
+    args: list[str],
+    work: Path,
+    expected: str,
+    *,
+    stdin: bytes | None = None,
+    close: tuple[int, ...] = (),
+    file_limit: int | None = None,
+    timeout: float = 300,
+) -> str:
+    """The outcome of ``chaincrf-<module> args`` in a subprocess that must fail with one error
+    line holding ``expected``, exit status 1 and no traceback: ``close`` names file descriptors
+    closed at its start (0: stdin, 1: stdout), ``file_limit`` a full disk (``RLIMIT_FSIZE``,
+    ``SIGXFSZ`` ignored: a write past it fails with ``OSError: [Errno 27]``)."""
+    prelude = "import runpy, sys\n"
+    if file_limit is not None:
+        prelude += (
+            "import resource, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({file_limit}, resource.RLIM_INFINITY))\n"
+        )
+    prelude += (
+        f"sys.argv = ['chaincrf-{module}', *{args!r}]\n"
+        f"runpy.run_module('chaincrf.cli.{module}', run_name='__main__', alter_sys=True)\n"
+    )
+    env = {**os.environ, "CHAINCRF_OUTPUT": str(work / "out"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(TESTS)])}  # fmt: skip
+    env.pop("CHAINCRF_TRACEBACK", None)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", prelude],
+            input=stdin,
+            stdin=None if stdin is not None or 0 in close else subprocess.DEVNULL,
+            stdout=None if 1 in close else subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=(lambda: [os.close(fd) for fd in close]) if close else None,
+            cwd=work,
+            env=env,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return "hang"
+    output = (done.stdout or b"").decode(errors="replace") + done.stderr.decode(errors="replace")
+    if done.returncode == 0:
+        return "silent wrong"
+    errors = [line for line in output.splitlines() if "ERROR" in line]
+    clear = (
+        done.returncode == 1
+        and "Traceback" not in output
+        and len(errors) == 1
+        and expected in errors[0]
+    )
+    return "ok" if clear else "crash"
+
+
+def probe_one_line_errors(table: Table, run: Path, work: Path) -> None:
+    """Every row a chaincrf command in a subprocess that must end in one error line naming the
+    file (and line or field) or the option, exit status 1, no traceback, nothing half-written."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from chaincrf.cli.export import export
+
+    work = work / "one_line"
+    work.mkdir()
+    ckpt = run / "checkpoints" / "best.ckpt"
+    text = work / "in.txt"
+    text.write_text("EU rejects German call .\n", encoding="utf-8")
+    onnx_dir = export(ckpt, work / "onnx", fmt="onnx")
+    bundle = export(ckpt, work / "bundle")
+
+    def copy(source: Path, name: str, edit: Callable[[Path], None]) -> Path:
+        folder = work / name
+        shutil.copytree(source, folder)
+        edit(folder)
+        return folder
+
+    def edit_json(name: str, change: Callable[[Any], None]) -> Callable[[Path], None]:
+        def edit(folder: Path) -> None:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+            change(data)
+            (folder / name).write_text(json.dumps(data), encoding="utf-8")
+
+        return edit
+
+    def predict(folder: Path, expected: str, *extra: str, **options: Any) -> str:
+        args = [f"ckpt_path={folder}", f"input={text}", f"output={work / 'o.jsonl'}", *extra]
+        return _one_line_cli("predict", args, work, expected, **options)
+
+    # onnxruntime: bad model files
+    outcomes: Counter = Counter()
+    model = (onnx_dir / "model.onnx").read_bytes()
+
+    def foreign(folder: Path) -> None:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+        onnx.save(helper.make_model(graph), str(folder / "model.onnx"))
+
+    def custom_op(folder: Path) -> None:
+        proto = onnx.load(str(folder / "model.onnx"))
+        node = proto.graph.node[len(proto.graph.node) // 2]
+        node.op_type, node.domain = "MyCustomOp", "com.example"
+        proto.opset_import.append(helper.make_opsetid("com.example", 1))
+        onnx.save(proto, str(folder / "model.onnx"))
+
+    for name, edit in (
+        ("truncated", lambda f: (f / "model.onnx").write_bytes(model[: len(model) // 3])),
+        ("empty", lambda f: (f / "model.onnx").write_bytes(b"")),
+        ("foreign", foreign),
+        ("custom_op", custom_op),
+    ):
+        folder = copy(onnx_dir, f"onnx_{name}", edit)
+        outcomes[predict(folder, f"{folder / 'model.onnx'}: ")] += 1
+    table.add("11", "onnxruntime: truncated, empty, foreign, custom-op model.onnx", outcomes)
+
+    # JSON nested 100,000 deep
+    outcomes = Counter()
+    deep = "[" * 100_000 + "]" * 100_000
+    for source, name in ((onnx_dir, "tagger.json"), (onnx_dir, "vocab.json"),
+                         (bundle, "config.json"), (bundle, "vocab.json")):  # fmt: skip
+        folder = copy(
+            source, f"deep_{source.name}_{name}", lambda f, n=name: (f / n).write_text(deep)
+        )
+        outcomes[predict(folder, f"{folder / name}: JSON nested")] += 1
+    table.add("11", "JSON nested 100,000 deep (tagger.json, vocab.json, config.json)", outcomes)
+
+    # options
+    outcomes = Counter()
+    overrides = [
+        *(o for o in train_overrides(work / "x") if not o.startswith(("run_dir=", "report="))),
+        "trainer.max_epochs=1",
+    ]
+    outcomes[_one_line_cli("train", [*overrides, "data.max_word_chars=2.5", "task_name=mwc"],
+                           work, "max_word_chars must be an int >= 1; got 2.5")] += 1  # fmt: skip
+    table.add("11", "float max_word_chars (chaincrf-train data.max_word_chars=2.5)", outcomes)
+    outcomes = Counter()
+    outcomes[_one_line_cli("predict", [f"ckpt_path={ckpt}", "input=-"], work,
+                           "input=-: stdin is closed", close=(0,))] += 1  # fmt: skip
+    outcomes[_one_line_cli("predict", [f"ckpt_path={ckpt}", f"input={text}", "output=-"], work,
+                           "output=-: stdout is closed", close=(1,))] += 1  # fmt: skip
+    table.add("11", "closed stdin (input=- <&-), closed stdout (output=- >&-)", outcomes)
+    outcomes = Counter()
+    for name in ("rot13", "base64", "no-such-codec"):
+        outcomes[predict(ckpt, "encoding must name a text encoding", f"encoding={name}")] += 1
+    table.add("11", "encoding=rot13, base64, an unknown name", outcomes)
+    outcomes = Counter()
+    latin = work / "latin1.txt"
+    latin.write_bytes("EU rejects\nCafé au lait .\n".encode("latin-1"))
+    conll = work / "latin1.conll"
+    conll.write_bytes("EU B-ORG\nCafé O\n\n".encode("latin-1"))
+    args = [f"ckpt_path={ckpt}", f"output={work / 'o.jsonl'}"]
+    outcomes[_one_line_cli("predict", [*args, f"input={latin}"], work,
+                           f"{latin}:2: bytes b'\\xe9' cannot be decoded as utf-8")] += 1  # fmt: skip
+    outcomes[_one_line_cli("predict", [*args, "input=-"], work, "stdin:2: bytes b'\\xe9'",
+                           stdin=latin.read_bytes())] += 1  # fmt: skip
+    outcomes[_one_line_cli("predict", [*args, f"input={conll}"], work,
+                           f"{conll}:2: bytes")] += 1  # fmt: skip
+    table.add("11", "Latin-1 input read as UTF-8 (text file, stdin, CoNLL file)", outcomes,
+              "the error names file:line and encoding=")  # fmt: skip
+
+    # a full disk
+    outcomes = Counter()
+    before = work / "full_before"
+    result = _one_line_cli("train", [*overrides, f"hydra.run.dir={before}"], work,
+                           "File too large", file_limit=4000)  # fmt: skip
+    outcomes["crash" if result == "ok" and before.exists() else result] += 1
+    table.add("11", "full disk before training (Hydra's record, config, vocabularies)", outcomes,
+              "ok = one line, no run folder left")  # fmt: skip
+    outcomes = Counter()
+    after = work / "full_after"
+    result = _one_line_cli(
+        "train",
+        [*overrides, f"hydra.run.dir={after}",
+         "+callbacks.disk._target_=fault_injection.FullDiskAfterFit", "+callbacks.disk.limit=10000"],
+        work,
+        "the training itself is complete",
+    )  # fmt: skip
+    empty = [
+        p.name
+        for p in after.rglob("*")
+        if p.is_file() and (p.stat().st_size == 0 or ".tmp" in p.name)
+    ]
+    try:
+        torch.load(after / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    except Exception:
+        empty.append("best.ckpt unreadable")
+    outcomes["silent wrong" if result == "ok" and empty else result] += 1
+    table.add("11", "full disk at the end of training (metrics, plots, report)", outcomes,
+              "ok = one line, best.ckpt intact, no empty or .tmp file")  # fmt: skip
+
+    # model folders whose sizes disagree, and mistyped fields
+    outcomes = Counter()
+    more = lambda v: v["words"]["itos"].extend(f"w{i}" for i in range(500))  # noqa: E731
+    cases = [
+        (bundle, "vocab.json", more, "vocabulary has"),
+        (onnx_dir, "vocab.json", more, "vocabulary has"),
+        (bundle, "config.json", lambda c: c["hparams"].update(labels=c["hparams"]["labels"][:3]),
+         "labels name 3 tags"),
+        (onnx_dir, "tagger.json", lambda c: c.update(labels=c["labels"][:3]), "labels name 3"),
+        (onnx_dir, "tagger.json", lambda c: c["labels"].__setitem__(1, c["labels"][0]),
+         "must not repeat"),
+        (onnx_dir, "vocab.json", lambda v: v.update(lowercase="no"), "lowercase must be a boolean"),
+    ]  # fmt: skip
+    for i, (source, name, change, expected) in enumerate(cases):
+        folder = copy(source, f"mismatch{i}", edit_json(name, change))
+        outcomes[predict(folder, expected)] += 1
+    folder = copy(
+        onnx_dir,
+        "tagger_dir",
+        lambda f: ((f / "tagger.json").unlink(), (f / "tagger.json").mkdir()),
+    )
+    outcomes[predict(folder, "tagger.json: cannot be read")] += 1
+    table.add(
+        "11",
+        "model folders: vocab > embedding, labels < tag count (bundle, ONNX), duplicate labels, "
+        'lowercase: "no", tagger.json unreadable',
+        outcomes,
+        "refused at load, naming the file and field",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", type=Path, help="write the Markdown table here")
@@ -1145,6 +1367,7 @@ def main(argv: list[str] | None = None) -> int:
             "kill_while_saving": lambda: probe_kill_while_saving(table, work, args.quick),
             "clear_errors": lambda: probe_clear_errors(table, run, work),
             "bounded_work": lambda: probe_bounded_work(table, run, work),
+            "one_line_errors": lambda: probe_one_line_errors(table, run, work),
         }
         unknown = sorted(set(args.only or ()) - set(probes))
         if unknown:

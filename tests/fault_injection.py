@@ -45,3 +45,18 @@ class InterruptAtStep(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step and trainer.ckpt_path is None:
             os.kill(os.getpid(), signal.SIGINT)
+
+
+class FullDiskAfterFit(pl.Callback):
+    """A full disk once training has ended (the checkpoints are written): every file the process
+    writes afterwards fails past ``limit`` bytes with ``OSError: [Errno 27] File too large``
+    (``RLIMIT_FSIZE``, with ``SIGXFSZ`` ignored; no root needed)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, resource.RLIM_INFINITY))

@@ -369,3 +369,33 @@ def test_a_broken_onnx_folder_is_one_line_from_the_cli(tmp_path, caplog):
     assert _predict_cli(folder, tmp_path, caplog) == 1
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "model.onnx" in errors[0] and "\n" not in errors[0]
+
+
+def test_a_foreign_onnx_model_is_refused_at_load_not_at_the_first_batch(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder = _onnx_folder(tmp_path)  # its vocabularies and labels, somebody else's model
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "foreign", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(folder / "model.onnx"))
+    with pytest.raises(
+        ModelFileError, match=r"model\.onnx: not a chaincrf tagger: it takes \['x'\]"
+    ) as caught:
+        OnnxPredictor(folder)
+    assert "chaincrf-export" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["folder", "dangling link"])
+def test_a_tagger_json_that_cannot_be_read_is_an_error_not_a_torch_fallback(bundle, kind):
+    meta = bundle / "tagger.json"
+    if kind == "folder":
+        meta.mkdir()
+    else:
+        meta.symlink_to(bundle / "gone.json")
+    with pytest.raises((ModelFileError, FileNotFoundError), match=r"tagger\.json: ") as caught:
+        is_artefact(bundle)
+    assert "\n" not in str(caught.value)

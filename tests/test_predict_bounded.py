@@ -283,7 +283,7 @@ def test_stdout_receives_finished_chunks_before_a_later_error(bundle, monkeypatc
     data = "".join(f"s{k} t\n" for k in range(6000)).encode() + b"\xff\n"
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
     cfg = compose_predict([f"ckpt_path={bundle}", "chunk_size=500"])
-    with pytest.raises(UnicodeDecodeError):
+    with pytest.raises(ValueError, match=r"^stdin:6001: bytes b'\\xff' cannot be decoded"):
         predict(cfg)
     out = capsys.readouterr().out
     assert out.endswith("\n")

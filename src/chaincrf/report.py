@@ -26,7 +26,7 @@ from torch import Tensor
 
 from chaincrf.data.download import atomic_file
 
-__all__ = ["per_tag_scores", "read_metrics_csv", "write_report"]
+__all__ = ["per_tag_scores", "read_metrics_csv", "save", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,20 @@ def _figure(width: float, height: float) -> Any:
     figure = Figure(figsize=(width, height), dpi=110)
     FigureCanvasAgg(figure)
     return figure
+
+
+def save(figure: Any, path: Path) -> None:
+    """Write ``figure`` as a PNG at ``path`` atomically (a temporary file, renamed when
+    complete): a full disk leaves the old file or none, never a truncated one.
+
+    Raises:
+        OSError: ``cannot write <path>: <reason>``, the temporary file removed.
+    """
+    try:
+        with atomic_file(path, binary=True) as stream:
+            figure.savefig(stream, format="png")
+    except OSError as error:
+        raise OSError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def read_metrics_csv(path: str | Path) -> dict[str, list[tuple[float, float]]]:
@@ -159,7 +173,7 @@ def _plot_learning_curves(
     right.set_ylabel(f"{score_name} (%)")
     right.set_title(f"Dev {score_name}")
     figure.tight_layout()
-    figure.savefig(path)
+    save(figure, path)
     return True
 
 
@@ -188,7 +202,7 @@ def _plot_transitions(
     axes.set_title("Learned transition scores [from, to] (grey: forbidden)")
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
     figure.tight_layout()
-    figure.savefig(path)
+    save(figure, path)
 
 
 def _plot_per_type(
@@ -216,7 +230,7 @@ def _plot_per_type(
     axes.set_title(f"F1 per {what}")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path)
+    save(figure, path)
     return True
 
 
@@ -248,7 +262,7 @@ def _plot_confusion(confusion: Tensor, labels: Sequence[str], path: Path, stage:
                     )
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
     figure.tight_layout()
-    figure.savefig(path)
+    save(figure, path)
 
 
 def _pct(value: float | None) -> str:
@@ -282,6 +296,10 @@ def write_report(
 
     Returns:
         The path of ``report.md``.
+
+    Raises:
+        OSError: ``cannot write <file>: <reason>`` (a full disk, say): every file is written
+            atomically, so none is left truncated or empty.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -337,14 +355,16 @@ def write_report(
         lines.append("")
 
     lines += ["## Plots", ""]
+    series = None
     if metrics_csv is not None and Path(metrics_csv).is_file():
         try:
-            if _plot_learning_curves(
-                read_metrics_csv(metrics_csv), run_dir / "learning_curves.png", score_name
-            ):
-                lines += ["![learning curves](learning_curves.png)", ""]
+            series = read_metrics_csv(metrics_csv)
         except (OSError, ValueError) as error:
             log.warning("could not plot learning curves from %s: %s", metrics_csv, error)
+    if series is not None and _plot_learning_curves(
+        series, run_dir / "learning_curves.png", score_name
+    ):
+        lines += ["![learning curves](learning_curves.png)", ""]
     crf = getattr(getattr(tagger, "model", None), "crf", None)
     if crf is not None:
         allowed = crf.transitions_allowed if getattr(crf, "has_constraints", False) else None
@@ -363,6 +383,9 @@ def write_report(
             lines += ["![confusion matrix](confusion.png)", ""]
             break
     path = run_dir / "report.md"
-    with atomic_file(path) as stream:
-        stream.write("\n".join(lines))
+    try:
+        with atomic_file(path) as stream:
+            stream.write("\n".join(lines))
+    except OSError as error:
+        raise OSError(f"cannot write {path}: {error.strerror or error}") from None
     return path

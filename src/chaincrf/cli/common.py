@@ -28,7 +28,8 @@ a non-finite loss) instead of a traceback. Set CHAINCRF_TRACEBACK=1 to see the t
 
 
 def run_cli(function: Callable[[DictConfig], T], cfg: DictConfig) -> T:
-    """Run a command's function; a user error is logged as one line and exits with status 1.
+    """Run a command's function; a user error is logged as one line (its notes, such as the
+    config node being built, appended) and exits with status 1.
 
     A missing optional package (:class:`~chaincrf.extras.MissingExtra`) is that one line alone:
     the feature, and the extra that installs it.
@@ -50,9 +51,8 @@ def run_cli(function: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     except USER_ERRORS as error:
         if os.environ.get("CHAINCRF_TRACEBACK") == "1":
             raise
-        log.error("%s: %s", type(error).__name__, error)
-        for note in getattr(error, "__notes__", ()):
-            log.error("%s", note)
+        notes = "".join(f" {note}" for note in getattr(error, "__notes__", ()))
+        log.error("%s: %s%s", type(error).__name__, error, notes)  # one line, notes and all
         raise SystemExit(1) from None
 
 

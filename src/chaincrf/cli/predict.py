@@ -39,12 +39,12 @@ loading excluded).
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import io
 import itertools
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -116,11 +116,7 @@ def read_input(
     source = str(cfg.get("input", "-"))
     fmt = _input_format(cfg)
     if fmt == "text":
-        encoding = str(cfg.get("encoding", "utf-8"))
-        try:
-            codecs.lookup(encoding)
-        except LookupError:
-            raise ValueError(f"encoding must be a Python codec name; got {encoding!r}") from None
+        encoding = text_encoding(cfg.get("encoding", "utf-8"))
         if source != "-" and not Path(source).is_file():
             raise FileNotFoundError(f"input file not found: {source}")
         limit = cfg.get("max_line_chars", MAX_LINE_CHARS)
@@ -151,6 +147,41 @@ def read_input(
     return items, labels if has_gold else None
 
 
+def text_encoding(encoding: Any) -> str:
+    """``encoding`` when it names a Python text codec (``utf-8``, ``latin-1``, ``cp1252``...).
+
+    Raises:
+        ValueError: naming the option, for an unknown name or a codec that is not a text
+            encoding (``rot13``, ``base64``, ``zlib``...).
+    """
+    name = str(encoding)
+    try:
+        "".encode(name)  # LookupError for unknown names and for bytes-to-bytes/str codecs
+    except LookupError:
+        raise ValueError(
+            f"encoding must name a text encoding such as utf-8, latin-1 or cp1252; got {name!r}"
+        ) from None
+    return name
+
+
+_UNDECODED = re.compile("[\udc80-\udcff]+")
+"""Bytes the decoder could not decode, as ``surrogateescape`` keeps them."""
+
+
+def check_stdio(cfg: DictConfig) -> None:
+    """Fail early, naming the option, when ``input=-`` or ``output=-`` meets a closed stdin or
+    stdout (``<&-``, ``>&-``: Python then has ``None`` for the stream).
+
+    Raises:
+        OSError: ``input=-: stdin is closed ...`` or ``output=-: stdout is closed ...``.
+    """
+    if _input_format(cfg) == "text" and str(cfg.get("input", "-")) == "-" and sys.stdin is None:
+        raise OSError("input=-: stdin is closed; pipe text in, or pass input=<file>")
+    output = cfg.get("output", "-")
+    if (output is None or str(output) == "-") and sys.stdout is None:
+        raise OSError("output=-: stdout is closed; pass output=<file>")
+
+
 def text_lines(
     source: str, encoding: str = "utf-8", max_line_chars: int | None = None
 ) -> Iterator[str]:
@@ -163,14 +194,23 @@ def text_lines(
     Raises:
         ValueError: ``<source>:<line>: ...`` for a line longer than ``max_line_chars``
             characters (read no further than the limit: a file without line breaks never
-            fills the memory).
+            fills the memory), and for bytes that ``encoding`` cannot decode (naming the
+            bytes and the ``encoding=`` option).
+        OSError: for ``"-"`` when stdin is closed.
     """
+    where = "stdin" if source == "-" else source
     with contextlib.ExitStack() as stack:
         if source != "-":
-            stream: IO[str] = stack.enter_context(open(source, encoding=encoding, newline="\n"))
+            stream: IO[str] = stack.enter_context(
+                open(source, encoding=encoding, errors="surrogateescape", newline="\n")
+            )
+        elif sys.stdin is None:
+            raise OSError("input=-: stdin is closed; pipe text in, or pass input=<file>")
         elif getattr(sys.stdin, "buffer", None) is not None:
             # re-decode the bytes: sys.stdin translates a lone "\r" into a line end
-            stream = io.TextIOWrapper(sys.stdin.buffer, encoding=encoding, newline="\n")
+            stream = io.TextIOWrapper(
+                sys.stdin.buffer, encoding=encoding, errors="surrogateescape", newline="\n"
+            )
             stack.callback(stream.detach)  # leave sys.stdin's buffer open
         else:  # a text stream without bytes below it (an embedding application's, tests')
             stream = sys.stdin
@@ -183,8 +223,14 @@ def text_lines(
                 line = line[:-2] if line.endswith("\r\n") else line[:-1]
             if max_line_chars is not None and len(line) > max_line_chars:
                 raise ValueError(
-                    f"{'stdin' if source == '-' else source}:{number}: line is longer than "
+                    f"{where}:{number}: line is longer than "
                     f"{max_line_chars} characters (max_line_chars=...; one sentence per line)"
+                )
+            if (bad := _UNDECODED.search(line)) is not None:
+                raw = bytes(ord(c) - 0xDC00 for c in bad.group()[:4])
+                raise ValueError(
+                    f"{where}:{number}: bytes {raw!r} cannot be decoded as {encoding} (pass "
+                    "encoding=<the text's encoding>, e.g. encoding=latin-1 or encoding=cp1252)"
                 )
             yield line
 
@@ -410,6 +456,9 @@ def predict(cfg: DictConfig) -> PredictSummary:
             raise ValueError(f"{name} must be >= 1; got {value!r}")
     check_top_k_limit(top_k)
     tokenizer = get_tokenizer(cfg.get("tokenizer", "spacy"))
+    if _input_format(cfg) == "text":
+        text_encoding(cfg.get("encoding", "utf-8"))
+    check_stdio(cfg)
     predictor = load(ckpt, engine, cfg)
     predictor.tokenizer = tokenizer
     items, gold = read_input(cfg, predictor.sentence_encoder.feature_columns)

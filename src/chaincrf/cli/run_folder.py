@@ -17,6 +17,7 @@ import os
 import shlex
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -133,6 +134,55 @@ def user_config_dirs() -> list[str]:
     return [str(s.path) for s in sources if s.provider == "command-line" and s.schema == "file"]
 
 
+_NOTED: dict[str, Any] = {"existing": set(), "record": False}
+"""What :func:`hydra_record_after_setup` noted from the command line before Hydra started: the
+run folders it named that existed then, and whether this process writes Hydra's record."""
+
+
+def hydra_record_after_setup(argv: list[str]) -> list[str]:
+    """``argv`` with ``hydra.output_subdir=null`` added (unless the command line sets it, or is
+    a multirun): Hydra then writes no ``.hydra/`` record before the training function starts,
+    and :func:`write_hydra_record` writes it atomically once the set-up has succeeded, so that
+    a full disk can neither leave a truncated ``hydra.yaml`` nor fail outside the command's
+    one-line errors. Run folders that the command line names and that exist already are
+    noted: a failed set-up never removes them (:func:`guarded`)."""
+    for argument in argv:
+        key, _, value = argument.partition("=")
+        if key.lstrip("+") in ("hydra.run.dir", "run_dir") and value and Path(value).exists():
+            _NOTED["existing"].add(Path(value).resolve())
+    if any(a.startswith(("-m", "--multirun", "hydra.output_subdir=")) for a in argv):
+        return argv
+    _NOTED["record"] = True
+    return [*argv, "hydra.output_subdir=null"]
+
+
+def _hydra_made(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is the folder Hydra created for this process (its output folder,
+    which the command line did not name as an existing one)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        output = Path(HydraConfig.get().runtime.output_dir).resolve()
+    except (ImportError, ValueError):
+        return False
+    return output == run_dir.resolve() and output not in _NOTED["existing"]
+
+
+def naming(path: Path) -> contextlib.AbstractContextManager[None]:
+    """A block writing ``path``: an ``OSError`` (a full disk) becomes one naming the file."""
+    return _naming(path)
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        if str(path) in str(error):
+            raise
+        raise OSError(f"cannot write {path}: {error.strerror or error}") from None
+
+
 def _is_new(run_dir: Path) -> bool:
     """Whether ``run_dir`` is missing, or holds only what Hydra has just written for this
     process (``.hydra/`` and an empty log file)."""
@@ -162,7 +212,7 @@ def guarded(run_dir: Path) -> Iterator[None]:
     """
     if _is_new(run_dir):
         # the folder itself is this process's when it creates it or Hydra just did
-        own = not run_dir.exists() or (run_dir / ".hydra").is_dir()
+        own = not run_dir.exists() or (run_dir / ".hydra").is_dir() or _hydra_made(run_dir)
         try:
             yield
         except BaseException:
@@ -218,16 +268,25 @@ def _remove_new(run_dir: Path, own: bool) -> None:
 
 
 def write_config(run_dir: Path, cfg: DictConfig) -> None:
-    """``config.yaml``: the resolved config, written atomically."""
-    with atomic_file(run_dir / "config.yaml") as stream:
+    """``config.yaml``: the resolved config, written atomically.
+
+    Raises:
+        OSError: ``cannot write <file>: <reason>``.
+    """
+    with naming(run_dir / "config.yaml"), atomic_file(run_dir / "config.yaml") as stream:
         stream.write(OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def write_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
     """Hydra's record of the command (``.hydra/``), written atomically, for a resume in place:
     its command line sets ``hydra.output_subdir=null`` (:func:`chaincrf.cli.train.resume_in_place`)
-    so that Hydra does not rewrite the record before the set-up has succeeded. Nothing happens
-    outside Hydra or in a folder without ``.hydra/``."""
+    so that Hydra does not rewrite the record before the set-up has succeeded; and for a new run
+    (:func:`hydra_record_after_setup`). Nothing happens outside Hydra, or in a folder without
+    ``.hydra/`` when Hydra was told not to write one by the user.
+
+    Raises:
+        OSError: ``cannot write <file>: <reason>``.
+    """
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -235,7 +294,7 @@ def write_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
     except (ImportError, ValueError):
         return
     folder = run_dir / ".hydra"
-    if hydra.output_subdir is not None or not folder.is_dir():
+    if hydra.output_subdir is not None or not (folder.is_dir() or _NOTED["record"]):
         return
     record = OmegaConf.create({"hydra": OmegaConf.to_container(hydra, resolve=False)})
     record.hydra.output_subdir = ".hydra"
@@ -244,5 +303,5 @@ def write_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
         ("hydra.yaml", record),
         ("overrides.yaml", OmegaConf.create(list(hydra.overrides.task))),
     ):
-        with atomic_file(folder / name) as stream:
+        with naming(folder / name), atomic_file(folder / name) as stream:
             stream.write(OmegaConf.to_yaml(node))

@@ -41,12 +41,15 @@ from chaincrf.cli.launch import launch_rank, shared_run_dir
 from chaincrf.cli.run_folder import (
     absolute_data_paths,
     guarded,
+    hydra_record_after_setup,
+    naming,
     resume_command,
     start_folder,
     user_config_dirs,
     write_config,
     write_hydra_record,
 )
+from chaincrf.data.download import atomic_file
 from chaincrf.model_files import check_local_path
 from chaincrf.tagger import SequenceTagger
 from chaincrf.training import AtomicCheckpointIO, ProgressBar, ReplayPlateauStep, ReseedEachEpoch
@@ -208,9 +211,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if writer:  # the set-up has succeeded: the run's own files, each written atomically
             run_dir.mkdir(parents=True, exist_ok=True)
             write_config(run_dir, cfg)
-            datamodule.save_vocabs(run_dir)
-            if resume is not None:
-                write_hydra_record(run_dir, cfg)
+            with naming(run_dir / "encoder.json"):
+                datamodule.save_vocabs(run_dir)
+            write_hydra_record(run_dir, cfg)
 
     metrics: dict[str, float] = {"setup_seconds": time.perf_counter() - started}
     fit_started = time.perf_counter()
@@ -284,9 +287,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if "test" in datamodule.datasets and not cfg.trainer.get("fast_dev_run"):
             # Test tokens per second of trainer.test (checkpoint loading included).
             metrics["test_tokens_per_s"] = sum(datamodule.datasets["test"].lengths) / test_seconds
-    (run_dir / "metrics.json").write_text(
-        json.dumps({"best_model_path": best, **metrics}, indent=2, sort_keys=True), encoding="utf-8"
-    )
+    metrics_json = run_dir / "metrics.json"
+    with _end_of_run_files(metrics_json, best or run_dir), atomic_file(metrics_json) as stream:
+        stream.write(json.dumps({"best_model_path": best, **metrics}, indent=2, sort_keys=True))
     if cfg.get("report", True):
         from chaincrf.report import write_report
 
@@ -304,20 +307,36 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         files = {split: datamodule.resolve(split) for split in ("train", "dev", "test")}
         details.update(card(tagger, ["chaincrf-train", *overrides()], files, cfg.get("seed")))
-        path = write_report(
-            run_dir,
-            tagger,
-            results={k: v for k, v in tagger.results.items() if k in ("val", "test")},
-            confusion=tagger.confusion,
-            metrics_csv=_metrics_csv(run_dir),
-            details=details,
-        )
+        with _end_of_run_files(run_dir / "report.md", best or run_dir):
+            path = write_report(
+                run_dir,
+                tagger,
+                results={k: v for k, v in tagger.results.items() if k in ("val", "test")},
+                confusion=tagger.confusion,
+                metrics_csv=_metrics_csv(run_dir),
+                details=details,
+            )
         log.info("report: %s", path)
     scores = [f"{k} {metrics[k]:.4f}" for k in ("val/score", "test/score") if k in metrics]
     if scores:
         log.info("done in %.1f min: %s%s", (time.perf_counter() - started) / 60,
                  ", ".join(scores), f"; model {best}" if best else "")  # fmt: skip
     return metrics
+
+
+@contextlib.contextmanager
+def _end_of_run_files(path: Path, model: str | Path) -> Iterator[None]:
+    """Writing a file after training (``metrics.json``, the report, each atomically): a failure
+    (a full disk) is one line naming the file that also says the trained model is complete."""
+    try:
+        yield
+    except OSError as error:
+        message = (
+            str(error)
+            if str(error).startswith("cannot write")
+            else (f"cannot write {path}: {error.strerror or error}")
+        )
+        raise OSError(f"{message}; the training itself is complete: {model}") from None
 
 
 @contextlib.contextmanager
@@ -429,8 +448,9 @@ def resume_in_place(argv: list[str]) -> list[str]:
 
 
 def _argv_hook(argv: list[str]) -> list[str]:
-    """Resume in the checkpoint's run folder; one run folder for all ranks of a launch."""
-    return shared_run_dir(resume_in_place(argv))
+    """Resume in the checkpoint's run folder; one run folder for all ranks of a launch; Hydra's
+    record written once the set-up has succeeded."""
+    return hydra_record_after_setup(shared_run_dir(resume_in_place(argv)))
 
 
 @hydra_main("config", argv_hook=_argv_hook)

@@ -156,8 +156,9 @@ class TaggingDataModule(pl.LightningDataModule):
                 raise ValueError(
                     f"dev_fraction and dev are exclusive; got dev_fraction={dev_fraction}, dev={dev!r}"
                 )
-        if min_freq < 1:
-            raise ValueError(f"min_freq must be >= 1; got {min_freq}")
+        for name, value in (("min_freq", min_freq), ("max_word_chars", max_word_chars)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1; got {value!r}")
         if download is not None and download not in DATASETS:
             raise ValueError(f"download must be one of {tuple(DATASETS)} or None; got {download!r}")
         if encoder_path is not None and sentence_encoder is not None:

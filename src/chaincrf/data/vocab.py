@@ -210,6 +210,11 @@ class SentenceEncoder:
         features: Sequence[Vocabulary] = (),
         feature_columns: Sequence[int | str] | None = None,
     ) -> None:
+        if isinstance(max_word_chars, bool) or not isinstance(max_word_chars, int):
+            raise TypeError(
+                f"max_word_chars must be an int >= 1; got {type(max_word_chars).__name__} "
+                f"{max_word_chars!r}"
+            )
         if max_word_chars < 1:
             raise ValueError(f"max_word_chars must be >= 1; got {max_word_chars}")
         features = list(features)

@@ -17,12 +17,16 @@ from typing import Any
 
 from chaincrf.model_checks import ModelFileError, confined
 
-__all__ = ["check_model", "open_session", "run_session"]
+__all__ = ["INPUTS", "check_model", "check_signature", "open_session", "run_session"]
 
 ROWS = {"words": "word_embedding.weight", "chars": "chars.embedding.weight"}
 """Initializers of an exported tagger whose first dimension bounds a vocabulary's ids."""
 TAG_COUNT = "projection.bias"
 """Initializer of an exported tagger holding one number per tag."""
+INPUTS = ("words", "chars", "casing", "mask", "features")
+"""The inputs an exported tagger may take (``features``: feature-column models only)."""
+OUTPUTS = 2
+"""An exported tagger's outputs: the tags, then their confidences."""
 
 
 def _first_line(error: BaseException) -> str:
@@ -125,6 +129,28 @@ def open_session(path: Path, threads: int | None) -> Any:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except _runtime_errors() as error:
         raise ModelFileError(f"{path}: onnxruntime cannot load it: {_first_line(error)}") from None
+
+
+def check_signature(session: Any, path: Path) -> list[str]:
+    """The input names of ``session`` (of ``path``), checked against what an exported tagger
+    takes and gives: a foreign ONNX model is refused before it is run.
+
+    Returns:
+        The session's input names, in its order.
+
+    Raises:
+        ModelFileError: naming the file, the unknown inputs or the outputs it lacks.
+    """
+    names = [value.name for value in session.get_inputs()]
+    unknown = [name for name in names if name not in INPUTS]
+    outputs = [value.name for value in session.get_outputs()]
+    if unknown or "words" not in names or len(outputs) < OUTPUTS:
+        raise ModelFileError(
+            f"{path}: not a chaincrf tagger: it takes {names} and gives {outputs}; an exported "
+            f"tagger takes {list(INPUTS[:4])} (and 'features') and gives tags and confidences "
+            "(export one with `chaincrf-export ... format=onnx`)"
+        )
+    return names
 
 
 def run_session(session: Any, path: Path, inputs: Mapping[str, Any]) -> list[Any]:

@@ -37,7 +37,7 @@ from chaincrf.model_checks import (
     confined,
     read_json,
 )
-from chaincrf.tagger.onnx_model import check_model, open_session, run_session
+from chaincrf.tagger.onnx_model import check_model, check_signature, open_session, run_session
 from chaincrf.tagger.outputs import TaggedSentence
 from chaincrf.tagger.streaming import StreamPredictor
 
@@ -56,8 +56,8 @@ def is_artefact(path: str | Path, engine: str = "onnx") -> bool:
             reason to try another engine.
     """
     meta = Path(path) / "tagger.json"
-    if not meta.is_file():
-        return False
+    if not meta.exists() and not meta.is_symlink():
+        return False  # a folder, a link or anything else there is read (and refused if broken)
     data = read_json(meta)
     if not isinstance(data, dict):
         raise ModelFileError(f"{meta}: must be a JSON object; got {type(data).__name__}")
@@ -129,7 +129,7 @@ class OnnxPredictor(StreamPredictor):
             raise ModelFileError(f"{vocab_path}: bad vocabularies: {error}") from None
         self.model_path = model
         self.session = open_session(model, threads)
-        self.input_names = [value.name for value in self.session.get_inputs()]
+        self.input_names = check_signature(self.session, model)
 
     def check_top_k(self, top_k: int) -> None:
         if top_k > 1:
