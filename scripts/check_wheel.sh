@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The wheel works anywhere: build it, install it (not editable) into a fresh venv, and from an
-# unrelated folder train on the fixture corpus and tag with the checkpoint and with its bundle.
+# unrelated folder train on the fixture corpus and tag with the checkpoint and with its bundle;
+# then package that run as a model wheel (chaincrf-package), install it into the same venv and
+# tag by the model's name from yet another folder.
 # CI runs this (.ci/run); by hand: bash scripts/check_wheel.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,7 +14,8 @@ python3 -m pip wheel --quiet --no-deps --wheel-dir "$WORK/dist" "$ROOT"
 python3 -m venv "$WORK/venv"
 BIN="$WORK/venv/bin"
 "$BIN/python" -m pip install --quiet torch==2.13.0
-"$BIN/python" -m pip install --quiet "$WORK"/dist/chaincrf-*.whl
+WHEEL=$(ls "$WORK"/dist/chaincrf-*.whl)
+"$BIN/python" -m pip install --quiet "$WHEEL[package]"
 mkdir "$WORK/elsewhere" && cd "$WORK/elsewhere"
 
 # the installed package, not the checkout, with its configs inside
@@ -47,4 +50,23 @@ assert records[0]["tokens"][:2] == ["EU", "rejects"] and len(records[0]["tags"])
 print("tagged:", list(zip(records[0]["tokens"], records[0]["tags"])))
 PY
 done
+
+# models by name: the run as a pip-installable model package, installed, found by its name
+"$BIN/chaincrf-package" run name=en_fixture_tags output=models license=MIT \
+    attribution="chaincrf's test fixture (tests/fixtures/tagger)"
+"$BIN/python" -m pip install --quiet --no-deps models/en_fixture_tags-0.1.0-py3-none-any.whl
+mkdir "$WORK/another" && cd "$WORK/another"
+echo "EU rejects German call to boycott British lamb." \
+    | "$BIN/chaincrf-predict" model=en_fixture_tags > tagged.jsonl
+"$BIN/python" - <<'PY'
+import json
+
+from chaincrf.tagger.bundle import load_predictor
+
+records = [json.loads(line) for line in open("tagged.jsonl", encoding="utf-8")]
+assert len(records) == 1 and records[0]["tokens"][:2] == ["EU", "rejects"], records
+same = load_predictor("en_fixture_tags").predict(["EU rejects German call to boycott British lamb."])
+assert records[0]["tags"] == same[0].tags, (records[0]["tags"], same[0].tags)
+print("tagged by name:", list(zip(records[0]["tokens"], records[0]["tags"])))
+PY
 echo "wheel check passed"

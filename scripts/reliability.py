@@ -459,6 +459,8 @@ def probe_long_input(table: Table, run: Path, work: Path, quick: bool) -> None:
                     f"ckpt_path={ckpt}",
                     f"input={source}",
                     f"output={output}",
+                    # a line of 100,000 tokens is over the default 100,000 characters
+                    "max_line_chars=1000000",
                 ],
                 capture_output=True,
                 text=True,
@@ -737,8 +739,10 @@ def probe_resume(table: Table, work: Path) -> None:
             )
         )
         final = torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=True)
-        diff = max(
+        diff = max(  # float weights by their largest difference; buffers (masks) must be equal
             (final["state_dict"][k] - v).abs().max().item()
+            if v.is_floating_point()
+            else float(not torch.equal(final["state_dict"][k], v))
             for k, v in expected["state_dict"].items()
         )
         same = (
@@ -1332,6 +1336,174 @@ def probe_one_line_errors(table: Table, run: Path, work: Path) -> None:
     )
 
 
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (links and special files as their kind) with its content."""
+    out: dict[str, bytes] = {}
+    for path in sorted(folder.rglob("*")):
+        key = str(path.relative_to(folder))
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            out[key] = b"special"
+        elif path.is_file():
+            out[key] = path.read_bytes()
+    return out
+
+
+def probe_nothing_outside(table: Table, run: Path, work: Path) -> None:
+    """Nothing deleted or replaced that chaincrf did not write, nothing read outside a model
+    folder, and a model folder's stated sizes checked before anything is allocated."""
+    import stat
+
+    from chaincrf.cli.export import export
+
+    work = work / "outside"
+    work.mkdir()
+    ckpt = run / "checkpoints" / "best.ckpt"
+    text = work / "in.txt"
+    text.write_text("EU rejects German call .\n", encoding="utf-8")
+
+    # 1. chaincrf-export into folders it did not write: refused, every file left as it was
+    outcomes: Counter = Counter()
+    mine = work / "my_files"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes\n")
+    (mine / "data").mkdir()
+    (mine / "data" / "train.conll").write_text("EU B-ORG\n")
+    cwd = work / "cwd"
+    cwd.mkdir()
+    (cwd / "thesis.tex").write_text("\\begin{document}\n")
+    for output, folder in (
+        (str(run), run),  # the run folder
+        (".", cwd),  # the working directory
+        (str(mine), mine),  # a folder of the user's files
+    ):
+        before = _snapshot(folder)
+        outcome = _one_line_cli(
+            "export", [f"ckpt_path={ckpt}", f"output={output}"], cwd, "cannot export into"
+        )
+        if outcome == "ok" and _snapshot(folder) != before:
+            outcome = "silent wrong"
+        outcomes[outcome] += 1
+    again = work / "exported"
+    export(ckpt, again)
+    try:  # a previous export's folder: replaced, its own files only
+        export(ckpt, again)
+        listed = json.loads((again / ".chaincrf-export.json").read_text())["files"]
+        outcomes[
+            "ok"
+            if sorted(listed)
+            == sorted(p.name for p in again.iterdir() if p.name != ".chaincrf-export.json")
+            else "silent wrong"
+        ] += 1
+    except Exception:
+        outcomes["crash"] += 1
+    table.add(
+        "12",
+        "chaincrf-export into the run folder, `.`, a folder of the user's files; over a previous export",
+        outcomes,
+        "refused in one line, every file left as it was; a previous export replaced (its listed files only)",
+    )
+
+    # 2. outputs that are not regular files: written in place, never replaced
+    outcomes = Counter()
+    targets = []
+    if os.access("/dev/null", os.W_OK):
+        targets.append(Path("/dev/null"))
+    fifo = work / "out.fifo"
+    os.mkfifo(fifo)
+    targets.append(fifo)
+    for target in targets:
+        drained: list[int] = []
+        reader = None
+        if target == fifo:
+
+            def drain(path: Path = fifo, into: list[int] = drained) -> None:
+                with path.open("rb") as handle:
+                    into.append(len(handle.read()))
+
+            reader = threading.Thread(target=drain, daemon=True)
+            reader.start()
+        kind = stat.S_IFMT(target.stat().st_mode)
+        done = subprocess.run(
+            [sys.executable, "-m", "chaincrf.cli.predict", f"ckpt_path={ckpt}", f"input={text}",
+             f"output={target}"],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+        if reader is not None:
+            reader.join(30)
+        same = stat.S_IFMT(target.stat().st_mode) == kind
+        if done.returncode != 0:
+            outcomes["crash"] += 1
+        else:
+            outcomes[
+                "ok"
+                if same and (reader is None or (drained and drained[0] > 0))
+                else "silent wrong"
+            ] += 1
+    table.add(
+        "12",
+        "chaincrf-predict output=/dev/null (as root) and output=<a FIFO>",
+        outcomes,
+        "written in place: the device and the FIFO are still what they were",
+    )
+
+    # 3. an ONNX folder's paths lead outside it: refused before anything is read
+    outcomes = Counter()
+    onnx_dir = export(ckpt, work / "onnx", fmt="onnx")
+    other = work / "other"
+    shutil.copytree(onnx_dir, other)
+    for number, target in enumerate(
+        (
+            "../other/model.onnx",
+            str(other / "model.onnx"),
+            "../../../../../../../../etc/passwd",
+        )
+    ):
+        folder = work / f"onnx_{number}"
+        shutil.copytree(onnx_dir, folder)
+        meta = json.loads((folder / "tagger.json").read_text())
+        meta["model"] = target
+        (folder / "tagger.json").write_text(json.dumps(meta))
+        args = [f"ckpt_path={folder}", f"input={text}", f"output={work / 'o.jsonl'}"]
+        outcomes[_one_line_cli("predict", args, work, "tagger.json")] += 1
+    table.add(
+        "12",
+        "an ONNX folder's tagger.json naming ../other/model.onnx, an absolute path, ../../etc/passwd",
+        outcomes,
+        "refused at load naming tagger.json and the path (resolved after links, inside the folder only)",
+    )
+
+    # 4. a bundle stating huge sizes: refused before the model is built, in bounded memory
+    outcomes = Counter()
+    notes = []
+    bundle = export(ckpt, work / "bundle")
+    for field, value in (("num_words", 50_000_000), ("num_chars", 2_000_000_000)):
+        folder = work / f"huge_{field}"
+        shutil.copytree(bundle, folder)
+        config = json.loads((folder / "config.json").read_text())
+        config["hparams"][field] = value
+        (folder / "config.json").write_text(json.dumps(config))
+        code = (
+            "from chaincrf.tagger.bundle import load_predictor\n"
+            "try:\n"
+            f"    load_predictor({str(folder)!r})\n"
+            "    print('LOADED')\n"
+            "except ValueError as error:\n"
+            "    print('REFUSED', str(error).splitlines()[0][:80])\n"
+        )
+        outcome, peak, line = _peak_rss_subprocess(code, timeout=300)
+        if outcome == "ok":
+            outcome = "ok" if line.startswith("REFUSED") and peak < 1536 else "silent wrong"
+        outcomes[outcome] += 1
+        notes.append(f"{field}={value:,}: peak RSS {peak:.0f} MiB")
+    table.add(
+        "12",
+        "a bundle's config.json stating num_words=50,000,000 / num_chars=2,000,000,000",
+        outcomes,
+        "refused before the network is built; " + "; ".join(notes),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", type=Path, help="write the Markdown table here")
@@ -1368,6 +1540,7 @@ def main(argv: list[str] | None = None) -> int:
             "clear_errors": lambda: probe_clear_errors(table, run, work),
             "bounded_work": lambda: probe_bounded_work(table, run, work),
             "one_line_errors": lambda: probe_one_line_errors(table, run, work),
+            "nothing_outside": lambda: probe_nothing_outside(table, run, work),
         }
         unknown = sorted(set(args.only or ()) - set(probes))
         if unknown:

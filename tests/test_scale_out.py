@@ -144,8 +144,9 @@ def test_torchrun_two_processes_one_run_directory_and_exact_figures(tmp_path):
     no sync_dist warning; its dev figures (span counts included) are those of a single-process
     chaincrf-eval of the same checkpoint."""
     out = tmp_path / "out"
+    # verbose=true: Lightning's lines (its distributed start-up) are what show the processes met
     command = [*torchrun("--standalone", "--nproc_per_node=2"), "trainer=torchrun", *TINY_RUN,
-               "trainer.max_epochs=3", "seed=3", "test=false"]  # fmt: skip
+               "trainer.max_epochs=3", "seed=3", "test=false", "verbose=true"]  # fmt: skip
     output = finish(launch(command, out))
     [run] = list((out / "train").iterdir())
     assert sorted(p.name for p in run.iterdir()) == [
@@ -186,6 +187,7 @@ def test_two_nodes_on_loopback_train_into_one_checkpoint(tmp_path):
                 "trainer.max_epochs=1",
                 "trainer.limit_train_batches=2",
                 "test=false",
+                "verbose=true",  # Lightning's distributed start-up lines
             ],
             out,
         )
@@ -210,7 +212,7 @@ def test_slurm_tasks_train_into_one_run_directory(tmp_path):
              "SLURM_NODELIST": "127.0.0.1", "SLURM_JOB_NAME": "chaincrf",
              "MASTER_PORT": str(free_port())}  # fmt: skip
     command = [sys.executable, "-m", "chaincrf.cli.train", "trainer=slurm", *TINY_RUN,
-               "trainer.max_epochs=1", "test=false"]  # fmt: skip
+               "trainer.max_epochs=1", "test=false", "verbose=true"]  # fmt: skip
     tasks = [
         launch(command, out, {**slurm, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)})
         for i in range(2)

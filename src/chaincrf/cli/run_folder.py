@@ -150,7 +150,10 @@ def hydra_record_after_setup(argv: list[str]) -> list[str]:
         key, _, value = argument.partition("=")
         if key.lstrip("+") in ("hydra.run.dir", "run_dir") and value and Path(value).exists():
             _NOTED["existing"].add(Path(value).resolve())
-    if any(a.startswith(("-m", "--multirun", "hydra.output_subdir=")) for a in argv):
+    # a multirun (-m, or a sweep: hparams_search / a sweeper / hydra.mode turn it on) keeps
+    # Hydra's own record: each run's .hydra/overrides.yaml is what the sweep's summary reads
+    multirun = ("-m", "--multirun", "hydra.mode=", "hparams_search=", "hydra/sweeper=")
+    if any(a.startswith((*multirun, "hydra.output_subdir=")) for a in argv):
         return argv
     _NOTED["record"] = True
     return [*argv, "hydra.output_subdir=null"]
