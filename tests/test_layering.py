@@ -46,16 +46,12 @@ def test_the_casing_feature_size_is_the_datas():
 
 
 def _imports(path: Path, module: str, package: bool, known: set[str]) -> set[str]:
-    """The chaincrf modules ``module`` imports, anywhere in the file (functions included: a
-    lazy import still ties the two), but not under ``if TYPE_CHECKING:`` (annotations only)."""
+    """The chaincrf modules ``module`` imports, anywhere in the file: in functions (a lazy
+    import still ties the two) and under ``if TYPE_CHECKING:`` (so do annotations)."""
     base = module if package else module.rpartition(".")[0]
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for child in node.orelse:
-                visit(child)
-            return
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name in known)
         elif isinstance(node, ast.ImportFrom):

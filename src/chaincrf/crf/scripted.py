@@ -12,7 +12,7 @@ k-best paths stay with the Python layer.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -20,8 +20,15 @@ from torch import Tensor, nn
 from chaincrf.crf.kernels.export import ops as export
 from chaincrf.crf.scores import effective_scores
 
-if TYPE_CHECKING:  # the layer imports this module when it is scripted
-    from chaincrf.crf.layer import CRF
+
+class _Layer(Protocol):
+    """What :class:`ScriptableCRF` reads of the layer (:class:`chaincrf.CRF`, which imports
+    this module when it is scripted: a protocol, not an import, so there is no circle)."""
+
+    num_tags: int
+    batch_first: bool
+    has_constraints: bool
+
 
 __all__ = ["ScriptableCRF"]
 
@@ -44,7 +51,7 @@ class ScriptableCRF(nn.Module):
         end_allowed: Tensor
         transitions_allowed: Tensor
 
-    def __init__(self, crf: CRF) -> None:
+    def __init__(self, crf: _Layer) -> None:
         super().__init__()
         self.num_tags: int = crf.num_tags
         self.batch_first: bool = crf.batch_first

@@ -11,23 +11,26 @@ import inspect
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 if TYPE_CHECKING:
-    from chaincrf.tagger.module import SequenceTagger
     from chaincrf.tagger.predictor import Predictor
+
+# The tagger class and its instances are typed Any here: chaincrf.tagger.module imports this
+# module, and a model file's reader does not import the training system (no import circle).
+Tagger = Any
 
 __all__ = ["load", "load_predictor", "save"]
 
 
 def load(
-    cls: type[SequenceTagger],
+    cls: type[Tagger],
     path: str | Path,
     map_location: str | torch.device = "cpu",
     allow_targets: Sequence[str] = (),
-) -> SequenceTagger:
+) -> Tagger:
     """Rebuild a trained tagger (model, labels, vocabularies) from a model file, as data.
 
     The file is read without unpickling objects, and every ``_target_`` in its
@@ -123,7 +126,7 @@ def load_predictor(
     return predictor
 
 
-def save(tagger: SequenceTagger, directory: str | Path) -> Path:
+def save(tagger: Tagger, directory: str | Path) -> Path:
     """Write ``weights.pt`` (state dict), ``config.json`` (hyper-parameters) and ``vocab.json``
     into ``directory``; :func:`load` reads them back."""
     from chaincrf.model_files import BUNDLE_FORMAT

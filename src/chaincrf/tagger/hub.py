@@ -22,12 +22,11 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from chaincrf.tagger.module import SequenceTagger
+from chaincrf.tagger.bundle import Tagger  # a SequenceTagger (typed Any: no import circle)
 
 __all__ = ["FILES", "card_text", "from_pretrained", "read_metadata", "save_pretrained"]
 
@@ -54,7 +53,7 @@ def card_text(metadata: Mapping[str, Any], body: str) -> str:
 
 
 def save_pretrained(
-    tagger: SequenceTagger,
+    tagger: Tagger,
     folder: str | os.PathLike[str],
     card: str | None = None,
     metadata: Mapping[str, Any] | None = None,
@@ -108,14 +107,14 @@ def save_pretrained(
 
 
 def from_pretrained(
-    cls: type[SequenceTagger],
+    cls: type[Tagger],
     path_or_repo_id: str | os.PathLike[str],
     revision: str | None = None,
     map_location: str | torch.device = "cpu",
     allow_targets: Sequence[str] = (),
     cache_dir: str | os.PathLike[str] | None = None,
     local_files_only: bool = False,
-) -> SequenceTagger:
+) -> Tagger:
     """Load a tagger saved by :func:`save_pretrained`: a local folder (or any bundle, checkpoint
     or installed model's name), or a Hub repository id.
 
