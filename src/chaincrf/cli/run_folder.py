@@ -308,3 +308,43 @@ def write_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
     ):
         with naming(folder / name), atomic_file(folder / name) as stream:
             stream.write(OmegaConf.to_yaml(node))
+
+
+@contextlib.contextmanager
+def end_of_run_files(path: Path, model: str | Path) -> Iterator[None]:
+    """Writing a file after training (``metrics.json``, the report, each atomically): a failure
+    (a full disk) is one line naming the file that also says the trained model is complete."""
+    try:
+        yield
+    except OSError as error:
+        message = (
+            str(error)
+            if str(error).startswith("cannot write")
+            else (f"cannot write {path}: {error.strerror or error}")
+        )
+        raise OSError(f"{message}; the training itself is complete: {model}") from None
+
+
+def prepend_metrics(path: Path, earlier: str) -> None:
+    """Put the metrics of the run before a resume back in front of the resumed ones (Lightning's
+    CSV logger starts its file afresh): rows of steps the resumed run logged again are dropped."""
+    import csv
+    import io
+
+    old_rows = list(csv.DictReader(io.StringIO(earlier)))
+    new_rows = (
+        list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+        if path.is_file()
+        else []
+    )
+    steps = [int(r["step"]) for r in new_rows if r.get("step")]
+    first = min(steps) if steps else None
+    kept = [r for r in old_rows if first is None or not r.get("step") or int(r["step"]) < first]
+    # every row's columns (a later row may have one the first lacks: train/loss after a resume)
+    fields = list(dict.fromkeys(key for row in [*old_rows, *new_rows] for key in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows([*kept, *new_rows])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(out.getvalue(), encoding="utf-8")

@@ -40,9 +40,11 @@ from chaincrf.cli.console import data_summary
 from chaincrf.cli.launch import launch_rank, shared_run_dir
 from chaincrf.cli.run_folder import (
     absolute_data_paths,
+    end_of_run_files,
     guarded,
     hydra_record_after_setup,
     naming,
+    prepend_metrics,
     resume_command,
     start_folder,
     user_config_dirs,
@@ -231,7 +233,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             _report_interrupt(cfg, run_dir, received)
         finally:
             if earlier is not None:
-                _prepend_metrics(metrics_csv, earlier)
+                prepend_metrics(metrics_csv, earlier)
         metrics.update(
             {
                 k: float(v)
@@ -288,7 +290,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             # Test tokens per second of trainer.test (checkpoint loading included).
             metrics["test_tokens_per_s"] = sum(datamodule.datasets["test"].lengths) / test_seconds
     metrics_json = run_dir / "metrics.json"
-    with _end_of_run_files(metrics_json, best or run_dir), atomic_file(metrics_json) as stream:
+    with end_of_run_files(metrics_json, best or run_dir), atomic_file(metrics_json) as stream:
         stream.write(json.dumps({"best_model_path": best, **metrics}, indent=2, sort_keys=True))
     if cfg.get("report", True):
         from chaincrf.report import write_report
@@ -307,7 +309,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         files = {split: datamodule.resolve(split) for split in ("train", "dev", "test")}
         details.update(card(tagger, ["chaincrf-train", *overrides()], files, cfg.get("seed")))
-        with _end_of_run_files(run_dir / "report.md", best or run_dir):
+        with end_of_run_files(run_dir / "report.md", best or run_dir):
             path = write_report(
                 run_dir,
                 tagger,
@@ -322,21 +324,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("done in %.1f min: %s%s", (time.perf_counter() - started) / 60,
                  ", ".join(scores), f"; model {best}" if best else "")  # fmt: skip
     return metrics
-
-
-@contextlib.contextmanager
-def _end_of_run_files(path: Path, model: str | Path) -> Iterator[None]:
-    """Writing a file after training (``metrics.json``, the report, each atomically): a failure
-    (a full disk) is one line naming the file that also says the trained model is complete."""
-    try:
-        yield
-    except OSError as error:
-        message = (
-            str(error)
-            if str(error).startswith("cannot write")
-            else (f"cannot write {path}: {error.strerror or error}")
-        )
-        raise OSError(f"{message}; the training itself is complete: {model}") from None
 
 
 @contextlib.contextmanager
@@ -371,32 +358,6 @@ def _report_interrupt(cfg: DictConfig, run_dir: Path, received: list[str]) -> No
     else:
         log.warning("interrupted before a checkpoint was written (%s)", last)
     raise SystemExit(143 if received else 130)
-
-
-def _prepend_metrics(path: Path, earlier: str) -> None:
-    """Put the metrics of the run before a resume back in front of the resumed ones (Lightning's
-    CSV logger starts its file afresh): rows of steps the resumed run logged again are dropped."""
-    import csv
-    import io
-
-    old_rows = list(csv.DictReader(io.StringIO(earlier)))
-    new_rows = (
-        list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
-        if path.is_file()
-        else []
-    )
-    steps = [int(r["step"]) for r in new_rows if r.get("step")]
-    first = min(steps) if steps else None
-    kept = [r for r in old_rows if first is None or not r.get("step") or int(r["step"]) < first]
-    fields = list(
-        dict.fromkeys([*(old_rows[0] if old_rows else {}), *(new_rows[0] if new_rows else {})])
-    )
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows([*kept, *new_rows])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(out.getvalue(), encoding="utf-8")
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:

@@ -40,13 +40,10 @@ import torch
 from torch import Tensor
 
 from chaincrf.crf import tracing
+from chaincrf.crf.kernels.fused.autograd import LogLikelihood, LogPartition
 from chaincrf.crf.kernels.fused.impl import (
-    _NO_TAGS,
-    _NUMPY_DTYPES,
-    _check_gold,
     _check_inputs,
     _forward_backward_impl,
-    _likelihood_gradient_impl,
     _log_likelihood_impl,
     _log_partition_impl,
     _marginals_impl,
@@ -238,85 +235,7 @@ def _(
 
 
 # ------------------------------------------------------------------------------ eager calls
-
-
-class _LogPartition(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx: Any,
-        emissions: Tensor,
-        mask: Tensor,
-        start: Tensor,
-        transitions: Tensor,
-        end: Tensor,
-        validate: bool,
-    ) -> tuple[Tensor, Tensor]:
-        log_z, lengths = _log_partition_impl(emissions, mask, start, transitions, end, validate)
-        ctx.save_for_backward(emissions, lengths, start, transitions, end)
-        ctx.mark_non_differentiable(lengths)
-        return log_z, lengths
-
-    @staticmethod
-    def backward(
-        ctx: Any, grad: Tensor, _grad_lengths: Tensor | None
-    ) -> tuple[Tensor, None, Tensor, Tensor, Tensor, None]:
-        emissions, lengths, start, transitions, end = ctx.saved_tensors
-        grads = _forward_backward_impl(grad, emissions, _NO_TAGS, lengths, start, transitions, end)[
-            :4
-        ]
-        d_em, d_start, d_trans, d_end = grads
-        return d_em, None, d_start, d_trans, d_end, None
-
-
-class _LogLikelihood(torch.autograd.Function):
-    """The log-likelihood; when a gradient will be needed, the forward pass runs the
-    forward-backward kernel once and keeps the gradient of a unit output (one pass over the
-    rows instead of a forward and, later, a forward-backward)."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        emissions: Tensor,
-        tags: Tensor,
-        mask: Tensor,
-        start: Tensor,
-        transitions: Tensor,
-        end: Tensor,
-        constrained: bool,
-        validate: bool,
-    ) -> Tensor:
-        if not any(ctx.needs_input_grad):
-            return _log_likelihood_impl(
-                emissions, tags, mask, start, transitions, end, constrained, validate
-            )[0]
-        scores = (start, transitions, end)
-        lengths, unit, log_z, gold = _likelihood_gradient_impl(
-            emissions, tags, mask, *scores, validate
-        )
-        if constrained:
-            _check_gold(gold)
-        ctx.save_for_backward(emissions, tags, lengths, start, transitions, end, *unit)
-        return torch.from_numpy((gold - log_z).astype(_NUMPY_DTYPES[emissions.dtype]))
-
-    @staticmethod
-    def backward(
-        ctx: Any, grad: Tensor
-    ) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None]:
-        emissions, tags, lengths, start, transitions, end, *unit = ctx.saved_tensors
-        B = grad.shape[0]
-        # one weight for every row (a sum's gradient is expanded: stride 0): scale the sums;
-        # a weight of exactly 1 (a summed loss) leaves them as they are
-        if B and (B == 1 or grad.stride(0) == 0 or bool((grad == grad[0]).all())):
-            weight = float(grad[0])
-            if weight == 1.0:
-                return unit[0], None, None, *unit[1:], None, None
-            d_em, d_start, d_trans, d_end = (g * weight for g in unit)
-        else:
-            grads = _forward_backward_impl(grad, emissions, tags, lengths, start, transitions, end)[
-                :4
-            ]
-            d_em, d_start, d_trans, d_end = grads
-        return d_em, None, None, d_start, d_trans, d_end, None, None
+# (the autograd Functions that call the implementations directly: fused/autograd.py)
 
 
 def _detached(*tensors: Tensor) -> list[Tensor]:
@@ -340,7 +259,7 @@ def log_partition_masked(
     if _is_compiling():
         out = _log_partition_op(emissions, mask, start, transitions, end, validate)
     else:
-        out = _LogPartition.apply(emissions, mask, start, transitions, end, validate)  # type: ignore[no-untyped-call]
+        out = LogPartition.apply(emissions, mask, start, transitions, end, validate)  # type: ignore[no-untyped-call]
     return out
 
 
@@ -361,7 +280,7 @@ def log_likelihood_masked(
         return llh
     if not torch.is_grad_enabled():  # inside Function.forward needs_input_grad ignores no_grad
         return _log_likelihood_impl(*args)[0]
-    llh = _LogLikelihood.apply(*args)  # type: ignore[no-untyped-call]  # apply is unannotated
+    llh = LogLikelihood.apply(*args)  # type: ignore[no-untyped-call]  # apply is unannotated
     return llh
 
 
