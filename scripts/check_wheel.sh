@@ -53,7 +53,7 @@ done
 
 # models by name: the run as a pip-installable model package, installed, found by its name
 "$BIN/chaincrf-package" run name=en_fixture_tags output=models license=MIT \
-    attribution="chaincrf's test fixture (tests/fixtures/tagger)"
+    "attribution='chaincrf test fixture: tests/fixtures/tagger'"
 "$BIN/python" -m pip install --quiet --no-deps models/en_fixture_tags-0.1.0-py3-none-any.whl
 mkdir "$WORK/another" && cd "$WORK/another"
 echo "EU rejects German call to boycott British lamb." \
