@@ -558,9 +558,11 @@ def test_the_confusion_matrix_is_over_the_scored_labels(trained):
     from chaincrf.tagger import SequenceTagger
 
     tagger = SequenceTagger.load(trained["run_dir"] / "checkpoints" / "best.ckpt")
-    assert tagger.scheme == "BIOES" and tagger.original_scheme == "IOB1"
-    labels = tagger.confusion_labels
-    assert labels == tagger.original_labels and not any(x.startswith(("E-", "S-")) for x in labels)
+    assert tagger.tags.scheme == "BIOES" and tagger.tags.original == "IOB1"
+    labels = tagger.metrics["val"].confusion.index
+    assert list(labels) == tagger.tags.original_labels and not any(
+        x.startswith(("E-", "S-")) for x in labels
+    )
     datamodule = TaggingDataModule(
         train=str(FIXTURES / "train.conll"),
         test=str(FIXTURES / "test.conll"),

@@ -221,6 +221,7 @@ def test_data_stats_tells_the_splits_apart_in_a_narrow_terminal(monkeypatch, cap
 
 
 def test_the_model_card_of_a_token_tagger_says_tagging_tokens():
-    tagger = SimpleNamespace(is_span_task=False, labels=["NOUN", "VERB"], original_labels=None)
+    tags = SimpleNamespace(is_span_task=False, original_labels=["NOUN", "VERB"], entity_types=[])
+    tagger = SimpleNamespace(tags=tags, labels=["NOUN", "VERB"])
     use = card(tagger, ["chaincrf-train"], {})["intended use"]
     assert use.startswith("tagging tokens (NOUN, VERB)") and "tagging tags" not in use

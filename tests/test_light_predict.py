@@ -4,7 +4,6 @@ subprocess in which importing Lightning, torchmetrics, seqeval, Hydra or OmegaCo
 
 from __future__ import annotations
 
-import inspect
 import json
 import subprocess
 import sys
@@ -85,10 +84,17 @@ def test_raw_text_is_tokenised_by_spacy_with_torch_alone():
     assert "Peter  Blackburn" in names  # the original text, both spaces
 
 
-def test_the_light_path_reads_the_taggers_defaults():
-    """load_predictor builds from hparams.checked, SequenceTagger from its own signature: the
-    defaults must agree, so that a model file missing a key loads the same both ways."""
-    ours = inspect.signature(hparams.checked).parameters
-    theirs = inspect.signature(SequenceTagger.__init__).parameters
-    for name, parameter in ours.items():
-        assert theirs[name].default == parameter.default, name
+def test_one_config_serves_the_tagger_and_the_light_path():
+    """SequenceTagger and load_predictor both build from TaggerConfig, the one signature: a
+    config given whole or as its fields is the same config, and stores as the same hparams."""
+    config = hparams.TaggerConfig(
+        labels=["O", "B-X", "I-X"], num_words=7, num_chars=5, scheme="BIO",
+        embeddings={"_target_": "chaincrf.embeddings.TokenEmbedder", "word_dim": 4},
+        encoder={"_target_": "chaincrf.encoders.IdentityEncoder"},
+    )  # fmt: skip
+    whole, by_fields = SequenceTagger(config), SequenceTagger(**config.to_dict())
+    assert whole.config == by_fields.config == config
+    assert dict(whole.hparams) == dict(by_fields.hparams) == config.to_dict()
+    assert config.optimizer == {"_target_": "torch.optim.Adam", "lr": 1e-3}  # the default, kept
+    with pytest.raises(TypeError, match="scheme_name"):
+        SequenceTagger(**config.to_dict(), scheme_name="BIO")

@@ -74,3 +74,14 @@ def test_v2_onnx_export_runs_under_onnxruntime_as_before():
     expected = json.loads((HERE / "v2_expected_onnx.json").read_text())
     got = [tagged.to_dict() for tagged in OnnxPredictor(HERE / "v2_onnx").predict(SENTENCES_V2)]
     assert_same_predictions(got, tolerance=2e-6, expected=expected)
+
+
+def test_v2_onnx_export_states_its_sizes_to_the_loader():
+    """The exported graph's initializers were renamed (the embedder's graph became a part):
+    the loader's size checks still find them in a model exported before."""
+    pytest.importorskip("onnx")
+    from chaincrf.tagger.onnx_model import check_model
+
+    labels = json.loads((HERE / "v2_onnx" / "tagger.json").read_text())["labels"]
+    rows = check_model(HERE / "v2_onnx" / "model.onnx", len(labels))
+    assert rows["words"] is not None and rows["chars"] is not None

@@ -98,8 +98,8 @@ def _random_case(tagger: SequenceTagger, lengths: list[int], viterbi: bool):
         paths = tagger.model.decode(emissions, mask)
     else:
         paths = torch.randint(0, K, (B, T)).masked_fill(~mask, -1)
-    rows = tagger.ids_to_labels(paths, mask)
-    return emissions, mask, paths, [get_spans(tags, tagger.scheme) for tags in rows]
+    rows = tagger.tags.decode_batch(paths, mask)
+    return emissions, mask, paths, [get_spans(tags, tagger.tags.scheme) for tags in rows]
 
 
 CASES = [(s, c) for s in ("BIO", "BIOES", "IOB1") for c in (True, False)]

@@ -160,16 +160,16 @@ def test_config_keys_and_the_code_agree_both_ways():
     configuration has its key (and default) in conf/: one source of each default."""
     from chaincrf.data import TaggingDataModule
     from chaincrf.embeddings import TokenEmbedder
-    from chaincrf.tagger import SequenceTagger
+    from chaincrf.tagger.hparams import TaggerConfig
 
     passed_by_code = {"sentence_encoder"}  # an object: chaincrf-eval passes the checkpoint's
     assert _keys("data", "base") == _parameters(TaggingDataModule.__init__) - passed_by_code
     filled_by_tagger = {"num_words", "num_chars", "pretrained", "feature_sizes"}
     assert _keys("embeddings", "default") == _parameters(TokenEmbedder.__init__) - filled_by_tagger
     from_other_groups = {"labels", "num_words", "num_chars", "embeddings", "encoder", "optimizer",
-                         "scheduler", "monitor", "pretrained", "vocab", "feature_sizes", "scheme",
+                         "scheduler", "monitor", "feature_sizes", "scheme",
                          "original_scheme"}  # fmt: skip
-    assert _keys("model", "crf") == _parameters(SequenceTagger.__init__) - from_other_groups
+    assert _keys("model", "crf") == _parameters(TaggerConfig) - from_other_groups
     for group in ("data", "embeddings", "encoder", "optimizer", "scheduler"):
         for path in sorted((CONF / group).glob("*.yaml")):
             node = compose_config([*NER_DATA, "run_dir=.", f"{group}={path.stem}"])[group]

@@ -194,7 +194,7 @@ def test_overfit_one_batch_softmax_and_pos():
     encoder = SentenceEncoder(words, chars, tags)
     batch = _batch(encoder, sentences)
     tagger = _tagger(encoder, use_crf=False, scheme=None, original_scheme=None)
-    assert tagger.model.crf is None and not tagger.is_span_task
+    assert tagger.model.crf is None and not tagger.tags.is_span_task
     _fit(tagger, batch, 60)
     assert _accuracy(tagger, batch) == 1.0
     tagged = tagger.predict([sentences[0].tokens])[0]
@@ -346,7 +346,9 @@ def test_predict_matches_training_batch_decode(ner):
     tagger, batch, encoder = ner
     with torch.no_grad():
         paths = tagger.model.decode(tagger(batch), batch["mask"])
-    expected = [encoder.to_original_scheme(t) for t in tagger.ids_to_labels(paths, batch["mask"])]
+    expected = [
+        encoder.to_original_scheme(t) for t in tagger.tags.decode_batch(paths, batch["mask"])
+    ]
     results = tagger.predict(batch["tokens"], batch_size=5)
     assert [r.tags for r in results] == expected
 

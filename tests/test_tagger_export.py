@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from chaincrf.constraints import TagScheme
 from chaincrf.data.vocab import Vocabulary
 from chaincrf.tagger import hparams
 from chaincrf.tagger.bundle import load_predictor
@@ -67,10 +66,8 @@ def _variant(name: str, seed: int = 0) -> Predictor:
     else:
         raise AssertionError(name)
     torch.manual_seed(seed)
-    checked = hparams.checked(**spec)
-    model = hparams.build_model(checked, None).eval()
-    tags = TagScheme(checked["labels"], checked["scheme"], checked["original_scheme"])
-    return Predictor(model, tags, vocab)
+    config = hparams.TaggerConfig(**spec)
+    return Predictor(config.build_model().eval(), config.tag_scheme(), vocab)
 
 
 VARIANTS = ["v1", "char_lstm", "cnn_softmax", "features"]

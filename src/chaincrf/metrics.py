@@ -10,19 +10,20 @@ strict mode with :class:`seqeval.scheme.Entities` and the scheme's rules.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import chain
+from typing import Any
 
 import torch
 from seqeval.metrics.sequence_labeling import get_entities
 from seqeval.scheme import IOB1, IOB2, IOBES, Entities
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from chaincrf.constraints import normalize_scheme, scheme_labels, split_label
+from chaincrf.constraints import TagScheme, normalize_scheme, scheme_labels, split_label
 
-__all__ = ["SpanF1", "TokenAccuracy"]
+__all__ = ["LabelConfusion", "SpanF1", "StageMetrics", "TokenAccuracy"]
 
 _SEQEVAL_SCHEMES = {"IOB1": IOB1, "BIO": IOB2, "BIOES": IOBES}
 
@@ -253,3 +254,67 @@ class LabelConfusion(MulticlassConfusionMatrix):
         if pairs:
             target, preds = torch.tensor(pairs, dtype=torch.long, device=self.device).t()
             self.update(preds, target)
+
+
+class StageMetrics(nn.Module):
+    """Everything one evaluation stage (dev or test) measures: token accuracy, span precision /
+    recall / F1 in the corpus's own scheme (span tasks), and the label confusion, each a
+    torchmetrics object synced across DDP ranks.
+
+    Args:
+        tags: the tag set and its schemes; span tasks are scored in ``tags.original``, strictly
+            for BIOES (seqeval's strict mode), as conlleval otherwise.
+    """
+
+    def __init__(self, tags: TagScheme) -> None:
+        super().__init__()
+        self.tags = tags
+        self.accuracy = TokenAccuracy()
+        # the confusion over the labels as scored (the corpus's scheme), not the training's
+        self.confusion = LabelConfusion(tags.original_labels)
+        self.spans = (
+            SpanF1(tags.entity_types, scheme=str(tags.original), strict=tags.original == "BIOES")
+            if tags.is_span_task
+            else None
+        )
+
+    def update(self, predicted: Tensor, gold: Tensor, mask: Tensor) -> None:
+        """Count one batch: ``predicted``/``gold`` long (batch, seq_len) tag ids, ``mask`` bool."""
+        self.accuracy.update(predicted, gold, mask)
+        if self.spans is not None:
+            pred_labels = self.tags.decode_batch(predicted, mask, original=True)
+            gold_labels = self.tags.decode_batch(gold, mask, original=True)
+            self.spans.update(pred_labels, gold_labels)
+            self.confusion.update_labels(gold_labels, pred_labels)
+        else:
+            self.confusion.update(predicted[mask], gold[mask])
+
+    def compute(self, stage: str) -> tuple[dict[str, float], Tensor | None]:
+        """The figures counted since the last call, then reset: ``{"<stage>/acc": ..,
+        "<stage>/f1": .., "<stage>/f1_PER": .., "<stage>/score": ..}`` (``score``: the F1 for
+        span tasks, the accuracy otherwise) and the (L, L) confusion counts ``[gold,
+        predicted]`` (None when nothing was counted)."""
+        accuracy = float(self.accuracy.compute())
+        results = {f"{stage}/acc": accuracy}
+        if self.spans is not None:
+            results.update(
+                {f"{stage}/{k}": v for k, v in _flatten_span_results(self.spans.compute()).items()}
+            )
+            results[f"{stage}/score"] = results[f"{stage}/f1"]
+        else:
+            results[f"{stage}/score"] = accuracy
+        confusion = self.confusion.compute().cpu() if self.confusion.update_count else None
+        for metric in (self.accuracy, self.spans, self.confusion):
+            if metric is not None:
+                metric.reset()
+        return results, confusion
+
+
+def _flatten_span_results(span: Mapping[str, Any]) -> dict[str, float]:
+    """``SpanF1.compute()`` -> flat floats: ``{"f1": .., "precision": .., "f1_PER": .., ...}``."""
+    flat: dict[str, float] = {}
+    for key, value in span.items():
+        metric, _, type_ = key.partition("/")
+        name = f"{metric}_{type_}" if type_ else metric
+        flat[name] = float(value.item()) if isinstance(value, Tensor) else float(value)
+    return flat

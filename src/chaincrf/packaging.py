@@ -211,8 +211,8 @@ def _licence(
 
 def _card(name: str, version: str, tagger: Any, licence: str, credit: str, run: Path | None) -> str:
     """The model card's Markdown body: use, licence and data, the run's report."""
-    labels = sorted(set(tagger.original_labels if tagger.is_span_task else tagger.labels))
-    what = "span" if tagger.is_span_task else "token"
+    labels = sorted(set(tagger.tags.original_labels))
+    what = "span" if tagger.tags.is_span_task else "token"
     lines = [
         f"# {name} {version}",
         "",

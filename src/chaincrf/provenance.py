@@ -83,9 +83,9 @@ def card(
         files: each split's data file.
         seed: the run's seed, if any.
     """
-    labels = tagger.original_labels if tagger.is_span_task else tagger.labels
-    kinds = tagger.tags.entity_types if tagger.is_span_task else sorted(set(labels))
-    task = "spans" if tagger.is_span_task else "tokens"
+    labels = tagger.tags.original_labels
+    kinds = tagger.tags.entity_types if tagger.tags.is_span_task else sorted(set(labels))
+    task = "spans" if tagger.tags.is_span_task else "tokens"
     lines = {"command": "`" + shlex.join(command) + "`"}
     if seed is not None:
         lines["seed"] = str(seed)

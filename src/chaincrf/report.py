@@ -289,7 +289,7 @@ def write_report(
         tagger: the trained :class:`chaincrf.tagger.SequenceTagger` (labels, transitions).
         results: ``{"val": {"val/f1": .., ...}, "test": {...}}`` as the tagger's ``results``.
         confusion: ``{"val": (K, K) long, "test": (K, K) long}`` gold-by-predicted token counts
-            over the tagger's ``confusion_labels`` (the corpus's own labels for spans).
+            over the tagger's ``tags.original_labels`` (the corpus's own labels for spans).
         metrics_csv: the CSV logger's ``metrics.csv`` for the learning curves, if any.
         details: extra lines for the header (command, wall time, data, ...).
         title: the report's heading.
@@ -304,7 +304,7 @@ def write_report(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     confusion = dict(confusion or {})
-    span_task = bool(getattr(tagger, "is_span_task", False))
+    span_task = tagger.tags.is_span_task
     score_name = "span F1" if span_task else "accuracy"
     lines = [f"# {title}", ""]
     for key, value in (details or {}).items():
@@ -312,7 +312,7 @@ def write_report(
     hp = getattr(tagger, "hparams", {})
     encoder = hp.get("encoder", {}).get("_target_", "?") if hp else "?"
     lines += [
-        f"- **task**: {'spans (' + str(tagger.original_scheme) + ', trained as ' + str(tagger.scheme) + ')' if span_task else 'tags'}",
+        f"- **task**: {'spans (' + str(tagger.tags.original) + ', trained as ' + str(tagger.tags.scheme) + ')' if span_task else 'tags'}",
         f"- **model**: {encoder.rsplit('.', 1)[-1]} + {'CRF' if hp.get('use_crf', True) else 'softmax'}"
         f" ({sum(p.numel() for p in tagger.parameters()):,} parameters), {len(tagger.labels)} tags",
         "",
@@ -376,7 +376,7 @@ def write_report(
         if stage in confusion:
             _plot_confusion(
                 confusion[stage],
-                getattr(tagger, "confusion_labels", tagger.labels),
+                tagger.tags.original_labels,
                 run_dir / "confusion.png",
                 {"val": "dev", "test": "test"}[stage],
             )

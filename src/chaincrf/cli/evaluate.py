@@ -152,12 +152,12 @@ def print_table(tagger: SequenceTagger, results: dict[str, Any], stage: str) -> 
         if value is not None:
             overall.add_row(key, f"{value:.0f}" if key == "support" else f"{100 * value:.2f}")
     console.print(overall)
-    if tagger.is_span_task:
+    if tagger.tags.is_span_task:
         rows = {
             t: {
                 m: results.get(f"{stage}/{m}_{t}") for m in ("precision", "recall", "f1", "support")
             }
-            for t in tagger.entity_types
+            for t in tagger.tags.entity_types
         }
         what = "type"
     else:

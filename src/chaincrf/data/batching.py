@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
-from itertools import chain
 from typing import Any
 
 import torch
-from torch import Tensor
 from torch.utils.data import BatchSampler, Dataset, DistributedSampler, Sampler
+
+from chaincrf.data.layout import pad
 
 __all__ = ["BucketBatchSampler", "EncodedDataset", "collate"]
 
@@ -43,9 +43,8 @@ class EncodedDataset(Dataset):
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Pad a list of dataset items into a batch.
 
-    The ids of the whole batch are flattened into one tensor per field and scattered into the
-    padded layout with a boolean mask (a few tensor operations rather than a padded Python list
-    per sentence and token: ~3x faster on CoNLL-2003 evaluation batches of 128 sentences).
+    The arrays are :func:`chaincrf.data.layout.pad`'s (the layout the ONNX predictor feeds too),
+    wrapped as tensors without a copy.
 
     Returns:
         ``words``: long (B, T), 0 = pad, 1 = unknown; ``chars``: long (B, T, C), 0 = pad;
@@ -58,46 +57,9 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     Raises:
         ValueError: if the items do not all have the same number of feature columns.
     """
-    B = len(items)
-    lengths = torch.tensor([len(item["words"]) for item in items], dtype=torch.long)
-    T = int(lengths.max()) if B else 0
-    token_chars = [ids for item in items for ids in item["chars"]]  # N real tokens
-    char_lengths = torch.tensor([len(ids) for ids in token_chars], dtype=torch.long)  # (N,)
-    C = max(int(char_lengths.max()) if len(token_chars) else 0, 1)
-    labelled = B > 0 and all("tags" in item for item in items)
-    K = len(items[0].get("features", ())) if B else 0
-    if any(len(item.get("features", ())) != K for item in items):
-        raise ValueError("every item of a batch must have the same number of feature columns")
-
-    mask = torch.arange(T) < lengths.unsqueeze(1)  # (B, T)
-
-    def scatter(values: list[int], *trailing: int) -> Tensor:
-        """Ids of the real tokens, in order -> long (B, T, *trailing), 0 at padding."""
-        out = torch.zeros(B, T, *trailing, dtype=torch.long)
-        out[mask] = torch.tensor(values, dtype=torch.long).view(-1, *trailing)
-        return out
-
-    per_token = torch.zeros(len(token_chars), C, dtype=torch.long)  # (N, C)
-    per_token[torch.arange(C) < char_lengths.unsqueeze(1)] = torch.tensor(
-        list(chain.from_iterable(token_chars)), dtype=torch.long
-    )
-    chars = torch.zeros(B, T, C, dtype=torch.long)
-    chars[mask] = per_token
-    batch: dict[str, Any] = {
-        "words": scatter(list(chain.from_iterable(item["words"] for item in items))),
-        "chars": chars,
-        "casing": scatter(list(chain.from_iterable(item["casing"] for item in items))),
-        "mask": mask,
-        "tokens": [item["tokens"] for item in items],
-        "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
-    }
-    if labelled:
-        batch["tags"] = scatter(list(chain.from_iterable(item["tags"] for item in items)))
-    if K:
-        # item["features"]: K columns of n ids each -> n rows of K ids, token-major
-        batch["features"] = scatter(
-            [i for item in items for row in zip(*item["features"]) for i in row], K
-        )
+    batch: dict[str, Any] = {name: torch.from_numpy(array) for name, array in pad(items).items()}
+    batch["tokens"] = [item["tokens"] for item in items]
+    batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
     return batch
 
 

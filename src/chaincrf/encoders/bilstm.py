@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from chaincrf.encoders.base import Encoder, check_dropout, check_inputs, check_num_layers
 from chaincrf.precision import rnn_precision
 
-__all__ = ["BiLSTMEncoder", "reverse_index", "reversed_rows"]
+__all__ = ["BiLSTMEncoder", "BiLSTMGraph", "one_direction", "reverse_index", "reversed_rows"]
 
 
 def reverse_index(lengths: Tensor, T: int) -> Tensor:
@@ -33,6 +33,43 @@ def reversed_rows(x: Tensor, index: Tensor) -> Tensor:
     :func:`reverse_index`)."""
     B, T, D = x.shape
     return x.reshape(B * T, D).index_select(0, index).reshape(B, T, D)
+
+
+def one_direction(lstm: nn.LSTM, layer: int, reverse: bool) -> nn.LSTM:
+    """A single-direction, single-layer ``nn.LSTM`` holding (sharing) one direction of one
+    layer of ``lstm``."""
+    suffix = "_reverse" if reverse else ""
+    in_size = lstm.input_size if layer == 0 else 2 * lstm.hidden_size
+    single = nn.LSTM(in_size, lstm.hidden_size, batch_first=True)
+    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        setattr(single, f"{name}_l0", getattr(lstm, f"{name}_l{layer}{suffix}"))
+    single.flatten_parameters()
+    return single
+
+
+class BiLSTMGraph(nn.Module):
+    """A bidirectional (stacked) LSTM as padded single-direction calls: exact over ragged
+    batches without packing."""
+
+    def __init__(self, lstm: nn.LSTM) -> None:
+        super().__init__()
+        if not lstm.bidirectional or not lstm.batch_first:
+            raise ValueError("the BiLSTM to export must be bidirectional and batch-first")
+        self.forwards = nn.ModuleList(
+            one_direction(lstm, layer, False) for layer in range(lstm.num_layers)
+        )
+        self.backwards = nn.ModuleList(
+            one_direction(lstm, layer, True) for layer in range(lstm.num_layers)
+        )
+
+    def forward(self, x: Tensor, mask: Tensor, index: Tensor) -> Tensor:
+        """``x`` (B, T, D) -> (B, T, 2H), zero off the mask; ``index`` reverses rows within
+        their lengths."""
+        for forward, backward in zip(self.forwards, self.backwards):
+            ahead, _ = forward(x)
+            behind, _ = backward(reversed_rows(x, index))
+            x = torch.cat([ahead, reversed_rows(behind, index)], dim=2)
+        return torch.where(mask.unsqueeze(2), x, torch.zeros_like(x))
 
 
 # On the CPU, batches with at most this fraction of padding run each direction as one padded
@@ -136,3 +173,7 @@ class BiLSTMEncoder(Encoder):
         h0 = x.new_zeros(1, x.shape[0], self.lstm.hidden_size)
         output, _, _ = torch.lstm(x, (h0, h0), weights, True, 1, 0.0, self.training, False, True)
         return output
+
+    def export_graph(self) -> BiLSTMGraph:
+        """This encoder for TorchScript/ONNX graphs, sharing its weights (eval mode)."""
+        return BiLSTMGraph(self.lstm)

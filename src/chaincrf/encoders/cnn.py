@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from chaincrf.encoders.base import Encoder, check_dropout, check_inputs
 
-__all__ = ["CNNEncoder"]
+__all__ = ["CNNEncoder", "CNNGraph"]
 
 
 class CNNEncoder(Encoder):
@@ -80,3 +81,23 @@ class CNNEncoder(Encoder):
             update = self.dropout(self.activation(convolution(hidden)))  # (B, H, T)
             hidden = (hidden + update) * keep
         return hidden.transpose(1, 2)  # (B, T, H)
+
+    def export_graph(self) -> CNNGraph:
+        """This encoder for TorchScript/ONNX graphs, sharing its weights (eval mode)."""
+        return CNNGraph(self)
+
+
+class CNNGraph(nn.Module):
+    """The dilated CNN encoder (its own forward holds no host synchronisation)."""
+
+    def __init__(self, encoder: CNNEncoder) -> None:
+        super().__init__()
+        self.projection = encoder.projection
+        self.convolutions = encoder.convolutions
+
+    def forward(self, x: Tensor, mask: Tensor, index: Tensor) -> Tensor:
+        keep = mask.unsqueeze(1).to(x.dtype)  # (B, 1, T)
+        hidden = self.projection(x).transpose(1, 2) * keep  # (B, H, T)
+        for convolution in self.convolutions:
+            hidden = (hidden + torch.relu(convolution(hidden))) * keep
+        return hidden.transpose(1, 2)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from chaincrf.encoders.base import Encoder, check_inputs
 
-__all__ = ["IdentityEncoder"]
+__all__ = ["IdentityEncoder", "IdentityGraph"]
 
 
 class IdentityEncoder(Encoder):
@@ -22,3 +22,14 @@ class IdentityEncoder(Encoder):
         """Return ``features`` (float tensor (batch, seq_len, input_dim)) unchanged."""
         check_inputs(self, features, mask)
         return features
+
+    def export_graph(self) -> IdentityGraph:
+        """This encoder for TorchScript/ONNX graphs."""
+        return IdentityGraph()
+
+
+class IdentityGraph(nn.Module):
+    """The identity in the graphs' encoder signature ``(x, mask, index)``."""
+
+    def forward(self, x: Tensor, mask: Tensor, index: Tensor) -> Tensor:
+        return x

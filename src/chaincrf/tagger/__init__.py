@@ -4,10 +4,11 @@ A few modules, one job each:
 
 - :mod:`~chaincrf.tagger.network`: :class:`TaggerModel`, the plain ``nn.Module`` (embeddings,
   encoder, projection, CRF or softmax) with ``emissions``, ``loss``, ``decode``, ``marginals``;
-- :mod:`~chaincrf.tagger.hparams`: the hyper-parameters as plain data (``_target_`` specs, no
-  Hydra object, no pickled module) and the network built from them;
+- :mod:`~chaincrf.tagger.hparams`: :class:`TaggerConfig`, what a tagger is as plain data
+  (``_target_`` specs, no Hydra object, no pickled module), and the network built from it;
 - :mod:`~chaincrf.tagger.module`: :class:`SequenceTagger`, the ``LightningModule`` that trains
-  and evaluates the network;
+  and evaluates the network (build, step, log, optimise); :mod:`~chaincrf.tagger.serving` gives
+  it its load / save / predict API, :mod:`~chaincrf.tagger.schedule` its optimiser;
 - :mod:`~chaincrf.tagger.streaming`: prediction over streams (tokenising, chunks, length-sorted
   batches, input order), whatever engine tags the batches;
   :mod:`~chaincrf.tagger.predictor`: the PyTorch engine, :class:`TaggedSentence` out with
@@ -32,6 +33,7 @@ _HOMES = {
     "OnnxPredictor": "onnx_predictor",
     "Predictor": "predictor",
     "SequenceTagger": "module",
+    "TaggerConfig": "hparams",
     "TaggedSentence": "outputs",
     "TaggedSpan": "outputs",
     "TaggerModel": "network",
@@ -46,6 +48,7 @@ __all__ = [
     "Predictor",
     "SequenceTagger",
     "TaggedSentence",
+    "TaggerConfig",
     "TaggedSpan",
     "TaggerModel",
     "tokenize",

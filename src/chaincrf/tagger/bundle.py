@@ -7,13 +7,14 @@ A bundle is ``weights.pt`` (the state dict), ``config.json`` (format and hyper-p
 
 from __future__ import annotations
 
-import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
+
+from chaincrf.tagger.hparams import TaggerConfig
 
 if TYPE_CHECKING:
     from chaincrf.tagger.predictor import Predictor
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 # The tagger class and its instances are typed Any here: chaincrf.tagger.module imports this
 # module, and a model file's reader does not import the training system (no import circle).
 Tagger = Any
+Built = TypeVar("Built", bound=Any)
 
 __all__ = ["load", "load_predictor", "save"]
 
@@ -42,7 +44,8 @@ def load(
     (:mod:`chaincrf.model_checks`): a file cannot make it allocate more than its weights hold.
 
     Args:
-        cls: the tagger class to build (``SequenceTagger`` or a subclass).
+        cls: the tagger class to build (``SequenceTagger`` or a subclass), called as
+            ``cls(config, vocab=vocab)``.
         path: a ``.ckpt`` written during training (e.g. ``<run>/checkpoints/best.ckpt``),
             a bundle directory written by :func:`save` / ``chaincrf-export`` (or in the Hub
             layout, :mod:`chaincrf.tagger.hub`), or the name of an installed model package
@@ -62,29 +65,10 @@ def load(
             that is unreadable, holds pickled objects, names an untrusted ``_target_`` or
             does not fit the model it describes.
     """
-    from chaincrf.model_files import ModelFileError, read_model
-
-    allowed_keys = [
-        name
-        for name in inspect.signature(cls.__init__).parameters
-        if name not in ("self", "pretrained", "vocab")
-    ]
-    stored = read_model(path, allowed_keys, map_location, allow_targets)
-    try:
-        tagger = cls(**stored.hparams, vocab=stored.vocab)
-        if stored.vocab is not None:
-            tagger.sentence_encoder  # noqa: B018 - checks the vocabularies now, not at predict
-    except (ValueError, TypeError, KeyError) as error:
-        raise ModelFileError(
-            f"{stored.source}: does not describe a valid tagger: {error}"
-        ) from None
-    try:
-        tagger.load_state_dict(stored.state_dict)
-    except RuntimeError as error:
-        raise ModelFileError(f"{stored.source}: weights do not fit the model: {error}") from None
-    tagger.to(map_location)
-    tagger.eval()
-    return tagger
+    tagger = _restore(
+        path, map_location, allow_targets, lambda config, vocab: cls(config, vocab=vocab)
+    )
+    return tagger.to(map_location).eval()
 
 
 def load_predictor(
@@ -96,34 +80,46 @@ def load_predictor(
 
     Args and Raises: as :func:`load`.
     """
-    from chaincrf.constraints import TagScheme
-    from chaincrf.model_files import ModelFileError, read_model
-    from chaincrf.tagger import hparams
     from chaincrf.tagger.predictor import Predictor
 
-    allowed_keys = [name for name in inspect.signature(hparams.checked).parameters
-                    if name != "pretrained"]  # fmt: skip
-    stored = read_model(path, allowed_keys, map_location, allow_targets)
+    predictor = _restore(
+        path,
+        map_location,
+        allow_targets,
+        lambda config, vocab: Predictor(config.build_model(), config.tag_scheme(), vocab),
+    )
+    predictor.model.to(map_location).eval()
+    return predictor
+
+
+def _restore(
+    path: str | Path,
+    map_location: str | torch.device,
+    allow_targets: Sequence[str],
+    build: Callable[[TaggerConfig, dict[str, Any] | None], Built],
+) -> Built:
+    """The one reader behind :func:`load` and :func:`load_predictor`: the model file read as
+    data, ``build(config, vocab)`` (anything with ``.model`` and ``.sentence_encoder``), the
+    vocabularies checked, the network's weights loaded; every error one
+    :class:`~chaincrf.model_files.ModelFileError` naming the file."""
+    from chaincrf.model_files import ModelFileError, read_model
+
+    stored = read_model(path, TaggerConfig.field_names(), map_location, allow_targets)
     try:
-        checked = hparams.checked(**stored.hparams)
-        model = hparams.build_model(checked, None)
-        tags = TagScheme(checked["labels"], checked["scheme"], checked["original_scheme"])
-        predictor = Predictor(model, tags, stored.vocab)
+        built = build(TaggerConfig(**stored.hparams), stored.vocab)
         if stored.vocab is not None:
-            predictor.sentence_encoder  # noqa: B018 - checks the vocabularies now
+            built.sentence_encoder  # noqa: B018 - checks the vocabularies now, not at predict
     except (ValueError, TypeError, KeyError) as error:
         raise ModelFileError(
             f"{stored.source}: does not describe a valid tagger: {error}"
         ) from None
-    weights = {
-        k[len("model.") :]: v for k, v in stored.state_dict.items() if k.startswith("model.")
-    }
+    prefix = "model."
+    weights = {k[len(prefix) :]: v for k, v in stored.state_dict.items() if k.startswith(prefix)}
     try:
-        model.load_state_dict(weights)
+        built.model.load_state_dict(weights)
     except RuntimeError as error:
         raise ModelFileError(f"{stored.source}: weights do not fit the model: {error}") from None
-    model.to(map_location).eval()
-    return predictor
+    return built
 
 
 def save(tagger: Tagger, directory: str | Path) -> Path:

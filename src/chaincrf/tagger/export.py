@@ -38,11 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from chaincrf.crf import plan
-from chaincrf.embeddings import PAD_ID, TokenEmbedder, _CharCNN, _CharLSTM
-from chaincrf.encoders.bilstm import reverse_index, reversed_rows
+from chaincrf.encoders.bilstm import reverse_index
 from chaincrf.tagger.onnx_predictor import ARTEFACT_FORMAT
-
-assert PAD_ID == 0, "the graph writes the padding id as the literal 0 (TorchScript)"
 
 if TYPE_CHECKING:
     from chaincrf.tagger.predictor import Predictor
@@ -52,102 +49,6 @@ __all__ = ["ARTEFACT_FORMAT", "FORMATS", "ExportableTagger", "export_model", "gr
 FORMATS = ("torchscript", "onnx")
 
 ONNX_OPSET = 18
-
-
-def _one_direction(lstm: nn.LSTM, layer: int, reverse: bool) -> nn.LSTM:
-    """A single-direction, single-layer ``nn.LSTM`` holding (sharing) one direction of one
-    layer of ``lstm``."""
-    suffix = "_reverse" if reverse else ""
-    in_size = lstm.input_size if layer == 0 else 2 * lstm.hidden_size
-    single = nn.LSTM(in_size, lstm.hidden_size, batch_first=True)
-    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-        setattr(single, f"{name}_l0", getattr(lstm, f"{name}_l{layer}{suffix}"))
-    single.flatten_parameters()
-    return single
-
-
-class _BiLSTMGraph(nn.Module):
-    """A bidirectional (stacked) LSTM as padded single-direction calls: exact over ragged
-    batches without packing."""
-
-    def __init__(self, lstm: nn.LSTM) -> None:
-        super().__init__()
-        if not lstm.bidirectional or not lstm.batch_first:
-            raise ValueError("the BiLSTM to export must be bidirectional and batch-first")
-        self.forwards = nn.ModuleList(
-            _one_direction(lstm, layer, False) for layer in range(lstm.num_layers)
-        )
-        self.backwards = nn.ModuleList(
-            _one_direction(lstm, layer, True) for layer in range(lstm.num_layers)
-        )
-
-    def forward(self, x: Tensor, mask: Tensor, index: Tensor) -> Tensor:
-        """``x`` (B, T, D) -> (B, T, 2H), zero off the mask; ``index`` reverses rows within
-        their lengths."""
-        for forward, backward in zip(self.forwards, self.backwards):
-            ahead, _ = forward(x)
-            behind, _ = backward(reversed_rows(x, index))
-            x = torch.cat([ahead, reversed_rows(behind, index)], dim=2)
-        return torch.where(mask.unsqueeze(2), x, torch.zeros_like(x))
-
-
-class _CharCNNGraph(nn.Module):
-    """The character CNN over every token of the padded batch (N = B * T tokens)."""
-
-    def __init__(self, encoder: _CharCNN) -> None:
-        super().__init__()
-        self.embedding = encoder.embedding
-        self.conv = encoder.conv
-
-    def forward(self, chars: Tensor) -> Tensor:
-        """``chars`` (N, C) ids, 0-padded -> (N, filters): max over each token's characters."""
-        C = chars.shape[1]
-        lengths = (chars != 0).sum(1).clamp(min=1)  # (N,)
-        conv = self.conv(self.embedding(chars).transpose(1, 2))  # (N, F, C)
-        real = torch.arange(C, device=chars.device).unsqueeze(0) < lengths.unsqueeze(1)
-        return conv.masked_fill(~real.unsqueeze(1), float("-inf")).amax(2)
-
-
-class _CharLSTMGraph(nn.Module):
-    """The character BiLSTM over every token of the padded batch: each direction's state at
-    the token's last character (the backward one run over the reversed characters)."""
-
-    def __init__(self, encoder: _CharLSTM) -> None:
-        super().__init__()
-        self.embedding = encoder.embedding
-        self.ahead = _one_direction(encoder.lstm, 0, False)
-        self.behind = _one_direction(encoder.lstm, 0, True)
-
-    def forward(self, chars: Tensor) -> Tensor:
-        """``chars`` (N, C) ids, 0-padded -> (N, 2H)."""
-        N, C = chars.shape
-        lengths = (chars != 0).sum(1).clamp(min=1)  # (N,)
-        embedded = self.embedding(chars)  # (N, C, E)
-        ahead, _ = self.ahead(embedded)  # (N, C, H)
-        behind, _ = self.behind(reversed_rows(embedded, reverse_index(lengths, C)))
-        last = (lengths - 1).view(N, 1, 1).expand(N, 1, ahead.shape[2])
-        return torch.cat([ahead.gather(1, last).squeeze(1), behind.gather(1, last).squeeze(1)], 1)
-
-
-class _CNNEncoderGraph(nn.Module):
-    """The dilated CNN encoder (its own forward holds no host synchronisation)."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.projection = encoder.projection
-        self.convolutions = encoder.convolutions
-
-    def forward(self, x: Tensor, mask: Tensor, index: Tensor) -> Tensor:
-        keep = mask.unsqueeze(1).to(x.dtype)  # (B, 1, T)
-        hidden = self.projection(x).transpose(1, 2) * keep  # (B, H, T)
-        for convolution in self.convolutions:
-            hidden = (hidden + torch.relu(convolution(hidden))) * keep
-        return hidden.transpose(1, 2)
-
-
-class _IdentityGraph(nn.Module):
-    def forward(self, x: Tensor, mask: Tensor, index: Tensor) -> Tensor:
-        return x
 
 
 class _CRFHead(nn.Module):
@@ -173,11 +74,14 @@ class _SoftmaxHead(nn.Module):
 class ExportableTagger(nn.Module):
     """A trained network as one graph from id tensors to tags (see the module docstring).
 
+    Each part brings its own graph: the embedder's and the encoder's ``export_graph()`` (the
+    :class:`~chaincrf.embeddings.TokenEmbedder` with any character encoder, casing, feature
+    columns and word adapter; the ``bilstm``, ``cnn`` and ``identity`` encoders), the CRF's
+    export kernel or the softmax.
+
     Args:
         model: the trained :class:`~chaincrf.tagger.network.TaggerModel` (its weights are
-            shared). Supported: the :class:`~chaincrf.embeddings.TokenEmbedder` (any
-            character encoder, casing, feature columns, word adapter) and the ``bilstm``,
-            ``cnn`` and ``identity`` encoders, with a CRF or the softmax output.
+            shared).
 
     Raises:
         ValueError: naming the part that cannot be exported (e.g. a pretrained-transformer
@@ -186,45 +90,17 @@ class ExportableTagger(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        from chaincrf.encoders.bilstm import BiLSTMEncoder
-        from chaincrf.encoders.cnn import CNNEncoder
-        from chaincrf.encoders.identity import IdentityEncoder
-
-        embedder = model.embedder
-        if not isinstance(embedder, TokenEmbedder):
-            raise ValueError(
-                f"only the TokenEmbedder can be exported; got {type(embedder).__name__}"
-            )
-        self.word_embedding = embedder.word_embedding
-        self.has_adapter = embedder.word_map is not None and embedder.word_residual is not None
-        self.word_map = embedder.word_map if self.has_adapter else nn.Identity()
-        self.word_residual = embedder.word_residual if self.has_adapter else nn.Identity()
-        chars = embedder.char_encoder
-        self.has_chars = chars is not None
-        self.chars = (
-            _CharCNNGraph(chars)
-            if isinstance(chars, _CharCNN)
-            else _CharLSTMGraph(chars)
-            if isinstance(chars, _CharLSTM)
-            else nn.Identity()
-        )
-        self.has_casing = embedder.casing_embedding is not None
-        self.casing_embedding = embedder.casing_embedding or nn.Identity()
-        self.feature_embeddings = embedder.feature_embeddings
-        self.num_features: int = len(embedder.feature_embeddings)
-
-        encoder = model.encoder
-        if isinstance(encoder, BiLSTMEncoder):
-            self.encoder: nn.Module = _BiLSTMGraph(encoder.lstm)
-        elif isinstance(encoder, CNNEncoder):
-            self.encoder = _CNNEncoderGraph(encoder)
-        elif isinstance(encoder, IdentityEncoder):
-            self.encoder = _IdentityGraph()
-        else:
-            raise ValueError(
-                f"the {type(encoder).__name__} encoder cannot be exported (supported: bilstm, "
-                "cnn, identity)"
-            )
+        parts = (("embedder", model.embedder, "TokenEmbedder"),
+                 ("encoder", model.encoder, "bilstm, cnn, identity"))  # fmt: skip
+        for role, module, supported in parts:
+            if not callable(getattr(module, "export_graph", None)):
+                raise ValueError(
+                    f"the {type(module).__name__} {role} cannot be exported (supported: "
+                    f"{supported})"
+                )
+        self.embedder = model.embedder.export_graph()
+        self.encoder = model.encoder.export_graph()
+        self.num_features: int = self.embedder.num_features
         self.projection = model.projection
         self.head = _CRFHead(model.crf) if model.crf is not None else _SoftmaxHead()
         self.eval()
@@ -256,24 +132,8 @@ class ExportableTagger(nn.Module):
         features: Tensor | None = None,
     ) -> Tensor:
         """Per-token tag scores (B, T, K), as ``TaggerModel.emissions`` in eval mode."""
-        B, T = words.shape
-        keep = mask.unsqueeze(2)
-        words = words.masked_fill(~mask, 0)
-        feats = self.word_embedding(words)
-        if self.has_adapter:
-            feats = self.word_map(feats) + self.word_residual(words)
-        parts = [feats]
-        if self.has_chars:
-            encoded = self.chars(chars.reshape(B * T, chars.shape[2])).reshape(B, T, -1)
-            parts.append(torch.where(keep, encoded, torch.zeros_like(encoded)))
-        if self.has_casing:
-            parts.append(self.casing_embedding(casing.masked_fill(~mask, 0)))
-        if features is not None:
-            columns = features.masked_fill(~keep, 0)
-            for k, embedding in enumerate(self.feature_embeddings):
-                parts.append(embedding(columns[:, :, k]))
-        x = torch.cat(parts, dim=2) * keep.to(feats.dtype)
-        x = self.encoder(x, mask, reverse_index(mask.sum(1), T))
+        x = self.embedder(words, chars, casing, mask, features)  # (B, T, D)
+        x = self.encoder(x, mask, reverse_index(mask.sum(1), words.shape[1]))
         return self.projection(x)
 
 

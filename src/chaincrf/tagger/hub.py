@@ -95,7 +95,7 @@ def save_pretrained(
     meta.setdefault("pipeline_tag", "token-classification")
     tags = list(meta.get("tags") or [])
     meta["tags"] = ["chaincrf", *[t for t in tags if t != "chaincrf"]]
-    labels = sorted(set(tagger.original_labels if tagger.is_span_task else tagger.labels))
+    labels = sorted(set(tagger.tags.original_labels))
     body = card or (
         f"# chaincrf sequence tagger\n\nA chaincrf tagger ({len(labels)} labels: "
         f"{', '.join(labels)}).\n\n```python\nfrom chaincrf.tagger import SequenceTagger\n\n"

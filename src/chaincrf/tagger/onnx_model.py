@@ -19,8 +19,12 @@ from chaincrf.model_checks import ModelFileError, confined
 
 __all__ = ["INPUTS", "check_model", "check_signature", "open_session", "run_session"]
 
-ROWS = {"words": "word_embedding.weight", "chars": "chars.embedding.weight"}
-"""Initializers of an exported tagger whose first dimension bounds a vocabulary's ids."""
+ROWS = {
+    "words": ("embedder.word_embedding.weight", "word_embedding.weight"),
+    "chars": ("embedder.chars.embedding.weight", "chars.embedding.weight"),
+}
+"""Initializers of an exported tagger whose first dimension bounds a vocabulary's ids: today's
+name, then the name in models exported before 2026-12-05 (the embedder's graph had no name)."""
 TAG_COUNT = "projection.bias"
 """Initializer of an exported tagger holding one number per tag."""
 INPUTS = ("words", "chars", "casing", "mask", "features")
@@ -92,8 +96,8 @@ def check_model(path: Path, num_tags: int) -> dict[str, int | None]:
         confined(path.parent, entries.get("location"), str(path),
                  f"the external data of tensor {tensor.name!r}")  # fmt: skip
     initializers = {t.name: list(t.dims) for t in proto.graph.initializer}
-    for name, initializer in ROWS.items():
-        dims = initializers.get(initializer)
+    for name, candidates in ROWS.items():
+        dims = next((initializers[c] for c in candidates if c in initializers), None)
         rows[name] = dims[0] if dims else None
     dims = initializers.get(TAG_COUNT)
     if dims and dims[0] != num_tags:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from chaincrf.constraints import TagScheme
+from chaincrf.data.layout import pad
 from chaincrf.model_checks import (
     ModelFileError,
     check_labels,
@@ -146,36 +147,14 @@ class OnnxPredictor(StreamPredictor):
         """The model's inputs for a batch of non-empty token lists (ids as in training).
 
         Returns:
+            :func:`chaincrf.data.layout.pad`'s arrays, the layout training batches have:
             ``words``, ``casing`` int64 (B, T), ``chars`` int64 (B, T, C), ``mask`` bool (B, T)
             and, for feature-column models, ``features`` int64 (B, T, F).
 
         Raises:
             ValueError: naming the sentence, when a feature-column model gets no features.
         """
-        encoder = self.sentence_encoder
-        items = self.encode_ids(token_lists, feature_lists)
-        B = len(items)
-        T = max(len(item["words"]) for item in items)
-        C = max(max(len(ids) for ids in item["chars"]) for item in items)
-        arrays = {
-            "words": np.zeros((B, T), np.int64),
-            "chars": np.zeros((B, T, max(C, 1)), np.int64),
-            "casing": np.zeros((B, T), np.int64),
-            "mask": np.zeros((B, T), np.bool_),
-        }
-        if encoder.features:
-            arrays["features"] = np.zeros((B, T, len(encoder.features)), np.int64)
-        for row, item in enumerate(items):
-            n = len(item["words"])
-            arrays["words"][row, :n] = item["words"]
-            arrays["casing"][row, :n] = item["casing"]
-            arrays["mask"][row, :n] = True
-            chars = arrays["chars"][row]
-            for t, ids in enumerate(item["chars"]):
-                chars[t, : len(ids)] = ids
-            if "features" in arrays:
-                arrays["features"][row, :n] = np.asarray(item["features"], np.int64).T
-        return arrays
+        return pad(self.encode_ids(token_lists, feature_lists))
 
     def tag_tokens(
         self, token_lists: list[list[str]], feature_lists: list[Any], top_k: int
