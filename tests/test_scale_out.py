@@ -36,7 +36,7 @@ TINY_RUN = [
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
-def compose_config(overrides: list[str], name: str = "config", hydra: bool = False):
+def compose_config(overrides: list[str], name: str = "train", hydra: bool = False):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name=name, overrides=overrides, return_hydra_config=hydra)
 
