@@ -129,7 +129,7 @@ def test_one_process_a_multirun_and_a_named_directory_are_left_alone_and_fallbac
 
 
 def test_the_shared_directory_has_the_configs_pattern():
-    raw = OmegaConf.load(CONF / "config.yaml")
+    raw = OmegaConf.load(CONF / "train.yaml")
     assert OmegaConf.to_container(raw)["hydra"]["run"]["dir"] == (
         f"{RUN_DIR_PATTERN}${{now:{STAMP_FORMAT}}}"
     )
