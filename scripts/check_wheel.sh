@@ -29,7 +29,7 @@ from chaincrf.cli.common import CONFIG_DIR
 root = Path(sys.argv[1]).resolve()
 where = Path(chaincrf.__file__).resolve()
 assert root not in where.parents, f"chaincrf imported from the checkout: {where}"
-assert (Path(CONFIG_DIR) / "config.yaml").is_file(), f"no configs in {CONFIG_DIR}"
+assert (Path(CONFIG_DIR) / "train.yaml").is_file(), f"no configs in {CONFIG_DIR}"
 assert root not in Path(CONFIG_DIR).resolve().parents, f"configs from the checkout: {CONFIG_DIR}"
 print(f"chaincrf {chaincrf.__version__} from {where.parent}; configs in {CONFIG_DIR}")
 PY

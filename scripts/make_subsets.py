@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="more data overrides, e.g. data.root=...")
     args = parser.parse_args()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"data={args.data}", *args.overrides, "run_dir=."])
+        cfg = compose("train", overrides=[f"data={args.data}", *args.overrides, "run_dir=."])
     datamodule = build(cfg.data, "data")
     datamodule.prepare_data()
     source = datamodule.resolve("train")

@@ -143,7 +143,7 @@ def classify(call: Callable[[], Any], folder: Path, expected: type | tuple, matc
 # ---------------------------------------------------------------- the model the probes use
 
 
-def compose(overrides: list[str], name: str = "config"):
+def compose(overrides: list[str], name: str = "train"):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def compose_config(overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name="train", overrides=overrides)
 
 
 def test_a_step_budget_evaluates_every_n_steps_and_stops_at_the_budget(tmp_path):

@@ -72,7 +72,7 @@ ENCODERS = {
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def compose_config(overrides: list[str], name: str = "config") -> DictConfig:
+def compose_config(overrides: list[str], name: str = "train") -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name=name, overrides=overrides)
 
@@ -115,7 +115,17 @@ def trained(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize(
     "group",
-    ["trainer", "logger", "callbacks", "optimizer", "scheduler", "model", "debug", "experiment"],
+    [
+        "trainer",
+        "logger",
+        "callbacks",
+        "optimizer",
+        "scheduler",
+        "head",
+        "budget",
+        "debug",
+        "experiment",
+    ],
 )
 def test_every_option_of_my_groups_composes(group, tmp_path):
     assert options(group), f"conf/{group} has no options"
@@ -179,13 +189,28 @@ def test_mlflow_logger_records_the_run_in_sqlite(tmp_path, monkeypatch):
     assert sorted(m.value for m in history) == pytest.approx(sorted(v for _, v in csv_scores))
 
 
-@pytest.mark.parametrize("option", options("callbacks"))
+CALLBACK_SETS = ("default", "minimal")
+"""The files of conf/callbacks/ that compose their siblings; each other file is one callback."""
+
+
+@pytest.mark.parametrize("option", CALLBACK_SETS)
 def test_callback_configs_instantiate(option, tmp_path):
     cfg = compose_config([f"callbacks={option}", f"run_dir={tmp_path}"])
     callbacks = [instantiate(node) for node in cfg.callbacks.values() if node is not None]
     checkpoint = next(c for c in callbacks if type(c).__name__ == "ModelCheckpoint")
     assert checkpoint.monitor == "val/score"
     assert any(getattr(c, "filename", None) == "last" and c.monitor is None for c in callbacks)
+
+
+@pytest.mark.parametrize("name", sorted(set(options("callbacks")) - set(CALLBACK_SETS)))
+def test_each_callback_file_is_one_callback_a_list_adds(name, tmp_path):
+    """callbacks=[minimal,<name>]: the set and one callback more, under its file's name."""
+    alone = compose_config([f"callbacks={name}", f"run_dir={tmp_path}"]).callbacks
+    assert list(alone) == [name]
+    instantiate(alone[name])
+    cfg = compose_config([f"callbacks=[minimal,{name}]", f"run_dir={tmp_path}"])
+    minimal = compose_config(["callbacks=minimal", f"run_dir={tmp_path}"])
+    assert set(cfg.callbacks) == {*minimal.callbacks, name}
 
 
 @pytest.mark.parametrize("option", options("optimizer"))
@@ -209,9 +234,9 @@ def test_data_configs_instantiate(option, tmp_path):
 
 
 @pytest.mark.parametrize("embeddings", options("embeddings"))
-@pytest.mark.parametrize("model", options("model"))
-def test_embeddings_and_model_configs_build_a_tagger(embeddings, model, tmp_path):
-    overrides = [*NER_DATA, f"embeddings={embeddings}", f"model={model}", f"run_dir={tmp_path}"]
+@pytest.mark.parametrize("head", options("head"))
+def test_embeddings_and_head_configs_build_a_tagger(embeddings, head, tmp_path):
+    overrides = [*NER_DATA, f"embeddings={embeddings}", f"head={head}", f"run_dir={tmp_path}"]
     cfg = compose_config(overrides)
     if cfg.data.get("pretrained") is None and embeddings == "glove":
         with open_dict(cfg):
@@ -253,7 +278,7 @@ def test_fast_dev_run_pos_softmax(tmp_path):
             *TINY,
             *ENCODERS["bilstm"],
             f"run_dir={tmp_path}",
-            "model=softmax",
+            "head=softmax",
             "debug=fast_dev_run",
         ]
     )

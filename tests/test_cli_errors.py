@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -225,3 +226,60 @@ def test_the_model_card_of_a_token_tagger_says_tagging_tokens():
     tagger = SimpleNamespace(tags=tags, labels=["NOUN", "VERB"])
     use = card(tagger, ["chaincrf-train"], {})["intended use"]
     assert use.startswith("tagging tokens (NOUN, VERB)") and "tagging tags" not in use
+
+
+# ---------------------------------------------------------------- the names of earlier versions
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("module", "args", "use"),
+    [
+        ("train", ["model=softmax"], "use head=softmax"),
+        ("train", ["+callback@callbacks.lr_monitor=lr_monitor"],
+         "use callbacks=[default,lr_monitor]"),
+        ("train", ["--config-name", "config"], "use --config-name train"),
+        ("evaluate", ["-cn=config"], "use --config-name train"),
+    ],
+    ids=["model", "callback", "config-name", "eval-cn"],
+)  # fmt: skip
+def test_an_old_config_name_is_one_line_naming_the_new_one(module, args, use, tmp_path):
+    result = run_command(module, [*args, *NER_DATA], tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    [line] = result.stderr.splitlines()  # before Hydra: no traceback, no Hydra usage text
+    assert line.startswith(f"{args[-1] if '=' in args[-1] else ' '.join(args)}: ") and use in line
+    assert result.stdout == "" and not (tmp_path / "outputs").exists()
+
+
+def test_each_renamed_group_and_config_is_refused_with_its_new_spelling(tmp_path):
+    from chaincrf.cli.usage import RENAMED_GROUPS, refuse_old_spellings
+
+    cases = {
+        "model=softmax": "the config group `model` is now `head`; use head=softmax",
+        "+model=crf": "use head=crf",
+        "~model": "use ~head",
+        "model@x=crf": "use head=crf",
+        "callback=early_stopping": "use callbacks=[default,early_stopping]",
+        "+callback@callbacks.lr_monitor=lr_monitor": "use callbacks=[default,lr_monitor]",
+        "--config-name=config": "the config `config` is now `train`; use --config-name train",
+        "-cn=config.yaml": "use --config-name train",
+    }
+    for argument, message in cases.items():
+        with pytest.raises(ValueError, match=rf"^{re.escape(argument)}: .*{re.escape(message)}"):
+            refuse_old_spellings("train", [*NER_DATA, argument])
+    assert set(RENAMED_GROUPS["train"]) == {"model", "callback"}
+    for old, (new, _) in RENAMED_GROUPS["train"].items():
+        assert not (CONF / old).exists() and (CONF / new).is_dir()
+    assert not (CONF / "config.yaml").exists() and (CONF / "train.yaml").is_file()
+
+
+def test_the_new_spellings_and_the_users_own_names_pass(tmp_path):
+    from chaincrf.cli.usage import refuse_old_spellings
+
+    fine = ["model.dropout=0.3", "+model.extra=1", "head=softmax", "callbacks=[minimal,lr_monitor]",
+            "~callbacks.early_stopping", "--config-name", "train"]  # fmt: skip
+    refuse_old_spellings("train", fine)
+    refuse_old_spellings("predict", ["model=en_ewt_upos"])  # chaincrf-predict's own model=
+    (tmp_path / "model").mkdir()
+    (tmp_path / "config.yaml").write_text("seed: 1\n")
+    refuse_old_spellings("train", ["--config-dir", str(tmp_path), "+model=mine", "-cn", "config"])

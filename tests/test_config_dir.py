@@ -22,7 +22,7 @@ def test_the_configs_are_inside_the_package_and_are_the_repositorys():
     packaged = Path(chaincrf.__file__).parent / "conf"
     assert Path(CONFIG_DIR) == packaged
     assert packaged.resolve() == (ROOT / "conf").resolve()  # one source: the link
-    assert {p.name for p in packaged.iterdir()} >= {"config.yaml", "predict.yaml", "export.yaml"}
+    assert {p.name for p in packaged.iterdir()} >= {"train.yaml", "predict.yaml", "export.yaml"}
 
 
 def test_the_users_folder_is_added_as_hydras_config_dir(tmp_path, monkeypatch):
@@ -50,14 +50,14 @@ def test_a_command_composes_the_users_own_option(tmp_path):
 
 
 def test_misspelled_keys_and_options_get_did_you_mean_hints():
-    hints = config_hints("config", ["trainer.max_epoch=1", "experiment=conll2003", "seed=3"])
+    hints = config_hints("train", ["trainer.max_epoch=1", "experiment=conll2003", "seed=3"])
     assert any("did you mean experiment=conll2003_ner?" in h for h in hints)
     assert any(
         "did you mean trainer.max_epochs?" in h and "+trainer.max_epoch=1" in h for h in hints
     )
     assert len(hints) == 2  # seed=3 is a key of the config
     assert config_hints("predict", ["ckpt_path=x", "tokenizer=spacy", "+extra=1"]) == []
-    assert config_hints("config", ["data.trian=x"]) == [
+    assert config_hints("train", ["data.trian=x"]) == [
         "data.trian=x: no key `trian` in `data`; did you mean data.train? (to add a key: "
         "+data.trian=x)"
     ]
@@ -66,8 +66,8 @@ def test_misspelled_keys_and_options_get_did_you_mean_hints():
 def test_the_user_folders_options_are_not_flagged(tmp_path):
     (tmp_path / "trainer").mkdir()
     (tmp_path / "trainer" / "mine.yaml").write_text("max_epochs: 77\n")
-    assert config_hints("config", ["--config-dir", str(tmp_path), "trainer=mine"]) == []
-    assert config_hints("config", ["trainer=mien"])[0].startswith("trainer=mien: no such option")
+    assert config_hints("train", ["--config-dir", str(tmp_path), "trainer=mine"]) == []
+    assert config_hints("train", ["trainer=mien"])[0].startswith("trainer=mien: no such option")
 
 
 @pytest.mark.slow

@@ -122,7 +122,7 @@ def test_a_float_max_word_chars_override_is_one_line_naming_it_and_the_config_no
 
     overrides = [*NER_DATA, *TINY_MODEL, "data.max_word_chars=2.5", f"run_dir={tmp_path / 'run'}"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+        cfg = compose(config_name="train", overrides=overrides)
     with pytest.raises(SystemExit) as stop:
         run_cli(train, cfg)
     assert stop.value.code == 1

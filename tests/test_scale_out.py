@@ -36,7 +36,7 @@ TINY_RUN = [
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
-def compose_config(overrides: list[str], name: str = "config", hydra: bool = False):
+def compose_config(overrides: list[str], name: str = "train", hydra: bool = False):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name=name, overrides=overrides, return_hydra_config=hydra)
 
@@ -129,7 +129,7 @@ def test_one_process_a_multirun_and_a_named_directory_are_left_alone_and_fallbac
 
 
 def test_the_shared_directory_has_the_configs_pattern():
-    raw = OmegaConf.load(CONF / "config.yaml")
+    raw = OmegaConf.load(CONF / "train.yaml")
     assert OmegaConf.to_container(raw)["hydra"]["run"]["dir"] == (
         f"{RUN_DIR_PATTERN}${{now:{STAMP_FORMAT}}}"
     )

@@ -101,7 +101,9 @@ def hydra_main(
 
     Before Hydra parses anything: ``--help``/``-h`` prints the command's own options
     (:func:`chaincrf.cli.usage.help_text`), ``--version`` chaincrf's version, and an option
-    that needs a missing optional package ends in one line naming its extra."""
+    that needs a missing optional package ends in one line naming its extra, and a config name
+    or group of an earlier version (``--config-name config``, ``model=softmax``) in one line
+    naming its new spelling (:func:`chaincrf.cli.usage.refuse_old_spellings`)."""
     import functools
 
     import hydra
@@ -129,6 +131,7 @@ def hydra_main(
                 raise SystemExit(1) from None
             try:
                 sys.argv[1:1] = user_config_args(sys.argv[1:])
+                usage.refuse_old_spellings(config_name, sys.argv[1:])
                 if argv_hook is not None:
                     sys.argv[1:] = argv_hook(sys.argv[1:])
             except USER_ERRORS as error:

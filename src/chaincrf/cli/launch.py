@@ -30,10 +30,10 @@ from collections.abc import Mapping
 log = logging.getLogger("chaincrf.launch")
 
 STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S.%f"
-"""The run directory's name: conf/config.yaml's ``${now:...}`` pattern."""
+"""The run directory's name: conf/train.yaml's ``${now:...}`` pattern."""
 
 RUN_DIR_PATTERN = "${oc.env:CHAINCRF_OUTPUT,outputs}/${task_name}/"
-"""conf/config.yaml's ``hydra.run.dir`` before its timestamp."""
+"""conf/train.yaml's ``hydra.run.dir`` before its timestamp."""
 
 _STORE_TIMEOUT_S = 300
 

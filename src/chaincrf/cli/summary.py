@@ -1,6 +1,6 @@
 """A summary of a multirun: its configurations, their dev and test scores over seeds.
 
-:class:`MultirunSummary` is a Hydra callback (``hydra.callbacks`` in conf/config.yaml): when a
+:class:`MultirunSummary` is a Hydra callback (``hydra.callbacks`` in conf/train.yaml): when a
 multirun ends (``chaincrf-train -m ...``, a sweep by ``hparams_search=...``, a SLURM array by
 the submitit launcher) it reads each run's ``metrics.json`` and ``.hydra/overrides.yaml`` and
 writes ``summary.md`` and ``summary.json`` beside the runs, in the sweep directory. Runs whose

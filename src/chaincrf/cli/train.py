@@ -4,7 +4,7 @@ Examples::
 
     chaincrf-train                                   # BiLSTM-CRF on UD English-EWT UPOS
     chaincrf-train experiment=conll2003_ner          # CoNLL-2003 NER, BIOES, char CNN
-    chaincrf-train experiment=conll2003_ner model=softmax seed=2
+    chaincrf-train experiment=conll2003_ner head=softmax seed=2
     chaincrf-train debug=fast_dev_run encoder=cnn
 
 Each run writes into its own directory (``outputs/<task_name>/<date>_<time>/`` by default):
@@ -25,7 +25,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.trainer.states import TrainerStatus
 
 from chaincrf.cli.common import (
@@ -58,7 +58,15 @@ from chaincrf.training import AtomicCheckpointIO, ProgressBar, ReplayPlateauStep
 
 log = logging.getLogger("chaincrf.train")
 
-_REQUIRED_GROUPS = ("data", "embeddings", "encoder", "model", "optimizer", "trainer")
+_REQUIRED_GROUPS = {
+    "data": "data",
+    "embeddings": "embeddings",
+    "encoder": "encoder",
+    "model.use_crf": "head",
+    "optimizer": "optimizer",
+    "trainer": "trainer",
+}
+"""A key every training config has -> the config group that sets it."""
 
 
 def build_datamodule(data_cfg: DictConfig) -> Any:
@@ -70,7 +78,8 @@ def build_datamodule(data_cfg: DictConfig) -> Any:
 
 def build_tagger(cfg: DictConfig, datamodule: Any) -> SequenceTagger:
     """The tagger of a training config, sized from a set-up data module."""
-    # the model group's keys (conf/model/) are SequenceTagger's arguments: one source of defaults
+    # the model node's keys (conf/train.yaml's model, and head/ for the output head) are
+    # SequenceTagger's arguments: one source of defaults
     return SequenceTagger.from_datamodule(
         datamodule,
         embeddings=to_plain(cfg.embeddings),
@@ -91,7 +100,7 @@ def _instantiate_all(node: DictConfig | None) -> list[Any]:
 
 
 def budget_arguments(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
-    """Trainer arguments for ``cfg.budget`` (steps instead of epochs; see conf/config.yaml)."""
+    """Trainer arguments for ``cfg.budget`` (steps instead of epochs; see conf/train.yaml)."""
     budget = cfg.get("budget") or {}
     steps, every = budget.get("steps"), budget.get("eval_every")
     floor, floor_every = budget.get("min_steps"), budget.get("min_eval_every")
@@ -137,8 +146,8 @@ def budget_arguments(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
 
 def check_config(cfg: DictConfig) -> None:
     """Fail early, naming the key, for a config that cannot train."""
-    for group in _REQUIRED_GROUPS:
-        if cfg.get(group) is None:
+    for key, group in _REQUIRED_GROUPS.items():
+        if OmegaConf.select(cfg, key, default=None, throw_on_missing=False) is None:
             raise ValueError(
                 f"config group {group!r} is missing: select one, e.g. `{group}=<name>`"
             )
@@ -151,7 +160,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and test) a tagger as ``cfg`` says; a plain function that tests call.
 
     Args:
-        cfg: the composed config (``conf/config.yaml`` plus overrides); ``cfg.run_dir`` is where
+        cfg: the composed config (``conf/train.yaml`` plus overrides); ``cfg.run_dir`` is where
             everything is written.
 
     Until training starts nothing is written into the run directory: a run that fails before
@@ -414,7 +423,7 @@ def _argv_hook(argv: list[str]) -> list[str]:
     return hydra_record_after_setup(shared_run_dir(resume_in_place(argv)))
 
 
-@hydra_main("config", argv_hook=_argv_hook)
+@hydra_main("train", argv_hook=_argv_hook)
 def main(cfg: DictConfig) -> float | None:
     """Entry point of ``chaincrf-train``; returns the monitored score (for Hydra sweepers)."""
     metrics = run_cli(train, cfg)

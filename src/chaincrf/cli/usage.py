@@ -1,7 +1,8 @@
 """What a command says before Hydra parses anything: ``--help`` (that command's own options,
 one line each, read from its config file), ``--version`` (chaincrf's), and the optional
 packages its command line needs (``hparams_search=optuna``, a submitit launcher,
-``CHAINCRF_KERNEL=triton``), each missing one named with its extra in one line."""
+``CHAINCRF_KERNEL=triton``), each missing one named with its extra in one line, and the config
+names of earlier versions, each refused in one line naming its new spelling."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from chaincrf.extras import require
 
 PROGRAMS = {
-    "config": "chaincrf-train",
+    "train": "chaincrf-train",
     "eval": "chaincrf-eval",
     "predict": "chaincrf-predict",
     "export": "chaincrf-export",
@@ -21,6 +22,22 @@ PROGRAMS = {
     "package": "chaincrf-package",
 }
 """Each command's config name (``conf/<name>.yaml``) -> its program."""
+
+RENAMED_CONFIGS = {"config": "train"}
+"""A primary config's earlier name (``--config-name``) -> its name now."""
+
+RENAMED_GROUPS = {
+    "train": {
+        "model": ("head", "head={value}"),
+        "callback": ("callbacks", "callbacks=[default,{value}]"),
+    },
+}
+"""Per command (its config name): a config group's earlier name -> (its name now, the override
+to use instead, ``{value}`` standing for the option given). ``model.dropout=...`` (a key, not the
+group) is not an old spelling."""
+
+_CONFIG_NAME_FLAGS = ("--config-name", "-cn")
+_CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
 
 HELP_FLAGS = ("--help", "-h")
 VERSION_FLAG = "--version"
@@ -133,3 +150,51 @@ def require_cli_extras(program: str, argv: Sequence[str]) -> None:
             require("hydra_plugins.hydra_submitit_launcher", "cluster", f"{program} {argument}")
     if os.environ.get("CHAINCRF_KERNEL") == "triton":
         require("triton", "gpu", "CHAINCRF_KERNEL=triton")
+
+
+def _flag_values(argv: Sequence[str], flags: Sequence[str]) -> list[tuple[str, str]]:
+    """(how the flag was written, its value) for each of ``flags`` on the command line, as
+    ``--flag value`` or ``--flag=value``."""
+    found = []
+    for i, argument in enumerate(argv):
+        name, equals, value = argument.partition("=")
+        if name in flags and equals:
+            found.append((argument, value))
+        elif argument in flags and i + 1 < len(argv):
+            found.append((f"{argument} {argv[i + 1]}", argv[i + 1]))
+    return found
+
+
+def refuse_old_spellings(config_name: str, argv: Sequence[str]) -> None:
+    """Refuse a config name or group of an earlier version (:data:`RENAMED_CONFIGS`,
+    :data:`RENAMED_GROUPS`) before Hydra composes anything, naming the spelling to use now.
+    A name the user's own config folder (``--config-dir``) still holds is theirs and is left
+    alone.
+
+    Raises:
+        ValueError: one line, e.g. ``model=softmax: the config group `model` is now `head`;
+            use head=softmax``.
+    """
+    users = [Path(value) for _, value in _flag_values(argv, _CONFIG_DIR_FLAGS)]
+    for written, name in _flag_values(argv, _CONFIG_NAME_FLAGS):
+        new = RENAMED_CONFIGS.get(name.removesuffix(".yaml"))
+        if new and not any((folder / f"{name.removesuffix('.yaml')}.yaml").is_file()
+                           for folder in users):  # fmt: skip
+            raise ValueError(
+                f"{written}: the config `{name}` is now `{new}`; use --config-name {new} "
+                f"(or leave it out: {PROGRAMS.get(new, new)} uses it by default)"
+            )
+    renamed = RENAMED_GROUPS.get(config_name, {})
+    for argument in argv:
+        if argument.startswith("-"):
+            continue
+        key, _, value = argument.partition("=")
+        sign = key[: len(key) - len(key.lstrip("+~"))]
+        group = key[len(sign) :].partition("@")[0].partition("/")[0]
+        if "." in group or group not in renamed:  # model.dropout=0.5 is a key
+            continue
+        if any((folder / group).is_dir() for folder in users):
+            continue
+        new, override = renamed[group]
+        use = override.format(value=value) if value else f"{sign}{new}"
+        raise ValueError(f"{argument}: the config group `{group}` is now `{new}`; use {use}")
