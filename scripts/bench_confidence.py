@@ -1,6 +1,6 @@
 """Span confidences: the O(T·K) computation against the formula it replaced.
 
-``chaincrf.confidence.span_log_probabilities`` (used by ``SequenceTagger.predict``: forward and
+``chaincrf.crf.confidence.span_log_probabilities`` (used by ``SequenceTagger.predict``: forward and
 backward messages once per sentence) against the previous formula (``crf.partial_log_likelihood``
 over one masked copy of the sentence per span: O(spans·T·K) memory), on identical inputs in one
 process and one thread, BIOES with its constraints, 4 entity types. Prints the time per call of
@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from chaincrf import CRF
-from chaincrf.constraints import allowed_transitions, get_spans
 from chaincrf.crf.confidence import continuation_tables, crf_scores, span_log_probabilities
+from chaincrf.data.schemes import allowed_transitions, get_spans
 
 LABELS = ["O"] + [f"{p}-{t}" for t in ("LOC", "MISC", "ORG", "PER") for p in "BIES"]
 

@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from chaincrf.cli.export import export
     from chaincrf.data.readers import read_columns
-    from chaincrf.tagger.bundle import load_predictor
-    from chaincrf.tagger.export import graph_inputs
-    from chaincrf.tagger.onnx_predictor import OnnxPredictor
+    from chaincrf.predict.bundle import load_predictor
+    from chaincrf.predict.export import graph_inputs
+    from chaincrf.predict.onnx_predictor import OnnxPredictor
 
     dev = read_columns(dev_file, label_column=-1)
     sentences = [list(s.tokens) for s in dev if s.tokens]

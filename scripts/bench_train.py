@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     tagger = SequenceTagger.from_datamodule(
         datamodule,
         embeddings={
-            "_target_": "chaincrf.embeddings.TokenEmbedder",
+            "_target_": "chaincrf.network.embeddings.TokenEmbedder",
             "word_dim": 100,
             "char_encoder": "cnn",
             "char_dim": 30,
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             "dropout": 0.5,
         },
         encoder={
-            "_target_": "chaincrf.encoders.bilstm.BiLSTMEncoder",
+            "_target_": "chaincrf.network.encoders.bilstm.BiLSTMEncoder",
             "hidden_size": 200,
             "dropout": 0.5,
         },

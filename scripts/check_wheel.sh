@@ -61,7 +61,7 @@ echo "EU rejects German call to boycott British lamb." \
 "$BIN/python" - <<'PY'
 import json
 
-from chaincrf.tagger.bundle import load_predictor
+from chaincrf.predict.bundle import load_predictor
 
 records = [json.loads(line) for line in open("tagged.jsonl", encoding="utf-8")]
 assert len(records) == 1 and records[0]["tokens"][:2] == ["EU", "rejects"], records

@@ -190,7 +190,7 @@ def place(hparams: dict, placement: str, spec: dict) -> None:
         hparams["embeddings"]["char_encoder"] = spec
     elif placement == "encoder.layers[0]":
         hparams["encoder"] = {
-            "_target_": "chaincrf.encoders.stacked.StackedEncoder",
+            "_target_": "chaincrf.network.encoders.stacked.StackedEncoder",
             "layers": [spec],
         }
     else:
@@ -613,7 +613,7 @@ def probe_non_finite(table: Table, run: Path, work: Path) -> None:
     from chaincrf.data import DataFormatError
     from chaincrf.data.pretrained import load_pretrained
     from chaincrf.tagger import SequenceTagger
-    from chaincrf.training import NonFiniteLossError
+    from chaincrf.training.callbacks import NonFiniteLossError
 
     outcomes: Counter = Counter()
     for value in ("nan", "NaN", "inf", "-inf", "1e39"):
@@ -780,7 +780,10 @@ def probe_kill_while_saving(table: Table, work: Path, quick: bool) -> None:
             "pytorch_lightning.plugins.io.TorchCheckpointIO",
             "Lightning's TorchCheckpointIO (before)",
         ),
-        ("chaincrf.training.AtomicCheckpointIO", "chaincrf AtomicCheckpointIO (train uses it)"),
+        (
+            "chaincrf.training.callbacks.AtomicCheckpointIO",
+            "chaincrf AtomicCheckpointIO (train uses it)",
+        ),
     ):
         outcomes: Counter = Counter()
         folder = work / label.split()[0].replace("'", "")
@@ -1030,7 +1033,7 @@ def probe_bounded_work(table: Table, run: Path, work: Path) -> None:
     outcomes = Counter()
     predictors = {"torch": SequenceTagger.load(ckpt).predictor}
     try:
-        from chaincrf.tagger.onnx_predictor import OnnxPredictor
+        from chaincrf.predict.onnx_predictor import OnnxPredictor
 
         predictors["onnx"] = OnnxPredictor(export(ckpt, work / "bounded_onnx", fmt="onnx"))
     except ImportError:
@@ -1484,7 +1487,7 @@ def probe_nothing_outside(table: Table, run: Path, work: Path) -> None:
         config["hparams"][field] = value
         (folder / "config.json").write_text(json.dumps(config))
         code = (
-            "from chaincrf.tagger.bundle import load_predictor\n"
+            "from chaincrf.predict.bundle import load_predictor\n"
             "try:\n"
             f"    load_predictor({str(folder)!r})\n"
             "    print('LOADED')\n"

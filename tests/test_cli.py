@@ -21,8 +21,8 @@ from chaincrf.cli.evaluate import evaluate
 from chaincrf.cli.export import export, export_command
 from chaincrf.cli.predict import predict
 from chaincrf.cli.train import build_tagger, train
-from chaincrf.report import read_metrics_csv
 from chaincrf.tagger import SequenceTagger
+from chaincrf.training.report import read_metrics_csv
 from fixture_runs import NER_DATA
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from chaincrf.cli.data_stats import data_stats
 from chaincrf.cli.export import export
 from chaincrf.cli.predict import predict
-from chaincrf.provenance import card
+from chaincrf.training.provenance import card
 from fixture_runs import CONF, NER_DATA
 
 HERE = Path(__file__).parent

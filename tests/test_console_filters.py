@@ -11,7 +11,7 @@ import warnings
 import pytorch_lightning as pl
 
 from chaincrf.cli.console import quiet_third_party
-from chaincrf.training import ProgressBar, epoch_label
+from chaincrf.training.callbacks import ProgressBar, epoch_label
 
 LIGHTNING_NOTE = "Checkpoint directory /x/checkpoints exists and is not empty."
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from seqeval.metrics.sequence_labeling import get_entities
 
-from chaincrf.constraints import (
+from chaincrf.data.schemes import (
     TagScheme,
     allowed_transitions,
     convert_tags,

@@ -7,7 +7,7 @@ import torch
 import torchcrf
 
 from chaincrf import CRF
-from chaincrf.constraints import allowed_transitions
+from chaincrf.data.schemes import allowed_transitions
 from crf_helpers import ragged_batch
 
 pytestmark = pytest.mark.filterwarnings("ignore:where received a uint8 condition tensor")

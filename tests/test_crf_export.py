@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from chaincrf import CRF
-from chaincrf.constraints import allowed_transitions
 from chaincrf.crf import plan
+from chaincrf.data.schemes import allowed_transitions
 from crf_helpers import ragged_batch
 
 LABELS = ["O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "I-LOC", "E-LOC", "S-LOC"]

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 pytest.importorskip("numba")
 
 import reference as ref
-from chaincrf.constraints import allowed_transitions
 from chaincrf.crf import plan
 from chaincrf.crf.kernels.fused import custom_ops as crf_fused
+from chaincrf.data.schemes import allowed_transitions
 from crf_helpers import make_crf, params, ragged_batch, sentence
 
 pytestmark = [

@@ -11,8 +11,8 @@ import torch
 
 import reference as ref
 from chaincrf import CRF
-from chaincrf.constraints import allowed_transitions
 from chaincrf.crf import kernels
+from chaincrf.data.schemes import allowed_transitions
 from crf_helpers import params
 
 LABELS = ["O", "B-X", "I-X", "E-X", "S-X"]

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from chaincrf import CRF
-from chaincrf.constraints import allowed_transitions
 from chaincrf.crf import kernels
 from chaincrf.crf import plan as crf_plan
 from chaincrf.crf.kernels.fused import custom_ops as crf_fused
+from chaincrf.data.schemes import allowed_transitions
 
 LABELS = ["O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "I-LOC", "E-LOC", "S-LOC"]
 needs_numba = pytest.mark.skipif(not crf_fused.available(), reason="numba is not installed")

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import reference as ref
 from chaincrf import CRF
-from chaincrf.constraints import allowed_transitions
+from chaincrf.data.schemes import allowed_transitions
 from crf_helpers import make_crf, params, ragged_batch, sentence
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")

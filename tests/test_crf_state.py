@@ -7,8 +7,8 @@ import pytest
 import torch
 import torchcrf
 
-from chaincrf.constraints import allowed_transitions
 from chaincrf.crf import CRF
+from chaincrf.data.schemes import allowed_transitions
 
 LABELS = ["O", "B-X", "I-X", "B-Y", "I-Y"]
 K = len(LABELS)

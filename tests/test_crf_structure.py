@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import reference as ref
-from chaincrf.constraints import allowed_transitions
+from chaincrf.data.schemes import allowed_transitions
 from crf_helpers import make_crf, params, ragged_batch, sentence
 
 LABELS = ["O", "B-X", "I-X"]

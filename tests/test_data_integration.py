@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from chaincrf.constraints import allowed_transitions, convert_tags
 from chaincrf.data import TaggingDataModule, read_columns, read_conllu
+from chaincrf.data.schemes import allowed_transitions, convert_tags
 
 ROOT = Path(
     os.environ.get("CHAINCRF_DATA")

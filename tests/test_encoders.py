@@ -13,12 +13,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from chaincrf.encoders import Encoder
-from chaincrf.encoders.bilstm import BiLSTMEncoder
-from chaincrf.encoders.cnn import CNNEncoder
-from chaincrf.encoders.identity import IdentityEncoder
-from chaincrf.encoders.stacked import StackedEncoder
-from chaincrf.encoders.transformer import TransformerEncoder, sinusoidal_positions
+from chaincrf.network.encoders import Encoder
+from chaincrf.network.encoders.bilstm import BiLSTMEncoder
+from chaincrf.network.encoders.cnn import CNNEncoder
+from chaincrf.network.encoders.identity import IdentityEncoder
+from chaincrf.network.encoders.stacked import StackedEncoder
+from chaincrf.network.encoders.transformer import TransformerEncoder, sinusoidal_positions
 
 D = 12
 LENGTHS = (6, 4, 1, 3)
@@ -132,7 +132,7 @@ def test_gradients_flow(name):
 def test_bilstm_padded_and_packed_paths_agree(num_layers, monkeypatch):
     """The padded path (each row reversed within its length for the backward direction) equals
     the packed one: outputs, input gradients and weight gradients, padding garbage ignored."""
-    from chaincrf.encoders import bilstm
+    from chaincrf.network.encoders import bilstm
 
     torch.manual_seed(0)
     encoder = BiLSTMEncoder(D, hidden_size=5, num_layers=num_layers, dropout=0.0)
@@ -193,16 +193,16 @@ def test_stacked_build_from_a_config_with_nested_partials():
     from chaincrf.tagger import build_from_spec
 
     spec = {
-        "_target_": "chaincrf.encoders.stacked.StackedEncoder",
+        "_target_": "chaincrf.network.encoders.stacked.StackedEncoder",
         "_partial_": True,
         "layers": {
             "cnn": {
-                "_target_": "chaincrf.encoders.cnn.CNNEncoder",
+                "_target_": "chaincrf.network.encoders.cnn.CNNEncoder",
                 "_partial_": True,
                 "hidden_size": 6,
             },
             "bilstm": {
-                "_target_": "chaincrf.encoders.bilstm.BiLSTMEncoder",
+                "_target_": "chaincrf.network.encoders.bilstm.BiLSTMEncoder",
                 "_partial_": True,
                 "hidden_size": 4,
             },
@@ -329,7 +329,7 @@ def test_every_encoder_config_instantiates(name):
 
 @pytest.fixture(scope="module")
 def minilm():
-    from chaincrf.encoders.pretrained import PretrainedEncoder
+    from chaincrf.network.encoders.pretrained import PretrainedEncoder
 
     torch.manual_seed(0)
     return PretrainedEncoder(D, pooling="first", freeze=False, concat_features=True)
@@ -344,7 +344,7 @@ def sentence_inputs(sentences=SENTENCES):
 
 @needs_transformers
 def test_pretrained_default_path_is_the_packaged_minilm():
-    from chaincrf.encoders.pretrained import default_model_path
+    from chaincrf.network.encoders.pretrained import default_model_path
 
     path = Path(default_model_path())
     assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
@@ -378,7 +378,7 @@ def test_pretrained_forward_shapes_and_pooling(minilm):
 
 @needs_transformers
 def test_pretrained_mean_pooling_and_no_concat(minilm):
-    from chaincrf.encoders.pretrained import PretrainedEncoder
+    from chaincrf.network.encoders.pretrained import PretrainedEncoder
 
     mean = PretrainedEncoder(
         D,
@@ -420,7 +420,7 @@ def test_pretrained_gradients_flow(minilm):
 
 @needs_transformers
 def test_pretrained_errors(minilm, tmp_path):
-    from chaincrf.encoders.pretrained import PretrainedEncoder
+    from chaincrf.network.encoders.pretrained import PretrainedEncoder
 
     features, mask = sentence_inputs()
     with pytest.raises(ValueError, match="tokens must hold the words of the 3 sentences; got None"):
@@ -439,7 +439,7 @@ def test_pretrained_errors(minilm, tmp_path):
 
 @needs_transformers
 def test_pretrained_cache_encodes_each_sentence_once(minilm):
-    from chaincrf.encoders.pretrained import PretrainedEncoder
+    from chaincrf.network.encoders.pretrained import PretrainedEncoder
 
     def build(**kwargs):
         return PretrainedEncoder(
@@ -480,7 +480,7 @@ def test_pretrained_cache_encodes_each_sentence_once(minilm):
 
 @needs_transformers
 def test_pretrained_last_layers_and_dropout(minilm):
-    from chaincrf.encoders.pretrained import PretrainedEncoder
+    from chaincrf.network.encoders.pretrained import PretrainedEncoder
 
     path = minilm.model_name_or_path
     encoder = PretrainedEncoder(
@@ -511,7 +511,7 @@ def test_pretrained_last_layers_and_dropout(minilm):
 
 def test_pretrained_module_imports_without_transformers():
     """The module itself only needs torch: transformers is imported when an encoder is built."""
-    import chaincrf.encoders.pretrained as pretrained
+    import chaincrf.network.encoders.pretrained as pretrained
 
     assert pretrained.PretrainedEncoder.needs_tokens is True
     assert issubclass(pretrained.PretrainedEncoder, Encoder)

@@ -12,9 +12,9 @@ import torch
 
 from chaincrf.data import TaggingDataModule
 from chaincrf.data.readers import read_columns
+from chaincrf.predict.export import export_model, graph_inputs
+from chaincrf.predict.onnx_predictor import OnnxPredictor
 from chaincrf.tagger import SequenceTagger
-from chaincrf.tagger.export import export_model, graph_inputs
-from chaincrf.tagger.onnx_predictor import OnnxPredictor
 
 ROOT = Path(
     os.environ.get("CHAINCRF_DATA")
@@ -39,8 +39,8 @@ def test_exported_taggers_give_the_pytorch_tags_on_conll2003_dev(tmp_path, one_t
     torch.manual_seed(0)
     tagger = SequenceTagger.from_datamodule(
         datamodule,
-        embeddings={"_target_": "chaincrf.embeddings.TokenEmbedder", "word_dim": 100},
-        encoder={"_target_": "chaincrf.encoders.bilstm.BiLSTMEncoder", "hidden_size": 200},
+        embeddings={"_target_": "chaincrf.network.embeddings.TokenEmbedder", "word_dim": 100},
+        encoder={"_target_": "chaincrf.network.encoders.bilstm.BiLSTMEncoder", "hidden_size": 200},
     ).eval()
     predictor = tagger.predictor
     dev = [list(s.tokens) for s in read_columns(ROOT / "conll2003" / "eng.testa") if s.tokens]

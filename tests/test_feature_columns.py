@@ -22,7 +22,7 @@ from chaincrf.data import (
     reader_for,
 )
 from chaincrf.data.batching import collate
-from chaincrf.embeddings import TokenEmbedder
+from chaincrf.network.embeddings import TokenEmbedder
 from chaincrf.tagger import SequenceTagger
 from test_cli import compose_config, run_overrides
 
@@ -211,7 +211,7 @@ class WordsOnly(torch.nn.Module):
 
 def test_tagger_rejects_an_embedder_that_ignores_the_features():
     words_only = {"_target_": f"{__name__}.WordsOnly"}
-    encoder = {"_target_": "chaincrf.encoders.identity.IdentityEncoder"}
+    encoder = {"_target_": "chaincrf.network.encoders.identity.IdentityEncoder"}
     SequenceTagger(["O", "S-X"], 5, 5, embeddings=words_only, encoder=encoder)  # no features: fine
     with pytest.raises(ValueError, match=r"reads 1 feature column\(s\), but the embeddings target"):
         SequenceTagger(["O"], 5, 5, embeddings=words_only, encoder=encoder, feature_sizes=[3])

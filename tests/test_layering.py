@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from chaincrf.data.casing import CASING_CLASSES
-from chaincrf.embeddings import NUM_CASING
+from chaincrf.network.embeddings import NUM_CASING
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "chaincrf"
 
@@ -31,13 +31,13 @@ def _new_modules(setup: str, statement: str) -> list[str]:
 def test_data_imports_no_model_module():
     loaded = _new_modules("import chaincrf", "import chaincrf.data")
     assert loaded and all(
-        m.startswith("chaincrf.data") or m == "chaincrf.constraints" for m in loaded
+        m.startswith("chaincrf.data") or m == "chaincrf.data.schemes" for m in loaded
     ), loaded
 
 
 def test_the_tagger_imports_no_cli_module():
     loaded = _new_modules("import chaincrf", "from chaincrf.tagger import SequenceTagger")
-    assert "chaincrf.tagger.module" in loaded
+    assert "chaincrf.training.module" in loaded
     assert not [m for m in loaded if m.startswith("chaincrf.cli")], loaded
 
 
@@ -74,15 +74,20 @@ def _imports(path: Path, module: str, package: bool, known: set[str]) -> set[str
     return found
 
 
-def import_circles(root: Path) -> list[list[str]]:
-    """Every import circle among the modules under ``root`` (strongly connected components
-    of the import graph with more than one module)."""
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Each module under ``root`` -> the modules under ``root`` it imports."""
     modules: dict[str, tuple[Path, bool]] = {}
     for path in root.rglob("*.py"):
         parts = list(path.relative_to(root.parent).with_suffix("").parts)
         package = parts[-1] == "__init__"
         modules[".".join(parts[:-1] if package else parts)] = (path, package)
-    graph = {name: _imports(path, name, pkg, set(modules)) for name, (path, pkg) in modules.items()}
+    return {name: _imports(path, name, pkg, set(modules)) for name, (path, pkg) in modules.items()}
+
+
+def import_circles(root: Path) -> list[list[str]]:
+    """Every import circle among the modules under ``root`` (strongly connected components
+    of the import graph with more than one module)."""
+    graph = import_graph(root)
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -127,3 +132,42 @@ def test_the_circle_finder_finds_a_circle(tmp_path):
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import a\n"
     )
     assert import_circles(package) == [["pkg.a", "pkg.b"]]
+
+
+UTILITIES = {"atomic", "extras", "spec"}
+"""The root modules every layer may use (they import no other chaincrf module but each other)."""
+
+ROLES = {
+    "crf": set(),
+    "data": UTILITIES,
+    "files": UTILITIES | {"data"},
+    "network": UTILITIES | {"crf", "data"},
+    "predict": UTILITIES | {"crf", "data", "files", "network"},
+    "training": UTILITIES | {"crf", "data", "files", "network", "predict"},
+    "tagger": UTILITIES | {"network", "predict", "training"},
+    "cli": UTILITIES | {"crf", "data", "files", "network", "predict", "training", "tagger"},
+}
+"""What each role may import (README "Layout"): the arrows point one way, from the commands
+down to the CRF; ``data`` knows no model; ``files`` reads model files without building one."""
+
+
+def _role(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "chaincrf"
+
+
+def test_the_roles_import_in_one_direction():
+    graph = import_graph(SRC)
+    assert {_role(m) for m in graph} - {"chaincrf"} == set(
+        ROLES
+    ) | UTILITIES  # no stray root module
+    allowed = {**ROLES, **dict.fromkeys(UTILITIES, UTILITIES), "chaincrf": {"crf"}}
+    wrong = sorted(
+        f"{module} imports {other}"
+        for module, imported in graph.items()
+        for other in imported
+        if _role(other) != _role(module)
+        and _role(other) not in allowed[_role(module)]
+        and other != "chaincrf"  # the package itself (its version), which imports nothing
+    )
+    assert wrong == []

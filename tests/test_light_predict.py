@@ -1,4 +1,4 @@
-"""Prediction without the training stack: ``chaincrf.tagger.bundle.load_predictor`` loads a
+"""Prediction without the training stack: ``chaincrf.predict.bundle.load_predictor`` loads a
 bundle or a checkpoint and tags text with torch alone (and spaCy, for raw text) — tested in a
 subprocess in which importing Lightning, torchmetrics, seqeval, Hydra or OmegaConf fails."""
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from chaincrf.tagger import SequenceTagger, hparams
+from chaincrf.network import config as hparams
+from chaincrf.tagger import SequenceTagger
 
 pytestmark = pytest.mark.slow  # subprocesses and ONNX exports: not in the fast lane (README)
 
@@ -26,7 +27,7 @@ class Blocked:
         if name.split(".")[0] in {blocked!r}:
             raise ImportError("blocked for this test: " + name)
 sys.meta_path.insert(0, Blocked())
-from chaincrf.tagger.bundle import load_predictor
+from chaincrf.predict.bundle import load_predictor
 predictor = load_predictor({path!r})
 sentences = json.loads(sys.stdin.read())
 print(json.dumps([tagged.to_dict() for tagged in predictor.predict(sentences)]))
@@ -89,8 +90,8 @@ def test_one_config_serves_the_tagger_and_the_light_path():
     config given whole or as its fields is the same config, and stores as the same hparams."""
     config = hparams.TaggerConfig(
         labels=["O", "B-X", "I-X"], num_words=7, num_chars=5, scheme="BIO",
-        embeddings={"_target_": "chaincrf.embeddings.TokenEmbedder", "word_dim": 4},
-        encoder={"_target_": "chaincrf.encoders.IdentityEncoder"},
+        embeddings={"_target_": "chaincrf.network.embeddings.TokenEmbedder", "word_dim": 4},
+        encoder={"_target_": "chaincrf.network.encoders.IdentityEncoder"},
     )  # fmt: skip
     whole, by_fields = SequenceTagger(config), SequenceTagger(**config.to_dict())
     assert whole.config == by_fields.config == config

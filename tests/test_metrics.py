@@ -10,7 +10,7 @@ import torch
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 from seqeval.scheme import IOB1, IOB2, IOBES
 
-from chaincrf.metrics import SpanF1, TokenAccuracy
+from chaincrf.training.metrics import SpanF1, TokenAccuracy
 
 TYPES = ["LOC", "MISC", "ORG", "PER"]
 PREFIXES = {"IOB1": "IB", "BIO": "BI", "BIOES": "BIES"}

@@ -61,7 +61,7 @@ def test_v2_model_files_load_and_predict_as_before(path):
 
 @pytest.mark.parametrize("path", ["v2.ckpt", "v2_onnx"])
 def test_v2_model_files_load_for_prediction_without_lightning(path):
-    from chaincrf.tagger.bundle import load_predictor
+    from chaincrf.predict.bundle import load_predictor
 
     got = [tagged.to_dict() for tagged in load_predictor(HERE / path).predict(SENTENCES_V2)]
     assert_same_predictions(got, tolerance=2e-6)
@@ -80,7 +80,7 @@ def test_v2_onnx_export_states_its_sizes_to_the_loader():
     """The exported graph's initializers were renamed (the embedder's graph became a part):
     the loader's size checks still find them in a model exported before."""
     pytest.importorskip("onnx")
-    from chaincrf.tagger.onnx_model import check_model
+    from chaincrf.predict.onnx_model import check_model
 
     labels = json.loads((HERE / "v2_onnx" / "tagger.json").read_text())["labels"]
     rows = check_model(HERE / "v2_onnx" / "model.onnx", len(labels))

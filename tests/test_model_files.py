@@ -17,11 +17,11 @@ from chaincrf.cli.evaluate import evaluate
 from chaincrf.cli.export import export
 from chaincrf.cli.predict import predict
 from chaincrf.cli.train import train
-from chaincrf.encoders.identity import IdentityEncoder
-from chaincrf.model_files import ModelFileError
+from chaincrf.files.model_files import ModelFileError
+from chaincrf.network.encoders.identity import IdentityEncoder
+from chaincrf.predict.bundle import load_predictor
 from chaincrf.spec import UntrustedTargetError
 from chaincrf.tagger import SequenceTagger
-from chaincrf.tagger.bundle import load_predictor
 from test_cli import compose_config, export_main, run_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -102,7 +102,7 @@ def test_crafted_checkpoint_runs_no_code(run, tmp_path, entry, where, caplog):
             hparams["embeddings"]["char_encoder"] = spec
         elif where == "encoder.layers":
             hparams["encoder"] = {
-                "_target_": "chaincrf.encoders.stacked.StackedEncoder",
+                "_target_": "chaincrf.network.encoders.stacked.StackedEncoder",
                 "layers": [spec],
             }
         else:

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chaincrf.model_checks import MAX_JSON_DEPTH, ModelFileError
-from chaincrf.tagger.bundle import load_predictor
-from chaincrf.tagger.onnx_predictor import OnnxPredictor, is_artefact
+from chaincrf.files.model_checks import MAX_JSON_DEPTH, ModelFileError
+from chaincrf.predict.bundle import load_predictor
+from chaincrf.predict.onnx_predictor import OnnxPredictor, is_artefact
 
 HERE = Path(__file__).parent
 BUNDLE = HERE / "fixtures" / "model_files" / "v1_bundle"

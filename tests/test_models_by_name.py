@@ -1,6 +1,6 @@
 """Models by name (issue 33, part 4): ``chaincrf-package`` builds a pip-installable wheel of a run
 (model files in the Hub layout, card, licence and data attribution, entry point
-``chaincrf.models``); once installed, ``SequenceTagger.load(<name>)`` and ``chaincrf-predict
+``chaincrf.files.models``); once installed, ``SequenceTagger.load(<name>)`` and ``chaincrf-predict
 model=<name>`` find it; a model trained on CoNLL-2003 is refused; ``save_pretrained`` /
 ``from_pretrained`` round-trip, offline."""
 
@@ -20,11 +20,11 @@ from hydra import compose, initialize_config_dir
 
 from chaincrf.cli.common import run_cli
 from chaincrf.cli.package import package_command, source_first
+from chaincrf.cli.packaging import package_model
 from chaincrf.cli.predict import model_alias, predict
-from chaincrf.models import ENTRY_POINT_GROUP, installed_models
-from chaincrf.packaging import package_model
+from chaincrf.files.models import ENTRY_POINT_GROUP, installed_models
+from chaincrf.predict.hub import read_metadata
 from chaincrf.tagger import SequenceTagger
-from chaincrf.tagger.hub import read_metadata
 from fixture_runs import CONF
 
 HERE = Path(__file__).parent

@@ -25,11 +25,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import chaincrf
+from chaincrf.atomic import atomic_file, deferred_signals
 from chaincrf.cli.common import atomic_output, run_cli, sigterm_as_exit
 from chaincrf.cli.export import MANIFEST, export, export_command
 from chaincrf.cli.predict import open_output
 from chaincrf.data import DownloadError, download_file
-from chaincrf.data.download import atomic_file, deferred_signals
 from chaincrf.tagger import SequenceTagger
 
 HERE = Path(__file__).parent
@@ -151,8 +151,8 @@ def test_export_into_an_empty_folder(tmp_path):
 def test_int8_quantisation_keeps_a_file_of_the_folder_named_like_its_temporary(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from chaincrf.tagger.bundle import load_predictor
-    from chaincrf.tagger.export import export_model
+    from chaincrf.predict.bundle import load_predictor
+    from chaincrf.predict.export import export_model
 
     folder = tmp_path / "artefact"
     folder.mkdir()

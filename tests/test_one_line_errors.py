@@ -144,7 +144,7 @@ def test_a_full_disk_while_the_report_is_written_leaves_no_empty_or_truncated_fi
         """
         from types import SimpleNamespace
         import torch
-        from chaincrf.report import write_report
+        from chaincrf.training.report import write_report
         labels = [f"TAG{i}" for i in range(8)]
         tagger = SimpleNamespace(labels=labels, hparams={}, parameters=lambda: [])
         try:

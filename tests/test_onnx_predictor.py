@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 
 from chaincrf.cli.export import export
 from chaincrf.cli.predict import predict
-from chaincrf.tagger.bundle import load_predictor
-from chaincrf.tagger.onnx_predictor import OnnxPredictor, is_artefact
+from chaincrf.predict.bundle import load_predictor
+from chaincrf.predict.onnx_predictor import OnnxPredictor, is_artefact
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -75,7 +75,7 @@ class Blocked:
         if name.split(".")[0] in {BLOCKED!r}:
             raise ImportError("blocked for this test: " + name)
 sys.meta_path.insert(0, Blocked())
-from chaincrf.tagger.onnx_predictor import OnnxPredictor
+from chaincrf.predict.onnx_predictor import OnnxPredictor
 predictor = OnnxPredictor({str(exported["float"])!r})
 print(json.dumps([t.to_dict() for t in predictor.predict(json.loads(sys.stdin.read()))]))
 print(json.dumps(sorted(sys.modules)))
@@ -108,7 +108,7 @@ def test_int8_quantises_the_encoder_and_projection_and_keeps_most_tags(exported)
 @pytest.mark.parametrize("kind", ["float", "int8"])
 def test_the_exported_graph_states_the_sizes_the_loader_checks(exported, kind):
     """check_model finds the embeddings and the projection by the exporter's names."""
-    from chaincrf.tagger.onnx_model import check_model
+    from chaincrf.predict.onnx_model import check_model
 
     assert check_model(exported[kind] / "model.onnx", 17) == {"words": 61, "chars": 46}
     with pytest.raises(ValueError, match="the model scores 17 tags"):

@@ -17,16 +17,16 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from chaincrf.cli.predict import predict, text_lines
-from chaincrf.constraints import get_spans
 from chaincrf.crf.confidence import crf_scores, span_log_probabilities
 from chaincrf.data import SentenceEncoder, Vocabulary, collate, read_columns
+from chaincrf.data.schemes import get_spans
 from chaincrf.data.vocab import span_tag_inventory
 from chaincrf.tagger import SequenceTagger
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FIXTURES = Path(__file__).parent / "fixtures" / "tagger"
 EMBEDDINGS = {
-    "_target_": "chaincrf.embeddings.TokenEmbedder",
+    "_target_": "chaincrf.network.embeddings.TokenEmbedder",
     "_partial_": True,
     "word_dim": 8,
     "char_encoder": "cnn",
@@ -34,7 +34,11 @@ EMBEDDINGS = {
     "char_hidden": 4,
     "dropout": 0.0,
 }
-ENCODER = {"_target_": "chaincrf.encoders.bilstm.BiLSTMEncoder", "hidden_size": 8, "dropout": 0.0}
+ENCODER = {
+    "_target_": "chaincrf.network.encoders.bilstm.BiLSTMEncoder",
+    "hidden_size": 8,
+    "dropout": 0.0,
+}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

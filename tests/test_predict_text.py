@@ -19,15 +19,15 @@ import pytest
 import torch
 
 from chaincrf.cli.predict import predict, show_progress
-from chaincrf.tagger import SequenceTagger, TaggedSentence, tokenize
-from chaincrf.tagger.predictor import Predictor
-from chaincrf.tagger.tokenizers import (
+from chaincrf.predict.predictor import Predictor
+from chaincrf.predict.tokenizers import (
     MAX_RUN_CHARS,
     TOKENIZERS,
     SpacyTokenizer,
     WhitespaceTokenizer,
     get_tokenizer,
 )
+from chaincrf.tagger import SequenceTagger, TaggedSentence, tokenize
 from test_predict_bounded import EMBEDDINGS, ENCODER, _ner_encoder, _tagger, compose_predict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -119,7 +119,7 @@ def test_a_line_of_30000_closing_brackets_is_30000_tokens():
 
 
 def test_spacy_keeps_no_strings_from_a_chunk():
-    from chaincrf.tagger.tokenizers import _spacy_english
+    from chaincrf.predict.tokenizers import _spacy_english
 
     tokenizer = SpacyTokenizer()
     tokenizer.tokenize_lines(["warm up."])
@@ -132,7 +132,7 @@ def test_spacy_keeps_no_strings_from_a_chunk():
 def test_the_tokenizers_import_nothing_heavy_until_spacy_is_used():
     code = (
         "import sys\n"
-        "from chaincrf.tagger.tokenizers import get_tokenizer\n"
+        "from chaincrf.predict.tokenizers import get_tokenizer\n"
         "tokenizer = get_tokenizer('spacy')\n"
         "heavy = ('torch', 'lightning', 'pytorch_lightning', 'hydra', 'torchmetrics', 'seqeval',"
         " 'spacy')\n"

@@ -4,7 +4,7 @@ score apart from the dev curve."""
 
 from __future__ import annotations
 
-from chaincrf.report import learning_curves, read_metrics_csv
+from chaincrf.training.report import learning_curves, read_metrics_csv
 
 CSV = """epoch,step,train/loss,val/score,val/loss,test/score
 0,9,,0.50,0.9,

@@ -321,8 +321,8 @@ def test_the_crf_and_the_lstms_compute_in_float32_under_cpu_autocast():
     """Under bf16 autocast the CRF's results are its float32 results, exactly; so are the
     BiLSTM's on a CPU whose oneDNN has no bf16 LSTM (this one: AVX2 only)."""
     from chaincrf.crf import CRF
-    from chaincrf.encoders.bilstm import BiLSTMEncoder
-    from chaincrf.precision import cpu_supports
+    from chaincrf.network.encoders.bilstm import BiLSTMEncoder
+    from chaincrf.network.precision import cpu_supports
 
     torch.manual_seed(0)
     crf = CRF(9, batch_first=True)

@@ -12,7 +12,7 @@ import torch
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import OmegaConf
 
-from chaincrf.encoders.bilstm import BiLSTMEncoder
+from chaincrf.network.encoders.bilstm import BiLSTMEncoder
 from chaincrf.spec import build_from_spec, instantiate
 from test_cli import CONF, NER_DATA, compose_config
 
@@ -102,7 +102,7 @@ def test_partial_nesting_and_positional_arguments_follow_hydra():
 @pytest.mark.parametrize("partial", [True, False])
 def test_build_from_spec_treats_a_spec_as_a_factory(partial):
     """Specs in checkpoints (with or without ``_partial_``) get the sizes only data knows."""
-    spec = {"_target_": "chaincrf.encoders.bilstm.BiLSTMEncoder", "hidden_size": 4}
+    spec = {"_target_": "chaincrf.network.encoders.bilstm.BiLSTMEncoder", "hidden_size": 4}
     if partial:
         spec["_partial_"] = True
     encoder = build_from_spec(spec, "encoder", input_dim=6, not_an_argument=1)
@@ -158,8 +158,8 @@ def test_config_keys_and_the_code_agree_both_ways():
     """Each key in conf/ is an argument the code reads, and each argument the code reads from
     configuration has its key (and default) in conf/: one source of each default."""
     from chaincrf.data import TaggingDataModule
-    from chaincrf.embeddings import TokenEmbedder
-    from chaincrf.tagger.hparams import TaggerConfig
+    from chaincrf.network.config import TaggerConfig
+    from chaincrf.network.embeddings import TokenEmbedder
 
     passed_by_code = {"sentence_encoder"}  # an object: chaincrf-eval passes the checkpoint's
     assert _keys("data", "base") == _parameters(TaggingDataModule.__init__) - passed_by_code

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from chaincrf.constraints import allowed_transitions, get_spans
 from chaincrf.data import SentenceEncoder, Vocabulary, collate, read_columns, read_conllu
+from chaincrf.data.schemes import allowed_transitions, get_spans
 from chaincrf.data.vocab import span_tag_inventory
 from chaincrf.tagger import InverseTimeDecay, SequenceTagger, build_from_spec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tagger"
 EMBEDDINGS = {
-    "_target_": "chaincrf.embeddings.TokenEmbedder",
+    "_target_": "chaincrf.network.embeddings.TokenEmbedder",
     "_partial_": True,
     "word_dim": 16,
     "char_encoder": "cnn",
@@ -24,7 +24,11 @@ EMBEDDINGS = {
     "char_hidden": 8,
     "dropout": 0.0,
 }
-ENCODER = {"_target_": "chaincrf.encoders.bilstm.BiLSTMEncoder", "hidden_size": 16, "dropout": 0.0}
+ENCODER = {
+    "_target_": "chaincrf.network.encoders.bilstm.BiLSTMEncoder",
+    "hidden_size": 16,
+    "dropout": 0.0,
+}
 ADAM = {"_target_": "torch.optim.Adam", "lr": 0.02}
 
 
@@ -115,7 +119,7 @@ def test_hyperparameters_are_plain_json():
         ({"scheme": None, "original_scheme": "IOB1"}, ValueError, "needs a training scheme"),
         ({"encoder": "bilstm"}, TypeError, "encoder must be a mapping with a '_target_' key"),
         (
-            {"encoder": {"_target_": "chaincrf.encoders.nope.Nope"}},
+            {"encoder": {"_target_": "chaincrf.network.encoders.nope.Nope"}},
             ValueError,
             "cannot be imported",
         ),

@@ -1,4 +1,4 @@
-"""The whole tagger as one graph (:mod:`chaincrf.tagger.export`): the graph, its TorchScript
+"""The whole tagger as one graph (:mod:`chaincrf.predict.export`): the graph, its TorchScript
 and its ONNX artefacts give the PyTorch tagger's tags (and marginals) for every supported
 embedder, encoder and output layer; unsupported parts are refused by name."""
 
@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from chaincrf.data.vocab import Vocabulary
-from chaincrf.tagger import hparams
-from chaincrf.tagger.bundle import load_predictor
-from chaincrf.tagger.export import ExportableTagger, export_model, graph_inputs
-from chaincrf.tagger.predictor import Predictor
+from chaincrf.network import config as hparams
+from chaincrf.predict.bundle import load_predictor
+from chaincrf.predict.export import ExportableTagger, export_model, graph_inputs
+from chaincrf.predict.predictor import Predictor
 
 pytestmark = pytest.mark.slow  # the fast lane (README) leaves this module out
 
@@ -51,7 +51,11 @@ def _variant(name: str, seed: int = 0) -> Predictor:
         embeddings.update(char_encoder="none")
         encoder.clear()
         encoder.update(
-            {"_target_": "chaincrf.encoders.cnn.CNNEncoder", "_partial_": True, "hidden_size": 12}
+            {
+                "_target_": "chaincrf.network.encoders.cnn.CNNEncoder",
+                "_partial_": True,
+                "hidden_size": 12,
+            }
         )
         spec["use_crf"] = False
     elif name == "features":  # a feature column, no encoder
@@ -61,7 +65,7 @@ def _variant(name: str, seed: int = 0) -> Predictor:
         embeddings.update(feature_dim=4)
         encoder.clear()
         encoder.update(
-            {"_target_": "chaincrf.encoders.identity.IdentityEncoder", "_partial_": True}
+            {"_target_": "chaincrf.network.encoders.identity.IdentityEncoder", "_partial_": True}
         )
     else:
         raise AssertionError(name)

@@ -17,7 +17,7 @@ import torch
 
 from chaincrf.cli.train import train
 from chaincrf.tagger import SequenceTagger
-from chaincrf.training import NonFiniteLossError
+from chaincrf.training.callbacks import NonFiniteLossError
 from test_cli import compose_config, run_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -102,7 +102,7 @@ def test_training_stops_at_the_first_non_finite_loss(tmp_path):
 _SAVER = textwrap.dedent(
     """
     import sys, torch
-    from chaincrf.training import AtomicCheckpointIO
+    from chaincrf.training.callbacks import AtomicCheckpointIO
     io = AtomicCheckpointIO()
     version = 0
     while True:

@@ -14,7 +14,7 @@ from typing import IO, Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from chaincrf.data.download import atomic_file
+from chaincrf.atomic import atomic_file
 from chaincrf.extras import MissingExtra
 from chaincrf.extras import require as require_extra
 

@@ -31,7 +31,7 @@ from chaincrf.cli.common import (
     run_config_for,
     to_plain,
 )
-from chaincrf.model_files import check_local_path
+from chaincrf.files.model_files import check_local_path
 from chaincrf.spec import check_targets
 from chaincrf.tagger import SequenceTagger
 
@@ -115,8 +115,8 @@ def _write_card(
     """``cfg.report``: the evaluation's model card (``report.md``, as training writes one, for
     this split) and its plots, in that folder."""
     from chaincrf.data.download import sha256_of
-    from chaincrf.provenance import card
-    from chaincrf.report import write_report
+    from chaincrf.training.provenance import card
+    from chaincrf.training.report import write_report
 
     command = ["chaincrf-eval", *overrides()]
     details = {
@@ -141,7 +141,7 @@ def print_table(tagger: SequenceTagger, results: dict[str, Any], stage: str) -> 
     from rich.console import Console
     from rich.table import Table
 
-    from chaincrf.report import per_tag_scores
+    from chaincrf.training.report import per_tag_scores
 
     console = Console()
     overall = Table(title=f"chaincrf-eval: {stage}")

@@ -15,9 +15,9 @@ writes ``exported/ner/`` with
 
 ``SequenceTagger.load(bundle_dir)`` rebuilds the tagger from them; nothing is pickled. With
 ``format=onnx`` or ``format=torchscript`` the folder also holds ``model.onnx`` (run by
-:class:`chaincrf.tagger.onnx_predictor.OnnxPredictor` with onnxruntime and numpy, or
+:class:`chaincrf.predict.onnx_predictor.OnnxPredictor` with onnxruntime and numpy, or
 ``chaincrf-predict ckpt_path=<folder>``) or ``model.pt`` (``torch.jit.load``), and
-``tagger.json`` (inputs, outputs, tag names and schemes): see :mod:`chaincrf.tagger.export`.
+``tagger.json`` (inputs, outputs, tag names and schemes): see :mod:`chaincrf.predict.export`.
 The folder is written into a temporary folder and renamed when complete, with a manifest
 (``.chaincrf-export.json``) naming the files written. An existing ``output`` is used only when it
 is empty or holds nothing but the files its manifest names (a previous export, then replaced);
@@ -37,10 +37,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from chaincrf.atomic import creation_mode, deferred_signals
 from chaincrf.cli.common import allow_targets, hydra_main, require, run_cli
-from chaincrf.data.download import creation_mode, deferred_signals
 from chaincrf.extras import require as require_extra
-from chaincrf.model_files import check_local_path
+from chaincrf.files.model_files import check_local_path
 from chaincrf.tagger import SequenceTagger
 
 log = logging.getLogger("chaincrf.export")
@@ -72,7 +72,7 @@ def export(
         allow_targets: ``_target_`` names to trust beyond chaincrf's own (see
             :meth:`SequenceTagger.load`).
         fmt: ``"bundle"``, or ``"onnx"`` / ``"torchscript"`` for the bundle plus the graph
-            (:func:`chaincrf.tagger.export.export_model`).
+            (:func:`chaincrf.predict.export.export_model`).
         quantize: None, or ``"int8"`` with ``fmt="onnx"``: int8 dynamic quantisation of the
             encoder and projection.
 
@@ -113,8 +113,8 @@ def export(
     try:
         tagger.save_bundle(tmp)
         if fmt != "bundle":
-            from chaincrf.tagger.bundle import load_predictor
-            from chaincrf.tagger.export import export_model
+            from chaincrf.predict.bundle import load_predictor
+            from chaincrf.predict.export import export_model
 
             export_model(load_predictor(tmp), tmp, fmt, quantize)
         written = sorted(p.name for p in tmp.iterdir())

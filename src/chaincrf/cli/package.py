@@ -1,5 +1,5 @@
 """``chaincrf-package``: a trained model as a pip-installable wheel, found by name once
-installed (:mod:`chaincrf.packaging`).
+installed (:mod:`chaincrf.cli.packaging`).
 
 Examples::
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from chaincrf.cli.common import allow_targets, hydra_main, require, run_cli
-from chaincrf.model_files import check_local_path
+from chaincrf.files.model_files import check_local_path
 
 log = logging.getLogger("chaincrf.package")
 
@@ -35,7 +35,7 @@ def source_first(argv: list[str]) -> list[str]:
 
 def package_command(cfg: DictConfig) -> Path:
     """``chaincrf-package``: the wheel of ``cfg.source`` written into ``cfg.output``."""
-    from chaincrf.packaging import package_model
+    from chaincrf.cli.packaging import package_model
 
     source = check_local_path(
         require(cfg, "source", "pass the training run, checkpoint or bundle to package"), "source"

@@ -1,5 +1,5 @@
 """``chaincrf-predict``: tag raw text or a CoNLL file with a trained checkpoint, a bundle, or
-an installed model package by name (``model=en_ewt_upos``; see :mod:`chaincrf.models`).
+an installed model package by name (``model=en_ewt_upos``; see :mod:`chaincrf.files.models`).
 
 Examples::
 
@@ -7,7 +7,7 @@ Examples::
     chaincrf-predict ckpt_path=best.ckpt input=news.txt output=news.jsonl
     chaincrf-predict ckpt_path=best.ckpt input=eng.testb input_format=conll output_format=conll output=out.conll
 
-Raw text: one sentence per line, tokenised by ``tokenizer`` (:mod:`chaincrf.tagger.tokenizers`):
+Raw text: one sentence per line, tokenised by ``tokenizer`` (:mod:`chaincrf.predict.tokenizers`):
 ``spacy`` (the default: spaCy's rule-based English tokenizer, ``call.`` -> ``call`` ``.``) or
 ``whitespace`` (``str.split()``, the former rule); a blank line is an empty sentence (an empty
 JSON record). Lines end at "\n" only (one "\r" before it is dropped): every input line gives
@@ -63,16 +63,16 @@ from chaincrf.cli.predict_output import (
     write_output,
 )
 from chaincrf.extras import require as require_extra
-from chaincrf.model_files import check_local_path
-from chaincrf.tagger.streaming import check_top_k_limit
-from chaincrf.tagger.tokenizers import get_tokenizer
+from chaincrf.files.model_files import check_local_path
+from chaincrf.predict.streaming import check_top_k_limit
+from chaincrf.predict.tokenizers import get_tokenizer
 
 log = logging.getLogger("chaincrf.predict")
 
 MAX_LINE_CHARS = 100_000
 """Default ``max_line_chars`` of raw text input: a hundred thousand characters (a sentence is
 rarely over a thousand). The worst such line (up to 100,000 tokens of punctuation) is tokenised
-in seconds (:data:`chaincrf.tagger.tokenizers.MAX_RUN_CHARS`) and tagged in well under a GB
+in seconds (:data:`chaincrf.predict.tokenizers.MAX_RUN_CHARS`) and tagged in well under a GB
 (measured: ``python3 scripts/reliability.py --only bounded_work``); a longer line is almost
 always not a sentence (a file without line breaks, a JSON dump). Raise it for genuine ones."""
 
@@ -244,7 +244,7 @@ def _column_count(path: Path) -> int:
 
 def load(ckpt: Any, engine: str, cfg: DictConfig) -> Any:
     """The predictor for ``engine``: ``onnx`` runs an exported folder's ``model.onnx`` with
-    onnxruntime (no torch: :class:`~chaincrf.tagger.onnx_predictor.OnnxPredictor`), ``torch``
+    onnxruntime (no torch: :class:`~chaincrf.predict.onnx_predictor.OnnxPredictor`), ``torch``
     the PyTorch network of a checkpoint or bundle (torch only), ``auto`` the first when the
     folder was exported with ``format=onnx`` and onnxruntime is installed, else the second.
 
@@ -254,8 +254,8 @@ def load(ckpt: Any, engine: str, cfg: DictConfig) -> Any:
     """
     import importlib.util
 
-    from chaincrf.models import resolve
-    from chaincrf.tagger.onnx_predictor import OnnxPredictor, is_artefact
+    from chaincrf.files.models import resolve
+    from chaincrf.predict.onnx_predictor import OnnxPredictor, is_artefact
 
     ckpt = resolve(check_local_path(ckpt, "ckpt_path"))  # an installed model's name: its folder
     onnx = is_artefact(ckpt, "onnx")
@@ -267,7 +267,7 @@ def load(ckpt: Any, engine: str, cfg: DictConfig) -> Any:
         require_extra("onnxruntime", "export", "chaincrf-predict engine=onnx")
     if onnx and engine != "torch" and importlib.util.find_spec("onnxruntime") is not None:
         return OnnxPredictor(ckpt)
-    from chaincrf.tagger.bundle import load_predictor
+    from chaincrf.predict.bundle import load_predictor
 
     return load_predictor(ckpt, allow_targets=allow_targets(cfg))  # torch only
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO
 
 from chaincrf.cli.common import atomic_output
-from chaincrf.tagger.outputs import TaggedSentence
+from chaincrf.predict.outputs import TaggedSentence
 
 __all__ = [
     "PredictSummary",

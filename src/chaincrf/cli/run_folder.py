@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from chaincrf.data.download import atomic_file
+from chaincrf.atomic import atomic_file
 
 SPLIT_PATHS = ("train", "dev", "test", "predict")
 """Data keys whose relative paths start from ``data.root`` (from the working folder when it is

@@ -23,7 +23,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from chaincrf.data.download import atomic_file
+from chaincrf.atomic import atomic_file
 
 log = logging.getLogger("chaincrf.summary")
 

@@ -28,6 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.trainer.states import TrainerStatus
 
+from chaincrf.atomic import atomic_file
 from chaincrf.cli.common import (
     build,
     hydra_main,
@@ -51,10 +52,14 @@ from chaincrf.cli.run_folder import (
     write_config,
     write_hydra_record,
 )
-from chaincrf.data.download import atomic_file
-from chaincrf.model_files import check_local_path
+from chaincrf.files.model_files import check_local_path
 from chaincrf.tagger import SequenceTagger
-from chaincrf.training import AtomicCheckpointIO, ProgressBar, ReplayPlateauStep, ReseedEachEpoch
+from chaincrf.training.callbacks import (
+    AtomicCheckpointIO,
+    ProgressBar,
+    ReplayPlateauStep,
+    ReseedEachEpoch,
+)
 
 log = logging.getLogger("chaincrf.train")
 
@@ -302,7 +307,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with end_of_run_files(metrics_json, best or run_dir), atomic_file(metrics_json) as stream:
         stream.write(json.dumps({"best_model_path": best, **metrics}, indent=2, sort_keys=True))
     if cfg.get("report", True):
-        from chaincrf.report import write_report
+        from chaincrf.training.report import write_report
 
         details = {
             "run directory": str(run_dir),
@@ -314,7 +319,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for key, label in (("train_tokens_per_s", "training"), ("test_tokens_per_s", "test")):
             if key in metrics:
                 details[f"{label} tokens/s"] = f"{metrics[key]:,.0f}"
-        from chaincrf.provenance import card
+        from chaincrf.training.provenance import card
 
         files = {split: datamodule.resolve(split) for split in ("train", "dev", "test")}
         details.update(card(tagger, ["chaincrf-train", *overrides()], files, cfg.get("seed")))

@@ -40,7 +40,7 @@ class CRF(nn.Module):
         batch_first: if True, inputs are laid out ``(batch, seq_len, ...)``; otherwise
             ``(seq_len, batch, ...)`` as in pytorch-crf.
         constraints: optional ``(start_allowed (K,), end_allowed (K,), transitions_allowed (K, K))``
-            bool tensors (see ``chaincrf.constraints.allowed_transitions``). Disallowed moves get
+            bool tensors (see ``chaincrf.data.schemes.allowed_transitions``). Disallowed moves get
             probability zero in training and decoding alike.
         kernel: ``"auto"`` (the planner's table, :mod:`chaincrf.crf.plan`; ``$CHAINCRF_KERNEL``
             overrides it), ``"eager"`` (tensor operations, any device), ``"fused"`` (compiled

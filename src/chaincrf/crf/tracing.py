@@ -42,7 +42,7 @@ _export_blocks: list[bool] = []
 def exporting() -> Iterator[None]:
     """Mark a block as an export for another runtime (ONNX, TorchScript, an ExportedProgram
     run without chaincrf): every CRF call traced inside takes the export kernel, on any
-    device. chaincrf's own exporters (:mod:`chaincrf.tagger.export`) use it."""
+    device. chaincrf's own exporters (:mod:`chaincrf.predict.export`) use it."""
     _export_blocks.append(True)
     try:
         yield

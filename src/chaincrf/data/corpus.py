@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from chaincrf import constraints
+from chaincrf.data import schemes as constraints
 from chaincrf.data.batching import EncodedDataset
 from chaincrf.data.readers import DataFormatError, Sentence
 from chaincrf.data.vocab import SentenceEncoder, Vocabulary, normalize_word

@@ -12,8 +12,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from chaincrf import constraints
 from chaincrf.data import checks, corpus, subsets
+from chaincrf.data import schemes as constraints
 from chaincrf.data.batching import EncodedDataset
 from chaincrf.data.download import DATASETS
 from chaincrf.data.files import SPLITS, CorpusFiles
@@ -350,7 +350,7 @@ class TaggingDataModule(pl.LightningDataModule):
 
     @property
     def tag_scheme(self) -> constraints.TagScheme:
-        """The tags and their schemes (:class:`chaincrf.constraints.TagScheme`): ids to labels
+        """The tags and their schemes (:class:`chaincrf.data.schemes.TagScheme`): ids to labels
         (``decode_batch(paths, mask, original=True)`` for the files' scheme), conversion,
         spans, the CRF's allowed transitions."""
         return self._require_setup().tag_scheme

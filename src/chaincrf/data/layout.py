@@ -2,7 +2,7 @@
 
 The one definition of how a batch lies in memory, shared by training
 (:func:`chaincrf.data.batching.collate` wraps the arrays as tensors) and by the ONNX Runtime
-predictor (:class:`chaincrf.tagger.onnx_predictor.OnnxPredictor` feeds them as they are,
+predictor (:class:`chaincrf.predict.onnx_predictor.OnnxPredictor` feeds them as they are,
 without torch).
 """
 

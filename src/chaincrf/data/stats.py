@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from chaincrf import constraints
+from chaincrf.data import schemes as constraints
 from chaincrf.data.readers import Sentence
 
 __all__ = ["SplitStats", "compute_stats"]

@@ -18,10 +18,10 @@ if TYPE_CHECKING:  # no torch at import: the ONNX Runtime predictor encodes with
     import torch
 
 
-from chaincrf import constraints
+from chaincrf.atomic import atomic_file
+from chaincrf.data import schemes as constraints
 from chaincrf.data.casing import CASING_CLASSES
 from chaincrf.data.casing import casing_id as casing_class
-from chaincrf.data.download import atomic_file
 
 __all__ = [
     "CASING_CLASSES",
@@ -171,7 +171,7 @@ class Vocabulary:
 
 
 span_tag_inventory = constraints.tag_inventory
-"""All tags of a scheme for some span types (:func:`chaincrf.constraints.tag_inventory`)."""
+"""All tags of a scheme for some span types (:func:`chaincrf.data.schemes.tag_inventory`)."""
 
 
 class SentenceEncoder:
@@ -258,7 +258,7 @@ class SentenceEncoder:
 
     @functools.cached_property
     def tag_scheme(self) -> constraints.TagScheme:
-        """The tag set and its schemes (:class:`chaincrf.constraints.TagScheme`): ids to
+        """The tag set and its schemes (:class:`chaincrf.data.schemes.TagScheme`): ids to
         labels, conversion between the training and the original scheme, spans (built once:
         an encoder's tags and schemes are fixed at construction)."""
         return constraints.TagScheme(self.tags.itos, self.scheme, self.original_scheme)

@@ -6,7 +6,7 @@ are summed, in a fixed order); a large call splits its rows over torch's own Ope
 its gradient accumulate in float64 whatever the emissions' dtype (float32 or float64); Viterbi
 computes in the emissions' dtype, the eager kernel's sums step for step. Inputs are batch-first; a row covers the leading on positions of its mask, and
 positions past its length are never read. Transitions are indexed ``[from, to]``; forbidden
-moves are ``-inf`` scores (see ``chaincrf.confidence.crf_scores``).
+moves are ``-inf`` scores (see ``chaincrf.crf.confidence.crf_scores``).
 
 * ``chaincrf::log_partition`` (mask) -> (log Z, lengths): the forward recursion in exp space
   (:mod:`chaincrf.crf.kernels.fused.exp`), O(K) scratch per row; a row whose scale underflows is

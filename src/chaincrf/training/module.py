@@ -1,0 +1,193 @@
+"""The training system: :class:`SequenceTagger`, the ``LightningModule`` around the network.
+
+It builds the network from a :class:`~chaincrf.network.config.TaggerConfig`, computes the loss,
+logs each stage's metrics (:class:`~chaincrf.training.metrics.StageMetrics`) and configures the
+optimiser (:func:`~chaincrf.training.schedule.configure_optimizers`). Loading, saving and tagging
+are :class:`~chaincrf.predict.serving.ServingMixin`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+from torch import Tensor, nn
+
+from chaincrf.crf import NonFiniteInputError
+from chaincrf.files.model_files import CHECKPOINT_KEY
+from chaincrf.network.config import TaggerConfig, as_plain
+from chaincrf.predict.outputs import TaggedSentence
+from chaincrf.predict.serving import ServingMixin
+from chaincrf.training import schedule
+from chaincrf.training.callbacks import check_loss
+from chaincrf.training.metrics import StageMetrics
+
+__all__ = ["SequenceTagger"]
+
+
+class SequenceTagger(ServingMixin, pl.LightningModule):
+    """The training system around :class:`~chaincrf.network.model.TaggerModel`.
+
+    Span tasks (a tag scheme is given: NER, chunking) report span precision/recall/F1 computed on
+    the corpus's ORIGINAL scheme with seqeval's semantics, plus token accuracy; tag tasks (POS)
+    report token accuracy. ``val/score`` is the dev F1 for span tasks and the dev accuracy
+    otherwise: the metric checkpoints and early stopping watch.
+
+    Build it from a :class:`~chaincrf.network.config.TaggerConfig`, or from that config's
+    fields as arguments (``SequenceTagger(labels=..., num_words=..., ...)``, as Lightning's
+    ``load_from_checkpoint`` does), or sized by a data module (:meth:`from_datamodule`).
+
+    Args:
+        config: what the tagger is (labels, sizes, module specs, optimisation); its fields may
+            be given instead, positionally or by name.
+        pretrained: float (num_words, word_dim) initial word vectors; not stored in the
+            hyper-parameters (the trained weights are in the state dict).
+        vocab: the vocabularies as JSON-able data (``SentenceEncoder.to_dict()``); stored in the
+            checkpoint, not in the hyper-parameters. Needed by :meth:`predict`.
+
+    Attributes:
+        config, model (the network), tags (the :class:`~chaincrf.data.schemes.TagScheme`),
+        vocab; ``results[stage]`` and ``confusion[stage]`` hold each stage's last figures and
+        (L, L) confusion counts ``[gold, predicted]``; ``trained_tokens`` counts the real
+        tokens training saw in this process.
+
+    Raises:
+        ValueError/TypeError: for any inconsistent argument, at construction.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        pretrained: Tensor | None = None,
+        vocab: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> None:
+        super().__init__()
+        if len(args) == 1 and isinstance(args[0], TaggerConfig) and not fields:
+            config = args[0]
+        else:
+            config = TaggerConfig(*args, **fields)
+        self.config = config
+        self.save_hyperparameters(config.to_dict())
+        self.labels: list[str] = config.labels
+        self.tags = config.tag_scheme()
+        self.vocab: dict[str, Any] | None = as_plain(vocab, "vocab") if vocab is not None else None
+        self.model = config.build_model(pretrained)
+        self.metrics = nn.ModuleDict({stage: StageMetrics(self.tags) for stage in ("val", "test")})
+        self.results: dict[str, dict[str, float]] = {}
+        self.confusion: dict[str, Tensor] = {}
+        self.trained_tokens = 0
+
+    @classmethod
+    def from_datamodule(
+        cls,
+        datamodule: Any,
+        embeddings: Mapping[str, Any],
+        encoder: Mapping[str, Any],
+        **kwargs: Any,
+    ) -> SequenceTagger:
+        """Build a tagger sized for a set-up :class:`chaincrf.data.TaggingDataModule`.
+
+        Labels, vocabulary sizes, schemes, pretrained vectors and the vocabularies come from the
+        data module; ``kwargs`` are the remaining :class:`TaggerConfig` fields.
+        """
+        vocabs = datamodule.vocabs
+        config = TaggerConfig(
+            labels=list(datamodule.tag_names),
+            num_words=len(vocabs["words"]),
+            num_chars=len(vocabs["chars"]),
+            feature_sizes=datamodule.feature_sizes,
+            embeddings=dict(embeddings),
+            encoder=dict(encoder),
+            scheme=datamodule.scheme,
+            original_scheme=datamodule.original_scheme,
+            **kwargs,
+        )
+        return cls(
+            config, pretrained=datamodule.pretrained_vectors, vocab=datamodule.encoder.to_dict()
+        )
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, batch: Mapping[str, Any]) -> Tensor:
+        """Emissions, float (batch, seq_len, num_tags)."""
+        return self.model.emissions(batch)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        mask = batch["mask"]
+        emissions = self.model.emissions(batch)
+        try:
+            loss = self.model.loss(emissions, batch["tags"], mask)
+        except NonFiniteInputError:
+            # NaN/inf scores make a non-finite loss: on_before_backward stops the run, naming
+            # the step, on every rank at once.
+            loss = emissions.sum() * float("nan")
+        tokens = int(mask.sum())
+        self.trained_tokens += tokens
+        self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True,
+                 batch_size=max(tokens, 1))  # fmt: skip
+        self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False,
+                 batch_size=1)  # fmt: skip
+        return loss
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        """Stop at the first NaN or infinite training loss, before it changes any weight."""
+        if self._trainer is not None:
+            check_loss(self._trainer, loss)
+
+    def _eval_step(self, batch: Mapping[str, Any], stage: str) -> None:
+        mask, gold = batch["mask"], batch["tags"]
+        emissions = self.model.emissions(batch)
+        loss = self.model.loss(emissions, gold, mask)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True,
+                 batch_size=max(int(mask.sum()), 1))  # fmt: skip
+        predicted = self.model.decode(emissions, mask)  # (B, T), -1 off the mask
+        self.metrics[stage].update(predicted, gold, mask)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        results, confusion = self.metrics[stage].compute(stage)
+        # The metric states are synced across ranks by torchmetrics, so every rank holds the
+        # same figures: sync_dist's mean over ranks leaves them as they are (and is what tells
+        # Lightning that they are reduced).
+        score = f"{stage}/score"
+        self.log_dict({k: v for k, v in results.items() if k != score}, sync_dist=True)
+        self.log(score, results[score], prog_bar=True, sync_dist=True)
+        self.results[stage] = results
+        if confusion is not None:
+            self.confusion[stage] = confusion
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(
+        self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> list[TaggedSentence]:
+        """Tag a batch: labels (original scheme), token marginals and span confidences.
+
+        Returns:
+            One :class:`TaggedSentence` per batch row; its ``index`` order is the batch's, use
+            ``batch["index"]`` to restore the corpus order.
+        """
+        return self.predictor.tag_batch(batch)
+
+    # ------------------------------------------------------------------ optimisation, files
+    def configure_optimizers(self) -> Any:
+        return schedule.configure_optimizers(self.model, self.config, self._trainer)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the plateau scheduler's resume value is ReplayPlateauStep's (chaincrf.training.callbacks)
+        checkpoint.setdefault(CHECKPOINT_KEY, {}).update(format=1, vocab=self.vocab)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored = checkpoint.get(CHECKPOINT_KEY)
+        if stored is not None and stored.get("vocab") is not None:
+            self.vocab = stored["vocab"]
