@@ -171,3 +171,19 @@ def test_the_roles_import_in_one_direction():
         and other != "chaincrf"  # the package itself (its version), which imports nothing
     )
     assert wrong == []
+
+
+def test_the_old_module_paths_import_the_moved_modules():
+    """Code and model files naming a path from before the regrouping get the same module."""
+    import importlib
+
+    import chaincrf
+
+    for old, new in chaincrf.MOVED.items():
+        assert importlib.import_module(old) is importlib.import_module(new), old
+    from chaincrf.encoders.bilstm import BiLSTMEncoder
+    from chaincrf.network.encoders.bilstm import BiLSTMEncoder as moved
+    from chaincrf.training import check_loss
+    from chaincrf.training.callbacks import check_loss as home
+
+    assert BiLSTMEncoder is moved and check_loss is home

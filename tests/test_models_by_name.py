@@ -1,6 +1,6 @@
 """Models by name (issue 33, part 4): ``chaincrf-package`` builds a pip-installable wheel of a run
 (model files in the Hub layout, card, licence and data attribution, entry point
-``chaincrf.files.models``); once installed, ``SequenceTagger.load(<name>)`` and ``chaincrf-predict
+``chaincrf.models``); once installed, ``SequenceTagger.load(<name>)`` and ``chaincrf-predict
 model=<name>`` find it; a model trained on CoNLL-2003 is refused; ``save_pretrained`` /
 ``from_pretrained`` round-trip, offline."""
 

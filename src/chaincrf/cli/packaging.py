@@ -265,7 +265,7 @@ license = {q(licence)}
 license-files = ["LICENSE"]
 dependencies = [{", ".join(q(d) for d in dependencies)}]
 
-[project.entry-points."chaincrf.files.models"]
+[project.entry-points."chaincrf.models"]
 {name} = {q(name)}
 
 [tool.setuptools]

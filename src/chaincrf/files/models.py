@@ -1,7 +1,7 @@
 """Models by name: model packages installed with pip (``chaincrf-package`` builds them) are found
 through their entry point in the group :data:`ENTRY_POINT_GROUP`, as spaCy finds its pipelines.
 
-A model package ``en_ewt_upos`` declares ``[project.entry-points."chaincrf.files.models"]
+A model package ``en_ewt_upos`` declares ``[project.entry-points."chaincrf.models"]
 en_ewt_upos = "en_ewt_upos"``: the entry point names the Python package whose ``model/``
 folder holds the model files. The folder is found with :func:`importlib.util.find_spec`, so
 looking a model up runs none of the package's code; its files are then read as data, as any
@@ -20,7 +20,7 @@ from pathlib import Path
 
 __all__ = ["ENTRY_POINT_GROUP", "MODEL_FOLDER", "NAME", "installed_models", "resolve"]
 
-ENTRY_POINT_GROUP = "chaincrf.files.models"
+ENTRY_POINT_GROUP = "chaincrf.models"
 """The entry-point group of installed model packages (name: the model's name)."""
 MODEL_FOLDER = "model"
 """The folder inside a model package that holds the model files."""
