@@ -182,6 +182,7 @@ def test_the_old_module_paths_import_the_moved_modules():
     for old, new in chaincrf.MOVED.items():
         assert importlib.import_module(old) is importlib.import_module(new), old
     from chaincrf.encoders.bilstm import BiLSTMEncoder
+
     from chaincrf.network.encoders.bilstm import BiLSTMEncoder as moved
     from chaincrf.training import check_loss
     from chaincrf.training.callbacks import check_loss as home

@@ -18,8 +18,8 @@ def reverse_index(lengths: Tensor, T: int) -> Tensor:
 
     ``rev[b, t]`` is the position that ``t`` maps to when row ``b`` is reversed within its
     length: an involution that leaves the padding where it is. As rows of the flattened tensor,
-    ``index_select`` copies whole rows (measured ~6x faster than ``gather`` with an index
-    expanded over the features). Written for graphs too (no host synchronisation).
+    ``index_select`` copies whole rows (faster than ``gather`` with an index expanded over the
+    features: ``benchmarks/encoders.md``). Written for graphs too (no host synchronisation).
     """
     B = lengths.shape[0]
     steps = torch.arange(T, device=lengths.device).unsqueeze(0)
@@ -74,8 +74,8 @@ class BiLSTMGraph(nn.Module):
 
 # On the CPU, batches with at most this fraction of padding run each direction as one padded
 # (oneDNN) LSTM call, the backward direction over each row reversed within its length: exact,
-# and faster than packed sequences there (measured: ~35% per training step of the encoder,
-# 0-20% in evaluation). More ragged batches (and CUDA) are packed.
+# and faster than packed sequences there. More ragged batches (and CUDA) are packed.
+# Figures and the command: benchmarks/encoders.md.
 PADDED_MAX_PADDING = 0.15
 
 

@@ -18,8 +18,8 @@ def _broadcast_products(B: int, K: int) -> bool:
     """Whether the recursion's (B, K) @ (K, K) products should avoid BLAS.
 
     With several intra-op threads a BLAS product on a handful of rows costs a thread hand-off
-    (measured 30-80 µs here) that dwarfs the arithmetic; a broadcast multiply and sum does not.
-    Single-threaded, BLAS is far faster (2 µs against 40 µs at B=32, K=9).
+    that dwarfs the arithmetic; a broadcast multiply and sum does not. Single-threaded, BLAS is
+    far faster. Figures and the command: ``benchmarks/crf_kernels.md`` (design figures).
     """
     tune = tuning.EAGER
     threads = torch.get_num_threads()

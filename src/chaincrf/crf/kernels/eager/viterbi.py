@@ -14,7 +14,7 @@ def _max_scan(em: Tensor, start: Tensor, trans: Tensor, n_active: list[int]) -> 
 
     Two eager operations per step. Each step's candidates are laid out ``(K from, B, K to)`` so
     that the max runs over the outermost dimension (element-wise maxima of contiguous rows,
-    3-6x faster than a max over a short innermost dimension). A step covers the whole batch, the
+    faster than a max over a short innermost dimension: ``benchmarks/crf_kernels.md``). A step covers the whole batch, the
     rows already past their end included, unless slicing to the active prefix saves more
     arithmetic than the extra view operations cost (``tuning.EAGER.slice_min_saved`` elements).
 

@@ -84,8 +84,8 @@ def warm_up() -> None:
 # What torch.compile and torch.export see: each op with its fake (shape-only) implementation
 # and, for the two differentiable ones, its autograd formula. Run eagerly, the functions below
 # call the implementations directly instead (through a torch.autograd.Function for the
-# gradients): the custom-op dispatcher costs 60-90 µs a call, measured, several times the
-# kernel itself on one sentence.
+# gradients): the custom-op dispatcher costs several times the kernel itself on one sentence
+# (figures and command: benchmarks/crf_kernels.md, design figures).
 
 
 @torch.library.custom_op("chaincrf::log_partition", mutates_args=())

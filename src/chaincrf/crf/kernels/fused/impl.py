@@ -25,13 +25,9 @@ def _load() -> SimpleNamespace | ImportError:
     """Imports numba and compiles the kernels (lazily, per dtype); the ImportError if it can't.
 
     The kernels are serial (``nogil``: one row after another on their thread); a large call
-    runs them on torch's OpenMP threads itself (:mod:`chaincrf.crf.kernels.fused.threads`). numba's own parallel
-    versions were measured and dropped: with its workqueue pool no faster on this 2-core CPU
-    (serial / parallel 0.98-1.00 over B 8-128, T 32-128, K 5-50, numba 0.68, 2026-11-29:
-    torch's spinning OpenMP workers hold the other core), and starting its OpenMP pool calls
-    ``omp_set_num_threads`` and ``omp_set_nested`` on torch's runtime (it changed the last
-    bits of later torch CPU results: a killed and resumed training run ended 2.9e-6 away from
-    the uninterrupted one); a parallel wrapper also compiled 11-12 s cold.
+    runs them on torch's OpenMP threads itself (:mod:`chaincrf.crf.kernels.fused.threads`),
+    not numba's own parallel pool, which reconfigures torch's OpenMP runtime (why and the
+    figures: ``benchmarks/crf_kernels.md``, design figures).
     """
     try:
         import numba
