@@ -39,18 +39,21 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
     ``load_from_checkpoint`` does), or sized by a data module (:meth:`from_datamodule`).
 
     Args:
-        config: what the tagger is (labels, sizes, module specs, optimisation); its fields may
-            be given instead, positionally or by name.
+        *args: a :class:`~chaincrf.network.config.TaggerConfig` (what the tagger is: labels,
+            sizes, module specs, optimisation), or its fields in order.
         pretrained: float (num_words, word_dim) initial word vectors; not stored in the
             hyper-parameters (the trained weights are in the state dict).
         vocab: the vocabularies as JSON-able data (``SentenceEncoder.to_dict()``); stored in the
             checkpoint, not in the hyper-parameters. Needed by :meth:`predict`.
+        **fields: the config's fields by name, instead of a config.
 
     Attributes:
-        config, model (the network), tags (the :class:`~chaincrf.data.schemes.TagScheme`),
-        vocab; ``results[stage]`` and ``confusion[stage]`` hold each stage's last figures and
-        (L, L) confusion counts ``[gold, predicted]``; ``trained_tokens`` counts the real
-        tokens training saw in this process.
+        config: the :class:`~chaincrf.network.config.TaggerConfig`.
+        model: the network (:class:`~chaincrf.network.model.TaggerModel`).
+        tags: the :class:`~chaincrf.data.schemes.TagScheme`.
+        results: each stage's last figures (``results["val"]["val/f1"]``).
+        confusion: each stage's last (L, L) confusion counts ``[gold, predicted]``.
+        trained_tokens: the real tokens training saw in this process.
 
     Raises:
         ValueError/TypeError: for any inconsistent argument, at construction.
