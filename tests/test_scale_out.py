@@ -312,9 +312,16 @@ def test_bf16_mixed_trains_on_the_cpu_and_reloads_in_float32(tmp_path):
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
     tagger = SequenceTagger.load(tmp_path / "checkpoints" / "best.ckpt")
     assert {p.dtype for p in tagger.parameters()} == {torch.float32}
-    scores = evaluate(compose_config([f"ckpt_path={tmp_path / 'checkpoints' / 'best.ckpt'}",
-                                      "split=dev"], name="eval"))  # fmt: skip
-    assert 0.0 <= scores["val/acc"] <= 1.0
+    ckpt = tmp_path / "checkpoints" / "best.ckpt"
+    assert tagger.trained_precision == "bf16-mixed"  # stored in the checkpoint
+    scores = evaluate(compose_config([f"ckpt_path={ckpt}", "split=dev"], name="eval"))
+    # chaincrf-eval runs in the precision the model was trained in: the run's own figures
+    assert scores["val/score"] == pytest.approx(metrics["val/score"], abs=1e-9)
+    assert scores["val/acc"] == pytest.approx(metrics["val/acc"], abs=1e-9)
+    in_float32 = evaluate(
+        compose_config([f"ckpt_path={ckpt}", "split=dev", "precision=32-true"], name="eval")
+    )
+    assert 0.0 <= in_float32["val/acc"] <= 1.0  # a chosen precision overrides the stored one
 
 
 def test_the_crf_and_the_lstms_compute_in_float32_under_cpu_autocast():

@@ -56,6 +56,21 @@ def data_config_for(cfg: DictConfig) -> DictConfig:
     return run_cfg.data
 
 
+def eval_precision(chosen: str | None, trained: str | None, accelerator: str) -> Any:
+    """The precision to evaluate in: ``chosen`` (``precision=``) if given, else the one the
+    model was trained in, so that the figures are the run's own; float32 for model files that do
+    not say. float16 autocast, which the CPU does not run, becomes float32 there, with a warning
+    (the figures may then differ from the run's in the last digits)."""
+    precision = chosen or trained or "32-true"
+    if accelerator == "cpu" and precision == "16-mixed":
+        log.warning(
+            "the model was trained in 16-mixed, which the CPU does not run: evaluating in "
+            "32-true (pass accelerator=gpu to reproduce the run's figures)"
+        )
+        return "32-true"
+    return precision
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; a plain function that tests call.
 
@@ -77,8 +92,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     node = OmegaConf.merge(data_cfg, overrides)
     datamodule = build(node, "data", sentence_encoder=tagger.sentence_encoder)
     datamodule.setup(stage)
+    accelerator = str(cfg.get("accelerator", "cpu"))
     trainer = pl.Trainer(
-        accelerator=cfg.get("accelerator", "cpu"),
+        accelerator=accelerator,
+        precision=eval_precision(cfg.get("precision"), tagger.trained_precision, accelerator),
         devices=1,
         logger=False,
         enable_progress_bar=bool(cfg.get("progress_bar", False)),

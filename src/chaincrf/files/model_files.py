@@ -60,6 +60,19 @@ class StoredModel:
     vocab: dict[str, Any] | None
     state_dict: dict[str, torch.Tensor]
     source: str
+    precision: str | None = None
+    """The precision the model was trained in (Lightning's name, e.g. ``"bf16-mixed"``), for
+    checkpoints written since 2026-12-05; None otherwise."""
+
+
+PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed")
+"""The training precisions a model file may name (Lightning's names)."""
+
+
+def _check_precision(value: Any, what: str) -> str | None:
+    if value is not None and value not in PRECISIONS:
+        raise ModelFileError(f"{what} must be one of {list(PRECISIONS)}; got {value!r}")
+    return value
 
 
 def check_local_path(value: str | os.PathLike[str], what: str) -> Path:
@@ -203,6 +216,7 @@ def read_model(
             state = _torch_load(path / weights, map_location)
         source = str(path)
         vocab_source, hparams_source = str(path / "vocab.json"), str(config_path)
+        precision = _check_precision(config.get("precision"), f"{config_path}: precision")
     elif path.is_file():
         checkpoint = _torch_load(path, map_location)
         if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
@@ -212,6 +226,10 @@ def read_model(
         )
         stored = checkpoint.get(CHECKPOINT_KEY) or {}
         vocab = stored.get("vocab") if isinstance(stored, Mapping) else None
+        precision = _check_precision(
+            stored.get("precision") if isinstance(stored, Mapping) else None,
+            f"{path}: {CHECKPOINT_KEY}['precision']",
+        )
         state = checkpoint["state_dict"]
         source = vocab_source = hparams_source = str(path)
     else:
@@ -226,4 +244,6 @@ def read_model(
     rows = check_hparams_fit(hparams, shapes, hparams_source)
     if vocab is not None:
         check_vocab_fits(vocab, vocab_source, hparams["labels"], rows, hparams_source)
-    return StoredModel(hparams, dict(vocab) if vocab is not None else None, dict(state), source)
+    return StoredModel(
+        hparams, dict(vocab) if vocab is not None else None, dict(state), source, precision
+    )

@@ -65,9 +65,10 @@ def load(
             that is unreadable, holds pickled objects, names an untrusted ``_target_`` or
             does not fit the model it describes.
     """
-    tagger = _restore(
+    tagger, precision = _restore(
         path, map_location, allow_targets, lambda config, vocab: cls(config, vocab=vocab)
     )
+    tagger.trained_precision = precision
     return tagger.to(map_location).eval()
 
 
@@ -82,7 +83,7 @@ def load_predictor(
     """
     from chaincrf.predict.predictor import Predictor
 
-    predictor = _restore(
+    predictor, _ = _restore(
         path,
         map_location,
         allow_targets,
@@ -97,11 +98,12 @@ def _restore(
     map_location: str | torch.device,
     allow_targets: Sequence[str],
     build: Callable[[TaggerConfig, dict[str, Any] | None], Built],
-) -> Built:
+) -> tuple[Built, str | None]:
     """The one reader behind :func:`load` and :func:`load_predictor`: the model file read as
     data, ``build(config, vocab)`` (anything with ``.model`` and ``.sentence_encoder``), the
     vocabularies checked, the network's weights loaded; every error one
-    :class:`~chaincrf.files.model_files.ModelFileError` naming the file."""
+    :class:`~chaincrf.files.model_files.ModelFileError` naming the file. Returns what ``build``
+    built and the precision the model was trained in (None when the file does not say)."""
     from chaincrf.files.model_files import ModelFileError, read_model
 
     stored = read_model(path, TaggerConfig.field_names(), map_location, allow_targets)
@@ -119,7 +121,7 @@ def _restore(
         built.model.load_state_dict(weights)
     except RuntimeError as error:
         raise ModelFileError(f"{stored.source}: weights do not fit the model: {error}") from None
-    return built
+    return built, stored.precision
 
 
 def save(tagger: Tagger, directory: str | Path) -> Path:
@@ -130,7 +132,9 @@ def save(tagger: Tagger, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(tagger.state_dict(), directory / "weights.pt")
-    config = {"format": BUNDLE_FORMAT, "hparams": dict(tagger.hparams)}
+    config: dict[str, Any] = {"format": BUNDLE_FORMAT, "hparams": dict(tagger.hparams)}
+    if getattr(tagger, "trained_precision", None) is not None:
+        config["precision"] = tagger.trained_precision
     (directory / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     tagger.sentence_encoder.save(directory / "vocab.json")  # the data's one writer
     return directory

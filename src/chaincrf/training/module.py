@@ -54,6 +54,9 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
         results: each stage's last figures (``results["val"]["val/f1"]``).
         confusion: each stage's last (L, L) confusion counts ``[gold, predicted]``.
         trained_tokens: the real tokens training saw in this process.
+        trained_precision: the precision it was trained in (Lightning's name, stored in its
+            checkpoints; None for a model file that predates it): ``chaincrf-eval`` evaluates
+            in it, so that it reproduces the figures the run reported.
 
     Raises:
         ValueError/TypeError: for any inconsistent argument, at construction.
@@ -81,6 +84,7 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
         self.results: dict[str, dict[str, float]] = {}
         self.confusion: dict[str, Tensor] = {}
         self.trained_tokens = 0
+        self.trained_precision: str | None = None
 
     @classmethod
     def from_datamodule(
@@ -188,9 +192,14 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the plateau scheduler's resume value is ReplayPlateauStep's (chaincrf.training.callbacks)
-        checkpoint.setdefault(CHECKPOINT_KEY, {}).update(format=1, vocab=self.vocab)
+        if self._trainer is not None:
+            self.trained_precision = str(self._trainer.precision)
+        stored = checkpoint.setdefault(CHECKPOINT_KEY, {})
+        stored.update(format=1, vocab=self.vocab, precision=self.trained_precision)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get(CHECKPOINT_KEY)
         if stored is not None and stored.get("vocab") is not None:
             self.vocab = stored["vocab"]
+        if stored is not None:
+            self.trained_precision = stored.get("precision")
