@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from chaincrf.cli.data_stats import data_stats
@@ -172,6 +173,25 @@ def test_a_run_folder_as_ckpt_path_names_its_best_checkpoint(tmp_path):
 def test_the_onnx_top_k_refusal_names_engine_torch(onnx_folder):
     cfg = compose_config("predict", [f"ckpt_path={onnx_folder}", f"input={RAW}", "top_k=3"])
     with pytest.raises(ValueError, match=r"best tagging only.*engine=torch"):
+        predict(cfg)
+
+
+@pytest.mark.parametrize(
+    ("device", "engine", "message"),
+    [
+        ("tpu", "torch", r"device must be cpu, cuda or cuda:<index>; got 'tpu'"),
+        ("meta", "torch", r"device must be cpu, cuda or cuda:<index>; got 'meta'"),
+        ("cuda", "onnx", r"device=cuda: the ONNX engine runs on onnxruntime's CPU provider"),
+        pytest.param(
+            "cuda", "torch", r"device=cuda: no CUDA device is available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with a GPU"),
+        ),
+    ],
+)  # fmt: skip
+def test_a_device_the_machine_lacks_is_refused_before_loading(device, engine, message):
+    cfg = compose_config("predict", [f"ckpt_path={CHECKPOINT}", f"input={RAW}",
+                                     f"device={device}", f"engine={engine}"])  # fmt: skip
+    with pytest.raises(ValueError, match=message):
         predict(cfg)
 
 

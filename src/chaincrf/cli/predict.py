@@ -242,6 +242,37 @@ def _column_count(path: Path) -> int:
     return 1
 
 
+def check_device(device: str, engine: str) -> str:
+    """``device=`` checked before anything is read: ``cpu`` (no torch imported for it), or a
+    torch device the machine has (``cuda``, ``cuda:1``), for the PyTorch engine.
+
+    Raises:
+        ValueError: one line naming ``device`` and what is wrong.
+    """
+    if device == "cpu":
+        return device
+    if engine == "onnx":
+        raise ValueError(
+            f"device={device}: the ONNX engine runs on onnxruntime's CPU provider; use "
+            "engine=torch (or leave engine=auto) to tag on the GPU"
+        )
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device must be cpu, cuda or cuda:<index>; got {device!r}") from None
+    if parsed.type != "cuda":
+        raise ValueError(f"device must be cpu, cuda or cuda:<index>; got {device!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device={device}: no CUDA device is available on this machine")
+    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device={device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return device
+
+
 def load(ckpt: Any, engine: str, cfg: DictConfig) -> Any:
     """The predictor for ``engine``: ``onnx`` runs an exported folder's ``model.onnx`` with
     onnxruntime (no torch: :class:`~chaincrf.predict.onnx_predictor.OnnxPredictor`), ``torch``
@@ -265,11 +296,17 @@ def load(ckpt: Any, engine: str, cfg: DictConfig) -> Any:
         )
     if engine == "onnx":
         require_extra("onnxruntime", "export", "chaincrf-predict engine=onnx")
-    if onnx and engine != "torch" and importlib.util.find_spec("onnxruntime") is not None:
+    device = str(cfg.get("device", "cpu"))
+    if (
+        onnx
+        and engine != "torch"
+        and device == "cpu"
+        and importlib.util.find_spec("onnxruntime") is not None
+    ):
         return OnnxPredictor(ckpt)
     from chaincrf.predict.bundle import load_predictor
 
-    return load_predictor(ckpt, allow_targets=allow_targets(cfg))  # torch only
+    return load_predictor(ckpt, device, allow_targets(cfg))  # torch only
 
 
 def warm_up(predictor: Any, items: Iterable[Any], top_k: int) -> Iterable[Any]:
@@ -335,6 +372,7 @@ def predict(cfg: DictConfig) -> PredictSummary:
     if _input_format(cfg) == "text":
         text_encoding(cfg.get("encoding", "utf-8"))
     check_stdio(cfg)
+    check_device(str(cfg.get("device", "cpu")), engine)
     predictor = load(ckpt, engine, cfg)
     predictor.tokenizer = tokenizer
     items, gold = read_input(cfg, predictor.sentence_encoder.feature_columns)
