@@ -6,9 +6,9 @@ kernels, engines) side by side in one process:
 1. warm-up: each entry runs ``warmup`` times, interleaved (compilation, caches, thread pools);
 2. calibration: each entry gets an inner count of calls per sample, so that a sample lasts at
    least ``min_sample_s`` (the timer's and the loop's overhead stay negligible);
-3. repetitions: every repetition times one sample of *every* entry, in the order that
-   :func:`orders` gives for it, until ``max_reps``, or until ``min_reps`` ran and the samples
-   add up to ``budget_s`` per entry;
+3. repetitions: every repetition times one sample of *every* entry (none stops early on a
+   budget of its own: that would change the others' neighbours), in the order :func:`orders`
+   gives it, until ``max_reps``, or until ``min_reps`` ran and ``budget_s`` per entry is spent;
 4. the result per entry: the median seconds per call, with the minimum and the interquartile
    range (the spread).
 
@@ -24,10 +24,8 @@ each entry holds each position equally often and follows each other entry equall
 up to four entries, continues through the remaining permutations in a seeded order. A run whose
 repetitions are a multiple of the square's size (n or 2n) is exactly balanced; a shorter one is
 as close as its length allows.
-
-Entries also stay in every repetition until the end (no entry stops early after its own budget,
-which would change the others' neighbours). On a CUDA device each sample is bracketed by
-``torch.cuda.synchronize()``; nothing CUDA-specific is touched unless the device is ``cuda``.
+On a CUDA device each sample is bracketed by ``torch.cuda.synchronize()``; nothing CUDA-specific
+is touched (or imported) unless the device is ``cuda``.
 
 One machine report, :func:`machine`: a flat dict (date, command line, platform, CPU model,
 cores, torch threads, load average, ``OMP_WAIT_POLICY``, the device and GPU name, the versions
@@ -68,19 +66,14 @@ def orders(names: Sequence[str], seed: int = 0) -> list[tuple[str, ...]]:
         ``orders[r % len(orders)]``.
     """
     n = len(names)
-    first, low, high = [0], 1, n - 1  # Williams: 0, 1, n-1, 2, n-2, ...
-    while len(first) < n:
-        first.append(low)
-        low += 1
-        if len(first) < n:
-            first.append(high)
-            high -= 1
+    first = [(k + 1) // 2 if k % 2 else (n - k // 2) % n for k in range(n)]  # 0, 1, n-1, 2, ...
     square = [tuple((i + r) % n for i in first) for r in range(n)]
     if n % 2:  # an odd n needs the mirrored rows too for each pair to be adjacent equally often
         square += [row[::-1] for row in square]
     cycle = list(dict.fromkeys(square))  # n = 1: one order
     if n <= ALL_PERMUTATIONS_UP_TO:
-        rest = [p for p in itertools.permutations(range(n)) if p not in set(cycle)]
+        seen = set(cycle)
+        rest = [p for p in itertools.permutations(range(n)) if p not in seen]
         random.Random(seed).shuffle(rest)
         cycle += rest
     return [tuple(names[i] for i in row) for row in cycle]
@@ -123,52 +116,39 @@ def time_entries(
         and ``inner``.
     """
     names = list(fns)
+
+    def sample(name: str, calls: int) -> float:
+        """Seconds per call of ``calls`` calls in a row, synchronised at both ends."""
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fns[name]()
+        _sync(device)
+        return (time.perf_counter() - t0) / calls
+
     once = dict.fromkeys(names, math.inf)
     for _ in range(warmup):
         for name in names:
-            _sync(device)
-            t0 = time.perf_counter()
-            fns[name]()
-            _sync(device)
-            once[name] = min(once[name], time.perf_counter() - t0)
-    calls: dict[str, int] = {}
-    for name in names:
-        if inner is not None:
-            calls[name] = inner
-            continue
-        if once[name] < min_sample_s or warmup == 0:  # cheap (or not run yet): a warm call
-            _sync(device)
-            t0 = time.perf_counter()
-            fns[name]()
-            _sync(device)
-            once[name] = min(once[name], time.perf_counter() - t0)
+            once[name] = min(once[name], sample(name, 1))
+    calls = dict.fromkeys(names, inner or 1)
+    for name in names if inner is None else ():
+        if once[name] < min_sample_s or warmup == 0:  # cheap, or not run yet: one warm call
+            once[name] = min(once[name], sample(name, 1))
         calls[name] = max(1, min(1000, math.ceil(min_sample_s / max(once[name], 1e-7))))
     samples: dict[str, list[float]] = {n: [] for n in names}
     cycle, spent = orders(names), 0.0
-    for rep in range(max_reps):
+    for rep in range(max(1, max_reps)):
         if rep >= min_reps and spent >= budget_s * len(names):
             break
         for name in cycle[rep % len(cycle)]:
-            fn, n = fns[name], calls[name]
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            _sync(device)
-            dt = time.perf_counter() - t0
-            spent += dt
-            samples[name].append(dt / n)
+            samples[name].append(sample(name, calls[name]))
+            spent += samples[name][-1] * calls[name]
     out = {}
     for name, s in samples.items():
-        q1, _, q3 = statistics.quantiles(s, n=4) if len(s) > 1 else (s[0], s[0], s[0])
-        out[name] = {
-            "median_s": statistics.median(s),
-            "min_s": min(s),
-            "iqr_s": q3 - q1,
-            "total_s": sum(s) * calls[name],
-            "reps": len(s),
-            "inner": calls[name],
-        }
+        q1, _, q3 = statistics.quantiles(s, n=4) if len(s) > 1 else (s[0],) * 3
+        stats = {"median_s": statistics.median(s), "min_s": min(s), "iqr_s": q3 - q1}
+        n = calls[name]
+        out[name] = {**stats, "total_s": sum(s) * n, "reps": len(s), "inner": n}
     return out
 
 
@@ -200,28 +180,21 @@ def _version(dist: str) -> str:
 
 def _git_head() -> str:
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).resolve().parent,
-            check=False,
-        ).stdout.strip()
+        cwd = Path(__file__).resolve().parent
+        cmd = ["git", "rev-parse", "--short", "HEAD"]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd).stdout.strip() or "none"
     except OSError:
         return "unknown"
-    return head or "none"
 
 
 def machine(
     script: str, argv: Sequence[str] | None = None, device: Any = "cpu", packages=PACKAGES
 ) -> dict[str, Any]:
-    """The machine report: where, when and with what a benchmark ran.
+    """The machine report: where, when and with what a benchmark ran (the module docstring).
 
-    Args:
-        script: the benchmark's ``__file__`` (for the command line).
-        argv: its arguments (default ``sys.argv[1:]``).
-        device: the device timed; for ``cuda`` the GPU's name is added (``cuda_device``).
-        packages: distributions whose versions are listed besides Python and torch.
+    ``script`` is the benchmark's ``__file__`` and ``argv`` its arguments (default
+    ``sys.argv[1:]``); a ``cuda`` device adds the GPU's name (``cuda_device``); ``packages``
+    are the distributions whose versions are listed besides Python's and torch's.
     """
     import torch
 
@@ -237,7 +210,7 @@ def machine(
         "device": str(device),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        **{p: _version(p) for p in packages},
+        **{p: _version(p) for p in packages},  # "not installed" where absent
         "chaincrf_git": _git_head(),
     }
     if str(device).startswith("cuda") and torch.cuda.is_available():
