@@ -5,12 +5,12 @@ kernels, engines) side by side in one process:
 
 1. warm-up: each entry runs ``warmup`` times, interleaved (compilation, caches, thread pools);
 2. calibration: each entry gets an inner count of calls per sample, so that a sample lasts at
-   least ``min_sample_s`` (the timer's and the loop's overhead stay negligible);
+   least ``min_sample_s`` (the timer's and the loop's overhead stay negligible), from one more
+   call where it costs under a quarter of ``budget_s`` (a first call may include compiling);
 3. repetitions: every repetition times one sample of *every* entry (none stops early on a
    budget of its own: that would change the others' neighbours), in the order :func:`orders`
    gives it, until ``max_reps``, or until ``min_reps`` ran and ``budget_s`` per entry is spent;
-4. the result per entry: the median seconds per call, with the minimum and the interquartile
-   range (the spread).
+4. the result per entry: the median seconds per call, the minimum, the interquartile range.
 
 Why the orders: an entry's time depends on what ran just before it (caches left cold by a large
 peer, OpenMP workers still spinning after a 2-thread torch operation). A rotation of one order
@@ -132,7 +132,7 @@ def time_entries(
             once[name] = min(once[name], sample(name, 1))
     calls = dict.fromkeys(names, inner or 1)
     for name in names if inner is None else ():
-        if once[name] < min_sample_s or warmup == 0:  # cheap, or not run yet: one warm call
+        if warmup == 0 or once[name] < max(min_sample_s, budget_s / 4):  # one warm call more
             once[name] = min(once[name], sample(name, 1))
         calls[name] = max(1, min(1000, math.ceil(min_sample_s / max(once[name], 1e-7))))
     samples: dict[str, list[float]] = {n: [] for n in names}
