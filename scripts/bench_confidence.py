@@ -3,21 +3,24 @@
 ``chaincrf.crf.confidence.span_log_probabilities`` (used by ``SequenceTagger.predict``: forward and
 backward messages once per sentence) against the previous formula (``crf.partial_log_likelihood``
 over one masked copy of the sentence per span: O(spans·T·K) memory), on identical inputs in one
-process and one thread, BIOES with its constraints, 4 entity types. Prints the time per call of
-each, their ratio and the largest difference of the probabilities (the old one computes in
-float32, the new one in float64)::
+process and one thread, BIOES with its constraints, 4 entity types, timed side by side by
+``scripts/benchtools.py``. Prints the machine, the median time per call of each, their ratio and
+the largest difference of the probabilities (the old one computes in float32, the new one in
+float64)::
 
     python3 scripts/bench_confidence.py
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import sys
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchtools: a sibling
+import benchtools
 from chaincrf import CRF
 from chaincrf.crf.confidence import continuation_tables, crf_scores, span_log_probabilities
 from chaincrf.data.schemes import allowed_transitions, get_spans
@@ -47,20 +50,13 @@ def old_formula(crf: CRF, em: Tensor, mask: Tensor, paths: Tensor, spans: Tensor
     return crf.partial_log_likelihood(em[rows], allowed, mask[rows], reduction="none")
 
 
-def per_call(function: Callable[[], Tensor], repetitions: int) -> float:
-    function()
-    started = time.perf_counter()
-    for _ in range(repetitions):
-        function()
-    return (time.perf_counter() - started) / repetitions
-
-
 def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     K = len(LABELS)
     crf = CRF(K, batch_first=True, constraints=allowed_transitions("BIOES", LABELS))
     tables = continuation_tables(LABELS)
+    print(benchtools.machine_line(benchtools.machine(__file__)) + "\n")
     print(
         "| batch | length | spans | new ms | old ms | old / new | largest probability difference |"
     )
@@ -87,8 +83,9 @@ def main() -> None:
         def old(em=em, mask=mask, paths=paths, spans=spans) -> Tensor:
             return old_formula(crf, em, mask, paths, spans, tables)
 
-        repetitions = 3 if T >= 1000 else 20
-        new_s, old_s = per_call(new, repetitions), per_call(old, repetitions)
+        reps = 4 if T >= 1000 else 20
+        times = benchtools.time_entries({"new": new, "old": old}, min_reps=reps, max_reps=reps)
+        new_s, old_s = times["new"]["median_s"], times["old"]["median_s"]
         diff = (new().exp() - old().double().exp()).abs().max().item()
         print(
             f"| {B} | {T} | {len(flat)} | {new_s * 1e3:.1f} | {old_s * 1e3:.1f} | "

@@ -3,8 +3,10 @@
 All libraries get identical inputs (emissions, tags, left-aligned mask and the same transition
 parameters) in one process. Before any timing, every cell is cross-checked: log-likelihoods,
 log-partitions, best-path scores and marginals agree to 1e-4 (relative), best paths are identical,
-and emission/transition gradients agree; any disagreement exits non-zero. Timing is interleaved
-(the library order rotates each repetition), follows a warm-up, and reports the median.
+and emission/transition gradients agree; any disagreement exits non-zero (the peers and the
+cross-check: ``scripts/crf_peers.py``, also run by ``tests/test_crf_peers.py``). Timing is
+``scripts/benchtools.py``'s: a warm-up, then repetitions in which every entry runs, in orders
+balanced over which entry precedes which; the median is reported.
 
 Throughput is in tokens per second of real (unpadded) tokens. Ratios are chaincrf's throughput
 divided by pytorch-crf's (``x_pytorch_crf``) and by the fastest peer that ran the cell
@@ -32,10 +34,7 @@ Workloads (what is timed per library):
     viterbi_k5    chaincrf ``viterbi(k=5)`` (no peer offers k-best paths as tensors).
     marginals     chaincrf ``marginals`` (B, T, K) vs torch-struct ``marginals`` (edge marginals).
 
-torch-struct is fed the standard log-potentials (B, T-1, K, K), indexed [to, from]:
-``phi[b, n, j, i] = transitions[i, j] + emissions[b, n + 1, j]``, plus ``start[i] + emissions[b,
-0, i]`` at n = 0 and ``end[j]`` at n = length - 2, with ``lengths``; building them is timed.
-Its log-likelihood is the gold score gathered from ``phi`` minus ``partition``.
+torch-struct is fed the standard log-potentials (``crf_peers.StructCRF``); building them is timed.
 """
 
 from __future__ import annotations
@@ -43,32 +42,37 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import importlib.metadata
-import inspect
 import json
 import math
 import os
-import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchtools, crf_peers: siblings
+import benchtools
 from chaincrf.crf import kernels
+from crf_peers import (
+    LIBS,
+    PEERS,
+    RTOL,
+    Models,
+    chaincrf_class,
+    chaincrf_kwargs,
+    collect_outputs,
+    cross_check,
+    make_inputs,
+    make_models,
+    struct_bytes_estimate,
+    zero_grads,
+)
 
-# torch-struct's distributions predate torch's arg_constraints check
-warnings.filterwarnings("ignore", message=".*does not define `arg_constraints`")
-
-LIBS = ("chaincrf", "pytorch-crf", "torch-struct")
-PEERS = ("pytorch-crf", "torch-struct")
 WORKLOADS = ("nll", "nll+backward", "decode", "viterbi_k5", "marginals")
 # entries (timed callables) per workload; an entry is named after its library, plus a suffix
 # where one library has several ways to produce the same thing.
@@ -93,161 +97,10 @@ GRIDS = {
     "quick": dict(batch=[2], length=[8], tags=[3], workloads=list(WORKLOADS)),
 }
 TARGET_CELLS = {(b, t, k) for b in (1, 32, 128) for t in (32, 128) for k in (5, 9, 50)}
-RTOL = 1e-4
-
-
-class CrossCheckError(RuntimeError):
-    """Raised when the libraries disagree on a cell."""
-
-
-# ---------------------------------------------------------------------------------------------
-# inputs and models
-
-
-@dataclass
-class Inputs:
-    """One benchmark cell's data, shared by every library.
-
-    Attributes:
-        emissions: float tensor (batch, seq_len, num_tags).
-        tags: long tensor (batch, seq_len), gold tags (valid indices in padding too).
-        mask: bool tensor (batch, seq_len), left-aligned; row 0 has full length.
-        lengths: long tensor (batch,).
-        start: float tensor (num_tags,).
-        end: float tensor (num_tags,).
-        transitions: float tensor (num_tags, num_tags), indexed [from, to].
-    """
-
-    emissions: torch.Tensor
-    tags: torch.Tensor
-    mask: torch.Tensor
-    lengths: torch.Tensor
-    start: torch.Tensor
-    end: torch.Tensor
-    transitions: torch.Tensor
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.lengths.sum())
-
-
-def make_inputs(
-    batch: int, length: int, num_tags: int, seed: int = 0, device: str = "cpu"
-) -> Inputs:
-    """Random inputs for one cell; lengths uniform in [length/2, length], the first one = length."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + batch * 10_007 + length * 101 + num_tags)
-    lengths = torch.randint(max(2, length // 2), length + 1, (batch,), generator=gen)
-    lengths[0] = length  # the padded width is exactly `length` (torch-struct needs max == width)
-    mask = torch.arange(length)[None, :] < lengths[:, None]
-    emissions = torch.randn(batch, length, num_tags, generator=gen)
-    tags = torch.randint(0, num_tags, (batch, length), generator=gen)
-    start = torch.randn(num_tags, generator=gen) * 0.5
-    end = torch.randn(num_tags, generator=gen) * 0.5
-    transitions = torch.randn(num_tags, num_tags, generator=gen) * 0.5
-    return Inputs(
-        *(x.to(device) for x in (emissions, tags, mask, lengths, start, end, transitions))
-    )
-
-
-def _chaincrf_class() -> tuple[type | None, str]:
-    try:
-        from chaincrf.crf import CRF
-    except Exception as err:  # the layer may not exist yet, or fail to import
-        return None, f"{type(err).__name__}: {err}"
-    return CRF, ""
-
-
-class StructCRF(torch.nn.Module):
-    """torch-struct's LinearChainCRF fed from emissions + pytorch-crf-style parameters."""
-
-    def __init__(self, num_tags: int) -> None:
-        super().__init__()
-        self.start_transitions = torch.nn.Parameter(torch.zeros(num_tags))
-        self.end_transitions = torch.nn.Parameter(torch.zeros(num_tags))
-        self.transitions = torch.nn.Parameter(torch.zeros(num_tags, num_tags))
-
-    def potentials(self, emissions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Log-potentials (B, T-1, K, K) indexed [batch, step, to, from]."""
-        T = emissions.shape[1]
-        steps = torch.arange(T - 1, device=emissions.device)
-        first = (steps == 0).to(emissions.dtype)[None, :, None, None]  # (1, T-1, 1, 1)
-        last = (steps[None, :] == (lengths - 2)[:, None]).to(emissions.dtype)  # (B, T-1)
-        phi = emissions[:, 1:, :, None] + self.transitions.t()[None, None]  # (B, T-1, K, K)
-        phi = phi + first * (self.start_transitions + emissions[:, 0])[:, None, None, :]
-        return phi + last[:, :, None, None] * self.end_transitions[None, None, :, None]
-
-    def dist(self, emissions: torch.Tensor, lengths: torch.Tensor):
-        import torch_struct
-
-        return torch_struct.LinearChainCRF(self.potentials(emissions, lengths), lengths=lengths)
-
-    def log_likelihood(
-        self, emissions: torch.Tensor, tags: torch.Tensor, lengths: torch.Tensor
-    ) -> torch.Tensor:
-        """Per-sequence log-likelihood (B,)."""
-        import torch_struct
-
-        B, T, K = emissions.shape
-        phi = self.potentials(emissions, lengths)
-        edge_on = torch.arange(1, T, device=emissions.device)[None, :] < lengths[:, None]
-        index = (tags[:, 1:] * K + tags[:, :-1])[..., None]  # (B, T-1, 1): [to, from] flattened
-        gold = (phi.reshape(B, T - 1, K * K).gather(2, index).squeeze(2) * edge_on).sum(1)
-        return gold - torch_struct.LinearChainCRF(phi, lengths=lengths).partition
-
-
-@dataclass
-class Models:
-    chaincrf: Any
-    torchcrf: Any
-    struct: StructCRF
-    inputs: Inputs
-    validate: bool | None = None  # passed to chaincrf calls when not None
-    kernels: tuple[str, ...] = ()  # chaincrf kernels also timed forced (entries chaincrf[k])
-
-
-def _accepts(fn: Callable, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def make_models(inputs: Inputs, chaincrf_cls: type | None, validate: bool | None) -> Models:
-    import torchcrf
-
-    K = inputs.emissions.shape[-1]
-    device = inputs.emissions.device
-    ref = torchcrf.CRF(K, batch_first=True).to(device)
-    with torch.no_grad():
-        ref.start_transitions.copy_(inputs.start)
-        ref.end_transitions.copy_(inputs.end)
-        ref.transitions.copy_(inputs.transitions)
-    struct = StructCRF(K).to(device)
-    struct.load_state_dict(ref.state_dict())
-    ours = None
-    if chaincrf_cls is not None:
-        kwargs = {}
-        if validate is not None and _accepts(chaincrf_cls.__init__, "validate"):
-            kwargs["validate"] = validate
-            validate = None  # set once at construction
-        ours = chaincrf_cls(K, batch_first=True, **kwargs).to(device)
-        ours.load_state_dict(ref.state_dict())  # drop-in: pytorch-crf checkpoints load
-    return Models(ours, ref, struct, inputs, validate)
-
-
-def _ckw(models: Models, fn: Callable) -> dict:
-    if models.validate is not None and _accepts(fn, "validate"):
-        return {"validate": models.validate}
-    return {}
 
 
 # ---------------------------------------------------------------------------------------------
 # workloads
-
-
-def _zero_grads(*tensors: torch.Tensor) -> None:
-    for t in tensors:
-        t.grad = None
 
 
 def workload_fns(models: Models, workload: str, libs: Sequence[str]) -> dict[str, Callable]:
@@ -258,7 +111,7 @@ def workload_fns(models: Models, workload: str, libs: Sequence[str]) -> dict[str
     fns: dict[str, Callable] = {}
     if workload == "nll":
         if ours is not None:
-            kw = _ckw(models, ours.forward)
+            kw = chaincrf_kwargs(models, ours.forward)
 
             def f():
                 with torch.no_grad():
@@ -280,7 +133,7 @@ def workload_fns(models: Models, workload: str, libs: Sequence[str]) -> dict[str
 
         def make(call: Callable, params: Sequence[torch.Tensor]) -> Callable:
             def run():
-                _zero_grads(leaf, *params)
+                zero_grads(leaf, *params)
                 loss = -call()
                 loss.backward()
                 return loss
@@ -288,7 +141,7 @@ def workload_fns(models: Models, workload: str, libs: Sequence[str]) -> dict[str
             return run
 
         if ours is not None:
-            kw = _ckw(models, ours.forward)
+            kw = chaincrf_kwargs(models, ours.forward)
             fns["chaincrf"] = make(
                 lambda: ours(leaf, tags, mask, reduction="sum", **kw), list(ours.parameters())
             )
@@ -300,7 +153,7 @@ def workload_fns(models: Models, workload: str, libs: Sequence[str]) -> dict[str
         )
     elif workload == "decode":
         if ours is not None:
-            kw_d, kw_v = _ckw(models, ours.decode), _ckw(models, ours.viterbi)
+            kw_d, kw_v = chaincrf_kwargs(models, ours.decode), chaincrf_kwargs(models, ours.viterbi)
 
             def f():
                 with torch.no_grad():
@@ -322,7 +175,7 @@ def workload_fns(models: Models, workload: str, libs: Sequence[str]) -> dict[str
         fns["pytorch-crf"], fns["torch-struct"] = g, h
     elif workload == "viterbi_k5":
         if ours is not None:
-            kw = _ckw(models, ours.viterbi)
+            kw = chaincrf_kwargs(models, ours.viterbi)
 
             def f():
                 with torch.no_grad():
@@ -331,7 +184,7 @@ def workload_fns(models: Models, workload: str, libs: Sequence[str]) -> dict[str
             fns["chaincrf"] = f
     elif workload == "marginals":
         if ours is not None:
-            kw = _ckw(models, ours.marginals)
+            kw = chaincrf_kwargs(models, ours.marginals)
 
             def f():
                 with torch.no_grad():
@@ -359,287 +212,6 @@ def _library(entry: str) -> str:
     return entry.split(".")[0].split("[")[0]
 
 
-def struct_bytes_estimate(batch: int, length: int, num_tags: int) -> int:
-    """Rough peak bytes of torch-struct's log-depth scan (the (B, T/2, K, K, K) first merge)."""
-    bin_n = 2 ** math.ceil(math.log2(max(length - 1, 2)))
-    merge = batch * (bin_n // 2) * num_tags**3 * 4
-    charts = batch * bin_n * num_tags**2 * 4
-    return 3 * merge + 6 * charts
-
-
-# ---------------------------------------------------------------------------------------------
-# cross-check
-
-
-def _node_marginals(edge: torch.Tensor) -> torch.Tensor:
-    """(B, T-1, K, K) [to, from] edge marginals -> (B, T, K) node marginals."""
-    return torch.cat([edge[:, :1].sum(-2), edge.sum(-1)], dim=1)
-
-
-def _struct_paths(parts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """(B, T-1, K, K) one-hot argmax edges -> (B, T) tags, -1 past each length."""
-    path = torch.cat([parts[:, :1].sum(-2).argmax(-1), parts.sum(-1).argmax(-1)], dim=1)
-    T = path.shape[1]
-    on = torch.arange(T, device=path.device)[None, :] < lengths[:, None]
-    return path.masked_fill(~on, -1)
-
-
-def _lists_to_tensor(paths: list[list[int]], length: int) -> torch.Tensor:
-    out = torch.full((len(paths), length), -1, dtype=torch.long)
-    for i, p in enumerate(paths):
-        out[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-    return out
-
-
-def collect_outputs(
-    models: Models, libs: Sequence[str], workloads: Sequence[str], with_struct: bool = True
-) -> dict[str, dict[str, Any]]:
-    """Every library's answer, keyed by quantity then library, for `cross_check`.
-
-    The first answer of each quantity, the reference, is pytorch-crf's computed in float64.
-
-    Quantities: ``log_likelihood`` (B,), ``log_partition`` (B,), ``paths`` (B, T) long with -1
-    past each length, ``best_score`` (B,), ``marginals`` (B, T, K), ``grad_emissions`` (B, T, K),
-    ``grad_transitions`` (K, K), ``kbest_scores`` (B, 5) and ``kbest_rescored`` (B, 5).
-    """
-    x = models.inputs
-    em, tags, mask, lengths = x.emissions, x.tags, x.mask, x.lengths
-    _, T, K = em.shape
-    ours, struct = models.chaincrf, models.struct
-    # pytorch-crf in float64 is the reference: its float32 forward drifts on long sequences
-    # (at T=10,000 its transition gradients are off by ~2% where chaincrf's agree to 1e-7)
-    ref = copy.deepcopy(models.torchcrf).double()
-    use = {lib: lib in libs for lib in LIBS}
-    use["chaincrf"] = use["chaincrf"] and ours is not None
-    use["torch-struct"] = use["torch-struct"] and with_struct
-    out: dict[str, dict[str, Any]] = {}
-
-    em64 = em.double()
-
-    def put(quantity: str, lib: str, value: Any) -> None:
-        out.setdefault(quantity, {})[lib] = (
-            value.detach().cpu() if torch.is_tensor(value) else value
-        )
-
-    def ref_score(paths: torch.Tensor) -> torch.Tensor:
-        """pytorch-crf's unnormalised score of given paths (B,) (padding -1 -> 0)."""
-        with torch.no_grad():
-            norm = ref._compute_normalizer(em64.transpose(0, 1), mask.transpose(0, 1))
-            return ref(em64, paths.clamp(min=0).to(em.device), mask, reduction="none") + norm
-
-    with torch.no_grad():
-        put("log_likelihood", "pytorch-crf", ref(em64, tags, mask, reduction="none"))
-        put(
-            "log_partition",
-            "pytorch-crf",
-            ref._compute_normalizer(em64.transpose(0, 1), mask.transpose(0, 1)),
-        )
-        ref_paths = _lists_to_tensor(models.torchcrf.decode(em, mask), T)  # native float32
-        put("paths", "pytorch-crf", ref_paths)
-        put("best_score", "pytorch-crf", ref_score(ref_paths))
-        if use["chaincrf"]:
-            kw = _ckw(models, ours.forward)
-            put("log_likelihood", "chaincrf", ours(em, tags, mask, reduction="none", **kw))
-            put("log_partition", "chaincrf", ours.log_partition(em, mask))
-            put("paths", "chaincrf", _lists_to_tensor(ours.decode(em, mask), T))
-            paths, scores = ours.viterbi(em, mask)
-            put("paths", "chaincrf.viterbi", paths)
-            put("best_score", "chaincrf.viterbi", scores)
-            put("best_score", "chaincrf path rescored in float64", ref_score(paths))
-            if "viterbi_k5" in workloads:
-                kpaths, kscores = ours.viterbi(em, mask, k=5)
-                put("kbest_scores", "chaincrf", kscores)
-                # where the two best scores tie in float32, either tied path is the best one
-                top = kpaths[:, 0].clone()
-                tied = (kscores[:, 0] == kscores[:, 1]) & (kpaths[:, 1] == ref_paths).all(1)
-                top[tied] = kpaths[tied, 1]
-                put("paths", "chaincrf.viterbi_k5[0] (float32 ties accepted)", top)
-                put("best_score", "chaincrf.viterbi_k5[0]", kscores[:, 0])
-                finite = torch.isfinite(kscores.cpu())
-                rescored = torch.stack([ref_score(kpaths[:, j]).cpu() for j in range(5)], 1)
-                put(
-                    "kbest_scores",
-                    "chaincrf (paths rescored by pytorch-crf)",
-                    torch.where(finite, rescored, kscores.cpu()),
-                )
-            if "marginals" in workloads:
-                put("marginals", "chaincrf", ours.marginals(em, mask))
-    if use["torch-struct"]:
-        put("log_likelihood", "torch-struct", struct.log_likelihood(em, tags, lengths))
-        dist = struct.dist(em.detach(), lengths)
-        put("log_partition", "torch-struct", dist.partition)
-        put("best_score", "torch-struct", dist.max)
-        put("paths", "torch-struct", _struct_paths(dist.argmax, lengths))
-        put(
-            "best_score",
-            "torch-struct path rescored in float64",
-            ref_score(_struct_paths(dist.argmax, lengths)),
-        )
-        if "marginals" in workloads:
-            put("marginals", "torch-struct", _node_marginals(dist.marginals))
-        B_, T_, K_ = em.shape
-        small = struct_bytes_estimate(B_, T_, K_) * 25 <= 2**30  # k-max costs k^2 more memory
-        if "viterbi_k5" in workloads and use["chaincrf"] and K**2 >= 5 and small:
-            # torch-struct's k-max returns the 5 best scores; rows with < 5 paths are skipped
-            put("kbest_scores", "torch-struct", dist.kmax(5).transpose(0, 1))
-    if "nll+backward" in workloads:
-        grads = {}
-        for lib, model, call in (
-            ("pytorch-crf", ref, lambda e: ref(e.double(), tags, mask, reduction="sum")),
-            ("chaincrf", ours, lambda e: ours(e, tags, mask, reduction="sum")),
-            ("torch-struct", struct, lambda e: struct.log_likelihood(e, tags, lengths).sum()),
-        ):
-            if not use[lib]:
-                continue
-            leaf = em.detach().clone().requires_grad_(True)
-            _zero_grads(*model.parameters())
-            call(leaf).backward()
-            grads[lib] = (leaf.grad, model.transitions.grad)
-            _zero_grads(*model.parameters())
-        for lib, (g_em, g_tr) in grads.items():
-            put("grad_emissions", lib, g_em)
-            put("grad_transitions", lib, g_tr)
-    out["_lengths"] = {"": lengths.cpu()}
-    return out
-
-
-def cross_check(outputs: dict[str, dict[str, Any]], rtol: float = RTOL) -> list[str]:
-    """Compare every library's answer with the first one listed; return the disagreements.
-
-    Real numbers agree when ``|a - b| <= rtol * max(1, |b|)`` elementwise (marginals and
-    gradients: ``rtol`` absolute, scaled by the largest magnitude); paths must be identical.
-    An empty list means all agree.
-    """
-    problems: list[str] = []
-    lengths = outputs.get("_lengths", {}).get("")
-    for quantity, by_lib in outputs.items():
-        if quantity.startswith("_") or len(by_lib) < 1:
-            continue
-        names = list(by_lib)
-        base_name, base = names[0], by_lib[names[0]]
-        for name in names:
-            value = by_lib[name]
-            if quantity == "paths":
-                if lengths is not None and value.shape == base.shape:
-                    T = value.shape[1]
-                    on = torch.arange(T)[None, :] < lengths[:, None]
-                    bad_pad = (value[~on] != -1).any()
-                    if bad_pad:
-                        problems.append(f"paths: {name} has non -1 entries past the lengths")
-                if value.shape != base.shape or not torch.equal(value, base):
-                    rows = (
-                        (value != base).any(1).nonzero().flatten().tolist()
-                        if value.shape == base.shape
-                        else "shape"
-                    )
-                    problems.append(f"paths: {name} differs from {base_name} (rows {rows})")
-                continue
-            if quantity == "kbest_scores":
-                other = by_lib[name]
-                if name != base_name:
-                    fin = torch.isfinite(base) & torch.isfinite(other)
-                    if (
-                        not torch.equal(torch.isfinite(base), torch.isfinite(other))
-                        and name != "torch-struct"
-                    ):
-                        problems.append(f"kbest_scores: {name} -inf pattern differs")
-                    base_f, other_f = base[fin], other[fin]
-                else:
-                    sorted_ok = (
-                        base[:, :-1] >= base[:, 1:] - 1e-4 * base.abs()[:, 1:].clamp(min=1)
-                    ) | ~torch.isfinite(base[:, 1:])
-                    if not bool(sorted_ok.all()):
-                        problems.append(f"kbest_scores: {name} not in descending order")
-                    continue
-            else:
-                base_f, other_f = base.double(), value.double()
-                if base_f.shape != other_f.shape:
-                    problems.append(
-                        f"{quantity}: {name} shape {tuple(other_f.shape)} != "
-                        f"{base_name} shape {tuple(base_f.shape)}"
-                    )
-                    continue
-            base_f, other_f = base_f.double(), other_f.double()
-            if quantity in ("marginals", "grad_emissions", "grad_transitions"):
-                scale = max(1.0, float(base_f.abs().max())) if base_f.numel() else 1.0
-                tol = rtol * scale
-                err = (base_f - other_f).abs()
-            else:
-                tol = rtol * base_f.abs().clamp(min=1.0)
-                err = (base_f - other_f).abs()
-            if (err.numel() and not bool((err <= tol).all())) or bool(other_f.isnan().any()):
-                worst = float(err.max()) if err.numel() else float("nan")
-                problems.append(
-                    f"{quantity}: {name} differs from {base_name} (max abs diff {worst:.3g})"
-                )
-    if "marginals" in outputs and lengths is not None:
-        for name, m in outputs["marginals"].items():
-            T = m.shape[1]
-            on = torch.arange(T)[None, :] < lengths[:, None]
-            sums = m.double().sum(-1)
-            if not bool(((sums - on.double()).abs() <= 1e-4).all()):
-                problems.append(f"marginals: {name} rows do not sum to 1 on / 0 off the mask")
-    return problems
-
-
-# ---------------------------------------------------------------------------------------------
-# timing
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(
-    fns: dict[str, Callable],
-    device: torch.device,
-    min_reps: int,
-    max_reps: int,
-    budget_s: float,
-    min_sample_s: float = 0.005,
-) -> dict[str, dict[str, float]]:
-    """Median seconds per call of each callable, timed interleaved with a rotating order.
-
-    Each callable is warmed up, then repeated in samples of ``inner`` calls (chosen so a
-    sample lasts ``min_sample_s``) until it has ``min_reps`` samples and ``budget_s`` seconds,
-    or ``max_reps`` samples.
-    """
-    names = list(fns)
-    inner, spent, samples = {}, dict.fromkeys(names, 0.0), {n: [] for n in names}
-    for name in names:  # warm-up, then one timed call to size the samples
-        t0 = time.perf_counter()
-        fns[name]()
-        _sync(device)
-        once = time.perf_counter() - t0
-        if once < budget_s / 4:  # cheap enough for a second, warmer calibration call
-            t0 = time.perf_counter()
-            fns[name]()
-            _sync(device)
-            once = time.perf_counter() - t0
-        inner[name] = max(1, min(1000, math.ceil(min_sample_s / max(once, 1e-7))))
-        spent[name] += once
-    for rep in range(max_reps):
-        order = names[rep % len(names) :] + names[: rep % len(names)]
-        active = [n for n in order if len(samples[n]) < min_reps or spent[n] < budget_s]
-        if not active:
-            break
-        for name in active:
-            fn, n = fns[name], inner[name]
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            _sync(device)
-            dt = time.perf_counter() - t0
-            spent[name] += dt
-            samples[name].append(dt / n)
-    return {
-        n: {"median_s": statistics.median(s), "min_s": min(s), "reps": len(s), "inner": inner[n]}
-        for n, s in samples.items()
-    }
-
-
 # ---------------------------------------------------------------------------------------------
 # memory and long sequences
 
@@ -661,7 +233,7 @@ def _vm_hwm_kib() -> int:
 def memory_child(lib: str, batch: int, length: int, num_tags: int, device: str) -> dict:
     """Peak extra memory of one nll+backward call, measured in this (fresh) process."""
     x = make_inputs(batch, length, num_tags, device=device)
-    cls, _ = _chaincrf_class()
+    cls, _ = chaincrf_class()
     models = make_models(x, cls if lib == "chaincrf" else None, None)
     fn = workload_fns(models, "nll+backward", [lib])[lib]
     dev = torch.device(device)
@@ -726,22 +298,9 @@ def measure_memory(
                 }
             )
             continue
-        cmd = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--memory-child",
-            lib,
-            "--batch",
-            str(batch),
-            "--length",
-            str(length),
-            "--tags",
-            str(num_tags),
-            "--device",
-            device,
-            "--threads",
-            str(torch.get_num_threads()),
-        ]
+        sizes = f"--batch {batch} --length {length} --tags {num_tags} --device {device}"
+        cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", lib, *sizes.split()]
+        cmd += ["--threads", str(torch.get_num_threads())]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             rows.append({"lib": lib, "error": proc.stderr.strip().splitlines()[-1:]})
@@ -779,7 +338,7 @@ def long_check(
         )
         for wl in ("nll+backward", "decode"):
             fns = workload_fns(models, wl, ["chaincrf", "pytorch-crf"])
-            t = time_interleaved(fns, torch.device(device), 1, 1, 0.0)
+            t = benchtools.time_entries(fns, device=device, min_reps=1, max_reps=1, inner=1)
             res[wl] = {n: round(v["median_s"], 4) for n, v in t.items()}
     except Exception as err:  # report, do not hide
         res["error"] = f"{type(err).__name__}: {err}"
@@ -788,54 +347,6 @@ def long_check(
 
 # ---------------------------------------------------------------------------------------------
 # report
-
-
-def machine_info(threads: int) -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-
-    def version(dist: str) -> str:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": threads,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "chaincrf": version("chaincrf"),
-        "pytorch-crf": version("pytorch-crf"),
-        "torch-struct": version("torch-struct"),
-        "platform": platform.platform(),
-        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset"),
-    }
-    try:
-        info["chaincrf_git"] = (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                cwd=Path(__file__).resolve().parent,
-                check=False,
-            ).stdout.strip()
-            or "none"
-        )
-    except OSError:
-        info["chaincrf_git"] = "unknown"
-    if torch.cuda.is_available():
-        info["cuda_device"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def add_ratios(cell: dict) -> None:
@@ -908,20 +419,13 @@ def _fmt_tps(v: float | None) -> str:
 
 
 def to_markdown(report: dict) -> str:
-    m = report["machine"]
     lines = ["# CRF benchmark: chaincrf vs pytorch-crf vs torch-struct", ""]
     lines += [
-        f"- Machine: {m['cpu']}, {m['cores']} cores visible, torch threads {m['torch_threads']}"
-        + (f", GPU {m['cuda_device']}" if "cuda_device" in m else ""),
-        f"- Versions: python {m['python']}, torch {m['torch']}, chaincrf {m['chaincrf']} "
-        f"(git {m.get('chaincrf_git')}), pytorch-crf {m['pytorch-crf']}, "
-        f"torch-struct {m['torch-struct']}",
-        f"- Load average (1/5/15 min) when the report was written: "
-        f"{m['load_average_1_5_15']}; OMP_WAIT_POLICY={m['OMP_WAIT_POLICY']}",
-        f"- Command: `{report['command']}`",
+        benchtools.machine_markdown(report["machine"]),
         f"- Settings: float32, lengths uniform in [T/2, T] (first row = T), seed "
         f"{report['settings']['seed']}, warm-up then median of {report['settings']['min_reps']}–"
-        f"{report['settings']['max_reps']} interleaved repetitions (budget "
+        f"{report['settings']['max_reps']} repetitions of every entry, orders balanced "
+        f"(scripts/benchtools.py; budget "
         f"{report['settings']['budget_s']} s per entry per cell); tokens/s counts real tokens.",
         f"- Cross-check before timing: {report['cross_check']}",
         "",
@@ -1123,7 +627,9 @@ def run_cell(
                 n: torch.compile(f) if _library(n) in ("chaincrf", "pytorch-crf") else f
                 for n, f in fns.items()
             }
-        timings = time_interleaved(fns, torch.device(device), args.min_reps, args.reps, args.budget)
+        timings = benchtools.time_entries(
+            fns, device=device, min_reps=args.min_reps, max_reps=args.reps, budget_s=args.budget
+        )
         cell["workloads"][wl] = {
             "entries": {
                 n: {**t, "tokens_per_s": x.num_tokens / t["median_s"]} for n, t in timings.items()
@@ -1168,7 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         bench_fused.report_first_calls()
         return 0
-    chaincrf_cls, why = _chaincrf_class()
+    chaincrf_cls, why = chaincrf_class()
     notes = []
     if args.compile:
         notes.append(
@@ -1207,14 +713,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     cells.append(cell)
                     print(_progress_line(cell), file=sys.stderr, flush=True)
     report: dict[str, Any] = {
-        "command": (
-            "OMP_WAIT_POLICY=" + os.environ["OMP_WAIT_POLICY"] + " "
-            if "OMP_WAIT_POLICY" in os.environ
-            else ""
-        )
-        + "python "
-        + " ".join([os.path.relpath(__file__), *(sys.argv[1:] if argv is None else argv)]),
-        "machine": machine_info(torch.get_num_threads()),
+        "command": benchtools.command_line(__file__, argv),
+        "machine": benchtools.machine(__file__, argv, "cuda" if "cuda" in args.device else "cpu"),
         "settings": {
             "seed": args.seed,
             "min_reps": args.min_reps,

@@ -8,8 +8,9 @@ Every section writes its rows to one JSON report (``--json``) and prints a Markd
   process, float32. Each library's log-likelihood and gradients are first checked against a
   float64 reference (chaincrf's eager kernel in float64 where T <= 128, its Triton kernels in
   float64 beyond: both tested against brute force), so a failure names the wrong side. Times
-  are wall-clock per call (host included: what a training loop sees), median of repeated
-  blocks after a warm-up. Each cell prints its floor: bytes moved / 4.8 TB/s, and the
+  are wall-clock per call (host included: what a training loop sees), the libraries timed
+  side by side by ``scripts/benchtools.py`` (warm-up, then blocks of calls synchronised at
+  their ends, in balanced orders; the median). Each cell prints its floor: bytes moved / 4.8 TB/s, and the
   serial-step floor T x ``--step-ns``.
 * ``long``: float32 against float64 (eager kernel) at T = 512, 4,096 and 10,000: log Z, the
   log-likelihood, the emissions' and transitions' gradients and the marginals.
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 import warnings
@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchtools, crf_peers: siblings
+import benchtools
 from chaincrf import CRF
 
 BANDWIDTH = 4.8e12  # bytes/s, the H200's HBM3e
@@ -50,26 +52,20 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def side_by_side(
+    fns: dict[str, Callable[[], object]], budget: float = 0.15, min_reps: int = 3
+) -> dict[str, float]:
+    """Median seconds per call of each callable, timed side by side (benchtools.time_entries:
+    blocks of about 20 ms, synchronised at their ends; ``budget`` seconds per callable)."""
+    times = benchtools.time_entries(
+        fns, device=DEVICE, min_reps=min_reps, max_reps=15, budget_s=budget, min_sample_s=0.02
+    )
+    return {name: t["median_s"] for name, t in times.items()}
+
+
 def timed(fn: Callable[[], object], budget: float = 0.15, min_reps: int = 3) -> float:
-    """Median seconds per call over blocks of calls, after a warm-up (wall clock, synchronised
-    at each block's ends)."""
-    fn()
-    _sync()
-    t0 = time.perf_counter()
-    fn()
-    _sync()
-    one = max(time.perf_counter() - t0, 1e-6)
-    per_block = max(1, min(200, int(0.02 / one)))
-    blocks = max(min_reps, min(15, int(budget / (one * per_block))))
-    samples = []
-    for _ in range(blocks):
-        _sync()
-        t0 = time.perf_counter()
-        for _ in range(per_block):
-            fn()
-        _sync()
-        samples.append((time.perf_counter() - t0) / per_block)
-    return statistics.median(samples)
+    """Median seconds per call of one callable (:func:`side_by_side`)."""
+    return side_by_side({"fn": fn}, budget, min_reps)["fn"]
 
 
 def inputs(B: int, T: int, K: int, seed: int):
@@ -127,8 +123,8 @@ def torchcrf_nll(peer, em, tags, mask):
 
 def torchstruct_nll(crf: CRF, em, tags, mask):
     """torch-struct's LinearChainCRF on the standard potentials (built inside the timed call,
-    :class:`bench_crf.StructCRF`)."""
-    from bench_crf import StructCRF
+    :class:`crf_peers.StructCRF`)."""
+    from crf_peers import StructCRF
 
     peer = StructCRF(crf.num_tags).to(DEVICE)
     peer.load_state_dict({k: v.float() for k, v in crf.state_dict().items()})
@@ -169,6 +165,7 @@ def section_grid(args, report: dict) -> None:
                         runs["torch-struct"] = torchstruct_nll(crf, em, tags, mask)
                     except Exception as error:
                         row["torch-struct_error"] = type(error).__name__
+                checked = {}
                 for name, (run, params) in runs.items():
                     try:
                         got = grads_of(run, params)
@@ -177,16 +174,18 @@ def section_grid(args, report: dict) -> None:
                         torch.cuda.empty_cache()
                         continue
                     row[f"{name}_check"] = _compare(got, want, tokens)
-                    row[f"{name}_nll_us"] = timed(run) * 1e6
+                    checked[name] = run
+                for name, seconds in side_by_side(checked).items():
+                    row[f"{name}_nll_us"] = seconds * 1e6
                 with torch.no_grad():
-                    row["chaincrf_viterbi_us"] = (
-                        timed(lambda: crf.viterbi(em, mask, validate=False)) * 1e6
-                    )
+                    decoders = {"chaincrf": lambda: crf.viterbi(em, mask, validate=False)}
                     if "pytorch-crf" in peers and args.max_peer_decode >= B * T:
                         peer = torchcrf_layer(crf)
-                        row["pytorch-crf_decode_us"] = (
-                            timed(lambda: peer.decode(em, mask), budget=0.1, min_reps=1) * 1e6
-                        )
+                        decoders["pytorch-crf"] = lambda: peer.decode(em, mask)
+                    decode_s = side_by_side(decoders, budget=0.1, min_reps=1)
+                    row["chaincrf_viterbi_us"] = decode_s["chaincrf"] * 1e6
+                    if "pytorch-crf" in decoders:
+                        row["pytorch-crf_decode_us"] = decode_s["pytorch-crf"] * 1e6
                         want_paths = peer.decode(em, mask)
                         got = crf.decode(em, mask)
                         row["decode_equal"] = got == want_paths
@@ -478,8 +477,10 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {
         "device": torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu",
         "torch": torch.__version__,
-        "command": " ".join(sys.argv),
+        "command": benchtools.command_line(__file__, argv),
+        "machine": benchtools.machine(__file__, argv, DEVICE),
     }
+    print(benchtools.machine_line(report["machine"]), flush=True)
     failed = []
     for name in args.sections:
         t0 = time.perf_counter()

@@ -5,8 +5,9 @@ Every library gets identical float32 inputs (emissions, gold tags, a left-aligne
 lengths uniform in [T/2, T] and the first row full, and the same transition parameters). Before
 any timing each cell is cross-checked: negative log-likelihoods agree to 1e-4 (relative), so do
 the emission and transition gradients and the scores of the decoded paths; a disagreement exits
-non-zero. Timing: a warm-up, then repetitions with the entries interleaved (a new random
-order every repetition); the median is reported.
+non-zero. Timing is ``scripts/benchtools.py``'s: a warm-up, then repetitions in which every
+entry runs, in orders that cycle through all permutations of the entries; the median is
+reported.
 
 Workloads:
     nll+backward  summed negative log-likelihood, then ``backward()`` into the emissions and the
@@ -30,27 +31,29 @@ kernel); torch's own first-call cost of custom ops (importing ``torch._dynamo``)
 ``--tuning`` measures the fused kernels' thresholds (``chaincrf.crf.plan.FUSED``): the layer
 with the fused kernels forced, each size with its rows split over the torch threads and not
 (``split_min_btkk*``), and the emissions' exp by one compiled loop against torch's
-(``numba_exp_max_btk``); the two settings of each pair alternate, minimum of the medians.
+(``numba_exp_max_btk``); the two settings of each pair are timed side by side (benchtools),
+medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.metadata
-import itertools
 import json
 import math
 import os
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchtools: a sibling
+import benchtools
 
 WORKLOADS = ("nll+backward", "decode")
 KERNEL_ENTRIES = ("eager", "fused", "auto")  # CRF(kernel=...)
@@ -177,36 +180,18 @@ def cross_check(x: dict[str, torch.Tensor], workload: str, outs: dict[str, objec
     return f"{differing} row(s) differ on float32 near-ties" if differing else ""
 
 
-def time_cell(entries: dict[str, Callable], reps: int, warmup: int) -> dict[str, float]:
-    """Median seconds per entry, interleaved, each repetition in another order: the orders
-    are all permutations of the entries (in a seeded random sequence), so over 24 repetitions
-    of 4 entries each entry runs after every other one equally often. An entry's time depends
-    on what ran before it (cold caches after a long peer, OpenMP workers spinning after
-    2-thread torch operations): a rotation, which keeps one cyclic order, or one random order,
-    favours some entries."""
-    for _ in range(warmup):
-        for fn in entries.values():
-            fn()
-    names = list(entries)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    orders = list(itertools.permutations(names))
-    random.Random(0).shuffle(orders)
-    for rep in range(reps):
-        for name in orders[rep % len(orders)]:
-            start = time.perf_counter()
-            entries[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def reps_for(entries: dict[str, Callable], budget_s: float, max_reps: int) -> int:
-    """As many repetitions as fit ``budget_s`` per cell, from one timed call each, but never
-    fewer than 24 (every order of four entries once; see time_cell) unless ``max_reps`` is."""
-    start = time.perf_counter()
-    for fn in entries.values():
-        fn()
-    once = time.perf_counter() - start
-    return min(max_reps, max(24, int(budget_s / max(once, 1e-6))))
+def time_cell(entries: dict[str, Callable], args: argparse.Namespace) -> dict[str, float]:
+    """Median seconds per call of each entry (benchtools.time_entries): at least 24
+    repetitions (every order of the four entries once) unless ``--reps`` is fewer, more while
+    ``--budget`` lasts."""
+    times = benchtools.time_entries(
+        entries,
+        warmup=args.warmup,
+        min_reps=min(24, args.reps),
+        max_reps=args.reps,
+        budget_s=args.budget / len(entries),
+    )
+    return {name: t["median_s"] for name, t in times.items()}
 
 
 def markdown(workload: str, rows: list[tuple]) -> str:
@@ -263,23 +248,10 @@ TUNING_SIZES = ((8, 32, 9), (32, 32, 5), (128, 32, 5), (32, 128, 5), (32, 128, 9
 EXP_SIZES = ((1, 32, 5), (1, 128, 9), (8, 32, 9), (1, 128, 50), (32, 32, 9), (4, 128, 50))
 
 
-def _median_us(fn: Callable, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
-
-
-def _pair(a: Callable, b: Callable, reps: int, rounds: int = 3) -> tuple[float, float]:
-    """Medians of a and b, alternated over rounds; the lowest of each."""
-    ta, tb = [], []
-    for _ in range(rounds):
-        ta.append(_median_us(a, reps))
-        tb.append(_median_us(b, reps))
-    return min(ta), min(tb)
+def _pair(a: Callable, b: Callable) -> tuple[float, float]:
+    """Median microseconds per call of a and b, timed side by side (benchtools)."""
+    t = benchtools.time_entries({"a": a, "b": b}, min_reps=10, max_reps=40, budget_s=0.3)
+    return t["a"]["median_s"] * 1e6, t["b"]["median_s"] * 1e6
 
 
 def report_tuning() -> None:
@@ -308,7 +280,6 @@ def report_tuning() -> None:
 
         row = [str(B), str(T), str(K), f"{B * T * K * K:,}"]
         for fn in (nll, decode):
-            reps = max(5, min(200, int(0.3 / max(_median_us(fn, 3) * 1e-6, 1e-6))))
 
             def setting(value: int, fn: Callable = fn) -> Callable:
                 def run() -> None:
@@ -317,7 +288,7 @@ def report_tuning() -> None:
 
                 return run
 
-            one, two = _pair(setting(never), setting(always), reps)
+            one, two = _pair(setting(never), setting(always))
             row += [f"{one:.0f}", f"{two:.0f}", f"{one / two:.2f}"]
         print("| " + " | ".join(row) + " |", flush=True)
     print("\n### the emissions' exp: one compiled loop against torch's vectorised exp\n")
@@ -332,7 +303,7 @@ def report_tuning() -> None:
 
             return run
 
-        loop, vectorised = _pair(exp_with(never), exp_with(always), 300)
+        loop, vectorised = _pair(exp_with(never), exp_with(always))
         print(f"| {B} | {T} | {K} | {B * T * K:,} | {loop:.1f} | {vectorised:.1f} |", flush=True)
 
 
@@ -346,7 +317,8 @@ def report_first_calls() -> None:
                 env=env, check=True, capture_output=True, text=True,
             ).stdout  # fmt: skip
             runs[phase] = json.loads(out.strip().splitlines()[-1])
-    print(f"### first call (s), fresh NUMBA_CACHE_DIR; load average {os.getloadavg()[0]:.2f}\n")
+    print(benchtools.machine_line(benchtools.machine(__file__)))
+    print("\n### first call (s), fresh NUMBA_CACHE_DIR\n")
     print("| call | cold (compile) | warm (cache) |\n|---|---:|---:|")
     for name in runs["cold"]:
         print(f"| {name} | {runs['cold'][name]:.2f} | {runs['warm'][name]:.2f} |")
@@ -376,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.tuning:
         torch.set_num_threads(args.threads)
+        print(benchtools.machine_line(benchtools.machine(__file__, argv)) + "\n")
         report_tuning()
         return
 
@@ -384,13 +357,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if not crf_fused.available():
         sys.exit("numba is not importable: pip install numba")
-    versions = {p: importlib.metadata.version(p) for p in ("torch", "numba", "pytorch-crf")}
-    print(
-        f"# bench_fused: {', '.join(f'{k} {v}' for k, v in versions.items())}; "
-        f"{args.threads} torch threads, {os.cpu_count()} CPUs, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
-        f"load average at start {os.getloadavg()[0]:.2f}\n"
-    )
+    print(benchtools.machine_line(benchtools.machine(__file__, argv)) + "\n")
     for workload in args.workloads:
         rows = []
         for B in args.batch:
@@ -399,8 +366,7 @@ def main(argv: list[str] | None = None) -> None:
                     x = make_inputs(B, T, K)
                     entries = make_entries(x, workload)
                     note = cross_check(x, workload, {n: fn() for n, fn in entries.items()})
-                    reps = reps_for(entries, args.budget, args.reps)
-                    times = time_cell(entries, reps, args.warmup)
+                    times = time_cell(entries, args)
                     rows.append(((B, T, K), times, planner_choice(x, workload), note))
         print(markdown(workload, rows) + "\n", flush=True)
     print(f"load average at end {os.getloadavg()[0]:.2f}")

@@ -2,8 +2,10 @@
 
 One trained checkpoint (``--model``, e.g. ``experiment=conll2003_ner``: word 100 + character
 CNN 30 + BiLSTM 200 + CRF) is exported to TorchScript, ONNX and int8 ONNX in a temporary
-folder, and each engine tags all of ``eng.testa`` in the same process, interleaved round by
-round (the machine is shared and noisy), with ``--threads`` intra-op threads each:
+folder, and each engine tags all of ``eng.testa`` in the same process, with ``--threads``
+intra-op threads each, timed side by side by ``scripts/benchtools.py`` (the machine is shared
+and noisy): a warm-up pass, then ``--rounds`` rounds in which every engine makes one pass, in
+balanced orders; tokens/s is dev's tokens over an engine's median pass:
 
 - ``plain loop``: the plain PyTorch + pytorch-crf network of ``scripts/bench_train.py`` (same
   sizes, random weights: speed does not depend on them), batches of 32 random sentences padded
@@ -27,16 +29,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchtools
 from bench_train import Baseline, data_root  # the plain loop, as bench_train's
 
 
@@ -161,16 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     rows = {**model_rows, **end_to_end}
-    seconds = {name: 0.0 for name in rows}
-    for fn in rows.values():  # warm-up (kernels loaded, sessions initialised)
-        fn()
-    for round_ in range(args.rounds):
-        names = list(rows) if round_ % 2 == 0 else list(reversed(rows))
-        for name in names:
-            start = time.perf_counter()
-            rows[name]()
-            seconds[name] += time.perf_counter() - start
-        print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
+    # the warm-up pass loads kernels and initialises the sessions
+    times = benchtools.time_entries(
+        rows, inner=1, min_reps=args.rounds, max_reps=args.rounds, budget_s=math.inf
+    )
+    seconds = {name: t["median_s"] for name, t in times.items()}
 
     scores = {
         "chaincrf eager PyTorch": f1_score(gold, [t.tags for t in end_to_end[
@@ -196,13 +194,14 @@ def main(argv: list[str] | None = None) -> int:
                 predictor.model.emissions(batch)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
 
-    base = n_tokens * args.rounds / seconds["plain PyTorch + pytorch-crf loop (batches of 32)"]
+    base = n_tokens / seconds["plain PyTorch + pytorch-crf loop (batches of 32)"]
+    print(benchtools.machine_line(benchtools.machine(__file__, argv)))
     print(f"\nCoNLL-2003 dev: {len(sentences)} sentences, {n_tokens} tokens; {args.rounds} rounds, "
           f"{args.threads} thread(s); model {args.model}\n")  # fmt: skip
     print("| engine | tokens/s | vs plain loop | dev span F1 |")
     print("|---|---:|---:|---:|")
     for name in rows:
-        rate = n_tokens * args.rounds / seconds[name]
+        rate = n_tokens / seconds[name]
         f1 = scores.get(name)
         f1_text = f"{100 * f1:.2f}" if f1 is not None else "–"
         print(f"| {name} | {rate:,.0f} | {rate / base:.2f}x | {f1_text} |")

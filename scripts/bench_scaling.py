@@ -7,7 +7,9 @@ or NCCL on GPUs), one after the other in the same script, and what N does to the
 Each configuration is a real ``chaincrf-train`` run (torchrun for N > 1, ``trainer=torchrun``);
 the table gives training tokens/s over all processes (fit, dev evaluation and checkpointing
 included: ``metrics.json``'s ``train_tokens_per_s``), the ratio to 1 process and the best dev
-score after the same number of epochs. Each process has one intra-op thread.
+score after the same number of epochs. Each process has one intra-op thread. The runs are whole
+trainings one after the other, not timed side by side; the machine report
+(``scripts/benchtools.py``) heads the table and the JSON (``{"machine": ..., "runs": [...]}``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchtools: a sibling
+import benchtools
 
 
 def run(procs: int, epochs: int, overrides: list[str], out: Path, port: int) -> dict:
@@ -52,6 +57,8 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="chaincrf-scaling-"))
     results = [run(p, args.epochs, args.overrides, out, 29600 + p) for p in args.procs]
     base = results[0]["train_tokens_per_s"]
+    machine = benchtools.machine(__file__)
+    print(benchtools.machine_line(machine))
     print(f"{' '.join(args.overrides)}, {args.epochs} epochs; run folders in {out}")
     print("| processes | train tokens/s | ratio | fit s | dev score |")
     print("|---|---|---|---|---|")
@@ -62,7 +69,7 @@ def main() -> None:
             f"{100 * r['val/score']:.2f} |"
         )
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"machine": machine, "runs": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Training and prediction throughput: chaincrf's tagger vs a plain PyTorch BiLSTM-CRF loop.
 
-Both sides run the same network on CoNLL-2003 in the same process, interleaved round by round so
-that machine noise hits both alike:
+Both sides run the same network on CoNLL-2003 in the same process, timed side by side round by
+round by ``scripts/benchtools.py`` (the two sides alternate which goes first) so that machine
+noise hits both alike; tokens/s is each side's real tokens over its seconds, all rounds summed:
 
 - baseline: word embeddings (100) + character CNN (30 filters of width 3 over 30-d characters,
   max-pooled) + BiLSTM (200 per direction) + Linear + ``torchcrf.CRF`` (pytorch-crf), batches of
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -40,6 +42,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchtools: a sibling
+import benchtools
 
 
 def data_root(explicit: str | None) -> Path:
@@ -278,18 +283,30 @@ def main(argv: list[str] | None = None) -> int:
         for what in ("train", "predict"):
             batches, step = side[what]
             timed(args.warmup, batches, step)
-    for round_ in range(args.rounds):
-        order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
-        for what in ("train", "predict"):
-            for name in order:
-                steps = train_steps
-                if what == "predict":
-                    steps = predict_steps if name == "baseline" else tagger_predict_steps
-                batches, step = sides[name][what]
-                seconds, tokens = timed(steps, batches, step)
-                totals[name][what][0] += seconds
-                totals[name][what][1] += tokens
-        print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
+
+    def one_round(name: str, what: str):
+        steps = train_steps
+        if what == "predict":
+            steps = predict_steps if name == "baseline" else tagger_predict_steps
+        batches, step = sides[name][what]
+
+        def run() -> None:
+            totals[name][what][1] += timed(steps, batches, step)[1]
+
+        return run
+
+    for what in ("train", "predict"):
+        times = benchtools.time_entries(
+            {name: one_round(name, what) for name in sides},
+            warmup=0,
+            inner=1,
+            min_reps=args.rounds,
+            max_reps=args.rounds,
+            budget_s=math.inf,
+        )
+        for name, t in times.items():
+            totals[name][what][0] = t["total_s"]
+        print(f"{what}: {args.rounds} round(s) done", file=sys.stderr)
 
     if args.crf_share:
         results_share = crf_share(tagger, sides["chaincrf"], totals["chaincrf"], args)
@@ -301,8 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     api_seconds = time.perf_counter() - start
     api_tps = sum(len(t) for t in dev_tokens) / api_seconds
 
+    machine = benchtools.machine(__file__, argv)
     results = {
         "device": f"CPU ({platform.processor() or platform.machine()}), {args.threads} thread(s), torch {torch.__version__}",
+        "machine": machine,
         "chaincrf_optimizer": "Adam (unfused)" if args.plain_adam else "Adam (fused)",
         "batch_size": args.batch_size,
         "train_batches_per_round": train_steps,
@@ -322,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         results["chaincrf_predict_tokens_per_s"] / results["baseline_predict_tokens_per_s"]
     )
     results["chaincrf_predict_api_tokens_per_s"] = api_tps
+    print(benchtools.machine_line(machine))
     print(f"device: {results['device']}")
     print(f"parameters: baseline {parameters['baseline']:,}, chaincrf {parameters['chaincrf']:,}")
     print(f"{'':10} {'train tok/s':>12} {'predict tok/s':>14}")
@@ -365,22 +385,34 @@ def crf_share(tagger, side: dict, total: dict, args: argparse.Namespace) -> dict
         total["predict"][0] / max(1, total["predict"][1]) * sum(int(m.sum()) for _, m in predict)
     )
     kernels = ("eager", "auto")
+
+    def nll_with(kernel: str):
+        def run() -> None:
+            crf.kernel = kernel
+            for em, tags, mask in train:
+                leaf = em.detach().requires_grad_(True)
+                crf.nll(leaf, tags, mask, reduction="token_mean").backward()
+
+        return run
+
+    def viterbi_with(kernel: str):
+        def run() -> None:
+            crf.kernel = kernel
+            with torch.inference_mode():
+                for em, mask in predict:
+                    crf.viterbi(em, mask)
+
+        return run
+
     spent = {k: [0.0, 0.0] for k in kernels}
     before = crf.kernel
+    reps = {"min_reps": max(1, args.rounds), "max_reps": max(1, args.rounds)}
     try:
-        for _ in range(max(1, args.rounds)):
-            for kernel in kernels:
-                crf.kernel = kernel
-                start = time.perf_counter()
-                for em, tags, mask in train:
-                    leaf = em.detach().requires_grad_(True)
-                    crf.nll(leaf, tags, mask, reduction="token_mean").backward()
-                spent[kernel][0] += time.perf_counter() - start
-                start = time.perf_counter()
-                with torch.inference_mode():
-                    for em, mask in predict:
-                        crf.viterbi(em, mask)
-                spent[kernel][1] += time.perf_counter() - start
+        for i, make in enumerate((nll_with, viterbi_with)):
+            fns = {k: make(k) for k in kernels}
+            times = benchtools.time_entries(fns, warmup=0, inner=1, budget_s=math.inf, **reps)
+            for kernel, t in times.items():
+                spent[kernel][i] = t["total_s"]
     finally:
         crf.kernel = before
     rounds = max(1, args.rounds)
