@@ -31,6 +31,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -107,6 +108,18 @@ def endless(loader):
         yield from loader
 
 
+def on_device(batches, device: torch.device):
+    """The batches with their tensors on ``device`` (pinned and copied without blocking on CUDA:
+    the copy is part of the timed step, as in a training loop)."""
+    for batch in batches:
+        if device.type == "cuda":
+            batch = {
+                k: v.pin_memory().to(device, non_blocking=True) if torch.is_tensor(v) else v
+                for k, v in batch.items()
+            }
+        yield batch
+
+
 def timed(steps: int, batches, step) -> tuple[float, int]:
     tokens = 0
     start = time.perf_counter()
@@ -115,6 +128,63 @@ def timed(steps: int, batches, step) -> tuple[float, int]:
         step(batch)
         tokens += int(batch["mask"].sum())
     return time.perf_counter() - start, tokens
+
+
+class GpuSampler:
+    """GPU utilisation (%) sampled every 0.1 s while active, by pynvml or ``nvidia-smi``; nothing
+    on the CPU or when neither is there."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.samples: dict[str, list[float]] = {}
+        self.read = None
+        if device.type != "cuda":
+            return
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self.read = lambda: float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+        except Exception:
+            import shutil
+            import subprocess
+
+            if shutil.which("nvidia-smi"):
+                command = ["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu",
+                           "--format=csv,noheader,nounits"]  # fmt: skip
+                self.read = lambda: float(subprocess.run(command, capture_output=True,
+                                                         text=True).stdout.split()[0])  # fmt: skip
+
+    def during(self, key: str, run):
+        """``run`` with utilisation sampled under ``key``."""
+        if self.read is None:
+            return run
+
+        def sampled() -> None:
+            import threading
+
+            stop = threading.Event()
+            out = self.samples.setdefault(key, [])
+
+            def loop() -> None:
+                while not stop.wait(0.1):
+                    with contextlib.suppress(Exception):  # a failed read: a missing sample
+                        out.append(self.read())
+
+            thread = threading.Thread(target=loop, daemon=True)
+            thread.start()
+            try:
+                run()
+            finally:
+                stop.set()
+                thread.join()
+
+        return sampled
+
+    def mean(self, key: str) -> float | None:
+        values = self.samples.get(key)
+        return sum(values) / len(values) if values else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,8 +227,18 @@ def main(argv: list[str] | None = None) -> int:
         help="also time chaincrf's CRF alone on its own training and prediction batches, with "
         "each kernel forced, and report its share of a step",
     )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu or cuda[:index]: both sides train and predict there (GPU utilisation sampled, "
+        "peak memory reported)",
+    )
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"--device {args.device}: no CUDA device is available", file=sys.stderr)
+        return 2
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -231,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": sum(p.numel() for p in baseline.parameters()),
         "chaincrf": sum(p.numel() for p in tagger.model.parameters()),
     }
+    baseline.to(device)
+    tagger.to(device)
     baseline_opt = torch.optim.Adam(baseline.parameters(), lr=1e-3)
     # chaincrf as shipped (conf/optimizer/adam.yaml: fused Adam); --plain-adam for the same
     # (unfused) update on both sides
@@ -267,15 +349,21 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     sides = {
         "baseline": {
-            "train": (baseline_batches(train_examples, args.batch_size, rng), baseline_train),
+            "train": (
+                on_device(baseline_batches(train_examples, args.batch_size, rng), device),
+                baseline_train,
+            ),
             "predict": (
-                baseline_batches(dev_examples, args.batch_size, random.Random(args.seed)),
+                on_device(
+                    baseline_batches(dev_examples, args.batch_size, random.Random(args.seed)),
+                    device,
+                ),
                 baseline_predict,
             ),
         },
         "chaincrf": {
-            "train": (endless(datamodule.train_dataloader()), tagger_train),
-            "predict": (endless(dev_loader), tagger_predict),
+            "train": (on_device(endless(datamodule.train_dataloader()), device), tagger_train),
+            "predict": (on_device(endless(dev_loader), device), tagger_predict),
         },
     }
     totals = {side: {"train": [0.0, 0], "predict": [0.0, 0]} for side in sides}
@@ -284,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
             batches, step = side[what]
             timed(args.warmup, batches, step)
 
+    sampler = GpuSampler(device)
+    peak_memory: dict[str, int] = {}
+
     def one_round(name: str, what: str):
         steps = train_steps
         if what == "predict":
@@ -291,13 +382,19 @@ def main(argv: list[str] | None = None) -> int:
         batches, step = sides[name][what]
 
         def run() -> None:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             totals[name][what][1] += timed(steps, batches, step)[1]
+            if device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(device)
+                peak_memory[f"{name}_{what}"] = max(peak, peak_memory.get(f"{name}_{what}", 0))
 
-        return run
+        return sampler.during(f"{name}_{what}", run)
 
     for what in ("train", "predict"):
         times = benchtools.time_entries(
             {name: one_round(name, what) for name in sides},
+            device=device,
             warmup=0,
             inner=1,
             min_reps=args.rounds,
@@ -320,7 +417,12 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = benchtools.machine(__file__, argv)
     results = {
-        "device": f"CPU ({platform.processor() or platform.machine()}), {args.threads} thread(s), torch {torch.__version__}",
+        "device": (
+            f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
+            if device.type == "cuda"
+            else f"CPU ({platform.processor() or platform.machine()}), {args.threads} thread(s), "
+            f"torch {torch.__version__}"
+        ),
         "machine": machine,
         "chaincrf_optimizer": "Adam (unfused)" if args.plain_adam else "Adam (fused)",
         "batch_size": args.batch_size,
@@ -341,6 +443,15 @@ def main(argv: list[str] | None = None) -> int:
         results["chaincrf_predict_tokens_per_s"] / results["baseline_predict_tokens_per_s"]
     )
     results["chaincrf_predict_api_tokens_per_s"] = api_tps
+    if device.type == "cuda":
+        results["gpu_utilisation_percent"] = {
+            key: sampler.mean(key) for key in sorted(sampler.samples)
+        }
+        results["peak_memory_bytes"] = peak_memory
+    else:
+        import resource
+
+        results["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(benchtools.machine_line(machine))
     print(f"device: {results['device']}")
     print(f"parameters: baseline {parameters['baseline']:,}, chaincrf {parameters['chaincrf']:,}")
@@ -353,6 +464,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"chaincrf SequenceTagger.predict (with marginals + span confidences): {api_tps:,.0f} tok/s"
     )
+    if device.type == "cuda":
+        for key in sorted(peak_memory):
+            utilisation = results["gpu_utilisation_percent"].get(key)
+            shown = "n/a" if utilisation is None else f"{utilisation:.0f}%"
+            print(f"{key}: GPU busy {shown}, peak memory {peak_memory[key] / 2**20:,.0f} MiB")
+    else:
+        print(f"peak resident memory: {results['peak_rss_bytes'] / 2**20:,.0f} MiB")
     if args.crf_share:
         results["crf_share"] = results_share
         print("the CRF alone on chaincrf's batches (ms per batch; share of chaincrf's step):")

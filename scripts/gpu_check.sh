@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check: one prepared run for a machine with a CUDA device (one H200: about 6 minutes),
+# The GPU check: one prepared run for a machine with a CUDA device (one H200: about 6 minutes, 8 with the tagger),
 # everything written to one folder, ${OUT:-gpu_check} (logs, JSON reports).
 #
 #   bash scripts/gpu_check.sh                 # the project installed (pip install -e ".[dev]")
@@ -14,7 +14,13 @@
 #    every library checked against float64 and each cell's floor, float32 against float64 at
 #    T = 512, 4,096 and 10,000, a CUDA-graph training step, torch.compile of chaincrf and of
 #    pytorch-crf (mode="reduce-overhead").
-# Copy the tables into benchmarks/crf_gpu.md with the command and the device.
+# 3. the tagger on the GPU (issue 30): the gpu-marked tagger tests (a run in 32-true, 16-mixed
+#    and bf16-mixed whose figures chaincrf-eval reproduces; chaincrf-predict device=cuda), then,
+#    when CoNLL-2003 is under $CHAINCRF_DATA, scripts/bench_train.py --device cuda (training and
+#    prediction tokens/s against the plain PyTorch + pytorch-crf loop, GPU utilisation, peak
+#    memory).
+# Copy the tables into benchmarks/crf_gpu.md and benchmarks/train_gpu.md with the command and
+# the device.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu_check}"
@@ -24,8 +30,15 @@ status=0
 python3 -c "import torch, triton; assert torch.cuda.is_available(), 'no CUDA device'; \
 print(torch.__version__, triton.__version__, torch.cuda.get_device_name(0))" | tee "$out/device.txt" || exit 1
 nvidia-smi >> "$out/device.txt" 2>&1 || true
-timeout "${TEST_SECONDS:-150}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_crf_triton.py \
+timeout "${TEST_SECONDS:-120}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_crf_triton.py \
     2>&1 | tee "$out/tests.log" || status=1
-timeout "${BENCH_SECONDS:-330}" python3 scripts/bench_crf_gpu.py --json "$out/crf_gpu.json" \
+timeout "${BENCH_SECONDS:-240}" python3 scripts/bench_crf_gpu.py --json "$out/crf_gpu.json" \
     --sections ${SECTIONS:-launches grid long graph compile} 2>&1 | tee "$out/crf_gpu.log" || status=1
+timeout "${TAGGER_TEST_SECONDS:-60}" python3 -m pytest -q -p no:cacheprovider -m gpu \
+    tests/test_scale_out.py -k "one_gpu or predict_on_the_gpu" 2>&1 | tee "$out/tagger_tests.log" || status=1
+if [ -f "${CHAINCRF_DATA:-../shared/data}/conll2003/eng.train" ]; then
+    timeout "${TRAIN_BENCH_SECONDS:-60}" python3 scripts/bench_train.py --device cuda \
+        --batches 100 --rounds 2 --eval-batch-size 1024 --json "$out/train_gpu.json" \
+        2>&1 | tee "$out/train_gpu.log" || status=1
+fi
 exit $status

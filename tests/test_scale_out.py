@@ -382,6 +382,28 @@ def test_training_on_one_gpu(tmp_path, precision):
 
 
 @pytest.mark.gpu
+@CUDA
+def test_predict_on_the_gpu_tags_as_on_the_cpu(tmp_path):
+    """chaincrf-predict device=cuda: the network, decoding and confidences on the GPU, the same
+    tags and (to float32 rounding) the same confidences as on the CPU."""
+    from chaincrf.cli.predict import predict
+
+    model = Path(__file__).parent / "fixtures" / "model_files" / "v2.ckpt"
+    text = tmp_path / "in.txt"
+    text.write_text("Peter Blackburn visited Brussels .\nThe EU rejects German calls .\n")
+    records = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / f"{device}.jsonl"
+        cfg = compose_config([f"ckpt_path={model}", f"input={text}", f"output={out}",
+                              "tokenizer=whitespace", f"device={device}"], name="predict")  # fmt: skip
+        predict(cfg)
+        records[device] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["tags"] for r in records["cuda"]] == [r["tags"] for r in records["cpu"]]
+    for gpu, cpu in zip(records["cuda"], records["cpu"]):
+        assert gpu["confidences"] == pytest.approx(cpu["confidences"], abs=1e-4)
+
+
+@pytest.mark.gpu
 @TWO_GPUS
 @pytest.mark.slow
 def test_torchrun_on_two_gpus(tmp_path):
