@@ -91,7 +91,7 @@ def test_one_config_serves_the_tagger_and_the_light_path():
     config = hparams.TaggerConfig(
         labels=["O", "B-X", "I-X"], num_words=7, num_chars=5, scheme="BIO",
         embeddings={"_target_": "chaincrf.network.embeddings.TokenEmbedder", "word_dim": 4},
-        encoder={"_target_": "chaincrf.network.encoders.IdentityEncoder"},
+        encoder={"_target_": "chaincrf.network.encoders.identity.IdentityEncoder", "_partial_": True},
     )  # fmt: skip
     whole, by_fields = SequenceTagger(config), SequenceTagger(**config.to_dict())
     assert whole.config == by_fields.config == config

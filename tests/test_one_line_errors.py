@@ -146,7 +146,8 @@ def test_a_full_disk_while_the_report_is_written_leaves_no_empty_or_truncated_fi
         import torch
         from chaincrf.training.report import write_report
         labels = [f"TAG{i}" for i in range(8)]
-        tagger = SimpleNamespace(labels=labels, hparams={}, parameters=lambda: [])
+        tags = SimpleNamespace(is_span_task=False, original_labels=labels, scheme=None)
+        tagger = SimpleNamespace(labels=labels, tags=tags, hparams={}, parameters=lambda: [])
         try:
             write_report("run", tagger, {"val": {"val/acc": 0.5}},
                          confusion={"val": torch.arange(64).reshape(8, 8)})

@@ -255,7 +255,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 if v.numel() == 1 and k != "loss"  # the last step's loss: the progress bar's
             }
         )
-    trained_tokens = tagger.trained_tokens
+    trained_tokens = int(tagger.trained_tokens)  # the one read of the device's count
     if trainer.world_size > 1:  # every rank's tokens (Lightning's reduce over the ranks)
         count = torch.tensor(trained_tokens, device=trainer.strategy.root_device)  # NCCL: on GPU
         trained_tokens = int(trainer.strategy.reduce(count, reduce_op="sum"))

@@ -373,14 +373,7 @@ class TokenEmbedder(nn.Module):
                 raise ValueError(
                     f"batch['chars'] must be a long tensor of shape ({B}, {T}, max_chars); got {got}"
                 )
-            real_chars = chars[mask]  # (N, C): real tokens only
-            lengths = (real_chars != PAD_ID).sum(dim=1).clamp(min=1)  # (N,)
-            char_features = features[0].new_zeros(B, T, self.char_encoder.output_dim)
-            if lengths.numel() > 0:
-                max_len = int(lengths.max())
-                encoded = self.char_encoder(real_chars[:, :max_len], lengths)  # (N, F)
-                char_features[mask] = encoded.to(char_features.dtype)  # bf16 under autocast
-            features.append(char_features)  # (B, T, F)
+            features.append(self._char_features(chars, mask, word_features.dtype))  # (B, T, F)
 
         if self.casing_embedding is not None:
             casing = batch.get("casing")
@@ -406,6 +399,29 @@ class TokenEmbedder(nn.Module):
 
         output = self.dropout(torch.cat(features, dim=-1))  # (B, T, D)
         return output * mask.unsqueeze(-1)
+
+    def _char_features(self, chars: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
+        """The character encoder's features of a batch, float (B, T, F), zero at padding.
+
+        On the CPU only the real tokens are encoded, cut to the longest one. On an accelerator
+        the character CNN encodes every position of the padded batch instead (padding zeroed
+        after): no host synchronisation, one shape per batch shape.
+        """
+        assert self.char_encoder is not None
+        B, T = mask.shape
+        if not chars.is_cpu and isinstance(self.char_encoder, _CharCNN):
+            flat = chars.reshape(B * T, chars.shape[2])  # (B*T, C)
+            lengths = (flat != PAD_ID).sum(dim=1).clamp(min=1)
+            encoded = self.char_encoder._encode(flat, lengths).view(B, T, -1)
+            return encoded.to(dtype) * mask.unsqueeze(-1)
+        real_chars = chars[mask]  # (N, C): real tokens only
+        lengths = (real_chars != PAD_ID).sum(dim=1).clamp(min=1)  # (N,)
+        char_features = chars.new_zeros(B, T, self.char_encoder.output_dim, dtype=dtype)
+        if lengths.numel() > 0:
+            max_len = int(lengths.max())
+            encoded = self.char_encoder(real_chars[:, :max_len], lengths)  # (N, F)
+            char_features[mask] = encoded.to(dtype)  # bf16 under autocast
+        return char_features
 
     def export_graph(self) -> nn.Module:
         """This embedder for TorchScript/ONNX graphs, sharing its weights (eval mode):

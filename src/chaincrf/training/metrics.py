@@ -19,6 +19,7 @@ from seqeval.metrics.sequence_labeling import get_entities
 from seqeval.scheme import IOB1, IOB2, IOBES, Entities
 from torch import Tensor, nn
 from torchmetrics import Metric
+from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from chaincrf.data.schemes import TagScheme, normalize_scheme, scheme_labels, split_label
@@ -269,6 +270,7 @@ class StageMetrics(nn.Module):
     def __init__(self, tags: TagScheme) -> None:
         super().__init__()
         self.tags = tags
+        self.loss = MeanMetric(nan_strategy="disable")  # token-weighted, on the device
         self.accuracy = TokenAccuracy()
         # the confusion over the labels as scored (the corpus's scheme), not the training's
         self.confusion = LabelConfusion(tags.original_labels)

@@ -9,10 +9,11 @@ are :class:`~chaincrf.predict.serving.ServingMixin`'s.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 from torch import Tensor, nn
+from torchmetrics.aggregation import MeanMetric
 
 from chaincrf.crf import NonFiniteInputError
 from chaincrf.files.model_files import CHECKPOINT_KEY
@@ -53,7 +54,8 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
         tags: the :class:`~chaincrf.data.schemes.TagScheme`.
         results: each stage's last figures (``results["val"]["val/f1"]``).
         confusion: each stage's last (L, L) confusion counts ``[gold, predicted]``.
-        trained_tokens: the real tokens training saw in this process.
+        trained_tokens: the real tokens training saw in this process (a tensor on the device,
+            read once at the end of a run).
         trained_precision: the precision it was trained in (Lightning's name, stored in its
             checkpoints; None for a model file that predates it): ``chaincrf-eval`` evaluates
             in it, so that it reproduces the figures the run reported.
@@ -81,9 +83,10 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
         self.vocab: dict[str, Any] | None = as_plain(vocab, "vocab") if vocab is not None else None
         self.model = config.build_model(pretrained)
         self.metrics = nn.ModuleDict({stage: StageMetrics(self.tags) for stage in ("val", "test")})
+        self.train_loss = MeanMetric(nan_strategy="disable")  # check_loss stops at a NaN
         self.results: dict[str, dict[str, float]] = {}
         self.confusion: dict[str, Tensor] = {}
-        self.trained_tokens = 0
+        self.trained_tokens: Tensor | int = 0  # a device tensor once training has stepped
         self.trained_precision: str | None = None
 
     @classmethod
@@ -129,11 +132,11 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
             # NaN/inf scores make a non-finite loss: on_before_backward stops the run, naming
             # the step, on every rank at once.
             loss = emissions.sum() * float("nan")
-        tokens = int(mask.sum())
-        self.trained_tokens += tokens
-        self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True,
-                 batch_size=max(tokens, 1))  # fmt: skip
-        self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False,
+        tokens = mask.sum()  # stays on the device: no host synchronisation here
+        self.trained_tokens = self.trained_tokens + tokens.detach()
+        self.train_loss.update(loss.detach(), tokens)  # the epoch's token-weighted mean
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
+        self.log("loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, logger=False,
                  batch_size=1)  # fmt: skip
         return loss
 
@@ -146,10 +149,11 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
         mask, gold = batch["mask"], batch["tags"]
         emissions = self.model.emissions(batch)
         loss = self.model.loss(emissions, gold, mask)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True,
-                 batch_size=max(int(mask.sum()), 1))  # fmt: skip
+        metrics = cast(StageMetrics, self.metrics[stage])
+        metrics.loss.update(loss.detach(), mask.sum())
+        self.log(f"{stage}/loss", metrics.loss, on_step=False, on_epoch=True)
         predicted = self.model.decode(emissions, mask)  # (B, T), -1 off the mask
-        self.metrics[stage].update(predicted, gold, mask)
+        metrics.update(predicted, gold, mask)
 
     def _eval_epoch_end(self, stage: str) -> None:
         results, confusion = self.metrics[stage].compute(stage)

@@ -74,7 +74,8 @@ class BiLSTMGraph(nn.Module):
 
 # On the CPU, batches with at most this fraction of padding run each direction as one padded
 # (oneDNN) LSTM call, the backward direction over each row reversed within its length: exact,
-# and faster than packed sequences there. More ragged batches (and CUDA) are packed.
+# and faster than packed sequences there. More ragged batches are packed (on an accelerator,
+# never: see BiLSTMEncoder).
 # Figures and the command: benchmarks/encoders.md.
 PADDED_MAX_PADDING = 0.15
 
@@ -82,10 +83,11 @@ PADDED_MAX_PADDING = 0.15
 class BiLSTMEncoder(Encoder):
     """A bidirectional LSTM (Huang et al. 2015; Lample et al. 2016) over ragged batches.
 
-    Padding never leaks into a real token's state: ragged batches are either packed, or (on the
-    CPU, when little of the batch is padding, as with length-bucketed batches) each direction runs
-    padded with every row's padding after its real tokens, the backward direction on rows
-    reversed within their lengths (see ``PADDED_MAX_PADDING``).
+    Padding never leaks into a real token's state: ragged batches are either packed, or each
+    direction runs padded with every row's padding after its real tokens, the backward direction
+    on rows reversed within their lengths: on an accelerator always (no host synchronisation),
+    on the CPU when little of the batch is padding, as with length-bucketed batches (see
+    ``PADDED_MAX_PADDING``).
 
     Args:
         input_dim: size of the token features.
@@ -128,14 +130,16 @@ class BiLSTMEncoder(Encoder):
         check_inputs(self, features, mask)
         B, T, _ = features.shape
         real = mask.sum(dim=1)  # (B,)
-        lengths = real.clamp(min=1).cpu()  # packing needs lengths on the CPU
+        if not features.is_cpu:
+            # On an accelerator: always padded, with no host synchronisation (packing needs the
+            # lengths on the host); exact, as on the CPU.
+            with rnn_precision(features):
+                output = self._padded(features, real)
+            return torch.where(mask.unsqueeze(-1), output, output.new_zeros(()))
+        lengths = real.clamp(min=1)  # packing needs lengths on the CPU: they are
         padding = B * T - int(lengths.sum())
         with rnn_precision(features):
-            if (
-                features.device.type == "cpu"
-                and B * T > 0
-                and padding <= PADDED_MAX_PADDING * B * T
-            ):
+            if B * T > 0 and padding <= PADDED_MAX_PADDING * B * T:
                 output = self._padded(features, real)
                 return torch.where(mask.unsqueeze(-1), output, output.new_zeros(()))
             packed = pack_padded_sequence(features, lengths, batch_first=True, enforce_sorted=False)
