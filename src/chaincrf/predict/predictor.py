@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -133,11 +134,12 @@ class Predictor(StreamPredictor):
             tokens = [[""] * n for n in lengths]
         spans_per_row = [self.tags.spans(tags) for tags in train_tags]
         confidences = self.span_confidences(emissions, mask, paths, chosen, spans_per_row)
+        chosen_rows = chosen.tolist()  # one copy to the host per batch, not one per row
         return [
             self.tagged(
                 tokens[row][: lengths[row]],
                 tags,
-                chosen[row, : lengths[row]].tolist(),
+                chosen_rows[row][: lengths[row]],
                 spans_per_row[row],
                 confidences[row],
                 alternatives[row],
@@ -230,8 +232,9 @@ class Predictor(StreamPredictor):
             return result
         crf = self.model.crf
         if crf is None:
+            rows = chosen.double().tolist()  # one copy to the host
             for row, start, end in flat:
-                result[row].append(round(float(chosen[row, start:end].prod()), 6))
+                result[row].append(round(math.prod(rows[row][start:end]), 6))
             return result
         spans = torch.tensor(flat, dtype=torch.long, device=emissions.device)  # (N, 3)
         log_p = span_log_probabilities(
