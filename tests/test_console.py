@@ -60,6 +60,7 @@ def test_the_console_and_the_log_say_what_happened(quiet_run):
         epochs = [line for line in text.splitlines() if " - epoch " in line]
         assert len(epochs) == EPOCHS and f"epoch {EPOCHS}/{EPOCHS}  train loss " in epochs[-1]
         assert "val/score" in epochs[-1] and "(best " in epochs[-1] and "min left" in epochs[-1]
+        assert re.search(r"  [\d,]+ tokens/s$", epochs[-1]), epochs[-1]
         assert "no test file (data.test is null): the test is skipped" in text
         assert "done in " in text and "checkpoints/best.ckpt" in text
 

@@ -160,7 +160,8 @@ class ProgressBar(RichProgressBar):
 class EpochSummary(pl.Callback):
     """One log line per epoch, kept on the terminal and in the run's ``train.log`` (the progress
     bar is redrawn): training loss, the monitored dev score and the best so far, seconds per
-    epoch and the time left for ``max_epochs`` at that pace.
+    epoch, the time left for ``max_epochs`` at that pace, the epoch's training tokens per second
+    (all devices) and, on a GPU, its peak memory.
 
     Args:
         monitor: the dev metric (``val/score``).
@@ -175,12 +176,19 @@ class EpochSummary(pl.Callback):
         self.best: float | None = None
         self._started: float | None = None
         self._epochs = 0
+        self._epoch_start: tuple[float, int] | None = None  # (time, tokens so far)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # here, not at an epoch's start: a run resumed mid-epoch skips that epoch's start hook,
         # and the interrupted epoch still gets its line
         if self._started is None:
             self._started = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # one read of the device's token count per epoch
+        self._epoch_start = (time.perf_counter(), int(getattr(pl_module, "trained_tokens", 0)))
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.fast_dev_run or self._started is None:
@@ -210,6 +218,15 @@ class EpochSummary(pl.Callback):
         elif trainer.max_epochs and trainer.max_epochs > 0:
             left = per_epoch * (trainer.max_epochs - trainer.current_epoch - 1)
             parts.append(f"at most {left / 60:.1f} min left")
+        if self._epoch_start is not None:  # (a run resumed mid-epoch has no start: no figure)
+            started, tokens = self._epoch_start
+            seconds = time.perf_counter() - started  # dev evaluation included
+            tokens = int(getattr(pl_module, "trained_tokens", 0)) - tokens
+            if seconds > 0 and tokens > 0:  # this rank's tokens, times the ranks
+                parts.append(f"{tokens * trainer.world_size / seconds:,.0f} tokens/s")
+        if pl_module.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
+            parts.append(f"GPU memory {peak:.1f} GiB")
         logging.getLogger("chaincrf.train").info("  ".join(parts))
 
 
