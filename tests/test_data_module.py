@@ -488,3 +488,21 @@ def test_dev_and_test_words_with_a_vector_join_the_vocabulary(tmp_path, extend):
     if extend:
         assert dm.pretrained_vectors[words.stoi["Oslo"]].tolist() == [1.0, 1.0]
         assert dm.datasets["test"][0]["words"][0] == words.stoi["Oslo"]
+
+
+def test_batches_are_pinned_for_a_gpu_trainer_only():
+    """On a GPU the loaders pin their batches (copied to the device without blocking)."""
+    from types import SimpleNamespace
+
+    from chaincrf.data.loaders import on_gpu
+
+    def trainer(device: str) -> SimpleNamespace:
+        strategy = SimpleNamespace(root_device=torch.device(device))
+        return SimpleNamespace(strategy=strategy, world_size=1, global_rank=0)
+
+    assert on_gpu(trainer("cuda")) and not on_gpu(trainer("cpu")) and not on_gpu(None)
+    dm = ner()
+    dm.setup("fit")
+    assert not dm.train_dataloader().pin_memory
+    dm.trainer = trainer("cuda")
+    assert dm.train_dataloader().pin_memory and dm.val_dataloader().pin_memory

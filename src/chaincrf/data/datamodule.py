@@ -17,7 +17,7 @@ from chaincrf.data import schemes as constraints
 from chaincrf.data.batching import EncodedDataset
 from chaincrf.data.download import DATASETS
 from chaincrf.data.files import SPLITS, CorpusFiles
-from chaincrf.data.loaders import batch_loader, check_batching, encode_items, replicas
+from chaincrf.data.loaders import batch_loader, check_batching, encode_items, on_gpu, replicas
 from chaincrf.data.pretrained import align_vectors, load_pretrained
 from chaincrf.data.readers import DataFormatError, Sentence, reader_for
 from chaincrf.data.vocab import SentenceEncoder, Vocabulary
@@ -362,22 +362,22 @@ class TaggingDataModule(pl.LightningDataModule):
             The path of the file; pass it as ``encoder_path`` (or to
             :meth:`SentenceEncoder.load`) to encode exactly as in training.
         """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / ENCODER_FILE
+        path = Path(directory) / ENCODER_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._require_setup().save(path)
         return path
 
     # ---------------------------------------------------------------- loaders
 
     def _loader(self, dataset: EncodedDataset, train: bool, distributed: bool = True) -> DataLoader:
-        num_replicas, rank = replicas(getattr(self, "_trainer", None)) if distributed else (1, 0)
+        trainer = self.trainer  # None outside a fit or evaluation
+        num_replicas, rank = replicas(trainer) if distributed else (1, 0)
         batch_size, max_tokens = self.batch_size, self.max_tokens
         if not train and self.eval_batch_size is not None:
             batch_size, max_tokens = self.eval_batch_size, None
         return batch_loader(
             dataset, batch_size, max_tokens, self.drop_last and train, self.shuffle and train,
-            self.seed, self.bucket_factor, self.num_workers, num_replicas, rank,
+            self.seed, self.bucket_factor, self.num_workers, num_replicas, rank, on_gpu(trainer),
         )  # fmt: skip
 
     def _dataset(self, split: str) -> EncodedDataset:

@@ -44,6 +44,12 @@ def replicas(trainer: Any) -> tuple[int, int]:
     return 1, 0
 
 
+def on_gpu(trainer: Any) -> bool:
+    """Whether ``trainer`` (None outside one) trains on a CUDA device: its batches are pinned."""
+    device = getattr(getattr(trainer, "strategy", None), "root_device", None)
+    return getattr(device, "type", None) == "cuda"
+
+
 def batch_loader(
     dataset: EncodedDataset,
     batch_size: int | None,
@@ -55,9 +61,10 @@ def batch_loader(
     num_workers: int,
     num_replicas: int = 1,
     rank: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader of length-bucketed batches (:class:`BucketBatchSampler`), this rank's
-    shard of them."""
+    shard of them; ``pin_memory`` for a GPU (the batch is then copied to it without blocking)."""
     sampler = BucketBatchSampler(
         None,
         batch_size,
@@ -76,6 +83,7 @@ def batch_loader(
         collate_fn=collate,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
     )
 
 
