@@ -55,3 +55,15 @@ def test_the_docs_site_lists_every_page():
     listed = {next(iter(entry.values())) for entry in config["nav"]}
     pages = {p.name for p in (ROOT / "docs").glob("*.md")}
     assert listed == pages
+
+
+def test_no_merge_conflict_markers_in_tracked_files():
+    import subprocess
+
+    found = subprocess.run(
+        ["git", "grep", "-n", "-E", "^(<<<<<<< |>>>>>>> |=======$)"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert found == "", found

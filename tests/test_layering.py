@@ -188,3 +188,6 @@ def test_the_old_module_paths_import_the_moved_modules():
     from chaincrf.training.callbacks import check_loss as home
 
     assert BiLSTMEncoder is moved and check_loss is home
+    for new in chaincrf.MOVED.values():  # the moved modules keep their own spec (name, path)
+        assert importlib.import_module(new).__spec__.name == new
+    assert importlib.import_module("chaincrf.network.encoders").__path__

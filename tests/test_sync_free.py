@@ -54,6 +54,13 @@ def test_the_emissions_and_their_gradients_read_no_value_on_the_host(chars, enco
     assert all(p.grad is not None for part in parts for p in part.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("shape", [(0, 4), (2, 0)])
+def test_an_empty_batch_on_an_accelerator_embeds_to_an_empty_tensor(shape):
+    model = network(CHARS["cnn"], ENCODERS["identity"])
+    batch = {k: v.new_empty(*shape, *v.shape[2:]) for k, v in meta_batch().items()}
+    assert model.embedder(batch).shape == (*shape, model.embedder.output_dim)
+
+
 def test_the_detector_catches_a_host_read():
     """The character BiLSTM packs its sequences (lengths on the host): a synchronisation, and
     the meta device says so."""

@@ -76,11 +76,20 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             return None
         return importlib.util.spec_from_loader(fullname, self)
 
+    def __init__(self) -> None:
+        self._specs: dict[str, Any] = {}
+
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
-        return importlib.import_module(str(_new_name(spec.name)))
+        module = importlib.import_module(str(_new_name(spec.name)))
+        self._specs[spec.name] = module.__spec__  # the import system sets the alias's next
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
-        """Nothing to run: the module at the new home ran when it was imported."""
+        """Nothing to run (the module at the new home ran when it was imported): only its own
+        spec is put back, so that it keeps its name, search path and reload."""
+        spec = module.__spec__
+        if spec is not None and spec.name in self._specs:
+            module.__spec__ = self._specs.pop(spec.name)
 
 
 if not any(isinstance(finder, _MovedModules) for finder in sys.meta_path):

@@ -61,8 +61,14 @@ def eval_precision(chosen: str | None, trained: str | None, accelerator: str) ->
     model was trained in, so that the figures are the run's own; float32 for model files that do
     not say. float16 autocast, which the CPU does not run, becomes float32 there, with a warning
     (the figures may then differ from the run's in the last digits)."""
-    precision = chosen or trained or "32-true"
-    if accelerator == "cpu" and precision == "16-mixed":
+    precision = str(chosen or trained or "32-true")
+    precision = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "64": "64-true"}.get(
+        precision, precision
+    )  # Lightning's short names, as it resolves them
+    import torch
+
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and precision == "16-mixed":
         log.warning(
             "the model was trained in 16-mixed, which the CPU does not run: evaluating in "
             "32-true (pass accelerator=gpu to reproduce the run's figures)"

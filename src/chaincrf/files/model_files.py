@@ -66,12 +66,16 @@ class StoredModel:
 
 
 PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed")
-"""The training precisions a model file may name (Lightning's names)."""
+"""Lightning's usual training precisions (a model file may name another, e.g. a newer one's)."""
 
 
 def _check_precision(value: Any, what: str) -> str | None:
-    if value is not None and value not in PRECISIONS:
-        raise ModelFileError(f"{what} must be one of {list(PRECISIONS)}; got {value!r}")
+    """A stored precision: a short string (Lightning's name: :data:`PRECISIONS`, or one a newer
+    Lightning adds) or None; only ``chaincrf-eval`` acts on it."""
+    if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 64):
+        raise ModelFileError(
+            f"{what} must be a precision's name such as {PRECISIONS[1]!r}; got {value!r}"
+        )
     return value
 
 

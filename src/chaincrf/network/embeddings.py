@@ -412,7 +412,9 @@ class TokenEmbedder(nn.Module):
         if not chars.is_cpu and isinstance(self.char_encoder, _CharCNN):
             flat = chars.reshape(B * T, chars.shape[2])  # (B*T, C)
             lengths = (flat != PAD_ID).sum(dim=1).clamp(min=1)
-            encoded = self.char_encoder._encode(flat, lengths).view(B, T, -1)
+            encoded = self.char_encoder._encode(flat, lengths).view(
+                B, T, self.char_encoder.output_dim
+            )
             return encoded.to(dtype) * mask.unsqueeze(-1)
         real_chars = chars[mask]  # (N, C): real tokens only
         lengths = (real_chars != PAD_ID).sum(dim=1).clamp(min=1)  # (N,)
