@@ -81,3 +81,60 @@ def test_compiling_makes_the_planner_pick_the_fused_kernel_on_the_cpu(monkeypatc
                     operation, B, T, K, dtype, "cpu", requires_grad=True, compiling=True
                 )
                 assert plan.choose(traced) == "fused", traced
+
+
+def _ops_in_graphs(fn, *args):
+    """Run ``fn`` compiled (fullgraph, AOT autograd without Inductor) and backward; return
+    the ops called in its forward and backward graphs."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    seen: dict[str, list[str]] = {"forward": [], "backward": []}
+
+    def keeper(stage):
+        def compiler(gm, _inputs):
+            seen[stage] += [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+            return make_boxed_func(gm.forward)
+
+        return compiler
+
+    backend = aot_autograd(fw_compiler=keeper("forward"), bw_compiler=keeper("backward"))
+    torch._dynamo.reset()
+    out = torch.compile(fn, backend=backend, fullgraph=True)(*args)
+    out.backward()
+    return out, seen
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean", "token_mean", "none"])
+def test_a_compiled_reduced_loss_is_one_pass_and_equals_eager(reduction):
+    """Compiled, a reduced loss computes its gradient in the forward pass's one kernel call
+    (the backward only scales it: no second pass over the rows), and equals eager, value
+    and gradients; a per-row loss keeps the forward + forward-backward pair."""
+    torch.manual_seed(0)
+    crf = CRF(7, batch_first=True)
+    words_em = torch.randn(4, 9, 7)
+    tags = torch.randint(7, (4, 9))
+    mask = torch.arange(9) < torch.tensor([9, 5, 1, 7])[:, None]
+
+    def loss(em):
+        out = crf.nll(em, tags, mask, reduction=reduction)
+        return out if reduction != "none" else (out * torch.arange(1.0, 5.0)).sum()
+
+    em = words_em.clone().requires_grad_(True)
+    got, seen = _ops_in_graphs(loss, em)
+    got_grads = [em.grad.clone()] + [p.grad.clone() for p in crf.parameters()]
+    crf.zero_grad()
+    em_eager = words_em.clone().requires_grad_(True)
+    want = loss(em_eager)
+    want.backward()
+    torch.testing.assert_close(got, want)
+    want_grads = [em_eager.grad] + [p.grad for p in crf.parameters()]
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w)
+    forward = " ".join(seen["forward"])
+    backward = " ".join(seen["backward"])
+    if reduction == "none":
+        assert "chaincrf.log_likelihood" in forward and "chaincrf.forward_backward" in backward
+    else:
+        assert forward.count("chaincrf.log_likelihood_sum") == 1, forward
+        assert "chaincrf." not in backward, backward

@@ -7,7 +7,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["REDUCTIONS", "batch_first_tags", "check_reduction", "emissions_and_mask", "reduce"]
+__all__ = [
+    "REDUCTIONS",
+    "batch_first_tags",
+    "check_reduction",
+    "emissions_and_mask",
+    "reduce",
+    "reduce_total",
+]
 
 REDUCTIONS = ("none", "sum", "mean", "token_mean")
 
@@ -84,3 +91,12 @@ def reduce(llh: Tensor, mask: Tensor, reduction: str) -> Tensor:
     if reduction == "mean":
         return llh.mean()
     return llh.sum() / mask.sum().clamp(min=1).to(llh.dtype)  # no 0/0 for all-empty batches
+
+
+def reduce_total(total: Tensor, mask: Tensor, reduction: str) -> Tensor:
+    """The rows' summed log-likelihood (0-d) reduced as ``reduction`` says (not ``none``)."""
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / mask.size(0)  # as llh.mean(): NaN for an empty batch
+    return total / mask.sum().clamp(min=1).to(total.dtype)

@@ -385,9 +385,21 @@ class CRF(nn.Module):
         tags_bt = self._check_tags(tags, em)
         kernel = self._kernel("log_partition", em, grad=self._needs_grad(em))
         scores = self._scores(em.dtype)
+        constrained = self.has_constraints
+        if (
+            reduction != "none"
+            and "log_likelihood_sum" in kernel.OPERATIONS
+            and tracing.is_compiling()
+        ):
+            # compiled: a reduced loss weighs every row the same, so the kernel may return
+            # the sum with its gradient from one pass (the backward only scales it)
+            args = (em, mask_bt, scores, tags_bt, 1, constrained, validate)
+            total = inputs.reduce_total(
+                gaps.run(kernel, "log_likelihood_sum", *args), mask_bt, reduction
+            )
+            return -total if negate else total
         fused_sign = negate and "negative_log_likelihood" in kernel.OPERATIONS
         operation = "negative_log_likelihood" if fused_sign else "log_likelihood"
-        constrained = self.has_constraints
         llh = gaps.run(kernel, operation, em, mask_bt, scores, tags_bt, 1, constrained, validate)
         llh = inputs.reduce(llh, mask_bt, reduction)
         return -llh if negate and not fused_sign else llh

@@ -33,7 +33,9 @@ raising the eager kernel's errors in its order (mask gaps, scores, emissions, ta
 operation uses the arguments it needs:
 
 - ``log_likelihood`` -> float (B,), gold-path score minus log Z (``negative_log_likelihood``,
-  optional, its negative in one pass);
+  optional, its negative in one pass; ``log_likelihood_sum``, optional, their sum (0-d), which
+  the layer asks for a reduced loss under torch.compile: a kernel may compute it with its
+  gradient in one pass, since every row weighs the same);
 - ``log_partition`` -> float (B,), 0 for an empty row;
 - ``viterbi`` -> long paths (B, k, T), -1 past each length, and float scores (B, k);
 - ``decode`` -> a list of B lists of tags;
@@ -54,12 +56,14 @@ __all__ = ["OPERATIONS", "Problem", "Rule"]
 OPERATIONS = (
     "log_likelihood",
     "negative_log_likelihood",
+    "log_likelihood_sum",
     "log_partition",
     "viterbi",
     "decode",
     "marginals",
 )
-"""Every operation a kernel may offer (``negative_log_likelihood`` is optional)."""
+"""Every operation a kernel may offer (``negative_log_likelihood`` and ``log_likelihood_sum``
+are optional)."""
 
 
 @dataclass(frozen=True)

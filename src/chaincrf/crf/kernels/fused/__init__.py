@@ -17,7 +17,9 @@ NAME = "fused"
 GAPS = "detected"
 """The pass that counts each row's length finds gaps, with or without ``validate``, and raises
 ``MaskGapError``."""
-OPERATIONS = frozenset({"log_likelihood", "log_partition", "viterbi", "decode", "marginals"})
+OPERATIONS = frozenset(
+    {"log_likelihood", "log_likelihood_sum", "log_partition", "viterbi", "decode", "marginals"}
+)
 
 
 def available() -> bool:

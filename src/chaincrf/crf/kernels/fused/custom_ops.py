@@ -42,8 +42,10 @@ from torch import Tensor
 from chaincrf.crf import tracing
 from chaincrf.crf.kernels.fused.autograd import LogLikelihood, LogPartition
 from chaincrf.crf.kernels.fused.impl import (
+    _check_gold,
     _check_inputs,
     _forward_backward_impl,
+    _likelihood_gradient_impl,
     _log_likelihood_impl,
     _log_partition_impl,
     _marginals_impl,
@@ -56,6 +58,7 @@ __all__ = [
     "available",
     "log_likelihood",
     "log_likelihood_masked",
+    "log_likelihood_sum_masked",
     "log_partition",
     "log_partition_masked",
     "marginals",
@@ -200,6 +203,72 @@ _log_partition_op.register_autograd(_log_partition_backward, setup_context=_save
 _log_likelihood_op.register_autograd(_log_likelihood_backward, setup_context=_save_log_likelihood)
 
 
+@torch.library.custom_op("chaincrf::log_likelihood_sum", mutates_args=())
+def _log_likelihood_sum_op(
+    emissions: Tensor,
+    tags: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    transitions: Tensor,
+    end: Tensor,
+    constrained: bool,
+    validate: bool,
+    with_gradient: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The log-likelihoods' sum (a 0-d tensor) and, ``with_gradient``, its gradients
+    (emissions, start, transitions, end) from the same pass (else empty tensors)."""
+    args = (emissions, tags, mask, start, transitions, end)
+    if not with_gradient:
+        llh = _log_likelihood_impl(*args, constrained, validate)[0]
+        empty = emissions.new_empty(0)
+        return llh.sum(), empty, empty.clone(), empty.clone(), empty.clone()
+    _lengths, unit, log_z, gold = _likelihood_gradient_impl(*args, validate)
+    if constrained:
+        _check_gold(gold)
+    total = torch.tensor(float((gold - log_z).sum()), dtype=emissions.dtype)
+    return (total, *unit)
+
+
+@_log_likelihood_sum_op.register_fake
+def _(
+    emissions: Tensor,
+    tags: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    transitions: Tensor,
+    end: Tensor,
+    constrained: bool,
+    validate: bool,
+    with_gradient: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    if not with_gradient:
+        empty = emissions.new_empty(0)
+        return emissions.new_empty(()), empty, empty.clone(), empty.clone(), empty.clone()
+    return (
+        emissions.new_empty(()),
+        emissions.new_empty(emissions.shape),
+        start.new_empty(start.shape),
+        transitions.new_empty(transitions.shape),
+        end.new_empty(end.shape),
+    )
+
+
+def _save_log_likelihood_sum(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    ctx.save_for_backward(*output[1:])
+
+
+def _log_likelihood_sum_backward(
+    ctx: Any, grad: Tensor, *_unused: Tensor | None
+) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None, None]:
+    d_em, d_start, d_trans, d_end = ctx.saved_tensors
+    return d_em * grad, None, None, d_start * grad, d_trans * grad, d_end * grad, None, None, None
+
+
+_log_likelihood_sum_op.register_autograd(
+    _log_likelihood_sum_backward, setup_context=_save_log_likelihood_sum
+)
+
+
 @torch.library.custom_op("chaincrf::viterbi", mutates_args=())
 def _viterbi_op(
     emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
@@ -282,6 +351,29 @@ def log_likelihood_masked(
         return _log_likelihood_impl(*args)[0]
     llh = LogLikelihood.apply(*args)  # type: ignore[no-untyped-call]  # apply is unannotated
     return llh
+
+
+def log_likelihood_sum_masked(
+    emissions: Tensor,
+    tags: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    transitions: Tensor,
+    end: Tensor,
+    constrained: bool,
+    validate: bool,
+) -> Tensor:
+    """The sum of the rows' gold score - log Z (0-d); differentiable w.r.t. emissions and
+    scores. Under torch.compile one custom op computes it and its gradient in one pass (the
+    backward only scales that gradient: no second pass over the rows, no second op call)."""
+    args = (emissions, tags, mask, start, transitions, end, constrained, validate)
+    if _is_compiling():
+        grad = torch.is_grad_enabled() and any(
+            x.requires_grad for x in (emissions, start, transitions, end)
+        )
+        total: Tensor = _log_likelihood_sum_op(*args, grad)[0]  # a custom op's call is Any
+        return total
+    return log_likelihood_masked(*args).sum()
 
 
 def viterbi_masked(

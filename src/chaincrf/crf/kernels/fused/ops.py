@@ -11,7 +11,14 @@ from torch import Tensor
 
 from chaincrf.crf.kernels.fused import custom_ops as ops
 
-__all__ = ["decode", "log_likelihood", "log_partition", "marginals", "viterbi"]
+__all__ = [
+    "decode",
+    "log_likelihood",
+    "log_likelihood_sum",
+    "log_partition",
+    "marginals",
+    "viterbi",
+]
 
 
 def log_likelihood(
@@ -30,6 +37,25 @@ def log_likelihood(
         raise ValueError("log_likelihood needs tags")
     args = (em, tags.contiguous(), mask, start, trans, end, constrained, validate)
     return ops.log_likelihood_masked(*args)
+
+
+def log_likelihood_sum(
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
+) -> Tensor:
+    """The sum over the rows of the gold-path score minus log Z (0-d): under torch.compile,
+    computed with its gradient in one pass (a reduced loss needs no per-row weights)."""
+    if tags is None:
+        raise ValueError("log_likelihood_sum needs tags")
+    args = (em, tags.contiguous(), mask, start, trans, end, constrained, validate)
+    return ops.log_likelihood_sum_masked(*args)
 
 
 def log_partition(

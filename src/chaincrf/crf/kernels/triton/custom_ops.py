@@ -37,9 +37,13 @@ def _compute(x: Tensor) -> torch.dtype:
 
 
 def _prepared(em: Tensor, *scores: Tensor) -> tuple[Tensor, list[Tensor]]:
-    """Contiguous emissions and scores in the compute dtype (no copy when they are already)."""
+    """Contiguous emissions and scores in the compute dtype (no copy, and no call, when they
+    are already: each call costs microseconds on the host)."""
     dtype = _compute(em)
-    return em.contiguous(), [s.to(dtype).contiguous() for s in scores]
+    ready = [
+        s if s.dtype == dtype and s.is_contiguous() else s.to(dtype).contiguous() for s in scores
+    ]
+    return (em if em.is_contiguous() else em.contiguous()), ready
 
 
 @torch.library.custom_op("chaincrf::triton_forward", mutates_args=())
@@ -248,6 +252,64 @@ def _(emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: 
     return emissions.new_empty(emissions.shape, dtype=_compute(emissions))
 
 
+# ------------------------------------------------------------------------------ eager calls
+
+
+class _Likelihood(torch.autograd.Function):
+    """The forward op and its autograd formula for eager calls, calling the kernels directly:
+    the same launches without the custom-op dispatcher's Python layers (several times the
+    kernels' own time on one sentence: ``scripts/bench_crf_gpu.py --sections launches``
+    reports the host time per call). Under torch.compile / torch.export the custom ops run."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        emissions: Tensor,
+        tags: Tensor | None,
+        mask: Tensor,
+        start: Tensor,
+        transitions: Tensor,
+        end: Tensor,
+        scale: float,
+        keep_alpha: bool,
+        accumulator: bool,
+    ) -> tuple[Tensor, Tensor]:
+        em, (s, t, e) = _prepared(emissions, start, transitions, end)
+        tg = None if tags is None or tags.is_contiguous() else tags.contiguous()
+        tg = tags if tg is None else tg
+        mask = mask if mask.is_contiguous() else mask.contiguous()
+        out, aux, alpha, acc = kernels.forward(
+            em, tg, mask, s, t, e, scale, keep_alpha, accumulator
+        )
+        log_z = aux[0] if tags is not None else out
+        ctx.save_for_backward(em, tg, mask, t, e, alpha, log_z)  # prepared: used as they are
+        ctx.acc, ctx.scale, ctx.added = acc, scale, False
+        ctx.dtypes = (emissions.dtype, start.dtype, transitions.dtype, end.dtype)
+        gold = aux[1] if tags is not None else aux
+        ctx.mark_non_differentiable(gold)
+        return out, gold
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad: Tensor, _gold: Tensor | None
+    ) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None, None]:
+        em, tags, mask, transitions, end, alpha, log_z = ctx.saved_tensors
+        acc = ctx.acc if ctx.acc.numel() > 0 else None
+        if acc is not None:
+            if ctx.added:  # a second backward through a retained graph: the sums start again
+                acc.zero_()
+            ctx.added = True
+        d_em, d_par = kernels.backward(
+            grad, em, tags, mask, transitions, end, alpha, log_z, ctx.scale, True, acc
+        )
+        K = d_par.shape[1]
+        grads = (d_em, d_par[0], d_par[1 : K + 1], d_par[K + 1])
+        d_em, d_start, d_trans, d_end = (
+            g if g.dtype == dtype else g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)
+        )
+        return d_em, None, None, d_start, d_trans, d_end, None, None, None
+
+
 # ------------------------------------------------------------------------------ public calls
 
 
@@ -295,6 +357,10 @@ def forward(
     # graph is being traced (where a graph input must not be mutated)
     adding = keep and not torch.are_deterministic_algorithms_enabled() and not _tracing()
     mask8 = _uint8(mask)
+    if not _tracing():
+        args = (emissions, tags, mask8, *scores, float(scale), keep, adding)
+        out, gold = _Likelihood.apply(*args)  # type: ignore[no-untyped-call]  # apply: unannotated
+        return out, (gold if tags is not None else None)
     out, aux, _alpha, _acc = _forward_op(
         emissions, tags, mask8, *scores, float(scale), keep, adding
     )

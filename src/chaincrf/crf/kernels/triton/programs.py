@@ -237,13 +237,23 @@ def _backward_kernel(
         tl.store(out + (K + 1) * K + dst, d_end, mask=col_ok)
 
 
+def _pow2(n: int) -> int:
+    """The next power of two >= n (plain Python: Triton's own is a constexpr function whose
+    call costs microseconds on the host, every launch)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def blocks(B: int, K: int) -> tuple[int, int, int]:
     """(BLOCK_B rows per program, BLOCK_K, num_warps) for ``B`` rows of ``K`` tags: the tile
     covers K; a program takes several rows while its (rows, K, K) step tile stays within
     4,096 entries and the rows still spread over about a hundred programs."""
-    block_k = triton.next_power_of_2(max(K, 1))
+    block_k = _pow2(max(K, 1))
     by_tile = max(1, 4096 // (block_k * block_k))
-    by_rows = triton.next_power_of_2(max(1, -(-B // 128)))
+    by_rows = _pow2(max(1, -(-B // 128)))
     block_b = min(by_tile, by_rows)
     size = block_b * block_k * block_k
     return block_b, block_k, 1 if size <= 256 else 2 if size <= 1024 else 4
@@ -292,12 +302,12 @@ def forward(
         return out, aux, alpha, acc.zero_()
     block_b, block_k, warps = blocks(B, K)
     gold = tags is not None
-    _forward_kernel[(triton.cdiv(B, block_b),)](
+    _forward_kernel[(_cdiv(B, block_b),)](
         em, tags if gold else mask, mask, start, trans, end, out, aux if gold else out,
         alpha if keep_alpha else out, out, acc if accumulator else out, (K + 2) * K,
         B, T, K, float(scale),
         ZERO_ACC=accumulator, GOLD=gold, STORE_ALPHA=keep_alpha, MAX_PLUS=False,
-        BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_ACC=triton.next_power_of_2((K + 2) * K),
+        BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_ACC=_pow2((K + 2) * K),
         num_warps=warps,
     )  # fmt: skip
     return out, aux, alpha, acc
@@ -340,7 +350,7 @@ def backward(
     if B == 0:
         return d_em, (acc if acc is not None else em.new_zeros((K + 2, K), dtype=dtype))
     block_b, block_k, warps = blocks(B, K)
-    programs = triton.cdiv(B, block_b)
+    programs = _cdiv(B, block_b)
     atomic = acc is not None
     if acc is not None:
         d_par = acc
@@ -377,7 +387,7 @@ def viterbi(
         return paths, scores.zero_()
     back = torch.empty((B, T, K), dtype=torch.int32, device=em.device)  # read where written
     block_b, block_k, warps = blocks(B, K)
-    _forward_kernel[(triton.cdiv(B, block_b),)](
+    _forward_kernel[(_cdiv(B, block_b),)](
         em, mask, mask, start, trans, end, scores, scores, back, paths, scores, 0, B, T, K, 1.0,
         ZERO_ACC=False, GOLD=False, STORE_ALPHA=False, MAX_PLUS=True,
         BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_ACC=1, num_warps=warps,
