@@ -11,11 +11,15 @@ Every section writes its rows to one JSON report (``--json``) and prints a Markd
   are wall-clock per call (host included: what a training loop sees), the libraries timed
   side by side by ``scripts/benchtools.py`` (warm-up, then blocks of calls synchronised at
   their ends, in balanced orders; the median). Each cell prints its floor: bytes moved / 4.8 TB/s, and the
-  serial-step floor T x ``--step-ns``.
+  serial-step floor T x ``--step-ns``. Where 16 <= K <= 128 the Triton likelihood also runs
+  with each step forced (``--steps log dot``: ``chaincrf[log]``, ``chaincrf[dot]``, each
+  checked against float64 too: the tensor cores' TF32x3 accuracy), and ``x_log_over_dot``
+  is the exp-space kernels' speed-up.
 * ``long``: float32 against float64 (eager kernel) at T = 512, 4,096 and 10,000: log Z, the
   log-likelihood, the emissions' and transitions' gradients and the marginals.
 * ``launches``: torch.profiler's kernel launches and ``torch.cuda.set_sync_debug_mode``'s
-  synchronisations per NLL + backward, with and without ``validate``.
+  synchronisations per NLL + backward, with and without ``validate``, and the host's time per
+  call (50 calls queued without a wait: the floor of a small batch's step).
 * ``compile``: ``torch.compile(fullgraph=True)`` of a module holding the CRF against eager
   (results and time), and pytorch-crf under ``torch.compile(mode="reduce-overhead")``.
 * ``graph``: a whole training step (embedding, linear, CRF NLL, backward, Adam) captured in a
@@ -97,6 +101,20 @@ def chaincrf_nll(crf: CRF, em, tags, mask, validate: bool = False):
     return run
 
 
+def under_step(step: str, run: Callable[[], object]) -> Callable[[], object]:
+    """``run`` with the Triton likelihood's step forced: ``"dot"`` (the exp-space kernels on
+    the tensor cores) or ``"log"`` (the log-space ones), whatever ``tuning.TRITON`` says."""
+    from chaincrf.crf.tuning import triton_tuning
+
+    least = 1 if step == "dot" else 1 << 30
+
+    def forced():
+        with triton_tuning(dot_min_tags=least):
+            return run()
+
+    return forced
+
+
 def grads_of(run, crf_params):
     loss, e = run()
     return float(loss), e.grad.double(), [p.grad.double() for p in crf_params()]
@@ -157,6 +175,10 @@ def section_grid(args, report: dict) -> None:
                 want = grads_of(chaincrf_nll(ref, em.double(), tags, mask), ref.parameters)
                 row = {"B": B, "T": T, "K": K, "tokens": tokens}
                 runs = {"chaincrf": (chaincrf_nll(crf, em, tags, mask), crf.parameters)}
+                if 16 <= K <= 128:  # the Triton likelihood's two steps, each forced
+                    for step in args.steps:
+                        forced = under_step(step, chaincrf_nll(crf, em, tags, mask))
+                        runs[f"chaincrf[{step}]"] = (forced, crf.parameters)
                 if "pytorch-crf" in peers:
                     peer = torchcrf_layer(crf)
                     runs["pytorch-crf"] = (torchcrf_nll(peer, em, tags, mask), peer.parameters)
@@ -195,6 +217,10 @@ def section_grid(args, report: dict) -> None:
                 row["floor_bytes_us"] = bytes_moved / BANDWIDTH * 1e6
                 row["floor_serial_us"] = 2 * T * args.step_ns / 1e3  # forward + backward steps
                 row["chaincrf_tokens_per_s"] = tokens / (row["chaincrf_nll_us"] / 1e6)
+                if "chaincrf[log]_nll_us" in row and "chaincrf[dot]_nll_us" in row:
+                    row["x_log_over_dot"] = (
+                        row["chaincrf[log]_nll_us"] / row["chaincrf[dot]_nll_us"]
+                    )
                 for peer_name in ("pytorch-crf", "torch-struct"):
                     if f"{peer_name}_nll_us" in row:
                         row[f"x_{peer_name}"] = row[f"{peer_name}_nll_us"] / row["chaincrf_nll_us"]
@@ -231,10 +257,7 @@ def _table(rows) -> None:
     print(head)
     print("|---" * 12 + "|")
     for r in rows:
-        checks = all(
-            r.get(f"{n}_check", {"ok": True})["ok"]
-            for n in ("chaincrf", "pytorch-crf", "torch-struct")
-        )
+        checks = all(v["ok"] for k, v in r.items() if k.endswith("_check"))
         print(
             f"| {r['B']} | {r['T']} | {r['K']} | {r['chaincrf_nll_us']:.0f} | "
             f"{r['chaincrf_tokens_per_s'] / 1e6:.1f} | {r.get('x_pytorch-crf', float('nan')):.1f} | "
@@ -308,8 +331,15 @@ def section_launches(args, report: dict) -> None:
                     if DEVICE == "cuda":
                         torch.cuda.set_sync_debug_mode("default")
             syncs = sum("synchroniz" in str(w.message) for w in caught)
+            _sync()
+            reps = 50
+            t0 = time.perf_counter()
+            for _ in range(reps):  # the host's time per call: launches queue, nothing waits
+                run()
+            host_us = (time.perf_counter() - t0) / reps * 1e6
+            _sync()
             row = {"B": B, "T": T, "K": K, "validate": validate, "launches": launches,
-                   "memsets": memsets, "memcpys": copies, "syncs": syncs,
+                   "memsets": memsets, "memcpys": copies, "syncs": syncs, "host_us": host_us,
                    "kernels": sorted({e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA})}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -457,6 +487,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--length", type=int, nargs="+", default=[32, 128, 512])
     p.add_argument("--tags", type=int, nargs="+", default=[9, 50])
     p.add_argument("--peers", nargs="*", default=["pytorch-crf", "torch-struct"])
+    p.add_argument(
+        "--steps",
+        nargs="*",
+        choices=["log", "dot"],
+        default=["log", "dot"],
+        help="grid: also time (and check) the Triton likelihood with each step forced, "
+        "where 16 <= K <= 128 (x_log_over_dot: the exp-space kernels' speed-up)",
+    )
     p.add_argument(
         "--step-ns", type=float, default=500.0, help="assumed latency of one serial step (ns)"
     )

@@ -27,6 +27,8 @@ pytestmark = [
     pytest.mark.usefixtures("one_thread"),
     # the interpreter computes log(0) = -inf (a sum of exp(-inf)) with numpy, which warns
     pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning"),
+    # ... and the exp-space kernels divide by a dead row's zero normaliser (then discarded)
+    pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning"),
 ]
 
 NEG_INF = float("-inf")
@@ -297,6 +299,27 @@ def test_custom_ops_pass_opcheck():
     torch.library.opcheck(ops.triton_marginals, detached)
 
 
+def test_the_exp_space_kernels_pass_opcheck():
+    """The likelihood's custom ops on the exp-space kernels (float32, 17 tags): fakes, autograd
+    formula and eager against AOT tracing, as torch.compile runs them."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("CPU tensors run the Triton kernels only with TRITON_INTERPRET=1")
+    from chaincrf.crf import tracing
+    from chaincrf.crf.kernels.triton import custom_ops  # noqa: F401  (registers the ops)
+    from chaincrf.crf.tuning import triton_tuning
+
+    emissions, tags, mask = batch(17, 4, 17, 5, torch.float32, "cpu")
+    em = emissions.clone().requires_grad_(True)
+    mask8 = mask.to(torch.uint8)
+    g = torch.Generator().manual_seed(5)
+    scores = [torch.randn(s, generator=g).requires_grad_(True) for s in ((17,), (17, 17), (17,))]
+    with triton_tuning(dot_min_tags=16), tracing.record_paths() as paths:
+        for row_tags, scale in ((tags, -1.0), (None, 1.0)):
+            args = (em, row_tags, mask8, *scores, scale, True, False)
+            torch.library.opcheck(torch.ops.chaincrf.triton_forward, args)
+    assert paths and {path for path, _ in paths} == {"triton_dot"}
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_zero_scores_tie_everywhere(device, dtype):
     """All scores 0: log Z = length * log K, marginals 1 / K, and every path ties: the best is
@@ -459,3 +482,104 @@ def test_a_retained_graph_gives_the_same_gradients_twice():
     for once, twice, want in zip(first, triton.parameters(), eager.parameters()):
         torch.testing.assert_close(twice.grad, once, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(once, want.grad, **tolerances(torch.float64))
+
+
+def _dot_case(B: int, T: int, K: int, seed: int, constrained: bool, device: str = "cpu"):
+    """float32 Triton and float64 eager layers with the same scores, and a ragged batch."""
+    eager, triton = layers(K, seed, torch.float64, device, constrained)
+    triton = triton.to(torch.float32)
+    emissions, tags, mask = batch(B, T, K, seed, torch.float64, device)
+    if constrained:
+        tags = torch.where(mask, eager.viterbi(emissions, mask)[0], -100)
+    return eager, triton, emissions, tags, mask
+
+
+def _close32(got, want, msg):
+    got = got.cpu()
+    torch.testing.assert_close(got, want.to(got), rtol=2e-4, atol=2e-4, msg=msg)
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_the_exp_space_kernel_matches_eager(device, constrained):
+    """From ``tuning.TRITON.dot_min_tags`` tags the float32 likelihood takes the exp-space
+    kernels (16 rows per program; here two programs, the second half empty): likelihood,
+    gradients, log-partition and marginals as eager's in float64 (on a GPU: the tensor cores'
+    TF32x3 products); float64 keeps log space."""
+    from chaincrf.crf import tracing
+    from chaincrf.crf.tuning import triton_tuning
+
+    B, T, K = 20, 6, 17
+    eager, triton, emissions, tags, mask = _dot_case(B, T, K, 7, constrained, device)
+    weights = torch.randn(B, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    weights = weights.to(device)
+    expected = llh_and_grads(eager, emissions, tags, mask, weights)
+    names = ("log-likelihood", "emissions", "start", "transitions", "end")
+    with triton_tuning(dot_min_tags=16), tracing.record_paths() as paths:
+        got = llh_and_grads(triton, emissions.float(), tags, mask, weights.float())
+        log_z = triton.log_partition(emissions.float(), mask)
+        marginals = triton.marginals(emissions.float(), mask)
+    assert ("triton_dot", B) in paths and ("triton_log", B) not in paths, paths
+    for name, g, e in zip(names, got, expected):
+        _close32(g, e, name)
+    assert bool((got[1][~mask.cpu()] == 0).all())  # no gradient past each length
+    _close32(log_z, eager.log_partition(emissions, mask), "log Z")
+    _close32(marginals, eager.marginals(emissions, mask), "marginals")
+    with triton_tuning(dot_min_tags=16), tracing.record_paths() as paths:
+        triton.to(torch.float64).log_partition(emissions, mask)
+    assert paths == [("triton_log", B)]
+
+
+@pytest.mark.parametrize(
+    ("span_limit", "tiny"),
+    [(60.0, 1e-20), (1e9, 1e-20), (60.0, 0.0)],
+    ids=["both checks", "normaliser check", "spread check"],
+)
+def test_the_exp_space_kernel_recomputes_underflowing_and_dead_rows_in_log_space(
+    device, span_limit, tiny
+):
+    """Transition scores from one tag 100 nats below the rest (a product of exps would
+    underflow: either check, the spread of the scores or a row's per-step normaliser, flags the
+    rows) and rows with no allowed path are recomputed in log space by the same launches:
+    eager's values (with both checks off the error is about 0.03), dead rows at -inf with zero
+    gradients."""
+    from chaincrf.crf.tuning import triton_tuning
+
+    B, T, K = 18, 5, 17
+    eager, triton, emissions, _tags, mask = _dot_case(B, T, K, 11, False, device)
+    with torch.no_grad():
+        eager.transitions[2, :] -= 100.0
+        triton.transitions.copy_(eager.transitions)
+    emissions[:8, 0, :] = -50.0  # rows 0-7 start in tag 2
+    emissions[:8, 0, 2] = 50.0
+    emissions[9, 1] = NEG_INF  # row 9: no path
+    dead = torch.zeros(B, dtype=torch.bool, device=device)
+    dead[9] = True
+    want = eager.log_partition(emissions, mask)
+    em = emissions.float().requires_grad_(True)
+    with triton_tuning(dot_min_tags=16, span_limit=span_limit, tiny=tiny):
+        got = triton.log_partition(em, mask)
+        got.sum().backward()
+    assert bool(torch.isneginf(got[dead]).all())
+    _close32(got[~dead], want[~dead], "log Z")
+    assert bool((em.grad[dead] == 0).all()) and bool(torch.isfinite(em.grad).all())
+    _close32(em.grad[~dead], eager.marginals(emissions, mask)[~dead], "gradient")
+
+
+@pytest.mark.parametrize("forward_dot", [False, True])
+def test_a_tuning_changed_between_forward_and_backward_keeps_the_gradients(forward_dot):
+    """The backward reads the forward's row flags: a forward in one space and a backward
+    under the other choice still give eager's gradients."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("CPU tensors run the Triton kernels only with TRITON_INTERPRET=1")
+    from chaincrf.crf.tuning import triton_tuning
+
+    eager, triton, emissions, tags, mask = _dot_case(17, 4, 17, 3, constrained=False)
+    want = llh_and_grads(eager, emissions, tags, mask, torch.ones(17, dtype=torch.float64))
+    em = emissions.float().requires_grad_(True)
+    with triton_tuning(dot_min_tags=16 if forward_dot else 64):
+        llh = triton(em, tags, mask, reduction="sum")
+    with triton_tuning(dot_min_tags=64 if forward_dot else 16):
+        llh.backward()
+    _close32(llh, want[0].sum(), "log-likelihood")
+    _close32(em.grad, want[1], "emissions")
+    _close32(triton.transitions.grad, want[3], "transitions")

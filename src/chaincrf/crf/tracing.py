@@ -30,10 +30,20 @@ __all__ = [
 is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
 """Whether torch.compile / torch.export is tracing (torch >= 2.3 names it torch.compiler)."""
 
-is_exporting: Callable[[], bool] = getattr(torch.compiler, "is_exporting", lambda: False)
-"""Whether torch.export (also under the ONNX exporter) is tracing (torch >= 2.5). Not
-trusted alone: torch 2.11 answers True inside a plain torch.compile on CUDA (see
-:func:`export_tracing`)."""
+_public_is_exporting: Callable[[], bool] = getattr(torch.compiler, "is_exporting", lambda: False)
+
+
+def is_exporting() -> bool:
+    """Whether torch.export (also under the ONNX exporter) is tracing (torch >= 2.5).
+
+    Reads the flag torch.export sets rather than calling ``torch.compiler.is_exporting``,
+    which torch 2.11's Dynamo folds to True in every trace, a plain torch.compile included
+    (so that every compiled CRF call took the export kernel). Where a torch has no such
+    flag, the public function answers.
+    """
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return _public_is_exporting() if flag is None else bool(flag)
+
 
 _export_blocks: list[bool] = []
 
@@ -53,9 +63,8 @@ def exporting() -> Iterator[None]:
 def export_tracing(device: str) -> bool:
     """Whether a call being traced on ``device`` is an export that needs standard operations
     only: inside :func:`exporting`, or when torch says it exports (:func:`is_exporting`) and
-    the tensors are not on CUDA. On CUDA torch's word alone is not taken (torch 2.11 says
-    True under a plain torch.compile, whose Inductor cannot lower the export kernel's scan):
-    there the Triton custom ops are traced, which torch.export keeps as custom ops."""
+    the tensors are not on CUDA. On CUDA the Triton custom ops are traced even under
+    torch.export, which keeps them as custom ops (an AOTInductor build runs them)."""
     return bool(_export_blocks) or (device != "cuda" and is_exporting())
 
 
@@ -107,7 +116,9 @@ def path_taken(path: str, rows: int) -> None:
 def record_paths() -> Iterator[list[tuple[str, int]]]:
     """Collect ``(path, rows)`` for every eager path taken inside the block: ``"scaled"``,
     ``"exact"`` (log space), ``"tree"`` (log-partition); ``"tree_viterbi"``, ``"scan_viterbi"``;
-    and ``("fused_threads", n)`` for a fused call split over n threads.
+    ``"triton_dot"`` / ``"triton_log"`` (the Triton likelihood's exp-space kernel on the tensor
+    cores, or its log-space one); and ``("fused_threads", n)`` for a fused call split over n
+    threads.
 
     Example::
 

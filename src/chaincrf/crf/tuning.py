@@ -16,7 +16,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["EAGER", "FUSED", "EagerTuning", "FusedTuning", "eager_tuning", "fused_tuning"]
+__all__ = [
+    "EAGER",
+    "FUSED",
+    "TRITON",
+    "EagerTuning",
+    "FusedTuning",
+    "TritonTuning",
+    "eager_tuning",
+    "fused_tuning",
+    "triton_tuning",
+]
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,36 @@ class FusedTuning:
     numba_exp_max_btk: int = 3000
 
 
+@dataclass(frozen=True)
+class TritonTuning:
+    """The Triton kernels' own choices (``python3 scripts/bench_crf_gpu.py --sections grid
+    --steps log dot`` re-measures them on a GPU; figures in ``benchmarks/crf_gpu.md``).
+
+    Attributes:
+        dot_min_tags: from this many tags (float32 emissions) the likelihood's forward and
+            backward passes run the scaled exp-space recursion whose step is a matrix product
+            on the tensor cores (``tl.dot``; 16 rows per program); below it, and in float64,
+            the log-space step (a (K, K) tile per row, one exp per entry). The issue's choice
+            (K >= 32), not yet a GPU measurement.
+        dot_precision: ``tl.dot``'s ``input_precision``: ``"tf32x3"`` (three TF32 products:
+            float32's accuracy on the tensor cores), ``"tf32"`` (one: about 1e-3 relative per
+            step) or ``"ieee"`` (no tensor cores).
+        span_limit: widest spread of finite transition scores the exp-space step takes (its
+            products must not underflow: exp(-60) is far above float32's smallest normal);
+            a wider one, and a row whose per-step normaliser falls below ``tiny``, is
+            recomputed in log space inside the same launch.
+        tiny: the smallest per-step normaliser the exp-space forward accepts.
+    """
+
+    dot_min_tags: int = 32
+    dot_precision: str = "tf32x3"
+    span_limit: float = 60.0
+    tiny: float = 1e-20
+
+
+TRITON = TritonTuning()
+"""The Triton kernels' choices in force (see :func:`triton_tuning`)."""
+
 FUSED = FusedTuning()
 """The fused kernels' threshold in force (see :func:`fused_tuning`)."""
 
@@ -118,6 +158,18 @@ def fused_tuning(**changes: int) -> Iterator[FusedTuning]:
         TypeError: naming an unknown threshold.
     """
     with _replaced("FUSED", changes) as tuning:
+        yield tuning
+
+
+@contextlib.contextmanager
+def triton_tuning(**changes: Any) -> Iterator[TritonTuning]:
+    """Run a block with the Triton kernels' choices changed, e.g.
+    ``with triton_tuning(dot_min_tags=10**9):`` (the log-space step for every K).
+
+    Raises:
+        TypeError: naming an unknown setting.
+    """
+    with _replaced("TRITON", changes) as tuning:
         yield tuning
 
 

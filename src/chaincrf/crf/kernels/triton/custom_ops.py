@@ -1,4 +1,4 @@
-"""The Triton CRF kernels (:mod:`chaincrf.crf.kernels.triton.programs`) as ``torch.library`` custom ops.
+"""The Triton CRF kernels (:mod:`chaincrf.crf.kernels.triton.launch`) as ``torch.library`` custom ops.
 
 Each op has a fake (shape-only) implementation, so that torch.compile and torch.export trace
 it, and the forward op has its autograd formula (the backward kernel), so that it is
@@ -9,7 +9,7 @@ host: each is one kernel launch (the backward's per-program sums add one reducti
 batch spans several programs).
 
 * ``chaincrf::triton_forward`` -> (``scale * (gold - log Z)`` with tags, else log Z (B,);
-  log Z and the gold scores (2, B); the forward messages (B, T, K) or (0, 0, 0); a zeroed
+  log Z, the gold scores and the exp-space kernel's log-space rows (3, B); the forward messages (B, T, K) or (0, 0, 0); a zeroed
   (K + 2, K) accumulator for the backward's score gradients, or (0, 0));
 * ``chaincrf::triton_backward`` -> the emissions' gradient and the score gradients stacked
   (K + 2, K): start, transitions (K rows), end; ``chaincrf::triton_backward_into`` -> the
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from chaincrf.crf import tracing
-from chaincrf.crf.kernels.triton import programs as kernels
+from chaincrf.crf.kernels.triton import launch as kernels
 
 __all__ = ["forward", "marginals", "viterbi"]
 
@@ -80,7 +80,7 @@ def _(
     dtype = _compute(emissions)
     return (
         emissions.new_empty(B, dtype=dtype),
-        emissions.new_empty((2, B) if tags is not None else (0, 0), dtype=dtype),
+        emissions.new_empty((3, B), dtype=dtype),
         emissions.new_empty((B, T, K) if keep_alpha else (0, 0, 0), dtype=dtype),
         emissions.new_empty((K + 2, K) if accumulator else (0, 0), dtype=dtype),
     )
@@ -96,6 +96,7 @@ def _backward(
     end: Tensor,
     alpha: Tensor,
     log_z: Tensor,
+    flags: Tensor,
     scale: float,
     acc: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
@@ -105,8 +106,20 @@ def _backward(
     if alpha.shape != em.shape:  # not kept by the forward call: recompute them
         out, aux, alpha, _ = kernels.forward(em, tags, mask, start, transitions, end, scale, True)
         log_z = aux[0] if tags is not None else out
+        flags = aux[2]
     d_em, d_par = kernels.backward(
-        grad, em, tags, mask, transitions, end, alpha, log_z.contiguous(), scale, True, acc
+        grad,
+        em,
+        tags,
+        mask,
+        transitions,
+        end,
+        alpha,
+        log_z.contiguous(),
+        scale,
+        True,
+        acc,
+        flags.contiguous(),
     )
     return d_em.to(emissions.dtype), d_par
 
@@ -122,9 +135,10 @@ def _backward_op(
     end: Tensor,
     alpha: Tensor,
     log_z: Tensor,
+    flags: Tensor,
     scale: float,
 ) -> tuple[Tensor, Tensor]:
-    args = (grad, emissions, tags, mask, start, transitions, end, alpha, log_z, scale)
+    args = (grad, emissions, tags, mask, start, transitions, end, alpha, log_z, flags, scale)
     return _backward(*args, None)
 
 
@@ -139,6 +153,7 @@ def _(
     end: Tensor,
     alpha: Tensor,
     log_z: Tensor,
+    flags: Tensor,
     scale: float,
 ) -> tuple[Tensor, Tensor]:
     K = emissions.shape[2]
@@ -157,11 +172,12 @@ def _backward_into_op(
     end: Tensor,
     alpha: Tensor,
     log_z: Tensor,
+    flags: Tensor,
     scale: float,
     acc: Tensor,
 ) -> Tensor:
     """As ``triton_backward``, the score gradients added into ``acc`` (eager calls only)."""
-    args = (grad, emissions, tags, mask, start, transitions, end, alpha, log_z, scale)
+    args = (grad, emissions, tags, mask, start, transitions, end, alpha, log_z, flags, scale)
     return _backward(*args, acc)[0]
 
 
@@ -176,6 +192,7 @@ def _(
     end: Tensor,
     alpha: Tensor,
     log_z: Tensor,
+    flags: Tensor,
     scale: float,
     acc: Tensor,
 ) -> Tensor:
@@ -188,7 +205,7 @@ def _save_forward(
     emissions, tags, mask, start, transitions, end, scale, _keep, _acc = inputs
     out, aux, alpha, acc = output
     log_z = aux[0] if tags is not None else out
-    ctx.save_for_backward(emissions, tags, mask, start, transitions, end, alpha, log_z)
+    ctx.save_for_backward(emissions, tags, mask, start, transitions, end, alpha, log_z, aux[2])
     ctx.acc = acc  # not a saved tensor: the backward mutates it (no version check wanted)
     ctx.scale = scale
     ctx.added = False
@@ -197,9 +214,9 @@ def _save_forward(
 def _forward_backward(
     ctx: Any, grad: Tensor, *_unused: Tensor | None
 ) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None, None]:
-    emissions, tags, mask, start, transitions, end, alpha, log_z = ctx.saved_tensors
+    emissions, tags, mask, start, transitions, end, alpha, log_z, flags = ctx.saved_tensors
     acc = ctx.acc
-    args = (grad, emissions, tags, mask, start, transitions, end, alpha, log_z, ctx.scale)
+    args = (grad, emissions, tags, mask, start, transitions, end, alpha, log_z, flags, ctx.scale)
     if acc.numel() > 0:  # an eager call: the forward zeroed it, the backward adds into it
         if ctx.added:  # a second backward through a retained graph: the sums start again
             acc.zero_()
@@ -241,9 +258,11 @@ def _marginals_op(
 ) -> Tensor:
     em, (start, transitions, end) = _prepared(emissions, start, transitions, end)
     mask = mask.contiguous()
-    log_z, _aux, alpha, _ = kernels.forward(em, None, mask, start, transitions, end, 1.0, True)
+    log_z, aux, alpha, _ = kernels.forward(em, None, mask, start, transitions, end, 1.0, True)
     one = log_z.new_ones(()).expand(log_z.shape[0])
-    d_em, _ = kernels.backward(one, em, None, mask, transitions, end, alpha, log_z, 1.0, False)
+    d_em, _ = kernels.backward(
+        one, em, None, mask, transitions, end, alpha, log_z, 1.0, False, None, aux[2]
+    )
     return d_em
 
 
@@ -282,7 +301,7 @@ class _Likelihood(torch.autograd.Function):
             em, tg, mask, s, t, e, scale, keep_alpha, accumulator
         )
         log_z = aux[0] if tags is not None else out
-        ctx.save_for_backward(em, tg, mask, t, e, alpha, log_z)  # prepared: used as they are
+        ctx.save_for_backward(em, tg, mask, t, e, alpha, log_z, aux[2])  # prepared: as they are
         ctx.acc, ctx.scale, ctx.added = acc, scale, False
         ctx.dtypes = (emissions.dtype, start.dtype, transitions.dtype, end.dtype)
         gold = aux[1] if tags is not None else aux
@@ -293,14 +312,14 @@ class _Likelihood(torch.autograd.Function):
     def backward(
         ctx: Any, grad: Tensor, _gold: Tensor | None
     ) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None, None]:
-        em, tags, mask, transitions, end, alpha, log_z = ctx.saved_tensors
+        em, tags, mask, transitions, end, alpha, log_z, flags = ctx.saved_tensors
         acc = ctx.acc if ctx.acc.numel() > 0 else None
         if acc is not None:
             if ctx.added:  # a second backward through a retained graph: the sums start again
                 acc.zero_()
             ctx.added = True
         d_em, d_par = kernels.backward(
-            grad, em, tags, mask, transitions, end, alpha, log_z, ctx.scale, True, acc
+            grad, em, tags, mask, transitions, end, alpha, log_z, ctx.scale, True, acc, flags
         )
         K = d_par.shape[1]
         grads = (d_em, d_par[0], d_par[1 : K + 1], d_par[K + 1])

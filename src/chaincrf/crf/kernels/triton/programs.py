@@ -1,4 +1,5 @@
-"""Triton kernels for the linear-chain CRF and the Python functions that launch them.
+"""Triton kernels for the linear-chain CRF in log space (launched by
+:mod:`chaincrf.crf.kernels.triton.launch`).
 
 One recursion, two reductions: :func:`_forward_kernel` runs the forward messages in log space
 (``alpha_t[j] = logsumexp_i(alpha_{t-1}[i] + trans[i, j]) + em[t, j]``) or, with ``MAX_PLUS``,
@@ -22,12 +23,10 @@ kernels run on CPU tensors through Triton's interpreter.
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
-from torch import Tensor
 
-__all__ = ["backward", "blocks", "forward", "viterbi"]
+__all__: list[str] = []
 
 
 @triton.jit
@@ -48,7 +47,7 @@ def _forward_kernel(
     trans_ptr,  # (K, K) [from, to]
     end_ptr,  # (K,)
     out_ptr,  # (B,) scale * (gold - log Z) with GOLD, log Z without, best score (MAX_PLUS)
-    aux_ptr,  # (2, B) log Z and the gold score (GOLD)
+    aux_ptr,  # (3, B) log Z, the gold score (GOLD), 1 (rows computed in log space; not MAX_PLUS)
     alpha_ptr,  # (B, T, K) forward messages (STORE_ALPHA) or int32 back-pointers (MAX_PLUS)
     path_ptr,  # (B, T) int64 best paths, -1 where masked or no path (MAX_PLUS)
     acc_ptr,  # (K + 2, K) zeroed by program 0 (ZERO_ACC): the backward kernel's sums
@@ -66,11 +65,35 @@ def _forward_kernel(
     BLOCK_ACC: tl.constexpr,  # a power of two >= acc_size
 ):
     """The forward recursion of ``BLOCK_B`` rows, reduced by logsumexp or (``MAX_PLUS``) max."""
-    if ZERO_ACC:  # noqa: SIM102 (a compile-time branch)  the backward adds into it
-        if tl.program_id(0) == 0:
-            cells = tl.arange(0, BLOCK_ACC)
-            tl.store(acc_ptr + cells, 0.0, mask=cells < acc_size)
+    if ZERO_ACC:  # the backward adds into it
+        _zero(acc_ptr, acc_size, BLOCK_ACC)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    _forward_rows(
+        rows, em_ptr, tags_ptr, mask_ptr, start_ptr, trans_ptr, end_ptr, out_ptr, aux_ptr,
+        alpha_ptr, path_ptr, B, T, K, scale, GOLD, STORE_ALPHA, MAX_PLUS, BLOCK_B, BLOCK_K,
+    )  # fmt: skip
+
+
+@triton.jit
+def _zero(acc_ptr, acc_size, BLOCK_ACC: tl.constexpr):
+    """Program 0 zeroes ``acc_size`` entries (the backward's score sums)."""
+    if tl.program_id(0) == 0:
+        cells = tl.arange(0, BLOCK_ACC)
+        tl.store(acc_ptr + cells, 0.0, mask=cells < acc_size)
+
+
+@triton.jit
+def _forward_rows(
+    rows, em_ptr, tags_ptr, mask_ptr, start_ptr, trans_ptr, end_ptr, out_ptr, aux_ptr, alpha_ptr,
+    path_ptr, B, T, K, scale,
+    GOLD: tl.constexpr,
+    STORE_ALPHA: tl.constexpr,
+    MAX_PLUS: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """:func:`_forward_kernel`'s recursion for the ``BLOCK_B`` rows ``rows`` (also the
+    exp-space kernel's log-space recomputation of one row)."""
     row_ok = rows < B
     src = tl.arange(0, BLOCK_K)  # source tags i
     dst = tl.arange(0, BLOCK_K)  # target tags j
@@ -133,10 +156,14 @@ def _forward_kernel(
                 started, tl.load(end_ptr + prev, mask=row_ok & started, other=0.0), 0.0
             )
             tl.store(out_ptr + rows, scale * (gold - log_z), mask=row_ok)
-            tl.store(aux_ptr + rows, log_z, mask=row_ok)
             tl.store(aux_ptr + B + rows, gold, mask=row_ok)
         else:
             tl.store(out_ptr + rows, log_z, mask=row_ok)
+            tl.store(aux_ptr + B + rows, tl.zeros_like(log_z), mask=row_ok)
+        # log Z, and every row flagged as computed in log space: a backward that takes the
+        # exp-space kernel (the tuning changed in between) runs these rows in log space
+        tl.store(aux_ptr + rows, log_z, mask=row_ok)
+        tl.store(aux_ptr + 2 * B + rows, row_ok.to(tl.float32), mask=row_ok)
 
 
 @triton.jit
@@ -163,12 +190,52 @@ def _backward_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
+    """The backward recursion of ``BLOCK_B`` rows (:func:`_backward_rows`), its score sums
+    added into ``d_par`` or written as the program's own."""
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    first, pair, d_end = _backward_rows(
+        rows, grad_ptr, em_ptr, tags_ptr, mask_ptr, trans_ptr, end_ptr, alpha_ptr, log_z_ptr,
+        d_em_ptr, B, T, K, grad_stride, scale, GOLD, PAIRWISE, BLOCK_B, BLOCK_K,
+    )  # fmt: skip
+    _write_sums(d_par_ptr, pid, first, pair, d_end, K, PAIRWISE, ATOMIC, BLOCK_K)
+
+
+@triton.jit
+def _write_sums(
+    d_par_ptr, pid, first, pair, d_end, K,
+    PAIRWISE: tl.constexpr, ATOMIC: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """The score gradients (start: ``first``, transitions: ``pair``, end: ``d_end``) added into
+    the (K + 2, K) sums (``ATOMIC``) or stored as program ``pid``'s own."""
+    src = tl.arange(0, BLOCK_K)
+    dst = tl.arange(0, BLOCK_K)
+    col_ok = dst < K
+    tile = (src[:, None] < K) & col_ok[None, :]
+    if ATOMIC:
+        tl.atomic_add(d_par_ptr + dst, first, mask=col_ok)
+        if PAIRWISE:
+            tl.atomic_add(d_par_ptr + K + src[:, None] * K + dst[None, :], pair, mask=tile)
+        tl.atomic_add(d_par_ptr + (K + 1) * K + dst, d_end, mask=col_ok)
+    else:
+        out = d_par_ptr + pid.to(tl.int64) * (K + 2) * K
+        tl.store(out + dst, first, mask=col_ok)
+        if PAIRWISE:
+            tl.store(out + K + src[:, None] * K + dst[None, :], pair, mask=tile)
+        tl.store(out + (K + 1) * K + dst, d_end, mask=col_ok)
+
+
+@triton.jit
+def _backward_rows(
+    rows, grad_ptr, em_ptr, tags_ptr, mask_ptr, trans_ptr, end_ptr, alpha_ptr, log_z_ptr,
+    d_em_ptr, B, T, K, grad_stride, scale,
+    GOLD: tl.constexpr, PAIRWISE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
     """The backward recursion of ``BLOCK_B`` rows: beta_last = end, beta_t[i] =
     logsumexp_j(trans[i, j] + em[t', j] + beta_t'[j]) (t' the next kept position); marginals
     ``exp(alpha + beta - log Z)``. With ``GOLD`` the gradients are those of
-    ``scale * (gold - log Z)``: gold counts minus marginals."""
-    pid = tl.program_id(0)
-    rows = pid.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    ``scale * (gold - log Z)``: gold counts minus marginals. Returns the rows' summed score
+    gradients: start (K,), transitions (K, K), end (K,)."""
     row_ok = rows < B
     src = tl.arange(0, BLOCK_K)
     dst = tl.arange(0, BLOCK_K)
@@ -224,172 +291,4 @@ def _backward_kernel(
         first = tl.where(on[:, None], grad, first)
         ahead = tl.where(kept[:, None], beta + e, ahead)
         begun = begun | kept
-    if ATOMIC:
-        tl.atomic_add(d_par_ptr + dst, tl.sum(first, 0), mask=col_ok)
-        if PAIRWISE:
-            tl.atomic_add(d_par_ptr + K + src[:, None] * K + dst[None, :], pair, mask=tile)
-        tl.atomic_add(d_par_ptr + (K + 1) * K + dst, d_end, mask=col_ok)
-    else:
-        out = d_par_ptr + pid.to(tl.int64) * (K + 2) * K
-        tl.store(out + dst, tl.sum(first, 0), mask=col_ok)
-        if PAIRWISE:
-            tl.store(out + K + src[:, None] * K + dst[None, :], pair, mask=tile)
-        tl.store(out + (K + 1) * K + dst, d_end, mask=col_ok)
-
-
-def _pow2(n: int) -> int:
-    """The next power of two >= n (plain Python: Triton's own is a constexpr function whose
-    call costs microseconds on the host, every launch)."""
-    return 1 << max(0, n - 1).bit_length()
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def blocks(B: int, K: int) -> tuple[int, int, int]:
-    """(BLOCK_B rows per program, BLOCK_K, num_warps) for ``B`` rows of ``K`` tags: the tile
-    covers K; a program takes several rows while its (rows, K, K) step tile stays within
-    4,096 entries and the rows still spread over about a hundred programs."""
-    block_k = _pow2(max(K, 1))
-    by_tile = max(1, 4096 // (block_k * block_k))
-    by_rows = _pow2(max(1, -(-B // 128)))
-    block_b = min(by_tile, by_rows)
-    size = block_b * block_k * block_k
-    return block_b, block_k, 1 if size <= 256 else 2 if size <= 1024 else 4
-
-
-def _compute_dtype(em: Tensor) -> torch.dtype:
-    return torch.float64 if em.dtype == torch.float64 else torch.float32
-
-
-def forward(
-    em: Tensor,
-    tags: Tensor | None,
-    mask: Tensor,
-    start: Tensor,
-    trans: Tensor,
-    end: Tensor,
-    scale: float,
-    keep_alpha: bool,
-    accumulator: bool = False,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The forward pass: ``scale * (gold - log Z)`` with ``tags``, else log Z.
-
-    Args:
-        em: float contiguous (batch, seq_len, num_tags), unnormalised scores.
-        tags: int64 contiguous (batch, seq_len) gold tags (read where the mask is on), or None.
-        mask: uint8 contiguous (batch, seq_len), 1 at kept positions (gaps allowed).
-        start, end: (num_tags,) and trans: (num_tags, num_tags) ``[from, to]`` contiguous
-            scores in the compute dtype, ``-inf`` where forbidden.
-        scale: the factor of the log-likelihood (-1 gives the negative log-likelihood).
-        keep_alpha: also return the forward messages (for :func:`backward`).
-        accumulator: also return a zeroed (num_tags + 2, num_tags) buffer, zeroed by this
-            launch, that :func:`backward` adds the score gradients into (no launch of its own).
-
-    Returns:
-        ``out`` (batch,) in the compute dtype (0 for an empty row), ``aux`` (2, batch): log Z
-        and the gold score ((0, 0) without ``tags``), ``alpha`` (batch, seq_len, num_tags) or
-        (0, 0, 0) without ``keep_alpha``, and the accumulator ((0, 0) without).
-    """
-    B, T, K = em.shape
-    dtype = _compute_dtype(em)
-    out = em.new_empty(B, dtype=dtype)
-    aux = em.new_empty((2, B) if tags is not None else (0, 0), dtype=dtype)
-    alpha = em.new_empty((B, T, K) if keep_alpha else (0, 0, 0), dtype=dtype)
-    acc = em.new_empty((K + 2, K) if accumulator else (0, 0), dtype=dtype)
-    if B == 0:
-        return out, aux, alpha, acc.zero_()
-    block_b, block_k, warps = blocks(B, K)
-    gold = tags is not None
-    _forward_kernel[(_cdiv(B, block_b),)](
-        em, tags if gold else mask, mask, start, trans, end, out, aux if gold else out,
-        alpha if keep_alpha else out, out, acc if accumulator else out, (K + 2) * K,
-        B, T, K, float(scale),
-        ZERO_ACC=accumulator, GOLD=gold, STORE_ALPHA=keep_alpha, MAX_PLUS=False,
-        BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_ACC=_pow2((K + 2) * K),
-        num_warps=warps,
-    )  # fmt: skip
-    return out, aux, alpha, acc
-
-
-def backward(
-    grad: Tensor,
-    em: Tensor,
-    tags: Tensor | None,
-    mask: Tensor,
-    trans: Tensor,
-    end: Tensor,
-    alpha: Tensor,
-    log_z: Tensor,
-    scale: float,
-    pairwise: bool,
-    acc: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Gradients of ``sum(grad * out)`` for :func:`forward`'s ``out``; the tag marginals are
-    those of a unit gradient without ``tags``.
-
-    Args:
-        grad: (batch,) incoming gradient, any stride (an expanded scalar is read in place).
-        em, tags, mask, trans, end, scale: as in :func:`forward`.
-        alpha: (batch, seq_len, num_tags) and log_z (batch,): from :func:`forward`.
-        pairwise: also sum the pairwise marginals (the transitions' gradient).
-        acc: :func:`forward`'s zeroed accumulator: the score gradients are added into it
-            (atomically: the order of the additions, so the last bits, can vary between
-            runs), and it is returned; None: each program writes its own sums, added by one
-            more launch (deterministic).
-
-    Returns:
-        ``d_em`` (batch, seq_len, num_tags), 0 where the mask is off, and ``d_par``
-        (num_tags + 2, num_tags): the start scores' gradient, the transitions' (num_tags
-        rows; 0 without ``pairwise``) and the end scores'. All 0 for a row with no allowed path.
-    """
-    B, T, K = em.shape
-    dtype = alpha.dtype
-    d_em = em.new_empty((B, T, K), dtype=dtype)
-    if B == 0:
-        return d_em, (acc if acc is not None else em.new_zeros((K + 2, K), dtype=dtype))
-    block_b, block_k, warps = blocks(B, K)
-    programs = _cdiv(B, block_b)
-    atomic = acc is not None
-    if acc is not None:
-        d_par = acc
-    else:  # every entry written by the kernel, but the transitions' without ``pairwise``
-        d_par = (em.new_empty if pairwise else em.new_zeros)((programs, K + 2, K), dtype=dtype)
-    _backward_kernel[(programs,)](
-        grad, em, tags if tags is not None else mask, mask, trans, end, alpha, log_z, d_em,
-        d_par, B, T, K, grad.stride(0) if grad.dim() else 0, float(scale),
-        GOLD=tags is not None, PAIRWISE=pairwise, ATOMIC=atomic,
-        BLOCK_B=block_b, BLOCK_K=block_k, num_warps=warps,
-    )  # fmt: skip
-    if atomic:
-        return d_em, d_par
-    return d_em, d_par[0] if programs == 1 else d_par.sum(0)
-
-
-def viterbi(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Best path of each row and its score.
-
-    Args:
-        em, mask, start, trans, end: as in :func:`forward`.
-
-    Returns:
-        ``paths`` int64 (batch, seq_len), -1 where the mask is off and in a row with no
-        allowed path; ``scores`` (batch,) in the compute dtype (0 for an empty row, ``-inf``
-        with no allowed path). Ties go to the smallest tag index, as ``torch.argmax``.
-    """
-    B, T, K = em.shape
-    paths = torch.empty((B, T), dtype=torch.long, device=em.device)
-    scores = em.new_empty(B, dtype=_compute_dtype(em))
-    if B == 0 or T == 0:
-        return paths, scores.zero_()
-    back = torch.empty((B, T, K), dtype=torch.int32, device=em.device)  # read where written
-    block_b, block_k, warps = blocks(B, K)
-    _forward_kernel[(_cdiv(B, block_b),)](
-        em, mask, mask, start, trans, end, scores, scores, back, paths, scores, 0, B, T, K, 1.0,
-        ZERO_ACC=False, GOLD=False, STORE_ALPHA=False, MAX_PLUS=True,
-        BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_ACC=1, num_warps=warps,
-    )  # fmt: skip
-    return paths, scores
+    return tl.sum(first, 0), pair, d_end

@@ -1,0 +1,244 @@
+"""The likelihood's passes for many tags: the scaled exp-space recursion (Rabiner's scaling),
+whose step is a matrix product on the tensor cores (``tl.dot``).
+
+The log-space step (:mod:`chaincrf.crf.kernels.triton.programs`) takes one exp per entry of a
+(K, K) tile per row and step. Here a program runs 16 rows (or more) at once: with ``E =
+exp(trans - c)`` (c the largest finite transition score, so 0 <= E <= 1, 0 where forbidden)
+and each row's forward message kept as ``a`` (its largest entry 1) and a log scale,
+
+    v = a @ E                      (BLOCK_B, K) x (K, K): the tensor cores
+    u = v * exp(em_t - max em_t)   K exps per row, not K^2
+    a = u / max(u), log scale += c + max em_t + log max(u)
+
+and the backward the same way with ``E``'s transpose; the pairwise marginals summed over the
+rows are one more product per step, ``(a * weights)^T @ (exp(em + beta) scaled)``, times
+``E`` once at the end. The forward messages are stored in log space (as the log-space
+kernel's: either backward reads them).
+
+Exactness: a product of scores in float32 underflows where the transition scores spread
+wider than about 87 nats. A call whose finite transition scores spread wider than
+``tuning.TRITON.span_limit`` (60), and a row whose per-step normaliser falls below
+``tuning.TRITON.tiny``, is recomputed in log space by the same launch (the row is flagged in
+``aux[2]``, and the backward launch runs the log-space recursion for flagged rows). Emissions
+more than about 87 nats below a step's best are dropped as exp underflows (relative weight
+below 1e-38). ``tl.dot``'s precision is ``tuning.TRITON.dot_precision`` (``tf32x3`` by
+default: float32's accuracy on the tensor cores); under Triton's interpreter the products are
+numpy float32 products.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from chaincrf.crf.kernels.triton.programs import (
+    _backward_rows,
+    _forward_rows,
+    _logsumexp,
+    _write_sums,
+    _zero,
+)
+
+__all__: list[str] = []
+
+
+@triton.jit
+def _scaled_transitions(trans_ptr, K, SPAN: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(log-space tile, E = exp(tile - c), c, wide): ``wide`` (int32) 1 when the finite
+    scores spread wider than ``SPAN`` (then the exp-space recursion may underflow)."""
+    src = tl.arange(0, BLOCK_K)
+    dst = tl.arange(0, BLOCK_K)
+    tile = (src[:, None] < K) & (dst[None, :] < K)
+    trans = tl.load(trans_ptr + src[:, None] * K + dst[None, :], mask=tile, other=float("-inf"))
+    finite = trans > float("-inf")
+    top = tl.max(tl.max(tl.where(finite, trans, float("-inf")), 1), 0)
+    low = tl.min(tl.min(tl.where(finite, trans, float("inf")), 1), 0)
+    shift = tl.where(top > float("-inf"), top, 0.0)
+    wide = (tl.where(top > float("-inf"), top - low, 0.0) > SPAN).to(tl.int32)
+    return trans, tl.exp(trans - shift), shift, wide
+
+
+@triton.jit
+def _dot_forward_kernel(
+    em_ptr, tags_ptr, mask_ptr, start_ptr, trans_ptr, end_ptr, out_ptr, aux_ptr, alpha_ptr,
+    acc_ptr, acc_size, B, T, K, scale,
+    ZERO_ACC: tl.constexpr,
+    GOLD: tl.constexpr,
+    STORE_ALPHA: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_ACC: tl.constexpr,
+    SPAN: tl.constexpr,
+    TINY: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
+    """:func:`programs._forward_kernel` (without ``MAX_PLUS``) in exp space; arguments as
+    there, ``aux`` (3, B): log Z, the gold score, and 1 where the row was recomputed in log
+    space."""
+    if ZERO_ACC:
+        _zero(acc_ptr, acc_size, BLOCK_ACC)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    dst = tl.arange(0, BLOCK_K)
+    col_ok = dst < K
+    cell_ok = row_ok[:, None] & col_ok[None, :]
+    _trans, E, shift, wide = _scaled_transitions(trans_ptr, K, SPAN, BLOCK_K)
+    start = tl.load(start_ptr + dst, mask=col_ok, other=float("-inf"))
+    em_rows = em_ptr + rows[:, None] * T * K + dst[None, :]
+    a = tl.zeros((BLOCK_B, BLOCK_K), tl.float32)  # the message over its scale: max entry 1
+    log_c = tl.zeros((BLOCK_B,), tl.float32)  # the scale's log
+    started = rows < 0
+    flag = row_ok & ((rows * 0 + wide) != 0)  # (a scalar's broadcast, as the interpreter takes it)
+    gold = tl.zeros((BLOCK_B,), tl.float32)
+    prev = tl.zeros((BLOCK_B,), tl.int64)
+    for t in range(0, T):
+        kept = tl.load(mask_ptr + rows * T + t, mask=row_ok, other=0) != 0
+        e = tl.load(em_rows + t * K, mask=cell_ok, other=float("-inf")).to(tl.float32)
+        v = tl.dot(a, E, input_precision=PRECISION)  # (BLOCK_B, BLOCK_K)
+        # the first kept position starts from the start scores instead
+        x = tl.where(started[:, None], e, e + start[None, :])
+        top = tl.max(x, 1)
+        top = tl.where(top > float("-inf"), top, 0.0)
+        u = tl.exp(x - top[:, None])
+        u = tl.where(started[:, None], u * v, u)
+        norm = tl.max(u, 1)
+        ok = norm > TINY
+        flag = flag | (kept & row_ok & ~ok)
+        a = tl.where(kept[:, None], tl.where(ok[:, None], u / norm[:, None], 0.0), a)
+        grow = top + tl.log(tl.where(ok, norm, 1.0)) + tl.where(started, shift, 0.0)
+        log_c = tl.where(kept, log_c + grow, log_c)
+        if STORE_ALPHA:
+            alpha = tl.log(a) + log_c[:, None]
+            tl.store(alpha_ptr + rows[:, None] * T * K + t * K + dst[None, :], alpha, mask=cell_ok)
+        if GOLD:
+            on = row_ok & kept
+            y = tl.load(tags_ptr + rows * T + t, mask=on, other=0)
+            outside = (y < 0) | (y >= K)
+            y = tl.minimum(tl.maximum(y, 0), K - 1)
+            ey = tl.load(em_ptr + rows * T * K + t * K + y, mask=on, other=0.0).to(tl.float32)
+            ty = tl.load(trans_ptr + prev * K + y, mask=on & started, other=0.0)
+            sy = tl.load(start_ptr + y, mask=on & ~started, other=0.0)
+            step_gold = tl.where(outside, float("nan"), ey + tl.where(started, ty, sy))
+            gold += tl.where(on, step_gold, 0.0)
+            prev = tl.where(on, y, prev)
+        started = started | kept
+    end = tl.load(end_ptr + dst, mask=col_ok, other=float("-inf"))
+    final = tl.log(a) + end[None, :]
+    log_z = tl.where(started, _logsumexp(final, 1) + log_c, 0.0)
+    if GOLD:
+        gold += tl.where(started, tl.load(end_ptr + prev, mask=row_ok & started, other=0.0), 0.0)
+        tl.store(out_ptr + rows, scale * (gold - log_z), mask=row_ok)
+        tl.store(aux_ptr + B + rows, gold, mask=row_ok)
+    else:
+        tl.store(out_ptr + rows, log_z, mask=row_ok)
+        tl.store(aux_ptr + B + rows, tl.zeros_like(log_z), mask=row_ok)
+    tl.store(aux_ptr + rows, log_z, mask=row_ok)
+    tl.store(aux_ptr + 2 * B + rows, flag.to(tl.float32), mask=row_ok)
+    if tl.max(flag.to(tl.int32), 0) > 0:  # rare: the flagged rows again, in log space
+        tl.debug_barrier()
+        for r in range(0, BLOCK_B):
+            row = tl.program_id(0).to(tl.int64) * BLOCK_B + r
+            hit = tl.load(aux_ptr + 2 * B + row, mask=row < B, other=0.0)
+            if hit != 0.0:
+                one = row + tl.arange(0, 1)
+                _forward_rows(
+                    one, em_ptr, tags_ptr, mask_ptr, start_ptr, trans_ptr, end_ptr, out_ptr,
+                    aux_ptr, alpha_ptr, out_ptr, B, T, K, scale, GOLD, STORE_ALPHA, False, 1,
+                    BLOCK_K,
+                )  # fmt: skip
+
+
+@triton.jit
+def _dot_backward_kernel(
+    grad_ptr, em_ptr, tags_ptr, mask_ptr, trans_ptr, end_ptr, alpha_ptr, log_z_ptr, flag_ptr,
+    d_em_ptr, d_par_ptr, B, T, K, grad_stride, scale,
+    GOLD: tl.constexpr,
+    PAIRWISE: tl.constexpr,
+    ATOMIC: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPAN: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
+    """:func:`programs._backward_kernel` in exp space; ``flag`` (B,): the rows the forward
+    recomputed in log space, whose backward runs in log space here too."""
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    dst = tl.arange(0, BLOCK_K)
+    col_ok = dst < K
+    cell_ok = row_ok[:, None] & col_ok[None, :]
+    _trans, E, shift, _wide = _scaled_transitions(trans_ptr, K, SPAN, BLOCK_K)
+    flag = tl.load(flag_ptr + rows, mask=row_ok, other=0.0) != 0.0
+    log_z = tl.load(log_z_ptr + rows, mask=row_ok, other=float("-inf"))
+    live = row_ok & (log_z > float("-inf"))
+    log_z = tl.where(live, log_z, 0.0)
+    g = tl.load(grad_ptr + rows * grad_stride, mask=live, other=0.0).to(tl.float32) * scale
+    g = tl.where(live & ~flag, g, 0.0)
+    weight = g
+    if GOLD:
+        weight = -g
+    base = rows[:, None] * T * K + dst[None, :]
+    end = tl.load(end_ptr + dst, mask=col_ok, other=float("-inf"))
+    q = tl.zeros((BLOCK_B, BLOCK_K), tl.float32)  # exp(em + beta) at the next kept position,
+    log_q = tl.zeros((BLOCK_B,), tl.float32)  # over its scale
+    begun = rows < 0
+    after = tl.zeros((BLOCK_B,), tl.int64)
+    first = tl.zeros((BLOCK_B, BLOCK_K), tl.float32)
+    pair = tl.zeros((BLOCK_K, BLOCK_K), tl.float32)  # sum of weighted a_i q_j (times E later)
+    gold_pair = tl.zeros((BLOCK_K, BLOCK_K), tl.float32)
+    d_end = tl.zeros((BLOCK_K,), tl.float32)
+    for s in range(0, T):
+        t = T - 1 - s
+        kept = tl.load(mask_ptr + rows * T + t, mask=row_ok, other=0) != 0
+        on = kept & live & ~flag
+        alpha = tl.load(alpha_ptr + base + t * K, mask=cell_ok, other=float("-inf"))
+        e = tl.load(em_ptr + base + t * K, mask=cell_ok, other=float("-inf")).to(tl.float32)
+        later = tl.dot(q, tl.trans(E), input_precision=PRECISION)  # sum_j E[i, j] q[j]
+        beta = tl.where(begun[:, None], tl.log(later) + (log_q + shift)[:, None], end[None, :])
+        gamma = tl.exp(alpha + beta - log_z[:, None])
+        gamma = tl.where(on[:, None] & col_ok[None, :], gamma, 0.0)
+        if PAIRWISE:
+            use = on & begun
+            # <= -log(later): capped where later underflows (its pairs weigh below e^-80)
+            lift = tl.minimum(alpha - log_z[:, None] + (log_q + shift)[:, None], 80.0)
+            coef = tl.where(use[:, None] & col_ok[None, :], tl.exp(lift) * weight[:, None], 0.0)
+            pair += tl.dot(tl.trans(coef), q, input_precision=PRECISION)
+        grad = gamma
+        if GOLD:
+            y = tl.load(tags_ptr + rows * T + t, mask=on, other=0)
+            y = tl.minimum(tl.maximum(y, 0), K - 1)
+            grad = tl.where(on[:, None] & (dst[None, :] == y[:, None]), 1.0, 0.0) - gamma
+            if PAIRWISE:  # the gold pair (y here, the tag at the next kept position), g each
+                here = tl.where(
+                    (on & begun)[:, None] & (dst[None, :] == y[:, None]), g[:, None], 0.0
+                )
+                there = tl.where(dst[None, :] == after[:, None], 1.0, 0.0)
+                gold_pair += tl.dot(tl.trans(here), there, input_precision=PRECISION)
+            after = tl.where(on, y, after)
+        grad = grad * g[:, None]
+        tl.store(d_em_ptr + base + t * K, grad, mask=cell_ok & ~flag[:, None])
+        d_end += tl.sum(tl.where((on & ~begun)[:, None], grad, 0.0), 0)
+        first = tl.where(on[:, None], grad, first)
+        x = e + beta
+        top = tl.max(x, 1)
+        top = tl.where(top > float("-inf"), top, 0.0)
+        q = tl.where(kept[:, None], tl.exp(x - top[:, None]), q)
+        log_q = tl.where(kept, top, log_q)
+        begun = begun | kept
+    first_sum = tl.sum(first, 0)
+    pair = pair * E + gold_pair
+    if tl.max(flag.to(tl.int32), 0) > 0:  # the rows the forward recomputed in log space
+        for r in range(0, BLOCK_B):
+            row = pid.to(tl.int64) * BLOCK_B + r
+            hit_row = tl.load(flag_ptr + row, mask=row < B, other=0.0)
+            if hit_row != 0.0:
+                f1, p1, e1 = _backward_rows(
+                    row + tl.arange(0, 1), grad_ptr, em_ptr, tags_ptr, mask_ptr, trans_ptr,
+                    end_ptr, alpha_ptr, log_z_ptr, d_em_ptr, B, T, K, grad_stride, scale, GOLD,
+                    PAIRWISE, 1, BLOCK_K,
+                )  # fmt: skip
+                first_sum += f1
+                pair += p1
+                d_end += e1
+    _write_sums(d_par_ptr, pid, first_sum, pair, d_end, K, PAIRWISE, ATOMIC, BLOCK_K)
