@@ -18,7 +18,8 @@ Every section writes its rows to one JSON report (``--json``) and prints a Markd
 * ``long``: float32 against float64 (eager kernel) at T = 512, 4,096 and 10,000: log Z, the
   log-likelihood, the emissions' and transitions' gradients and the marginals.
 * ``launches``: torch.profiler's kernel launches and ``torch.cuda.set_sync_debug_mode``'s
-  synchronisations per NLL + backward, with and without ``validate``, and the host's time per
+  synchronisations per NLL + backward, with and without ``validate`` (and with bfloat16
+  emissions, as autocast gives them: no conversion launch expected), and the host's time per
   call (50 calls queued without a wait: the floor of a small batch's step).
 * ``compile``: ``torch.compile(fullgraph=True)`` of a module holding the CRF against eager
   (results and time), and pytorch-crf under ``torch.compile(mode="reduce-overhead")``.
@@ -306,8 +307,9 @@ def section_launches(args, report: dict) -> None:
     for B, T, K in ((1, 32, 9), (512, 128, 50)):
         em, tags, mask, _ = inputs(B, T, K, seed=3)
         crf = make_crf(K, seed=3)
-        for validate in (False, True):
-            run = chaincrf_nll(crf, em, tags, mask, validate)
+        runs = ((False, torch.float32), (True, torch.float32), (False, torch.bfloat16))
+        for validate, dtype in runs:  # bfloat16: autocast's emissions, read as they are
+            run = chaincrf_nll(crf, em.to(dtype), tags, mask, validate)
             run()
             _sync()
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -338,7 +340,8 @@ def section_launches(args, report: dict) -> None:
                 run()
             host_us = (time.perf_counter() - t0) / reps * 1e6
             _sync()
-            row = {"B": B, "T": T, "K": K, "validate": validate, "launches": launches,
+            row = {"B": B, "T": T, "K": K, "dtype": str(dtype).removeprefix("torch."),
+                   "validate": validate, "launches": launches,
                    "memsets": memsets, "memcpys": copies, "syncs": syncs, "host_us": host_us,
                    "kernels": sorted({e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA})}  # fmt: skip
             rows.append(row)

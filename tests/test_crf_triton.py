@@ -583,3 +583,49 @@ def test_a_tuning_changed_between_forward_and_backward_keeps_the_gradients(forwa
     _close32(llh, want[0].sum(), "log-likelihood")
     _close32(em.grad, want[1], "emissions")
     _close32(triton.transitions.grad, want[3], "transitions")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("K", [5, 17])
+def test_half_precision_emissions_are_read_as_they_are(device, dtype, K):
+    """float16/bfloat16 emissions (what autocast's linear layers give) go to the kernels as
+    they are: no conversion pass forward or backward, the loss in float32 equal to eager's on
+    the upcast emissions, the emissions' gradient in their dtype (within one rounding); both
+    steps (K = 5: log space; K = 17 with ``dot_min_tags=16``: the exp-space kernels)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from chaincrf.crf import tracing
+    from chaincrf.crf.tuning import triton_tuning
+
+    eager, triton = layers(K, 4, torch.float32, device, constrained=False)
+    emissions, tags, mask = batch(17, 5, K, 4, torch.float32, device)
+    emissions = emissions.clamp(max=30.0).to(dtype)
+    em = emissions.clone().requires_grad_(True)
+    aten = torch.ops.aten
+    conversions = []
+
+    class Conversions(TorchDispatchMode):
+        """Records every dtype conversion of an emissions-sized tensor."""
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in (aten._to_copy.default, aten.copy_.default):
+                src, dst = (args[0], out) if func is aten._to_copy.default else (args[1], args[0])
+                if src.dtype != dst.dtype and src.numel() == em.numel():
+                    conversions.append((str(func), src.dtype, dst.dtype))
+            return out
+
+    with triton_tuning(dot_min_tags=16), tracing.record_paths() as paths, Conversions():
+        loss = triton.nll(em, tags, mask, validate=False)
+        loss.backward()
+    assert paths == [("triton_dot" if K >= 16 else "triton_log", 17)]
+    assert conversions == []
+    assert loss.dtype == torch.float32 and em.grad.dtype == dtype
+    em_eager = emissions.clone().requires_grad_(True)
+    want = eager.nll(em_eager, tags, mask)
+    want.backward()
+    torch.testing.assert_close(loss, want, rtol=2e-4, atol=2e-4)
+    torch.testing.assert_close(em.grad, em_eager.grad, rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(
+        triton.transitions.grad, eager.transitions.grad, rtol=2e-4, atol=2e-4
+    )

@@ -8,9 +8,11 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "HALF",
     "REDUCTIONS",
     "batch_first_tags",
     "check_reduction",
+    "compute_dtype",
     "emissions_and_mask",
     "reduce",
     "reduce_total",
@@ -28,11 +30,24 @@ def _layout(batch_first: bool, what: str) -> str:
     return f"(batch, seq_len{what})" if batch_first else f"(seq_len, batch{what})"
 
 
+HALF = (torch.float16, torch.bfloat16)
+"""Emission dtypes the CRF computes in float32."""
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the CRF computes in for emissions of ``dtype``: float32 for half precision."""
+    return torch.float32 if dtype in HALF else dtype
+
+
 def emissions_and_mask(
-    emissions: Tensor, mask: Tensor | None, num_tags: int, batch_first: bool
+    emissions: Tensor,
+    mask: Tensor | None,
+    num_tags: int,
+    batch_first: bool,
+    keep_half: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Checks shapes and dtypes; returns batch-first float emissions (B, T, K) (half
-    precision upcast to float32) and a bool mask (B, T)."""
+    precision upcast to float32 unless ``keep_half``) and a bool mask (B, T)."""
     layout = _layout(batch_first, f", {num_tags}")
     if not isinstance(emissions, Tensor):
         raise ValueError(f"emissions must be a torch.Tensor; got {type(emissions).__name__}")
@@ -48,7 +63,7 @@ def emissions_and_mask(
     if not emissions.is_floating_point():
         raise ValueError(f"emissions must be a floating point tensor; got dtype {emissions.dtype}")
     em = emissions if batch_first else emissions.transpose(0, 1)
-    if em.dtype in (torch.float16, torch.bfloat16):
+    if not keep_half and em.dtype in HALF:
         em = em.float()
     B, T, _ = em.shape
     if mask is None:

@@ -193,11 +193,11 @@ class CRF(nn.Module):
         Returns:
             float tensor (batch,); 0 for empty sequences.
         """
-        em, mask_bt = self._shapes(emissions, mask)
+        em, mask_bt = self._shapes(emissions, mask, keep_half=True)
         kernel = self._kernel("log_partition", em, grad=self._needs_grad(em))
-        log_z: Tensor = gaps.run(
-            kernel, "log_partition", em, mask_bt, self._scores(em.dtype), validate=validate
-        )
+        em = self._for_kernel(kernel, em)
+        scores = self._scores(inputs.compute_dtype(em.dtype))
+        log_z: Tensor = gaps.run(kernel, "log_partition", em, mask_bt, scores, validate=validate)
         return log_z
 
     def decode(
@@ -381,10 +381,11 @@ class CRF(nn.Module):
         """The log-likelihood (``negate``: its negative, in the kernel's own pass when it has
         one, so that the sign costs no launch), reduced."""
         self._check_reduction(reduction)
-        em, mask_bt = self._shapes(emissions, mask)
+        em, mask_bt = self._shapes(emissions, mask, keep_half=True)
         tags_bt = self._check_tags(tags, em)
         kernel = self._kernel("log_partition", em, grad=self._needs_grad(em))
-        scores = self._scores(em.dtype)
+        em = self._for_kernel(kernel, em)
+        scores = self._scores(inputs.compute_dtype(em.dtype))
         constrained = self.has_constraints
         if (
             reduction != "none"
@@ -426,8 +427,21 @@ class CRF(nn.Module):
     def _check_reduction(reduction: str) -> None:
         inputs.check_reduction(reduction)
 
-    def _shapes(self, emissions: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        return inputs.emissions_and_mask(emissions, mask, self.num_tags, self.batch_first)
+    def _shapes(
+        self, emissions: Tensor, mask: Tensor | None, keep_half: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        return inputs.emissions_and_mask(
+            emissions, mask, self.num_tags, self.batch_first, keep_half
+        )
+
+    @staticmethod
+    def _for_kernel(kernel: ModuleType, em: Tensor) -> Tensor:
+        """Half-precision emissions as they are for a kernel that reads them
+        (``HALF_EMISSIONS``: no conversion pass, and its gradient comes back in their dtype),
+        upcast to float32 for the others."""
+        if em.dtype in inputs.HALF and not getattr(kernel, "HALF_EMISSIONS", False):
+            return em.float()
+        return em
 
     def _check_tags(self, tags: Tensor, em: Tensor) -> Tensor:
         return inputs.batch_first_tags(tags, em, self.batch_first)
@@ -441,5 +455,6 @@ class CRF(nn.Module):
         compiling = tracing.is_compiling()
         device = em.device.type
         exporting = compiling and tracing.export_tracing(device)
-        problem = plan.Problem(operation, B, T, K, em.dtype, device, k, grad, compiling, exporting)
+        dtype = inputs.compute_dtype(em.dtype)
+        problem = plan.Problem(operation, B, T, K, dtype, device, k, grad, compiling, exporting)
         return kernels.get(plan.choose(problem, self.kernel))

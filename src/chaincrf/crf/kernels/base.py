@@ -17,6 +17,9 @@ A kernel is one package, ``chaincrf/crf/kernels/<name>/`` (or any importable pac
   traces;
 - ``operations() -> module``: the module holding the operations (imported on first use, so a
   kernel's heavy imports wait until it runs);
+- optionally ``HALF_EMISSIONS = True``: its likelihoods and log-partition take float16 and
+  bfloat16 emissions as they are (computing in float32, the emissions' gradient in their
+  dtype); other kernels get them upcast to float32 by the layer;
 - optionally ``RULES``: rows for the planner's table (:class:`Rule`), for a kernel that lives
   outside chaincrf; chaincrf's own rows are in :data:`chaincrf.crf.plan.TABLE`.
 

@@ -16,6 +16,9 @@ from chaincrf.crf.kernels.base import Problem
 NAME = "triton"
 GAPS = "native"
 """The kernels skip masked positions themselves: no compaction, no host synchronisation."""
+HALF_EMISSIONS = True
+"""The likelihoods and log-partition read float16/bfloat16 emissions as they are (computing in
+float32; the emissions' gradient is written in their dtype): no conversion pass."""
 OPERATIONS = frozenset(
     {"log_likelihood", "negative_log_likelihood", "log_partition", "viterbi", "decode", "marginals"}
 )

@@ -162,7 +162,7 @@ def backward(
     """
     B, T, K = em.shape
     dtype = alpha.dtype
-    d_em = em.new_empty((B, T, K), dtype=dtype)
+    d_em = em.new_empty((B, T, K))  # in the emissions' dtype (half: the kernels cast on store)
     if B == 0:
         return d_em, (acc if acc is not None else em.new_zeros((K + 2, K), dtype=dtype))
     dot = dot_path(K, dtype) and flags is not None
