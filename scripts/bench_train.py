@@ -233,6 +233,21 @@ def main(argv: list[str] | None = None) -> int:
         help="cpu or cuda[:index]: both sides train and predict there (GPU utilisation sampled, "
         "peak memory reported)",
     )
+    parser.add_argument(
+        "--length-buckets",
+        type=int,
+        nargs="+",
+        default=None,
+        help="chaincrf's training batches padded to these lengths (data.length_buckets)",
+    )
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        help="chaincrf's training network through torch.compile (compile=true), optionally "
+        "with a mode (e.g. reduce-overhead)",
+    )
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -264,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size,
         seed=args.seed,
+        length_buckets=args.length_buckets,
     )
     datamodule.setup("fit")
     train_examples = [
@@ -327,11 +343,19 @@ def main(argv: list[str] | None = None) -> int:
         nn.utils.clip_grad_norm_(baseline.parameters(), 5.0)
         baseline_opt.step()
 
+    def network_loss(tensors):
+        em = tagger.model.emissions(tensors)
+        return tagger.model.loss(em, tensors["tags"], tensors["mask"])
+
+    if args.compile:  # as compile=true does (SequenceTagger.compile_training)
+        mode = None if args.compile == "default" else args.compile
+        network_loss = torch.compile(network_loss, mode=mode)
+
     def tagger_train(batch):
         tagger.train()
         tagger_opt.zero_grad()
-        em = tagger.model.emissions(batch)
-        loss = tagger.model.loss(em, batch["tags"], batch["mask"])
+        tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "index"}
+        loss = network_loss(tensors)
         loss.backward()
         nn.utils.clip_grad_norm_(tagger.model.parameters(), 5.0)
         tagger_opt.step()

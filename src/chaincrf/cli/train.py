@@ -202,6 +202,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule = build_datamodule(cfg.data)
         log.info("data: %s", data_summary(datamodule))
         tagger = build_tagger(cfg, datamodule)
+        if cfg.get("compile"):
+            tagger.compile_training(cfg.get("compile_mode"))
         total = sum(p.numel() for p in tagger.parameters())
         trainable = sum(p.numel() for p in tagger.parameters() if p.requires_grad)
         log.info("model: %s parameters, %s trainable", f"{total:,}", f"{trainable:,}")

@@ -40,8 +40,11 @@ class EncodedDataset(Dataset):
         return [len(t) for t in self.tokens]
 
 
-def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Pad a list of dataset items into a batch.
+def collate(
+    items: Sequence[dict[str, Any]], length_buckets: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """Pad a list of dataset items into a batch (to one of ``length_buckets``' lengths when
+    given: :func:`chaincrf.data.layout.pad`).
 
     The arrays are :func:`chaincrf.data.layout.pad`'s (the layout the ONNX predictor feeds too),
     wrapped as tensors without a copy.
@@ -57,7 +60,9 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     Raises:
         ValueError: if the items do not all have the same number of feature columns.
     """
-    batch: dict[str, Any] = {name: torch.from_numpy(array) for name, array in pad(items).items()}
+    batch: dict[str, Any] = {
+        name: torch.from_numpy(array) for name, array in pad(items, length_buckets).items()
+    }
     batch["tokens"] = [item["tokens"] for item in items]
     batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
     return batch

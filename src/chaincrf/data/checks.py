@@ -104,9 +104,26 @@ def warn_about_corpus(datamodule: Any) -> list[str]:
     return warnings
 
 
+def check_options(
+    dev_fraction: float | None, dev: str | None, min_freq: int, max_word_chars: int
+) -> None:
+    """The data module's scalar options (``ValueError`` naming the first wrong one)."""
+    if dev_fraction is not None:
+        if not 0.0 < dev_fraction < 1.0:
+            raise ValueError(f"dev_fraction must be in (0, 1); got {dev_fraction}")
+        if dev is not None:
+            raise ValueError(
+                f"dev_fraction and dev are exclusive; got dev_fraction={dev_fraction}, dev={dev!r}"
+            )
+    for name, value in (("min_freq", min_freq), ("max_word_chars", max_word_chars)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+
+
 __all__ = [
     "MAX_NAMED",
     "MIN_PRETRAINED_COVERAGE",
+    "check_options",
     "fresh_openings",
     "iob_styles",
     "warn_about_corpus",

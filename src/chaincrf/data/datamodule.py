@@ -60,6 +60,8 @@ class TaggingDataModule(pl.LightningDataModule):
             pass, and larger batches make the encoder's matrix products more efficient.
         shuffle: shuffle the training batches (buckets) every epoch.
         bucket_factor: batches per length-sorting pool.
+        length_buckets: pad every batch to one of these lengths (e.g. ``[16, 32, 64, 128]``;
+            past the largest, a multiple of it) so that its shapes repeat; None: to its longest.
         drop_last: drop incomplete training batches.
         lowercase: lowercase words for the word vocabulary.
         digits_to_zero: map digits to 0 for the word vocabulary.
@@ -116,6 +118,7 @@ class TaggingDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         shuffle: bool = True,
         bucket_factor: int = 50,
+        length_buckets: Sequence[int] | None = None,
         drop_last: bool = False,
         lowercase: bool = False,
         digits_to_zero: bool = False,
@@ -148,17 +151,8 @@ class TaggingDataModule(pl.LightningDataModule):
                 raise ValueError(
                     f"source_scheme={source_scheme!r} needs a training scheme; got scheme=None"
                 )
-        check_batching(batch_size, max_tokens, eval_batch_size)
-        if dev_fraction is not None:
-            if not 0.0 < dev_fraction < 1.0:
-                raise ValueError(f"dev_fraction must be in (0, 1); got {dev_fraction}")
-            if dev is not None:
-                raise ValueError(
-                    f"dev_fraction and dev are exclusive; got dev_fraction={dev_fraction}, dev={dev!r}"
-                )
-        for name, value in (("min_freq", min_freq), ("max_word_chars", max_word_chars)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+        check_batching(batch_size, max_tokens, eval_batch_size, length_buckets)
+        checks.check_options(dev_fraction, dev, min_freq, max_word_chars)
         if download is not None and download not in DATASETS:
             raise ValueError(f"download must be one of {tuple(DATASETS)} or None; got {download!r}")
         if encoder_path is not None and sentence_encoder is not None:
@@ -179,6 +173,7 @@ class TaggingDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.shuffle = shuffle
         self.bucket_factor = bucket_factor
+        self.length_buckets = None if length_buckets is None else list(length_buckets)
         self.drop_last = drop_last
         self.lowercase = lowercase
         self.digits_to_zero = digits_to_zero
@@ -378,6 +373,7 @@ class TaggingDataModule(pl.LightningDataModule):
         return batch_loader(
             dataset, batch_size, max_tokens, self.drop_last and train, self.shuffle and train,
             self.seed, self.bucket_factor, self.num_workers, num_replicas, rank, on_gpu(trainer),
+            self.length_buckets,
         )  # fmt: skip
 
     def _dataset(self, split: str) -> EncodedDataset:

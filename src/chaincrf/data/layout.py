@@ -14,11 +14,39 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["pad"]
+__all__ = ["bucketed", "check_length_buckets", "pad"]
 
 
-def pad(items: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+def check_length_buckets(buckets: Sequence[int] | None) -> None:
+    """``None`` or a non-empty list of positive ints (``ValueError`` naming it otherwise)."""
+    if buckets is None:
+        return
+    if isinstance(buckets, (str, bytes)) or not isinstance(buckets, Sequence) or not buckets:
+        raise ValueError(f"length_buckets must be a non-empty list of lengths; got {buckets!r}")
+    if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in buckets):
+        raise ValueError(f"length_buckets must hold positive ints; got {list(buckets)!r}")
+
+
+def bucketed(n: int, buckets: Sequence[int] | None) -> int:
+    """The padded length of a batch whose longest sentence has ``n`` tokens: the smallest of
+    ``buckets`` that holds it, past the largest a multiple of the largest (None: ``n``)."""
+    if not buckets or n == 0:
+        return n
+    fits = [b for b in buckets if b >= n]
+    if fits:
+        return min(fits)
+    top = max(buckets)
+    return -(-n // top) * top
+
+
+def pad(
+    items: Sequence[dict[str, Any]], length_buckets: Sequence[int] | None = None
+) -> dict[str, np.ndarray]:
     """Pad encoded sentences (:meth:`SentenceEncoder.encode`'s dicts) into one batch.
+
+    With ``length_buckets`` the batch is padded to one of a few lengths (:func:`bucketed`) and
+    its characters per token to a power of two, so that the shapes repeat from batch to batch
+    (cuDNN's plans, compiled graphs and CUDA graphs are reused); padding changes no result.
 
     The ids of the whole batch are flattened into one array per field and scattered into the
     padded layout with a boolean mask (a few array operations rather than a padded Python list
@@ -36,10 +64,12 @@ def pad(items: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
     """
     B = len(items)
     lengths = np.fromiter((len(item["words"]) for item in items), np.int64, B)
-    T = int(lengths.max()) if B else 0
+    T = bucketed(int(lengths.max()) if B else 0, length_buckets)
     token_chars = [ids for item in items for ids in item["chars"]]  # N real tokens
     char_lengths = np.fromiter((len(ids) for ids in token_chars), np.int64, len(token_chars))
     C = max(int(char_lengths.max()) if len(token_chars) else 0, 1)
+    if length_buckets:
+        C = 1 << (C - 1).bit_length()
     F = len(items[0].get("features", ())) if B else 0
     if any(len(item.get("features", ())) != F for item in items):
         raise ValueError("every item of a batch must have the same number of feature columns")

@@ -4,12 +4,14 @@ encoding of in-memory sentences or token lists with a data module's vocabularies
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
 from chaincrf.data.batching import BucketBatchSampler, EncodedDataset, collate
+from chaincrf.data.layout import check_length_buckets
 from chaincrf.data.readers import Sentence
 from chaincrf.data.vocab import SentenceEncoder
 
@@ -17,10 +19,15 @@ __all__ = ["batch_loader", "check_batching", "encode_items", "replicas"]
 
 
 def check_batching(
-    batch_size: int | None, max_tokens: int | None, eval_batch_size: int | None
+    batch_size: int | None,
+    max_tokens: int | None,
+    eval_batch_size: int | None,
+    length_buckets: Sequence[int] | None = None,
 ) -> None:
     """Exactly one of ``batch_size`` (sentences) and ``max_tokens`` sets the training batches;
-    each set value a positive int (``ValueError`` naming it otherwise)."""
+    each set value a positive int, ``length_buckets`` None or positive ints (``ValueError``
+    naming it otherwise)."""
+    check_length_buckets(length_buckets)
     if (batch_size is None) == (max_tokens is None):
         raise ValueError(
             "exactly one of batch_size and max_tokens must be set; "
@@ -62,9 +69,11 @@ def batch_loader(
     num_replicas: int = 1,
     rank: int = 0,
     pin_memory: bool = False,
+    length_buckets: Sequence[int] | None = None,
 ) -> DataLoader:
     """A DataLoader of length-bucketed batches (:class:`BucketBatchSampler`), this rank's
-    shard of them; ``pin_memory`` for a GPU (the batch is then copied to it without blocking)."""
+    shard of them; ``pin_memory`` for a GPU (the batch is then copied to it without blocking);
+    ``length_buckets``: pad each batch to one of these lengths (:func:`layout.bucketed`)."""
     sampler = BucketBatchSampler(
         None,
         batch_size,
@@ -80,7 +89,7 @@ def batch_loader(
     return DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=collate,
+        collate_fn=partial(collate, length_buckets=length_buckets) if length_buckets else collate,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         pin_memory=pin_memory,

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import pytorch_lightning as pl
+import torch
 from torch import Tensor, nn
 from torchmetrics.aggregation import MeanMetric
 
@@ -88,6 +89,21 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
         self.confusion: dict[str, Tensor] = {}
         self.trained_tokens: Tensor | int = 0  # a device tensor once training has stepped
         self.trained_precision: str | None = None
+        self._step_loss: Any = self._network_loss  # compile_training() compiles it
+
+    def compile_training(self, mode: str | None = None) -> None:
+        """Run each training step's network (embedding, encoder, projection, CRF loss, and
+        their backward) through ``torch.compile`` (``mode``: e.g. ``"reduce-overhead"`` for
+        CUDA graphs where the shapes repeat: ``data.length_buckets``). Logging stays eager."""
+        if getattr(self.model.encoder, "needs_tokens", False):
+            raise ValueError(
+                "compile needs an encoder that reads token ids only; "
+                f"{type(self.model.encoder).__name__} reads the token strings"
+            )
+        self._step_loss = torch.compile(self._network_loss, mode=mode)
+
+    def _network_loss(self, tensors: dict[str, Tensor]) -> Tensor:
+        return self.model.loss(self.model.emissions(tensors), tensors["tags"], tensors["mask"])
 
     @classmethod
     def from_datamodule(
@@ -125,13 +141,15 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         mask = batch["mask"]
-        emissions = self.model.emissions(batch)
+        tensors = {k: v for k, v in batch.items() if isinstance(v, Tensor) and k != "index"}
+        if getattr(self.model.encoder, "needs_tokens", False):
+            tensors["tokens"] = batch["tokens"]
         try:
-            loss = self.model.loss(emissions, batch["tags"], mask)
+            loss = self._step_loss(tensors)
         except NonFiniteInputError:
             # NaN/inf scores make a non-finite loss: on_before_backward stops the run, naming
             # the step, on every rank at once.
-            loss = emissions.sum() * float("nan")
+            loss = self.model.emissions(batch).sum() * float("nan")
         tokens = mask.sum()  # stays on the device: no host synchronisation here
         self.trained_tokens = self.trained_tokens + tokens.detach()
         self.train_loss.update(loss.detach(), tokens)  # the epoch's token-weighted mean

@@ -1,0 +1,107 @@
+"""Issue 30's GPU recipe, the parts the CPU runs: batches padded to a few lengths
+(``data.length_buckets``: the shapes repeat, so that cuDNN's plans, compiled graphs and CUDA
+graphs are reused) change no result, and a training step whose network runs through
+``torch.compile`` (``compile=true``, :meth:`SequenceTagger.compile_training`) equals eager."""
+
+from __future__ import annotations
+
+import copy
+import csv
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from chaincrf.cli.train import build_datamodule, build_tagger, train
+from chaincrf.data import TaggingDataModule
+from chaincrf.data.batching import collate
+from chaincrf.data.layout import bucketed, pad
+from fixture_runs import CONF, FIXTURES, NER_DATA, TINY_MODEL
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RUN = [*NER_DATA, *TINY_MODEL, "data.test=null", "test=false", "seed=3"]
+
+
+def compose_config(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def _item(n: int, chars: int) -> dict:
+    return {
+        "words": list(range(2, 2 + n)),
+        "chars": [[3] * chars for _ in range(n)],
+        "casing": [1] * n,
+        "tags": [1] * n,
+    }
+
+
+@pytest.mark.parametrize(
+    ("n", "buckets", "want"),
+    [(5, [8, 16], 8), (8, [16, 8], 8), (9, [8, 16], 16), (17, [8, 16], 32), (33, [16], 48)],
+)
+def test_a_batch_pads_to_the_smallest_bucket_that_holds_it(n, buckets, want):
+    assert bucketed(n, buckets) == want
+    arrays = pad([_item(n, 5), _item(2, 3)], buckets)
+    assert arrays["words"].shape == (2, want) and arrays["tags"].shape == (2, want)
+    assert arrays["chars"].shape == (2, want, 8)  # 5 characters -> a power of two
+    assert arrays["mask"].sum(1).tolist() == [n, 2]
+    assert pad([_item(n, 5)])["words"].shape == (1, n)  # without buckets: its longest
+
+
+@pytest.mark.parametrize("buckets", [[0, 8], [], "16", [8, 2.5], [True]])
+def test_bad_length_buckets_are_named(buckets):
+    with pytest.raises(ValueError, match="length_buckets"):
+        TaggingDataModule(train=str(FIXTURES / "train.conll"), length_buckets=buckets)
+
+
+def _setup(overrides: list[str]):
+    cfg = compose_config([*RUN, *overrides])
+    datamodule = build_datamodule(cfg.data)
+    return datamodule, build_tagger(cfg, datamodule)
+
+
+def test_bucketed_batches_repeat_their_shapes_and_change_no_result():
+    datamodule, tagger = _setup(["data.length_buckets=[16,32,64]"])
+    lengths = {tuple(batch["words"].shape[1:]) for batch in datamodule.train_dataloader()}
+    assert {T for (T,) in lengths} <= {16, 32, 64}
+    items = [datamodule.datasets["train"][i] for i in range(8)]
+    plain, padded = collate(items), collate(items, [64])
+    assert padded["words"].shape[1] == 64 > plain["words"].shape[1]
+    net = tagger.model.eval()
+    with torch.no_grad():
+        losses = [net.loss(net.emissions(b), b["tags"], b["mask"]) for b in (plain, padded)]
+        paths = [net.decode(net.emissions(b), b["mask"]) for b in (plain, padded)]
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    T = plain["words"].shape[1]
+    assert torch.equal(paths[0], paths[1][:, :T]) and bool((paths[1][:, T:] == -1).all())
+
+
+@pytest.mark.slow
+def test_a_compiled_training_step_equals_eager():
+    datamodule, eager = _setup(["embeddings.dropout=0.0", "encoder.dropout=0.0"])
+    compiled = copy.deepcopy(eager)
+    compiled.compile_training()
+    batch = next(iter(datamodule.train_dataloader()))
+    losses = []
+    for tagger in (eager, compiled):
+        tagger.train()
+        loss = tagger.training_step(batch, 0)
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_the_cli_trains_compiled_on_bucketed_batches(tmp_path):
+    overrides = ["compile=true", "data.length_buckets=[16,64]", "trainer.max_epochs=2"]
+    train(compose_config([*RUN, *overrides, f"run_dir={tmp_path}"]))
+    with open(next(tmp_path.glob("csv/**/metrics.csv")), newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss") not in (None, "")]
+    assert len(losses) == 2 and all(loss == loss for loss in losses) and losses[1] < losses[0]
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
