@@ -105,3 +105,16 @@ def test_the_cli_trains_compiled_on_bucketed_batches(tmp_path):
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss") not in (None, "")]
     assert len(losses) == 2 and all(loss == loss for loss in losses) and losses[1] < losses[0]
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_the_gpu_trainer_sets_the_shapes_and_an_override_wins():
+    """``trainer=gpu`` alone: one GPU, cuDNN's autotuner and bucketed lengths, also under an
+    experiment; a command-line override still wins."""
+    cfg = compose_config(["trainer=gpu", "experiment=conll2003_ner"])
+    assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.benchmark) == ("gpu", 1, True)
+    assert cfg.trainer.max_epochs == compose_config([]).trainer.max_epochs  # trainer/cpu.yaml's
+    assert list(cfg.data.length_buckets) == [16, 32, 64, 128]
+    assert cfg.data.train == "conll2003/eng.train"
+    cfg = compose_config(["trainer=gpu", "data.length_buckets=null"])
+    assert cfg.data.length_buckets is None
+    assert compose_config([]).data.length_buckets is None
