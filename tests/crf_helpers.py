@@ -60,3 +60,32 @@ def params(crf: CRF):
 def sentence(emissions, b: int, length: int):
     """Row b of batch-first emissions, truncated to its length, as nested lists."""
     return emissions[b, :length].double().tolist()
+
+
+def forced_paths(K: int = 17, T: int = 5, kernel: str = "auto") -> tuple[CRF, torch.Tensor]:
+    """A float64 layer and two rows whose only good path goes through a tag far below its
+    step's best (a scaled exp-space recursion that drops that tag's weight returns about
+    -160 instead of -110): row 0 starts in tag 1 (110 nats below tag 0), which alone leads to
+    tag 2 at the later steps; row 1 (the backward's mirror) stays in tag 3, which may only
+    move on to itself or to tag 1, its last position's tag 110 nats below tag 0. Tag 0 pays 40
+    nats a step; every other score is 0, other tags' emissions -inf. Row 2: tag 4, which no
+    path reaches (no start, no move into it), scores 150 at the middle position, where a
+    backward recursion scaled by its largest entry loses every reachable tag."""
+    crf = CRF(K, batch_first=True, kernel=kernel).double()
+    with torch.no_grad():
+        for p in (crf.start_transitions, crf.transitions, crf.end_transitions):
+            p.zero_()
+        crf.transitions[:, 2] = float("-inf")
+        crf.transitions[1:3, 2] = 0.0
+        crf.transitions[3, :] = float("-inf")
+        crf.transitions[3, [1, 3]] = 0.0
+        crf.transitions[:, 4] = float("-inf")
+        crf.start_transitions[4] = float("-inf")
+    em = torch.full((3, T, K), float("-inf"), dtype=torch.float64)
+    em[0, 0, 0], em[0, 0, 1] = 0.0, -110.0
+    em[0, 1:, 0], em[0, 1:, 2] = -40.0, 0.0
+    em[1, :-1, 0], em[1, :-1, 3] = -40.0, 0.0
+    em[1, -1, 0], em[1, -1, 1] = 0.0, -110.0
+    em[2, :, :4] = 0.0
+    em[2, T // 2, 4] = 150.0
+    return crf, em

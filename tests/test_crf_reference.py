@@ -388,3 +388,46 @@ def test_backtrace_branches_match_reference(batched, sliced):
         path, score = ref.viterbi(sentence(emissions, b, n), start, trans, end)
         assert paths[b, :n].tolist() == path and (paths[b, n:] == -1).all()
         assert math.isclose(float(scores[b]), score, rel_tol=1e-9, abs_tol=1e-9)
+
+
+@pytest.mark.parametrize("kernel", ["eager", "fused"])
+@pytest.mark.parametrize("T", [5, 12])
+def test_a_forced_path_through_a_tag_far_below_the_best_is_kept(kernel, T):
+    """Rows whose only good path runs through a tag 110 nats below its step's best (forward
+    and backward mirrors) or past an unreachable tag far above the rest: the float32 scaled
+    exp-space paths flag them (a reachable tag's weight under the floor) and recompute them in
+    log space, so log Z, marginals and the likelihood's gradients are the float64 reference's
+    (a scaled recursion that drops the tag returns about -160 for -110)."""
+    from crf_helpers import forced_paths
+
+    if kernel == "fused":
+        pytest.importorskip("numba")
+    reference, em = forced_paths(T=T, kernel="eager")
+    want_z = reference.log_partition(em)
+    assert want_z[:2].tolist() == pytest.approx([-110.0, -110.0], abs=1e-6)
+    tags = reference.viterbi(em)[0]
+    em64 = em.clone().requires_grad_(True)
+    reference(em64, tags, reduction="sum").backward()
+    want = [em64.grad] + [p.grad for p in params_of(reference)]
+    crf = make_kernel_copy(reference, kernel)
+    em32 = em.float().requires_grad_(True)
+    crf(em32, tags, reduction="sum").backward()
+    got = [em32.grad] + [p.grad for p in params_of(crf)]
+    close = {"rtol": 1e-4, "atol": 1e-4}
+    torch.testing.assert_close(crf.log_partition(em.float()).double(), want_z, **close)
+    torch.testing.assert_close(crf.marginals(em.float()).double(), reference.marginals(em), **close)
+    for name, g, w in zip(("emissions", "start", "transitions", "end"), got, want):
+        torch.testing.assert_close(g.double(), w, **close, msg=name)
+
+
+def params_of(crf):
+    return crf.start_transitions, crf.transitions, crf.end_transitions
+
+
+def make_kernel_copy(crf, kernel: str):
+    """A float32 copy of ``crf`` on ``kernel``."""
+    from chaincrf import CRF
+
+    copy = CRF(crf.num_tags, batch_first=True, kernel=kernel)
+    copy.load_state_dict(crf.state_dict())
+    return copy.float()

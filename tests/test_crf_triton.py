@@ -530,16 +530,16 @@ def test_the_exp_space_kernel_matches_eager(device, constrained):
 
 
 @pytest.mark.parametrize(
-    ("span_limit", "tiny"),
-    [(60.0, 1e-20), (1e9, 1e-20), (60.0, 0.0)],
-    ids=["both checks", "normaliser check", "spread check"],
+    ("span_limit", "floor"),
+    [(60.0, 1e-30), (1e9, 1e-30), (60.0, 0.0)],
+    ids=["both checks", "floor check", "spread check"],
 )
 def test_the_exp_space_kernel_recomputes_underflowing_and_dead_rows_in_log_space(
-    device, span_limit, tiny
+    device, span_limit, floor
 ):
     """Transition scores from one tag 100 nats below the rest (a product of exps would
-    underflow: either check, the spread of the scores or a row's per-step normaliser, flags the
-    rows) and rows with no allowed path are recomputed in log space by the same launches:
+    underflow: either check, the spread of the scores or a reachable tag's weight under the
+    floor, flags the rows) and rows with no allowed path are recomputed in log space by the same launches:
     eager's values (with both checks off the error is about 0.03), dead rows at -inf with zero
     gradients."""
     from chaincrf.crf.tuning import triton_tuning
@@ -556,7 +556,7 @@ def test_the_exp_space_kernel_recomputes_underflowing_and_dead_rows_in_log_space
     dead[9] = True
     want = eager.log_partition(emissions, mask)
     em = emissions.float().requires_grad_(True)
-    with triton_tuning(dot_min_tags=16, span_limit=span_limit, tiny=tiny):
+    with triton_tuning(dot_min_tags=16, span_limit=span_limit, floor=floor):
         got = triton.log_partition(em, mask)
         got.sum().backward()
     assert bool(torch.isneginf(got[dead]).all())
@@ -629,3 +629,37 @@ def test_half_precision_emissions_are_read_as_they_are(device, dtype, K):
     torch.testing.assert_close(
         triton.transitions.grad, eager.transitions.grad, rtol=2e-4, atol=2e-4
     )
+
+
+@pytest.mark.parametrize("dot", [False, True], ids=["log space", "exp space"])
+def test_a_forced_path_through_a_tag_far_below_the_best_is_kept(device, dot):
+    """A tag 110 nats below its step's best that alone carries the good paths later (the
+    forward's case, row 0) or earlier (row 1), and an unreachable tag far above the rest (the
+    backward's case, row 2): float32 log Z, likelihood and
+    gradients as float64 eager's (the exp-space kernels flag the rows and recompute them in log
+    space: the forward's whole row, the backward's from the lost position down)."""
+    from chaincrf.crf import tracing
+    from chaincrf.crf.tuning import triton_tuning
+    from crf_helpers import forced_paths
+
+    eager, em = forced_paths(kernel="eager")
+    triton = CRF(eager.num_tags, batch_first=True, kernel="triton").to(device)
+    triton.load_state_dict(eager.state_dict())
+    em = em.to(device)
+    mask = torch.ones(em.shape[:2], dtype=torch.bool, device=device)
+    tags = eager.viterbi(em, mask)[0]
+    weights = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64, device=device)
+    want = llh_and_grads(eager.to(device), em, tags, mask, weights)
+    want_z = eager.log_partition(em, mask)
+    assert want_z[:2].cpu().tolist() == pytest.approx([-110.0, -110.0], abs=1e-6)
+    with triton_tuning(dot_min_tags=16 if dot else 64), tracing.record_paths() as paths:
+        got = llh_and_grads(triton.float(), em.float(), tags, mask, weights.float())
+        z = triton.log_partition(em.float(), mask)
+        marginals = triton.marginals(em.float(), mask)
+    assert (("triton_dot", 3) in paths) == dot, paths
+    _close32(z, want_z, "log Z")
+    for name, g, e in zip(
+        ("log-likelihood", "emissions", "start", "transitions", "end"), got, want
+    ):
+        _close32(g, e, name)
+    _close32(marginals, eager.marginals(em, mask), "marginals")

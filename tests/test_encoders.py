@@ -291,6 +291,20 @@ def test_learned_positions_reject_long_input():
         encoder(features, mask)
 
 
+def test_learned_positions_take_padding_past_max_len():
+    """A batch padded past ``max_len`` (to a length bucket) whose sentences fit: the padding is
+    cut off, the output as the unpadded batch's, zeros past it."""
+    encoder = BUILDERS["transformer_learned"]().eval()
+    features, mask = make_inputs(lengths=(12, 5))
+    wide = torch.nn.functional.pad(features, (0, 0, 0, 24 - features.shape[1]))
+    wide_mask = torch.nn.functional.pad(mask, (0, 24 - mask.shape[1]))
+    with torch.no_grad():
+        want, got = encoder(features, mask), encoder(wide, wide_mask)
+    assert got.shape[1] == 24
+    torch.testing.assert_close(got[:, : want.shape[1]], want)
+    assert bool((got[:, want.shape[1] :] == 0).all())
+
+
 def check_encoder_node(config) -> list[type]:
     """Check a partial Encoder node (and the encoder nodes nested in it, as a stack's layers):
     each names an Encoder class and only arguments its ``__init__`` takes. Returns the classes."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import csv
+import pickle
+import random
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ from hydra import compose, initialize_config_dir
 
 from chaincrf.cli.train import build_datamodule, build_tagger, train
 from chaincrf.data import TaggingDataModule
-from chaincrf.data.batching import collate
+from chaincrf.data.batching import BucketBatchSampler, collate
 from chaincrf.data.layout import bucketed, pad
 from fixture_runs import CONF, FIXTURES, NER_DATA, TINY_MODEL
 
@@ -78,6 +80,21 @@ def test_bucketed_batches_repeat_their_shapes_and_change_no_result():
     assert torch.equal(paths[0], paths[1][:, :T]) and bool((paths[1][:, T:] == -1).all())
 
 
+def test_a_token_budget_counts_the_bucket_padding():
+    """With ``max_tokens`` the budget holds for the batch as padded to its length bucket (a
+    batch of 17-token sentences padded to 32 takes half as many)."""
+    lengths = [random.Random(i).randint(1, 40) for i in range(300)]
+    buckets = [16, 32, 64]
+    sampler = BucketBatchSampler(
+        None, None, lengths=lengths, max_tokens=128, length_buckets=buckets, seed=1
+    )
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(300))
+    sizes = [bucketed(max(lengths[i] for i in b), buckets) * len(b) for b in batches]
+    assert max(sizes) <= 128 and len(batches) > len(list(BucketBatchSampler(
+        None, None, lengths=lengths, max_tokens=128, seed=1)))  # fmt: skip
+
+
 @pytest.mark.slow
 def test_a_compiled_training_step_equals_eager():
     datamodule, eager = _setup(["embeddings.dropout=0.0", "encoder.dropout=0.0"])
@@ -94,6 +111,15 @@ def test_a_compiled_training_step_equals_eager():
     for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
         if p.grad is not None:
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    # a compiled tagger pickles (ddp_spawn sends it to its processes) and compiles again there
+    clone = pickle.loads(pickle.dumps(compiled))
+    torch.testing.assert_close(clone.training_step(batch, 0).detach(), losses[0], rtol=1e-5,
+                               atol=1e-6)  # fmt: skip
+    # compiled, non-finite scores make a NaN loss (which stops a run before its backward), not
+    # a device assert from inside the graph
+    with torch.no_grad():
+        next(clone.model.parameters()).fill_(float("nan"))
+    assert bool(torch.isnan(clone.training_step(batch, 0)))
 
 
 @pytest.mark.slow

@@ -41,6 +41,10 @@ class EagerTuning:
             not speed: ``tests/test_crf_reference.py``); wider goes to the log-space path.
         tiny_float32, tiny_float64: smallest per-step normaliser the scaled path accepts (the
             same reason); below it the row is recomputed in log space.
+        floor_float32, floor_float64: smallest weight (a normalised forward probability, or
+            the product feeding it) a reachable tag with a finite emission may have on the
+            scaled path; a tag under it may carry the only paths later (a forced path), so
+            the row is recomputed in log space (the same reason).
         tree_max_bkk, tree_min_t, tree_span_limit: when the log-depth tree of matrix products
             beats the sequential scan (the spread bound keeps its products from underflowing).
         broadcast_max, broadcast_min_threads: when broadcasting beats a BLAS product on a
@@ -56,6 +60,8 @@ class EagerTuning:
     span_limit_float64: float = 600.0
     tiny_float32: float = 1e-20
     tiny_float64: float = 1e-200
+    floor_float32: float = 1e-30
+    floor_float64: float = 1e-280
     tree_max_bkk: int = 512
     tree_min_t: int = 8
     tree_span_limit: float = 25.0
@@ -76,6 +82,9 @@ class EagerTuning:
 
     def tiny(self, dtype: torch.dtype) -> float:
         return self.tiny_float64 if dtype == torch.float64 else self.tiny_float32
+
+    def floor(self, dtype: torch.dtype) -> float:
+        return self.floor_float64 if dtype == torch.float64 else self.floor_float32
 
 
 @dataclass(frozen=True)
@@ -115,15 +124,18 @@ class TritonTuning:
             step) or ``"ieee"`` (no tensor cores).
         span_limit: widest spread of finite transition scores the exp-space step takes (its
             products must not underflow: exp(-60) is far above float32's smallest normal);
-            a wider one, and a row whose per-step normaliser falls below ``tiny``, is
-            recomputed in log space inside the same launch.
-        tiny: the smallest per-step normaliser the exp-space forward accepts.
+            a wider one is recomputed in log space inside the same launch.
+        floor: the smallest weight (relative to its step's largest, about 69 nats below it)
+            that a reachable tag, or a product feeding one, may have in the exp-space
+            recursions: a tag below it might carry the only paths later (a forced path), so
+            its row is recomputed in log space (the forward's whole row, the backward's from
+            that position down). 0 turns the check off.
     """
 
     dot_min_tags: int = 32
     dot_precision: str = "tf32x3"
     span_limit: float = 60.0
-    tiny: float = 1e-20
+    floor: float = 1e-30
 
 
 TRITON = TritonTuning()

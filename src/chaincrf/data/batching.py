@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import BatchSampler, Dataset, DistributedSampler, Sampler
 
-from chaincrf.data.layout import pad
+from chaincrf.data.layout import bucketed, pad
 
 __all__ = ["BucketBatchSampler", "EncodedDataset", "collate"]
 
@@ -109,13 +109,16 @@ class BucketBatchSampler(BatchSampler):
         drop_last: drop the last, smaller batch of each pool (``batch_size`` only), and trim the
             batch list to a multiple of the replicas instead of padding it.
         lengths: the length of every sentence of the split.
-        max_tokens: budget of padded tokens per batch (``sentences * longest``); a sentence
-            longer than the budget forms a batch of its own.
+        max_tokens: budget of padded tokens per batch (``sentences * longest``, the longest
+            padded to its length bucket); a sentence longer than the budget forms a batch of
+            its own.
         shuffle: shuffle as described above.
         seed: base seed of the shuffling.
         bucket_factor: batches per sorting pool.
         num_replicas: number of DDP processes (default 1) when ``sampler`` is not distributed.
         rank: this process's rank (default 0) when ``sampler`` is not distributed.
+        length_buckets: the lengths the batches are padded to (:func:`layout.bucketed`), which
+            ``max_tokens`` counts.
     """
 
     def __init__(
@@ -131,6 +134,7 @@ class BucketBatchSampler(BatchSampler):
         bucket_factor: int = 50,
         num_replicas: int | None = None,
         rank: int | None = None,
+        length_buckets: Sequence[int] | None = None,
     ) -> None:
         if (batch_size is None) == (max_tokens is None):
             raise ValueError(
@@ -157,6 +161,7 @@ class BucketBatchSampler(BatchSampler):
         self.shuffle = shuffle
         self.seed = seed
         self.bucket_factor = bucket_factor
+        self.length_buckets = list(length_buckets) if length_buckets else None
         self._num_replicas = 1 if num_replicas is None else num_replicas
         self._rank = 0 if rank is None else rank
         if not 0 <= self._rank < self._num_replicas:
@@ -228,7 +233,8 @@ class BucketBatchSampler(BatchSampler):
         batches, current, longest = [], [], 0
         for index in pool:
             longest_if_added = max(longest, lengths[index])
-            if current and longest_if_added * (len(current) + 1) > self.max_tokens:
+            padded = bucketed(longest_if_added, self.length_buckets)
+            if current and padded * (len(current) + 1) > self.max_tokens:
                 batches.append(current)
                 current, longest_if_added = [], lengths[index]
             current.append(index)

@@ -85,6 +85,7 @@ def batch_loader(
         bucket_factor=bucket_factor,
         num_replicas=num_replicas,
         rank=rank,
+        length_buckets=length_buckets,
     )
     return DataLoader(
         dataset,

@@ -89,19 +89,21 @@ class TaggerModel(nn.Module):
         encoded = self.encoder(features, mask, tokens=tokens)  # (B, T, H)
         return self.projection(self.dropout(encoded))  # (B, T, K)
 
-    def loss(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+    def loss(self, emissions: Tensor, tags: Tensor, mask: Tensor, validate: bool = True) -> Tensor:
         """Mean negative log-likelihood per real token (CRF), or token-mean cross-entropy.
 
         Args:
             emissions: float (batch, seq_len, num_tags).
             tags: long (batch, seq_len), gold tag ids; padded positions are ignored.
             mask: bool (batch, seq_len), left-aligned.
+            validate: the CRF's input checks (off: a non-finite score makes a non-finite
+                loss instead of an error).
 
         Returns:
             Scalar loss.
         """
         if self.crf is not None:
-            return self.crf.nll(emissions, tags, mask, reduction="token_mean")
+            return self.crf.nll(emissions, tags, mask, reduction="token_mean", validate=validate)
         log_probs = F.log_softmax(emissions.float(), dim=-1)  # (B, T, K)
         picked = log_probs.gather(-1, tags.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)
         return -(picked * mask).sum() / mask.sum().clamp(min=1)

@@ -89,21 +89,43 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
         self.confusion: dict[str, Tensor] = {}
         self.trained_tokens: Tensor | int = 0  # a device tensor once training has stepped
         self.trained_precision: str | None = None
-        self._step_loss: Any = self._network_loss  # compile_training() compiles it
+        self._compile: tuple[str | None] | None = None  # (mode,) after compile_training()
+        self._compiled_loss: Any = None  # built at the first step (not pickled: ddp_spawn)
 
     def compile_training(self, mode: str | None = None) -> None:
         """Run each training step's network (embedding, encoder, projection, CRF loss, and
         their backward) through ``torch.compile`` (``mode``: e.g. ``"reduce-overhead"`` for
-        CUDA graphs where the shapes repeat: ``data.length_buckets``). Logging stays eager."""
+        CUDA graphs where the shapes repeat: ``data.length_buckets``). Logging stays eager.
+        Compiled, the CRF's input checks are off (inside a graph they would be device
+        asserts): a non-finite score makes a non-finite loss, which stops the run before the
+        backward (:meth:`on_before_backward`)."""
         if getattr(self.model.encoder, "needs_tokens", False):
             raise ValueError(
                 "compile needs an encoder that reads token ids only; "
                 f"{type(self.model.encoder).__name__} reads the token strings"
             )
-        self._step_loss = torch.compile(self._network_loss, mode=mode)
+        self._compile = (mode,)
+        self._compiled_loss = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state["_compiled_loss"] = None  # rebuilt where it runs
+        return state
+
+    def _step_loss(self, tensors: dict[str, Tensor]) -> Tensor:
+        if self._compile is None:
+            return self._network_loss(tensors)
+        if self._compiled_loss is None:
+            self._compiled_loss = torch.compile(self._unchecked_loss, mode=self._compile[0])
+        loss: Tensor = self._compiled_loss(tensors)
+        return loss
 
     def _network_loss(self, tensors: dict[str, Tensor]) -> Tensor:
         return self.model.loss(self.model.emissions(tensors), tensors["tags"], tensors["mask"])
+
+    def _unchecked_loss(self, tensors: dict[str, Tensor]) -> Tensor:
+        emissions = self.model.emissions(tensors)
+        return self.model.loss(emissions, tensors["tags"], tensors["mask"], validate=False)
 
     @classmethod
     def from_datamodule(

@@ -106,17 +106,23 @@ class TransformerEncoder(Encoder):
             Float tensor (batch, seq_len, d_model); zero at padded positions.
 
         Raises:
-            ValueError: with learned positions, for a batch longer than ``max_len``.
+            ValueError: with learned positions, for a sentence longer than ``max_len`` (padding
+                past it is cut off and put back as zeros).
         """
         check_inputs(self, features, mask)
         seq_len = features.shape[1]
-        hidden = self.projection(features) * math.sqrt(self.d_model)  # (B, T, d)
-        if self.position_embedding is not None:
-            if seq_len > self.max_len:
+        if self.position_embedding is not None and seq_len > self.max_len:
+            # padding past max_len (a length bucket) is cut off; a longer sentence is refused
+            longest = int(mask.sum(1).max()) if mask.numel() else 0
+            if longest > self.max_len:
                 raise ValueError(
                     f"features has seq_len {seq_len}, longer than max_len={self.max_len} of the "
-                    f"learned positions"
+                    f"learned positions (its longest sentence: {longest} tokens)"
                 )
+            cut = self.forward(features[:, : self.max_len], mask[:, : self.max_len], tokens)
+            return nn.functional.pad(cut, (0, 0, 0, seq_len - self.max_len))
+        hidden = self.projection(features) * math.sqrt(self.d_model)  # (B, T, d)
+        if self.position_embedding is not None:
             hidden = hidden + self.position_embedding.weight[:seq_len]
         else:
             hidden = hidden + sinusoidal_positions(seq_len, self.d_model, features.device).to(

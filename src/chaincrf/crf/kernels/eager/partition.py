@@ -39,8 +39,9 @@ class _Scaled:
 
     The step is ``p_t = normalise((p_{t-1} @ exp(trans - tmax)) * exp(em_t - max em_t))`` with
     log-scales accumulated in float64. Exact to working precision while the spread of finite
-    transition scores stays under ``tuning.EAGER.span_limit`` and no step's normaliser underflows; rows where
-    one does are reported in ``ok`` and must be recomputed in log space.
+    transition scores stays under ``tuning.EAGER.span_limit``, no step's normaliser underflows
+    and no reachable tag's weight falls under ``tuning.EAGER.floor``; rows where one does are
+    reported in ``ok`` and must be recomputed in log space.
 
     Args:
         em: float (T, B, K) sorted time-major emissions; start, end: (K,); trans: (K, K).
@@ -103,6 +104,7 @@ class _Scaled:
         end_w = torch.exp(end - emax)  # (K,)
         z = (P[last, rows] * end_w).sum(1)  # (B,)
         ok = (S[..., 0] > tuning.EAGER.tiny(dtype)).all(0) & (z > tuning.EAGER.tiny(dtype))
+        ok &= ~self._thin(em, start, finite, P, S, X, active)
         ok |= lengths == 0
         if not bool(ok.all()):  # neutralise failed rows so their backward is exactly zero
             bad = ~ok
@@ -114,6 +116,32 @@ class _Scaled:
         self.log_z = torch.where(lengths > 0, log_z, 0.0).to(dtype)
         self.ok = ok
         self.E, self.P, self.S, self.X, self.end_w, self.z = E, P, S, X, end_w, z
+
+    @staticmethod
+    def _thin(
+        em: Tensor, start: Tensor, finite: Tensor, P: Tensor, S: Tensor, X: Tensor, active: Tensor
+    ) -> Tensor:
+        """(B,) rows where a reachable tag with a finite emission has a forward probability,
+        or a product ``p_{t-1} @ E`` feeding it (``p_t s_t / x_t``), under
+        ``tuning.EAGER.floor``: it may carry the only paths later (a forced path), so the row
+        must be recomputed in log space. The backward needs no check of its own: with these
+        in range a term it loses to underflow weighs below float's smallest normal in every
+        marginal. Elementwise after the scan; one batched product (which tags are reachable)
+        only where some tag is low."""
+        T, B, K = P.shape
+        floor = tuning.EAGER.floor(P.dtype)
+        # fed = p s / x >= p s (x <= 1): no tag, nor product, under the floor in the usual case
+        if bool(P.min() * S.min().clamp(max=1.0) >= floor):
+            return torch.zeros(B, dtype=torch.bool, device=P.device)
+        low = P.lt(floor)  # (T, B, K); then the products under the floor
+        low[1:] |= P[1:] * S[1:] < floor * X[1:]
+        low &= torch.isfinite(em) & active.unsqueeze(2)
+        rows = (low[0] & torch.isfinite(start)).any(1)
+        if T > 1:
+            prev = (P[:-1] > 0).to(P.dtype).reshape(-1, K)
+            reach = (prev @ finite.to(P.dtype)).view(T - 1, B, K) > 0
+            rows |= (low[1:] & reach).any(2).any(0)
+        return rows
 
     def backward(self, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Gradients of ``sum(grad * log_z)`` w.r.t. em (T, B, K), start (K,), trans (K, K), end (K,).

@@ -43,6 +43,8 @@ _HELPERS = (
     "_param_problem",
     "_viterbi_row",
     "_exp_scores",
+    "_weight",
+    "_lowest",
     "_forward_row_exp",
     "_backward_row_exp",
     "_all_exp_scores",
@@ -180,7 +182,7 @@ def _log_z_row(em, P, M, n, start, trans, end, E, top, exp_scores):
     K = start.shape[0]
     Es, gs, Et, gt, Ee, ge = exp_scores
     msg, shift = np.empty((2, K)), np.empty(2)
-    log_z, ok = _forward_row_exp(P, M, n, Es, gs, Et, gt, Ee, ge, msg, shift)
+    log_z, ok = _forward_row_exp(P, M, em, n, Es, gs, Et, gt, Ee, ge, msg, shift)
     if not ok:
         log_z = _forward_row(em, n, start, trans, end, E, top, msg, shift)
     return log_z
@@ -266,13 +268,13 @@ def _forward_backward_kernel(
             sign_g = -g if tags.shape[0] > 0 else g
             d_row = d_em[b]
             d_row[:] = 0.0
-            log_z, ok = _forward_row_exp(P[b], M[b], n, Es, gs, Et, gt, Ee, ge, la, shift)
+            log_z, ok = _forward_row_exp(P[b], M[b], em[b], n, Es, gs, Et, gt, Ee, ge, la, shift)
             if ok and n > 0 and log_z > _NEG_INF:
                 row_start[:] = 0.0
                 row_end[:] = 0.0
                 row_trans[:] = 0.0
                 ok = _backward_row_exp(
-                    P[b], n, sign_g, Et, EtT, Ee, la, shift, d_row, row_start, row_end,
+                    P[b], M[b], em[b], n, sign_g, Et, EtT, Ee, la, shift, d_row, row_start, row_end,
                     row_trans, beta, u, w,
                 )  # fmt: skip
                 if ok:

@@ -7,8 +7,8 @@ exp(trans - c)`` (c the largest finite transition score, so 0 <= E <= 1, 0 where
 and each row's forward message kept as ``a`` (its largest entry 1) and a log scale,
 
     v = a @ E                      (BLOCK_B, K) x (K, K): the tensor cores
-    u = v * exp(em_t - max em_t)   K exps per row, not K^2
-    a = u / max(u), log scale += c + max em_t + log max(u)
+    x = em_t + log v               K logs per row, not K^2 exps
+    a = exp(x - max x), log scale += c + max x
 
 and the backward the same way with ``E``'s transpose; the pairwise marginals summed over the
 rows are one more product per step, ``(a * weights)^T @ (exp(em + beta) scaled)``, times
@@ -16,14 +16,19 @@ rows are one more product per step, ``(a * weights)^T @ (exp(em + beta) scaled)`
 kernel's: either backward reads them).
 
 Exactness: a product of scores in float32 underflows where the transition scores spread
-wider than about 87 nats. A call whose finite transition scores spread wider than
-``tuning.TRITON.span_limit`` (60), and a row whose per-step normaliser falls below
-``tuning.TRITON.tiny``, is recomputed in log space by the same launch (the row is flagged in
-``aux[2]``, and the backward launch runs the log-space recursion for flagged rows). Emissions
-more than about 87 nats below a step's best are dropped as exp underflows (relative weight
-below 1e-38). ``tl.dot``'s precision is ``tuning.TRITON.dot_precision`` (``tf32x3`` by
-default: float32's accuracy on the tensor cores); under Triton's interpreter the products are
-numpy float32 products.
+wider than about 87 nats, and a tag whose weight falls far below its step's best is lost,
+though a forced path (forbidden transitions) may later run through it alone. So a call whose
+finite transition scores spread wider than ``tuning.TRITON.span_limit`` (60) is recomputed in
+log space by the same launch, and so is a row where a reachable tag (one with an allowed move
+from a tag of weight: a second, 0/1 product per step, exact in TF32), or the product feeding
+it, falls under ``tuning.TRITON.floor`` (1e-30, about 69 nats) of its step's largest: the
+forward flags the whole row (``aux[2]``), the backward hands a row over to the log-space
+recursion from the position where it happened down (its later positions' sums are exact and
+kept). Rows whose emissions put reachable tags more than 69 nats below the best (say masks of
+-1e4 on allowed tags) therefore run in log space: exact, at the log-space kernel's speed.
+``tl.dot``'s precision is ``tuning.TRITON.dot_precision`` (``tf32x3`` by default: float32's
+accuracy on the tensor cores); under Triton's interpreter the products are numpy float32
+products.
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ def _dot_forward_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_ACC: tl.constexpr,
     SPAN: tl.constexpr,
-    TINY: tl.constexpr,
+    FLOOR: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
     """:func:`programs._forward_kernel` (without ``MAX_PLUS``) in exp space; arguments as
@@ -91,21 +96,28 @@ def _dot_forward_kernel(
     flag = row_ok & ((rows * 0 + wide) != 0)  # (a scalar's broadcast, as the interpreter takes it)
     gold = tl.zeros((BLOCK_B,), tl.float32)
     prev = tl.zeros((BLOCK_B,), tl.int64)
+    allowed = (_trans > float("-inf")).to(tl.float32)  # 1 where a transition is allowed
     for t in range(0, T):
         kept = tl.load(mask_ptr + rows * T + t, mask=row_ok, other=0) != 0
         e = tl.load(em_rows + t * K, mask=cell_ok, other=float("-inf")).to(tl.float32)
         v = tl.dot(a, E, input_precision=PRECISION)  # (BLOCK_B, BLOCK_K)
-        # the first kept position starts from the start scores instead
-        x = tl.where(started[:, None], e, e + start[None, :])
+        # reached: a tag with an allowed move from one of weight (0/1 products: exact in TF32)
+        fed = tl.dot((a > 0.0).to(tl.float32), allowed, input_precision="tf32") > 0.5
+        # the first kept position starts from the start scores instead; the scale is the
+        # largest score, so a tag far below the step's best emission keeps its weight
+        x = tl.where(started[:, None], e + tl.log(v), e + start[None, :])
         top = tl.max(x, 1)
-        top = tl.where(top > float("-inf"), top, 0.0)
+        ok = top > float("-inf")
+        top = tl.where(ok, top, 0.0)
         u = tl.exp(x - top[:, None])
-        u = tl.where(started[:, None], u * v, u)
-        norm = tl.max(u, 1)
-        ok = norm > TINY
-        flag = flag | (kept & row_ok & ~ok)
-        a = tl.where(kept[:, None], tl.where(ok[:, None], u / norm[:, None], 0.0), a)
-        grow = top + tl.log(tl.where(ok, norm, 1.0)) + tl.where(started, shift, 0.0)
+        # a reachable tag whose weight (or product) fell under the floor may carry the only
+        # paths later: the row is recomputed in log space
+        live = (e > float("-inf")) & tl.where(started[:, None], fed, x > float("-inf"))
+        thin = live & ((u < FLOOR) | (started[:, None] & (v < FLOOR)))
+        thin_row = tl.max(thin.to(tl.int32), 1) > 0
+        flag = flag | (kept & row_ok & (~ok | thin_row))
+        a = tl.where(kept[:, None], tl.where(ok[:, None], u, 0.0), a)
+        grow = top + tl.where(started, shift, 0.0)
         log_c = tl.where(kept, log_c + grow, log_c)
         if STORE_ALPHA:
             alpha = tl.log(a) + log_c[:, None]
@@ -158,6 +170,7 @@ def _dot_backward_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_K: tl.constexpr,
     SPAN: tl.constexpr,
+    FLOOR: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
     """:func:`programs._backward_kernel` in exp space; ``flag`` (B,): the rows the forward
@@ -188,21 +201,32 @@ def _dot_backward_kernel(
     pair = tl.zeros((BLOCK_K, BLOCK_K), tl.float32)  # sum of weighted a_i q_j (times E later)
     gold_pair = tl.zeros((BLOCK_K, BLOCK_K), tl.float32)
     d_end = tl.zeros((BLOCK_K,), tl.float32)
+    allowed_t = tl.trans((_trans > float("-inf")).to(tl.float32))
+    thin = rows < 0  # rows whose backward message lost weight: log space below ``upto``
+    upto = tl.zeros((BLOCK_B,), tl.int64)
     for s in range(0, T):
         t = T - 1 - s
         kept = tl.load(mask_ptr + rows * T + t, mask=row_ok, other=0) != 0
-        on = kept & live & ~flag
         alpha = tl.load(alpha_ptr + base + t * K, mask=cell_ok, other=float("-inf"))
         e = tl.load(em_ptr + base + t * K, mask=cell_ok, other=float("-inf")).to(tl.float32)
         later = tl.dot(q, tl.trans(E), input_precision=PRECISION)  # sum_j E[i, j] q[j]
+        # a tag with forward weight and an allowed move to a tag of weight whose sum fell under
+        # the floor: from here down the row runs in log space (after the loop)
+        feeds = tl.dot((q > 0.0).to(tl.float32), allowed_t, input_precision="tf32") > 0.5
+        lost = begun[:, None] & feeds & (alpha > float("-inf")) & (later < FLOOR)
+        lost_row = kept & live & ~flag & ~thin & (tl.max(lost.to(tl.int32), 1) > 0)
+        upto = tl.where(lost_row, t + 1, upto)
+        thin = thin | lost_row
+        on = kept & live & ~flag & ~thin
         beta = tl.where(begun[:, None], tl.log(later) + (log_q + shift)[:, None], end[None, :])
         gamma = tl.exp(alpha + beta - log_z[:, None])
         gamma = tl.where(on[:, None] & col_ok[None, :], gamma, 0.0)
         if PAIRWISE:
             use = on & begun
-            # <= -log(later): capped where later underflows (its pairs weigh below e^-80)
+            # = gamma / later; where later is over the floor that is under e^69; the cap keeps
+            # tags without a move to a tag of weight (their products are 0) finite
             lift = tl.minimum(alpha - log_z[:, None] + (log_q + shift)[:, None], 80.0)
-            coef = tl.where(use[:, None] & col_ok[None, :], tl.exp(lift) * weight[:, None], 0.0)
+            coef = tl.where(use[:, None] & feeds, tl.exp(lift) * weight[:, None], 0.0)
             pair += tl.dot(tl.trans(coef), q, input_precision=PRECISION)
         grad = gamma
         if GOLD:
@@ -223,18 +247,30 @@ def _dot_backward_kernel(
         x = e + beta
         top = tl.max(x, 1)
         top = tl.where(top > float("-inf"), top, 0.0)
-        q = tl.where(kept[:, None], tl.exp(x - top[:, None]), q)
+        q_next = tl.exp(x - top[:, None])
+        # a tag with forward weight whose backward weight fell under the floor
+        sunk = (alpha > float("-inf")) & (x > float("-inf")) & (q_next < FLOOR)
+        sunk_row = on & (tl.max(sunk.to(tl.int32), 1) > 0)
+        upto = tl.where(sunk_row, t, upto)
+        thin = thin | sunk_row
+        q = tl.where(kept[:, None], q_next, q)
         log_q = tl.where(kept, top, log_q)
         begun = begun | kept
+    first = tl.where(thin[:, None], 0.0, first)  # the log-space pass below gives theirs
     first_sum = tl.sum(first, 0)
     pair = pair * E + gold_pair
-    if tl.max(flag.to(tl.int32), 0) > 0:  # the rows the forward recomputed in log space
+    redo = flag | thin
+    if tl.max(redo.to(tl.int32), 0) > 0:  # rows recomputed in log space (all, or below upto)
+        tl.debug_barrier()
         for r in range(0, BLOCK_B):
-            row = pid.to(tl.int64) * BLOCK_B + r
-            hit_row = tl.load(flag_ptr + row, mask=row < B, other=0.0)
-            if hit_row != 0.0:
+            pick = tl.arange(0, BLOCK_B) == r
+            redo_r = tl.max(tl.where(pick & redo, 1, 0), 0)
+            if redo_r != 0:
+                row = pid.to(tl.int64) * BLOCK_B + r
+                upto_r = tl.max(tl.where(pick, tl.where(flag, T, upto), 0), 0)
+                one = row + tl.arange(0, 1)
                 f1, p1, e1 = _backward_rows(
-                    row + tl.arange(0, 1), grad_ptr, em_ptr, tags_ptr, mask_ptr, trans_ptr,
+                    one, one * 0 + upto_r, grad_ptr, em_ptr, tags_ptr, mask_ptr, trans_ptr,
                     end_ptr, alpha_ptr, log_z_ptr, d_em_ptr, B, T, K, grad_stride, scale, GOLD,
                     PAIRWISE, 1, BLOCK_K,
                 )  # fmt: skip

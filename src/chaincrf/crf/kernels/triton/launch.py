@@ -110,7 +110,7 @@ def forward(
             B, T, K, float(scale),
             ZERO_ACC=accumulator, GOLD=gold, STORE_ALPHA=keep_alpha, BLOCK_B=DOT_ROWS,
             BLOCK_K=block_k, BLOCK_ACC=_pow2((K + 2) * K), SPAN=setting.span_limit,
-            TINY=setting.tiny, PRECISION=setting.dot_precision, num_warps=warps,
+            FLOOR=setting.floor, PRECISION=setting.dot_precision, num_warps=warps,
         )  # fmt: skip
         return out, aux, alpha, acc
     block_b, block_k, warps = blocks(B, K)
@@ -184,8 +184,8 @@ def backward(
             grad, em, tags if tags is not None else mask, mask, trans, end, alpha, log_z,
             flags, d_em, d_par, B, T, K, stride, float(scale),
             GOLD=tags is not None, PAIRWISE=pairwise, ATOMIC=atomic, BLOCK_B=block_b,
-            BLOCK_K=block_k, SPAN=setting.span_limit, PRECISION=setting.dot_precision,
-            num_warps=warps,
+            BLOCK_K=block_k, SPAN=setting.span_limit, FLOOR=setting.floor,
+            PRECISION=setting.dot_precision, num_warps=warps,
         )  # fmt: skip
     else:
         _backward_kernel[(programs,)](

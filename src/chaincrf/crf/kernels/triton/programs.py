@@ -195,7 +195,7 @@ def _backward_kernel(
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     first, pair, d_end = _backward_rows(
-        rows, grad_ptr, em_ptr, tags_ptr, mask_ptr, trans_ptr, end_ptr, alpha_ptr, log_z_ptr,
+        rows, rows * 0 + T, grad_ptr, em_ptr, tags_ptr, mask_ptr, trans_ptr, end_ptr, alpha_ptr, log_z_ptr,
         d_em_ptr, B, T, K, grad_stride, scale, GOLD, PAIRWISE, BLOCK_B, BLOCK_K,
     )  # fmt: skip
     _write_sums(d_par_ptr, pid, first, pair, d_end, K, PAIRWISE, ATOMIC, BLOCK_K)
@@ -227,7 +227,7 @@ def _write_sums(
 
 @triton.jit
 def _backward_rows(
-    rows, grad_ptr, em_ptr, tags_ptr, mask_ptr, trans_ptr, end_ptr, alpha_ptr, log_z_ptr,
+    rows, upto, grad_ptr, em_ptr, tags_ptr, mask_ptr, trans_ptr, end_ptr, alpha_ptr, log_z_ptr,
     d_em_ptr, B, T, K, grad_stride, scale,
     GOLD: tl.constexpr, PAIRWISE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -235,7 +235,9 @@ def _backward_rows(
     logsumexp_j(trans[i, j] + em[t', j] + beta_t'[j]) (t' the next kept position); marginals
     ``exp(alpha + beta - log Z)``. With ``GOLD`` the gradients are those of
     ``scale * (gold - log Z)``: gold counts minus marginals. Returns the rows' summed score
-    gradients: start (K,), transitions (K, K), end (K,)."""
+    gradients: start (K,), transitions (K, K), end (K,); the transitions' and the end's only
+    from the positions before ``upto`` (BLOCK_B,) (T: all; the exp-space backward, which
+    hands a row over at a position, has added those of the later ones)."""
     row_ok = rows < B
     src = tl.arange(0, BLOCK_K)
     dst = tl.arange(0, BLOCK_K)
@@ -265,7 +267,7 @@ def _backward_rows(
         on = kept & live
         alpha = tl.load(alpha_ptr + base + t * K, mask=cell_ok, other=float("-inf"))
         e = tl.load(em_ptr + base + t * K, mask=cell_ok, other=float("-inf")).to(log_z.dtype)
-        use = (on & begun)[:, None, None] & tile[None, :, :]
+        use = (on & begun & (t < upto))[:, None, None] & tile[None, :, :]
         if PAIRWISE:
             joint = alpha[:, :, None] + trans[None, :, :] + ahead[:, None, :]
             joint = joint - log_z[:, None, None]
@@ -287,7 +289,7 @@ def _backward_rows(
             after = tl.where(on, y, after)
         grad = grad * g[:, None]
         tl.store(d_em_ptr + base + t * K, grad, mask=cell_ok)
-        d_end += tl.sum(tl.where((on & ~begun)[:, None], grad, 0.0), 0)
+        d_end += tl.sum(tl.where((on & ~begun & (t < upto))[:, None], grad, 0.0), 0)
         first = tl.where(on[:, None], grad, first)
         ahead = tl.where(kept[:, None], beta + e, ahead)
         begun = begun | kept
