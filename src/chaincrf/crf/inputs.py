@@ -10,7 +10,9 @@ from torch import Tensor
 __all__ = [
     "HALF",
     "REDUCTIONS",
+    "allowed_batch_first",
     "batch_first_tags",
+    "check_allowed",
     "check_reduction",
     "compute_dtype",
     "emissions_and_mask",
@@ -115,3 +117,32 @@ def reduce_total(total: Tensor, mask: Tensor, reduction: str) -> Tensor:
     if reduction == "mean":
         return total / mask.size(0)  # as llh.mean(): NaN for an empty batch
     return total / mask.sum().clamp(min=1).to(total.dtype)
+
+
+def check_allowed(allowed: Tensor, emissions: Tensor) -> None:
+    """``allowed`` (partial labels) must be a bool tensor shaped like ``emissions``."""
+    if not isinstance(allowed, Tensor) or allowed.dtype != torch.bool:
+        raise ValueError(
+            f"allowed must be a bool tensor; got {getattr(allowed, 'dtype', type(allowed).__name__)}"
+        )
+    if tuple(allowed.shape) != tuple(emissions.shape):
+        raise ValueError(
+            f"allowed must have the shape of emissions {tuple(emissions.shape)}; "
+            f"got {tuple(allowed.shape)}"
+        )
+
+
+def allowed_batch_first(
+    allowed: Tensor, mask_bt: Tensor, batch_first: bool, validate: bool
+) -> Tensor:
+    """``allowed`` batch-first; with ``validate``, every unmasked position allows a tag."""
+    allowed_bt = allowed if batch_first else allowed.transpose(0, 1)
+    if validate:
+        empty = mask_bt & ~allowed_bt.any(-1)
+        if bool(empty.any()):
+            b, t = (int(i) for i in empty.nonzero()[0])
+            raise ValueError(
+                f"allowed must allow at least one tag at every unmasked position; "
+                f"batch row {b}, position {t} allows none"
+            )
+    return allowed_bt

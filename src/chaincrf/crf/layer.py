@@ -340,25 +340,9 @@ class CRF(nn.Module):
             float tensor, (batch,) for ``none`` and () otherwise.
         """
         self._check_reduction(reduction)
+        inputs.check_allowed(allowed, emissions)
         em, mask_bt = self._shapes(emissions, mask)
-        if not isinstance(allowed, Tensor) or allowed.dtype != torch.bool:
-            raise ValueError(
-                f"allowed must be a bool tensor; got {getattr(allowed, 'dtype', type(allowed).__name__)}"
-            )
-        if tuple(allowed.shape) != tuple(emissions.shape):
-            raise ValueError(
-                f"allowed must have the shape of emissions {tuple(emissions.shape)}; "
-                f"got {tuple(allowed.shape)}"
-            )
-        allowed_bt = allowed if self.batch_first else allowed.transpose(0, 1)
-        if validate:
-            empty = mask_bt & ~allowed_bt.any(-1)
-            if bool(empty.any()):
-                b, t = (int(i) for i in empty.nonzero()[0])
-                raise ValueError(
-                    f"allowed must allow at least one tag at every unmasked position; "
-                    f"batch row {b}, position {t} allows none"
-                )
+        allowed_bt = inputs.allowed_batch_first(allowed, mask_bt, self.batch_first, validate)
         neg_inf = torch.tensor(float("-inf"), dtype=em.dtype, device=em.device)
         clamped = torch.where(allowed_bt, em, neg_inf)
         scores = self._scores(em.dtype)

@@ -25,7 +25,8 @@ With ``validate`` the kernels also check the values in the pass that counts the 
 gaps, NaN/+inf scores and emissions, tags out of range: the eager kernel's errors, in its
 order); tags are always range-checked before they index anything. Run eagerly, the public
 functions call the implementations directly (through ``torch.autograd.Function`` for the
-gradients); under torch.compile / torch.export they call the custom ops.
+gradients); under torch.compile / torch.export they call the custom ops
+(:mod:`chaincrf.crf.kernels.fused.registered`).
 
 This module imports only torch (and the numpy that torch brings); numba is imported, and the
 kernels compiled (``cache=True``: once per machine), on the first call.
@@ -34,7 +35,6 @@ kernels compiled (``cache=True``: once per machine), on the first call.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,16 +42,19 @@ from torch import Tensor
 from chaincrf.crf import tracing
 from chaincrf.crf.kernels.fused.autograd import LogLikelihood, LogPartition
 from chaincrf.crf.kernels.fused.impl import (
-    _check_gold,
     _check_inputs,
-    _forward_backward_impl,
-    _likelihood_gradient_impl,
     _log_likelihood_impl,
-    _log_partition_impl,
     _marginals_impl,
     _mask_of,
     _viterbi_impl,
     available,
+)
+from chaincrf.crf.kernels.fused.registered import (
+    _log_likelihood_op,
+    _log_likelihood_sum_op,
+    _log_partition_op,
+    _marginals_op,
+    _viterbi_op,
 )
 
 __all__ = [
@@ -81,226 +84,6 @@ def warm_up() -> None:
         emissions = tiny.clone().requires_grad_(True)
         log_partition(emissions, lengths, *scores).sum().backward()  # type: ignore[no-untyped-call]  # Tensor.backward: unannotated in torch
     viterbi(tiny, lengths, *scores)
-
-
-# ------------------------------------------------------------------------------ custom ops
-# What torch.compile and torch.export see: each op with its fake (shape-only) implementation
-# and, for the two differentiable ones, its autograd formula. Run eagerly, the functions below
-# call the implementations directly instead (through a torch.autograd.Function for the
-# gradients): the custom-op dispatcher costs several times the kernel itself on one sentence
-# (figures and command: benchmarks/crf_kernels.md, design figures).
-
-
-@torch.library.custom_op("chaincrf::log_partition", mutates_args=())
-def _log_partition_op(
-    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
-) -> tuple[Tensor, Tensor]:
-    return _log_partition_impl(emissions, mask, start, transitions, end, validate)
-
-
-@_log_partition_op.register_fake
-def _(
-    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
-) -> tuple[Tensor, Tensor]:
-    B = emissions.shape[0]
-    return emissions.new_empty(B), emissions.new_empty(B, dtype=torch.long)
-
-
-@torch.library.custom_op("chaincrf::log_likelihood", mutates_args=())
-def _log_likelihood_op(
-    emissions: Tensor,
-    tags: Tensor,
-    mask: Tensor,
-    start: Tensor,
-    transitions: Tensor,
-    end: Tensor,
-    constrained: bool,
-    validate: bool,
-) -> tuple[Tensor, Tensor]:
-    return _log_likelihood_impl(
-        emissions, tags, mask, start, transitions, end, constrained, validate
-    )
-
-
-@_log_likelihood_op.register_fake
-def _(
-    emissions: Tensor,
-    tags: Tensor,
-    mask: Tensor,
-    start: Tensor,
-    transitions: Tensor,
-    end: Tensor,
-    constrained: bool,
-    validate: bool,
-) -> tuple[Tensor, Tensor]:
-    B = emissions.shape[0]
-    return emissions.new_empty(B), emissions.new_empty(B, dtype=torch.long)
-
-
-@torch.library.custom_op("chaincrf::forward_backward", mutates_args=())
-def _forward_backward_op(
-    grad: Tensor,
-    emissions: Tensor,
-    tags: Tensor,
-    lengths: Tensor,
-    start: Tensor,
-    transitions: Tensor,
-    end: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _forward_backward_impl(grad, emissions, tags, lengths, start, transitions, end)[:4]
-
-
-@_forward_backward_op.register_fake
-def _(
-    grad: Tensor,
-    emissions: Tensor,
-    tags: Tensor,
-    lengths: Tensor,
-    start: Tensor,
-    transitions: Tensor,
-    end: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return (
-        emissions.new_empty(emissions.shape),
-        start.new_empty(start.shape),
-        transitions.new_empty(transitions.shape),
-        end.new_empty(end.shape),
-    )
-
-
-def _save_log_partition(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
-    emissions, _mask, start, transitions, end, _validate = inputs
-    ctx.save_for_backward(emissions, output[1], start, transitions, end)
-
-
-def _log_partition_backward(
-    ctx: Any, grad: Tensor, _grad_lengths: Tensor | None
-) -> tuple[Tensor, None, Tensor, Tensor, Tensor, None]:
-    emissions, lengths, start, transitions, end = ctx.saved_tensors
-    no_tags = lengths.new_empty((0, 0))
-    d_em, d_start, d_trans, d_end = _forward_backward_op(
-        grad, emissions, no_tags, lengths, start, transitions, end
-    )
-    return d_em, None, d_start, d_trans, d_end, None
-
-
-def _save_log_likelihood(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
-    emissions, tags, _mask, start, transitions, end, _constrained, _validate = inputs
-    ctx.save_for_backward(emissions, tags, output[1], start, transitions, end)
-
-
-def _log_likelihood_backward(
-    ctx: Any, grad: Tensor, _grad_lengths: Tensor | None
-) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None]:
-    emissions, tags, lengths, start, transitions, end = ctx.saved_tensors
-    d_em, d_start, d_trans, d_end = _forward_backward_op(
-        grad, emissions, tags, lengths, start, transitions, end
-    )
-    return d_em, None, None, d_start, d_trans, d_end, None, None
-
-
-_log_partition_op.register_autograd(_log_partition_backward, setup_context=_save_log_partition)
-_log_likelihood_op.register_autograd(_log_likelihood_backward, setup_context=_save_log_likelihood)
-
-
-@torch.library.custom_op("chaincrf::log_likelihood_sum", mutates_args=())
-def _log_likelihood_sum_op(
-    emissions: Tensor,
-    tags: Tensor,
-    mask: Tensor,
-    start: Tensor,
-    transitions: Tensor,
-    end: Tensor,
-    constrained: bool,
-    validate: bool,
-    with_gradient: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The log-likelihoods' sum (a 0-d tensor) and, ``with_gradient``, its gradients
-    (emissions, start, transitions, end) from the same pass (else empty tensors)."""
-    args = (emissions, tags, mask, start, transitions, end)
-    if not with_gradient:
-        llh = _log_likelihood_impl(*args, constrained, validate)[0]
-        empty = emissions.new_empty(0)
-        return llh.sum(), empty, empty.clone(), empty.clone(), empty.clone()
-    _lengths, unit, log_z, gold = _likelihood_gradient_impl(*args, validate)
-    if constrained:
-        _check_gold(gold)
-    total = torch.tensor(float((gold - log_z).sum()), dtype=emissions.dtype)
-    return (total, *unit)
-
-
-@_log_likelihood_sum_op.register_fake
-def _(
-    emissions: Tensor,
-    tags: Tensor,
-    mask: Tensor,
-    start: Tensor,
-    transitions: Tensor,
-    end: Tensor,
-    constrained: bool,
-    validate: bool,
-    with_gradient: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    if not with_gradient:
-        empty = emissions.new_empty(0)
-        return emissions.new_empty(()), empty, empty.clone(), empty.clone(), empty.clone()
-    return (
-        emissions.new_empty(()),
-        emissions.new_empty(emissions.shape),
-        start.new_empty(start.shape),
-        transitions.new_empty(transitions.shape),
-        end.new_empty(end.shape),
-    )
-
-
-def _save_log_likelihood_sum(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-    ctx.save_for_backward(*output[1:])
-
-
-def _log_likelihood_sum_backward(
-    ctx: Any, grad: Tensor, *_unused: Tensor | None
-) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None, None]:
-    d_em, d_start, d_trans, d_end = ctx.saved_tensors
-    return d_em * grad, None, None, d_start * grad, d_trans * grad, d_end * grad, None, None, None
-
-
-_log_likelihood_sum_op.register_autograd(
-    _log_likelihood_sum_backward, setup_context=_save_log_likelihood_sum
-)
-
-
-@torch.library.custom_op("chaincrf::viterbi", mutates_args=())
-def _viterbi_op(
-    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _viterbi_impl(emissions, mask, start, transitions, end, validate)
-
-
-@_viterbi_op.register_fake
-def _(
-    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    B, T, _ = emissions.shape
-    long = torch.long
-    return (
-        emissions.new_empty((B, T), dtype=long),
-        emissions.new_empty(B),
-        mask.new_empty(B, dtype=long),
-    )
-
-
-@torch.library.custom_op("chaincrf::marginals", mutates_args=())
-def _marginals_op(
-    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
-) -> Tensor:
-    return _marginals_impl(emissions, mask, start, transitions, end, validate)
-
-
-@_marginals_op.register_fake
-def _(
-    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
-) -> Tensor:
-    return emissions.new_empty(emissions.shape)
 
 
 # ------------------------------------------------------------------------------ eager calls

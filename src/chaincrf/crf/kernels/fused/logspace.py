@@ -6,7 +6,7 @@ forward-backward gradient of one row, for the rows whose exp-space computation
 A step of the recursion is one multiply-add per (from, to) pair in exp space, scaled by the
 message's maximum and each column's maximum transition score; a column whose sum may have lost
 terms to underflow is recomputed exactly in log space. Plain Python until
-:func:`chaincrf.crf.kernels.fused.custom_ops._load` compiles each function (and swaps the compiled
+:func:`chaincrf.crf.kernels.fused.impl._load` compiles each function (and swaps the compiled
 versions into this namespace: they call each other). Importing this module imports only numpy.
 """
 

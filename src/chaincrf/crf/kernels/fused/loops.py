@@ -2,7 +2,7 @@
 them. One batch row at a time (a caller may give each thread its own rows): the value checks
 and lengths of each row, the gold score, then float64 exp-space rows (:mod:`chaincrf.crf.kernels.fused.exp`) with an exact
 log-space recomputation (:mod:`chaincrf.crf.kernels.fused.logspace`) of any row that underflows;
-the max-plus recursion for Viterbi, in the emissions' dtype. ``chaincrf.crf.kernels.fused.custom_ops._load`` swaps each helper
+the max-plus recursion for Viterbi, in the emissions' dtype. ``chaincrf.crf.kernels.fused.impl._load`` swaps each helper
 for its compiled version in these modules' namespaces, then compiles the kernels: numba
 resolves a kernel's global names when it compiles it. Importing this module imports only numpy.
 """
