@@ -16,9 +16,9 @@
 #    pytorch-crf (mode="reduce-overhead").
 # 3. the tagger on the GPU (issue 30): the gpu-marked tagger tests (a run in 32-true, 16-mixed
 #    and bf16-mixed whose figures chaincrf-eval reproduces; chaincrf-predict device=cuda), then,
-#    when CoNLL-2003 is under $CHAINCRF_DATA, scripts/bench_train.py --device cuda (training and
-#    prediction tokens/s against the plain PyTorch + pytorch-crf loop, GPU utilisation, peak
-#    memory).
+#    when CoNLL-2003 is under $CHAINCRF_DATA, scripts/bench_train.py --device cuda with the
+#    GPU recipe's padded lengths (training and prediction tokens/s against the plain PyTorch +
+#    pytorch-crf loop, GPU utilisation, peak memory).
 # Copy the tables into benchmarks/crf_gpu.md and benchmarks/train_gpu.md with the command and
 # the device.
 set -uo pipefail
@@ -37,8 +37,9 @@ timeout "${BENCH_SECONDS:-240}" python3 scripts/bench_crf_gpu.py --json "$out/cr
 timeout "${TAGGER_TEST_SECONDS:-60}" python3 -m pytest -q -p no:cacheprovider -m gpu \
     tests/test_scale_out.py -k "one_gpu or predict_on_the_gpu" 2>&1 | tee "$out/tagger_tests.log" || status=1
 if [ -f "${CHAINCRF_DATA:-../shared/data}/conll2003/eng.train" ]; then
+    # as the shipped recipe (trainer=gpu) pads its batches: conf/trainer/gpu.yaml's lengths
     timeout "${TRAIN_BENCH_SECONDS:-60}" python3 scripts/bench_train.py --device cuda \
-        --batches 100 --rounds 2 --eval-batch-size 1024 --json "$out/train_gpu.json" \
-        2>&1 | tee "$out/train_gpu.log" || status=1
+        --batches 100 --rounds 2 --eval-batch-size 1024 --length-buckets 16 32 64 128 \
+        --json "$out/train_gpu.json" 2>&1 | tee "$out/train_gpu.log" || status=1
 fi
 exit $status
