@@ -70,7 +70,9 @@ def forced_paths(K: int = 17, T: int = 5, kernel: str = "auto") -> tuple[CRF, to
     move on to itself or to tag 1, its last position's tag 110 nats below tag 0. Tag 0 pays 40
     nats a step; every other score is 0, other tags' emissions -inf. Row 2: tag 4, which no
     path reaches (no start, no move into it), scores 150 at the middle position, where a
-    backward recursion scaled by its largest entry loses every reachable tag."""
+    backward recursion scaled by its largest entry loses every reachable tag. Row 3: tag 5 may
+    only move on to tag 6, at -55, and tag 6 scores -46 at the last position: the backward's sum
+    for tag 5 there (e^-101) falls under the floor while the forward keeps every tag in range."""
     crf = CRF(K, batch_first=True, kernel=kernel).double()
     with torch.no_grad():
         for p in (crf.start_transitions, crf.transitions, crf.end_transitions):
@@ -81,11 +83,15 @@ def forced_paths(K: int = 17, T: int = 5, kernel: str = "auto") -> tuple[CRF, to
         crf.transitions[3, [1, 3]] = 0.0
         crf.transitions[:, 4] = float("-inf")
         crf.start_transitions[4] = float("-inf")
-    em = torch.full((3, T, K), float("-inf"), dtype=torch.float64)
+        crf.transitions[5, :] = float("-inf")
+        crf.transitions[5, 6] = -55.0
+    em = torch.full((4, T, K), float("-inf"), dtype=torch.float64)
     em[0, 0, 0], em[0, 0, 1] = 0.0, -110.0
     em[0, 1:, 0], em[0, 1:, 2] = -40.0, 0.0
     em[1, :-1, 0], em[1, :-1, 3] = -40.0, 0.0
     em[1, -1, 0], em[1, -1, 1] = 0.0, -110.0
     em[2, :, :4] = 0.0
     em[2, T // 2, 4] = 150.0
+    em[3] = 0.0
+    em[3, -1, 6] = -46.0
     return crf, em

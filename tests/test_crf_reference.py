@@ -431,3 +431,53 @@ def make_kernel_copy(crf, kernel: str):
     copy = CRF(crf.num_tags, batch_first=True, kernel=kernel)
     copy.load_state_dict(crf.state_dict())
     return copy.float()
+
+
+@pytest.mark.parametrize("kernel", ["eager", "fused"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scores_spread_wider_than_exp_space_reaches_go_to_log_space(kernel, dtype):
+    """A start score 1,000 nats below the other (its exp underflows even in float64, so an exp-
+    space recursion reads the allowed start as forbidden): the only good path starts there.
+    log Z (900, not 0) and the marginals are the float64 reference's."""
+    if kernel == "fused":
+        pytest.importorskip("numba")
+    from chaincrf import CRF
+
+    ref = CRF(2, batch_first=True, kernel="eager").double()
+    with torch.no_grad():
+        ref.transitions.copy_(torch.tensor([[0.0, -math.inf], [-math.inf, 0.0]]))
+        ref.start_transitions.copy_(torch.tensor([0.0, -1000.0]))
+        ref.end_transitions.zero_()
+    em = torch.zeros(1, 20, 2, dtype=torch.float64)
+    em[0, 1:, 1] = 100.0
+    assert ref.log_partition(em).item() == pytest.approx(900.0)
+    crf = make_kernel_copy(ref, kernel).to(dtype)
+    close = {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(crf.log_partition(em.to(dtype)).double(), ref.log_partition(em),
+                               **close)  # fmt: skip
+    torch.testing.assert_close(crf.marginals(em.to(dtype)).double(), ref.marginals(em), **close)
+
+
+@pytest.mark.parametrize("kernel", ["eager", "fused"])
+@pytest.mark.parametrize(
+    ("dtype", "T", "lead"), [(torch.float32, 6, 30.0), (torch.float64, 30, 30.0)]
+)
+def test_an_unreachable_tag_far_above_the_rest_gives_finite_gradients(kernel, dtype, T, lead):
+    """Tag 1 can neither start nor be entered, and scores ``lead`` above tag 0 everywhere: the
+    scaled backward's messages of an unreachable tag grew until they overflowed (0 * inf: NaN
+    gradients). The gradient is the reference's marginals (all on tag 0)."""
+    if kernel == "fused":
+        pytest.importorskip("numba")
+    from chaincrf import CRF
+
+    ref = CRF(2, batch_first=True, kernel="eager").double()
+    with torch.no_grad():
+        ref.transitions.copy_(torch.tensor([[0.0, -math.inf], [-math.inf, 0.0]]))
+        ref.start_transitions.copy_(torch.tensor([0.0, -math.inf]))
+        ref.end_transitions.zero_()
+    em = torch.zeros(1, T, 2, dtype=torch.float64)
+    em[0, :, 1] = lead
+    crf = make_kernel_copy(ref, kernel).to(dtype)
+    em_k = em.to(dtype).requires_grad_(True)
+    crf.log_partition(em_k).sum().backward()
+    torch.testing.assert_close(em_k.grad.double(), ref.marginals(em), rtol=1e-6, atol=1e-6)

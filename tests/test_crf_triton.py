@@ -634,8 +634,8 @@ def test_half_precision_emissions_are_read_as_they_are(device, dtype, K):
 @pytest.mark.parametrize("dot", [False, True], ids=["log space", "exp space"])
 def test_a_forced_path_through_a_tag_far_below_the_best_is_kept(device, dot):
     """A tag 110 nats below its step's best that alone carries the good paths later (the
-    forward's case, row 0) or earlier (row 1), and an unreachable tag far above the rest (the
-    backward's case, row 2): float32 log Z, likelihood and
+    forward's case, row 0) or earlier (row 1), an unreachable tag far above the rest and a
+    backward sum under the floor (the backward's cases, rows 2 and 3): float32 log Z, likelihood and
     gradients as float64 eager's (the exp-space kernels flag the rows and recompute them in log
     space: the forward's whole row, the backward's from the lost position down)."""
     from chaincrf.crf import tracing
@@ -648,7 +648,7 @@ def test_a_forced_path_through_a_tag_far_below_the_best_is_kept(device, dot):
     em = em.to(device)
     mask = torch.ones(em.shape[:2], dtype=torch.bool, device=device)
     tags = eager.viterbi(em, mask)[0]
-    weights = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64, device=device)
+    weights = torch.tensor([1.0, 0.5, 2.0, 1.5], dtype=torch.float64, device=device)
     want = llh_and_grads(eager.to(device), em, tags, mask, weights)
     want_z = eager.log_partition(em, mask)
     assert want_z[:2].cpu().tolist() == pytest.approx([-110.0, -110.0], abs=1e-6)
@@ -656,7 +656,7 @@ def test_a_forced_path_through_a_tag_far_below_the_best_is_kept(device, dot):
         got = llh_and_grads(triton.float(), em.float(), tags, mask, weights.float())
         z = triton.log_partition(em.float(), mask)
         marginals = triton.marginals(em.float(), mask)
-    assert (("triton_dot", 3) in paths) == dot, paths
+    assert (("triton_dot", 4) in paths) == dot, paths
     _close32(z, want_z, "log Z")
     for name, g, e in zip(
         ("log-likelihood", "emissions", "start", "transitions", "end"), got, want

@@ -129,7 +129,8 @@ class TritonTuning:
             that a reachable tag, or a product feeding one, may have in the exp-space
             recursions: a tag below it might carry the only paths later (a forced path), so
             its row is recomputed in log space (the forward's whole row, the backward's from
-            that position down). 0 turns the check off.
+            that position down). 0 turns the check off (then a lost tag goes unnoticed, and
+            the backward's pairwise sums are capped at e^80 per term).
     """
 
     dot_min_tags: int = 32

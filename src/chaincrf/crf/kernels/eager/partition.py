@@ -115,6 +115,7 @@ class _Scaled:
         log_z = scale + emax.double() + z.double().log()
         self.log_z = torch.where(lengths > 0, log_z, 0.0).to(dtype)
         self.ok = ok
+        self.forbids = not bool(finite.all()) or not bool(torch.isfinite(start).all())
         self.E, self.P, self.S, self.X, self.end_w, self.z = E, P, S, X, end_w, z
 
     @staticmethod
@@ -126,7 +127,7 @@ class _Scaled:
         ``tuning.EAGER.floor``: it may carry the only paths later (a forced path), so the row
         must be recomputed in log space. The backward needs no check of its own: with these
         in range a term it loses to underflow weighs below float's smallest normal in every
-        marginal. Elementwise after the scan; one batched product (which tags are reachable)
+        marginal (and it zeroes the unreachable tags' terms, which would overflow). Elementwise after the scan; one batched product (which tags are reachable)
         only where some tag is low."""
         T, B, K = P.shape
         floor = tuning.EAGER.floor(P.dtype)
@@ -159,6 +160,12 @@ class _Scaled:
         r_last = self.end_w.unsqueeze(0) / self.z.unsqueeze(1)
         R[last, rows] = torch.where(nonempty, r_last, 0.0)
         Xs = X / S  # (T, B, K)
+        if self.forbids:
+            # 0 at a tag no path reaches (p = 0): its r would grow by x / s a step until it
+            # overflowed, and 0 * inf is NaN; exact, as such a tag carries no mass (a reachable
+            # one with p = 0 fails the forward's floor check). Only forbidden moves or starts
+            # leave a tag with x > 0 unreached.
+            Xs.masked_fill_(P == 0, 0.0)
         Q = torch.zeros_like(P)  # q_t = x_t * r_t / s_t
         Et = E.t()
         Xss, Rs, Qs = Xs.unbind(0), R.unbind(0), Q.unbind(0)

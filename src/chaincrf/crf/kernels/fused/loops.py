@@ -28,6 +28,9 @@ _NEG_INF = -math.inf
 # The backward kernel sums parameter gradients over at most this many chunks of rows, each
 # with its own buffers, in a fixed order.
 _MAX_CHUNKS = 64
+# Widest spread of finite start, transition or end scores the exp-space rows take (exp(-600)
+# is far above float64's smallest normal); wider: every row in log space.
+_SPAN = 600.0
 
 # The helpers ``_load`` compiles first (the log-space and exp-space ones are imported above).
 _HELPERS = (
@@ -47,6 +50,7 @@ _HELPERS = (
     "_lowest",
     "_forward_row_exp",
     "_backward_row_exp",
+    "_spread",
     "_all_exp_scores",
     "_log_z_row",
 )
@@ -180,19 +184,35 @@ def _gold_row(em, tags, n, start, trans, end):
 def _log_z_row(em, P, M, n, start, trans, end, E, top, exp_scores):
     """log Z of one row: exp space, or exactly in log space where that underflows."""
     K = start.shape[0]
-    Es, gs, Et, gt, Ee, ge = exp_scores
+    Es, gs, Et, gt, Ee, ge, narrow = exp_scores
     msg, shift = np.empty((2, K)), np.empty(2)
-    log_z, ok = _forward_row_exp(P, M, em, n, Es, gs, Et, gt, Ee, ge, msg, shift)
+    ok = False
+    if narrow:
+        log_z, ok = _forward_row_exp(P, M, em, n, Es, gs, Et, gt, Ee, ge, msg, shift)
     if not ok:
         log_z = _forward_row(em, n, start, trans, end, E, top, msg, shift)
     return log_z
 
 
 def _all_exp_scores(start, trans, end):
+    """The scores' ``_exp_scores``, and whether the exp-space rows may run: each score
+    tensor's finite entries spread over at most ``_SPAN`` nats (wider, an allowed move's
+    exp underflows to 0, and the rows would read it as forbidden)."""
     Es, gs = _exp_scores(start)
     Et, gt = _exp_scores(trans)
     Ee, ge = _exp_scores(end)
-    return Es, gs, Et, gt, Ee, ge
+    narrow = _spread(start) <= _SPAN and _spread(trans) <= _SPAN and _spread(end) <= _SPAN
+    return Es, gs, Et, gt, Ee, ge, narrow
+
+
+def _spread(x):
+    """The largest finite entry minus the smallest (0 if none is finite); any shape."""
+    top, low = _NEG_INF, math.inf
+    for v in x.ravel():
+        if v > _NEG_INF and v < math.inf:
+            top = max(top, v)
+            low = min(low, v)
+    return top - low if top > _NEG_INF else 0.0
 
 
 def _log_likelihood_kernel(
@@ -254,7 +274,7 @@ def _forward_backward_kernel(
     transT = np.ascontiguousarray(trans.T)
     Eb, topb = _col_normalised(transT)
     bwd = (transT, Eb, topb)
-    Es, gs, Et, gt, Ee, ge = _all_exp_scores(start, trans, end)
+    Es, gs, Et, gt, Ee, ge, narrow = _all_exp_scores(start, trans, end)
     EtT = np.ascontiguousarray(Et.T)
     C = part_start.shape[0]
     pairwise = part_trans.shape[1] > 0
@@ -268,7 +288,11 @@ def _forward_backward_kernel(
             sign_g = -g if tags.shape[0] > 0 else g
             d_row = d_em[b]
             d_row[:] = 0.0
-            log_z, ok = _forward_row_exp(P[b], M[b], em[b], n, Es, gs, Et, gt, Ee, ge, la, shift)
+            log_z, ok = 0.0, False
+            if narrow:
+                log_z, ok = _forward_row_exp(
+                    P[b], M[b], em[b], n, Es, gs, Et, gt, Ee, ge, la, shift
+                )
             if ok and n > 0 and log_z > _NEG_INF:
                 row_start[:] = 0.0
                 row_end[:] = 0.0

@@ -20,7 +20,7 @@ wider than about 87 nats, and a tag whose weight falls far below its step's best
 though a forced path (forbidden transitions) may later run through it alone. So a call whose
 finite transition scores spread wider than ``tuning.TRITON.span_limit`` (60) is recomputed in
 log space by the same launch, and so is a row where a reachable tag (one with an allowed move
-from a tag of weight: a second, 0/1 product per step, exact in TF32), or the product feeding
+from a tag of weight: a second, 0/1 product per step, exact in float16), or the product feeding
 it, falls under ``tuning.TRITON.floor`` (1e-30, about 69 nats) of its step's largest: the
 forward flags the whole row (``aux[2]``), the backward hands a row over to the log-space
 recursion from the position where it happened down (its later positions' sums are exact and
@@ -96,13 +96,14 @@ def _dot_forward_kernel(
     flag = row_ok & ((rows * 0 + wide) != 0)  # (a scalar's broadcast, as the interpreter takes it)
     gold = tl.zeros((BLOCK_B,), tl.float32)
     prev = tl.zeros((BLOCK_B,), tl.int64)
-    allowed = (_trans > float("-inf")).to(tl.float32)  # 1 where a transition is allowed
+    allowed = (_trans > float("-inf")).to(tl.float16)  # 1 where a transition is allowed
     for t in range(0, T):
         kept = tl.load(mask_ptr + rows * T + t, mask=row_ok, other=0) != 0
         e = tl.load(em_rows + t * K, mask=cell_ok, other=float("-inf")).to(tl.float32)
         v = tl.dot(a, E, input_precision=PRECISION)  # (BLOCK_B, BLOCK_K)
-        # reached: a tag with an allowed move from one of weight (0/1 products: exact in TF32)
-        fed = tl.dot((a > 0.0).to(tl.float32), allowed, input_precision="tf32") > 0.5
+        # reached: a tag with an allowed move from one of weight (0/1 products in float16,
+        # summed in float32: exact)
+        fed = tl.dot((a > 0.0).to(tl.float16), allowed) > 0.5
         # the first kept position starts from the start scores instead; the scale is the
         # largest score, so a tag far below the step's best emission keeps its weight
         x = tl.where(started[:, None], e + tl.log(v), e + start[None, :])
@@ -201,7 +202,7 @@ def _dot_backward_kernel(
     pair = tl.zeros((BLOCK_K, BLOCK_K), tl.float32)  # sum of weighted a_i q_j (times E later)
     gold_pair = tl.zeros((BLOCK_K, BLOCK_K), tl.float32)
     d_end = tl.zeros((BLOCK_K,), tl.float32)
-    allowed_t = tl.trans((_trans > float("-inf")).to(tl.float32))
+    allowed_t = tl.trans((_trans > float("-inf")).to(tl.float16))
     thin = rows < 0  # rows whose backward message lost weight: log space below ``upto``
     upto = tl.zeros((BLOCK_B,), tl.int64)
     for s in range(0, T):
@@ -212,7 +213,7 @@ def _dot_backward_kernel(
         later = tl.dot(q, tl.trans(E), input_precision=PRECISION)  # sum_j E[i, j] q[j]
         # a tag with forward weight and an allowed move to a tag of weight whose sum fell under
         # the floor: from here down the row runs in log space (after the loop)
-        feeds = tl.dot((q > 0.0).to(tl.float32), allowed_t, input_precision="tf32") > 0.5
+        feeds = tl.dot((q > 0.0).to(tl.float16), allowed_t) > 0.5
         lost = begun[:, None] & feeds & (alpha > float("-inf")) & (later < FLOOR)
         lost_row = kept & live & ~flag & ~thin & (tl.max(lost.to(tl.int32), 1) > 0)
         upto = tl.where(lost_row, t + 1, upto)
