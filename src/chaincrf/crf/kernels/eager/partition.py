@@ -132,7 +132,9 @@ class _Scaled:
         T, B, K = P.shape
         floor = tuning.EAGER.floor(P.dtype)
         # fed = p s / x >= p s (x <= 1): no tag, nor product, under the floor in the usual case
-        if bool(P.min() * S.min().clamp(max=1.0) >= floor):
+        # (padded positions, p = 0 there, left out)
+        lowest = torch.where(active, P.amin(2), 1.0).min() if K else P.new_ones(())
+        if bool(lowest * S.min().clamp(max=1.0) >= floor):
             return torch.zeros(B, dtype=torch.bool, device=P.device)
         low = P.lt(floor)  # (T, B, K); then the products under the floor
         low[1:] |= P[1:] * S[1:] < floor * X[1:]
