@@ -539,8 +539,8 @@ def test_the_exp_space_kernel_recomputes_underflowing_and_dead_rows_in_log_space
 ):
     """Transition scores from one tag 100 nats below the rest (a product of exps would
     underflow: either check, the spread of the scores or a reachable tag's weight under the
-    floor, flags the rows) and rows with no allowed path are recomputed in log space by the same launches:
-    eager's values (with both checks off the error is about 0.03), dead rows at -inf with zero
+    floor, flags the rows) and rows with no allowed path are recomputed in log space by the
+    same launches: eager's values (with both checks off the error is about 0.03), dead rows at -inf with zero
     gradients."""
     from chaincrf.crf.tuning import triton_tuning
 

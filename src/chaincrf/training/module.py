@@ -8,6 +8,7 @@ are :class:`~chaincrf.predict.serving.ServingMixin`'s.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -116,16 +117,14 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
         if self._compile is None:
             return self._network_loss(tensors)
         if self._compiled_loss is None:
-            self._compiled_loss = torch.compile(self._unchecked_loss, mode=self._compile[0])
+            unchecked = functools.partial(self._network_loss, validate=False)
+            self._compiled_loss = torch.compile(unchecked, mode=self._compile[0])
         loss: Tensor = self._compiled_loss(tensors)
         return loss
 
-    def _network_loss(self, tensors: dict[str, Tensor]) -> Tensor:
-        return self.model.loss(self.model.emissions(tensors), tensors["tags"], tensors["mask"])
-
-    def _unchecked_loss(self, tensors: dict[str, Tensor]) -> Tensor:
+    def _network_loss(self, tensors: dict[str, Tensor], validate: bool = True) -> Tensor:
         emissions = self.model.emissions(tensors)
-        return self.model.loss(emissions, tensors["tags"], tensors["mask"], validate=False)
+        return self.model.loss(emissions, tensors["tags"], tensors["mask"], validate=validate)
 
     @classmethod
     def from_datamodule(

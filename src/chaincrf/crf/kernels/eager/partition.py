@@ -127,8 +127,9 @@ class _Scaled:
         ``tuning.EAGER.floor``: it may carry the only paths later (a forced path), so the row
         must be recomputed in log space. The backward needs no check of its own: with these
         in range a term it loses to underflow weighs below float's smallest normal in every
-        marginal (and it zeroes the unreachable tags' terms, which would overflow). Elementwise after the scan; one batched product (which tags are reachable)
-        only where some tag is low."""
+        marginal (and it zeroes the unreachable tags' terms, which would overflow).
+        Elementwise after the scan; one batched product (which tags are reachable) only where
+        some tag is low."""
         T, B, K = P.shape
         floor = tuning.EAGER.floor(P.dtype)
         # fed = p s / x >= p s (x <= 1): no tag, nor product, under the floor in the usual case

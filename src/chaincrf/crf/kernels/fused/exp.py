@@ -4,11 +4,11 @@ multiply-adds only, the messages scaled to a maximum of 1 at every step.
 The emissions come pre-exponentiated (``P[t, j] = exp(em[t, j] - M[t])``, ``M[t]`` the row
 maximum, computed by torch's vectorised ``exp`` in the emissions' dtype; at a step with an
 entry under float32's smallest normal those are recomputed in float64), the scores as
-``exp(x - max x)``: a step has no transcendental but one ``log`` of its scale. A tag that can be reached
-(forward: from a tag of weight; backward: a tag of forward weight that leads to one of backward
-weight) whose scaled weight falls under ``_FLOOR`` might carry the only paths later (a forced
-path), and a step whose scale falls below ``_EXP_TINY`` may have lost every term: either way
-the row reports failure and the caller recomputes it exactly in log space
+``exp(x - max x)``: a step has no transcendental but one ``log`` of its scale. A tag that can
+be reached (forward: from a tag of weight; backward: a tag of forward weight that leads to one
+of backward weight) whose scaled weight falls under ``_FLOOR`` might carry the only paths later
+(a forced path), and a step whose scale falls below ``_EXP_TINY`` may have lost every term:
+either way the row reports failure and the caller recomputes it exactly in log space
 (:func:`chaincrf.crf.kernels.fused.loops._forward_row` / ``_backward_row``), so forbidden
 (``-inf``) scores and huge emissions stay exact. Plain Python until
 :func:`chaincrf.crf.kernels.fused.impl._load` compiles each function (``_weight`` and
@@ -80,8 +80,8 @@ def _exp_emissions_kernel(em, P, M):
 def _forward_row_exp(P, M, em, n, Es, gs, E, g, Ee, ge, alpha, z):
     """log Z of one row of length n in exp space, and whether it could be computed.
 
-    P (T, K) and M (T,): the row's emissions em (T, K) as exp(em - M[t]) and their maxima; Es, E, Ee and
-    gs, g, ge: ``_exp_scores`` of start, transitions [from, to] and end. alpha (S, K), z (S,):
+    P (T, K) and M (T,): the row's emissions em (T, K) as exp(em - M[t]) and their maxima;
+    Es, E, Ee and gs, g, ge: ``_exp_scores`` of start, transitions [from, to] and end. alpha (S, K), z (S,):
     the scaled messages of step t go to alpha[t % S] (their scale to z[t % S]); S = n keeps
     them all for the backward pass. Returns (log Z, True), (-inf, True) when some position
     allows no tag, (0, False) when a scale underflowed or a reachable tag's weight fell under
@@ -130,7 +130,8 @@ def _forward_row_exp(P, M, em, n, Es, gs, E, g, Ee, ge, alpha, z):
         inv = 1.0 / top
         for j in range(K):
             cur[j] *= inv
-        if low < _FLOOR * top:  # an unreachable tag (fine), or a reachable one that lost its weight
+        # an unreachable tag (fine), or a reachable one that lost its weight
+        if low < _FLOOR * top:
             for j in range(K):
                 if cur[j] < _FLOOR and em[t, j] > _NEG_INF:
                     if t == 0:
@@ -158,9 +159,8 @@ def _backward_row_exp(
     """g times the gradient of one row's log Z, after ``_forward_row_exp`` kept all n steps in
     alpha, z (P, M, em as there). Writes d_em (T, K) rows [0, n) and adds into d_start, d_end
     (K,) and, unless it is (0, 0), d_trans (K, K); beta, u, w (K,) scratch; ET = E.T
-    contiguous. Returns False
-    (having written partial sums: the caller must discard them) when a scale underflowed or a
-    tag's backward weight fell under the floor.
+    contiguous. Returns False (having written partial sums: the caller must discard them) when
+    a scale underflowed or a tag's backward weight fell under the floor.
     """
     K = Ee.shape[0]
     top = 0.0
@@ -227,9 +227,8 @@ def _backward_row_exp(
         inv = 1.0 / top
         for i in range(K):
             beta[i] *= inv
-        if (
-            low < _FLOOR * top
-        ):  # a tag of forward weight that leads on to weight, whose sum vanished
+        # a tag of forward weight that leads on to weight, whose sum vanished
+        if low < _FLOOR * top:
             prev = alpha[t - 1]
             for i in range(K):
                 if beta[i] < _FLOOR and prev[i] > 0.0:

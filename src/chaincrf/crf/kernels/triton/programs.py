@@ -195,8 +195,8 @@ def _backward_kernel(
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     first, pair, d_end = _backward_rows(
-        rows, rows * 0 + T, grad_ptr, em_ptr, tags_ptr, mask_ptr, trans_ptr, end_ptr, alpha_ptr, log_z_ptr,
-        d_em_ptr, B, T, K, grad_stride, scale, GOLD, PAIRWISE, BLOCK_B, BLOCK_K,
+        rows, rows * 0 + T, grad_ptr, em_ptr, tags_ptr, mask_ptr, trans_ptr, end_ptr, alpha_ptr,
+        log_z_ptr, d_em_ptr, B, T, K, grad_stride, scale, GOLD, PAIRWISE, BLOCK_B, BLOCK_K,
     )  # fmt: skip
     _write_sums(d_par_ptr, pid, first, pair, d_end, K, PAIRWISE, ATOMIC, BLOCK_K)
 
