@@ -72,7 +72,8 @@ def test_forcing_each_kernel_runs_it_and_both_kernels_agree(dtype, monkeypatch):
             if a.is_floating_point():
                 torch.testing.assert_close(a, b, **tol)
         assert torch.equal(res_e[2], res_f[2]) and dec_e == dec_f, kernel
-        assert torch.equal(res_e[3], res_f[3]), kernel  # Viterbi scores: the same bits
+        if kernel != "tree":  # the serial kernels add in one order: the same bits (the tree
+            assert torch.equal(res_e[3], res_f[3]), kernel  # pairs products: checked above)
         for a, b in zip(grad_e, grad_f):
             torch.testing.assert_close(a, b, **tol)
 
@@ -104,7 +105,10 @@ def test_constraints_and_impossible_rows_agree():
     for kernel, other in results.items():
         torch.testing.assert_close(eager[0], other[0])
         assert torch.equal(eager[1], other[1]) and eager[4] == other[4], kernel
-        assert torch.equal(eager[2], other[2]), kernel
+        if kernel == "tree":  # pairs its products: the same score within rounding
+            torch.testing.assert_close(eager[2], other[2])
+        else:  # the serial kernels add in one order: the same bits
+            assert torch.equal(eager[2], other[2]), kernel
         torch.testing.assert_close(eager[3][possible], other[3][possible])
         assert torch.isneginf(other[0][2]) and (other[1][2] == -1).all(), kernel
     assert (results["fused"][3][2] == 0).all()

@@ -1,7 +1,7 @@
 """Which kernel computes a CRF operation: one table and :func:`choose`.
 
-The kernels are units in one registry (:mod:`chaincrf.crf.kernels`: ``eager``, ``fused``,
-``export``, ``triton``, and any registered from outside); each declares what it can run.
+The kernels are units in one registry (:mod:`chaincrf.crf.kernels`: ``eager``, ``export``,
+``fused``, ``tree``, ``triton``, and any registered from outside); each declares what it can run.
 :func:`choose` walks :data:`TABLE` (after the rows registered kernels bring as ``RULES``) and
 takes the first row whose operation and condition match and whose kernel can run (with
 ``auto``, among :data:`AUTO_KERNELS`). ``CHAINCRF_KERNEL=<name>`` or the ``kernel`` argument of
@@ -71,6 +71,13 @@ TABLE: tuple[Rule, ...] = (
         lambda p: p.exporting,
         "not speed: an exported graph needs standard operations and a scan; "
         "tests/test_crf_export.py",
+    ),
+    Rule(
+        "tree",
+        frozenset({"log_partition", "viterbi", "marginals"}),
+        lambda p: p.device == "cuda" and tuning.TREE.fits(p.batch, p.length, p.tags),
+        "few long rows: log2(T) levels over every SM instead of T serial steps on a few "
+        "(crossover not yet measured on a GPU); python3 scripts/bench_crf_gpu.py --sections scan",
     ),
     Rule(
         "triton",
@@ -168,7 +175,7 @@ def choose(problem: Problem, kernel: str | None = None) -> str:
     else:
         # traced: the plain function (torch.compile warns about lru_cache wrappers)
         table = _table_choice.__wrapped__ if problem.compiling else _table_choice
-        chosen = table(problem, _auto_kernels(), len(kernels.REGISTRY))
+        chosen = table(problem, _auto_kernels(), len(kernels.REGISTRY), tuning.TREE)
     tracing.note_choice(problem.operation, chosen)
     return chosen
 
@@ -182,9 +189,12 @@ def rules() -> tuple[Rule, ...]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _table_choice(problem: Problem, auto_kernels: tuple[str, ...], registered: int) -> str:
+def _table_choice(
+    problem: Problem, auto_kernels: tuple[str, ...], registered: int, tree: tuning.TreeTuning
+) -> str:
     """The first row for ``problem`` whose kernel ``auto`` may pick and can run (cached: a
-    call's choice costs a dictionary lookup; ``registered`` keys the registry's size)."""
+    call's choice costs a dictionary lookup; ``registered`` keys the registry's size, ``tree``
+    the tree kernel's thresholds in force)."""
     for rule in rules():
         if problem.operation not in rule.operations or not rule.when(problem):
             continue

@@ -19,12 +19,15 @@ import torch
 __all__ = [
     "EAGER",
     "FUSED",
+    "TREE",
     "TRITON",
     "EagerTuning",
     "FusedTuning",
+    "TreeTuning",
     "TritonTuning",
     "eager_tuning",
     "fused_tuning",
+    "tree_tuning",
     "triton_tuning",
 ]
 
@@ -140,6 +143,39 @@ class TritonTuning:
 
 
 TRITON = TritonTuning()
+
+
+@dataclass(frozen=True)
+class TreeTuning:
+    """When the planner sends a CUDA call to the tree kernel (:mod:`chaincrf.crf.kernels.tree`:
+    a log-depth tree of log-space matrix products over time, every SM busy on one sequence)
+    instead of the Triton kernels (one program per few rows, T serial steps). Not yet a GPU
+    measurement: the crossover is re-measured by ``python3 scripts/bench_crf_gpu.py --sections
+    scan`` (``benchmarks/crf_gpu.md``); the CPU never picks it (the fused kernel's serial steps
+    are cheaper there: ``benchmarks/crf_kernels.md``, "The tree kernel").
+
+    Attributes:
+        max_rows: at most this many rows (more rows fill the GPU's SMs with the serial kernels).
+        min_length: from this padded length (shorter: the tree's log2(T) levels of launches
+            cost more than the serial steps they save).
+        max_elements: at most this many entries, batch * T * K**3, in the tree's widest
+            level (its transient (pairs, K, K, K) tensor: 4 bytes each in float32).
+    """
+
+    max_rows: int = 4
+    min_length: int = 2048
+    max_elements: int = 1 << 26
+
+    def fits(self, batch: int, length: int, tags: int) -> bool:
+        """Whether the tree may take a call of these sizes (on CUDA)."""
+        return (
+            0 < batch <= self.max_rows
+            and length >= self.min_length
+            and batch * length * tags**3 <= self.max_elements
+        )
+
+
+TREE = TreeTuning()
 """The Triton kernels' choices in force (see :func:`triton_tuning`)."""
 
 FUSED = FusedTuning()
@@ -183,6 +219,18 @@ def triton_tuning(**changes: Any) -> Iterator[TritonTuning]:
         TypeError: naming an unknown setting.
     """
     with _replaced("TRITON", changes) as tuning:
+        yield tuning
+
+
+@contextlib.contextmanager
+def tree_tuning(**changes: int) -> Iterator[TreeTuning]:
+    """Run a block with the tree kernel's thresholds changed, e.g.
+    ``with tree_tuning(max_rows=0):`` (the planner never picks the tree).
+
+    Raises:
+        TypeError: naming an unknown threshold.
+    """
+    with _replaced("TREE", changes) as tuning:
         yield tuning
 
 

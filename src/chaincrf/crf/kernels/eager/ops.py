@@ -20,7 +20,7 @@ from chaincrf.crf.kernels.eager import viterbi as vit
 from chaincrf.crf.kernels.eager.scan import scan
 from chaincrf.crf.ragged import sort_time_major
 
-__all__ = ["decode", "log_likelihood", "log_partition", "marginals", "viterbi"]
+__all__ = ["check_once", "decode", "log_likelihood", "log_partition", "marginals", "viterbi"]
 
 
 def validate_values(
@@ -59,6 +59,44 @@ def validate_values(
         if bool(bad.any()):
             b, t = (int(i) for i in bad.nonzero()[0])
             raise errors.bad_tag(K, int(tags[b, t]), b, t)
+
+
+def _invalid(em: Tensor, mask: Tensor, scores: tuple[Tensor, ...], tags: Tensor | None) -> Tensor:
+    """One bool tensor (a device reduction, not read): whether a score is NaN or +inf, an
+    emission where the mask is on is NaN or +inf, or a tag there is outside [0, K)."""
+    flat = torch.cat([s.reshape(-1) for s in scores])
+    bad = (torch.isnan(flat) | torch.isposinf(flat)).any()
+    bad = bad | ((torch.isnan(em) | torch.isposinf(em)).any(-1) & mask).any()
+    if tags is not None:
+        bad = bad | (mask & ((tags < 0) | (tags >= em.size(2)))).any()
+    return bad
+
+
+def check_once(
+    em: Tensor,
+    mask: Tensor,
+    scores: tuple[Tensor, Tensor, Tensor],
+    tags: Tensor | None = None,
+    gold: Tensor | None = None,
+) -> None:
+    """The value checks of :func:`validate_values` with one read-back, for the kernels that
+    must not synchronise with the host per check (Triton, tree): every check (scores,
+    emissions, tags, and with ``gold``, the gold scores of a constrained layer, ``-inf`` where
+    the path is forbidden) is one device reduction read once; only when it finds something
+    does :func:`validate_values` run to name it (same errors, same order). Gaps are allowed.
+    Under torch.compile the check is an asynchronous device assertion (no host read inside a
+    graph)."""
+    bad = _invalid(em, mask, scores, tags)
+    forbidden = None if gold is None else torch.isneginf(gold)
+    if forbidden is not None:
+        bad = bad | forbidden.any()
+    if tracing.is_compiling():  # no host read inside a graph
+        torch._assert_async(~bad)
+        return
+    if bool(bad):
+        validate_values(em, mask, *scores, tags, gaps=True)
+        if forbidden is not None:
+            raise errors.forbidden_gold_path(int(forbidden.nonzero()[0]))
 
 
 def gold_score(

@@ -18,10 +18,8 @@ are 0 (the eager kernel's are NaN there). Importing this module imports Triton.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from chaincrf.crf import errors, tracing
 from chaincrf.crf.kernels.eager import ops as eager
 from chaincrf.crf.kernels.triton import custom_ops as ops
 
@@ -33,39 +31,6 @@ __all__ = [
     "negative_log_likelihood",
     "viterbi",
 ]
-
-
-def _invalid(em: Tensor, mask: Tensor, scores: tuple[Tensor, ...], tags: Tensor | None) -> Tensor:
-    """One bool tensor (a device reduction, not read): whether a score is NaN or +inf, an
-    emission where the mask is on is NaN or +inf, or a tag there is outside [0, K)."""
-    flat = torch.cat([s.reshape(-1) for s in scores])
-    bad = (torch.isnan(flat) | torch.isposinf(flat)).any()
-    bad = bad | ((torch.isnan(em) | torch.isposinf(em)).any(-1) & mask).any()
-    if tags is not None:
-        bad = bad | (mask & ((tags < 0) | (tags >= em.size(2)))).any()
-    return bad
-
-
-def _check(
-    em: Tensor,
-    mask: Tensor,
-    scores: tuple[Tensor, Tensor, Tensor],
-    tags: Tensor | None = None,
-    gold: Tensor | None = None,
-) -> None:
-    """The value checks with one read-back (see the module docstring); ``gold``: the gold
-    scores of a constrained layer, ``-inf`` where the path is forbidden."""
-    bad = _invalid(em, mask, scores, tags)
-    forbidden = None if gold is None else torch.isneginf(gold)
-    if forbidden is not None:
-        bad = bad | forbidden.any()
-    if tracing.is_compiling():  # no host read inside a graph
-        torch._assert_async(~bad)
-        return
-    if bool(bad):
-        eager.validate_values(em, mask, *scores, tags, gaps=True)
-        if forbidden is not None:
-            raise errors.forbidden_gold_path(int(forbidden.nonzero()[0]))
 
 
 def _likelihood(
@@ -83,7 +48,7 @@ def _likelihood(
         raise ValueError("log_likelihood needs tags")
     out, gold = ops.forward(em, tags, mask, start, trans, end, scale)
     if validate:
-        _check(em, mask, (start, trans, end), tags, gold if constrained else None)
+        eager.check_once(em, mask, (start, trans, end), tags, gold if constrained else None)
     return out
 
 
@@ -144,7 +109,7 @@ def log_partition(
     """Log Z of each row (B,), 0 for an empty row, ``-inf`` for a row with no allowed path;
     differentiable w.r.t. ``em`` and the three scores (arguments as in :func:`log_likelihood`)."""
     if validate:
-        _check(em, mask, (start, trans, end))
+        eager.check_once(em, mask, (start, trans, end))
     return ops.forward(em, None, mask, start, trans, end)[0]
 
 
@@ -169,7 +134,7 @@ def viterbi(
     if k != 1:
         raise ValueError(f"the Triton kernel computes the best path only (k = 1); got k={k}")
     if validate:
-        _check(em, mask, (start, trans, end))
+        eager.check_once(em, mask, (start, trans, end))
     paths, scores = ops.viterbi(em, mask, start, trans, end)
     return paths.unsqueeze(1), scores.unsqueeze(1)
 
@@ -188,7 +153,7 @@ def decode(
     """The best path of each row as a list of its tags at the kept positions (all -1 where no
     path is allowed)."""
     if validate:
-        _check(em, mask, (start, trans, end))
+        eager.check_once(em, mask, (start, trans, end))
     paths, _ = ops.viterbi(em, mask, start, trans, end)
     return [
         [tag for tag, on in zip(row, keep) if on]
@@ -210,5 +175,5 @@ def marginals(
     """Posterior tag probabilities (B, T, K): rows sum to 1 where the mask is on, else 0 (and 0
     in a row with no allowed path); not differentiable."""
     if validate:
-        _check(em, mask, (start, trans, end))
+        eager.check_once(em, mask, (start, trans, end))
     return ops.marginals(em, mask, start, trans, end)
