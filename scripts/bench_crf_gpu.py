@@ -17,6 +17,10 @@ Every section writes its rows to one JSON report (``--json``) and prints a Markd
   is the exp-space kernels' speed-up.
 * ``long``: float32 against float64 (eager kernel) at T = 512, 4,096 and 10,000: log Z, the
   log-likelihood, the emissions' and transitions' gradients and the marginals.
+* ``scan``: few long rows (``--scan-cells``: B = 1 and 4, T = 512 to 10,000, K = 9): NLL + backward and Viterbi
+  by the tree kernel (log2(T) levels over every SM) against the Triton kernels (T serial
+  steps), side by side, each checked against float64 (``nll_rel``, ``em_grad_abs``): the
+  crossover that ``chaincrf.crf.tuning.TREE`` (``min_length``, ``max_rows``) should hold.
 * ``launches``: torch.profiler's kernel launches and ``torch.cuda.set_sync_debug_mode``'s
   synchronisations per NLL + backward, with and without ``validate`` (and with bfloat16
   emissions, as autocast gives them: no conversion launch expected), and the host's time per
@@ -300,6 +304,36 @@ def section_long(args, report: dict) -> None:
     report["long"] = rows
 
 
+def section_scan(args, report: dict) -> None:
+    rows = []
+    for cell in args.scan_cells:
+        B, T = (int(n) for n in cell.split("x"))
+        K = 9
+        em, tags, mask, tokens = inputs(B, T, K, seed=T)
+        ref = make_crf(K, seed=1, kernel="eager", dtype=torch.float64)
+        want = grads_of(chaincrf_nll(ref, em.double(), tags, mask), ref.parameters)
+        row: dict = {"B": B, "T": T, "K": K, "tokens": tokens}
+        nll, vit = {}, {}
+        for kernel in ("tree", "triton"):
+            crf = make_crf(K, seed=1, kernel=kernel)
+            got = grads_of(chaincrf_nll(crf, em, tags, mask), crf.parameters)
+            row[f"{kernel}_nll_rel"] = abs(got[0] - want[0]) / abs(want[0])
+            row[f"{kernel}_em_grad_abs"] = float((got[1] - want[1]).abs().max())
+            nll[kernel] = chaincrf_nll(crf, em, tags, mask)
+            vit[kernel] = lambda crf=crf: crf.viterbi(em, mask, validate=False)
+        times = side_by_side({**{f"{k}_nll": f for k, f in nll.items()},
+                              **{f"{k}_viterbi": f for k, f in vit.items()}})  # fmt: skip
+        for name, seconds in times.items():
+            row[f"{name}_us"] = seconds * 1e6
+        row["x_tree_over_triton_nll"] = times["triton_nll"] / times["tree_nll"]
+        row["x_tree_over_triton_viterbi"] = times["triton_viterbi"] / times["tree_viterbi"]
+        row["ok"] = all(row[f"{k}_nll_rel"] <= 1e-4 and row[f"{k}_em_grad_abs"] <= 1e-4
+                        for k in ("tree", "triton"))  # fmt: skip
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    report["scan"] = rows
+
+
 def section_launches(args, report: dict) -> None:
     from torch.profiler import ProfilerActivity, profile
 
@@ -477,6 +511,7 @@ def section_graph(args, report: dict) -> None:
 SECTIONS = {
     "grid": section_grid,
     "long": section_long,
+    "scan": section_scan,
     "launches": section_launches,
     "compile": section_compile,
     "graph": section_graph,
@@ -500,6 +535,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--step-ns", type=float, default=500.0, help="assumed latency of one serial step (ns)"
+    )
+    p.add_argument(
+        "--scan-cells",
+        nargs="+",
+        default=["1x512", "1x4096", "1x10000", "4x4096"],
+        help="scan: the BxT cells (K = 9)",
     )
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument(

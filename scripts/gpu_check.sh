@@ -13,7 +13,8 @@
 #    NLL + backward and Viterbi against pytorch-crf and torch-struct over B x T x K with
 #    every library checked against float64 and each cell's floor, float32 against float64 at
 #    T = 512, 4,096 and 10,000, a CUDA-graph training step, torch.compile of chaincrf and of
-#    pytorch-crf (mode="reduce-overhead").
+#    pytorch-crf (mode="reduce-overhead"), and last (so that a timeout cuts it first) the tree
+#    kernel against the Triton kernels on few long rows (where tuning.TREE's crossover lies).
 # 3. the tagger on the GPU (issue 30): the gpu-marked tagger tests (a run in 32-true, 16-mixed
 #    and bf16-mixed whose figures chaincrf-eval reproduces; chaincrf-predict device=cuda), then,
 #    when CoNLL-2003 is under $CHAINCRF_DATA, scripts/bench_train.py --device cuda with the
@@ -33,7 +34,7 @@ nvidia-smi >> "$out/device.txt" 2>&1 || true
 timeout "${TEST_SECONDS:-120}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_crf_triton.py \
     2>&1 | tee "$out/tests.log" || status=1
 timeout "${BENCH_SECONDS:-240}" python3 scripts/bench_crf_gpu.py --json "$out/crf_gpu.json" \
-    --sections ${SECTIONS:-launches grid long graph compile} 2>&1 | tee "$out/crf_gpu.log" || status=1
+    --sections ${SECTIONS:-launches grid long graph compile scan} 2>&1 | tee "$out/crf_gpu.log" || status=1
 timeout "${TAGGER_TEST_SECONDS:-60}" python3 -m pytest -q -p no:cacheprovider -m gpu \
     tests/test_scale_out.py -k "one_gpu or predict_on_the_gpu" 2>&1 | tee "$out/tagger_tests.log" || status=1
 if [ -f "${CHAINCRF_DATA:-../shared/data}/conll2003/eng.train" ]; then
