@@ -31,7 +31,7 @@ status=0
 python3 -c "import torch, triton; assert torch.cuda.is_available(), 'no CUDA device'; \
 print(torch.__version__, triton.__version__, torch.cuda.get_device_name(0))" | tee "$out/device.txt" || exit 1
 nvidia-smi >> "$out/device.txt" 2>&1 || true
-timeout "${TEST_SECONDS:-120}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_crf_triton.py \
+timeout "${TEST_SECONDS:-120}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_crf_triton.py tests/test_crf_tree.py \
     2>&1 | tee "$out/tests.log" || status=1
 timeout "${BENCH_SECONDS:-240}" python3 scripts/bench_crf_gpu.py --json "$out/crf_gpu.json" \
     --sections ${SECTIONS:-launches grid long graph compile scan} 2>&1 | tee "$out/crf_gpu.log" || status=1

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from crf_helpers import forced_paths
 
 from chaincrf.crf import CRF, plan, tuning
 from chaincrf.crf.errors import NonFiniteInputError
+from crf_helpers import forced_paths
 
 
 def _pair(K: int, seed: int) -> tuple[CRF, CRF]:
@@ -102,7 +102,7 @@ def test_validate_names_the_bad_value_and_no_check_reads_nothing():
     tree, _ = _pair(5, seed=0)
     em = torch.randn(2, 6, 5)
     em[1, 4, 2] = float("nan")
-    with pytest.raises(NonFiniteInputError, match="row 1.*position 4"):
+    with pytest.raises(NonFiniteInputError, match=r"row 1.*position 4"):
         tree.log_partition(em)
     tags = torch.zeros(2, 6, dtype=torch.long)
     tags[0, 3] = 5
@@ -158,3 +158,51 @@ def test_compiled_fullgraph_equals_eager():
         torch.testing.assert_close(p.grad, w)
     best = torch.compile(lambda e: tree.viterbi(e, mask, validate=False), fullgraph=True)(em)
     assert all(torch.equal(a, b) for a, b in zip(best, tree.viterbi(em, mask)))
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@CUDA
+def test_on_cuda_the_planner_picks_it_with_no_host_sync_and_a_cuda_graph_replays_it():
+    """B = 1, T = 4,096 on CUDA: the planner's tree, NLL + backward without validation under
+    ``set_sync_debug_mode("error")`` (a host synchronisation raises), equal to the float64
+    eager kernel; then the same call captured in a CUDA graph and replayed."""
+    K, T = 9, 4096
+    tree, ref = _pair(K, seed=5)
+    tree, ref = tree.cuda(), ref.cuda()
+    g = torch.Generator().manual_seed(5)
+    em = (torch.randn(1, T, K, generator=g) * 2).cuda()
+    tags = torch.randint(0, K, (1, T), generator=g).cuda()
+    auto = CRF(K, batch_first=True).cuda()
+    auto.load_state_dict(tree.state_dict())
+    e = em.clone().requires_grad_(True)
+    with plan.record() as ran:
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            loss = auto.nll(e, tags, validate=False)
+            loss.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert {kernel for _, kernel in ran} == {"tree"}
+    e64 = em.double().requires_grad_(True)
+    want = ref.nll(e64, tags)
+    want.backward()
+    assert abs(loss.item() - want.item()) <= 1e-6 * abs(want.item())
+    assert float((e.grad.double() - e64.grad).abs().max()) <= 1e-4
+    static = em.clone().requires_grad_(True)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture
+        auto.nll(static, tags, validate=False).backward()
+    torch.cuda.current_stream().wait_stream(side)
+    static.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = auto.nll(static, tags, validate=False)
+        (grad,) = torch.autograd.grad(captured, static)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert abs(captured.item() - want.item()) <= 1e-6 * abs(want.item())
+    assert float((grad.double() - e64.grad).abs().max()) <= 1e-4
