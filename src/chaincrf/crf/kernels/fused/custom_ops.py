@@ -50,6 +50,7 @@ from chaincrf.crf.kernels.fused.impl import (
     available,
 )
 from chaincrf.crf.kernels.fused.registered import (
+    LogLikelihoodSum,
     _log_likelihood_op,
     _log_likelihood_sum_op,
     _log_partition_op,
@@ -154,7 +155,10 @@ def log_likelihood_sum_masked(
         grad = torch.is_grad_enabled() and any(
             x.requires_grad for x in (emissions, start, transitions, end)
         )
-        total: Tensor = _log_likelihood_sum_op(*args, grad)[0]  # a custom op's call is Any
+        if grad:
+            total: Tensor = LogLikelihoodSum.apply(*args)[0]  # type: ignore[no-untyped-call]  # apply is unannotated
+        else:
+            total = _log_likelihood_sum_op(*args, False)[0]
         return total
     return log_likelihood_masked(*args).sum()
 
