@@ -148,8 +148,8 @@ _log_likelihood_op.register_autograd(_log_likelihood_backward, setup_context=_sa
 # and no autograd kernel: a traced torch.autograd.Function carries the gradient instead, so
 # that a compiled graph calls the implementation without the custom-op wrappers' Python
 # layers (about 35 us less per call at B=1; benchmarks/crf_compile.md, "The floor").
-_LIBRARY = torch.library.Library("chaincrf", "FRAGMENT")
-_LIBRARY.define(
+_LIBRARY = torch.library.Library("chaincrf", "FRAGMENT")  # type: ignore[no-untyped-call]  # unannotated in torch
+_LIBRARY.define(  # type: ignore[no-untyped-call]  # unannotated in torch
     "log_likelihood_sum(Tensor emissions, Tensor tags, Tensor mask, Tensor start, "
     "Tensor transitions, Tensor end, bool constrained, bool validate, bool with_gradient) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"
@@ -181,10 +181,10 @@ def _log_likelihood_sum_impl(
     return (total, *unit)
 
 
-_LIBRARY.impl("log_likelihood_sum", _log_likelihood_sum_impl, "CPU")
+_LIBRARY.impl("log_likelihood_sum", _log_likelihood_sum_impl, "CPU")  # type: ignore[no-untyped-call]  # unannotated in torch
 
 
-@torch.library.register_fake("chaincrf::log_likelihood_sum", lib=_LIBRARY)
+@torch.library.register_fake("chaincrf::log_likelihood_sum", lib=_LIBRARY)  # type: ignore[untyped-decorator]  # unannotated in torch
 def _(
     emissions: Tensor,
     tags: Tensor,
