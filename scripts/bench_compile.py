@@ -5,6 +5,9 @@ backward of:
 
 * ``eager``: ``chaincrf.CRF.nll`` called eagerly;
 * ``compiled``: the same function through ``torch.compile(fullgraph=True)``;
+* ``compiled, guards skipped``: the compiled function under
+  ``torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)``: what Dynamo's guards
+  on the layer cost (the context manager's own few µs included);
 * ``floor eager`` / ``floor compiled``: an ``autograd.Function`` around a custom op with the
   CRF op's signature that does nothing (returns zeros), eager and compiled: what torch's
   compiled runtime (Dynamo's guards, AOTAutograd's forward and backward wrappers) costs a call
@@ -13,8 +16,8 @@ backward of:
   and a projection under the CRF, or under a plain log-sum-exp loss, eager and compiled whole:
   the CRF's own cost inside a compiled model is ``model - plain``.
 
-The report gives ``compiled / eager`` (above 1: the compiled call is slower), the floor's
-extra cost, and the CRF's marginal cost in a model, eager and compiled. Usage:
+The report gives ``compiled / eager`` (above 1: the compiled call is slower), the guards'
+cost, the floor's extra cost, and the CRF's marginal cost in a model, eager and compiled. Usage:
 ``python scripts/bench_compile.py --threads 1 --json out.json`` (about a minute on a CPU;
 ``--device cuda`` on a GPU).
 """
@@ -118,9 +121,16 @@ def _cell(B: int, T: int, K: int, device: str, budget: float) -> dict[str, Any]:
 
         return run
 
+    compiled = stepped(torch.compile(nll, fullgraph=True))
+
+    def unguarded():
+        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+            compiled()
+
     entries = {
         "eager": stepped(nll),
-        "compiled": stepped(torch.compile(nll, fullgraph=True)),
+        "compiled": compiled,
+        "compiled, guards skipped": unguarded,
         "floor eager": stepped(floor),
         "floor compiled": stepped(torch.compile(floor, fullgraph=True)),
         "model eager": stepped(model, model),
@@ -141,6 +151,7 @@ def _cell(B: int, T: int, K: int, device: str, budget: float) -> dict[str, Any]:
         "K": K,
         "us": us,
         "compiled_over_eager": us["compiled"] / us["eager"],
+        "guards_us": us["compiled"] - us["compiled, guards skipped"],
         "floor_extra_us": us["floor compiled"] - us["floor eager"],
         "crf_in_model_eager_us": us["model eager"] - us["plain eager"],
         "crf_in_model_compiled_us": us["model compiled"] - us["plain compiled"],
@@ -162,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         "cells": [],
     }
     print(benchtools.machine_line(report["machine"]), flush=True)
-    print("| B | T | K | eager µs | compiled µs | compiled / eager | torch's floor, extra µs "
-          "| CRF in a model µs: eager | compiled |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| B | T | K | eager µs | compiled µs | compiled / eager | guards µs "
+          "| torch's floor, extra µs | CRF in a model µs: eager | compiled |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for cell in args.cells:
         B, T, K = (int(n) for n in cell.split("x"))
         row = _cell(B, T, K, args.device, args.budget)
@@ -172,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         us = row["us"]
         print(
             f"| {B} | {T} | {K} | {us['eager']:.0f} | {us['compiled']:.0f} | "
-            f"{row['compiled_over_eager']:.2f} | {row['floor_extra_us']:.0f} | "
+            f"{row['compiled_over_eager']:.2f} | {row['guards_us']:.0f} | "
+            f"{row['floor_extra_us']:.0f} | "
             f"{row['crf_in_model_eager_us']:.0f} | {row['crf_in_model_compiled_us']:.0f} |",
             flush=True,
         )
