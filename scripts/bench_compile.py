@@ -138,9 +138,8 @@ def _cell(B: int, T: int, K: int, device: str, budget: float) -> dict[str, Any]:
         "plain eager": stepped(plain, plain),
         "plain compiled": stepped(torch.compile(plain, fullgraph=True), plain),
     }
-    for (
-        run
-    ) in entries.values():  # compile, then settle: a compiled call's first hundreds are slower
+    # compile, then settle: a compiled call's first hundreds are slower
+    for run in entries.values():
         for _ in range(200):
             run()
     times = benchtools.time_entries(entries, device=device, budget_s=budget, max_reps=16)

@@ -35,7 +35,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def test_every_kernel_declares_the_contract():
-    assert {"eager", "fused", "export", "triton"} <= set(kernels.names())
+    assert {"eager", "fused", "export", "tree", "triton"} <= set(kernels.names())
     for name in kernels.names():
         kernel = kernels.get(name)
         assert name == kernel.NAME

@@ -98,7 +98,9 @@ def test_viterbi_matches_the_serial_kernels():
     assert abs(float(score[0]) - float(want[0])) <= 1e-6 * abs(float(want[0]))
 
 
-def test_validate_names_the_bad_value_and_no_check_reads_nothing():
+def test_validate_names_the_bad_value_and_without_it_the_bad_row_is_nan():
+    """With ``validate`` the eager kernel's errors; without, the row holding a NaN emission or
+    a tag outside [0, K) is NaN and the others are untouched (as the Triton kernel's)."""
     tree, _ = _pair(5, seed=0)
     em = torch.randn(2, 6, 5)
     em[1, 4, 2] = float("nan")
@@ -106,13 +108,18 @@ def test_validate_names_the_bad_value_and_no_check_reads_nothing():
         tree.log_partition(em)
     tags = torch.zeros(2, 6, dtype=torch.long)
     tags[0, 3] = 5
-    with pytest.raises(ValueError, match="tag"):
-        tree.nll(torch.randn(2, 6, 5), tags)
-    out = tree.log_partition(em, validate=False)  # unchecked: the NaN row is NaN, the other not
+    clean = torch.randn(2, 6, 5)
+    with pytest.raises(ValueError, match="tags must be in"):
+        tree.nll(clean, tags)
+    out = tree.log_partition(em, validate=False)
     assert torch.isfinite(out[0]) and torch.isnan(out[1])
+    llh = tree(clean, tags, reduction="none", validate=False)
+    assert torch.isnan(llh[0]) and torch.isfinite(llh[1])
 
 
-def test_the_planner_sends_few_long_cuda_rows_to_the_tree():
+def test_the_planner_sends_few_long_cuda_rows_to_the_tree(monkeypatch):
+    monkeypatch.delenv(plan.ENV, raising=False)  # the table's own choice
+
     def chosen(B: int, T: int, K: int, operation: str = "log_partition") -> str:
         return plan.choose(plan.Problem(operation, B, T, K, torch.float32, "cuda"))
 
@@ -150,7 +157,9 @@ def test_compiled_fullgraph_equals_eager():
     want.backward()
     want_grads = [p.grad.clone() for p in tree.parameters()]
     tree.zero_grad()
-    got = torch.compile(loss, fullgraph=True)(e2)
+    with plan.record() as ran:
+        got = torch.compile(loss, fullgraph=True)(e2)
+    assert {kernel for _, kernel in ran} == {"tree"}  # no silent fallback
     got.backward()
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(e2.grad, e1.grad)

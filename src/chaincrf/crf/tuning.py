@@ -143,6 +143,7 @@ class TritonTuning:
 
 
 TRITON = TritonTuning()
+"""The Triton kernels' choices in force (see :func:`triton_tuning`)."""
 
 
 @dataclass(frozen=True)
@@ -159,12 +160,12 @@ class TreeTuning:
         min_length: from this padded length (shorter: the tree's log2(T) levels of launches
             cost more than the serial steps they save).
         max_elements: at most this many entries, batch * T * K**3, in the tree's widest
-            level (its transient (pairs, K, K, K) tensor: 4 bytes each in float32).
+            level (its transient (pairs, K, K, K) tensor, float64: 8 bytes each).
     """
 
     max_rows: int = 4
     min_length: int = 2048
-    max_elements: int = 1 << 26
+    max_elements: int = 1 << 25
 
     def fits(self, batch: int, length: int, tags: int) -> bool:
         """Whether the tree may take a call of these sizes (on CUDA)."""
@@ -176,7 +177,7 @@ class TreeTuning:
 
 
 TREE = TreeTuning()
-"""The Triton kernels' choices in force (see :func:`triton_tuning`)."""
+"""The tree kernel's thresholds in force (see :func:`tree_tuning`)."""
 
 FUSED = FusedTuning()
 """The fused kernels' threshold in force (see :func:`fused_tuning`)."""

@@ -1,10 +1,10 @@
 """The CRF's kernels: one package each, listed in one registry.
 
-Every subpackage of this package is a kernel (``eager``, ``fused``, ``export``, ``triton``),
-found and registered at import; each declares its name, what it can run and its operations,
-all with one signature (the contract: :mod:`chaincrf.crf.kernels.base`). A kernel that lives
-elsewhere joins with :func:`register` (or ``CHAINCRF_KERNEL_MODULES=pkg.mykernel,...``, the
-modules imported and registered here), bringing its rows for the planner's table as
+Every subpackage of this package is a kernel (``eager``, ``export``, ``fused``, ``tree``,
+``triton``), found and registered at import; each declares its name, what it can run and its
+operations, all with one signature (the contract: :mod:`chaincrf.crf.kernels.base`). A kernel
+that lives elsewhere joins with :func:`register` (or ``CHAINCRF_KERNEL_MODULES=pkg.mykernel,...``,
+the modules imported and registered here), bringing its rows for the planner's table as
 ``RULES``. Which kernel runs a call is decided by the planner (:mod:`chaincrf.crf.plan`) only.
 Importing this package imports torch and the kernels' light modules; numba and Triton wait
 until a kernel runs.

@@ -50,7 +50,6 @@ from chaincrf.crf.kernels.fused.impl import (
     available,
 )
 from chaincrf.crf.kernels.fused.registered import (
-    LogLikelihoodSum,
     _log_likelihood_op,
     _log_likelihood_sum_op,
     _log_partition_op,
@@ -155,10 +154,7 @@ def log_likelihood_sum_masked(
         grad = torch.is_grad_enabled() and any(
             x.requires_grad for x in (emissions, start, transitions, end)
         )
-        if grad:
-            total: Tensor = LogLikelihoodSum.apply(*args)[0]  # type: ignore[no-untyped-call]  # apply is unannotated
-        else:
-            total = _log_likelihood_sum_op(*args, False)[0]
+        total: Tensor = _log_likelihood_sum_op(*args, grad)[0]  # a custom op's call is Any
         return total
     return log_likelihood_masked(*args).sum()
 

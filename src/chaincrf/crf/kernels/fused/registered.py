@@ -143,20 +143,8 @@ _log_partition_op.register_autograd(_log_partition_backward, setup_context=_save
 _log_likelihood_op.register_autograd(_log_likelihood_backward, setup_context=_save_log_likelihood)
 
 
-# The compiled training loss: one op computes the log-likelihoods' sum and its gradient in one
-# pass (its backward only scales that gradient). Defined with the low-level torch.library API
-# and no autograd kernel: a traced torch.autograd.Function carries the gradient instead, so
-# that a compiled graph calls the implementation without the custom-op wrappers' Python
-# layers (about 35 us less per call at B=1; benchmarks/crf_compile.md, "The floor").
-_LIBRARY = torch.library.Library("chaincrf", "FRAGMENT")  # type: ignore[no-untyped-call]  # unannotated in torch
-_LIBRARY.define(  # type: ignore[no-untyped-call]  # unannotated in torch
-    "log_likelihood_sum(Tensor emissions, Tensor tags, Tensor mask, Tensor start, "
-    "Tensor transitions, Tensor end, bool constrained, bool validate, bool with_gradient) "
-    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"
-)
-
-
-def _log_likelihood_sum_impl(
+@torch.library.custom_op("chaincrf::log_likelihood_sum", mutates_args=())
+def _log_likelihood_sum_op(
     emissions: Tensor,
     tags: Tensor,
     mask: Tensor,
@@ -181,10 +169,7 @@ def _log_likelihood_sum_impl(
     return (total, *unit)
 
 
-_LIBRARY.impl("log_likelihood_sum", _log_likelihood_sum_impl, "CPU")  # type: ignore[no-untyped-call]  # unannotated in torch
-
-
-@torch.library.register_fake("chaincrf::log_likelihood_sum", lib=_LIBRARY)  # type: ignore[untyped-decorator]  # unannotated in torch
+@_log_likelihood_sum_op.register_fake
 def _(
     emissions: Tensor,
     tags: Tensor,
@@ -208,40 +193,20 @@ def _(
     )
 
 
-_log_likelihood_sum_op = torch.ops.chaincrf.log_likelihood_sum.default
+def _save_log_likelihood_sum(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    ctx.save_for_backward(*output[1:])
 
 
-class LogLikelihoodSum(torch.autograd.Function):
-    """The log-likelihoods' sum, differentiable w.r.t. emissions and scores, under
-    torch.compile: the op's forward pass returns the gradient, the backward scales it."""
+def _log_likelihood_sum_backward(
+    ctx: Any, grad: Tensor, *_unused: Tensor | None
+) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None, None]:
+    d_em, d_start, d_trans, d_end = ctx.saved_tensors
+    return d_em * grad, None, None, d_start * grad, d_trans * grad, d_end * grad, None, None, None
 
-    @staticmethod
-    def forward(
-        emissions: Tensor,
-        tags: Tensor,
-        mask: Tensor,
-        start: Tensor,
-        transitions: Tensor,
-        end: Tensor,
-        constrained: bool,
-        validate: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        out: tuple[Tensor, Tensor, Tensor, Tensor, Tensor] = _log_likelihood_sum_op(
-            emissions, tags, mask, start, transitions, end, constrained, validate, True
-        )
-        return out
 
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-        ctx.save_for_backward(*output[1:])
-        ctx.mark_non_differentiable(*output[1:])
-
-    @staticmethod
-    def backward(
-        ctx: Any, grad: Tensor, *_unused: Tensor | None
-    ) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None]:
-        d_em, d_start, d_trans, d_end = ctx.saved_tensors
-        return d_em * grad, None, None, d_start * grad, d_trans * grad, d_end * grad, None, None
+_log_likelihood_sum_op.register_autograd(
+    _log_likelihood_sum_backward, setup_context=_save_log_likelihood_sum
+)
 
 
 @torch.library.custom_op("chaincrf::viterbi", mutates_args=())

@@ -7,14 +7,14 @@ added at the root), and the identity (0 on the diagonal, ``-inf`` off it) at a m
 so gaps cost nothing and need no compaction. Adjacent matrices are multiplied pairwise, level
 by level, until one is left: ``log Z = logsumexp_ij(start[i] + P[i, j] + end[j])``.
 
-- **Exact in float32 at any length.** Every product is shifted by its own (detached) maximum,
-  the shifts summed in float64: the entries that carry the probability stay near 0, where
-  float32 is finest, and log Z, its gradients and the marginals stay within 1e-4 of a float64
-  reference at T = 10,000 (``tests/test_crf_tree.py``). The products are log-sum-exps (no
+- **Exact at any length and scale.** It computes in float64 whatever the emissions' dtype
+  (few long rows: the work is small, and float32 sums of emissions of 1e4 would lose 1e-3 per
+  term), every product shifted by its own (detached) maximum so that the entries that carry
+  the probability stay near 0; results are cast back. The products are log-sum-exps (no
   exp-space underflow: ``-inf`` scores and forced paths are exact).
 - **Memory.** A product of two (K, K) matrices saves its inputs and output and recomputes the
   (K, K, K) sums in its backward: the gradient keeps O(B T K^2) and the widest level's
-  transient tensor is B T K^3 / 2 entries (the planner's bound:
+  transient tensor is B T K^3 / 2 float64 entries (the planner's bound:
   :data:`chaincrf.crf.tuning.TREE`).
 - **No host synchronisation** (the number of levels depends on the shape only); ``validate``
   reads one flag back (:func:`chaincrf.crf.kernels.eager.ops.check_once`), an asynchronous
@@ -25,7 +25,9 @@ by level, until one is left: ``log Z = logsumexp_ij(start[i] + P[i, j] + end[j])
   to another path of the same score.
 
 Where a row has no allowed path, log Z and the Viterbi score are ``-inf``, its gradients and
-marginals 0 and its path all -1, as the Triton kernel's; an empty row scores 0.
+marginals 0 and its path all -1, as the Triton kernel's; an empty row scores 0; without
+``validate``, a row whose gold tags leave [0, K) has a NaN log-likelihood (as the Triton
+kernel's).
 """
 
 from __future__ import annotations
@@ -127,9 +129,11 @@ def _product(M: Tensor) -> tuple[Tensor, Tensor]:
 def _log_partition(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor) -> Tensor:
     B, _, K = em.shape
     tracing.path_taken("tree_kernel", B)
+    dtype = em.dtype
+    em, start, trans, end = (x.double() for x in (em, start, trans, end))
     total, shift = _product(_matrices(em, mask, trans))
     z = _log_matmul(_log_matmul(start.expand(B, 1, K), total), end.view(K, 1).expand(B, K, 1))
-    log_z = (z.view(B).double() + shift).to(em.dtype)
+    log_z = (z.view(B) + shift).to(dtype)
     return torch.where(mask.any(1), log_z, 0.0)
 
 
@@ -138,11 +142,14 @@ def _gold_score(
 ) -> Tensor:
     """The gold paths' scores (B,) over the kept positions (gaps skipped), ``-inf`` where the
     path is forbidden, 0 for an empty row."""
-    B, T, _ = em.shape
+    B, T, K = em.shape
     if T == 0:
         return em.sum((1, 2))  # zeros (B,), still attached to the graph
-    # clamped: a tag out of range is found by the checks (no host read here), never indexed
-    tags = tags.masked_fill(~mask, 0).clamp(0, em.size(2) - 1)
+    # a tag out of range is found by the checks (no host read here): clamped, never used to
+    # index, and its row's score NaN (as the Triton kernel's)
+    tags = tags.masked_fill(~mask, 0)
+    bad = ((tags < 0) | (tags >= K)).any(1)
+    tags = tags.clamp(0, K - 1)
     zero = torch.zeros((), dtype=em.dtype, device=em.device)
     count = mask.cumsum(1)
     first = mask & (count == 1)
@@ -156,7 +163,7 @@ def _gold_score(
         before = torch.cat([kept.new_full((B, 1), -1), kept.cummax(1).values[:, :-1]], 1)
         pair = trans[tags.gather(1, before.clamp(min=0)), tags]
         score = score + torch.where(mask & (before >= 0), pair, zero).sum(1)
-    return score
+    return torch.where(bad, float("nan"), score)
 
 
 def _best_paths(
@@ -165,6 +172,8 @@ def _best_paths(
     """(paths (B, T), -1 where masked or no path is allowed; best scores (B,))."""
     B, T, K = em.shape
     tracing.path_taken("tree_kernel_viterbi", B)
+    dtype = em.dtype
+    em, start, trans, end = (x.double() for x in (em, start, trans, end))
     M = _matrices(em, mask, trans)
     size = 1 << max(T - 1, 0).bit_length()  # a power of two >= T
     M = torch.cat([M, _identity(K, em).expand(B, size - T, K, K)], 1)
@@ -177,7 +186,7 @@ def _best_paths(
         mids.append(mid)
     total = (start.view(K, 1) + M[:, 0] + end).view(B, K * K)
     flat = total.argmax(1)
-    best = (total.gather(1, flat.unsqueeze(1)).squeeze(1).double() + shift).to(em.dtype)
+    best = (total.gather(1, flat.unsqueeze(1)).squeeze(1) + shift).to(dtype)
     bound = torch.stack([flat // K, flat % K], 1)  # (B, 2): the state before and after it all
     for mid in reversed(mids):  # S products with known boundary tags -> 2S
         S = mid.size(1)
