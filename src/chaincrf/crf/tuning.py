@@ -160,7 +160,8 @@ class TreeTuning:
         min_length: from this padded length (shorter: the tree's log2(T) levels of launches
             cost more than the serial steps they save).
         max_elements: at most this many entries, batch * T * K**3, in the tree's widest
-            level (its transient (pairs, K, K, K) tensor, float64: 8 bytes each).
+            level (its transient (pairs, K, K, K) tensor, float64: 8 bytes each; Viterbi's
+            tree, padded to a power of two, up to twice that).
     """
 
     max_rows: int = 4

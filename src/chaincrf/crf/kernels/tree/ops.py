@@ -13,9 +13,10 @@ by level, until one is left: ``log Z = logsumexp_ij(start[i] + P[i, j] + end[j])
   the probability stay near 0; results are cast back. The products are log-sum-exps (no
   exp-space underflow: ``-inf`` scores and forced paths are exact).
 - **Memory.** A product of two (K, K) matrices saves its inputs and output and recomputes the
-  (K, K, K) sums in its backward: the gradient keeps O(B T K^2) and the widest level's
-  transient tensor is B T K^3 / 2 float64 entries (the planner's bound:
-  :data:`chaincrf.crf.tuning.TREE`).
+  (K, K, K) sums in its backward: the gradient keeps O(B T K^2). The widest level's transient
+  tensor holds B T K^3 / 2 float64 entries, and up to B T K^3 in Viterbi, whose tree is padded
+  to a power of two so that its read-back halves evenly (the log-semiring loop carries an odd
+  matrix to the next level instead); the planner's bound: :data:`chaincrf.crf.tuning.TREE`.
 - **No host synchronisation** (the number of levels depends on the shape only); ``validate``
   reads one flag back (:func:`chaincrf.crf.kernels.eager.ops.check_once`), an asynchronous
   device assertion under torch.compile.
