@@ -33,6 +33,7 @@ kernel's).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -112,19 +113,39 @@ def _shifted(m: Tensor) -> tuple[Tensor, Tensor]:
     return m - top[..., None, None], top
 
 
-def _product(M: Tensor) -> tuple[Tensor, Tensor]:
-    """The log-semiring product of M's (B, N, K, K) matrices in order, shifted, and its shift
-    (B,) in float64: the product is ``result + shift``."""
+def _log_product(a: Tensor, b: Tensor) -> tuple[Tensor, None]:
+    return _log_matmul(a, b), None
+
+
+_MULTIPLY: dict[str, Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None]]] = {
+    "log": _log_product,  # logsumexp over the middle tag: log Z, and marginals by autograd
+    "max": _max_matmul,  # max over it, keeping the arg-max: Viterbi
+}
+
+
+def _tree(M: Tensor, semiring: str) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """The one recursion: M's (B, N, K, K) matrices multiplied in order in ``semiring``
+    (``"log"`` or ``"max"``), adjacent pairs level by level (an odd last matrix carried up).
+
+    Returns:
+        the product (B, K, K) shifted, its shift (B,) in float64 (the product is
+        ``result + shift``), and each level's best middle tags (``"max"``; empty for ``"log"``).
+    """
     B, N, K, _ = M.shape
     shift = torch.zeros(B, dtype=torch.float64, device=M.device)
+    mids: list[Tensor] = []
     if N == 0:
-        return _identity(K, M).expand(B, K, K), shift
+        return _identity(K, M).expand(B, K, K), shift, mids
+    multiply = _MULTIPLY[semiring]
     while M.size(1) > 1:
         n = M.size(1)
-        pairs, top = _shifted(_log_matmul(M[:, 0 : n - 1 : 2], M[:, 1:n:2]))
+        product, mid = multiply(M[:, 0 : n - 1 : 2], M[:, 1:n:2])
+        pairs, top = _shifted(product)
         shift = shift + top.double().sum(1)
+        if mid is not None:
+            mids.append(mid)
         M = pairs if n % 2 == 0 else torch.cat([pairs, M[:, n - 1 :]], 1)
-    return M[:, 0], shift
+    return M[:, 0], shift, mids
 
 
 def _log_partition(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor) -> Tensor:
@@ -132,7 +153,7 @@ def _log_partition(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: 
     tracing.path_taken("tree_kernel", B)
     dtype = em.dtype
     em, start, trans, end = (x.double() for x in (em, start, trans, end))
-    total, shift = _product(_matrices(em, mask, trans))
+    total, shift, _ = _tree(_matrices(em, mask, trans), "log")
     z = _log_matmul(_log_matmul(start.expand(B, 1, K), total), end.view(K, 1).expand(B, K, 1))
     log_z = (z.view(B) + shift).to(dtype)
     return torch.where(mask.any(1), log_z, 0.0)
@@ -175,17 +196,10 @@ def _best_paths(
     tracing.path_taken("tree_kernel_viterbi", B)
     dtype = em.dtype
     em, start, trans, end = (x.double() for x in (em, start, trans, end))
-    M = _matrices(em, mask, trans)
-    size = 1 << max(T - 1, 0).bit_length()  # a power of two >= T
-    M = torch.cat([M, _identity(K, em).expand(B, size - T, K, K)], 1)
-    shift = torch.zeros(B, dtype=torch.float64, device=em.device)
-    mids = []
-    while M.size(1) > 1:
-        product, mid = _max_matmul(M[:, 0::2], M[:, 1::2])
-        M, top = _shifted(product)
-        shift = shift + top.double().sum(1)
-        mids.append(mid)
-    total = (start.view(K, 1) + M[:, 0] + end).view(B, K * K)
+    size = 1 << max(T - 1, 0).bit_length()  # a power of two >= T: the read-back halves evenly
+    M = torch.cat([_matrices(em, mask, trans), _identity(K, em).expand(B, size - T, K, K)], 1)
+    product, shift, mids = _tree(M, "max")
+    total = (start.view(K, 1) + product + end).view(B, K * K)
     flat = total.argmax(1)
     best = (total.gather(1, flat.unsqueeze(1)).squeeze(1) + shift).to(dtype)
     bound = torch.stack([flat // K, flat % K], 1)  # (B, 2): the state before and after it all
