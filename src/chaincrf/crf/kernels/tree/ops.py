@@ -45,20 +45,15 @@ from chaincrf.crf.kernels.eager import ops as eager
 __all__ = ["decode", "log_likelihood", "log_partition", "marginals", "viterbi"]
 
 
-def _logsumexp(x: Tensor, dim: int) -> Tensor:
-    """``logsumexp`` over ``dim``, ``-inf`` (not NaN) where every term is ``-inf``."""
-    top = x.amax(dim, keepdim=True)
-    top = torch.where(torch.isneginf(top), 0.0, top)
-    return (x - top).exp().sum(dim).log() + top.squeeze(dim)
-
-
 class _LogMatMul(torch.autograd.Function):
     """``c[..., i, j] = logsumexp_k(a[..., i, k] + b[..., k, j])``; its backward recomputes
     the sums instead of saving them (O(K^2) kept per product, not O(K^3))."""
 
     @staticmethod
     def forward(a: Tensor, b: Tensor) -> Tensor:
-        return _logsumexp(a.unsqueeze(-1) + b.unsqueeze(-3), -2)
+        # torch's logsumexp gives -inf (not NaN) where every term is -inf; its own backward is
+        # not used (see backward), so its NaN-free forward is all that matters here
+        return torch.logsumexp(a.unsqueeze(-1) + b.unsqueeze(-3), -2)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
@@ -108,8 +103,7 @@ def _matrices(em: Tensor, mask: Tensor, trans: Tensor) -> Tensor:
 def _shifted(m: Tensor) -> tuple[Tensor, Tensor]:
     """``m`` (..., K, K) minus its detached maximum per matrix (0 for an all ``-inf`` one),
     and that maximum (...)."""
-    top = m.detach().amax((-2, -1))
-    top = torch.where(torch.isneginf(top), 0.0, top)
+    top = torch.nan_to_num(m.detach().amax((-2, -1)), neginf=0.0)
     return m - top[..., None, None], top
 
 
@@ -137,14 +131,17 @@ def _tree(M: Tensor, semiring: str) -> tuple[Tensor, Tensor, list[Tensor]]:
     if N == 0:
         return _identity(K, M).expand(B, K, K), shift, mids
     multiply = _MULTIPLY[semiring]
+    tops = []  # each level's shifts, summed once at the end (fewer launches per level)
     while M.size(1) > 1:
         n = M.size(1)
         product, mid = multiply(M[:, 0 : n - 1 : 2], M[:, 1:n:2])
         pairs, top = _shifted(product)
-        shift = shift + top.double().sum(1)
+        tops.append(top)
         if mid is not None:
             mids.append(mid)
         M = pairs if n % 2 == 0 else torch.cat([pairs, M[:, n - 1 :]], 1)
+    if tops:
+        shift = torch.cat(tops, 1).double().sum(1)
     return M[:, 0], shift, mids
 
 
