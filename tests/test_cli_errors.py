@@ -146,6 +146,25 @@ def test_a_missing_extra_is_one_line_naming_it(
     assert feature in line
 
 
+def test_an_extra_too_old_is_one_line_naming_the_extra_and_the_release():
+    """chaincrf-package builds with the environment's setuptools (no build isolation): one
+    older than the ``package`` extra asks failed deep inside pip ("hint: See above")."""
+    from chaincrf.extras import MissingExtra, require
+
+    found = importlib.metadata.version("setuptools")
+    assert require("setuptools", "package", "chaincrf-package", minimum=found).__name__ == (
+        "setuptools"
+    )
+    newer = f"{int(found.split('.')[0]) + 1}"
+    with pytest.raises(MissingExtra) as raised:
+        require("setuptools", "package", "chaincrf-package", minimum=newer)
+    assert str(raised.value) == (
+        'chaincrf-package needs the package extra: pip install "chaincrf[package]" '
+        f"(setuptools {found} is older than {newer})"
+    )
+    assert raised.value.extra == "package"
+
+
 @pytest.mark.slow
 def test_engine_onnx_without_onnxruntime_names_the_export_extra(onnx_folder, tmp_path):
     args = [f"ckpt_path={onnx_folder}", f"input={RAW}", "engine=onnx"]

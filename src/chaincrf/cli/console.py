@@ -30,6 +30,9 @@ QUIET_LOGGERS = {
     "onnx_ir": logging.WARNING,
     # "torchvision is not installed. Skipping torchvision::nms" (a WARNING per operator)
     "torch.onnx": logging.ERROR,
+    # torch 2.11's exporter tracing the LSTM's while loop: "ChromiumEventLogger: Start event not
+    # in stack, ignoring" (its own profiler's bookkeeping)
+    "torch._dynamo.utils": logging.ERROR,
 }
 """Logger -> the lowest level shown unless ``verbose=true`` (a logger's children follow it)."""
 

@@ -325,7 +325,7 @@ def package_model(
             without ``license`` and ``attribution``, or a bad name, version or licence.
         FileExistsError: when the wheel exists in ``output`` (nothing is replaced).
         OSError: when the wheel cannot be built or written.
-        MissingExtra: without setuptools (the ``package`` extra).
+        MissingExtra: without setuptools 77 or later (the ``package`` extra).
     """
     import chaincrf
     from chaincrf.extras import require
@@ -347,7 +347,7 @@ def package_model(
         raise FileExistsError(
             f"{target} exists; nothing was replaced: choose another version= or output="
         )
-    require("setuptools", "package", "chaincrf-package")
+    require("setuptools", "package", "chaincrf-package", minimum="77")  # as the extra asks
     tagger = SequenceTagger.load(model_file, allow_targets=allow_targets)
     extras = [PRETRAINED.get(str(data.get("pretrained")))] if data.get("pretrained") else []
     credit = "; ".join([credit, *[e or f"pretrained vectors {data['pretrained']}" for e in extras]])

@@ -241,13 +241,21 @@ def _export_onnx(graph: ExportableTagger, path: Path, names: list[str], num_feat
     ]
     if num_features:
         shapes.append({0: batch, 1: length})
-    # The exporter swaps in an LSTM decomposition that keeps the length dynamic (a while loop)
-    # for the call and restores the old one after, but the operator's dispatch cache keeps the
-    # old one's entry: a second export in a process then fixes the length (torch 2.13,
-    # measured). Emptying the cache first makes every export see the swap.
+    # torch's LSTM decomposition into a while loop keeps the length dynamic. torch 2.13's
+    # exporter swaps it in for the call by itself, 2.11's does not (the length came out fixed):
+    # it is registered here too (each registration restores what it found). The operator's
+    # dispatch cache keeps the old decomposition's entry, so that a second export in a process
+    # fixed the length (torch 2.13, measured): emptying the cache first makes every export see
+    # the swap.
+    from torch.export._patches import register_lstm_while_loop_decomposition
+
     for op in (torch.ops.aten.lstm.input, torch.ops.aten.lstm.data):
         getattr(op, "_dispatch_cache", {}).clear()
-    with warnings.catch_warnings(), plan.exporting():  # the exporter's notes: not ours
+    with (
+        warnings.catch_warnings(),  # the exporter's notes: not ours
+        plan.exporting(),
+        register_lstm_while_loop_decomposition(),
+    ):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             graph,
