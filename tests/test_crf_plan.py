@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from chaincrf import CRF
-from chaincrf.crf import kernels
+from chaincrf.crf import kernels, tuning
 from chaincrf.crf import plan as crf_plan
 from chaincrf.crf.kernels.fused import custom_ops as crf_fused
 from chaincrf.data.schemes import allowed_transitions
@@ -124,6 +124,30 @@ def test_k_best_and_other_devices_stay_eager(monkeypatch):
     assert crf_plan.choose(problem) == "eager"  # no kernel but eager computes half precision
     problem = crf_plan.Problem("log_partition", 2, 5, 3, torch.float32, "cpu")
     assert crf_plan.choose(problem, "eager") == "eager"
+
+
+def test_many_tags_on_cuda_leave_triton_unless_traced(monkeypatch):
+    """Triton's (K, K) tiles live in registers: beyond ``tuning.TRITON.max_tags`` they spill
+    and take minutes to compile (scripts/check_triton_compile.py), so eager runs them."""
+    pytest.importorskip("triton")
+    monkeypatch.delenv(crf_plan.ENV, raising=False)
+
+    def chosen(K: int, compiling: bool = False, operation: str = "log_partition") -> str:
+        problem = crf_plan.Problem(operation, 64, 32, K, torch.float32, "cuda", compiling=compiling)
+        return crf_plan.choose(problem)
+
+    assert chosen(128) == "triton" and chosen(128, operation="viterbi") == "triton"
+    assert chosen(129) == "eager" and chosen(512, operation="viterbi") == "eager"
+    assert chosen(512, compiling=True) == "triton"  # eager's host reads would break the graph
+    assert (
+        crf_plan.choose(
+            crf_plan.Problem("log_partition", 64, 32, 129, torch.float32, "cuda"), "triton"
+        )
+        == "eager"
+    )  # fmt: skip  (forced: only what it can run)
+    with tuning.triton_tuning(max_tags=256):
+        assert chosen(129) == "triton"
+    assert chosen(129) == "eager"
 
 
 def test_a_forced_kernel_runs_what_auto_would_not_pick(monkeypatch):

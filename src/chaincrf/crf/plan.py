@@ -175,7 +175,7 @@ def choose(problem: Problem, kernel: str | None = None) -> str:
     else:
         # traced: the plain function (torch.compile warns about lru_cache wrappers)
         table = _table_choice.__wrapped__ if problem.compiling else _table_choice
-        chosen = table(problem, _auto_kernels(), len(kernels.REGISTRY), tuning.TREE)
+        chosen = table(problem, _auto_kernels(), len(kernels.REGISTRY), tuning.TREE, tuning.TRITON)
     tracing.note_choice(problem.operation, chosen)
     return chosen
 
@@ -190,11 +190,15 @@ def rules() -> tuple[Rule, ...]:
 
 @functools.lru_cache(maxsize=4096)
 def _table_choice(
-    problem: Problem, auto_kernels: tuple[str, ...], registered: int, tree: tuning.TreeTuning
+    problem: Problem,
+    auto_kernels: tuple[str, ...],
+    registered: int,
+    tree: tuning.TreeTuning,
+    triton: tuning.TritonTuning,
 ) -> str:
     """The first row for ``problem`` whose kernel ``auto`` may pick and can run (cached: a
     call's choice costs a dictionary lookup; ``registered`` keys the registry's size, ``tree``
-    the tree kernel's thresholds in force)."""
+    and ``triton`` the thresholds in force)."""
     for rule in rules():
         if problem.operation not in rule.operations or not rule.when(problem):
             continue

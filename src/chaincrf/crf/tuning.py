@@ -134,12 +134,20 @@ class TritonTuning:
             its row is recomputed in log space (the forward's whole row, the backward's from
             that position down). 0 turns the check off (then a lost tag goes unnoticed, and
             the backward's pairwise sums are capped at e^80 per term).
+        max_tags: the most tags the planner gives the Triton kernels outside a traced call.
+            Their (K, K) tiles live in registers: at 200 tags (``BLOCK_K`` 256) every kernel
+            spills 4.7-15 KB per thread and ptxas takes up to 29 s per kernel for sm_90, at 512
+            tags over 5 minutes (``scripts/check_triton_compile.py``, Triton 3.6), so beyond
+            128 the eager kernel runs (per-step torch operations over the whole (B, K, K)
+            tile). A traced call keeps Triton (the eager kernel's host reads would break the
+            graph) and pays the compilation once.
     """
 
     dot_min_tags: int = 32
     dot_precision: str = "tf32x3"
     span_limit: float = 60.0
     floor: float = 1e-30
+    max_tags: int = 128
 
 
 TRITON = TritonTuning()

@@ -11,6 +11,7 @@ from types import ModuleType
 
 import torch
 
+from chaincrf.crf import tuning
 from chaincrf.crf.kernels.base import Problem
 
 NAME = "triton"
@@ -36,6 +37,7 @@ def can_run(problem: Problem) -> bool:
         (problem.device == "cuda" or interpreted)
         and problem.dtype in (torch.float32, torch.float64)
         and problem.k == 1
+        and (problem.tags <= tuning.TRITON.max_tags or problem.compiling)
     )
 
 

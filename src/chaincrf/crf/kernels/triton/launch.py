@@ -6,6 +6,8 @@ ones whose step is a matrix product (:mod:`chaincrf.crf.kernels.triton.dot`; the
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -19,6 +21,12 @@ DOT_ROWS = 16
 """Rows per program of the exp-space kernels (``tl.dot`` needs at least 16)."""
 DOT_MAX_TAGS = 128
 """The exp-space kernels keep (K, K) tiles in registers: beyond 128 tags, the log-space ones."""
+DOT_SHARED_BYTES = 213_248
+"""Shared memory per block of the exp-space kernels at 128 tags (``BLOCK_K`` 128; the backward's,
+the larger; 65,792 at 64), compiled for sm_80 and sm_90 by Triton 3.6
+(``scripts/check_triton_compile.py``). An sm_90 block gets 227 KiB, an A100's 163 KiB and
+sm_86/sm_89's 99 KiB: there, beyond 64 tags, the launch would fail ("out of resource"), so the
+log-space kernels run instead."""
 
 
 def _pow2(n: int) -> int:
@@ -47,10 +55,22 @@ def _compute_dtype(em: Tensor) -> torch.dtype:
     return torch.float64 if em.dtype == torch.float64 else torch.float32
 
 
-def dot_path(K: int, dtype: torch.dtype) -> bool:
+def dot_path(K: int, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether the likelihood's passes on ``K`` tags in ``dtype`` (the compute dtype) run the
-    exp-space kernels (``tuning.TRITON.dot_min_tags``; float32 only, at most 128 tags)."""
-    return dtype == torch.float32 and tuning.TRITON.dot_min_tags <= K <= DOT_MAX_TAGS
+    exp-space kernels on ``device`` (``tuning.TRITON.dot_min_tags``; float32 only, at most
+    128 tags, 64 where a block's shared memory is under :data:`DOT_SHARED_BYTES`)."""
+    return dtype == torch.float32 and tuning.TRITON.dot_min_tags <= K <= _dot_max_tags(device)
+
+
+@functools.cache
+def _dot_max_tags(device: torch.device) -> int:
+    if device.type != "cuda":  # the interpreter: no limit of a device's
+        return DOT_MAX_TAGS
+    properties = torch.cuda.get_device_properties(device)
+    shared = getattr(
+        properties, "shared_memory_per_block_optin", properties.shared_memory_per_block
+    )
+    return DOT_MAX_TAGS if shared >= DOT_SHARED_BYTES else DOT_MAX_TAGS // 2
 
 
 def _dot_blocks(K: int) -> tuple[int, int]:
@@ -99,7 +119,7 @@ def forward(
     if B == 0:
         return out, aux, alpha, acc.zero_()
     gold = tags is not None
-    dot = dot_path(K, dtype)
+    dot = dot_path(K, dtype, em.device)
     tracing.path_taken("triton_dot" if dot else "triton_log", B)
     if dot:
         block_k, warps = _dot_blocks(K)
@@ -165,7 +185,7 @@ def backward(
     d_em = em.new_empty((B, T, K))  # in the emissions' dtype (half: the kernels cast on store)
     if B == 0:
         return d_em, (acc if acc is not None else em.new_zeros((K + 2, K), dtype=dtype))
-    dot = dot_path(K, dtype) and flags is not None
+    dot = dot_path(K, dtype, em.device) and flags is not None
     if dot:
         block_b = DOT_ROWS
         block_k, warps = _dot_blocks(K)
