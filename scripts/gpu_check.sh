@@ -3,8 +3,9 @@
 # everything written to one folder, ${OUT:-gpu_check} (logs, JSON reports).
 #
 #   bash scripts/gpu_check.sh                 # the project installed (pip install -e ".[dev]")
-#   PYTHONPATH=src bash scripts/gpu_check.sh  # or from the source tree, with the peers
-#                                             # (pytorch-crf, torch-struct) importable
+#   PYTHONPATH=src bash scripts/gpu_check.sh  # or from the source tree, with Hydra, seqeval and
+#                                             # the peers (pytorch-crf, torch-struct) importable
+#   PREFLIGHT=1 bash scripts/gpu_check.sh     # the same steps, small, on the CPU (below)
 #
 # 1. the gpu-marked tests compiled for the GPU (not interpreted): the Triton kernels against
 #    the eager kernel on CUDA tensors, a training step replayed in a CUDA graph, torch.compile
@@ -22,25 +23,43 @@
 #    pytorch-crf loop, GPU utilisation, peak memory).
 # Copy the tables into benchmarks/crf_gpu.md and benchmarks/train_gpu.md with the command and
 # the device.
+#
+# What the GPU machines lack (wheels, CoNLL-2003) travels in .carry/: scripts/gpu_carry.sh
+# makes it and gives the command to run there.
+# PREFLIGHT=1 runs the same steps on the CPU, small: no CUDA asked for, the gpu tests collected
+# (they skip), the benchmark's sections on CPU tensors (graph needs CUDA), the tagger benchmark
+# on a few batches. Run it in an environment like the machines' before spending device time:
+# a fresh Python 3.12 venv with their packages and the wheels on PYTHONPATH (a module the
+# machines lack fails here as it would there).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu_check}"
 mkdir -p "$out"
-export TRITON_INTERPRET=0 PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
 status=0
-python3 -c "import torch, triton; assert torch.cuda.is_available(), 'no CUDA device'; \
+if [ "${PREFLIGHT:-0}" = 1 ]; then
+    export TRITON_INTERPRET=1
+    device=cpu sections="${SECTIONS:-launches grid long compile scan}" size=(--batch 1 4 --length 32 --tags 9 --scan-cells 1x512)
+    python3 -c "import torch, triton; print(torch.__version__, triton.__version__, 'preflight on the CPU')" \
+        | tee "$out/device.txt" || exit 1
+else
+    export TRITON_INTERPRET=0
+    device=cuda sections="${SECTIONS:-launches grid long graph compile scan}" size=()
+    python3 -c "import torch, triton; assert torch.cuda.is_available(), 'no CUDA device'; \
 print(torch.__version__, triton.__version__, torch.cuda.get_device_name(0))" | tee "$out/device.txt" || exit 1
-nvidia-smi >> "$out/device.txt" 2>&1 || true
+    nvidia-smi >> "$out/device.txt" 2>&1 || true
+fi
 timeout "${TEST_SECONDS:-120}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_crf_triton.py tests/test_crf_tree.py \
     2>&1 | tee "$out/tests.log" || status=1
 timeout "${BENCH_SECONDS:-240}" python3 scripts/bench_crf_gpu.py --json "$out/crf_gpu.json" \
-    --sections ${SECTIONS:-launches grid long graph compile scan} 2>&1 | tee "$out/crf_gpu.log" || status=1
+    --device $device --sections $sections "${size[@]}" 2>&1 | tee "$out/crf_gpu.log" || status=1
 timeout "${TAGGER_TEST_SECONDS:-60}" python3 -m pytest -q -p no:cacheprovider -m gpu \
     tests/test_scale_out.py -k "one_gpu or predict_on_the_gpu" 2>&1 | tee "$out/tagger_tests.log" || status=1
 if [ -f "${CHAINCRF_DATA:-../shared/data}/conll2003/eng.train" ]; then
     # as the shipped recipe (trainer=gpu) pads its batches: conf/trainer/gpu.yaml's lengths
-    timeout "${TRAIN_BENCH_SECONDS:-60}" python3 scripts/bench_train.py --device cuda \
-        --batches 100 --rounds 2 --eval-batch-size 1024 --length-buckets 16 32 64 128 \
+    timeout "${TRAIN_BENCH_SECONDS:-60}" python3 scripts/bench_train.py --device $device \
+        --batches $([ $device = cpu ] && echo 3 || echo 100) --rounds $([ $device = cpu ] && echo 1 || echo 2) \
+        --eval-batch-size 1024 --length-buckets 16 32 64 128 \
         --json "$out/train_gpu.json" 2>&1 | tee "$out/train_gpu.log" || status=1
 fi
 exit $status
