@@ -79,3 +79,33 @@ def test_the_progress_bar_numbers_epochs_as_the_epoch_lines(tmp_path):
     bar.setup(trainer, pl.LightningModule(), "fit")
     assert bar._get_train_description(11).strip() == "Epoch 12/12"  # Lightning's: "Epoch 11/11"
     assert bar.is_disabled  # stderr is not a terminal here: the epoch lines alone
+
+
+class _Trainer:
+    """What the bar's ``get_metrics`` reads of a trainer; counts the reads of the metrics (each
+    one copies the step's loss to the host: a synchronisation on a GPU)."""
+
+    def __init__(self) -> None:
+        self.loggers: list = []
+        self.state = pl.trainer.states.TrainerState(fn=pl.trainer.states.TrainerFn.FITTING)
+        self.reads = 0
+
+    @property
+    def progress_bar_metrics(self) -> dict[str, float]:
+        self.reads += 1
+        return {"loss": float(self.reads)}
+
+
+def test_the_progress_bar_reads_the_metrics_once_per_interval_and_at_each_epochs_end():
+    trainer, bar = _Trainer(), ProgressBar(metrics_interval=3600.0)
+    shown = [bar.get_metrics(trainer, None)["loss"] for _ in range(100)]  # 100 batches
+    assert trainer.reads == 1 and shown == [1.0] * 100
+    bar.disable()  # no terminal: the hooks draw nothing
+    bar.on_train_epoch_end(trainer, None)
+    assert bar.get_metrics(trainer, None)["loss"] == 2.0  # the epoch's end reads afresh
+    bar.on_validation_end(trainer, None)
+    assert bar.get_metrics(trainer, None)["loss"] == 3.0 and trainer.reads == 3
+    every, each_batch = _Trainer(), ProgressBar(metrics_interval=0)  # Lightning's: every batch
+    for _ in range(5):
+        each_batch.get_metrics(every, None)
+    assert every.reads == 5

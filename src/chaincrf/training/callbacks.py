@@ -130,18 +130,51 @@ class ProgressBar(RichProgressBar):
     ``11/11``). Off when stderr is not a terminal: a console captured into a file keeps the
     epoch lines, not the bar's last frames.
 
+    The metrics it shows (the step's loss) are read at most once per ``metrics_interval``
+    seconds while an epoch trains, and afresh at each epoch's and validation's end: Lightning's
+    bar reads them after every batch, and each read copies the loss to the host, which on a GPU
+    waits for the step to finish (a synchronisation per step).
+
     Args:
-        refresh_rate: updates per second (0: no bar).
+        refresh_rate: batches between redraws (0: no bar).
         leave: keep each finished epoch's bar on the terminal.
         console_kwargs: ``rich.console.Console`` arguments (``stderr=True`` unless given).
+        metrics_interval: seconds between two reads of the metrics during an epoch (0: after
+            every batch, as Lightning's bar).
     """
 
     def __init__(
-        self, refresh_rate: int = 1, leave: bool = False, console_kwargs: dict | None = None
+        self,
+        refresh_rate: int = 1,
+        leave: bool = False,
+        console_kwargs: dict | None = None,
+        metrics_interval: float = 1.0,
     ) -> None:
         console_kwargs = {"stderr": True, **(console_kwargs or {})}
         super().__init__(refresh_rate, leave, console_kwargs=console_kwargs)
         self._console_arguments = dict(console_kwargs)
+        self.metrics_interval = metrics_interval
+        self._metrics: dict[str, int | str | float | dict[str, float]] | None = None
+        self._metrics_read = -float("inf")
+
+    def get_metrics(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> dict[str, int | str | float | dict[str, float]]:
+        """Lightning's metrics for the bar, the last ones read while they are under
+        ``metrics_interval`` seconds old."""
+        now = time.monotonic()
+        if self._metrics is None or now - self._metrics_read >= self.metrics_interval:
+            self._metrics = super().get_metrics(trainer, pl_module)
+            self._metrics_read = now
+        return self._metrics
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._metrics = None  # the epoch's last figures, not a second-old read
+        super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._metrics = None  # the new dev score
+        super().on_validation_end(trainer, pl_module)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
