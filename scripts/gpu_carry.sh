@@ -16,16 +16,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest="${1:-.carry}"
+rm -rf "$dest/whl"  # one release of each: two would stop the install there
 mkdir -p "$dest/whl"
 PY="${PYTHON:-python3}"
 binary=(hydra-core==1.3.2 omegaconf==2.3.0 pytorch-crf==0.7.2 torch-struct==0.5)
 source_only=(antlr4-python3-runtime==4.9.3 seqeval==1.2.2)  # omegaconf 2.3 pins antlr4 4.9.*
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 -d "$dest/whl" "${binary[@]}"
-"$PY" -m pip wheel --quiet --no-deps --no-binary=:all: -w "$dest/whl" "${source_only[@]}"
+"$PY" -m pip wheel --quiet --no-deps --no-binary=antlr4-python3-runtime,seqeval -w "$dest/whl" \
+    "${source_only[@]}"
 data="${CHAINCRF_DATA:-../shared/data}/conll2003"
 if [ -f "$data/eng.train" ]; then
     mkdir -p "$dest/data/conll2003"
     cp "$data"/eng.* "$dest/data/conll2003/"
+else
+    echo "no CoNLL-2003 at $data: gpu_check.sh will skip the tagger benchmark" >&2
 fi
 du -sh "$dest"/*

@@ -9,6 +9,7 @@ import logging
 import warnings
 
 import pytorch_lightning as pl
+import torch
 
 from chaincrf.cli.console import quiet_third_party
 from chaincrf.training.callbacks import ProgressBar, epoch_label
@@ -82,30 +83,38 @@ def test_the_progress_bar_numbers_epochs_as_the_epoch_lines(tmp_path):
 
 
 class _Trainer:
-    """What the bar's ``get_metrics`` reads of a trainer; counts the reads of the metrics (each
-    one copies the step's loss to the host: a synchronisation on a GPU)."""
+    """What the bar's ``get_metrics`` reads of a trainer."""
 
     def __init__(self) -> None:
         self.loggers: list = []
         self.state = pl.trainer.states.TrainerState(fn=pl.trainer.states.TrainerFn.FITTING)
+        self.progress_bar_metrics = {"val/score": 0.5}
+
+
+class _Tagger:
+    """A module's ``step_loss`` (a tensor on the device): counts the bar's reads, each of which
+    copies the loss to the host (a synchronisation on a GPU)."""
+
+    def __init__(self) -> None:
         self.reads = 0
 
     @property
-    def progress_bar_metrics(self) -> dict[str, float]:
+    def step_loss(self) -> torch.Tensor:
         self.reads += 1
-        return {"loss": float(self.reads)}
+        return torch.tensor(float(self.reads))
 
 
-def test_the_progress_bar_reads_the_metrics_once_per_interval_and_at_each_epochs_end():
-    trainer, bar = _Trainer(), ProgressBar(metrics_interval=3600.0)
-    shown = [bar.get_metrics(trainer, None)["loss"] for _ in range(100)]  # 100 batches
-    assert trainer.reads == 1 and shown == [1.0] * 100
+def test_the_progress_bar_reads_the_loss_once_per_interval_and_at_each_epochs_end():
+    trainer, tagger, bar = _Trainer(), _Tagger(), ProgressBar(metrics_interval=3600.0)
+    shown = [bar.get_metrics(trainer, tagger)["loss"] for _ in range(100)]  # 100 batches
+    assert tagger.reads == 1 and shown == [1.0] * 100
+    assert bar.get_metrics(trainer, tagger)["val/score"] == 0.5  # Lightning's figures too
     bar.disable()  # no terminal: the hooks draw nothing
-    bar.on_train_epoch_end(trainer, None)
-    assert bar.get_metrics(trainer, None)["loss"] == 2.0  # the epoch's end reads afresh
-    bar.on_validation_end(trainer, None)
-    assert bar.get_metrics(trainer, None)["loss"] == 3.0 and trainer.reads == 3
-    every, each_batch = _Trainer(), ProgressBar(metrics_interval=0)  # Lightning's: every batch
+    bar.on_train_epoch_end(trainer, tagger)
+    assert bar.get_metrics(trainer, tagger)["loss"] == 2.0  # the epoch's end reads afresh
+    bar.on_validation_end(trainer, tagger)
+    assert bar.get_metrics(trainer, tagger)["loss"] == 3.0 and tagger.reads == 3
+    each_batch, every = ProgressBar(metrics_interval=0), _Tagger()  # Lightning's: every batch
     for _ in range(5):
-        each_batch.get_metrics(every, None)
+        each_batch.get_metrics(trainer, every)
     assert every.reads == 5

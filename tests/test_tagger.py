@@ -428,3 +428,24 @@ def test_word_lr_scale_gives_the_word_table_its_own_learning_rate():
     }
     assert groups[id(tagger.model.embedder.word_residual.weight)] == pytest.approx(0.25 * base)
     assert groups[id(tagger.model.embedder.word_map.weight)] == pytest.approx(base)
+
+
+def test_training_logs_no_per_step_figure_that_lightning_copies_to_the_host(tmp_path):
+    """A figure logged per step for the progress bar is copied to the host after every step by
+    Lightning (a synchronisation per step on a GPU): the step's loss stays on the module, on
+    the device, for the bar to read at most once a second."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(0)
+    encoder, sentences = _ner_encoder()
+    batch = _batch(encoder, sentences[:8])
+    tagger = _tagger(encoder)
+    trainer = pl.Trainer(max_steps=3, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False,
+                         limit_val_batches=0, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(tagger, DataLoader([batch] * 3, batch_size=None))
+    assert trainer.global_step == 3
+    assert dict(trainer.progress_bar_metrics) == {}  # nothing logged per step for the bar
+    assert isinstance(tagger.step_loss, torch.Tensor) and not tagger.step_loss.requires_grad
+    assert torch.isfinite(tagger.step_loss)

@@ -250,13 +250,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         finally:
             if earlier is not None:
                 prepend_metrics(metrics_csv, earlier)
-        metrics.update(
-            {
-                k: float(v)
-                for k, v in trainer.callback_metrics.items()
-                if v.numel() == 1 and k != "loss"  # the last step's loss: the progress bar's
-            }
-        )
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
     trained_tokens = int(tagger.trained_tokens)  # the one read of the device's count
     if trainer.world_size > 1:  # every rank's tokens (Lightning's reduce over the ranks)
         count = torch.tensor(trained_tokens, device=trainer.strategy.root_device)  # NCCL: on GPU

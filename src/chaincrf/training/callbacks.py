@@ -130,13 +130,13 @@ class ProgressBar(RichProgressBar):
     ``11/11``). Off when stderr is not a terminal: a console captured into a file keeps the
     epoch lines, not the bar's last frames.
 
-    The metrics it shows (the step's loss) are read at most once per ``metrics_interval``
-    seconds while an epoch trains, and afresh at each epoch's and validation's end: Lightning's
-    bar reads them after every batch, and each read copies the loss to the host, which on a GPU
-    waits for the step to finish (a synchronisation per step).
+    The last step's loss it shows (the module's ``step_loss``, a tensor on the device) is read
+    at most once per ``metrics_interval`` seconds while an epoch trains, and afresh at each
+    epoch's and validation's end: a read copies it to the host, which on a GPU waits for the
+    step to finish. (Logged with ``prog_bar=True``, Lightning would read it after every step.)
 
     Args:
-        refresh_rate: batches between redraws (0: no bar).
+        refresh_rate: updates per second (0: no bar).
         leave: keep each finished epoch's bar on the terminal.
         console_kwargs: ``rich.console.Console`` arguments (``stderr=True`` unless given).
         metrics_interval: seconds between two reads of the metrics during an epoch (0: after
@@ -160,20 +160,30 @@ class ProgressBar(RichProgressBar):
     def get_metrics(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
     ) -> dict[str, int | str | float | dict[str, float]]:
-        """Lightning's metrics for the bar, the last ones read while they are under
-        ``metrics_interval`` seconds old."""
+        """Lightning's metrics for the bar and the last step's ``loss``, as last read while that
+        read is under ``metrics_interval`` seconds old."""
         now = time.monotonic()
         if self._metrics is None or now - self._metrics_read >= self.metrics_interval:
-            self._metrics = super().get_metrics(trainer, pl_module)
-            self._metrics_read = now
+            metrics = super().get_metrics(trainer, pl_module)
+            step_loss = getattr(pl_module, "step_loss", None)
+            if isinstance(step_loss, Tensor):
+                metrics["loss"] = float(step_loss)  # the one copy to the host
+            self._metrics, self._metrics_read = metrics, now
         return self._metrics
 
+    def _forget(self) -> None:
+        self._metrics = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._forget()  # nothing from the sanity check or an earlier run
+        super().on_train_start(trainer, pl_module)
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._metrics = None  # the epoch's last figures, not a second-old read
+        self._forget()  # the epoch's last figures, not a second-old read
         super().on_train_epoch_end(trainer, pl_module)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._metrics = None  # the new dev score
+        self._forget()  # the new dev score
         super().on_validation_end(trainer, pl_module)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

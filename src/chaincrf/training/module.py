@@ -58,6 +58,8 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
         confusion: each stage's last (L, L) confusion counts ``[gold, predicted]``.
         trained_tokens: the real tokens training saw in this process (a tensor on the device,
             read once at the end of a run).
+        step_loss: the last training step's loss (a tensor on the device; the progress bar
+            reads it at most once a second; None before training).
         trained_precision: the precision it was trained in (Lightning's name, stored in its
             checkpoints; None for a model file that predates it): ``chaincrf-eval`` evaluates
             in it, so that it reproduces the figures the run reported.
@@ -89,6 +91,7 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
         self.results: dict[str, dict[str, float]] = {}
         self.confusion: dict[str, Tensor] = {}
         self.trained_tokens: Tensor | int = 0  # a device tensor once training has stepped
+        self.step_loss: Tensor | None = None
         self.trained_precision: str | None = None
         self._compile: tuple[str | None] | None = None  # (mode,) after compile_training()
         self._compiled_loss: Any = None  # built at the first step (not pickled: ddp_spawn)
@@ -175,8 +178,11 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
         self.trained_tokens = self.trained_tokens + tokens.detach()
         self.train_loss.update(loss.detach(), tokens)  # the epoch's token-weighted mean
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
-        self.log("loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, logger=False,
-                 batch_size=1)  # fmt: skip
+        # the bar's figure, kept on the device: logged with prog_bar=True, Lightning would copy
+        # it to the host after every step (a synchronisation per step on a GPU). A copy: under
+        # compile_mode=reduce-overhead the loss lives in a CUDA graph's memory, which the next
+        # step's replay overwrites.
+        self.step_loss = loss.detach().clone()
         return loss
 
     def on_before_backward(self, loss: Tensor) -> None:
