@@ -40,11 +40,13 @@ status=0
 if [ "${PREFLIGHT:-0}" = 1 ]; then
     export TRITON_INTERPRET=1
     device=cpu sections="${SECTIONS:-launches grid long compile scan}" size=(--batch 1 4 --length 32 --tags 9 --scan-cells 1x512)
+    train_size=(--batches 3 --rounds 1)
     python3 -c "import torch, triton; print(torch.__version__, triton.__version__, 'preflight on the CPU')" \
         | tee "$out/device.txt" || exit 1
 else
     export TRITON_INTERPRET=0
     device=cuda sections="${SECTIONS:-launches grid long graph compile scan}" size=()
+    train_size=(--batches 100 --rounds 2)
     python3 -c "import torch, triton; assert torch.cuda.is_available(), 'no CUDA device'; \
 print(torch.__version__, triton.__version__, torch.cuda.get_device_name(0))" | tee "$out/device.txt" || exit 1
     nvidia-smi >> "$out/device.txt" 2>&1 || true
@@ -58,8 +60,7 @@ timeout "${TAGGER_TEST_SECONDS:-60}" python3 -m pytest -q -p no:cacheprovider -m
 if [ -f "${CHAINCRF_DATA:-../shared/data}/conll2003/eng.train" ]; then
     # as the shipped recipe (trainer=gpu) pads its batches: conf/trainer/gpu.yaml's lengths
     timeout "${TRAIN_BENCH_SECONDS:-60}" python3 scripts/bench_train.py --device $device \
-        --batches $([ $device = cpu ] && echo 3 || echo 100) --rounds $([ $device = cpu ] && echo 1 || echo 2) \
-        --eval-batch-size 1024 --length-buckets 16 32 64 128 \
+        "${train_size[@]}" --eval-batch-size 1024 --length-buckets 16 32 64 128 \
         --json "$out/train_gpu.json" 2>&1 | tee "$out/train_gpu.log" || status=1
 fi
 exit $status

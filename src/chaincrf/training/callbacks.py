@@ -171,19 +171,16 @@ class ProgressBar(RichProgressBar):
             self._metrics, self._metrics_read = metrics, now
         return self._metrics
 
-    def _forget(self) -> None:
-        self._metrics = None
-
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._forget()  # nothing from the sanity check or an earlier run
+        self._metrics = None  # nothing from the sanity check or an earlier run
         super().on_train_start(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._forget()  # the epoch's last figures, not a second-old read
+        self._metrics = None  # the epoch's last figures, not a second-old read
         super().on_train_epoch_end(trainer, pl_module)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._forget()  # the new dev score
+        self._metrics = None  # the new dev score
         super().on_validation_end(trainer, pl_module)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
