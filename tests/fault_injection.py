@@ -60,3 +60,23 @@ class FullDiskAfterFit(pl.Callback):
 
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, resource.RLIM_INFINITY))
+
+
+class NoHostSync(pl.Callback):
+    """Not a fault, a probe (issue 30): the training batches from global step ``after`` on run
+    under ``torch.cuda.set_sync_debug_mode("error")``, so that any host synchronisation in a
+    step (an ``.item()``, a blocking copy, a read of a flag) raises there. ``checked`` counts
+    the steps it watched (a class attribute: Hydra builds the instance)."""
+
+    checked = 0
+
+    def __init__(self, after: int = 2) -> None:
+        self.after = after
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step >= self.after:  # after the first steps' compilation
+            torch.cuda.set_sync_debug_mode("error")
+            type(self).checked += 1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        torch.cuda.set_sync_debug_mode("default")

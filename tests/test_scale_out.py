@@ -142,11 +142,13 @@ def test_the_shared_directory_has_the_configs_pattern():
 def test_torchrun_two_processes_one_run_directory_and_exact_figures(tmp_path):
     """torchrun --nproc_per_node=2 (gloo): one directory, one config, log and report writer;
     no sync_dist warning; its dev figures (span counts included) are those of a single-process
-    chaincrf-eval of the same checkpoint."""
+    chaincrf-eval of the same checkpoint. The losses are checked every 2 steps (an
+    accelerator's way: the ranks read them together, at the same steps)."""
     out = tmp_path / "out"
     # verbose=true: Lightning's lines (its distributed start-up) are what show the processes met
     command = [*torchrun("--standalone", "--nproc_per_node=2"), "trainer=torchrun", *TINY_RUN,
-               "trainer.max_epochs=3", "seed=3", "test=false", "verbose=true"]  # fmt: skip
+               "trainer.max_epochs=3", "seed=3", "test=false", "verbose=true",
+               "nan_check_every=2"]  # fmt: skip
     output = finish(launch(command, out))
     [run] = list((out / "train").iterdir())
     assert sorted(p.name for p in run.iterdir()) == [
@@ -379,6 +381,23 @@ def test_training_on_one_gpu(tmp_path, precision):
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float32}
     again = evaluate(compose_config([f"ckpt_path={ckpt}", "split=dev"], name="eval"))
     assert again["val/score"] == pytest.approx(metrics["val/score"], abs=1e-9)
+
+
+@pytest.mark.gpu
+@CUDA
+def test_a_training_step_on_the_gpu_waits_for_nothing(tmp_path):
+    """The GPU recipe's steps (batch copy, network, CRF loss, backward, clipping, Adam) under
+    CUDA's sync debug mode set to raise: no host synchronisation (the loss check's read comes
+    every nan_check_every steps; here beyond the run)."""
+    from fault_injection import NoHostSync
+
+    NoHostSync.checked = 0
+    cfg = compose_config([*TINY_RUN, f"run_dir={tmp_path}", "trainer=gpu", "trainer.max_epochs=2",
+                          "trainer.enable_progress_bar=false", "test=false", "report=false",
+                          "nan_check_every=100000",
+                          "+callbacks.nosync._target_=fault_injection.NoHostSync"])  # fmt: skip
+    train(cfg)
+    assert NoHostSync.checked >= 5  # 4 steps an epoch
 
 
 @pytest.mark.gpu

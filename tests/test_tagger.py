@@ -430,6 +430,102 @@ def test_word_lr_scale_gives_the_word_table_its_own_learning_rate():
     assert groups[id(tagger.model.embedder.word_map.weight)] == pytest.approx(base)
 
 
+class HostReads:
+    """Counts the host reads of tensor values (``.item()``, ``bool()``, ``.tolist()``,
+    ``nonzero``: each a synchronisation on a GPU) made by the training system's own code (the
+    tagger's module and callbacks, Lightning's loop) during training batches. The network's and
+    the CRF's reads are not counted: they have their own checks (``test_sync_free.py``, the GPU
+    check), and the CPU runs paths of their own there; nor the optimiser's step counter, a CPU
+    tensor on every device."""
+
+    def __init__(self) -> None:
+        import traceback
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        aten = torch.ops.aten
+        reads = {aten._local_scalar_dense.default, aten.nonzero.default,
+                 aten.masked_select.default}  # fmt: skip
+        self.count = 0
+        counter = self
+
+        def owner() -> str:
+            for frame in reversed(traceback.extract_stack()):
+                name = frame.filename.replace("\\", "/")
+                for part in (
+                    "chaincrf/training/",
+                    "pytorch_lightning/",
+                    "chaincrf/",
+                    "torch/optim/",
+                ):
+                    if part in name:
+                        return part
+            return ""
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                to_host = (
+                    func is aten._to_copy.default and str((kwargs or {}).get("device")) == "cpu"
+                )
+                if (func in reads or to_host) and owner() in (
+                    "chaincrf/training/",
+                    "pytorch_lightning/",
+                ):
+                    counter.count += 1
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode
+
+    def callback(self):
+        import pytorch_lightning as pl
+
+        counter = self
+
+        class During(pl.Callback):
+            def on_train_batch_start(self, *args):
+                self.mode = counter.mode()
+                self.mode.__enter__()
+
+            def on_train_batch_end(self, *args):
+                self.mode.__exit__(None, None, None)
+
+        return During()
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_the_training_loop_reads_the_loss_on_the_host_only_every_n_steps(tmp_path, every):
+    """The non-finite loss check, read each step (the CPU's default) or every 4 steps (an
+    accelerator's): the training loop's only host reads, so that a GPU step waits for nothing."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from chaincrf.training.callbacks import LossCheck
+
+    torch.manual_seed(0)
+    encoder, sentences = _ner_encoder()
+    batch = _batch(encoder, sentences[:8])
+    tagger = _tagger(encoder)
+    tagger.loss_check = LossCheck(every)
+    reads = HostReads()
+    trainer = pl.Trainer(max_steps=8, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False,
+                         limit_val_batches=0, gradient_clip_val=5.0, callbacks=[reads.callback()],
+                         default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(tagger, DataLoader([batch] * 8, batch_size=None))
+    assert trainer.global_step == 8
+    assert reads.count == 8 // every
+
+
+@pytest.mark.parametrize("every", [0, -3, 2.5, True, "50"])
+def test_the_loss_check_takes_a_positive_number_of_steps(every):
+    from chaincrf.training.callbacks import LossCheck
+
+    with pytest.raises(
+        ValueError, match=r"^nan_check_every must be a positive integer or null; got"
+    ):
+        LossCheck(every)
+
+
 def test_training_logs_no_per_step_figure_that_lightning_copies_to_the_host(tmp_path):
     """A figure logged per step for the progress bar is copied to the host after every step by
     Lightning (a synchronisation per step on a GPU): the step's loss stays on the module, on

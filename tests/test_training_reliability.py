@@ -78,22 +78,32 @@ def test_resume_after_sigkill_mid_epoch_equals_the_uninterrupted_run(tmp_path):
         assert resumed[key] == whole[key], key
 
 
-def test_training_stops_at_the_first_non_finite_loss(tmp_path):
+@pytest.mark.parametrize("every", [None, 3], ids=["each step", "every 3 steps"])
+def test_training_stops_at_the_first_non_finite_loss(tmp_path, every):
+    """Each step's loss read before its backward pass (the CPU's default), or the losses read
+    every 3 steps (an accelerator's way, without a synchronisation per step): either way the
+    error names the first bad step (the poisoned epoch's first), and no checkpoint holds it."""
     overrides = _overrides(
         tmp_path,
         "+callbacks.poison._target_=fault_injection.PoisonAtEpoch",
         "+callbacks.poison.epoch=2",
+        f"nan_check_every={'null' if every is None else every}",
     )
     sys.path.insert(0, str(TESTS))
     try:
-        with pytest.raises(
-            NonFiniteLossError, match=r"non-finite training loss \(nan\) at epoch 2"
-        ):
+        with pytest.raises(NonFiniteLossError) as caught:
             train(compose_config(overrides))
     finally:
         sys.path.remove(str(TESTS))
     last = tmp_path / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["epoch"] == 1
+    saved = torch.load(last, weights_only=True)
+    assert saved["epoch"] == 1
+    message = str(caught.value)
+    assert message.startswith(
+        f"non-finite training loss (nan) at epoch 2, global step {saved['global_step']} "
+        "(batch 1 of the epoch)"
+    ), message
+    assert ("read" in message) == (every is not None), message
     for path in (last, tmp_path / "checkpoints" / "best.ckpt"):
         tagger = SequenceTagger.load(path)
         assert all(torch.isfinite(p).all() for p in tagger.parameters()), path

@@ -56,6 +56,7 @@ from chaincrf.files.model_files import check_local_path
 from chaincrf.tagger import SequenceTagger
 from chaincrf.training.callbacks import (
     AtomicCheckpointIO,
+    LossCheck,
     ProgressBar,
     ReplayPlateauStep,
     ReseedEachEpoch,
@@ -204,6 +205,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         tagger = build_tagger(cfg, datamodule)
         if cfg.get("compile"):
             tagger.compile_training(cfg.get("compile_mode"))
+        tagger.loss_check = LossCheck(cfg.get("nan_check_every"))
         total = sum(p.numel() for p in tagger.parameters())
         trainable = sum(p.numel() for p in tagger.parameters() if p.requires_grad)
         log.info("model: %s parameters, %s trainable", f"{total:,}", f"{trainable:,}")

@@ -4,9 +4,11 @@
   from ``(seed, epoch)`` alone, so the randomness of an epoch (shuffling, dropout, word dropout) does not
   depend on what ran before it. A run killed mid-epoch and resumed from the last epoch-end
   checkpoint therefore replays exactly what the uninterrupted run does.
-- :func:`check_loss` (the tagger's ``on_before_backward``) stops training at the first non-finite
-  loss, before its backward pass and optimiser step, naming the epoch, step and batch;
-  checkpoints written before it are left as they are.
+- :class:`LossCheck` (the tagger's ``on_before_backward``) stops training at the first non-finite
+  loss, naming the epoch, step and batch: on the CPU before its backward pass and optimiser step
+  (:func:`check_loss`); on an accelerator, without a host synchronisation per step, its verdicts
+  read every few steps and before any checkpoint is written. Checkpoints written before it are
+  left as they are, and none holds its update.
 - :class:`EpochSummary` and :class:`ProgressBar` say what happens, epochs numbered from 1
   (:func:`epoch_label`) as in ``learning_curves.png``.
 """
@@ -31,6 +33,7 @@ from chaincrf.files.model_files import CHECKPOINT_KEY
 __all__ = [
     "AtomicCheckpointIO",
     "EpochSummary",
+    "LossCheck",
     "NonFiniteLossError",
     "ProgressBar",
     "ReseedEachEpoch",
@@ -318,6 +321,85 @@ def check_loss(trainer: pl.Trainer, loss: Tensor) -> None:
             "training stopped before this step changed any weight. Checkpoints written "
             "before it are intact (check the data, the pretrained vectors and the learning "
             "rate)"
+        )
+
+
+class LossCheck:
+    """Stops training at the first NaN or infinite training loss (the tagger's
+    ``on_before_backward`` calls :meth:`step`).
+
+    Reading a loss on the host costs nothing on the CPU, but on a GPU it waits for the step to
+    finish: a synchronisation per step, which leaves the device idle while the host prepares
+    the next one. So the check either reads each step's loss before its backward pass (``every``
+    = 1: :func:`check_loss`, the run stops before that step changes any weight), or keeps each
+    step's loss on the device and reads them together (one copy to the host) every ``every``
+    steps, at each epoch's end, before each validation and before each checkpoint is written.
+    Deferred, the bad step's update (and those of the steps until the read) reach the weights
+    in memory but never a checkpoint, and the error still names the first bad step.
+
+    Args:
+        every: steps between reads of the losses; None (the default): 1 on the CPU,
+            :attr:`DEFERRED` on an accelerator.
+
+    Raises:
+        ValueError: ``every`` is not a positive integer or None.
+    """
+
+    DEFERRED = 50  # steps between reads on an accelerator: one wait per 50 steps
+
+    def __init__(self, every: int | None = None) -> None:
+        if every is not None and (
+            isinstance(every, bool) or not isinstance(every, int) or every < 1
+        ):
+            raise ValueError(f"nan_check_every must be a positive integer or null; got {every!r}")
+        self.every = every
+        self._pending: list[tuple[Tensor, tuple[int, int, Any]]] = []
+
+    def steps_between_reads(self, device: torch.device) -> int:
+        """``every``, or its default for ``device``."""
+        if self.every is not None:
+            return self.every
+        return 1 if device.type == "cpu" else self.DEFERRED
+
+    def step(self, trainer: pl.Trainer, loss: Tensor) -> None:
+        """Check (or keep, for the next read) one training step's loss."""
+        every = self.steps_between_reads(loss.device)
+        if every == 1 and not self._pending:
+            check_loss(trainer, loss)
+            return
+        where = (trainer.current_epoch, trainer.global_step, _batch_index(trainer))
+        # a copy: under CUDA graphs the loss's memory is overwritten by the next replay
+        self._pending.append((loss.detach().reshape(()).clone(), where))
+        if len(self._pending) >= every:
+            self.flush(trainer)
+
+    def flush(self, trainer: pl.Trainer) -> None:
+        """Read the kept losses (one copy to the host; under DDP one all-reduce of a flag, at
+        the same step on every rank) and raise :class:`NonFiniteLossError` at a bad one."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        finite = torch.isfinite(torch.stack([loss for loss, _ in pending]).float())
+        bad = here = not bool(finite.all())  # the one wait
+        if trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return
+        if not here:  # another rank's loss
+            raise NonFiniteLossError(
+                f"non-finite training loss on another rank within global steps "
+                f"{pending[0][1][1]}-{pending[-1][1][1]}; training stopped before any checkpoint "
+                "held its update. Checkpoints written before it are intact (check the data, the "
+                "pretrained vectors and the learning rate)"
+            )
+        first = finite.tolist().index(False)
+        loss, (epoch, step, batch) = pending[first]
+        raise NonFiniteLossError(
+            f"non-finite training loss ({_describe(loss)}) at epoch {epoch}, global step {step} "
+            f"(batch {batch} of the epoch), read {len(pending) - 1 - first} step(s) later "
+            f"(nan_check_every={self.every or self.DEFERRED}); training stopped before any "
+            "checkpoint held its update. Checkpoints written before it are intact (check the "
+            "data, the pretrained vectors and the learning rate)"
         )
 
 

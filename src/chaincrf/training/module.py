@@ -23,7 +23,7 @@ from chaincrf.network.config import TaggerConfig, as_plain
 from chaincrf.predict.outputs import TaggedSentence
 from chaincrf.predict.serving import ServingMixin
 from chaincrf.training import schedule
-from chaincrf.training.callbacks import check_loss
+from chaincrf.training.callbacks import LossCheck
 from chaincrf.training.metrics import StageMetrics
 
 __all__ = ["SequenceTagger"]
@@ -60,6 +60,9 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
             read once at the end of a run).
         step_loss: the last training step's loss (a tensor on the device; the progress bar
             reads it at most once a second; None before training).
+        loss_check: the :class:`~chaincrf.training.callbacks.LossCheck` that stops training at
+            the first non-finite loss (``LossCheck(every)`` to read the losses every ``every``
+            steps; by default each step's on the CPU, every 50 steps' on an accelerator).
         trained_precision: the precision it was trained in (Lightning's name, stored in its
             checkpoints; None for a model file that predates it): ``chaincrf-eval`` evaluates
             in it, so that it reproduces the figures the run reported.
@@ -92,6 +95,7 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
         self.confusion: dict[str, Tensor] = {}
         self.trained_tokens: Tensor | int = 0  # a device tensor once training has stepped
         self.step_loss: Tensor | None = None
+        self.loss_check = LossCheck()
         self.trained_precision: str | None = None
         self._compile: tuple[str | None] | None = None  # (mode,) after compile_training()
         self._compiled_loss: Any = None  # built at the first step (not pickled: ddp_spawn)
@@ -116,9 +120,9 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
         state["_compiled_loss"] = None  # rebuilt where it runs
         return state
 
-    def _step_loss(self, tensors: dict[str, Tensor]) -> Tensor:
+    def _step_loss(self, tensors: dict[str, Tensor], validate: bool) -> Tensor:
         if self._compile is None:
-            return self._network_loss(tensors)
+            return self._network_loss(tensors, validate)
         if self._compiled_loss is None:
             unchecked = functools.partial(self._network_loss, validate=False)
             self._compiled_loss = torch.compile(unchecked, mode=self._compile[0])
@@ -168,8 +172,12 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
         tensors = {k: v for k, v in batch.items() if isinstance(v, Tensor) and k != "index"}
         if getattr(self.model.encoder, "needs_tokens", False):
             tensors["tokens"] = batch["tokens"]
+        # The CRF's input checks read a flag on the host (a synchronisation on a GPU): off where
+        # the loss check reads the losses only every few steps, which then catches a NaN score
+        # (it makes a NaN loss). The tags come from the vocabularies, in range.
+        validate = self.loss_check.steps_between_reads(mask.device) == 1
         try:
-            loss = self._step_loss(tensors)
+            loss = self._step_loss(tensors, validate)
         except NonFiniteInputError:
             # NaN/inf scores make a non-finite loss: on_before_backward stops the run, naming
             # the step, on every rank at once.
@@ -186,9 +194,22 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
         return loss
 
     def on_before_backward(self, loss: Tensor) -> None:
-        """Stop at the first NaN or infinite training loss, before it changes any weight."""
+        """Stop at the first NaN or infinite training loss (:attr:`loss_check`)."""
         if self._trainer is not None:
-            check_loss(self._trainer, loss)
+            self.loss_check.step(self._trainer, loss)
+
+    def _read_losses(self) -> None:
+        if self._trainer is not None:
+            self.loss_check.flush(self._trainer)
+
+    def on_train_epoch_end(self) -> None:
+        self._read_losses()
+
+    def on_validation_start(self) -> None:
+        self._read_losses()  # a NaN step's weights are not evaluated
+
+    def on_train_end(self) -> None:
+        self._read_losses()
 
     def _eval_step(self, batch: Mapping[str, Any], stage: str) -> None:
         mask, gold = batch["mask"], batch["tags"]
@@ -240,6 +261,7 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
         return schedule.configure_optimizers(self.model, self.config, self._trainer)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._read_losses()  # no checkpoint holds a NaN step's update
         # the plateau scheduler's resume value is ReplayPlateauStep's (chaincrf.training.callbacks)
         if self._trainer is not None:
             self.trained_precision = str(self._trainer.precision)
