@@ -270,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     from chaincrf.data import TaggingDataModule
     from chaincrf.data.batching import BucketBatchSampler, collate
     from chaincrf.tagger import SequenceTagger
+    from chaincrf.training.callbacks import LossCheck
 
     datamodule = TaggingDataModule(
         root=str(root),
@@ -343,9 +344,13 @@ def main(argv: list[str] | None = None) -> int:
         nn.utils.clip_grad_norm_(baseline.parameters(), 5.0)
         baseline_opt.step()
 
+    # as the tagger's training step: the CRF's input check (a host read) only where the
+    # non-finite loss check reads every step's loss (the CPU); on a GPU both are deferred
+    validate = LossCheck().steps_between_reads(device) == 1
+
     def network_loss(tensors):
         em = tagger.model.emissions(tensors)
-        return tagger.model.loss(em, tensors["tags"], tensors["mask"])
+        return tagger.model.loss(em, tensors["tags"], tensors["mask"], validate=validate)
 
     if args.compile:  # as compile=true does (SequenceTagger.compile_training)
         mode = None if args.compile == "default" else args.compile

@@ -87,3 +87,40 @@ def test_the_own_data_recipes_train_on_column_files(recipe, tmp_path):
     assert 0.0 <= metrics["test/score"] <= 1.0
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 8
+
+
+def test_batch_scale_trains_the_recipe_in_fewer_larger_steps(tmp_path, caplog):
+    """batch_scale=2: batches of 16 instead of 8 (41 sentences: 3 batches per epoch), the
+    learning rate times the square root of 2, the step budgets halved (rounded up); the run's
+    config.yaml holds the values trained with, and batch_scale 1."""
+    from omegaconf import OmegaConf
+
+    budget = ["budget.steps=8", "budget.eval_every=3", "batch_scale=2"]
+    cfg = compose_config([*RUN, *budget, f"run_dir={tmp_path}", "trainer.max_epochs=5"])
+    with caplog.at_level("INFO", logger="chaincrf.train"):
+        train(cfg)
+    assert "batch_scale=2: data.batch_size 8 -> 16, optimizer.lr 0.001 -> 0.001414" in caplog.text
+    assert evaluated_steps(tmp_path)[:2] == [2, 4]  # eval_every 3 -> 2
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 4  # steps 8 -> 4
+    assert last["hyper_parameters"]["optimizer"]["lr"] == pytest.approx(0.001 * 2**0.5)
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    assert (saved.batch_scale, saved.data.batch_size, saved.budget.steps) == (1, 16, 4)
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "1.5", "true"])
+def test_a_bad_batch_scale_is_named(value, tmp_path):
+    cfg = compose_config([*RUN, f"run_dir={tmp_path}", f"batch_scale={value}"])
+    with pytest.raises(ValueError, match=r"^batch_scale must be a positive integer; got"):
+        train(cfg)
+
+
+def test_the_gpu_trainer_scales_a_recipes_batch_by_8():
+    from chaincrf.cli.train import apply_batch_scale
+
+    cfg = compose_config(["experiment=conll2003_ner_glove", "trainer=gpu"])
+    assert apply_batch_scale(cfg) is not None
+    assert (cfg.data.batch_size, cfg.budget.min_steps, cfg.budget.min_eval_every) == (256, 750, 55)
+    assert cfg.optimizer.lr == pytest.approx(0.001 * 8**0.5)
+    assert cfg.data.eval_batch_size == 1024 and cfg.batch_scale == 1
+    assert apply_batch_scale(cfg) is None  # once only

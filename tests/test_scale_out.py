@@ -394,7 +394,7 @@ def test_a_training_step_on_the_gpu_waits_for_nothing(tmp_path):
     NoHostSync.checked = 0
     cfg = compose_config([*TINY_RUN, f"run_dir={tmp_path}", "trainer=gpu", "trainer.max_epochs=2",
                           "trainer.enable_progress_bar=false", "test=false", "report=false",
-                          "nan_check_every=100000",
+                          "nan_check_every=100000", "batch_scale=1",
                           "+callbacks.nosync._target_=fault_injection.NoHostSync"])  # fmt: skip
     train(cfg)
     assert NoHostSync.checked >= 5  # 4 steps an epoch

@@ -150,6 +150,46 @@ def budget_arguments(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
     return arguments
 
 
+def apply_batch_scale(cfg: DictConfig) -> str | None:
+    """Scale the recipe's batch by ``cfg.batch_scale`` (``trainer=gpu`` sets it), in place.
+
+    ``batch_scale=N`` trains with N times the recipe's batch (``data.batch_size``, or
+    ``data.max_tokens``), the learning rate times the square root of N (the square-root rule
+    for Adam-type optimisers: the same noise per example seen; ``benchmarks/train_gpu.md``
+    measures it on CoNLL-2003) and the step budgets (``budget.*``) divided by N, so that the
+    run sees as many sentences as the recipe. The key is then set to 1, so that the run's
+    ``config.yaml`` holds the values trained with and reads back the same.
+
+    Returns:
+        The line to log, or None when nothing was scaled (``batch_scale`` 1 or absent).
+
+    Raises:
+        ValueError: ``batch_scale`` is not a positive integer.
+    """
+    scale = cfg.get("batch_scale", 1)
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"batch_scale must be a positive integer; got {scale!r}")
+    if scale == 1:
+        return None
+    data, parts = cfg.data, []
+    for key in ("batch_size", "max_tokens"):
+        if data.get(key) is not None:
+            parts.append(f"data.{key} {data[key]} -> {data[key] * scale}")
+            data[key] = data[key] * scale
+    lr = OmegaConf.select(cfg, "optimizer.lr", default=None)
+    if lr is not None:
+        cfg.optimizer.lr = float(lr) * scale**0.5
+        parts.append(f"optimizer.lr {lr:g} -> {cfg.optimizer.lr:.4g}")
+    budget = cfg.get("budget") or {}
+    for key in ("steps", "eval_every", "min_steps", "min_eval_every"):
+        steps = budget.get(key)
+        if isinstance(steps, int) and not isinstance(steps, bool):
+            cfg.budget[key] = -(-steps // scale)
+            parts.append(f"budget.{key} {steps} -> {cfg.budget[key]}")
+    cfg.batch_scale = 1
+    return f"batch_scale={scale}: " + ", ".join(parts)
+
+
 def check_config(cfg: DictConfig) -> None:
     """Fail early, naming the key, for a config that cannot train."""
     for key, group in _REQUIRED_GROUPS.items():
@@ -179,6 +219,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ``best_model_path`` is logged.
     """
     check_config(cfg)
+    scaled = apply_batch_scale(cfg)
     started = time.perf_counter()
     run_dir = Path(cfg.run_dir).resolve()
     absolute_data_paths(cfg.data, start_folder())
@@ -195,6 +236,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 logging.getLogger().removeHandler(handler)
     with guarded(run_dir) if writer else contextlib.nullcontext():
         log.info("run directory: %s", run_dir)
+        if scaled:
+            log.info("%s", scaled)
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
         if cfg.get("seed") is not None:
