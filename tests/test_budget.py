@@ -99,7 +99,10 @@ def test_batch_scale_trains_the_recipe_in_fewer_larger_steps(tmp_path, caplog):
     cfg = compose_config([*RUN, *budget, f"run_dir={tmp_path}", "trainer.max_epochs=5"])
     with caplog.at_level("INFO", logger="chaincrf.train"):
         train(cfg)
-    assert "batch_scale=2: data.batch_size 8 -> 16, optimizer.lr 0.001 -> 0.001414" in caplog.text
+    assert (
+        "batch_scale=2, epoch_scale=1: data.batch_size 8 -> 16, optimizer.lr 0.001 -> 0.001414"
+        in caplog.text
+    )
     assert evaluated_steps(tmp_path)[:2] == [2, 4]  # eval_every 3 -> 2
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 4  # steps 8 -> 4
@@ -108,10 +111,11 @@ def test_batch_scale_trains_the_recipe_in_fewer_larger_steps(tmp_path, caplog):
     assert (saved.batch_scale, saved.data.batch_size, saved.budget.steps) == (1, 16, 4)
 
 
+@pytest.mark.parametrize("key", ["batch_scale", "epoch_scale"])
 @pytest.mark.parametrize("value", ["0", "-2", "1.5", "true"])
-def test_a_bad_batch_scale_is_named(value, tmp_path):
-    cfg = compose_config([*RUN, f"run_dir={tmp_path}", f"batch_scale={value}"])
-    with pytest.raises(ValueError, match=r"^batch_scale must be a positive integer; got"):
+def test_a_bad_batch_or_epoch_scale_is_named(key, value, tmp_path):
+    cfg = compose_config([*RUN, f"run_dir={tmp_path}", f"{key}={value}"])
+    with pytest.raises(ValueError, match=rf"^{key} must be a positive integer; got"):
         train(cfg)
 
 
@@ -122,5 +126,6 @@ def test_the_gpu_trainer_scales_a_recipes_batch_by_8():
     assert apply_batch_scale(cfg) is not None
     assert (cfg.data.batch_size, cfg.budget.min_steps, cfg.budget.min_eval_every) == (256, 750, 55)
     assert cfg.optimizer.lr == pytest.approx(0.001 * 8**0.5)
-    assert cfg.data.eval_batch_size == 1024 and cfg.batch_scale == 1
+    assert cfg.data.eval_batch_size == 1024 and cfg.batch_scale == cfg.epoch_scale == 1
+    assert cfg.trainer.max_epochs == 60  # the recipe's 30, times epoch_scale 2
     assert apply_batch_scale(cfg) is None  # once only

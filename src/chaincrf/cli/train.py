@@ -151,27 +151,37 @@ def budget_arguments(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
 
 
 def apply_batch_scale(cfg: DictConfig) -> str | None:
-    """Scale the recipe's batch by ``cfg.batch_scale`` (``trainer=gpu`` sets it), in place.
+    """Scale the recipe's batch by ``cfg.batch_scale`` and its epochs by ``cfg.epoch_scale``
+    (``trainer=gpu`` sets both), in place.
 
     ``batch_scale=N`` trains with N times the recipe's batch (``data.batch_size``, or
     ``data.max_tokens``), the learning rate times the square root of N (the square-root rule
     for Adam-type optimisers: the same noise per example seen; ``benchmarks/train_gpu.md``
     measures it on CoNLL-2003) and the step budgets (``budget.*``) divided by N, so that the
-    run sees as many sentences as the recipe. The key is then set to 1, so that the run's
+    run sees as many sentences per epoch as the recipe. ``cfg.epoch_scale`` multiplies
+    ``trainer.max_epochs`` (fewer, larger steps learn less per epoch; early stopping still ends
+    a run when the dev score stops rising). Both keys are then set to 1, so that the run's
     ``config.yaml`` holds the values trained with and reads back the same.
 
     Returns:
         The line to log, or None when nothing was scaled (``batch_scale`` 1 or absent).
 
     Raises:
-        ValueError: ``batch_scale`` is not a positive integer.
+        ValueError: ``batch_scale`` or ``epoch_scale`` is not a positive integer.
     """
-    scale = cfg.get("batch_scale", 1)
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"batch_scale must be a positive integer; got {scale!r}")
+    scale, epochs = cfg.get("batch_scale", 1), cfg.get("epoch_scale", 1)
+    for key, value in (("batch_scale", scale), ("epoch_scale", epochs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive integer; got {value!r}")
+    parts = []
+    max_epochs = cfg.trainer.get("max_epochs")
+    if epochs != 1 and isinstance(max_epochs, int) and max_epochs > 0:
+        cfg.trainer.max_epochs = max_epochs * epochs
+        parts.append(f"trainer.max_epochs {max_epochs} -> {cfg.trainer.max_epochs}")
+    cfg.epoch_scale = 1
     if scale == 1:
-        return None
-    data, parts = cfg.data, []
+        return f"epoch_scale={epochs}: " + ", ".join(parts) if parts else None
+    data = cfg.data
     for key in ("batch_size", "max_tokens"):
         if data.get(key) is not None:
             parts.append(f"data.{key} {data[key]} -> {data[key] * scale}")
@@ -187,7 +197,7 @@ def apply_batch_scale(cfg: DictConfig) -> str | None:
             cfg.budget[key] = -(-steps // scale)
             parts.append(f"budget.{key} {steps} -> {cfg.budget[key]}")
     cfg.batch_scale = 1
-    return f"batch_scale={scale}: " + ", ".join(parts)
+    return f"batch_scale={scale}, epoch_scale={epochs}: " + ", ".join(parts)
 
 
 def check_config(cfg: DictConfig) -> None:
