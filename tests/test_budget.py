@@ -120,7 +120,7 @@ def test_a_bad_batch_or_epoch_scale_is_named(key, value, tmp_path):
 
 
 def test_the_gpu_trainer_scales_a_recipes_batch_by_8():
-    from chaincrf.cli.train import apply_batch_scale
+    from chaincrf.cli.budget import apply_batch_scale
 
     cfg = compose_config(["experiment=conll2003_ner_glove", "trainer=gpu"])
     assert apply_batch_scale(cfg) is not None
