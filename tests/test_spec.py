@@ -203,6 +203,8 @@ def test_each_cli_reads_its_config_keys_and_no_other(module, config):
         common = (Path(chaincrf.cli.__file__).parent / "common.py").read_text()
         # its allow_targets(cfg) counts for the commands that call it (below)
         source += re.sub(r"def allow_targets\(.*?\n\n\n", "", common, flags=re.S)
+    if module == "train":  # the run's length and step size: cli/budget.py
+        source += (Path(chaincrf.cli.__file__).parent / "budget.py").read_text()
     if "run_cli(" in source:  # every command's run_cli reads cfg.verbose (cli/common.py)
         common = (Path(chaincrf.cli.__file__).parent / "common.py").read_text()
         source += re.search(r"def run_cli\(.*?\n\n\n", common, flags=re.S).group(0)
