@@ -302,6 +302,12 @@ class NonFiniteLossError(FloatingPointError):
     """Training met a NaN or infinite loss; nothing was updated from it."""
 
 
+_INTACT = (
+    "Checkpoints written before it are intact (check the data, the pretrained vectors and the "
+    "learning rate)"
+)
+
+
 def check_loss(trainer: pl.Trainer, loss: Tensor) -> None:
     """Raise :class:`NonFiniteLossError` when the training loss is NaN or infinite.
 
@@ -318,9 +324,7 @@ def check_loss(trainer: pl.Trainer, loss: Tensor) -> None:
         raise NonFiniteLossError(
             f"non-finite training loss ({_describe(loss)}) at epoch {trainer.current_epoch}, "
             f"global step {trainer.global_step} (batch {_batch_index(trainer)} of the epoch); "
-            "training stopped before this step changed any weight. Checkpoints written "
-            "before it are intact (check the data, the pretrained vectors and the learning "
-            "rate)"
+            f"training stopped before this step changed any weight. {_INTACT}"
         )
 
 
@@ -389,17 +393,15 @@ class LossCheck:
             raise NonFiniteLossError(
                 f"non-finite training loss on another rank within global steps "
                 f"{pending[0][1][1]}-{pending[-1][1][1]}; training stopped before any checkpoint "
-                "held its update. Checkpoints written before it are intact (check the data, the "
-                "pretrained vectors and the learning rate)"
+                f"held its update. {_INTACT}"
             )
         first = finite.tolist().index(False)
         loss, (epoch, step, batch) = pending[first]
         raise NonFiniteLossError(
             f"non-finite training loss ({_describe(loss)}) at epoch {epoch}, global step {step} "
             f"(batch {batch} of the epoch), read {len(pending) - 1 - first} step(s) later "
-            f"(nan_check_every={self.every or self.DEFERRED}); training stopped before any "
-            "checkpoint held its update. Checkpoints written before it are intact (check the "
-            "data, the pretrained vectors and the learning rate)"
+            f"(nan_check_every={self.steps_between_reads(loss.device)}); training stopped "
+            f"before any checkpoint held its update. {_INTACT}"
         )
 
 
