@@ -92,7 +92,8 @@ def test_the_own_data_recipes_train_on_column_files(recipe, tmp_path):
 def test_batch_scale_trains_the_recipe_in_fewer_larger_steps(tmp_path, caplog):
     """batch_scale=2: batches of 16 instead of 8 (41 sentences: 3 batches per epoch), the
     learning rate times the square root of 2, the step budgets halved (rounded up); the run's
-    config.yaml holds the values trained with, and batch_scale 1."""
+    config.yaml holds the values trained with, and batch_scale 1. The word table keeps the
+    recipe's learning rate."""
     from omegaconf import OmegaConf
 
     budget = ["budget.steps=8", "budget.eval_every=3", "batch_scale=2"]
@@ -107,8 +108,12 @@ def test_batch_scale_trains_the_recipe_in_fewer_larger_steps(tmp_path, caplog):
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 4  # steps 8 -> 4
     assert last["hyper_parameters"]["optimizer"]["lr"] == pytest.approx(0.001 * 2**0.5)
+    # the word table keeps the recipe's learning rate: its group steps 1/sqrt(2) of the rest's
+    rest, words = last["optimizer_states"][0]["param_groups"]
+    assert words["lr"] / rest["lr"] == pytest.approx(2**-0.5)
     saved = OmegaConf.load(tmp_path / "config.yaml")
     assert (saved.batch_scale, saved.data.batch_size, saved.budget.steps) == (1, 16, 4)
+    assert saved.model.word_lr_scale == pytest.approx(2**-0.5)
 
 
 @pytest.mark.parametrize("key", ["batch_scale", "epoch_scale"])
@@ -126,6 +131,7 @@ def test_the_gpu_trainer_scales_a_recipes_batch_by_8():
     assert apply_batch_scale(cfg) is not None
     assert (cfg.data.batch_size, cfg.budget.min_steps, cfg.budget.min_eval_every) == (256, 750, 55)
     assert cfg.optimizer.lr == pytest.approx(0.001 * 8**0.5)
+    assert cfg.optimizer.lr * cfg.model.word_lr_scale == pytest.approx(0.001)  # the word table's
     assert cfg.data.eval_batch_size == 1024 and cfg.batch_scale == cfg.epoch_scale == 1
     assert cfg.trainer.max_epochs == 60  # the recipe's 30, times epoch_scale 2
     assert apply_batch_scale(cfg) is None  # once only
