@@ -29,6 +29,12 @@ Every section writes its rows to one JSON report (``--json``) and prints a Markd
   (results and time), and pytorch-crf under ``torch.compile(mode="reduce-overhead")``.
 * ``graph``: a whole training step (embedding, linear, CRF NLL, backward, Adam) captured in a
   CUDA graph and replayed equals eager.
+* ``host`` (CPU only, not in the default list): the host's time per NLL + backward of the
+  Triton path with its launches replaced by no-ops (``TRITON_INTERPRET=1``; the forward
+  stub zeroes ``aux``, the flags a validated call reads), against a bare autograd step
+  ``(e * 2).sum().backward()`` in the same run, and the tensor operations each call
+  dispatches besides the kernels (each one a launch on a GPU): what chaincrf's own Python
+  costs a small batch, measurable without a GPU. Triton's own launch cost is not in it.
 
 Usage: ``python scripts/bench_crf_gpu.py --json out.json`` (about 3 minutes on one H200).
 """
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -508,6 +515,66 @@ def section_graph(args, report: dict) -> None:
     report["graph"] = row
 
 
+def section_host(args, report: dict) -> None:
+    if DEVICE != "cpu" or os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("the host section runs on the CPU under TRITON_INTERPRET=1")
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from chaincrf.crf.kernels.triton import launch
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func.overloadpacket.__name__))
+            return func(*args, **(kwargs or {}))
+
+    def no_op(grid):
+        def launch_(*a, **kw):
+            if kw.get("CHECK"):  # the flags a validated call reads: none found
+                a[7].zero_()
+
+        return launch_
+
+    kernels = ("_forward_kernel", "_backward_kernel", "_dot_forward_kernel", "_dot_backward_kernel")
+    saved = {name: getattr(launch, name) for name in kernels}
+    for name in kernels:
+        setattr(launch, name, type("Stub", (), {"__getitem__": staticmethod(no_op)})())
+    rows = []
+    try:
+        for B, T, K in ((1, 32, 9), (1, 32, 50), (32, 32, 9)):
+            em, tags, mask, _ = inputs(B, T, K, seed=5)
+            crf = make_crf(K, seed=5, kernel="triton")
+            leaf = em.detach().requires_grad_(True)
+
+            def bare():
+                e = leaf.detach().requires_grad_(True)
+                (e * 2).sum().backward()
+
+            runs = {"bare": bare}
+            for validate in (False, True):
+                runs[f"chaincrf validate={validate}"] = chaincrf_nll(crf, em, tags, mask, validate)
+            times = side_by_side(runs, budget=args.host_budget)
+            counted = {}
+            for name, run in runs.items():
+                run()
+                with Ops() as ops:
+                    run()
+                counted[name] = ops.names
+            for name in runs:
+                row = {"B": B, "T": T, "K": K, "run": name, "host_us": times[name] * 1e6,
+                       "x_bare": times[name] / times["bare"], "ops": len(counted[name]),
+                       "op_names": counted[name]}  # fmt: skip
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "op_names"}), flush=True)
+    finally:
+        for name, kernel in saved.items():
+            setattr(launch, name, kernel)
+    report["host"] = rows
+
+
 SECTIONS = {
     "grid": section_grid,
     "long": section_long,
@@ -515,12 +582,17 @@ SECTIONS = {
     "launches": section_launches,
     "compile": section_compile,
     "graph": section_graph,
+    "host": section_host,
 }
+DEFAULT_SECTIONS = ["grid", "long", "scan", "launches", "compile", "graph"]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    p.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=DEFAULT_SECTIONS)
+    p.add_argument(
+        "--host-budget", type=float, default=1.0, help="host: seconds per entry and cell"
+    )
     p.add_argument("--batch", type=int, nargs="+", default=[1, 32, 128, 512])
     p.add_argument("--length", type=int, nargs="+", default=[32, 128, 512])
     p.add_argument("--tags", type=int, nargs="+", default=[9, 50])

@@ -135,7 +135,8 @@ def _cases(batches: list[int], tags: list[int], length: int, dtypes: list[torch.
 
 def _operations(B: int, T: int, K: int, dtype: torch.dtype):
     """(operation, function) for one shape and dtype: the training passes (atomic and
-    deterministic), the log-partition's, a likelihood without gradient, and decoding."""
+    deterministic), the log-partition's, a likelihood without gradient, the likelihood and
+    log-partition validated, and decoding."""
     from chaincrf.crf.kernels import triton as kernel
 
     ops = kernel.operations()
@@ -146,8 +147,8 @@ def _operations(B: int, T: int, K: int, dtype: torch.dtype):
     scores = [torch.zeros(K, dtype=score_dtype), torch.zeros(K, K, dtype=score_dtype),
               torch.zeros(K, dtype=score_dtype)]  # fmt: skip
 
-    def nll(e, s):
-        return ops.negative_log_likelihood(e, mask, *s, tags=gold, validate=False)
+    def nll(e, s, validate=False):
+        return ops.negative_log_likelihood(e, mask, *s, tags=gold, validate=validate)
 
     def trained(loss_of, deterministic=False):
         def run():
@@ -165,6 +166,11 @@ def _operations(B: int, T: int, K: int, dtype: torch.dtype):
          trained(lambda e, s: ops.log_partition(e, mask, *s, validate=False))),
         ("log_likelihood no grad",
          lambda: ops.log_likelihood(em, mask, *scores, tags=gold, validate=False)),
+        # validate: the forward kernels' value checks (CHECK); the flags they would write
+        # stay unwritten here, so the eager checks may run after them and find nothing
+        ("nll validated", trained(lambda e, s: nll(e, s, validate=True))),
+        ("log_partition validated",
+         lambda: ops.log_partition(em, mask, *scores, validate=True)),
     ]  # fmt: skip
     if dtype in (torch.float32, torch.float64):  # decoding: the planner's dtypes
         runs.append(("viterbi", lambda: ops.viterbi(em, mask, *scores, validate=False)))

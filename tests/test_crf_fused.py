@@ -530,3 +530,40 @@ def test_log_likelihood_gradients_for_any_row_weights_match_eager(weighting, con
         grads.append((llh.detach(), em.grad, *(p.grad for p in crf.parameters())))
     for got, want in zip(grads[1], grads[0]):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("weighting", ["sum", "mean", "token_mean", "per_row"])
+@pytest.mark.parametrize("B", [1, 5])
+def test_the_negative_log_likelihood_carries_its_sign_and_sum_in_the_pass(weighting, B):
+    """A (negative) log-likelihood on the fused kernel computes its sign, and for a reduced
+    loss its sum, in the kernel's own call: a summed loss's autograd node is the kernel's (no
+    sum or negation node: host time per step); values and gradients equal the eager kernel's
+    for every reduction and both signs (per_row: rows weighted differently, the backward's
+    second pass)."""
+    K = len(BIOES)
+    emissions, mask, _lengths = batch(5, 12, K, 9)
+    emissions, mask = emissions[:B], mask[:B]
+    tags = torch.randint(0, K, (B, 12), generator=torch.Generator().manual_seed(9))
+    weights = torch.rand(B, generator=torch.Generator().manual_seed(3)).double() + 0.5
+    for negate in (True, False):
+        results = []
+        for kernel in ("eager", "fused"):
+            crf = make_crf(K, 9).double()
+            crf.kernel = kernel
+            em = emissions.clone().requires_grad_(True)
+            call = crf.nll if negate else crf
+            with plan.record() as ran:
+                if weighting == "per_row":
+                    loss = (call(em, tags, mask, reduction="none") * weights).sum()
+                else:
+                    loss = call(em, tags, mask, reduction=weighting)
+            assert ran == [("log_partition", kernel)]
+            loss.backward()
+            results.append(
+                (loss.grad_fn.name(), [loss, em.grad, *(p.grad for p in crf.parameters())])
+            )
+        (_, want), (node, got) = results
+        if weighting == "sum":
+            assert "Sum" not in node and "Neg" not in node, node
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-9)

@@ -231,6 +231,86 @@ def test_value_errors_are_the_eager_kernels(case):
         assert _message(lambda c=call: c(triton)) == _message(lambda c=call: c(eager))
 
 
+@pytest.mark.parametrize("K", [5, 17], ids=["log space", "exp space"])
+def test_validate_checks_the_values_in_the_forward_launch(device, K):
+    """With ``validate`` the likelihood and log-partition check the values in their forward
+    launch (per-row flags, read once): a clean call dispatches no value-check tensor operation
+    and one host read, and a NaN or +inf emission, a bad tag or a NaN score where it matters
+    gives the eager kernel's error; a masked one gives none (K = 17 with ``dot_min_tags=16``:
+    the exp-space forward)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from chaincrf.crf.tuning import triton_tuning
+
+    eager, triton = layers(K, 3, torch.float32, device, constrained=False)
+    emissions, tags, mask = batch(4, 5, K, 3, torch.float32, device)
+    tags = torch.where(mask, tags, K)  # out of range where masked: never read
+    emissions = torch.where(mask[..., None], emissions, float("nan"))  # likewise
+    ran = []
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ran.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with triton_tuning(dot_min_tags=16):
+        with Ops():
+            em = emissions.clone().requires_grad_(True)
+            triton.nll(em, tags, mask).backward()
+            triton.log_partition(emissions, mask)
+        checks = {"isnan", "isinf", "isposinf", "cat", "lt", "ge", "eq"}
+        assert checks.isdisjoint(ran), sorted(checks.intersection(ran))
+        assert ran.count("_local_scalar_dense") == 2  # one read per validated call
+        torch.testing.assert_close(
+            triton.nll(emissions, tags, mask),
+            eager.nll(emissions, torch.where(mask, tags, 0), mask),
+            rtol=1e-4,
+            atol=1e-4,
+        )
+        bad_em = emissions.clone()
+        bad_em[3, 1, 2] = float("inf")
+        bad_tags = tags.clone()
+        bad_tags[0, 4] = -1
+        for call in (
+            lambda crf: crf.nll(bad_em, torch.where(mask, tags, 0), mask),
+            lambda crf: crf.log_partition(bad_em, mask),
+            lambda crf: crf.nll(emissions.nan_to_num(), bad_tags.clamp(max=K - 1), mask),
+        ):
+            assert _message(lambda c=call: c(triton)) == _message(lambda c=call: c(eager))
+        with torch.no_grad():
+            for crf in (triton, eager):
+                crf.transitions[2, 1] = float("nan")
+        clean = emissions.nan_to_num()
+        assert _message(lambda: triton.log_partition(clean, mask)) == _message(
+            lambda: eager.log_partition(clean, mask)
+        )
+
+
+@pytest.mark.parametrize("B", [1, 4])
+def test_a_reduced_loss_is_summed_in_the_call(device, B):
+    """A reduced (negative) log-likelihood on the Triton kernel is the call's own output: the
+    loss's autograd node is the kernel's (no sum or negation node, host time per step), and
+    its value and gradients are eager's for every reduction and both signs."""
+    eager, triton = layers(5, 2, torch.float64, device, constrained=False)
+    emissions, tags, mask = batch(4, 6, 5, 2, torch.float64, device)
+    emissions, tags, mask = emissions[:B], torch.where(mask, tags, 0)[:B], mask[:B]
+    for reduction in ("sum", "mean", "token_mean"):
+        for negate in (True, False):
+            results = []
+            for crf in (triton, eager):
+                crf.zero_grad()
+                em = emissions.clone().requires_grad_(True)
+                loss = (crf.nll if negate else crf)(em, tags, mask, reduction=reduction)
+                loss.backward()
+                grads = [em.grad, crf.start_transitions.grad, crf.transitions.grad]
+                results.append((loss.grad_fn.name(), [loss.detach(), *grads]))
+            (node, got), (_, want) = results
+            if reduction == "sum":
+                assert "Sum" not in node and "Neg" not in node, node
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w, **tolerances(torch.float64))
+
+
 def test_forbidden_gold_path_is_refused_under_validate_as_by_eager():
     eager, triton = layers(5, 2, torch.float64, "cpu", constrained=True)
     emissions, _tags, mask = batch(3, 4, 5, 2, torch.float64, "cpu")
@@ -286,9 +366,10 @@ def test_custom_ops_pass_opcheck():
     tags = tags.clamp(0, 2)
     eager_only = ("test_schema", "test_autograd_registration", "test_faketensor")
     for row_tags, scale in ((tags, -1.0), (None, 1.0)):
-        torch.library.opcheck(
-            ops.triton_forward, (em, row_tags, mask8, *scores, scale, True, False)
-        )
+        for check in (False, True):  # with check, the value flags: a fourth row of aux
+            torch.library.opcheck(
+                ops.triton_forward, (em, row_tags, mask8, *scores, scale, True, False, check)
+            )
         # the accumulator (its backward adds into a buffer the forward zeroed) is for eager
         # calls only: a traced call never asks for it (AOTAutograd cannot save a buffer that
         # the backward mutates)

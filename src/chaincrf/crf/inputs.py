@@ -50,16 +50,16 @@ def emissions_and_mask(
 ) -> tuple[Tensor, Tensor]:
     """Checks shapes and dtypes; returns batch-first float emissions (B, T, K) (half
     precision upcast to float32 unless ``keep_half``) and a bool mask (B, T)."""
-    layout = _layout(batch_first, f", {num_tags}")
     if not isinstance(emissions, Tensor):
         raise ValueError(f"emissions must be a torch.Tensor; got {type(emissions).__name__}")
     if emissions.dim() != 3:
         raise ValueError(
-            f"emissions must have 3 dimensions {layout}; got shape {tuple(emissions.shape)}"
+            f"emissions must have 3 dimensions {_layout(batch_first, f', {num_tags}')}; "
+            f"got shape {tuple(emissions.shape)}"
         )
     if emissions.size(2) != num_tags:
         raise ValueError(
-            f"emissions must have shape {layout}: last dimension "
+            f"emissions must have shape {_layout(batch_first, f', {num_tags}')}: last dimension "
             f"{num_tags} (num_tags); got {tuple(emissions.shape)}"
         )
     if not emissions.is_floating_point():

@@ -371,23 +371,29 @@ class CRF(nn.Module):
         em = self._for_kernel(kernel, em)
         scores = self._scores(inputs.compute_dtype(em.dtype))
         constrained = self.has_constraints
-        if (
-            reduction != "none"
-            and "log_likelihood_sum" in kernel.OPERATIONS
-            and tracing.is_compiling()
-        ):
-            # compiled: a reduced loss weighs every row the same, so the kernel may return
-            # the sum with its gradient from one pass (the backward only scales it)
+        summed = self._summed(kernel, negate) if reduction != "none" else None
+        if summed is not None:
+            # a reduced loss weighs every row the same, so the kernel may return the sum (with
+            # its gradient from one pass, compiled; with no reduction node for autograd, eager)
             args = (em, mask_bt, scores, tags_bt, 1, constrained, validate)
-            total = inputs.reduce_total(
-                gaps.run(kernel, "log_likelihood_sum", *args), mask_bt, reduction
-            )
-            return -total if negate else total
+            total = inputs.reduce_total(gaps.run(kernel, summed, *args), mask_bt, reduction)
+            return -total if negate and summed == "log_likelihood_sum" else total
         fused_sign = negate and "negative_log_likelihood" in kernel.OPERATIONS
         operation = "negative_log_likelihood" if fused_sign else "log_likelihood"
         llh = gaps.run(kernel, operation, em, mask_bt, scores, tags_bt, 1, constrained, validate)
         llh = inputs.reduce(llh, mask_bt, reduction)
         return -llh if negate and not fused_sign else llh
+
+    @staticmethod
+    def _summed(kernel: ModuleType, negate: bool) -> str | None:
+        """The kernel's operation for a reduced (negative) log-likelihood, where it sums the
+        rows itself: under torch.compile, or eagerly with ``EAGER_SUMS``; None: the rows'."""
+        operations = kernel.OPERATIONS
+        if not (getattr(kernel, "EAGER_SUMS", False) or tracing.is_compiling()):
+            return None
+        if negate and "negative_log_likelihood_sum" in operations:
+            return "negative_log_likelihood_sum"
+        return "log_likelihood_sum" if "log_likelihood_sum" in operations else None
 
     def _scores(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
         return self.effective_scores(dtype)
@@ -396,16 +402,13 @@ class CRF(nn.Module):
         """The scores every computation of this layer uses: start (num_tags,), transitions
         (num_tags, num_tags) indexed ``[from, to]`` and end (num_tags,), in ``dtype`` (default:
         the parameters'), ``-inf`` where the constraints forbid; differentiable."""
-        return scores.effective_scores(
-            self.start_transitions,
-            self.transitions,
-            self.end_transitions,
-            self.start_allowed,
-            self.transitions_allowed,
-            self.end_allowed,
-            self.has_constraints,
-            self.transitions.dtype if dtype is None else dtype,
-        )
+        trans = self.transitions
+        start, end = self.start_transitions, self.end_transitions
+        dtype = trans.dtype if dtype is None else dtype
+        if not self.has_constraints:  # the masks unread: each module attribute costs host time
+            return scores.effective_scores(start, trans, end, None, None, None, False, dtype)
+        allowed = (self.start_allowed, self.transitions_allowed, self.end_allowed)
+        return scores.effective_scores(start, trans, end, *allowed, True, dtype)
 
     @staticmethod
     def _check_reduction(reduction: str) -> None:

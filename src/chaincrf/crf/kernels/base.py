@@ -20,6 +20,9 @@ A kernel is one package, ``chaincrf/crf/kernels/<name>/`` (or any importable pac
 - optionally ``HALF_EMISSIONS = True``: its likelihoods and log-partition take float16 and
   bfloat16 emissions as they are (computing in float32, the emissions' gradient in their
   dtype); other kernels get them upcast to float32 by the layer;
+- optionally ``EAGER_SUMS = True``: the layer asks for ``log_likelihood_sum`` /
+  ``negative_log_likelihood_sum`` for a reduced loss in eager calls too (by default only under
+  torch.compile), because summing in the kernel's call saves autograd a node;
 - optionally ``RULES``: rows for the planner's table (:class:`Rule`), for a kernel that lives
   outside chaincrf; chaincrf's own rows are in :data:`chaincrf.crf.plan.TABLE`.
 
@@ -37,8 +40,9 @@ operation uses the arguments it needs:
 
 - ``log_likelihood`` -> float (B,), gold-path score minus log Z (``negative_log_likelihood``,
   optional, its negative in one pass; ``log_likelihood_sum``, optional, their sum (0-d), which
-  the layer asks for a reduced loss under torch.compile: a kernel may compute it with its
-  gradient in one pass, since every row weighs the same);
+  the layer asks for a reduced loss under torch.compile (and with ``EAGER_SUMS``, eagerly): a
+  kernel may compute it with its gradient in one pass, since every row weighs the same;
+  ``negative_log_likelihood_sum``, optional, its negative, preferred for a reduced NLL);
 - ``log_partition`` -> float (B,), 0 for an empty row;
 - ``viterbi`` -> long paths (B, k, T), -1 past each length, and float scores (B, k);
 - ``decode`` -> a list of B lists of tags;
@@ -60,13 +64,14 @@ OPERATIONS = (
     "log_likelihood",
     "negative_log_likelihood",
     "log_likelihood_sum",
+    "negative_log_likelihood_sum",
     "log_partition",
     "viterbi",
     "decode",
     "marginals",
 )
-"""Every operation a kernel may offer (``negative_log_likelihood`` and ``log_likelihood_sum``
-are optional)."""
+"""Every operation a kernel may offer (``negative_log_likelihood``, ``log_likelihood_sum`` and
+``negative_log_likelihood_sum`` are optional)."""
 
 
 @dataclass(frozen=True)

@@ -78,15 +78,17 @@ def check_once(
     scores: tuple[Tensor, Tensor, Tensor],
     tags: Tensor | None = None,
     gold: Tensor | None = None,
+    found: Tensor | None = None,
 ) -> None:
     """The value checks of :func:`validate_values` with one read-back, for the kernels that
     must not synchronise with the host per check (Triton, tree): every check (scores,
     emissions, tags, and with ``gold``, the gold scores of a constrained layer, ``-inf`` where
     the path is forbidden) is one device reduction read once; only when it finds something
     does :func:`validate_values` run to name it (same errors, same order). Gaps are allowed.
-    Under torch.compile the check is an asynchronous device assertion (no host read inside a
-    graph)."""
-    bad = _invalid(em, mask, scores, tags)
+    ``found``: the kernel's own per-row flags of those values (nonzero: a rejected value in
+    the row), used instead of the tensor operations that look for them. Under torch.compile
+    the check is an asynchronous device assertion (no host read inside a graph)."""
+    bad = _invalid(em, mask, scores, tags) if found is None else (found != 0).any()
     forbidden = None if gold is None else torch.isneginf(gold)
     if forbidden is not None:
         bad = bad | forbidden.any()

@@ -18,8 +18,21 @@ GAPS = "detected"
 """The pass that counts each row's length finds gaps, with or without ``validate``, and raises
 ``MaskGapError``."""
 OPERATIONS = frozenset(
-    {"log_likelihood", "log_likelihood_sum", "log_partition", "viterbi", "decode", "marginals"}
+    {
+        "log_likelihood",
+        "negative_log_likelihood",
+        "log_likelihood_sum",
+        "negative_log_likelihood_sum",
+        "log_partition",
+        "viterbi",
+        "decode",
+        "marginals",
+    }
 )
+EAGER_SUMS = True
+"""A reduced loss takes the summed likelihoods in eager calls too: sum and sign are the
+autograd Function's own output (no reduction or negation node; a summed NLL's gradient is the
+pass's own, unscaled)."""
 
 
 def available() -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -52,9 +53,10 @@ class LogPartition(torch.autograd.Function):
 
 
 class LogLikelihood(torch.autograd.Function):
-    """The log-likelihood; when a gradient will be needed, the forward pass runs the
-    forward-backward kernel once and keeps the gradient of a unit output (one pass over the
-    rows instead of a forward and, later, a forward-backward)."""
+    """The log-likelihood times ``scale`` (-1: the negative log-likelihood, with no negation
+    node), per row or (``total``) summed (with no reduction node); when a gradient will be
+    needed, the forward pass runs the forward-backward kernel once and keeps the gradient of a
+    unit output (one pass over the rows instead of a forward and, later, a forward-backward)."""
 
     @staticmethod
     def forward(
@@ -67,36 +69,48 @@ class LogLikelihood(torch.autograd.Function):
         end: Tensor,
         constrained: bool,
         validate: bool,
+        scale: float = 1.0,
+        total: bool = False,
     ) -> Tensor:
+        dtype = _NUMPY_DTYPES[emissions.dtype]
         if not any(ctx.needs_input_grad):
-            return _log_likelihood_impl(
+            llh: Tensor = _log_likelihood_impl(
                 emissions, tags, mask, start, transitions, end, constrained, validate
             )[0]
+            llh = llh if scale == 1.0 else llh * scale
+            return llh.sum() if total else llh
         scores = (start, transitions, end)
         lengths, unit, log_z, gold = _likelihood_gradient_impl(
-            emissions, tags, mask, *scores, validate
+            emissions, tags, mask, *scores, validate, scale
         )
         if constrained:
             _check_gold(gold)
         ctx.save_for_backward(emissions, tags, lengths, start, transitions, end, *unit)
-        return torch.from_numpy((gold - log_z).astype(_NUMPY_DTYPES[emissions.dtype]))
+        ctx.scale = scale
+        rows = (gold - log_z) * scale
+        return torch.from_numpy(np.asarray(rows.sum() if total else rows, dtype=dtype))
 
     @staticmethod
     def backward(
         ctx: Any, grad: Tensor
-    ) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None]:
+    ) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None, None, None]:
         emissions, tags, lengths, start, transitions, end, *unit = ctx.saved_tensors
-        B = grad.shape[0]
-        # one weight for every row (a sum's gradient is expanded: stride 0): scale the sums;
-        # a weight of exactly 1 (a summed loss) leaves them as they are
-        if B and (B == 1 or grad.stride(0) == 0 or bool((grad == grad[0]).all())):
-            weight = float(grad[0])
-            if weight == 1.0:
-                return unit[0], None, None, *unit[1:], None, None
-            d_em, d_start, d_trans, d_end = (g * weight for g in unit)
+        # one weight for every row (a sum's gradient: a 0-d total's, or expanded: stride 0):
+        # scale the sums; a weight of exactly 1 (a summed loss) leaves them as they are
+        if grad.dim() == 0:
+            weight: float | None = float(grad)
         else:
-            grads = _forward_backward_impl(grad, emissions, tags, lengths, start, transitions, end)[
-                :4
-            ]
+            B = grad.shape[0]
+            one = B and (B == 1 or grad.stride(0) == 0 or bool((grad == grad[0]).all()))
+            weight = float(grad[0]) if one else None
+        if weight is not None:
+            if weight == 1.0:
+                return unit[0], None, None, *unit[1:], None, None, None, None
+            d_em, d_start, d_trans, d_end = (g * weight for g in unit)
+        else:  # the unit gradients were ``scale``'s: the rows' own weights times it
+            weights = grad if ctx.scale == 1.0 else grad * ctx.scale
+            grads = _forward_backward_impl(
+                weights, emissions, tags, lengths, start, transitions, end
+            )[:4]
             d_em, d_start, d_trans, d_end = grads
-        return d_em, None, None, d_start, d_trans, d_end, None, None
+        return d_em, None, None, d_start, d_trans, d_end, None, None, None, None

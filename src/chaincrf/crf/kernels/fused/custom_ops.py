@@ -124,15 +124,18 @@ def log_likelihood_masked(
     end: Tensor,
     constrained: bool,
     validate: bool,
+    scale: float = 1.0,
 ) -> Tensor:
-    """Gold score - log Z (B,); differentiable w.r.t. emissions and scores."""
+    """``scale`` times (gold score - log Z) (B,) (-1: the negative log-likelihood, in the
+    kernel's pass); differentiable w.r.t. emissions and scores."""
     args = (emissions, tags, mask, start, transitions, end, constrained, validate)
     if _is_compiling():
         llh: Tensor = _log_likelihood_op(*args)[0]  # a custom op's call is typed Any
-        return llh
+        return llh if scale == 1.0 else -llh if scale == -1.0 else llh * scale
     if not torch.is_grad_enabled():  # inside Function.forward needs_input_grad ignores no_grad
-        return _log_likelihood_impl(*args)[0]
-    llh = LogLikelihood.apply(*args)  # type: ignore[no-untyped-call]  # apply is unannotated
+        llh = _log_likelihood_impl(*args)[0]
+        return llh if scale == 1.0 else llh * scale
+    llh = LogLikelihood.apply(*args, scale, False)  # type: ignore[no-untyped-call]  # apply is unannotated
     return llh
 
 
@@ -145,18 +148,24 @@ def log_likelihood_sum_masked(
     end: Tensor,
     constrained: bool,
     validate: bool,
+    scale: float = 1.0,
 ) -> Tensor:
-    """The sum of the rows' gold score - log Z (0-d); differentiable w.r.t. emissions and
-    scores. Under torch.compile one custom op computes it and its gradient in one pass (the
-    backward only scales that gradient: no second pass over the rows, no second op call)."""
+    """``scale`` times the sum of the rows' gold score - log Z (0-d); differentiable w.r.t.
+    emissions and scores. Under torch.compile one custom op computes it and its gradient in
+    one pass (the backward only scales that gradient: no second pass over the rows, no second
+    op call); eagerly the sum and the scale are the autograd Function's own (no node of
+    their own)."""
     args = (emissions, tags, mask, start, transitions, end, constrained, validate)
     if _is_compiling():
         grad = torch.is_grad_enabled() and any(
             x.requires_grad for x in (emissions, start, transitions, end)
         )
         total: Tensor = _log_likelihood_sum_op(*args, grad)[0]  # a custom op's call is Any
-        return total
-    return log_likelihood_masked(*args).sum()
+        return total if scale == 1.0 else -total if scale == -1.0 else total * scale
+    if not torch.is_grad_enabled():
+        return log_likelihood_masked(*args, scale).sum()
+    total = LogLikelihood.apply(*args, scale, True)  # type: ignore[no-untyped-call]  # apply is unannotated
+    return total
 
 
 def viterbi_masked(

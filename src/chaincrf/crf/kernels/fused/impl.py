@@ -230,10 +230,13 @@ def _likelihood_gradient_impl(
     transitions: Tensor,
     end: Tensor,
     validate: bool,
+    weight: float = 1.0,
 ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor], np.ndarray, np.ndarray]:
     """The log-likelihood's pass with a gradient: the lengths and checks (see _lengths_impl),
-    then the forward-backward kernel with unit weights, on one conversion of the inputs.
-    Returns (lengths, unit gradients (emissions, start, transitions, end), log Z, gold)."""
+    then the forward-backward kernel with every row's weight ``weight`` (-1: the negative
+    log-likelihood's), on one conversion of the inputs. Returns (lengths, the gradients of
+    ``weight`` times the summed log-likelihood (emissions, start, transitions, end), log Z,
+    gold)."""
     em, tg, mk = _as_numpy(emissions), _as_numpy(tags), _as_numpy(mask)
     B = em.shape[0]
     lengths, problems = np.empty(B, np.int64), _problems(B)
@@ -242,7 +245,7 @@ def _likelihood_gradient_impl(
     if found:
         _raise_problems(problems, found, emissions, tags)
     d_em, d_start, d_trans, d_end, log_z, gold = _forward_backward_arrays(
-        emissions, em, tg, lengths, np.ones(B), scores
+        emissions, em, tg, lengths, np.full(B, weight), scores
     )
     return torch.from_numpy(lengths), (d_em, d_start, d_trans, d_end), log_z, gold
 

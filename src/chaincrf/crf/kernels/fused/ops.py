@@ -17,6 +17,8 @@ __all__ = [
     "log_likelihood_sum",
     "log_partition",
     "marginals",
+    "negative_log_likelihood",
+    "negative_log_likelihood_sum",
     "viterbi",
 ]
 
@@ -39,6 +41,24 @@ def log_likelihood(
     return ops.log_likelihood_masked(*args)
 
 
+def negative_log_likelihood(
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
+) -> Tensor:
+    """``-log_likelihood(...)`` from the same pass (no negation node, forward or backward)."""
+    if tags is None:
+        raise ValueError("negative_log_likelihood needs tags")
+    args = (em, tags.contiguous(), mask, start, trans, end, constrained, validate)
+    return ops.log_likelihood_masked(*args, -1.0)
+
+
 def log_likelihood_sum(
     em: Tensor,
     mask: Tensor,
@@ -50,12 +70,31 @@ def log_likelihood_sum(
     constrained: bool = False,
     validate: bool = True,
 ) -> Tensor:
-    """The sum over the rows of the gold-path score minus log Z (0-d): under torch.compile,
-    computed with its gradient in one pass (a reduced loss needs no per-row weights)."""
+    """The sum over the rows of the gold-path score minus log Z (0-d): computed with its
+    gradient in one pass (a reduced loss needs no per-row weights), and eagerly with no
+    reduction node for autograd (``EAGER_SUMS``)."""
     if tags is None:
         raise ValueError("log_likelihood_sum needs tags")
     args = (em, tags.contiguous(), mask, start, trans, end, constrained, validate)
     return ops.log_likelihood_sum_masked(*args)
+
+
+def negative_log_likelihood_sum(
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
+) -> Tensor:
+    """``-log_likelihood_sum(...)``: sign and sum in the same call, no node of their own."""
+    if tags is None:
+        raise ValueError("negative_log_likelihood_sum needs tags")
+    args = (em, tags.contiguous(), mask, start, trans, end, constrained, validate)
+    return ops.log_likelihood_sum_masked(*args, -1.0)
 
 
 def log_partition(

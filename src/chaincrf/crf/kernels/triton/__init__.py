@@ -21,8 +21,20 @@ HALF_EMISSIONS = True
 """The likelihoods and log-partition read float16/bfloat16 emissions as they are (computing in
 float32; the emissions' gradient is written in their dtype): no conversion pass."""
 OPERATIONS = frozenset(
-    {"log_likelihood", "negative_log_likelihood", "log_partition", "viterbi", "decode", "marginals"}
+    {
+        "log_likelihood",
+        "negative_log_likelihood",
+        "log_likelihood_sum",
+        "negative_log_likelihood_sum",
+        "log_partition",
+        "viterbi",
+        "decode",
+        "marginals",
+    }
 )
+EAGER_SUMS = True
+"""A reduced loss takes the summed likelihoods in eager calls too: the sum (and the sign) is
+the call's own output, so autograd runs no reduction (or negation) node; host time per call."""
 
 _ops: ModuleType | None = None
 

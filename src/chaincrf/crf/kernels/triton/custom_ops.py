@@ -9,8 +9,9 @@ host: each is one kernel launch (the backward's per-program sums add one reducti
 batch spans several programs).
 
 * ``chaincrf::triton_forward`` -> (``scale * (gold - log Z)`` with tags, else log Z (B,);
-  log Z, the gold scores and the exp-space kernel's log-space rows (3, B); the forward messages (B, T, K) or (0, 0, 0); a zeroed
-  (K + 2, K) accumulator for the backward's score gradients, or (0, 0));
+  log Z, the gold scores, the exp-space kernel's log-space rows (3, B), and with ``check``
+  a fourth row, 1 where the row holds a value ``validate`` rejects; the forward messages (B, T, K) or (0, 0, 0); a
+  zeroed (K + 2, K) accumulator for the backward's score gradients, or (0, 0));
 * ``chaincrf::triton_backward`` -> the emissions' gradient and the score gradients stacked
   (K + 2, K): start, transitions (K rows), end; ``chaincrf::triton_backward_into`` -> the
   emissions' gradient, the score gradients added into the forward's accumulator (eager calls
@@ -57,11 +58,13 @@ def _forward_op(
     scale: float,
     keep_alpha: bool,
     accumulator: bool,
+    check: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     em, (start, transitions, end) = _prepared(emissions, start, transitions, end)
     tags = None if tags is None else tags.contiguous()
     mask = mask.contiguous()
-    return kernels.forward(em, tags, mask, start, transitions, end, scale, keep_alpha, accumulator)
+    args = (em, tags, mask, start, transitions, end, scale, keep_alpha, accumulator, check)
+    return kernels.forward(*args)
 
 
 @_forward_op.register_fake
@@ -75,12 +78,13 @@ def _(
     scale: float,
     keep_alpha: bool,
     accumulator: bool,
+    check: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     B, T, K = emissions.shape
     dtype = _compute(emissions)
     return (
         emissions.new_empty(B, dtype=dtype),
-        emissions.new_empty((3, B), dtype=dtype),
+        emissions.new_empty((4 if check else 3, B), dtype=dtype),
         emissions.new_empty((B, T, K) if keep_alpha else (0, 0, 0), dtype=dtype),
         emissions.new_empty((K + 2, K) if accumulator else (0, 0), dtype=dtype),
     )
@@ -202,7 +206,7 @@ def _(
 def _save_forward(
     ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor, Tensor]
 ) -> None:
-    emissions, tags, mask, start, transitions, end, scale, _keep, _acc = inputs
+    emissions, tags, mask, start, transitions, end, scale, _keep, _acc, _check = inputs
     out, aux, alpha, acc = output
     log_z = aux[0] if tags is not None else out
     ctx.save_for_backward(emissions, tags, mask, start, transitions, end, alpha, log_z, aux[2])
@@ -213,7 +217,7 @@ def _save_forward(
 
 def _forward_backward(
     ctx: Any, grad: Tensor, *_unused: Tensor | None
-) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None, None]:
+) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None, None, None]:
     emissions, tags, mask, start, transitions, end, alpha, log_z, flags = ctx.saved_tensors
     acc = ctx.acc
     args = (grad, emissions, tags, mask, start, transitions, end, alpha, log_z, flags, ctx.scale)
@@ -227,7 +231,7 @@ def _forward_backward(
     K = d_par.shape[1]
     grads = (d_par[0], d_par[1 : K + 1], d_par[K + 1])
     d_start, d_trans, d_end = (g.to(s.dtype) for g, s in zip(grads, (start, transitions, end)))
-    return d_em, None, None, d_start, d_trans, d_end, None, None, None
+    return d_em, None, None, d_start, d_trans, d_end, None, None, None, None
 
 
 _forward_op.register_autograd(_forward_backward, setup_context=_save_forward)
@@ -278,7 +282,9 @@ class _Likelihood(torch.autograd.Function):
     """The forward op and its autograd formula for eager calls, calling the kernels directly:
     the same launches without the custom-op dispatcher's Python layers (several times the
     kernels' own time on one sentence: ``scripts/bench_crf_gpu.py --sections launches``
-    reports the host time per call). Under torch.compile / torch.export the custom ops run."""
+    reports the host time per call). Under torch.compile / torch.export the custom ops run.
+    The options travel as one tuple, and the gold scores and checks (``aux``) are an output
+    only when asked for: each argument and output costs autograd host time, every call."""
 
     @staticmethod
     def forward(
@@ -289,29 +295,37 @@ class _Likelihood(torch.autograd.Function):
         start: Tensor,
         transitions: Tensor,
         end: Tensor,
-        scale: float,
-        keep_alpha: bool,
-        accumulator: bool,
-    ) -> tuple[Tensor, Tensor]:
+        options: tuple[float, bool, bool, bool, bool, bool],
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        scale, keep_alpha, accumulator, total, with_aux, check = options
         em, (s, t, e) = _prepared(emissions, start, transitions, end)
-        tg = None if tags is None or tags.is_contiguous() else tags.contiguous()
-        tg = tags if tg is None else tg
-        mask = mask if mask.is_contiguous() else mask.contiguous()
+        if tags is not None and not tags.is_contiguous():
+            tags = tags.contiguous()
+        if not mask.is_contiguous():
+            mask = mask.contiguous()
         out, aux, alpha, acc = kernels.forward(
-            em, tg, mask, s, t, e, scale, keep_alpha, accumulator
+            em, tags, mask, s, t, e, scale, keep_alpha, accumulator, check
         )
         log_z = aux[0] if tags is not None else out
-        ctx.save_for_backward(em, tg, mask, t, e, alpha, log_z, aux[2])  # prepared: as they are
+        ctx.save_for_backward(em, tags, mask, t, e, alpha, log_z, aux[2])  # prepared: as they are
         ctx.acc, ctx.scale, ctx.added = acc, scale, False
         ctx.dtypes = (emissions.dtype, start.dtype, transitions.dtype, end.dtype)
-        gold = aux[1] if tags is not None else aux
-        ctx.mark_non_differentiable(gold)
-        return out, gold
+        # the rows' sum as this call's output: autograd runs no reduction node, and the
+        # backward reads the scalar gradient for every row (stride 0); one row is its own sum
+        # (a view: no launch)
+        result = (out.view(()) if out.shape[0] == 1 else out.sum()) if total else out
+        if not with_aux:
+            return result
+        ctx.mark_non_differentiable(aux)
+        ctx.set_materialize_grads(False)  # no zeros made for ``aux``'s (absent) gradient
+        return result, aux
 
     @staticmethod
     def backward(
-        ctx: Any, grad: Tensor, _gold: Tensor | None
-    ) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None, None]:
+        ctx: Any, grad: Tensor | None, *_aux: Tensor | None
+    ) -> tuple[Tensor | None, None, None, Tensor | None, Tensor | None, Tensor | None, None]:
+        if grad is None:  # undefined (grads not materialised): zero, as are the inputs'
+            return None, None, None, None, None, None, None
         em, tags, mask, transitions, end, alpha, log_z, flags = ctx.saved_tensors
         acc = ctx.acc if ctx.acc.numel() > 0 else None
         if acc is not None:
@@ -322,11 +336,17 @@ class _Likelihood(torch.autograd.Function):
             grad, em, tags, mask, transitions, end, alpha, log_z, ctx.scale, True, acc, flags
         )
         K = d_par.shape[1]
-        grads = (d_em, d_par[0], d_par[1 : K + 1], d_par[K + 1])
-        d_em, d_start, d_trans, d_end = (
-            g if g.dtype == dtype else g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)
-        )
-        return d_em, None, None, d_start, d_trans, d_end, None, None, None
+        d_start, d_trans, d_end = d_par[0], d_par[1 : K + 1], d_par[K + 1]
+        em_dtype, start_dtype, trans_dtype, end_dtype = ctx.dtypes
+        if d_em.dtype != em_dtype:
+            d_em = d_em.to(em_dtype)
+        if d_par.dtype != trans_dtype or start_dtype != trans_dtype or end_dtype != trans_dtype:
+            d_start, d_trans, d_end = (
+                d_start.to(start_dtype),
+                d_trans.to(trans_dtype),
+                d_end.to(end_dtype),
+            )
+        return d_em, None, None, d_start, d_trans, d_end, None
 
 
 # ------------------------------------------------------------------------------ public calls
@@ -348,9 +368,12 @@ def forward(
     transitions: Tensor,
     end: Tensor,
     scale: float = 1.0,
-) -> tuple[Tensor, Tensor | None]:
-    """``scale * (gold score - log Z)`` of each row with ``tags``, else log Z; differentiable
-    w.r.t. the emissions and the three score tensors.
+    total: bool = False,
+    gold: bool = True,
+    check: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``scale * (gold score - log Z)`` of each row with ``tags``, else log Z (with ``total``,
+    their sum); differentiable w.r.t. the emissions and the three score tensors.
 
     Args:
         emissions: float (batch, seq_len, num_tags), unnormalised scores (float16 and
@@ -363,27 +386,46 @@ def forward(
         transitions: (num_tags, num_tags), ``transitions[i, j]`` scores tag i followed by j.
         end: (num_tags,) scores of ending in each tag.
         scale: the factor (-1 gives the negative log-likelihood in the same launch).
+        total: return the rows' sum (0-d) as ``out``, summed in this call (an eager call's
+            backward then runs no reduction node).
+        gold: also return the gold scores (with ``tags``; False: None, and an eager call
+            costs the host less).
+        check: also return each row's flag (1.0) of a value ``validate`` rejects: a NaN or
+            ``+inf`` score, or where the mask is on a NaN or ``+inf`` emission or a tag
+            outside [0, num_tags); computed in the forward launch (False: None).
 
     Returns:
-        ``out`` (batch,) in float32 (float64 for float64 emissions): 0 for an empty row; log Z
-        ``-inf`` for a row with no allowed path (whose gradients are 0); and the gold scores
-        (batch,) (``-inf`` for a forbidden gold path), or None without ``tags``.
+        ``out`` (batch,), or 0-d with ``total``, in float32 (float64 for float64 emissions): 0 for an empty row; log Z
+        ``-inf`` for a row with no allowed path (whose gradients are 0); the gold scores
+        (batch,) (``-inf`` for a forbidden gold path), or None without ``tags`` or ``gold``;
+        and the flags (batch,) with ``check``, else None.
     """
-    scores = (start, transitions, end)
-    keep = torch.is_grad_enabled() and any(x.requires_grad for x in (emissions, *scores))
+    keep = torch.is_grad_enabled() and (
+        emissions.requires_grad
+        or start.requires_grad
+        or transitions.requires_grad
+        or end.requires_grad
+    )
+    traced = _tracing()
     # the backward adds the score gradients into a buffer this launch zeroes (one launch
     # fewer), unless the results must not vary in their last bits (deterministic mode) or a
     # graph is being traced (where a graph input must not be mutated)
-    adding = keep and not torch.are_deterministic_algorithms_enabled() and not _tracing()
+    adding = keep and not traced and not torch.are_deterministic_algorithms_enabled()
     mask8 = _uint8(mask)
-    if not _tracing():
-        args = (emissions, tags, mask8, *scores, float(scale), keep, adding)
-        out, gold = _Likelihood.apply(*args)  # type: ignore[no-untyped-call]  # apply: unannotated
-        return out, (gold if tags is not None else None)
-    out, aux, _alpha, _acc = _forward_op(
-        emissions, tags, mask8, *scores, float(scale), keep, adding
-    )
-    return out, (aux[1] if tags is not None else None)
+    gold = gold and tags is not None
+    if not traced:
+        options = (float(scale), keep, adding, total, gold or check, check)
+        args = (emissions, tags, mask8, start, transitions, end, options)
+        result = _Likelihood.apply(*args)  # type: ignore[no-untyped-call]  # apply: unannotated
+        if not (gold or check):
+            return result, None, None
+        out, aux = result
+    else:
+        out, aux, _alpha, _acc = _forward_op(
+            emissions, tags, mask8, start, transitions, end, float(scale), keep, adding, check
+        )
+        out = out.sum() if total else out
+    return out, (aux[1] if gold else None), (aux[3] if check else None)
 
 
 def viterbi(

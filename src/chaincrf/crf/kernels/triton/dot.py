@@ -39,6 +39,7 @@ import triton.language as tl
 from chaincrf.crf.kernels.triton.programs import (
     _backward_rows,
     _forward_rows,
+    _invalid,
     _logsumexp,
     _write_sums,
     _zero,
@@ -76,10 +77,12 @@ def _dot_forward_kernel(
     SPAN: tl.constexpr,
     FLOOR: tl.constexpr,
     PRECISION: tl.constexpr,
+    CHECK: tl.constexpr = False,
 ):  # fmt: skip
     """:func:`programs._forward_kernel` (without ``MAX_PLUS``) in exp space; arguments as
-    there, ``aux`` (3, B): log Z, the gold score, and 1 where the row was recomputed in log
-    space."""
+    there, ``aux`` (3, B): log Z, the gold score, 1 where the row was recomputed in log
+    space; with ``CHECK`` (4, B), the fourth row 1 where the row meets a value ``validate``
+    rejects."""
     if ZERO_ACC:
         _zero(acc_ptr, acc_size, BLOCK_ACC)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -97,9 +100,18 @@ def _dot_forward_kernel(
     gold = tl.zeros((BLOCK_B,), tl.float32)
     prev = tl.zeros((BLOCK_B,), tl.int64)
     allowed = (_trans > float("-inf")).to(tl.float16)  # 1 where a transition is allowed
+    if CHECK:  # as the log-space kernel's: the scores once, emissions and tags per position
+        end = tl.load(end_ptr + dst, mask=col_ok, other=float("-inf"))
+        bad_scores = tl.maximum(
+            tl.max(tl.max(_invalid(_trans), 1), 0),
+            tl.maximum(tl.max(_invalid(start), 0), tl.max(_invalid(end), 0)),
+        )
+        bad = (rows * 0 + bad_scores) != 0
     for t in range(0, T):
         kept = tl.load(mask_ptr + rows * T + t, mask=row_ok, other=0) != 0
         e = tl.load(em_rows + t * K, mask=cell_ok, other=float("-inf")).to(tl.float32)
+        if CHECK:
+            bad = bad | (kept & (tl.max(_invalid(e), 1) != 0))
         v = tl.dot(a, E, input_precision=PRECISION)  # (BLOCK_B, BLOCK_K)
         # reached: a tag with an allowed move from one of weight (0/1 products in float16,
         # summed in float32: exact)
@@ -134,8 +146,12 @@ def _dot_forward_kernel(
             step_gold = tl.where(outside, float("nan"), ey + tl.where(started, ty, sy))
             gold += tl.where(on, step_gold, 0.0)
             prev = tl.where(on, y, prev)
+            if CHECK:
+                bad = bad | (on & outside)
         started = started | kept
     end = tl.load(end_ptr + dst, mask=col_ok, other=float("-inf"))
+    if CHECK:
+        tl.store(aux_ptr + 3 * B + rows, bad.to(tl.float32), mask=row_ok)
     final = tl.log(a) + end[None, :]
     log_z = tl.where(started, _logsumexp(final, 1) + log_c, 0.0)
     if GOLD:
@@ -157,7 +173,7 @@ def _dot_forward_kernel(
                 _forward_rows(
                     one, em_ptr, tags_ptr, mask_ptr, start_ptr, trans_ptr, end_ptr, out_ptr,
                     aux_ptr, alpha_ptr, out_ptr, B, T, K, scale, GOLD, STORE_ALPHA, False, 1,
-                    BLOCK_K,
+                    BLOCK_K, False,
                 )  # fmt: skip
 
 

@@ -89,6 +89,7 @@ def forward(
     scale: float,
     keep_alpha: bool,
     accumulator: bool = False,
+    check: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The forward pass: ``scale * (gold - log Z)`` with ``tags``, else log Z.
 
@@ -102,18 +103,22 @@ def forward(
         keep_alpha: also return the forward messages (for :func:`backward`).
         accumulator: also return a zeroed (num_tags + 2, num_tags) buffer, zeroed by this
             launch, that :func:`backward` adds the score gradients into (no launch of its own).
+        check: also flag each row that meets a value ``validate`` rejects (a NaN or ``+inf``
+            score; a NaN or ``+inf`` emission, or a tag outside [0, num_tags), where the mask
+            is on), in the same pass: ``aux[3]``.
 
     Returns:
         ``out`` (batch,) in the compute dtype (0 for an empty row), ``aux`` (3, batch): log Z
-        and the gold score (with ``tags``), and the rows the exp-space kernel recomputed in log
-        space (1; written by that kernel only: give it to :func:`backward`), ``alpha``
+        and the gold score (with ``tags``) and the rows the exp-space kernel recomputed in log
+        space (1; written by that kernel only: give it to :func:`backward`); with ``check``
+        (4, batch), the fourth row 1 where the row holds a rejected value, else 0; ``alpha``
         (batch, seq_len, num_tags) or (0, 0, 0) without ``keep_alpha``, and the accumulator
         ((0, 0) without).
     """
     B, T, K = em.shape
     dtype = _compute_dtype(em)
     out = em.new_empty(B, dtype=dtype)
-    aux = em.new_empty((3, B), dtype=dtype)
+    aux = em.new_empty((4 if check else 3, B), dtype=dtype)  # every entry written
     alpha = em.new_empty((B, T, K) if keep_alpha else (0, 0, 0), dtype=dtype)
     acc = em.new_empty((K + 2, K) if accumulator else (0, 0), dtype=dtype)
     if B == 0:
@@ -130,7 +135,8 @@ def forward(
             B, T, K, float(scale),
             ZERO_ACC=accumulator, GOLD=gold, STORE_ALPHA=keep_alpha, BLOCK_B=DOT_ROWS,
             BLOCK_K=block_k, BLOCK_ACC=_pow2((K + 2) * K), SPAN=setting.span_limit,
-            FLOOR=setting.floor, PRECISION=setting.dot_precision, num_warps=warps,
+            FLOOR=setting.floor, PRECISION=setting.dot_precision, CHECK=check,
+            num_warps=warps,
         )  # fmt: skip
         return out, aux, alpha, acc
     block_b, block_k, warps = blocks(B, K)
@@ -139,7 +145,7 @@ def forward(
         alpha if keep_alpha else out, out, acc if accumulator else out, (K + 2) * K,
         B, T, K, float(scale),
         ZERO_ACC=accumulator, GOLD=gold, STORE_ALPHA=keep_alpha, MAX_PLUS=False,
-        BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_ACC=_pow2((K + 2) * K),
+        BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_ACC=_pow2((K + 2) * K), CHECK=check,
         num_warps=warps,
     )  # fmt: skip
     return out, aux, alpha, acc

@@ -6,7 +6,9 @@ interpreter, ``TRITON_INTERPRET=1``).
 No call reads a value back to the host unless it must return one (``decode``'s lists) or
 ``validate`` asks for the checks: then every check of the call (scores, emissions, tags and,
 with constraints, the gold path) is one reduction read back once, and only when it finds
-something are the eager kernel's checks run to name it (same errors, same order). Under
+something are the eager kernel's checks run to name it (same errors, same order). The
+likelihoods and log-partition check the values in their forward launch (per-row flags); the
+other operations with tensor operations before it. Under
 ``torch.compile`` the checks are an asynchronous device assertion instead. Without
 ``validate``, a gold path that the constraints forbid gives a log-likelihood of ``-inf``
 (no error: raising would need the host). The gold-path score is computed in the forward
@@ -26,9 +28,11 @@ from chaincrf.crf.kernels.triton import custom_ops as ops
 __all__ = [
     "decode",
     "log_likelihood",
+    "log_likelihood_sum",
     "log_partition",
     "marginals",
     "negative_log_likelihood",
+    "negative_log_likelihood_sum",
     "viterbi",
 ]
 
@@ -43,12 +47,18 @@ def _likelihood(
     constrained: bool,
     validate: bool,
     scale: float,
+    total: bool = False,
 ) -> Tensor:
     if tags is None:
         raise ValueError("log_likelihood needs tags")
-    out, gold = ops.forward(em, tags, mask, start, trans, end, scale)
+    # the values are checked in the forward launch (flags read once); the gold scores are
+    # read by the check of a constrained layer only
+    check = validate and em.size(0) > 0  # (an empty batch: no launch; its scores checked below)
+    args = (em, tags, mask, start, trans, end, scale, total, validate and constrained, check)
+    out, gold, flags = ops.forward(*args)
     if validate:
-        eager.check_once(em, mask, (start, trans, end), tags, gold if constrained else None)
+        scores = (start, trans, end)
+        eager.check_once(em, mask, scores, tags, gold if constrained else None, flags)
     return out
 
 
@@ -95,6 +105,37 @@ def negative_log_likelihood(
     return _likelihood(em, tags, mask, start, trans, end, constrained, validate, -1.0)
 
 
+def log_likelihood_sum(
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
+) -> Tensor:
+    """``log_likelihood(...).sum()`` (0-d) as the call's own output: an eager backward runs no
+    reduction node (``EAGER_SUMS``)."""
+    return _likelihood(em, tags, mask, start, trans, end, constrained, validate, 1.0, True)
+
+
+def negative_log_likelihood_sum(
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None = None,
+    k: int = 1,
+    constrained: bool = False,
+    validate: bool = True,
+) -> Tensor:
+    """``-log_likelihood(...).sum()`` (0-d): sign and sum in the call, no node of their own."""
+    return _likelihood(em, tags, mask, start, trans, end, constrained, validate, -1.0, True)
+
+
 def log_partition(
     em: Tensor,
     mask: Tensor,
@@ -108,9 +149,11 @@ def log_partition(
 ) -> Tensor:
     """Log Z of each row (B,), 0 for an empty row, ``-inf`` for a row with no allowed path;
     differentiable w.r.t. ``em`` and the three scores (arguments as in :func:`log_likelihood`)."""
+    check = validate and em.size(0) > 0
+    log_z, _, flags = ops.forward(em, None, mask, start, trans, end, check=check)
     if validate:
-        eager.check_once(em, mask, (start, trans, end))
-    return ops.forward(em, None, mask, start, trans, end)[0]
+        eager.check_once(em, mask, (start, trans, end), found=flags)
+    return log_z
 
 
 def viterbi(

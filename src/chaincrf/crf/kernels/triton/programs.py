@@ -39,6 +39,12 @@ def _logsumexp(x, axis: tl.constexpr):
 
 
 @triton.jit
+def _invalid(x):
+    """1 (int32) where ``x`` is NaN or ``+inf`` (the values ``validate`` rejects), else 0."""
+    return ((x != x) | (x == float("inf"))).to(tl.int32)
+
+
+@triton.jit
 def _forward_kernel(
     em_ptr,  # (B, T, K) emissions
     tags_ptr,  # (B, T) int64 gold tags (GOLD)
@@ -47,7 +53,9 @@ def _forward_kernel(
     trans_ptr,  # (K, K) [from, to]
     end_ptr,  # (K,)
     out_ptr,  # (B,) scale * (gold - log Z) with GOLD, log Z without, best score (MAX_PLUS)
-    aux_ptr,  # (3, B) log Z, the gold score (GOLD), 1 (rows computed in log space; not MAX_PLUS)
+    aux_ptr,  # (3, B) log Z, the gold score (GOLD), 1 (rows computed in log space; not
+    # MAX_PLUS); with CHECK (4, B), the fourth row 1 where the row meets a value ``validate``
+    # rejects
     alpha_ptr,  # (B, T, K) forward messages (STORE_ALPHA) or int32 back-pointers (MAX_PLUS)
     path_ptr,  # (B, T) int64 best paths, -1 where masked or no path (MAX_PLUS)
     acc_ptr,  # (K + 2, K) zeroed by program 0 (ZERO_ACC): the backward kernel's sums
@@ -63,14 +71,18 @@ def _forward_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_ACC: tl.constexpr,  # a power of two >= acc_size
+    CHECK: tl.constexpr = False,
 ):
-    """The forward recursion of ``BLOCK_B`` rows, reduced by logsumexp or (``MAX_PLUS``) max."""
+    """The forward recursion of ``BLOCK_B`` rows, reduced by logsumexp or (``MAX_PLUS``) max;
+    with ``CHECK`` (not with ``MAX_PLUS``), each row's flag of a NaN or ``+inf`` score, a NaN
+    or ``+inf`` emission where the mask is on, or a tag outside [0, K) there (``aux[3]``)."""
     if ZERO_ACC:  # the backward adds into it
         _zero(acc_ptr, acc_size, BLOCK_ACC)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     _forward_rows(
         rows, em_ptr, tags_ptr, mask_ptr, start_ptr, trans_ptr, end_ptr, out_ptr, aux_ptr,
         alpha_ptr, path_ptr, B, T, K, scale, GOLD, STORE_ALPHA, MAX_PLUS, BLOCK_B, BLOCK_K,
+        CHECK,
     )  # fmt: skip
 
 
@@ -91,6 +103,7 @@ def _forward_rows(
     MAX_PLUS: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    CHECK: tl.constexpr,
 ):  # fmt: skip
     """:func:`_forward_kernel`'s recursion for the ``BLOCK_B`` rows ``rows`` (also the
     exp-space kernel's log-space recomputation of one row)."""
@@ -107,9 +120,18 @@ def _forward_rows(
     started = rows < 0  # (BLOCK_B,) False: no kept position yet
     gold = tl.zeros((BLOCK_B,), alpha.dtype)
     prev = tl.zeros((BLOCK_B,), tl.int64)
+    if CHECK:  # the scores once, the emissions and tags at each kept position below
+        end = tl.load(end_ptr + dst, mask=col_ok, other=float("-inf"))
+        bad_scores = tl.maximum(
+            tl.max(tl.max(_invalid(trans), 1), 0),
+            tl.maximum(tl.max(_invalid(start), 0), tl.max(_invalid(end), 0)),
+        )
+        bad = (rows * 0 + bad_scores) != 0  # (BLOCK_B,) a scalar's broadcast
     for t in range(0, T):
         kept = tl.load(mask_ptr + rows * T + t, mask=row_ok, other=0) != 0
         e = tl.load(em_rows + t * K, mask=cell_ok, other=float("-inf")).to(alpha.dtype)
+        if CHECK:
+            bad = bad | (kept & (tl.max(_invalid(e), 1) != 0))
         cand = alpha[:, :, None] + trans[None, :, :]  # (BLOCK_B, from, to)
         if MAX_PLUS:
             best = tl.max(cand, axis=1)
@@ -134,8 +156,12 @@ def _forward_rows(
             step_gold = tl.where(outside, float("nan"), ey + tl.where(started, ty, sy))
             gold += tl.where(on, step_gold, 0.0)
             prev = tl.where(on, y, prev)
+            if CHECK:
+                bad = bad | (on & outside)
         started = started | kept
     end = tl.load(end_ptr + dst, mask=col_ok, other=float("-inf"))
+    if CHECK:
+        tl.store(aux_ptr + 3 * B + rows, bad.to(tl.float32), mask=row_ok)
     final = alpha + end[None, :]
     if MAX_PLUS:
         top = tl.max(final, axis=1)
