@@ -166,9 +166,11 @@ def _operations(B: int, T: int, K: int, dtype: torch.dtype):
          trained(lambda e, s: ops.log_partition(e, mask, *s, validate=False))),
         ("log_likelihood no grad",
          lambda: ops.log_likelihood(em, mask, *scores, tags=gold, validate=False)),
-        # validate: the forward kernels' value checks (CHECK); the flags they would write
-        # stay unwritten here, so the eager checks may run after them and find nothing
-        ("nll validated", trained(lambda e, s: nll(e, s, validate=True))),
+        # validate: the forward kernels' value checks (CHECK; the forward only: its backward
+        # is nll+backward's, compiled above, and a compiled kernel's second launch would
+        # run); the flags they would write stay unwritten here, so the eager checks may run
+        # after them and find nothing
+        ("nll validated", lambda: nll(*_requiring_grad(em, scores), validate=True)),
         ("log_partition validated",
          lambda: ops.log_partition(em, mask, *scores, validate=True)),
     ]  # fmt: skip
@@ -176,6 +178,11 @@ def _operations(B: int, T: int, K: int, dtype: torch.dtype):
         runs.append(("viterbi", lambda: ops.viterbi(em, mask, *scores, validate=False)))
         runs.append(("marginals", lambda: ops.marginals(em, mask, *scores, validate=False)))
     return runs
+
+
+def _requiring_grad(em: torch.Tensor, scores: list[torch.Tensor]):
+    """Copies of the emissions and scores that require a gradient (a training forward)."""
+    return em.clone().requires_grad_(True), [x.clone().requires_grad_(True) for x in scores]
 
 
 @contextlib.contextmanager
