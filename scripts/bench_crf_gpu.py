@@ -34,7 +34,8 @@ Every section writes its rows to one JSON report (``--json``) and prints a Markd
   stub zeroes ``aux``, the flags a validated call reads), against a bare autograd step
   ``(e * 2).sum().backward()`` in the same run, and the tensor operations each call
   dispatches besides the kernels (each one a launch on a GPU): what chaincrf's own Python
-  costs a small batch, measurable without a GPU. Triton's own launch cost is not in it.
+  costs a small batch, measurable without a GPU; and a Viterbi call's. Triton's own launch
+  cost is not in it.
 
 Usage: ``python scripts/bench_crf_gpu.py --json out.json`` (about 3 minutes on one H200).
 """
@@ -556,6 +557,9 @@ def section_host(args, report: dict) -> None:
             runs = {"bare": bare}
             for validate in (False, True):
                 runs[f"chaincrf validate={validate}"] = chaincrf_nll(crf, em, tags, mask, validate)
+            runs["chaincrf viterbi"] = lambda crf=crf, em=em, mask=mask: crf.viterbi(
+                em, mask, validate=False
+            )
             times = side_by_side(runs, budget=args.host_budget)
             counted = {}
             for name, run in runs.items():

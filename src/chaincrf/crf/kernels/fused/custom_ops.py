@@ -135,7 +135,7 @@ def log_likelihood_masked(
     if not torch.is_grad_enabled():  # inside Function.forward needs_input_grad ignores no_grad
         llh = _log_likelihood_impl(*args)[0]
         return llh if scale == 1.0 else llh * scale
-    llh = LogLikelihood.apply(*args, scale, False)  # type: ignore[no-untyped-call]  # apply is unannotated
+    llh = LogLikelihood.apply(*args, scale, False)  # type: ignore[no-untyped-call]  # (unannotated)
     return llh
 
 
@@ -164,7 +164,7 @@ def log_likelihood_sum_masked(
         return total if scale == 1.0 else -total if scale == -1.0 else total * scale
     if not torch.is_grad_enabled():
         return log_likelihood_masked(*args, scale).sum()
-    total = LogLikelihood.apply(*args, scale, True)  # type: ignore[no-untyped-call]  # apply is unannotated
+    total = LogLikelihood.apply(*args, scale, True)  # type: ignore[no-untyped-call]  # (unannotated)
     return total
 
 

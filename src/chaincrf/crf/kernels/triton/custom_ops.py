@@ -10,8 +10,9 @@ batch spans several programs).
 
 * ``chaincrf::triton_forward`` -> (``scale * (gold - log Z)`` with tags, else log Z (B,);
   log Z, the gold scores, the exp-space kernel's log-space rows (3, B), and with ``check``
-  a fourth row, 1 where the row holds a value ``validate`` rejects; the forward messages (B, T, K) or (0, 0, 0); a
-  zeroed (K + 2, K) accumulator for the backward's score gradients, or (0, 0));
+  a fourth row, 1 where the row holds a value ``validate`` rejects; the forward messages
+  (B, T, K) or (0, 0, 0); a zeroed (K + 2, K) accumulator for the backward's score
+  gradients, or (0, 0));
 * ``chaincrf::triton_backward`` -> the emissions' gradient and the score gradients stacked
   (K + 2, K): start, transitions (K rows), end; ``chaincrf::triton_backward_into`` -> the
   emissions' gradient, the score gradients added into the forward's accumulator (eager calls
@@ -237,12 +238,20 @@ def _forward_backward(
 _forward_op.register_autograd(_forward_backward, setup_context=_save_forward)
 
 
+def _viterbi(
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor
+) -> tuple[Tensor, Tensor]:
+    em, (start, transitions, end) = _prepared(emissions, start, transitions, end)
+    return kernels.viterbi(
+        em, mask if mask.is_contiguous() else mask.contiguous(), start, transitions, end
+    )
+
+
 @torch.library.custom_op("chaincrf::triton_viterbi", mutates_args=())
 def _viterbi_op(
     emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor
 ) -> tuple[Tensor, Tensor]:
-    em, (start, transitions, end) = _prepared(emissions, start, transitions, end)
-    return kernels.viterbi(em, mask.contiguous(), start, transitions, end)
+    return _viterbi(emissions, mask, start, transitions, end)
 
 
 @_viterbi_op.register_fake
@@ -260,10 +269,16 @@ def _(
 def _marginals_op(
     emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor
 ) -> Tensor:
+    return _marginals(emissions, mask, start, transitions, end)
+
+
+def _marginals(
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor
+) -> Tensor:
     em, (start, transitions, end) = _prepared(emissions, start, transitions, end)
     mask = mask.contiguous()
     log_z, aux, alpha, _ = kernels.forward(em, None, mask, start, transitions, end, 1.0, True)
-    one = log_z.new_ones(()).expand(log_z.shape[0])
+    one = log_z.new_ones(())  # a unit weight for every row: read at stride 0
     d_em, _ = kernels.backward(
         one, em, None, mask, transitions, end, alpha, log_z, 1.0, False, None, aux[2]
     )
@@ -338,14 +353,15 @@ class _Likelihood(torch.autograd.Function):
         K = d_par.shape[1]
         d_start, d_trans, d_end = d_par[0], d_par[1 : K + 1], d_par[K + 1]
         em_dtype, start_dtype, trans_dtype, end_dtype = ctx.dtypes
+        computed = d_par.dtype  # (a conversion only where the dtypes differ: host time)
         if d_em.dtype != em_dtype:
             d_em = d_em.to(em_dtype)
-        if d_par.dtype != trans_dtype or start_dtype != trans_dtype or end_dtype != trans_dtype:
-            d_start, d_trans, d_end = (
-                d_start.to(start_dtype),
-                d_trans.to(trans_dtype),
-                d_end.to(end_dtype),
-            )
+        if computed != start_dtype:
+            d_start = d_start.to(start_dtype)
+        if computed != trans_dtype:
+            d_trans = d_trans.to(trans_dtype)
+        if computed != end_dtype:
+            d_end = d_end.to(end_dtype)
         return d_em, None, None, d_start, d_trans, d_end, None
 
 
@@ -395,10 +411,10 @@ def forward(
             outside [0, num_tags); computed in the forward launch (False: None).
 
     Returns:
-        ``out`` (batch,), or 0-d with ``total``, in float32 (float64 for float64 emissions): 0 for an empty row; log Z
-        ``-inf`` for a row with no allowed path (whose gradients are 0); the gold scores
-        (batch,) (``-inf`` for a forbidden gold path), or None without ``tags`` or ``gold``;
-        and the flags (batch,) with ``check``, else None.
+        ``out`` (batch,), or 0-d with ``total``, in float32 (float64 for float64
+        emissions): 0 for an empty row; log Z ``-inf`` for a row with no allowed path (whose
+        gradients are 0); the gold scores (batch,) (``-inf`` for a forbidden gold path), or
+        None without ``tags`` or ``gold``; and the flags (batch,) with ``check``, else None.
     """
     keep = torch.is_grad_enabled() and (
         emissions.requires_grad
@@ -441,6 +457,8 @@ def viterbi(
         allowed path; ``scores`` (batch,) (0 for an empty row, ``-inf`` with no allowed path).
     """
     em, start, transitions, end = (x.detach() for x in (emissions, start, transitions, end))
+    if not _tracing():  # eager: the launch without the custom op's dispatch (host time)
+        return _viterbi(em, _uint8(mask), start, transitions, end)
     best: tuple[Tensor, Tensor] = _viterbi_op(em, _uint8(mask), start, transitions, end)
     return best  # (a custom op's call is typed Any)
 
@@ -458,5 +476,7 @@ def marginals(
         off and in a row with no allowed path.
     """
     em, start, transitions, end = (x.detach() for x in (emissions, start, transitions, end))
+    if not _tracing():  # eager: the launches without the custom op's dispatch (host time)
+        return _marginals(em, _uint8(mask), start, transitions, end)
     probs: Tensor = _marginals_op(em, _uint8(mask), start, transitions, end)
     return probs  # (a custom op's call is typed Any)
