@@ -565,6 +565,21 @@ def test_a_retained_graph_gives_the_same_gradients_twice():
         torch.testing.assert_close(once, want.grad, **tolerances(torch.float64))
 
 
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_backwards_through_a_retained_graph_accumulate_as_eager(reduction):
+    """Three backwards through one retained graph, with no zero_grad between, leave three
+    times the gradient in every .grad (the eager kernel's): a later backward's buffer is not
+    the one an earlier backward's .grad may hold."""
+    eager, triton = layers(5, 8, torch.float64, "cpu", constrained=False)
+    emissions, tags, mask = batch(6, 5, 5, 8, torch.float64, "cpu")
+    for crf in (eager, triton):
+        loss = crf.nll(emissions, tags, mask, reduction=reduction).sum()
+        for _ in range(3):
+            loss.backward(retain_graph=True)
+    for got, want in zip(triton.parameters(), eager.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, **tolerances(torch.float64))
+
+
 def _dot_case(B: int, T: int, K: int, seed: int, constrained: bool, device: str = "cpu"):
     """float32 Triton and float64 eager layers with the same scores, and a ragged batch."""
     eager, triton = layers(K, seed, torch.float64, device, constrained)

@@ -223,8 +223,9 @@ def _forward_backward(
     acc = ctx.acc
     args = (grad, emissions, tags, mask, start, transitions, end, alpha, log_z, flags, ctx.scale)
     if acc.numel() > 0:  # an eager call: the forward zeroed it, the backward adds into it
-        if ctx.added:  # a second backward through a retained graph: the sums start again
-            acc.zero_()
+        if ctx.added:  # a second backward through a retained graph: a new zeroed buffer (the
+            # first backward's gradients may live on in the old one, as a parameter's .grad)
+            acc = ctx.acc = torch.zeros_like(acc)
         ctx.added = True
         d_em, d_par = _backward_into_op(*args, acc), acc
     else:
@@ -344,8 +345,9 @@ class _Likelihood(torch.autograd.Function):
         em, tags, mask, transitions, end, alpha, log_z, flags = ctx.saved_tensors
         acc = ctx.acc if ctx.acc.numel() > 0 else None
         if acc is not None:
-            if ctx.added:  # a second backward through a retained graph: the sums start again
-                acc.zero_()
+            if ctx.added:  # a second backward through a retained graph: a new zeroed buffer
+                # (the first backward's gradients may live on in the old one, as a .grad)
+                acc = ctx.acc = torch.zeros_like(acc)
             ctx.added = True
         d_em, d_par = kernels.backward(
             grad, em, tags, mask, transitions, end, alpha, log_z, ctx.scale, True, acc, flags
