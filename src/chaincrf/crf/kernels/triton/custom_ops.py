@@ -30,22 +30,9 @@ from torch import Tensor
 
 from chaincrf.crf import tracing
 from chaincrf.crf.kernels.triton import launch as kernels
+from chaincrf.crf.kernels.triton.autograd import Likelihood
 
 __all__ = ["forward", "marginals", "viterbi"]
-
-
-def _compute(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _prepared(em: Tensor, *scores: Tensor) -> tuple[Tensor, list[Tensor]]:
-    """Contiguous emissions and scores in the compute dtype (no copy, and no call, when they
-    are already: each call costs microseconds on the host)."""
-    dtype = _compute(em)
-    ready = [
-        s if s.dtype == dtype and s.is_contiguous() else s.to(dtype).contiguous() for s in scores
-    ]
-    return (em if em.is_contiguous() else em.contiguous()), ready
 
 
 @torch.library.custom_op("chaincrf::triton_forward", mutates_args=())
@@ -61,7 +48,7 @@ def _forward_op(
     accumulator: bool,
     check: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    em, (start, transitions, end) = _prepared(emissions, start, transitions, end)
+    em, (start, transitions, end) = kernels.prepared(emissions, start, transitions, end)
     tags = None if tags is None else tags.contiguous()
     mask = mask.contiguous()
     args = (em, tags, mask, start, transitions, end, scale, keep_alpha, accumulator, check)
@@ -82,7 +69,7 @@ def _(
     check: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     B, T, K = emissions.shape
-    dtype = _compute(emissions)
+    dtype = kernels.compute_dtype(emissions)
     return (
         emissions.new_empty(B, dtype=dtype),
         emissions.new_empty((4 if check else 3, B), dtype=dtype),
@@ -105,7 +92,7 @@ def _backward(
     scale: float,
     acc: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
-    em, (start, transitions, end) = _prepared(emissions, start, transitions, end)
+    em, (start, transitions, end) = kernels.prepared(emissions, start, transitions, end)
     mask = mask.contiguous()
     tags = None if tags is None else tags.contiguous()
     if alpha.shape != em.shape:  # not kept by the forward call: recompute them
@@ -162,7 +149,7 @@ def _(
     scale: float,
 ) -> tuple[Tensor, Tensor]:
     K = emissions.shape[2]
-    d_par = emissions.new_empty((K + 2, K), dtype=_compute(emissions))
+    d_par = emissions.new_empty((K + 2, K), dtype=kernels.compute_dtype(emissions))
     return emissions.new_empty(emissions.shape), d_par
 
 
@@ -242,7 +229,7 @@ _forward_op.register_autograd(_forward_backward, setup_context=_save_forward)
 def _viterbi(
     emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor
 ) -> tuple[Tensor, Tensor]:
-    em, (start, transitions, end) = _prepared(emissions, start, transitions, end)
+    em, (start, transitions, end) = kernels.prepared(emissions, start, transitions, end)
     return kernels.viterbi(
         em, mask if mask.is_contiguous() else mask.contiguous(), start, transitions, end
     )
@@ -262,7 +249,7 @@ def _(
     B, T, _ = emissions.shape
     return (
         emissions.new_empty((B, T), dtype=torch.long),
-        emissions.new_empty(B, dtype=_compute(emissions)),
+        emissions.new_empty(B, dtype=kernels.compute_dtype(emissions)),
     )
 
 
@@ -276,95 +263,21 @@ def _marginals_op(
 def _marginals(
     emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor
 ) -> Tensor:
-    em, (start, transitions, end) = _prepared(emissions, start, transitions, end)
+    em, (start, transitions, end) = kernels.prepared(emissions, start, transitions, end)
     mask = mask.contiguous()
     log_z, aux, alpha, _ = kernels.forward(em, None, mask, start, transitions, end, 1.0, True)
     one = log_z.new_ones(())  # a unit weight for every row: read at stride 0
     d_em, _ = kernels.backward(
         one, em, None, mask, transitions, end, alpha, log_z, 1.0, False, None, aux[2]
     )
-    return d_em.to(_compute(emissions))  # as the fake says (half emissions: written as read)
+    return d_em.to(
+        kernels.compute_dtype(emissions)
+    )  # as the fake says (half emissions: written as read)
 
 
 @_marginals_op.register_fake
 def _(emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
-    return emissions.new_empty(emissions.shape, dtype=_compute(emissions))
-
-
-# ------------------------------------------------------------------------------ eager calls
-
-
-class _Likelihood(torch.autograd.Function):
-    """The forward op and its autograd formula for eager calls, calling the kernels directly:
-    the same launches without the custom-op dispatcher's Python layers (several times the
-    kernels' own time on one sentence: ``scripts/bench_crf_gpu.py --sections launches``
-    reports the host time per call). Under torch.compile / torch.export the custom ops run.
-    The options travel as one tuple, and the gold scores and checks (``aux``) are an output
-    only when asked for: each argument and output costs autograd host time, every call."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        emissions: Tensor,
-        tags: Tensor | None,
-        mask: Tensor,
-        start: Tensor,
-        transitions: Tensor,
-        end: Tensor,
-        options: tuple[float, bool, bool, bool, bool, bool],
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        scale, keep_alpha, accumulator, total, with_aux, check = options
-        em, (s, t, e) = _prepared(emissions, start, transitions, end)
-        if tags is not None and not tags.is_contiguous():
-            tags = tags.contiguous()
-        if not mask.is_contiguous():
-            mask = mask.contiguous()
-        out, aux, alpha, acc = kernels.forward(
-            em, tags, mask, s, t, e, scale, keep_alpha, accumulator, check
-        )
-        log_z = aux[0] if tags is not None else out
-        ctx.save_for_backward(em, tags, mask, t, e, alpha, log_z, aux[2])  # prepared: as they are
-        ctx.acc, ctx.scale, ctx.added = acc, scale, False
-        ctx.dtypes = (emissions.dtype, start.dtype, transitions.dtype, end.dtype)
-        # the rows' sum as this call's output: autograd runs no reduction node, and the
-        # backward reads the scalar gradient for every row (stride 0); one row is its own sum
-        # (a view: no launch)
-        result = (out.view(()) if out.shape[0] == 1 else out.sum()) if total else out
-        if not with_aux:
-            return result
-        ctx.mark_non_differentiable(aux)
-        ctx.set_materialize_grads(False)  # no zeros made for ``aux``'s (absent) gradient
-        return result, aux
-
-    @staticmethod
-    def backward(
-        ctx: Any, grad: Tensor | None, *_aux: Tensor | None
-    ) -> tuple[Tensor | None, None, None, Tensor | None, Tensor | None, Tensor | None, None]:
-        if grad is None:  # undefined (grads not materialised): zero, as are the inputs'
-            return None, None, None, None, None, None, None
-        em, tags, mask, transitions, end, alpha, log_z, flags = ctx.saved_tensors
-        acc = ctx.acc if ctx.acc.numel() > 0 else None
-        if acc is not None:
-            if ctx.added:  # a second backward through a retained graph: a new zeroed buffer
-                # (the first backward's gradients may live on in the old one, as a .grad)
-                acc = ctx.acc = torch.zeros_like(acc)
-            ctx.added = True
-        d_em, d_par = kernels.backward(
-            grad, em, tags, mask, transitions, end, alpha, log_z, ctx.scale, True, acc, flags
-        )
-        K = d_par.shape[1]
-        d_start, d_trans, d_end = d_par[0], d_par[1 : K + 1], d_par[K + 1]
-        em_dtype, start_dtype, trans_dtype, end_dtype = ctx.dtypes
-        computed = d_par.dtype  # (a conversion only where the dtypes differ: host time)
-        if d_em.dtype != em_dtype:
-            d_em = d_em.to(em_dtype)
-        if computed != start_dtype:
-            d_start = d_start.to(start_dtype)
-        if computed != trans_dtype:
-            d_trans = d_trans.to(trans_dtype)
-        if computed != end_dtype:
-            d_end = d_end.to(end_dtype)
-        return d_em, None, None, d_start, d_trans, d_end, None
+    return emissions.new_empty(emissions.shape, dtype=kernels.compute_dtype(emissions))
 
 
 # ------------------------------------------------------------------------------ public calls
@@ -434,7 +347,7 @@ def forward(
     if not traced:
         options = (float(scale), keep, adding, total, gold or check, check)
         args = (emissions, tags, mask8, start, transitions, end, options)
-        result = _Likelihood.apply(*args)  # type: ignore[no-untyped-call]  # apply: unannotated
+        result = Likelihood.apply(*args)  # type: ignore[no-untyped-call]  # apply: unannotated
         if not (gold or check):
             return result, None, None
         out, aux = result

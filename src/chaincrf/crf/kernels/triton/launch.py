@@ -15,7 +15,7 @@ from chaincrf.crf import tracing, tuning
 from chaincrf.crf.kernels.triton.dot import _dot_backward_kernel, _dot_forward_kernel
 from chaincrf.crf.kernels.triton.programs import _backward_kernel, _forward_kernel
 
-__all__ = ["backward", "blocks", "dot_path", "forward", "viterbi"]
+__all__ = ["backward", "blocks", "compute_dtype", "dot_path", "forward", "prepared", "viterbi"]
 
 DOT_ROWS = 16
 """Rows per program of the exp-space kernels (``tl.dot`` needs at least 16)."""
@@ -51,8 +51,21 @@ def blocks(B: int, K: int) -> tuple[int, int, int]:
     return block_b, block_k, 1 if size <= 256 else 2 if size <= 1024 else 4
 
 
-def _compute_dtype(em: Tensor) -> torch.dtype:
+def compute_dtype(em: Tensor) -> torch.dtype:
+    """The dtype the kernels compute in for emissions ``em``: float64 for float64, else
+    float32 (half-precision emissions are read as they are)."""
     return torch.float64 if em.dtype == torch.float64 else torch.float32
+
+
+def prepared(em: Tensor, *scores: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Contiguous emissions, and the scores contiguous in the compute dtype, as the launches
+    take them (no copy, and no call, when they are already: each call costs microseconds on
+    the host)."""
+    dtype = compute_dtype(em)
+    ready = [
+        s if s.dtype == dtype and s.is_contiguous() else s.to(dtype).contiguous() for s in scores
+    ]
+    return (em if em.is_contiguous() else em.contiguous()), ready
 
 
 def dot_path(K: int, dtype: torch.dtype, device: torch.device) -> bool:
@@ -116,7 +129,7 @@ def forward(
         ((0, 0) without).
     """
     B, T, K = em.shape
-    dtype = _compute_dtype(em)
+    dtype = compute_dtype(em)
     out = em.new_empty(B, dtype=dtype)
     aux = em.new_empty((4 if check else 3, B), dtype=dtype)  # every entry written
     alpha = em.new_empty((B, T, K) if keep_alpha else (0, 0, 0), dtype=dtype)
@@ -240,7 +253,7 @@ def viterbi(
     """
     B, T, K = em.shape
     paths = torch.empty((B, T), dtype=torch.long, device=em.device)
-    scores = em.new_empty(B, dtype=_compute_dtype(em))
+    scores = em.new_empty(B, dtype=compute_dtype(em))
     if B == 0 or T == 0:
         return paths, scores.zero_()
     back = torch.empty((B, T, K), dtype=torch.int32, device=em.device)  # read where written
