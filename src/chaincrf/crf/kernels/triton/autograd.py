@@ -16,12 +16,12 @@ __all__ = ["Likelihood"]
 
 
 class Likelihood(torch.autograd.Function):
-    """The forward op and its autograd formula for eager calls, calling the kernels directly:
-    the same launches without the custom-op dispatcher's Python layers (several times the
-    kernels' own time on one sentence: ``scripts/bench_crf_gpu.py --sections launches``
-    reports the host time per call). Under torch.compile / torch.export the custom ops run.
-    The options travel as one tuple, and the gold scores and checks (``aux``) are an output
-    only when asked for: each argument and output costs autograd host time, every call."""
+    """The likelihood's forward launch and its backward launch, for eager calls: the custom
+    ops' launches without the dispatcher's Python layers (several times the kernels' own time
+    on one sentence: ``scripts/bench_crf_gpu.py --sections launches`` reports the host time
+    per call; ``--sections host`` chaincrf's share, on the CPU). The options travel as one
+    tuple, and the gold scores and checks (``aux``) are an output only when asked for: each
+    argument and output costs autograd host time, every call."""
 
     @staticmethod
     def forward(

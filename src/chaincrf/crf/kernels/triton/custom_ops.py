@@ -19,6 +19,10 @@ batch spans several programs).
   only: AOTAutograd cannot save a buffer that the backward mutates);
 * ``chaincrf::triton_viterbi`` -> (best paths (B, T) int64, -1 where masked; scores (B,));
 * ``chaincrf::triton_marginals`` -> tag marginals (B, T, K), 0 where masked.
+
+The public calls (:func:`forward`, :func:`viterbi`, :func:`marginals`) run these ops when a
+graph is traced; eager calls launch the kernels directly (the likelihood through
+:class:`chaincrf.crf.kernels.triton.autograd.Likelihood`), without the ops' Python dispatch.
 """
 
 from __future__ import annotations
