@@ -23,6 +23,28 @@ __all__ = [
 ]
 
 
+def _likelihood(
+    name: str,
+    em: Tensor,
+    mask: Tensor,
+    start: Tensor,
+    trans: Tensor,
+    end: Tensor,
+    tags: Tensor | None,
+    constrained: bool,
+    validate: bool,
+    scale: float = 1.0,
+    summed: bool = False,
+) -> Tensor:
+    """``scale`` times the log-likelihood of each row, or (``summed``) their sum."""
+    if tags is None:
+        raise ValueError(f"{name} needs tags")
+    args = (em, tags.contiguous(), mask, start, trans, end, constrained, validate, scale)
+    if summed:
+        return ops.log_likelihood_sum_masked(*args)
+    return ops.log_likelihood_masked(*args)
+
+
 def log_likelihood(
     em: Tensor,
     mask: Tensor,
@@ -35,10 +57,7 @@ def log_likelihood(
     validate: bool = True,
 ) -> Tensor:
     """Gold-path score minus log Z (B,); with ``constrained``, a forbidden gold path is an error."""
-    if tags is None:
-        raise ValueError("log_likelihood needs tags")
-    args = (em, tags.contiguous(), mask, start, trans, end, constrained, validate)
-    return ops.log_likelihood_masked(*args)
+    return _likelihood("log_likelihood", em, mask, start, trans, end, tags, constrained, validate)
 
 
 def negative_log_likelihood(
@@ -53,10 +72,8 @@ def negative_log_likelihood(
     validate: bool = True,
 ) -> Tensor:
     """``-log_likelihood(...)`` from the same pass (no negation node, forward or backward)."""
-    if tags is None:
-        raise ValueError("negative_log_likelihood needs tags")
-    args = (em, tags.contiguous(), mask, start, trans, end, constrained, validate)
-    return ops.log_likelihood_masked(*args, -1.0)
+    args = (em, mask, start, trans, end, tags, constrained, validate, -1.0)
+    return _likelihood("negative_log_likelihood", *args)
 
 
 def log_likelihood_sum(
@@ -73,10 +90,8 @@ def log_likelihood_sum(
     """The sum over the rows of the gold-path score minus log Z (0-d): computed with its
     gradient in one pass (a reduced loss needs no per-row weights), and eagerly with no
     reduction node for autograd (``EAGER_SUMS``)."""
-    if tags is None:
-        raise ValueError("log_likelihood_sum needs tags")
-    args = (em, tags.contiguous(), mask, start, trans, end, constrained, validate)
-    return ops.log_likelihood_sum_masked(*args)
+    args = (em, mask, start, trans, end, tags, constrained, validate, 1.0, True)
+    return _likelihood("log_likelihood_sum", *args)
 
 
 def negative_log_likelihood_sum(
@@ -91,10 +106,8 @@ def negative_log_likelihood_sum(
     validate: bool = True,
 ) -> Tensor:
     """``-log_likelihood_sum(...)``: sign and sum in the same call, no node of their own."""
-    if tags is None:
-        raise ValueError("negative_log_likelihood_sum needs tags")
-    args = (em, tags.contiguous(), mask, start, trans, end, constrained, validate)
-    return ops.log_likelihood_sum_masked(*args, -1.0)
+    args = (em, mask, start, trans, end, tags, constrained, validate, -1.0, True)
+    return _likelihood("negative_log_likelihood_sum", *args)
 
 
 def log_partition(
