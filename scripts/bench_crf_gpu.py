@@ -433,6 +433,19 @@ def section_compile(args, report: dict) -> None:
         )
         row["eager_us"] = timed(step(model)) * 1e6
         row["compiled_us"] = timed(step(compiled)) * 1e6
+        if DEVICE == "cuda":  # Inductor's CUDA graphs: what a GPU user compiles with at B=1
+            graphed = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+
+            def replayed():
+                torch.compiler.cudagraph_mark_step_begin()
+                return step(graphed)()
+
+            for _ in range(3):  # warm-up, recording, a first replay
+                replayed()
+            loss_g = float(replayed())
+            row["reduce_overhead_equal"] = abs(loss_g - loss_e) <= 1e-4 * max(1, abs(loss_e))
+            row["reduce_overhead_us"] = timed(replayed) * 1e6
+            row["eager_over_reduce_overhead"] = row["eager_us"] / row["reduce_overhead_us"]
         if "pytorch-crf" in args.peers and T <= 32:  # its loop is unrolled: minutes beyond
             import torchcrf
 

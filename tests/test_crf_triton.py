@@ -549,6 +549,45 @@ def test_torch_compile_fullgraph_on_cuda_equals_eager():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.gpu
+@CUDA
+def test_torch_compile_reduce_overhead_replays_cuda_graphs_as_eager():
+    """``torch.compile(mode="reduce-overhead")`` (Inductor's CUDA graphs, what a GPU user picks
+    against host overhead) of an NLL + backward through a module holding the CRF: Inductor
+    records CUDA graphs and skips none (it skips a graph holding a host read, a CPU tensor or
+    a mutated input, and counts it), and each replay, with new inputs, equals eager."""
+    from torch._dynamo.utils import counters  # Inductor's only record of a skipped capture
+
+    B, T, K = 6, 10, 7
+    torch.manual_seed(0)
+    proj = torch.nn.Linear(8, K).cuda()
+    crf = CRF(K, batch_first=True).cuda()
+    params = (*proj.parameters(), *crf.parameters())
+    tags = torch.randint(K, (B, T), device="cuda")
+    mask = torch.arange(T, device="cuda") < torch.randint(1, T + 1, (B, 1), device="cuda")
+
+    def loss_fn(x):
+        return crf.nll(proj(x), tags, mask, validate=False)
+
+    compiled = torch.compile(loss_fn, mode="reduce-overhead", fullgraph=True)
+    counters.clear()
+    for i in range(4):  # warm-up, capture, then replays
+        x = torch.randn(B, T, 8, device="cuda") * (1 + i)
+        results = []
+        for run in (compiled, loss_fn):
+            torch.compiler.cudagraph_mark_step_begin()
+            for p in params:
+                p.grad = None
+            loss = run(x)
+            loss.backward()  # (the backward graph: captured too)
+            # a graph's outputs are overwritten by its next replay: copies
+            results.append([loss.detach().clone(), *(p.grad.clone() for p in params)])
+        for got, want in zip(*results):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert not counters["inductor"]["cudagraph_skips"], dict(counters["inductor"])
+    assert "cudagraph_recorded_non_static_inputs" in counters["inductor"]  # a graph recorded
+
+
 def test_a_retained_graph_gives_the_same_gradients_twice():
     """The score gradients are added into a buffer the forward launch zeroed: a second
     backward through a retained graph starts the sums again (not twice the gradient)."""
