@@ -250,3 +250,26 @@ def test_token_accuracy_errors():
             torch.zeros(2, 3, dtype=torch.long),
             torch.ones(2, 3, dtype=torch.long),
         )
+
+
+def test_token_mean_weighs_each_value_by_its_tokens():
+    from chaincrf.training.metrics import TokenMean
+
+    metric = TokenMean()
+    metric.update(torch.tensor(1.0), torch.tensor(1))
+    metric.update(torch.tensor(3.0), 3)
+    assert float(metric.compute()) == pytest.approx(2.5)
+    metric.reset()
+    assert float(metric.total) == 0.0 and float(metric.tokens) == 0.0
+
+
+def test_token_mean_merged_states_equal_one_metric_over_all_values():
+    from chaincrf.training.metrics import TokenMean
+
+    values = [(torch.tensor(0.5 + i), torch.tensor(i + 1)) for i in range(6)]
+    whole, first, second = TokenMean(), TokenMean(), TokenMean()
+    for i, (value, tokens) in enumerate(values):
+        whole.update(value, tokens)
+        (first if i % 2 else second).update(value, tokens)
+    first.merge_state(second)
+    assert float(first.compute()) == pytest.approx(float(whole.compute()))

@@ -545,3 +545,41 @@ def test_training_logs_no_per_step_figure_that_lightning_copies_to_the_host(tmp_
     assert dict(trainer.progress_bar_metrics) == {}  # nothing logged per step for the bar
     assert isinstance(tagger.step_loss, torch.Tensor) and not tagger.step_loss.requires_grad
     assert torch.isfinite(tagger.step_loss)
+
+
+def test_the_logged_losses_are_per_token_over_the_epoch(tmp_path):
+    """train/loss and val/loss are the epoch's loss per token: each batch's loss per token
+    weighted by its tokens (batches of 2 and of 10 sentences here), not the batches' plain
+    mean (what torchmetrics' MeanMetric(nan_strategy="disable") gave)."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(0)
+    encoder, sentences = _ner_encoder()
+    batches = [_batch(encoder, sentences[:2]), _batch(encoder, sentences[2:12])]
+    assert int(batches[0]["mask"].sum()) * 2 < int(batches[1]["mask"].sum())
+    tagger = _tagger(encoder)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    logged = trainer.validate(tagger, DataLoader(batches, batch_size=None), verbose=False)[0]
+    with torch.no_grad():
+        losses = [tagger.model.loss(tagger(b), b["tags"], b["mask"]) for b in batches]
+    tokens = [b["mask"].sum() for b in batches]
+    per_token = float(sum(loss * n for loss, n in zip(losses, tokens)) / sum(tokens))
+    assert abs(per_token - float(sum(losses)) / 2) > 1e-3  # the two means differ here
+    assert logged["val/loss"] == pytest.approx(per_token, rel=1e-5)
+
+    steps = []  # (the step's loss per token, its tokens), as training_step returned them
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            steps.append((float(outputs["loss"]), int(batch["mask"].sum())))
+
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False,
+                         limit_val_batches=0, callbacks=[Record()],
+                         default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(tagger, DataLoader(batches, batch_size=None))
+    expected = sum(loss * n for loss, n in steps) / sum(n for _, n in steps)
+    assert len(steps) == 2
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(expected, rel=1e-5)

@@ -19,12 +19,11 @@ from seqeval.metrics.sequence_labeling import get_entities
 from seqeval.scheme import IOB1, IOB2, IOBES, Entities
 from torch import Tensor, nn
 from torchmetrics import Metric
-from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from chaincrf.data.schemes import TagScheme, normalize_scheme, scheme_labels, split_label
 
-__all__ = ["LabelConfusion", "SpanF1", "StageMetrics", "TokenAccuracy"]
+__all__ = ["LabelConfusion", "SpanF1", "StageMetrics", "TokenAccuracy", "TokenMean"]
 
 _SEQEVAL_SCHEMES = {"IOB1": IOB1, "BIO": IOB2, "BIOES": IOBES}
 
@@ -230,6 +229,40 @@ class TokenAccuracy(Metric):
         return _divide(self.correct, self.total)
 
 
+class TokenMean(Metric):
+    """The token-weighted mean of per-batch values (a loss per token): ``sum(value * tokens) /
+    sum(tokens)``, the epoch's loss per token whatever the batches' sizes.
+
+    States (float64 scalars on the device, reduced by sum): ``total`` and ``tokens``. No value
+    is read on the host and none is checked for NaN (the training loop's loss check does that).
+    (torchmetrics' ``MeanMetric(nan_strategy="disable")``, the one without a host read, drops
+    the weights in torchmetrics 1.9: it gave the batches' plain mean.)
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    total: Tensor
+    tokens: Tensor
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        zero = torch.tensor(0.0, dtype=torch.float64)
+        self.add_state("total", default=zero, dist_reduce_fx="sum")
+        self.add_state("tokens", default=zero.clone(), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor, tokens: Tensor | int) -> None:
+        """Add a batch's ``value`` (0-d, per token) weighted by its ``tokens``."""
+        weight = torch.as_tensor(tokens, device=self.total.device).to(torch.float64)
+        self.total += value.detach().to(torch.float64) * weight
+        self.tokens += weight
+
+    def compute(self) -> Tensor:
+        """The weighted mean, float64 0-d (0 before any token was counted)."""
+        return _divide(self.total, self.tokens)
+
+
 class LabelConfusion(MulticlassConfusionMatrix):
     """Token confusion counts over a fixed label list, ``[gold, predicted]``: torchmetrics'
     multiclass confusion matrix (synced across DDP ranks by torchmetrics), fed with label ids
@@ -270,7 +303,7 @@ class StageMetrics(nn.Module):
     def __init__(self, tags: TagScheme) -> None:
         super().__init__()
         self.tags = tags
-        self.loss = MeanMetric(nan_strategy="disable")  # token-weighted, on the device
+        self.loss = TokenMean()  # the loss per token, on the device
         self.accuracy = TokenAccuracy()
         # the confusion over the labels as scored (the corpus's scheme), not the training's
         self.confusion = LabelConfusion(tags.original_labels)

@@ -15,7 +15,6 @@ from typing import Any, cast
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
-from torchmetrics.aggregation import MeanMetric
 
 from chaincrf.crf import NonFiniteInputError
 from chaincrf.files.model_files import CHECKPOINT_KEY
@@ -24,7 +23,7 @@ from chaincrf.predict.outputs import TaggedSentence
 from chaincrf.predict.serving import ServingMixin
 from chaincrf.training import schedule
 from chaincrf.training.callbacks import LossCheck
-from chaincrf.training.metrics import StageMetrics
+from chaincrf.training.metrics import StageMetrics, TokenMean
 
 __all__ = ["SequenceTagger"]
 
@@ -90,7 +89,7 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
         self.vocab: dict[str, Any] | None = as_plain(vocab, "vocab") if vocab is not None else None
         self.model = config.build_model(pretrained)
         self.metrics = nn.ModuleDict({stage: StageMetrics(self.tags) for stage in ("val", "test")})
-        self.train_loss = MeanMetric(nan_strategy="disable")  # check_loss stops at a NaN
+        self.train_loss = TokenMean()  # the epoch's loss per token; loss_check stops at a NaN
         self.results: dict[str, dict[str, float]] = {}
         self.confusion: dict[str, Tensor] = {}
         self.trained_tokens: Tensor | int = 0  # a device tensor once training has stepped
