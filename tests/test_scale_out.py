@@ -338,11 +338,18 @@ def test_the_crf_and_the_lstms_compute_in_float32_under_cpu_autocast():
     em = torch.randn(4, 13, 9, dtype=torch.bfloat16)
     tags = torch.randint(0, 9, (4, 13))
     mask = torch.arange(13) < torch.tensor([13, 7, 1, 10])[:, None]
+    # the eager kernel on longer rows: its log-depth path, whose products autocast would lower
+    eager = CRF(5, batch_first=True, kernel="eager")
+    long_em, long_tags = torch.randn(2, 64, 5, dtype=torch.bfloat16), torch.randint(0, 5, (2, 64))
     calls = (
         lambda: crf(em, tags, mask, reduction="none"),
+        lambda: crf.nll(em, tags, mask, reduction="token_mean"),
         lambda: crf.marginals(em, mask),
         lambda: crf.viterbi(em, mask)[1],
         lambda: crf.pairwise_marginals(em, mask),
+        lambda: eager.nll(long_em, long_tags, reduction="token_mean"),
+        lambda: eager.loss(long_em, long_tags, reduction="none"),
+        lambda: eager(long_em, long_tags, reduction="none"),
     )
     plain = [f() for f in calls]
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -18,7 +18,7 @@ from torch import Tensor
 _F = TypeVar("_F", bound=Callable[..., Any])
 _C = TypeVar("_C", bound=type)
 
-COMPUTATIONS = ("forward", "log_partition", "decode", "viterbi", "marginals",
+COMPUTATIONS = ("forward", "nll", "loss", "log_partition", "decode", "viterbi", "marginals",
                 "pairwise_marginals", "entropy", "sample", "partial_log_likelihood")  # fmt: skip
 """The layer's methods that compute from emissions (wrapped by :func:`float32_computations`)."""
 
