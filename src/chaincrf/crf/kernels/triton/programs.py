@@ -238,11 +238,13 @@ def _write_sums(
     dst = tl.arange(0, BLOCK_K)
     col_ok = dst < K
     tile = (src[:, None] < K) & col_ok[None, :]
-    if ATOMIC:
-        tl.atomic_add(d_par_ptr + dst, first, mask=col_ok)
+    if ATOMIC:  # relaxed: the sums are read by a later launch, nothing here orders on them
+        # (Triton's default, acq_rel, adds fences to every addition)
+        tl.atomic_add(d_par_ptr + dst, first, mask=col_ok, sem="relaxed")
         if PAIRWISE:
-            tl.atomic_add(d_par_ptr + K + src[:, None] * K + dst[None, :], pair, mask=tile)
-        tl.atomic_add(d_par_ptr + (K + 1) * K + dst, d_end, mask=col_ok)
+            pairs = d_par_ptr + K + src[:, None] * K + dst[None, :]
+            tl.atomic_add(pairs, pair, mask=tile, sem="relaxed")
+        tl.atomic_add(d_par_ptr + (K + 1) * K + dst, d_end, mask=col_ok, sem="relaxed")
     else:
         out = d_par_ptr + pid.to(tl.int64) * (K + 2) * K
         tl.store(out + dst, first, mask=col_ok)
