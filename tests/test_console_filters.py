@@ -47,6 +47,19 @@ def _enabled(name: str, level: int) -> bool:
     return logging.getLogger(name).isEnabledFor(level)
 
 
+def test_cudnns_note_on_the_bilstms_direction_calls_is_hidden_there_only():
+    note = (
+        "RNN module weights are not part of single contiguous chunk of memory. This means they "
+        "need to be compacted at every call, possibly greatly increasing memory usage."
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_third_party(False):
+            _warn(note, "chaincrf.network.encoders.bilstm")  # the padded calls: known, hidden
+            _warn(note, "chaincrf.network.encoders.other")  # anywhere else: shown
+    assert [w.filename for w in caught] == ["chaincrf/network/encoders/other.py"]
+
+
 def test_the_libraries_loggers_are_quiet_within_the_block_only(caplog):
     caplog.set_level(logging.INFO)
     before = logging.getLogger("onnxscript").level

@@ -62,6 +62,19 @@ its own machinery; hidden unless ``verbose=true``."""
 LIGHTNING_MODULES = r"(pytorch_lightning|lightning_fabric|lightning|torch)(\.|$)"
 """The modules those warnings are attributed to (Lightning's, and torch's for the deprecations)."""
 
+TORCH_WARNINGS = (
+    # The BiLSTM on a GPU runs each direction of each layer as its own cuDNN call (padded and
+    # exact, with no packing and so no host synchronisation: chaincrf.network.encoders.bilstm).
+    # cuDNN reads a call's weights in place only when they start the storage they live in.
+    # Only the first layer's forward direction does: nn.LSTM keeps every weight in one flat
+    # buffer. cuDNN therefore gathers the other directions' weights on each call, about a megabyte
+    # each. ATen's code says so, once; the warning has not been seen yet (no GPU run since).
+    (r"RNN module weights are not part of single contiguous chunk of memory",
+     r"chaincrf\.network\.encoders\.bilstm$"),
+)  # fmt: skip
+"""(message, module) of warnings torch raises in chaincrf's own calls about a cost chaincrf
+chose and documents; hidden unless ``verbose=true``."""
+
 QUIET_PACKAGES = ("onnxruntime/quantization",)
 """Packages that log on the root logger (``logging.warning(...)``): their records are dropped
 unless ``verbose=true`` ("Please consider to run pre-processing before quantization")."""
@@ -92,6 +105,8 @@ def quiet_third_party(verbose: bool = False) -> Iterator[None]:
     with warnings.catch_warnings():
         for message in LIGHTNING_WARNINGS:
             warnings.filterwarnings("ignore", message=message, module=LIGHTNING_MODULES)
+        for message, module in TORCH_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, module=module)
         for name, level in QUIET_LOGGERS.items():
             logger = logging.getLogger(name)
             logger.setLevel(max(level, logger.getEffectiveLevel()))
