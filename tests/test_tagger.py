@@ -583,3 +583,37 @@ def test_the_logged_losses_are_per_token_over_the_epoch(tmp_path):
     expected = sum(loss * n for loss, n in steps) / sum(n for _, n in steps)
     assert len(steps) == 2
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_predictions_are_computed_in_the_training_precision(tmp_path):
+    """A model trained in bf16-mixed predicts with its network under bfloat16 autocast, as
+    chaincrf-eval evaluates it, and the CRF in float32: the confidences are those of the
+    autocast network, not of a float32 one, in float32. The precision travels in the model
+    file to the Lightning-free predictor too."""
+    from chaincrf.predict.bundle import load_predictor
+
+    torch.manual_seed(0)
+    encoder, sentences = _ner_encoder()
+    tagger = _tagger(encoder).eval()  # untrained: confidences far from 1
+    tokens = [list(s.tokens) for s in sentences[:6]]
+    in_float32 = [s.confidences for s in tagger.predict(tokens)]
+    tagger.trained_precision = "bf16-mixed"
+    in_bf16 = [s.confidences for s in tagger.predict(tokens)]
+    encoded = tagger.predictor.encode(tokens)
+    mask = encoded["mask"]
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            emissions = tagger.model.emissions(encoded)
+        assert emissions.dtype == torch.bfloat16  # the projection ran in autocast
+        marginals = tagger.model.marginals(emissions.float(), mask)
+        paths = tagger.model.decode(emissions.float(), mask)
+    chosen = marginals.gather(-1, paths.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    for row, (got, in32) in enumerate(zip(in_bf16, in_float32)):
+        want = chosen[row, : int(mask[row].sum())].tolist()
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6)  # (confidences: 6 decimals)
+        assert got != pytest.approx(in32, rel=1e-4)
+    folder = tagger.save_pretrained(tmp_path / "model")
+    loaded = load_predictor(folder)
+    assert loaded.precision == "bf16-mixed"
+    for got, want in zip(loaded.predict(tokens), in_bf16):
+        assert got.confidences == pytest.approx(want)

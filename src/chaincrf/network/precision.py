@@ -1,4 +1,5 @@
-"""Mixed precision on the CPU: what autocast may run in bfloat16 or float16 there.
+"""Mixed precision: what autocast may run in bfloat16 or float16 on the CPU, and the autocast a
+model's training precision means when it predicts.
 
 Lightning's ``bf16-mixed`` turns on CPU autocast, which sends LSTMs to oneDNN in bfloat16; CPUs
 without native bf16/fp16 support (AVX-512 BF16, AMX) have no such oneDNN primitive and fail
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from typing import Any
 
 import torch
 
@@ -49,3 +51,26 @@ def rnn_precision(data: torch.Tensor) -> contextlib.AbstractContextManager[None]
         if dtype is not None and not cpu_supports(dtype):
             return torch.autocast("cpu", enabled=False)
     return contextlib.nullcontext()
+
+
+_AUTOCAST = {"bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16,
+             "16-mixed": torch.float16, "16": torch.float16}  # fmt: skip
+"""Lightning's mixed precisions (and their short names) and the dtype they autocast to."""
+
+
+def autocast_for(
+    precision: str | None, device: torch.device
+) -> contextlib.AbstractContextManager[Any]:
+    """The autocast a model trained in ``precision`` (Lightning's name, as stored in its
+    checkpoint) runs its network in on ``device``, so that predictions are computed as the
+    run's evaluation computed them (``chaincrf-eval`` uses the same precision): bfloat16
+    autocast for ``bf16-mixed``, float16 for ``16-mixed`` on a GPU. Nothing (float32) for
+    ``32-true``, for a model file that does not say (None), for other precisions, and for
+    ``16-mixed`` on the CPU, which has no float16 autocast (``chaincrf-eval`` computes in float32
+    there too)."""
+    dtype = _AUTOCAST.get(str(precision))
+    if dtype is None or device.type not in ("cpu", "cuda"):
+        return contextlib.nullcontext()
+    if device.type == "cpu" and dtype == torch.float16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

@@ -83,12 +83,13 @@ def load_predictor(
     """
     from chaincrf.predict.predictor import Predictor
 
-    predictor, _ = _restore(
+    predictor, precision = _restore(
         path,
         map_location,
         allow_targets,
         lambda config, vocab: Predictor(config.build_model(), config.tag_scheme(), vocab),
     )
+    predictor.precision = precision  # the training precision's autocast, as chaincrf-eval
     predictor.model.to(map_location).eval()
     return predictor
 

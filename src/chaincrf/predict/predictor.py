@@ -21,8 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from chaincrf.crf.inputs import HALF
 from chaincrf.data.schemes import TagScheme
 from chaincrf.network.model import TaggerModel
+from chaincrf.network.precision import autocast_for
 from chaincrf.predict.outputs import TaggedSentence
 from chaincrf.predict.streaming import StreamPredictor
 
@@ -39,6 +41,11 @@ class Predictor(StreamPredictor):
         vocab: the vocabularies as plain data (``SentenceEncoder.to_dict()``), or None (then
             only :meth:`tag_batch` on ready batches works).
         tokenizer: for raw strings, as :class:`~chaincrf.predict.streaming.StreamPredictor`'s.
+        precision: the precision the model was trained in (Lightning's name, as its model
+            file stores it; None: float32). The network runs under the autocast it means
+            (:func:`chaincrf.network.precision.autocast_for`: bfloat16 for ``bf16-mixed``,
+            float16 for ``16-mixed`` on a GPU), as ``chaincrf-eval`` evaluates it, so that the
+            tags are the ones behind the run's figures; the CRF computes in float32 either way.
     """
 
     def __init__(
@@ -47,9 +54,11 @@ class Predictor(StreamPredictor):
         tags: TagScheme,
         vocab: Mapping[str, Any] | None,
         tokenizer: str = "spacy",
+        precision: str | None = None,
     ) -> None:
         super().__init__(tags, vocab, tokenizer)
         self.model = model
+        self.precision = precision
 
     @property
     def device(self) -> torch.device:
@@ -119,7 +128,11 @@ class Predictor(StreamPredictor):
             ValueError: if ``top_k > 1`` without a CRF.
         """
         mask = batch["mask"]
-        emissions = self.model.emissions(batch)  # (B, T, K)
+        with autocast_for(self.precision, mask.device):  # the training precision's autocast
+            emissions = self.model.emissions(batch)  # (B, T, K)
+        # the CRF computes in float32 from half-precision emissions (exactly: their upcast), and
+        # the marginals, the confidences, stay float32
+        emissions = emissions.float() if emissions.dtype in HALF else emissions
         alternatives: list[list[dict[str, Any]]] = [[] for _ in range(mask.shape[0])]
         if top_k > 1:
             paths, alternatives = self.best_paths(emissions, mask, top_k)  # (B, T)

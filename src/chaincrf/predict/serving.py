@@ -79,8 +79,10 @@ class ServingMixin:
         """The :class:`~chaincrf.predict.predictor.Predictor` over this tagger's network, tags
         and vocabularies (a new one when the vocabularies were replaced)."""
         cached = self.__dict__.get("_predictor")
+        precision = getattr(self, "trained_precision", None)
         if cached is None or cached.vocab is not self.vocab:
             cached = self.__dict__["_predictor"] = Predictor(self.model, self.tags, self.vocab)
+        cached.precision = precision  # (the training precision, as the tagger holds it now)
         return cached
 
     def predict(
