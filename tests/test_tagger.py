@@ -432,7 +432,7 @@ def test_word_lr_scale_gives_the_word_table_its_own_learning_rate():
 
 class HostReads:
     """Counts the host reads of tensor values (``.item()``, ``bool()``, ``.tolist()``,
-    ``nonzero``: each a synchronisation on a GPU) made by the training system's own code (the
+    ``nonzero``, mask indexing, ``unique``, ``bincount``: each a synchronisation on a GPU) made by the training system's own code (the
     tagger's module and callbacks, Lightning's loop) during training batches. The network's and
     the CRF's reads are not counted: they have their own checks (``test_sync_free.py``, the GPU
     check), and the CPU runs paths of their own there; nor the optimiser's step counter, a CPU
@@ -444,8 +444,19 @@ class HostReads:
         from torch.utils._python_dispatch import TorchDispatchMode
 
         aten = torch.ops.aten
+        # each reads values on the host on a GPU: a scalar, the positions of a mask (nonzero,
+        # masked_select, and indexing with a bool mask, which calls nonzero there), the
+        # distinct values or counts (unique, bincount: output sizes from the data)
         reads = {aten._local_scalar_dense.default, aten.nonzero.default,
-                 aten.masked_select.default}  # fmt: skip
+                 aten.masked_select.default, aten._unique2.default, aten.unique_dim.default,
+                 aten.unique_consecutive.default, aten.bincount.default}  # fmt: skip
+        masked = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default}
+
+        def by_mask(func, args) -> bool:  # an index (args[1]) holding a bool or uint8 mask
+            return func in masked and any(
+                isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
+                for i in args[1]
+            )
         self.count = 0
         counter = self
 
@@ -457,6 +468,7 @@ class HostReads:
                     "pytorch_lightning/",
                     "chaincrf/",
                     "torch/optim/",
+                    "torch/autograd/graph.py",  # the backward of a network's or CRF's operation
                 ):
                     if part in name:
                         return part
@@ -467,7 +479,7 @@ class HostReads:
                 to_host = (
                     func is aten._to_copy.default and str((kwargs or {}).get("device")) == "cpu"
                 )
-                if (func in reads or to_host) and owner() in (
+                if (func in reads or to_host or by_mask(func, args)) and owner() in (
                     "chaincrf/training/",
                     "pytorch_lightning/",
                 ):
