@@ -457,6 +457,7 @@ class HostReads:
                 isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
                 for i in args[1]
             )
+
         self.count = 0
         counter = self
 
