@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     info = benchtools.machine(__file__, argv)
-    print("#", benchtools.machine_line(info), f"Triton {triton.__version__}", flush=True)
+    print(benchtools.machine_line(info), f"Triton {triton.__version__}", flush=True)
 
     driver.set_active(check_triton_compile._OfflineCuda(args.arch))
     triton_compiler.CompiledKernel._init_handles = _no_launcher  # type: ignore[method-assign]
