@@ -411,6 +411,28 @@ def test_predict_cli_raw_text_to_jsonl(trained, tmp_path):
     assert sorted(p.name for p in output.parent.iterdir()) == ["tags.jsonl"]  # no temporary left
 
 
+def test_predict_cli_runs_in_the_chosen_or_the_trained_precision(trained, tmp_path):
+    """precision=null predicts in the model's training precision (this run's: 32-true);
+    precision=bf16-mixed runs the network under bfloat16 autocast (other confidences); a value
+    prediction does not take is one line naming the argument."""
+    ckpt = trained["run_dir"] / "checkpoints" / "best.ckpt"
+    confidences = {}
+    for precision in ("null", "32-true", "bf16-mixed"):
+        output = tmp_path / f"{precision}.jsonl"
+        cfg = compose_config(
+            [f"ckpt_path={ckpt}", f"input={FIXTURES / 'raw.txt'}", f"output={output}",
+             f"precision={precision}"], name="predict",
+        )  # fmt: skip
+        predict(cfg)
+        records = [json.loads(line) for line in output.read_text().splitlines()]
+        confidences[precision] = [r["confidences"] for r in records]
+    assert confidences["null"] == confidences["32-true"]
+    assert confidences["bf16-mixed"] != confidences["32-true"]
+    cfg = compose_config([f"ckpt_path={ckpt}", "precision=64-true"], name="predict")
+    with pytest.raises(ValueError, match=r"^precision must be null or one of .*got '64-true'$"):
+        predict(cfg)
+
+
 def test_predict_cli_conll_round_trip(trained, tmp_path):
     ckpt = trained["run_dir"] / "checkpoints" / "best.ckpt"
     output = tmp_path / "dev.out.conll"

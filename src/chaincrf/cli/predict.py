@@ -273,6 +273,24 @@ def check_device(device: str, engine: str) -> str:
     return device
 
 
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16")
+"""``precision=`` values (Lightning's names and their short forms) prediction runs in."""
+
+
+def check_precision(precision: Any) -> str | None:
+    """``precision=`` checked: None (the model's training precision) or one of
+    :data:`PRECISIONS`.
+
+    Raises:
+        ValueError: one line naming ``precision`` and the values it takes.
+    """
+    if precision is None:
+        return None
+    if str(precision) not in PRECISIONS:
+        raise ValueError(f"precision must be null or one of {PRECISIONS}; got {precision!r}")
+    return str(precision)
+
+
 def load(ckpt: Any, engine: str, cfg: DictConfig) -> Any:
     """The predictor for ``engine``: ``onnx`` runs an exported folder's ``model.onnx`` with
     onnxruntime (no torch: :class:`~chaincrf.predict.onnx_predictor.OnnxPredictor`), ``torch``
@@ -373,7 +391,10 @@ def predict(cfg: DictConfig) -> PredictSummary:
         text_encoding(cfg.get("encoding", "utf-8"))
     check_stdio(cfg)
     check_device(str(cfg.get("device", "cpu")), engine)
+    precision = check_precision(cfg.get("precision"))
     predictor = load(ckpt, engine, cfg)
+    if precision is not None and hasattr(predictor, "precision"):  # the PyTorch engine's
+        predictor.precision = precision
     predictor.tokenizer = tokenizer
     items, gold = read_input(cfg, predictor.sentence_encoder.feature_columns)
     if _input_format(cfg) == "text":
