@@ -273,3 +273,26 @@ def test_token_mean_merged_states_equal_one_metric_over_all_values():
         (first if i % 2 else second).update(value, tokens)
     first.merge_state(second)
     assert float(first.compute()) == pytest.approx(float(whole.compute()))
+
+
+def test_the_label_confusion_skips_torchmetrics_argument_checks():
+    """The confusion's ids come from its own label index, in range by construction: no
+    ``torch.unique`` of each batch (torchmetrics' argument check, a host read on a GPU)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from chaincrf.training.metrics import LabelConfusion
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    confusion = LabelConfusion(["O", "B-X", "I-X"])
+    with Ops() as ops:
+        confusion.update_labels([["O", "B-X"], ["I-X"]], [["O", "I-X"], ["I-X"]])
+    assert not [name for name in ops.names if "unique" in name]
+    assert confusion.compute().tolist() == [[1, 0, 0], [0, 0, 1], [0, 0, 1]]

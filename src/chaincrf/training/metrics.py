@@ -273,6 +273,9 @@ class LabelConfusion(MulticlassConfusionMatrix):
     """
 
     def __init__(self, labels: Sequence[str], **kwargs) -> None:
+        # the ids come from :attr:`index` (in range by construction): torchmetrics' argument
+        # checks (``torch.unique`` of the batch: a host read per update on a GPU) are skipped
+        kwargs.setdefault("validate_args", False)
         super().__init__(num_classes=len(labels), **kwargs)
         self.index = {label: i for i, label in enumerate(labels)}
 
