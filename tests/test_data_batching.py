@@ -345,3 +345,23 @@ def test_dataloader_end_to_end():
     batches = list(loader)
     assert [b["index"].tolist() for b in batches] == [[1, 2], [0, 3]]
     assert batches[1]["mask"].sum(1).tolist() == [3, 5]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_gpu_runs_loader_gives_pinned_batches(workers):
+    """For a GPU the batches' tensors are pinned (copied to the device without blocking): by
+    the collate function in the training process, by the DataLoader's pinning thread with
+    workers (a worker must not touch CUDA)."""
+    from chaincrf.data.loaders import batch_loader
+
+    examples = items([3, 1, 2, 5])
+    dataset = EncodedDataset(
+        [{k: e[k] for k in ("words", "chars", "casing", "tags")} for e in examples],
+        [e["tokens"] for e in examples],
+    )
+    loader = batch_loader(dataset, 2, None, False, False, 0, 1, workers, pin_memory=True)
+    for batch in loader:
+        assert all(v.is_pinned() for v in batch.values() if isinstance(v, torch.Tensor))
+        assert batch["tokens"] == [dataset.tokens[i] for i in batch["index"].tolist()]

@@ -491,7 +491,9 @@ def test_dev_and_test_words_with_a_vector_join_the_vocabulary(tmp_path, extend):
 
 
 def test_batches_are_pinned_for_a_gpu_trainer_only():
-    """On a GPU the loaders pin their batches (copied to the device without blocking)."""
+    """On a GPU the loaders pin their batches (copied to the device without blocking): in the
+    collate function without workers (the DataLoader's pinning walks each token string), by
+    the DataLoader with workers (its pinning thread; a worker must not touch CUDA)."""
     from types import SimpleNamespace
 
     from chaincrf.data.loaders import on_gpu
@@ -503,6 +505,11 @@ def test_batches_are_pinned_for_a_gpu_trainer_only():
     assert on_gpu(trainer("cuda")) and not on_gpu(trainer("cpu")) and not on_gpu(None)
     dm = ner()
     dm.setup("fit")
-    assert not dm.train_dataloader().pin_memory
+    def pinning(loader) -> tuple[bool, bool]:  # (in collate, by the DataLoader)
+        return loader.collate_fn.keywords["pin"], loader.pin_memory
+
+    assert pinning(dm.train_dataloader()) == (False, False)
     dm.trainer = trainer("cuda")
-    assert dm.train_dataloader().pin_memory and dm.val_dataloader().pin_memory
+    assert pinning(dm.train_dataloader()) == pinning(dm.val_dataloader()) == (True, False)
+    dm.num_workers = 1
+    assert pinning(dm.train_dataloader()) == (False, True)

@@ -41,10 +41,13 @@ class EncodedDataset(Dataset):
 
 
 def collate(
-    items: Sequence[dict[str, Any]], length_buckets: Sequence[int] | None = None
+    items: Sequence[dict[str, Any]],
+    length_buckets: Sequence[int] | None = None,
+    pin: bool = False,
 ) -> dict[str, Any]:
     """Pad a list of dataset items into a batch (to one of ``length_buckets``' lengths when
-    given: :func:`chaincrf.data.layout.pad`).
+    given: :func:`chaincrf.data.layout.pad`); with ``pin``, its tensors in pinned memory (for a
+    copy to a GPU without blocking: the DataLoader's own pinning walks every token string).
 
     The arrays are :func:`chaincrf.data.layout.pad`'s (the layout the ONNX predictor feeds too),
     wrapped as tensors without a copy.
@@ -65,6 +68,8 @@ def collate(
     }
     batch["tokens"] = [item["tokens"] for item in items]
     batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
+    if pin:
+        batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     return batch
 
 

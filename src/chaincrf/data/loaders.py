@@ -87,13 +87,18 @@ def batch_loader(
         rank=rank,
         length_buckets=length_buckets,
     )
+    # In the training process (no workers) the batch's tensors are pinned as it is collated:
+    # the DataLoader's pinning walks the batch down to each token string (1.7 ms per batch of
+    # 256 sentences on this project's CPU). Workers leave it to the DataLoader, whose pinning
+    # thread is in the training process (a worker must not touch CUDA).
+    pin_in_collate = pin_memory and num_workers == 0
     return DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=partial(collate, length_buckets=length_buckets) if length_buckets else collate,
+        collate_fn=partial(collate, length_buckets=length_buckets, pin=pin_in_collate),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
-        pin_memory=pin_memory,
+        pin_memory=pin_memory and not pin_in_collate,
     )
 
 
