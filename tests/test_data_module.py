@@ -505,6 +505,7 @@ def test_batches_are_pinned_for_a_gpu_trainer_only():
     assert on_gpu(trainer("cuda")) and not on_gpu(trainer("cpu")) and not on_gpu(None)
     dm = ner()
     dm.setup("fit")
+
     def pinning(loader) -> tuple[bool, bool]:  # (in collate, by the DataLoader)
         return loader.collate_fn.keywords["pin"], loader.pin_memory
 
