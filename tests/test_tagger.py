@@ -630,18 +630,3 @@ def test_predictions_are_computed_in_the_training_precision(tmp_path):
     assert loaded.precision == "bf16-mixed"
     for got, want in zip(loaded.predict(tokens), in_bf16):
         assert got.confidences == pytest.approx(want)
-
-
-def test_a_batch_moves_to_the_device_without_its_token_strings_walked():
-    """Lightning moves each batch through the module's transfer_batch_to_device: the tensors
-    move, the token lists are passed on as they are (Lightning's default rebuilds every list
-    down to each string: milliseconds per batch of a GPU step's budget)."""
-    encoder, sentences = _ner_encoder()
-    batch = _batch(encoder, sentences[:4])
-    tagger = _tagger(encoder)
-    moved = tagger.transfer_batch_to_device(batch, torch.device("cpu"), 0)
-    assert moved["tokens"] is batch["tokens"]
-    assert set(moved) == set(batch)
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            assert moved[key].device.type == "cpu" and torch.equal(moved[key], value)

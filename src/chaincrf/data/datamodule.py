@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from chaincrf.data import checks, corpus, subsets
 from chaincrf.data import schemes as constraints
-from chaincrf.data.batching import EncodedDataset
+from chaincrf.data.batching import EncodedDataset, to_device
 from chaincrf.data.download import DATASETS
 from chaincrf.data.files import SPLITS, CorpusFiles
 from chaincrf.data.loaders import batch_loader, check_batching, encode_items, on_gpu, replicas
@@ -381,6 +381,15 @@ class TaggingDataModule(pl.LightningDataModule):
         if split not in self.datasets:
             raise RuntimeError(f"no {split} data: set the {split} path (or dev_fraction for dev)")
         return self.datasets[split]
+
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        """Lightning's hook: a batch of this module's loaders on ``device`` (:func:`to_device`:
+        the tensors moved, the token lists passed on as they are)."""
+        if isinstance(batch, dict):
+            return to_device(batch, device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._dataset("train"), train=True)

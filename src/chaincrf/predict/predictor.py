@@ -101,7 +101,7 @@ class Predictor(StreamPredictor):
         Raises:
             ValueError: naming the sentence, when a feature-column model gets no features.
         """
-        from chaincrf.data.batching import collate
+        from chaincrf.data.batching import collate, to_device
 
         items = [
             {**encoded, "tokens": list(tokens), "index": i}
@@ -109,8 +109,7 @@ class Predictor(StreamPredictor):
                 zip(token_lists, self.encode_ids(token_lists, feature_lists))
             )
         ]
-        batch = collate(items)
-        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        return to_device(collate(items), self.device)
 
     @torch.no_grad()
     def tag_batch(self, batch: Mapping[str, Any], top_k: int = 1) -> list[TaggedSentence]:
