@@ -56,7 +56,8 @@ timeout "${TEST_SECONDS:-120}" python3 -m pytest -q -p no:cacheprovider -m gpu t
 timeout "${BENCH_SECONDS:-240}" python3 scripts/bench_crf_gpu.py --json "$out/crf_gpu.json" \
     --device $device --sections $sections "${size[@]}" 2>&1 | tee "$out/crf_gpu.log" || status=1
 timeout "${TAGGER_TEST_SECONDS:-75}" python3 -m pytest -q -p no:cacheprovider -m gpu \
-    tests/test_scale_out.py -k "one_gpu or predict_on_the_gpu or waits_for_nothing" 2>&1 | tee "$out/tagger_tests.log" || status=1
+    tests/test_scale_out.py tests/test_data_batching.py \
+    -k "one_gpu or predict_on_the_gpu or waits_for_nothing or pinned_batches" 2>&1 | tee "$out/tagger_tests.log" || status=1
 if [ -f "${CHAINCRF_DATA:-../shared/data}/conll2003/eng.train" ]; then
     # the shipped recipe's shapes (trainer=gpu, conf/trainer/gpu.yaml): batches of 32 x
     # batch_scale 8 sentences padded to a few lengths, prediction in batches of 1,024
