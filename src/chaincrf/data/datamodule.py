@@ -382,14 +382,9 @@ class TaggingDataModule(pl.LightningDataModule):
             raise RuntimeError(f"no {split} data: set the {split} path (or dev_fraction for dev)")
         return self.datasets[split]
 
-    def transfer_batch_to_device(
-        self, batch: Any, device: torch.device, dataloader_idx: int
-    ) -> Any:
-        """Lightning's hook: a batch of this module's loaders on ``device`` (:func:`to_device`:
-        the tensors moved, the token lists passed on as they are)."""
-        if isinstance(batch, dict):
-            return to_device(batch, device)
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        """Lightning's hook: a batch of this module's loaders on ``device`` (:func:`to_device`)."""
+        return to_device(batch, device)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._dataset("train"), train=True)
