@@ -101,6 +101,32 @@ def test_each_token_encoded_alone_equals_batched(char_encoder):
     torch.testing.assert_close(embedder(single)[0, 0], out[b, t])
 
 
+@pytest.mark.parametrize("char_encoder", ["cnn", "lstm"])
+def test_the_compiled_embedder_is_one_graph_equal_to_eager(char_encoder):
+    """Compiled, the character encoder takes its accelerator path (every padded position, no
+    host read: one graph, ``fullgraph=True``; the character BiLSTM's directions padded), and
+    equals the CPU's eager path (real tokens only, the BiLSTM packed): features and gradients."""
+    torch.manual_seed(0)
+    embedder = TokenEmbedder(
+        NUM_WORDS, word_dim=8, num_chars=NUM_CHARS, char_encoder=char_encoder, dropout=0.0
+    )
+    batch = make_batch(lengths=(5, 3, 1, 4), garbage=True)
+    mask = batch["mask"]
+    compiled = torch.compile(embedder, fullgraph=True, backend="aot_eager")
+    results = []
+    for run in (embedder, compiled):
+        embedder.zero_grad()
+        with torch._dynamo.config.patch(allow_rnn=True):  # as compile_training does
+            out = run(batch)
+        (out * torch.linspace(0.5, 2.0, out.shape[-1])).sum().backward()
+        results.append((out, {n: p.grad.clone() for n, p in embedder.named_parameters()}))
+    (eager, eager_grads), (graph, graph_grads) = results
+    torch.testing.assert_close(graph, eager)
+    assert torch.all(graph[~mask] == 0)
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(graph_grads[name], grad, msg=name)
+
+
 def test_char_cnn_length_groups_equal_one_convolution(monkeypatch):
     """Without autograd the char CNN encodes tokens in length groups: same vectors as one
     convolution over all tokens padded to the longest (and as the training-mode path)."""

@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from chaincrf.network.encoders.base import without_host_reads
+from chaincrf.network.encoders.bilstm import padded_direction, reverse_index, reversed_rows
 from chaincrf.network.precision import rnn_precision
 
 __all__ = [
@@ -170,6 +172,20 @@ class _CharLSTM(nn.Module):
         with rnn_precision(embedded):
             _, (h_n, _) = self.lstm(packed)  # h_n: (2, N, H), in the original order
         return torch.cat([h_n[0], h_n[1]], dim=-1)  # (N, 2H)
+
+    def padded(self, chars: Tensor, lengths: Tensor) -> Tensor:
+        """:meth:`forward` with no host read (on an accelerator, and compiled): both directions
+        run padded, the backward one over each token's characters reversed within its length;
+        each direction's final state is its output at the token's last character. Exact."""
+        embedded = self.embedding(chars)  # (N, C, E)
+        N, C, _ = embedded.shape
+        index = reverse_index(lengths, C)
+        with rnn_precision(embedded):
+            ahead = padded_direction(self.lstm, embedded, 0, reverse=False)
+            behind = padded_direction(self.lstm, reversed_rows(embedded, index), 0, reverse=True)
+        states = torch.cat([ahead, behind], dim=-1)  # (N, C, 2H)
+        last = lengths - 1 + C * torch.arange(N, device=chars.device)  # each token's last char
+        return states.reshape(N * C, self.output_dim).index_select(0, last)  # (N, 2H)
 
     def export_graph(self) -> nn.Module:
         """This encoder for graphs: ``chars`` (N, C) -> (N, 2H), without packed sequences."""
@@ -404,24 +420,24 @@ class TokenEmbedder(nn.Module):
         """The character encoder's features of a batch, float (B, T, F), zero at padding.
 
         On the CPU only the real tokens are encoded, cut to the longest one. On an accelerator
-        the character CNN encodes every position of the padded batch instead (padding zeroed
-        after): no host synchronisation, one shape per batch shape.
+        and compiled, the character encoder encodes every position of the padded batch instead
+        (padding zeroed after): no host read, one shape per batch shape.
         """
-        assert self.char_encoder is not None
+        encoder = self.char_encoder
+        assert encoder is not None
         B, T = mask.shape
-        if not chars.is_cpu and isinstance(self.char_encoder, _CharCNN):
+        if without_host_reads(chars):
             flat = chars.reshape(B * T, chars.shape[2])  # (B*T, C)
             lengths = (flat != PAD_ID).sum(dim=1).clamp(min=1)
-            encoded = self.char_encoder._encode(flat, lengths).view(
-                B, T, self.char_encoder.output_dim
-            )
+            encode = encoder._encode if isinstance(encoder, _CharCNN) else encoder.padded
+            encoded = encode(flat, lengths).view(B, T, encoder.output_dim)
             return encoded.to(dtype) * mask.unsqueeze(-1)
         real_chars = chars[mask]  # (N, C): real tokens only
         lengths = (real_chars != PAD_ID).sum(dim=1).clamp(min=1)  # (N,)
         char_features = chars.new_zeros(B, T, self.char_encoder.output_dim, dtype=dtype)
         if lengths.numel() > 0:
             max_len = int(lengths.max())
-            encoded = self.char_encoder(real_chars[:, :max_len], lengths)  # (N, F)
+            encoded = encoder(real_chars[:, :max_len], lengths)  # (N, F)
             char_features[mask] = encoded.to(dtype)  # bf16 under autocast
         return char_features
 

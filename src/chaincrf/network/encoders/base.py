@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["MAX_LAYERS", "Encoder", "check_dropout", "check_inputs", "check_num_layers"]
+__all__ = [
+    "MAX_LAYERS",
+    "Encoder",
+    "check_dropout",
+    "check_inputs",
+    "check_num_layers",
+    "without_host_reads",
+]
 
 MAX_LAYERS = 64
 """The most stacked layers an encoder accepts (``num_layers``): deep enough for any tagger
@@ -79,3 +87,10 @@ def check_num_layers(num_layers: int) -> None:
         or not 1 <= num_layers <= MAX_LAYERS
     ):
         raise ValueError(f"num_layers must be an int in 1..{MAX_LAYERS}; got {num_layers!r}")
+
+
+def without_host_reads(x: Tensor) -> bool:
+    """Whether a layer takes its path that reads nothing back to the host for ``x``: on an
+    accelerator (a read would synchronise) and while ``torch.compile`` traces (a read would
+    break the graph). Both paths give the same results."""
+    return not x.is_cpu or torch.compiler.is_compiling()

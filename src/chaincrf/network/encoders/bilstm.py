@@ -7,10 +7,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from chaincrf.network.encoders.base import Encoder, check_dropout, check_inputs, check_num_layers
+from chaincrf.network.encoders.base import (
+    Encoder,
+    check_dropout,
+    check_inputs,
+    check_num_layers,
+    without_host_reads,
+)
 from chaincrf.network.precision import rnn_precision
 
-__all__ = ["BiLSTMEncoder", "BiLSTMGraph", "one_direction", "reverse_index", "reversed_rows"]
+__all__ = [
+    "BiLSTMEncoder",
+    "BiLSTMGraph",
+    "one_direction",
+    "padded_direction",
+    "reverse_index",
+    "reversed_rows",
+]
 
 
 def reverse_index(lengths: Tensor, T: int) -> Tensor:
@@ -45,6 +58,20 @@ def one_direction(lstm: nn.LSTM, layer: int, reverse: bool) -> nn.LSTM:
         setattr(single, f"{name}_l0", getattr(lstm, f"{name}_l{layer}{suffix}"))
     single.flatten_parameters()
     return single
+
+
+def padded_direction(lstm: nn.LSTM, x: Tensor, layer: int, reverse: bool) -> Tensor:
+    """One direction of one layer of a batch-first ``lstm`` over padded ``x`` (B, T, D) ->
+    (B, T, hidden_size), from zero states: no packing, no host read. A row's outputs up to its
+    length do not depend on its padding after it."""
+    suffix = "_reverse" if reverse else ""
+    weights = [
+        getattr(lstm, f"{name}_l{layer}{suffix}")
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    ]
+    h0 = x.new_zeros(1, x.shape[0], lstm.hidden_size)
+    output, _, _ = torch.lstm(x, (h0, h0), weights, True, 1, 0.0, lstm.training, False, True)
+    return output
 
 
 class BiLSTMGraph(nn.Module):
@@ -130,9 +157,9 @@ class BiLSTMEncoder(Encoder):
         check_inputs(self, features, mask)
         B, T, _ = features.shape
         real = mask.sum(dim=1)  # (B,)
-        if not features.is_cpu:
-            # On an accelerator: always padded, with no host synchronisation (packing needs the
-            # lengths on the host); exact, as on the CPU.
+        if without_host_reads(features):
+            # On an accelerator, and compiled: always padded, with no host read (packing needs
+            # the lengths on the host); exact, as on the CPU.
             with rnn_precision(features):
                 output = self._padded(features, real)
             return torch.where(mask.unsqueeze(-1), output, output.new_zeros(()))
@@ -161,22 +188,12 @@ class BiLSTMEncoder(Encoder):
         for layer in range(self.lstm.num_layers):
             if layer > 0 and self.lstm.dropout > 0:
                 x = F.dropout(x, self.lstm.dropout, self.training)
-            forward = self._direction(x, layer, "")
+            forward = padded_direction(self.lstm, x, layer, reverse=False)
             backward = reversed_rows(
-                self._direction(reversed_rows(x, index), layer, "_reverse"), index
+                padded_direction(self.lstm, reversed_rows(x, index), layer, reverse=True), index
             )
             x = torch.cat([forward, backward], dim=2)
         return x
-
-    def _direction(self, x: Tensor, layer: int, suffix: str) -> Tensor:
-        """One direction of one layer of ``self.lstm`` over (B, T, D) -> (B, T, hidden_size)."""
-        weights = [
-            getattr(self.lstm, f"{name}_l{layer}{suffix}")
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-        ]
-        h0 = x.new_zeros(1, x.shape[0], self.lstm.hidden_size)
-        output, _, _ = torch.lstm(x, (h0, h0), weights, True, 1, 0.0, self.training, False, True)
-        return output
 
     def export_graph(self) -> BiLSTMGraph:
         """This encoder for TorchScript/ONNX graphs, sharing its weights (eval mode)."""
