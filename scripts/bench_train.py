@@ -354,16 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         return tagger.model.loss(em, tensors["tags"], tensors["mask"], validate=validate)
 
     network_loss = eager_loss
-    if args.compile:  # as compile=true does (SequenceTagger.compile_training): one graph,
-        # the CRF's checks off, Dynamo's refusal of nn.LSTM lifted for the call
+    if args.compile:  # as compile=true does (SequenceTagger.compile_training): the CRF's
+        # checks off
         mode = None if args.compile == "default" else args.compile
-        graph = torch.compile(
-            functools.partial(eager_loss, validate=False), mode=mode, fullgraph=True
-        )
-
-        def network_loss(tensors):
-            with torch._dynamo.config.patch(allow_rnn=True):
-                return graph(tensors)
+        network_loss = torch.compile(functools.partial(eager_loss, validate=False), mode=mode)
 
     def tagger_train(batch):
         tagger.train()

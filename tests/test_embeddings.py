@@ -102,29 +102,51 @@ def test_each_token_encoded_alone_equals_batched(char_encoder):
 
 
 @pytest.mark.parametrize("char_encoder", ["cnn", "lstm"])
-def test_the_compiled_embedder_is_one_graph_equal_to_eager(char_encoder):
-    """Compiled, the character encoder takes its accelerator path (every padded position, no
-    host read: one graph, ``fullgraph=True``; the character BiLSTM's directions padded), and
-    equals the CPU's eager path (real tokens only, the BiLSTM packed): features and gradients."""
+def test_the_compiled_embedder_equals_eager_and_breaks_only_where_planned(char_encoder):
+    """Compiled, the embedder equals eager (features and gradients); its graphs break only
+    around the CPU's real-token character path, which runs eagerly."""
+    from test_encoders import planned_breaks_only
+
     torch.manual_seed(0)
     embedder = TokenEmbedder(
         NUM_WORDS, word_dim=8, num_chars=NUM_CHARS, char_encoder=char_encoder, dropout=0.0
     )
     batch = make_batch(lengths=(5, 3, 1, 4), garbage=True)
-    mask = batch["mask"]
-    compiled = torch.compile(embedder, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(embedder, backend="aot_eager")
     results = []
     for run in (embedder, compiled):
         embedder.zero_grad()
-        with torch._dynamo.config.patch(allow_rnn=True):  # as compile_training does
-            out = run(batch)
+        out = run(batch)
         (out * torch.linspace(0.5, 2.0, out.shape[-1])).sum().backward()
         results.append((out, {n: p.grad.clone() for n, p in embedder.named_parameters()}))
     (eager, eager_grads), (graph, graph_grads) = results
     torch.testing.assert_close(graph, eager)
-    assert torch.all(graph[~mask] == 0)
     for name, grad in eager_grads.items():
         torch.testing.assert_close(graph_grads[name], grad, msg=name)
+    assert planned_breaks_only(embedder, batch) > 0
+
+
+def test_the_char_lstm_padded_path_equals_packed():
+    """The character BiLSTM's accelerator path (``padded``: every token padded to the longest,
+    the backward direction over each token reversed within its length, no host read) gives
+    the packed path's final states and gradients, whatever the padding holds."""
+    torch.manual_seed(0)
+    embedder = TokenEmbedder(NUM_WORDS, word_dim=8, num_chars=NUM_CHARS, char_encoder="lstm")
+    encoder = embedder.char_encoder
+    chars = make_batch(lengths=(5, 3, 1), garbage=True)["chars"].reshape(15, -1)
+    lengths = (chars != 0).sum(dim=1).clamp(min=1)
+    real = torch.arange(chars.shape[1]) < lengths.unsqueeze(1)
+    noisy = torch.where(real, chars, torch.randint(1, NUM_CHARS, chars.shape))  # past the end
+    results = []
+    for run, ids in ((encoder, chars), (encoder.padded, noisy)):
+        encoder.zero_grad()
+        out = run(ids, lengths)
+        (out * torch.linspace(0.5, 2.0, out.shape[-1])).sum().backward()
+        results.append((out, [p.grad.clone() for p in encoder.parameters()]))
+    (packed, packed_grads), (padded, padded_grads) = results
+    torch.testing.assert_close(padded, packed)
+    for a, b in zip(packed_grads, padded_grads):
+        torch.testing.assert_close(b, a)
 
 
 def test_char_cnn_length_groups_equal_one_convolution(monkeypatch):

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from chaincrf.network.encoders.base import without_host_reads
+from chaincrf.network.encoders.base import run_eagerly
 from chaincrf.network.encoders.bilstm import padded_direction, reverse_index, reversed_rows
 from chaincrf.network.precision import rnn_precision
 
@@ -173,10 +173,12 @@ class _CharLSTM(nn.Module):
             _, (h_n, _) = self.lstm(packed)  # h_n: (2, N, H), in the original order
         return torch.cat([h_n[0], h_n[1]], dim=-1)  # (N, 2H)
 
+    @run_eagerly
     def padded(self, chars: Tensor, lengths: Tensor) -> Tensor:
         """:meth:`forward` with no host read (on an accelerator, and compiled): both directions
         run padded, the backward one over each token's characters reversed within its length;
-        each direction's final state is its output at the token's last character. Exact."""
+        each direction's final state is its output at the token's last character. Exact. Run
+        eagerly under ``torch.compile`` (:func:`chaincrf.network.encoders.base.run_eagerly`)."""
         embedded = self.embedding(chars)  # (N, C, E)
         N, C, _ = embedded.shape
         index = reverse_index(lengths, C)
@@ -419,22 +421,31 @@ class TokenEmbedder(nn.Module):
     def _char_features(self, chars: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
         """The character encoder's features of a batch, float (B, T, F), zero at padding.
 
-        On the CPU only the real tokens are encoded, cut to the longest one. On an accelerator
-        and compiled, the character encoder encodes every position of the padded batch instead
-        (padding zeroed after): no host read, one shape per batch shape.
+        On an accelerator the character encoder encodes every position of the padded batch
+        (padding zeroed after): no host synchronisation, one shape per batch shape. On the CPU
+        only the real tokens are encoded (:meth:`_real_token_chars`).
         """
         encoder = self.char_encoder
         assert encoder is not None
+        if chars.is_cpu:
+            return self._real_token_chars(chars, mask, dtype)
         B, T = mask.shape
-        if without_host_reads(chars):
-            flat = chars.reshape(B * T, chars.shape[2])  # (B*T, C)
-            lengths = (flat != PAD_ID).sum(dim=1).clamp(min=1)
-            encode = encoder._encode if isinstance(encoder, _CharCNN) else encoder.padded
-            encoded = encode(flat, lengths).view(B, T, encoder.output_dim)
-            return encoded.to(dtype) * mask.unsqueeze(-1)
+        flat = chars.reshape(B * T, chars.shape[2])  # (B*T, C)
+        lengths = (flat != PAD_ID).sum(dim=1).clamp(min=1)
+        encode = encoder._encode if isinstance(encoder, _CharCNN) else encoder.padded
+        encoded = encode(flat, lengths).view(B, T, encoder.output_dim)
+        return encoded.to(dtype) * mask.unsqueeze(-1)
+
+    @run_eagerly
+    def _real_token_chars(self, chars: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
+        """:meth:`_char_features` on the CPU: only the real tokens are encoded, cut to the
+        longest one (host reads; run eagerly under ``torch.compile``: :func:`run_eagerly`)."""
+        encoder = self.char_encoder
+        assert encoder is not None
+        B, T = mask.shape
         real_chars = chars[mask]  # (N, C): real tokens only
         lengths = (real_chars != PAD_ID).sum(dim=1).clamp(min=1)  # (N,)
-        char_features = chars.new_zeros(B, T, self.char_encoder.output_dim, dtype=dtype)
+        char_features = chars.new_zeros(B, T, encoder.output_dim, dtype=dtype)
         if lengths.numel() > 0:
             max_len = int(lengths.max())
             encoded = encoder(real_chars[:, :max_len], lengths)  # (N, F)

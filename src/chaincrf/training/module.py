@@ -103,10 +103,9 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
         """Run each training step's network (embedding, encoder, projection, CRF loss, and
         their backward) through ``torch.compile`` (``mode``: e.g. ``"reduce-overhead"`` for
         CUDA graphs where the shapes repeat: ``data.length_buckets``). Logging stays eager.
-        The step compiles to one graph (``fullgraph=True``: no graph break, no host read): the
-        encoders take their padded paths, as on an accelerator, and Dynamo's refusal of
-        ``nn.LSTM`` modules is lifted for the call (``torch._dynamo.config.allow_rnn``: the
-        LSTMs run as ``torch.lstm`` on their weights, not through the module's ``forward``).
+        The encoders take their paths without host reads, as on an accelerator, so the graphs
+        break only around the LSTMs, which run eagerly in their native kernels
+        (:func:`chaincrf.network.encoders.bilstm.eager_lstm`).
         Compiled, the CRF's input checks are off (inside a graph they would be device
         asserts): a non-finite score makes a non-finite loss, which stops the run before the
         backward (:meth:`on_before_backward`)."""
@@ -128,9 +127,8 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
             return self._network_loss(tensors, validate)
         if self._compiled_loss is None:
             unchecked = functools.partial(self._network_loss, validate=False)
-            self._compiled_loss = torch.compile(unchecked, mode=self._compile[0], fullgraph=True)
-        with torch._dynamo.config.patch(allow_rnn=True):
-            loss: Tensor = self._compiled_loss(tensors)
+            self._compiled_loss = torch.compile(unchecked, mode=self._compile[0])
+        loss: Tensor = self._compiled_loss(tensors)
         return loss
 
     def _network_loss(self, tensors: dict[str, Tensor], validate: bool = True) -> Tensor:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
 import torch
 from torch import Tensor, nn
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 __all__ = [
     "MAX_LAYERS",
@@ -11,7 +17,7 @@ __all__ = [
     "check_dropout",
     "check_inputs",
     "check_num_layers",
-    "without_host_reads",
+    "run_eagerly",
 ]
 
 MAX_LAYERS = 64
@@ -89,8 +95,12 @@ def check_num_layers(num_layers: int) -> None:
         raise ValueError(f"num_layers must be an int in 1..{MAX_LAYERS}; got {num_layers!r}")
 
 
-def without_host_reads(x: Tensor) -> bool:
-    """Whether a layer takes its path that reads nothing back to the host for ``x``: on an
-    accelerator (a read would synchronise) and while ``torch.compile`` traces (a read would
-    break the graph). Both paths give the same results."""
-    return not x.is_cpu or torch.compiler.is_compiling()
+def run_eagerly(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn`` eagerly under ``torch.compile``: the graphs stop before it and resume after
+    it. For a layer's part that reads the host (the CPU paths: packing's lengths, selecting the
+    real tokens; a read would break a graph at an unplanned place) or runs an LSTM, which
+    traced, torch (2.11 and 2.13, at least) replaces by its Python decomposition, a set of
+    operations per time step: graphs that grow with the length, compiled anew for each shape,
+    many times slower than cuDNN's or oneDNN's kernels with their own backward
+    (``benchmarks/train_gpu.md``, "Compiled")."""
+    return torch.compiler.disable(fn, recursive=True)

@@ -12,7 +12,7 @@ from chaincrf.network.encoders.base import (
     check_dropout,
     check_inputs,
     check_num_layers,
-    without_host_reads,
+    run_eagerly,
 )
 from chaincrf.network.precision import rnn_precision
 
@@ -155,24 +155,29 @@ class BiLSTMEncoder(Encoder):
             Float tensor (batch, seq_len, 2 * hidden_size); zero at padded positions.
         """
         check_inputs(self, features, mask)
+        output = self._recurrent(features, mask.sum(dim=1))
+        return torch.where(mask.unsqueeze(-1), output, output.new_zeros(()))
+
+    @run_eagerly
+    def _recurrent(self, features: Tensor, real: Tensor) -> Tensor:
+        """The LSTM's outputs (B, T, 2H), unspecified at padding, in the RNN's precision
+        (:func:`rnn_precision`); run eagerly under ``torch.compile`` (:func:`run_eagerly`).
+
+        On an accelerator: always padded, with no host synchronisation (packing needs the
+        lengths on the host); exact, as on the CPU. On the CPU: padded or packed by the
+        batch's padding (``PADDED_MAX_PADDING``).
+        """
         B, T, _ = features.shape
-        real = mask.sum(dim=1)  # (B,)
-        if without_host_reads(features):
-            # On an accelerator, and compiled: always padded, with no host read (packing needs
-            # the lengths on the host); exact, as on the CPU.
-            with rnn_precision(features):
-                output = self._padded(features, real)
-            return torch.where(mask.unsqueeze(-1), output, output.new_zeros(()))
-        lengths = real.clamp(min=1)  # packing needs lengths on the CPU: they are
-        padding = B * T - int(lengths.sum())
         with rnn_precision(features):
+            if not features.is_cpu:
+                return self._padded(features, real)
+            lengths = real.clamp(min=1)  # packing needs lengths on the CPU: they are
+            padding = B * T - int(lengths.sum())
             if B * T > 0 and padding <= PADDED_MAX_PADDING * B * T:
-                output = self._padded(features, real)
-                return torch.where(mask.unsqueeze(-1), output, output.new_zeros(()))
+                return self._padded(features, real)
             packed = pack_padded_sequence(features, lengths, batch_first=True, enforce_sorted=False)
             output, _ = self.lstm(packed)
-        output, _ = pad_packed_sequence(output, batch_first=True, total_length=T)  # (B, T, 2H)
-        return torch.where(mask.unsqueeze(-1), output, output.new_zeros(()))
+        return pad_packed_sequence(output, batch_first=True, total_length=T)[0]  # (B, T, 2H)
 
     def _padded(self, features: Tensor, lengths: Tensor) -> Tensor:
         """Both directions as padded single-direction LSTM calls.
