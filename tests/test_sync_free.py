@@ -15,7 +15,11 @@ import torch
 from chaincrf.network.config import TaggerConfig
 
 B, T, C = 3, 7, 5
-CHARS = {"cnn": {"char_encoder": "cnn"}, "none": {"char_encoder": "none"}}
+CHARS = {
+    "cnn": {"char_encoder": "cnn"},
+    "lstm": {"char_encoder": "lstm"},
+    "none": {"char_encoder": "none"},
+}
 ENCODERS = {
     "bilstm": {"_target_": "chaincrf.network.encoders.bilstm.BiLSTMEncoder", "hidden_size": 8,
                "num_layers": 2, "_partial_": True},
@@ -61,9 +65,23 @@ def test_an_empty_batch_on_an_accelerator_embeds_to_an_empty_tensor(shape):
     assert model.embedder(batch).shape == (*shape, model.embedder.output_dim)
 
 
-def test_the_detector_catches_a_host_read():
-    """The character BiLSTM packs its sequences (lengths on the host): a synchronisation, and
-    the meta device says so."""
-    model = network({"char_encoder": "lstm"}, ENCODERS["identity"])
+HOST_READS = {
+    "item": lambda x, mask: x.sum().item(),
+    "int": lambda x, mask: int(mask.sum()),
+    "bool": lambda x, mask: bool(mask.any()),
+    "tolist": lambda x, mask: mask.sum(1).tolist(),
+    "mask indexing": lambda x, mask: x[mask],
+    "packing": lambda x, mask: torch.nn.utils.rnn.pack_padded_sequence(
+        x, mask.sum(1), batch_first=True, enforce_sorted=False
+    ),
+}
+
+
+@pytest.mark.parametrize("read", sorted(HOST_READS))
+def test_the_detector_catches_a_host_read(read):
+    """Each kind of host read raises on the meta device, where it would stall a GPU (the
+    character BiLSTM packed its tokens with host lengths so, until it gained a padded path)."""
+    x = torch.empty(B, T, 4, device="meta")
+    mask = torch.empty(B, T, dtype=torch.bool, device="meta")
     with pytest.raises((RuntimeError, NotImplementedError)):
-        model.emissions(meta_batch())
+        HOST_READS[read](x, mask)
