@@ -151,6 +151,32 @@ def test_get_spans_equals_seqeval_default_mode_even_on_ill_formed_input(tags):
     assert get_spans(tags, "BIOES") == expected
 
 
+@given(
+    st.sampled_from(["IOB1", "BIO", "BIOES"]),
+    st.lists(st.lists(st.integers(0, 4 * len(TYPES)), max_size=7), min_size=1, max_size=5),
+    st.sampled_from(["IOB1", "BIO", "BIOES"]),
+)
+def test_batch_spans_read_each_row_as_get_spans_does(scheme, rows, original):
+    """A batch's spans found with tensors (any ids, ill-formed sequences included; garbage off
+    the mask) are each row's ``get_spans``, and the original-scheme tags written from them are
+    ``to_original``'s."""
+    labels = labels_of(scheme)
+    tags = TagScheme(labels, scheme, original)
+    rows = [[i % len(labels) for i in row] for row in rows]
+    T = max(map(len, rows))
+    ids = torch.tensor(
+        [row + [-1 - i for i in range(T - len(row))] for row in rows], dtype=torch.long
+    )
+    mask = torch.tensor([[t < len(row) for t in range(T)] for row in rows], dtype=torch.bool)
+    ids, mask = ids.reshape(len(rows), T), mask.reshape(len(rows), T)
+    found = tags.batch_spans(ids, mask)
+    for row, spans in zip(rows, found):
+        row_tags = [labels[i] for i in row]
+        assert spans == get_spans(row_tags, scheme)
+        assert tags.to_original(row_tags, spans) == tags.to_original(row_tags)
+    assert TagScheme(["NN", "VB"]).batch_spans(ids % 2, mask) == [[] for _ in rows]
+
+
 @given(tag_sequences, st.sampled_from(["IOB1", "BIO", "BIOES"]))
 def test_conversion_keeps_spans_and_produces_valid_sequences(tags, target):
     converted = convert_tags(tags, "BIOES", target)

@@ -405,11 +405,15 @@ class TagScheme:
             return list(self.labels)
         return scheme_labels(self.entity_types, self.original)
 
-    def to_original(self, tags: Sequence[str]) -> list[str]:
-        """One sentence's training-scheme tags in the original scheme."""
+    def to_original(self, tags: Sequence[str], spans: Sequence[Span] | None = None) -> list[str]:
+        """One sentence's training-scheme tags in the original scheme (``spans``: their spans,
+        :meth:`spans`, when already read)."""
         if self.scheme is None or self.original == self.scheme:
             return list(tags)
-        return convert_tags(tags, self.scheme, self.original)
+        assert self.original is not None  # set with the scheme
+        if spans is None:
+            return convert_tags(tags, self.scheme, self.original)
+        return _spans_to_tags(spans, len(tags), self.original)
 
     def to_training(self, tags: Sequence[str]) -> list[str]:
         """One sentence's original-scheme tags in the training scheme."""
@@ -434,6 +438,54 @@ class TagScheme:
     def spans(self, tags: Sequence[str]) -> list[Span]:
         """The spans of one sentence's training-scheme tags (none without a scheme)."""
         return get_spans(tags, self.scheme) if self.scheme is not None else []
+
+    def batch_spans(self, ids: torch.Tensor, mask: torch.Tensor) -> list[list[Span]]:
+        """The spans of each row of a batch of training-scheme tag ids, as :meth:`spans` reads
+        them, found on the ids' device with one copy to the host (for a batch of predictions:
+        no Python loop over the tokens).
+
+        Args:
+            ids: long (batch, seq_len) tag ids; values off the mask are ignored.
+            mask: bool (batch, seq_len), left-aligned.
+
+        Returns:
+            Per row, its spans ``(type, start, end)`` in order (none without a scheme).
+        """
+        import torch
+
+        B = ids.shape[0]
+        if self.scheme is None:
+            return [[] for _ in range(B)]
+        starts, ends, type_ids, types = self._span_reading
+        K = len(self.labels)  # the index of the sentinel "O" before and after each row
+        cur = torch.where(mask, ids, K)
+        cur = torch.cat([cur, cur.new_full((B, 1), K)], dim=1)  # (B, T + 1)
+        prev = torch.cat([cur.new_full((B, 1), K), cur[:, :-1]], dim=1)
+        begun = starts.to(cur.device)[prev, cur].nonzero()  # (N, 2), row-major
+        ended = ends.to(cur.device)[prev, cur].nonzero()  # (N, 2): each span's end, in order
+        if begun.shape != ended.shape:  # a span reading always alternates starts and ends
+            raise AssertionError(f"{begun.shape[0]} span starts but {ended.shape[0]} ends")
+        last = cur[ended[:, 0], ended[:, 1] - 1]  # the span's last tag (get_spans's type)
+        found = torch.stack([begun[:, 0], type_ids.to(cur.device)[last], begun[:, 1], ended[:, 1]])
+        result: list[list[Span]] = [[] for _ in range(B)]
+        for row, type_id, start, end in zip(*found.tolist()):
+            result[row].append((types[type_id], start, end))
+        return result
+
+    @cached_property
+    def _span_reading(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[str, ...]]:
+        """:func:`get_spans`'s rules as tables over the labels and a sentinel ``"O"`` (index
+        ``len(labels)``): ``starts`` and ``ends`` bool (K + 1, K + 1) ``[previous, current]``,
+        each label's span type index (K + 1,), and the types."""
+        import torch
+
+        parsed = [_seqeval_prefix_type(label) for label in self.labels] + [("O", "_")]
+        types = tuple(sorted({type_ for prefix, type_ in parsed if prefix != "O"}))
+        index = {type_: i for i, type_ in enumerate(types)}
+        starts = [[_start_of_chunk(pp, p, pt, t) for p, t in parsed] for pp, pt in parsed]
+        ends = [[_end_of_chunk(pp, p, pt, t) for p, t in parsed] for pp, pt in parsed]
+        type_ids = [index.get(type_, 0) for _, type_ in parsed]
+        return torch.tensor(starts), torch.tensor(ends), torch.tensor(type_ids), types
 
     def allowed_transitions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """The CRF constraints of the training scheme (None without a scheme)."""

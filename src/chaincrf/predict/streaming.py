@@ -129,7 +129,7 @@ class StreamPredictor:
         """
         return TaggedSentence(
             tokens=list(tokens),
-            tags=self.tags.to_original(train_tags),
+            tags=self.tags.to_original(train_tags, spans),
             confidences=[round(float(p), 6) for p in confidences],
             spans=[
                 TaggedSpan(type_, start, end, " ".join(tokens[start:end]), confidence)
