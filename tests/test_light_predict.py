@@ -63,6 +63,8 @@ def test_a_model_file_predicts_with_torch_alone(model_file):
     assert all(span["start_char"] is None for s in got for span in s["spans"])
     assert all(s["offsets"] is None for s in got)
     assert "spacy" not in modules  # pre-tokenised input never loads the tokenizer
+    # nor the compiler's stack (about a second to import), which only torch.compile needs
+    assert "torch._dynamo" not in modules
 
 
 def test_raw_text_is_tokenised_by_spacy_with_torch_alone():

@@ -58,9 +58,10 @@ def test_the_emissions_and_their_gradients_read_no_value_on_the_host(chars, enco
     assert all(p.grad is not None for part in parts for p in part.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("chars", ["cnn", "lstm"])
 @pytest.mark.parametrize("shape", [(0, 4), (2, 0)])
-def test_an_empty_batch_on_an_accelerator_embeds_to_an_empty_tensor(shape):
-    model = network(CHARS["cnn"], ENCODERS["identity"])
+def test_an_empty_batch_on_an_accelerator_embeds_to_an_empty_tensor(shape, chars):
+    model = network(CHARS[chars], ENCODERS["identity"])
     batch = {k: v.new_empty(*shape, *v.shape[2:]) for k, v in meta_batch().items()}
     assert model.embedder(batch).shape == (*shape, model.embedder.output_dim)
 

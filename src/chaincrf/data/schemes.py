@@ -441,8 +441,8 @@ class TagScheme:
 
     def batch_spans(self, ids: torch.Tensor, mask: torch.Tensor) -> list[list[Span]]:
         """The spans of each row of a batch of training-scheme tag ids, as :meth:`spans` reads
-        them, found on the ids' device with one copy to the host (for a batch of predictions:
-        no Python loop over the tokens).
+        them, found with tensor operations on the host (for a batch of predictions: no Python
+        loop over the tokens; ids on an accelerator are copied over once, with their mask).
 
         Args:
             ids: long (batch, seq_len) tag ids; values off the mask are ignored.
@@ -458,15 +458,15 @@ class TagScheme:
             return [[] for _ in range(B)]
         starts, ends, type_ids, types = self._span_reading
         K = len(self.labels)  # the index of the sentinel "O" before and after each row
-        cur = torch.where(mask, ids, K)
+        cur = torch.where(mask.cpu(), ids.cpu(), K)
         cur = torch.cat([cur, cur.new_full((B, 1), K)], dim=1)  # (B, T + 1)
         prev = torch.cat([cur.new_full((B, 1), K), cur[:, :-1]], dim=1)
-        begun = starts.to(cur.device)[prev, cur].nonzero()  # (N, 2), row-major
-        ended = ends.to(cur.device)[prev, cur].nonzero()  # (N, 2): each span's end, in order
+        begun = starts[prev, cur].nonzero()  # (N, 2), row-major
+        ended = ends[prev, cur].nonzero()  # (N, 2): each span's end, in order
         if begun.shape != ended.shape:  # a span reading always alternates starts and ends
             raise AssertionError(f"{begun.shape[0]} span starts but {ended.shape[0]} ends")
         last = cur[ended[:, 0], ended[:, 1] - 1]  # the span's last tag (get_spans's type)
-        found = torch.stack([begun[:, 0], type_ids.to(cur.device)[last], begun[:, 1], ended[:, 1]])
+        found = torch.stack([begun[:, 0], type_ids[last], begun[:, 1], ended[:, 1]])
         result: list[list[Span]] = [[] for _ in range(B)]
         for row, type_id, start, end in zip(*found.tolist()):
             result[row].append((types[type_id], start, end))

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from chaincrf.network.encoders.base import run_eagerly
+from chaincrf.network.encoders.base import eagerly
 from chaincrf.network.encoders.bilstm import padded_direction, reverse_index, reversed_rows
 from chaincrf.network.precision import rnn_precision
 
@@ -173,14 +173,15 @@ class _CharLSTM(nn.Module):
             _, (h_n, _) = self.lstm(packed)  # h_n: (2, N, H), in the original order
         return torch.cat([h_n[0], h_n[1]], dim=-1)  # (N, 2H)
 
-    @run_eagerly
     def padded(self, chars: Tensor, lengths: Tensor) -> Tensor:
         """:meth:`forward` with no host read (on an accelerator, and compiled): both directions
         run padded, the backward one over each token's characters reversed within its length;
         each direction's final state is its output at the token's last character. Exact. Run
-        eagerly under ``torch.compile`` (:func:`chaincrf.network.encoders.base.run_eagerly`)."""
+        eagerly under ``torch.compile`` (:func:`chaincrf.network.encoders.base.eagerly`)."""
         embedded = self.embedding(chars)  # (N, C, E)
         N, C, _ = embedded.shape
+        if N * C == 0:  # an empty batch (cuDNN takes no empty LSTM input)
+            return embedded.new_zeros(N, self.output_dim)
         index = reverse_index(lengths, C)
         with rnn_precision(embedded):
             ahead = padded_direction(self.lstm, embedded, 0, reverse=False)
@@ -428,18 +429,17 @@ class TokenEmbedder(nn.Module):
         encoder = self.char_encoder
         assert encoder is not None
         if chars.is_cpu:
-            return self._real_token_chars(chars, mask, dtype)
+            return eagerly(self._real_token_chars)(chars, mask, dtype)
         B, T = mask.shape
         flat = chars.reshape(B * T, chars.shape[2])  # (B*T, C)
         lengths = (flat != PAD_ID).sum(dim=1).clamp(min=1)
-        encode = encoder._encode if isinstance(encoder, _CharCNN) else encoder.padded
+        encode = encoder._encode if isinstance(encoder, _CharCNN) else eagerly(encoder.padded)
         encoded = encode(flat, lengths).view(B, T, encoder.output_dim)
         return encoded.to(dtype) * mask.unsqueeze(-1)
 
-    @run_eagerly
     def _real_token_chars(self, chars: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
         """:meth:`_char_features` on the CPU: only the real tokens are encoded, cut to the
-        longest one (host reads; run eagerly under ``torch.compile``: :func:`run_eagerly`)."""
+        longest one (host reads; run eagerly under ``torch.compile``: :func:`eagerly`)."""
         encoder = self.char_encoder
         assert encoder is not None
         B, T = mask.shape

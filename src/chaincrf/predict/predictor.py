@@ -144,7 +144,7 @@ class Predictor(StreamPredictor):
         tokens = batch.get("tokens")
         if tokens is None:
             tokens = [[""] * n for n in lengths]
-        spans_per_row = self.tags.batch_spans(paths, mask)  # on the device, one copy back
+        spans_per_row = self.tags.batch_spans(paths, mask)  # by tensor operations
         confidences = self.span_confidences(emissions, mask, paths, chosen, spans_per_row)
         chosen_rows = chosen.tolist()  # one copy to the host per batch, not one per row
         return [

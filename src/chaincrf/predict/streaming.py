@@ -123,7 +123,9 @@ class StreamPredictor:
             tokens: the sentence's tokens (n).
             train_tags: its tags in the training scheme (n).
             confidences: each chosen tag's marginal probability (n).
-            spans: the predicted spans ``(type, start, end)`` (:meth:`TagScheme.spans`).
+            spans: the predicted spans ``(type, start, end)``, exactly
+                ``TagScheme.spans(train_tags)`` (:meth:`TagScheme.batch_spans` for a batch): the
+                original-scheme tags are written from them.
             span_confidences: each span's probability.
             alternatives: the k best taggings, when asked for.
         """

@@ -103,9 +103,9 @@ class SequenceTagger(ServingMixin, pl.LightningModule):
         """Run each training step's network (embedding, encoder, projection, CRF loss, and
         their backward) through ``torch.compile`` (``mode``: e.g. ``"reduce-overhead"`` for
         CUDA graphs where the shapes repeat: ``data.length_buckets``). Logging stays eager.
-        The encoders take their paths without host reads, as on an accelerator, so the graphs
-        break only around the LSTMs, which run eagerly in their native kernels
-        (:func:`chaincrf.network.encoders.bilstm.eager_lstm`).
+        The graphs break only around the LSTMs, which run eagerly in their native kernels, and
+        on the CPU around the paths that read the host
+        (:func:`chaincrf.network.encoders.base.eagerly`).
         Compiled, the CRF's input checks are off (inside a graph they would be device
         asserts): a non-finite score makes a non-finite loss, which stops the run before the
         backward (:meth:`on_before_backward`)."""

@@ -17,7 +17,7 @@ __all__ = [
     "check_dropout",
     "check_inputs",
     "check_num_layers",
-    "run_eagerly",
+    "eagerly",
 ]
 
 MAX_LAYERS = 64
@@ -95,12 +95,17 @@ def check_num_layers(num_layers: int) -> None:
         raise ValueError(f"num_layers must be an int in 1..{MAX_LAYERS}; got {num_layers!r}")
 
 
-def run_eagerly(fn: Callable[P, R]) -> Callable[P, R]:
-    """Run ``fn`` eagerly under ``torch.compile``: the graphs stop before it and resume after
-    it. For a layer's part that reads the host (the CPU paths: packing's lengths, selecting the
-    real tokens; a read would break a graph at an unplanned place) or runs an LSTM, which
+def eagerly(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` to call: itself, or, while ``torch.compile`` traces, ``fn`` run eagerly between
+    the graphs (``torch.compiler.disable``, applied only then: importing ``torch._dynamo``
+    costs about a second, which eager use, prediction included, does not pay).
+
+    For a layer's part that reads the host (the CPU paths: packing's lengths, selecting the
+    real tokens; a read would break a graph at an unplanned place) or runs an LSTM, which,
     traced, torch (2.11 and 2.13, at least) replaces by its Python decomposition, a set of
     operations per time step: graphs that grow with the length, compiled anew for each shape,
     many times slower than cuDNN's or oneDNN's kernels with their own backward
     (``benchmarks/train_gpu.md``, "Compiled")."""
-    return torch.compiler.disable(fn, recursive=True)
+    if torch.compiler.is_compiling():
+        return torch.compiler.disable(fn, recursive=True)
+    return fn

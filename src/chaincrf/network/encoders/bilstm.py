@@ -12,7 +12,7 @@ from chaincrf.network.encoders.base import (
     check_dropout,
     check_inputs,
     check_num_layers,
-    run_eagerly,
+    eagerly,
 )
 from chaincrf.network.precision import rnn_precision
 
@@ -155,13 +155,12 @@ class BiLSTMEncoder(Encoder):
             Float tensor (batch, seq_len, 2 * hidden_size); zero at padded positions.
         """
         check_inputs(self, features, mask)
-        output = self._recurrent(features, mask.sum(dim=1))
+        output = eagerly(self._recurrent)(features, mask.sum(dim=1))
         return torch.where(mask.unsqueeze(-1), output, output.new_zeros(()))
 
-    @run_eagerly
     def _recurrent(self, features: Tensor, real: Tensor) -> Tensor:
         """The LSTM's outputs (B, T, 2H), unspecified at padding, in the RNN's precision
-        (:func:`rnn_precision`); run eagerly under ``torch.compile`` (:func:`run_eagerly`).
+        (:func:`rnn_precision`); run eagerly under ``torch.compile`` (:func:`eagerly`).
 
         On an accelerator: always padded, with no host synchronisation (packing needs the
         lengths on the host); exact, as on the CPU. On the CPU: padded or packed by the
