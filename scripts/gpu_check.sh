@@ -17,7 +17,8 @@
 #    pytorch-crf (mode="reduce-overhead"), and last (so that a timeout cuts it first) the tree
 #    kernel against the Triton kernels on few long rows (where tuning.TREE's crossover lies).
 # 3. the tagger on the GPU (issue 30): the gpu-marked tagger tests (a run in 32-true, 16-mixed
-#    and bf16-mixed whose figures chaincrf-eval reproduces; chaincrf-predict device=cuda), then,
+#    and bf16-mixed whose figures chaincrf-eval reproduces; chaincrf-predict device=cuda; the
+#    embedder with either character encoder, eager and compiled, equal to the CPU), then,
 #    when CoNLL-2003 is under $CHAINCRF_DATA, scripts/bench_train.py --device cuda with the
 #    GPU recipe's padded lengths (training and prediction tokens/s against the plain PyTorch +
 #    pytorch-crf loop, GPU utilisation, peak memory).
@@ -56,8 +57,8 @@ timeout "${TEST_SECONDS:-120}" python3 -m pytest -q -p no:cacheprovider -m gpu t
 timeout "${BENCH_SECONDS:-240}" python3 scripts/bench_crf_gpu.py --json "$out/crf_gpu.json" \
     --device $device --sections $sections "${size[@]}" 2>&1 | tee "$out/crf_gpu.log" || status=1
 timeout "${TAGGER_TEST_SECONDS:-75}" python3 -m pytest -q -p no:cacheprovider -m gpu \
-    tests/test_scale_out.py tests/test_data_batching.py \
-    -k "one_gpu or predict_on_the_gpu or waits_for_nothing or pinned_batches" 2>&1 | tee "$out/tagger_tests.log" || status=1
+    tests/test_scale_out.py tests/test_data_batching.py tests/test_embeddings.py \
+    -k "one_gpu or predict_on_the_gpu or waits_for_nothing or pinned_batches or embedder_equals_the_cpus" 2>&1 | tee "$out/tagger_tests.log" || status=1
 if [ -f "${CHAINCRF_DATA:-../shared/data}/conll2003/eng.train" ]; then
     # the shipped recipe's shapes (trainer=gpu, conf/trainer/gpu.yaml): batches of 32 x
     # batch_scale 8 sentences padded to a few lengths, prediction in batches of 1,024

@@ -149,6 +149,45 @@ def test_the_char_lstm_padded_path_equals_packed():
         torch.testing.assert_close(b, a)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("char_encoder", ["cnn", "lstm"])
+def test_on_the_gpu_the_embedder_equals_the_cpus_also_compiled(char_encoder):
+    """On CUDA the character encoders encode every padded position with no host read (the
+    character BiLSTM's directions padded, in cuDNN): features and gradients equal the CPU's
+    (real tokens only, packed), eagerly and compiled (its planned graph breaks only), and the
+    padded path runs under bf16 autocast and on an empty batch."""
+    from test_encoders import planned_breaks_only
+
+    torch.manual_seed(0)
+    embedder = TokenEmbedder(
+        NUM_WORDS, word_dim=8, num_chars=NUM_CHARS, char_encoder=char_encoder, dropout=0.0
+    )
+    batch = make_batch(lengths=(5, 3, 1, 4), garbage=True)
+    on_gpu = {k: v.cuda() for k, v in batch.items()}
+    results = []
+    for device, run, inputs in (
+        ("cpu", embedder, batch),
+        ("cuda", embedder, on_gpu),
+        ("cuda", torch.compile(embedder, backend="aot_eager"), on_gpu),
+    ):
+        embedder.to(device).zero_grad()
+        out = run(inputs)
+        (out * torch.linspace(0.5, 2.0, out.shape[-1], device=device)).sum().backward()
+        grads = {n: p.grad.cpu() for n, p in embedder.named_parameters() if p.grad is not None}
+        results.append((out.detach().cpu(), grads))
+    (expected, expected_grads), *on_cuda = results
+    for out, grads in on_cuda:
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+        for name, grad in expected_grads.items():
+            torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    planned_breaks_only(embedder, on_gpu)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert torch.isfinite(embedder(on_gpu).float()).all()
+    empty = {k: v[:0] for k, v in on_gpu.items()}
+    assert embedder(empty).shape == (0, *expected.shape[1:])
+
+
 def test_char_cnn_length_groups_equal_one_convolution(monkeypatch):
     """Without autograd the char CNN encodes tokens in length groups: same vectors as one
     convolution over all tokens padded to the longest (and as the training-mode path)."""
