@@ -191,23 +191,23 @@ def test_on_the_gpu_the_embedder_equals_the_cpus_also_compiled(char_encoder):
 def test_char_cnn_length_groups_equal_one_convolution(monkeypatch):
     """Without autograd the char CNN encodes tokens in length groups: same vectors as one
     convolution over all tokens padded to the longest (and as the training-mode path)."""
-    from chaincrf.network import embeddings
+    from chaincrf.network import chars
 
     torch.manual_seed(0)
     embedder = TokenEmbedder(NUM_WORDS, word_dim=8, num_chars=NUM_CHARS, char_encoder="cnn").eval()
     batch = make_batch(lengths=(40, 37, 30, 22, 9), max_chars=17, garbage=True)  # 138 tokens
-    monkeypatch.setattr(embeddings, "CHAR_GROUP_MIN_TOKENS", 16)
+    monkeypatch.setattr(chars, "CHAR_GROUP_MIN_TOKENS", 16)
     calls = []
-    original = embeddings._CharCNN._encode
+    original = chars.CharCNN._encode
     monkeypatch.setattr(
-        embeddings._CharCNN,
+        chars.CharCNN,
         "_encode",
         lambda self, c, n: calls.append(c.shape) or original(self, c, n),
     )
     with torch.no_grad():
         grouped = embedder(batch)
-    assert len(calls) == embeddings.CHAR_GROUPS and len({shape[1] for shape in calls}) > 1
-    monkeypatch.setattr(embeddings, "CHAR_GROUPS", 1)
+    assert len(calls) == chars.CHAR_GROUPS and len({shape[1] for shape in calls}) > 1
+    monkeypatch.setattr(chars, "CHAR_GROUPS", 1)
     with torch.no_grad():
         single = embedder(batch)
     torch.testing.assert_close(grouped, single)

@@ -25,6 +25,14 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING
 
+from chaincrf.data.chunks import (
+    BILOU_TO_BIOES,
+    batch_spans,
+    end_of_chunk,
+    prefix_and_type,
+    start_of_chunk,
+)
+
 if TYPE_CHECKING:  # torch is imported where tensors are built: tag schemes need none
     import torch
 
@@ -61,8 +69,6 @@ _PREFIXES: dict[str, frozenset[str]] = {
     "BIO": frozenset("BI"),
     "BIOES": frozenset("BIESLU"),
 }
-
-_BILOU_TO_BIOES = {"L": "E", "U": "S"}
 
 Span = tuple[str, int, int]
 """A span as ``(type, start, end)`` with ``end`` exclusive: tokens ``start .. end - 1``."""
@@ -117,7 +123,7 @@ def _split_label(label: str, canonical: str) -> tuple[str, str]:
             f"label {label!r} does not fit the {canonical} scheme: expected 'O' or "
             f"'<{prefixes}>-<type>'"
         )
-    prefix = _BILOU_TO_BIOES.get(label[0], label[0])
+    prefix = BILOU_TO_BIOES.get(label[0], label[0])
     return prefix, label[2:]
 
 
@@ -204,30 +210,6 @@ def _may_follow(
     return to_prefix in ("O", "B", "S")
 
 
-@lru_cache(maxsize=65536)
-def _seqeval_prefix_type(label: str) -> tuple[str, str]:
-    """Prefix and type as seqeval's default mode reads them (``O`` has type ``"_"``)."""
-    prefix = _BILOU_TO_BIOES.get(label[:1], label[:1])
-    type_ = label[1:].split("-", maxsplit=1)[-1] or "_"
-    return prefix, type_
-
-
-def _end_of_chunk(prev_prefix: str, prefix: str, prev_type: str, type_: str) -> bool:
-    if prev_prefix in ("E", "S"):
-        return True
-    if prev_prefix in ("B", "I") and prefix in ("B", "S", "O"):
-        return True
-    return prev_prefix != "O" and prev_type != type_
-
-
-def _start_of_chunk(prev_prefix: str, prefix: str, prev_type: str, type_: str) -> bool:
-    if prefix in ("B", "S"):
-        return True
-    if prev_prefix in ("E", "S", "O") and prefix in ("E", "I"):
-        return True
-    return prefix != "O" and prev_type != type_
-
-
 def get_spans(tags: Sequence[str], scheme: str) -> list[Span]:
     """Read the spans of a tag sequence with conlleval's (and seqeval's default) semantics.
 
@@ -246,10 +228,10 @@ def get_spans(tags: Sequence[str], scheme: str) -> list[Span]:
     prev_prefix, prev_type = "O", "_"
     begin = 0
     for i, label in enumerate([*tags, "O"]):
-        prefix, type_ = _seqeval_prefix_type(label)
-        if _end_of_chunk(prev_prefix, prefix, prev_type, type_):
+        prefix, type_ = prefix_and_type(label)
+        if end_of_chunk(prev_prefix, prefix, prev_type, type_):
             spans.append((prev_type, begin, i))
-        if _start_of_chunk(prev_prefix, prefix, prev_type, type_):
+        if start_of_chunk(prev_prefix, prefix, prev_type, type_):
             begin = i
         prev_prefix, prev_type = prefix, type_
     return spans
@@ -322,7 +304,7 @@ def detect_scheme(sequences: Iterable[Sequence[str]]) -> str | None:
             if len(label) < 3 or label[1] != "-" or label[0] not in "BIESLU":
                 return None
             has_span_label = True
-            prefix, type_ = _BILOU_TO_BIOES.get(label[0], label[0]), label[2:]
+            prefix, type_ = BILOU_TO_BIOES.get(label[0], label[0]), label[2:]
             if prefix in ("E", "S"):
                 has_bioes = True
             if prefix == "I" and (prev_prefix not in ("B", "I") or prev_type != type_):
@@ -440,52 +422,12 @@ class TagScheme:
         return get_spans(tags, self.scheme) if self.scheme is not None else []
 
     def batch_spans(self, ids: torch.Tensor, mask: torch.Tensor) -> list[list[Span]]:
-        """The spans of each row of a batch of training-scheme tag ids, as :meth:`spans` reads
-        them, found with tensor operations on the host (for a batch of predictions: no Python
-        loop over the tokens; ids on an accelerator are copied over once, with their mask).
-
-        Args:
-            ids: long (batch, seq_len) tag ids; values off the mask are ignored.
-            mask: bool (batch, seq_len), left-aligned.
-
-        Returns:
-            Per row, its spans ``(type, start, end)`` in order (none without a scheme).
-        """
-        import torch
-
-        B = ids.shape[0]
+        """The spans of each row of a batch of training-scheme tag ids (long (batch, seq_len),
+        a left-aligned bool mask), as :meth:`spans` reads each row, found with tensor
+        operations (:func:`chaincrf.data.chunks.batch_spans`; none without a scheme)."""
         if self.scheme is None:
-            return [[] for _ in range(B)]
-        starts, ends, type_ids, types = self._span_reading
-        K = len(self.labels)  # the index of the sentinel "O" before and after each row
-        cur = torch.where(mask.cpu(), ids.cpu(), K)
-        cur = torch.cat([cur, cur.new_full((B, 1), K)], dim=1)  # (B, T + 1)
-        prev = torch.cat([cur.new_full((B, 1), K), cur[:, :-1]], dim=1)
-        begun = starts[prev, cur].nonzero()  # (N, 2), row-major
-        ended = ends[prev, cur].nonzero()  # (N, 2): each span's end, in order
-        if begun.shape != ended.shape:  # a span reading always alternates starts and ends
-            raise AssertionError(f"{begun.shape[0]} span starts but {ended.shape[0]} ends")
-        last = cur[ended[:, 0], ended[:, 1] - 1]  # the span's last tag (get_spans's type)
-        found = torch.stack([begun[:, 0], type_ids[last], begun[:, 1], ended[:, 1]])
-        result: list[list[Span]] = [[] for _ in range(B)]
-        for row, type_id, start, end in zip(*found.tolist()):
-            result[row].append((types[type_id], start, end))
-        return result
-
-    @cached_property
-    def _span_reading(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[str, ...]]:
-        """:func:`get_spans`'s rules as tables over the labels and a sentinel ``"O"`` (index
-        ``len(labels)``): ``starts`` and ``ends`` bool (K + 1, K + 1) ``[previous, current]``,
-        each label's span type index (K + 1,), and the types."""
-        import torch
-
-        parsed = [_seqeval_prefix_type(label) for label in self.labels] + [("O", "_")]
-        types = tuple(sorted({type_ for prefix, type_ in parsed if prefix != "O"}))
-        index = {type_: i for i, type_ in enumerate(types)}
-        starts = [[_start_of_chunk(pp, p, pt, t) for p, t in parsed] for pp, pt in parsed]
-        ends = [[_end_of_chunk(pp, p, pt, t) for p, t in parsed] for pp, pt in parsed]
-        type_ids = [index.get(type_, 0) for _, type_ in parsed]
-        return torch.tensor(starts), torch.tensor(ends), torch.tensor(type_ids), types
+            return [[] for _ in range(ids.shape[0])]
+        return batch_spans(self.labels, ids, mask)
 
     def allowed_transitions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """The CRF constraints of the training scheme (None without a scheme)."""
