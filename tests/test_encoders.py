@@ -128,6 +128,16 @@ def test_gradients_flow(name):
         assert parameter.grad is not None, parameter_name
 
 
+def outputs_and_grads(run, encoder, features, mask):
+    """``run(features, mask)`` (the encoder, or a compiled or re-configured form of it) with a
+    weighted sum's backward: its output, the features' gradient and each parameter's."""
+    encoder.zero_grad()
+    x = features.clone().requires_grad_(True)
+    out = run(x, mask)
+    (out * torch.linspace(0.5, 2.0, out.shape[-1])).sum().backward()
+    return out, x.grad, [p.grad.clone() for p in encoder.parameters()]
+
+
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_bilstm_padded_and_packed_paths_agree(num_layers, monkeypatch):
     """The padded path (each row reversed within its length for the backward direction) equals
@@ -141,11 +151,7 @@ def test_bilstm_padded_and_packed_paths_agree(num_layers, monkeypatch):
     results = []
     for threshold in (1.0, -1.0):  # everything padded, everything packed
         monkeypatch.setattr(bilstm, "PADDED_MAX_PADDING", threshold)
-        encoder.zero_grad()
-        x = features.clone().requires_grad_(True)
-        out = encoder(x, mask)
-        (out * torch.linspace(0.5, 2.0, out.shape[-1])).sum().backward()
-        results.append((out, x.grad, [p.grad.clone() for p in encoder.parameters()]))
+        results.append(outputs_and_grads(encoder, encoder, features, mask))
     (out_a, grad_a, params_a), (out_b, grad_b, params_b) = results
     torch.testing.assert_close(out_a, out_b)
     assert torch.all(out_a[~mask] == 0) and torch.all(grad_a[~mask] == 0)
@@ -175,14 +181,9 @@ def test_a_compiled_encoder_equals_eager_and_breaks_only_at_its_lstm(name):
     encoder = BUILDERS[name]().eval()
     features, mask = make_inputs(lengths=(6, 2, 1, 3))
     compiled = torch.compile(encoder, backend="aot_eager")
-    results = []
-    for run in (encoder, compiled):
-        encoder.zero_grad()
-        x = features.clone().requires_grad_(True)
-        out = run(x, mask)
-        (out * torch.linspace(0.5, 2.0, out.shape[-1])).sum().backward()
-        results.append((out, x.grad, [p.grad.clone() for p in encoder.parameters()]))
-    (out_a, grad_a, params_a), (out_b, grad_b, params_b) = results
+    (out_a, grad_a, params_a), (out_b, grad_b, params_b) = (
+        outputs_and_grads(run, encoder, features, mask) for run in (encoder, compiled)
+    )
     torch.testing.assert_close(out_b, out_a)
     torch.testing.assert_close(grad_b, grad_a)
     for a, b in zip(params_a, params_b):
