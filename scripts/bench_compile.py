@@ -14,7 +14,9 @@ backward of:
   of this shape whatever the op does;
 * ``model eager`` / ``model compiled`` and ``plain eager`` / ``plain compiled``: an embedding
   and a projection under the CRF, or under a plain log-sum-exp loss, eager and compiled whole:
-  the CRF's own cost inside a compiled model is ``model - plain``.
+  the CRF's own cost inside a compiled model is ``model - plain``;
+* ``viterbi eager`` / ``viterbi compiled``: ``chaincrf.CRF.viterbi`` (best paths and scores
+  as tensors), eagerly and through ``torch.compile(fullgraph=True)``.
 
 The report gives ``compiled / eager`` (above 1: the compiled call is slower), the guards'
 cost, the floor's extra cost, and the CRF's marginal cost in a model, eager and compiled. Usage:
@@ -122,6 +124,12 @@ def _cell(B: int, T: int, K: int, device: str, budget: float) -> dict[str, Any]:
         return run
 
     compiled = stepped(torch.compile(nll, fullgraph=True))
+    frozen = em.detach()
+
+    def viterbi(e):
+        return crf.viterbi(e, mask, validate=False)
+
+    viterbi_compiled = torch.compile(viterbi, fullgraph=True)
 
     def unguarded():
         with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
@@ -137,6 +145,8 @@ def _cell(B: int, T: int, K: int, device: str, budget: float) -> dict[str, Any]:
         "model compiled": stepped(torch.compile(model, fullgraph=True), model),
         "plain eager": stepped(plain, plain),
         "plain compiled": stepped(torch.compile(plain, fullgraph=True), plain),
+        "viterbi eager": lambda: viterbi(frozen),
+        "viterbi compiled": lambda: viterbi_compiled(frozen),
     }
     # compile, then settle: a compiled call's first hundreds are slower
     for run in entries.values():
@@ -154,6 +164,7 @@ def _cell(B: int, T: int, K: int, device: str, budget: float) -> dict[str, Any]:
         "floor_extra_us": us["floor compiled"] - us["floor eager"],
         "crf_in_model_eager_us": us["model eager"] - us["plain eager"],
         "crf_in_model_compiled_us": us["model compiled"] - us["plain compiled"],
+        "viterbi_compiled_over_eager": us["viterbi compiled"] / us["viterbi eager"],
     }
 
 
@@ -173,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(benchtools.machine_line(report["machine"]), flush=True)
     print("| B | T | K | eager µs | compiled µs | compiled / eager | guards µs "
-          "| torch's floor, extra µs | CRF in a model µs: eager | compiled |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| torch's floor, extra µs | CRF in a model µs: eager | compiled "
+          "| Viterbi µs: eager | compiled | compiled / eager |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for cell in args.cells:
         B, T, K = (int(n) for n in cell.split("x"))
         row = _cell(B, T, K, args.device, args.budget)
@@ -184,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             f"| {B} | {T} | {K} | {us['eager']:.0f} | {us['compiled']:.0f} | "
             f"{row['compiled_over_eager']:.2f} | {row['guards_us']:.0f} | "
             f"{row['floor_extra_us']:.0f} | "
-            f"{row['crf_in_model_eager_us']:.0f} | {row['crf_in_model_compiled_us']:.0f} |",
+            f"{row['crf_in_model_eager_us']:.0f} | {row['crf_in_model_compiled_us']:.0f} | "
+            f"{us['viterbi eager']:.0f} | {us['viterbi compiled']:.0f} | "
+            f"{row['viterbi_compiled_over_eager']:.2f} |",
             flush=True,
         )
         if args.json:

@@ -18,7 +18,10 @@ Entries, timed side by side (``benchtools.time_entries``), µs per call:
   validate=False).backward()`` with the launches as no-ops (``bench_crf_gpu.py``'s host
   section);
 * ``chaincrf, Triton's launch path``: the same call through Triton's launch path;
-* ``viterbi`` in both forms.
+* ``viterbi`` in both forms;
+* ``compiled``: the NLL + backward through ``torch.compile(fullgraph=True)`` (Inductor's CPU
+  code calling the Triton ops), in both forms: what a compiled call costs the host against
+  an eager one (``compiled_over_eager``).
 
 The difference of the two chaincrf entries is Triton's Python per call (two launches for the
 likelihood, one for Viterbi). Usage, with Triton and its NVIDIA backend installed (the ``gpu``
@@ -89,6 +92,17 @@ def _cell(B: int, T: int, K: int, budget: float) -> dict:
     def viterbi():
         crf.viterbi(em, mask, validate=False)
 
+    def loss(e):
+        return crf.nll(e, tags, mask, reduction="sum", validate=False)
+
+    compiled_loss = torch.compile(loss, fullgraph=True)
+
+    def compiled():
+        e = em.detach().requires_grad_(True)
+        for q in params:
+            q.grad = None
+        compiled_loss(e).backward()
+
     def bare():
         e = em.detach().requires_grad_(True)
         (e * 2).sum().backward()
@@ -98,12 +112,15 @@ def _cell(B: int, T: int, K: int, budget: float) -> dict:
     try:
         nll()
         viterbi()
+        compiled()
     finally:
         knobs.runtime.jit_cache_hook = None
     entries = {
         "bare": bare,
         "chaincrf, launches stubbed": _stubbed(nll),
         "chaincrf, Triton's launch path": nll,
+        "compiled, launches stubbed": _stubbed(compiled),
+        "compiled, Triton's launch path": compiled,
         "viterbi, launch stubbed": _stubbed(viterbi),
         "viterbi, Triton's launch path": viterbi,
     }
@@ -112,7 +129,9 @@ def _cell(B: int, T: int, K: int, budget: float) -> dict:
     return {"B": B, "T": T, "K": K, "kernels_compiled": len(compiler.kernels), **us,
             "triton_launch_path_us": us["chaincrf, Triton's launch path"]
             - us["chaincrf, launches stubbed"],
-            "x_bare": us["chaincrf, Triton's launch path"] / us["bare"]}  # fmt: skip
+            "x_bare": us["chaincrf, Triton's launch path"] / us["bare"],
+            "compiled_over_eager": us["compiled, Triton's launch path"]
+            / us["chaincrf, Triton's launch path"]}  # fmt: skip
 
 
 def _stubbed(run: Callable[[], None]) -> Callable[[], None]:

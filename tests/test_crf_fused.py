@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 pytest.importorskip("numba")
 
 import reference as ref
+from chaincrf import CRF
 from chaincrf.crf import plan
 from chaincrf.crf.kernels.fused import custom_ops as crf_fused
 from chaincrf.data.schemes import allowed_transitions
@@ -421,12 +422,49 @@ def test_opcheck():
         torch.library.opcheck(torch.ops.chaincrf.log_likelihood.default, ll_args)
         torch.library.opcheck(torch.ops.chaincrf.viterbi.default, detached)
         torch.library.opcheck(torch.ops.chaincrf.marginals.default, detached)
+        # the compiled step's ops: no autograd kernel of their own (tested below)
+        sum_args = (detached[0], tags, *detached[1:5], False, validate)
+        for weight, with_gradient in ((1.0, False), (-1.0, True)):
+            op = torch.ops.chaincrf.log_likelihood_sum.default
+            torch.library.opcheck(op, (*sum_args, weight, with_gradient))
     grad = torch.randn(3, generator=g, dtype=torch.float64)
     no_tags = torch.empty(0, 0, dtype=torch.long)
     fb = torch.ops.chaincrf.forward_backward.default
     em, scores = emissions.detach(), [x.detach() for x in (start, trans, end)]
     for t in (no_tags, tags):
         torch.library.opcheck(fb, (grad, em, t, lengths, *scores))
+
+
+def test_ops_without_an_autograd_kernel_refuse_a_gradient():
+    """The ops a compiled step calls (the dispatcher runs them with no Python autograd layer:
+    the layer carries their gradients) raise when called directly on tensors that need a
+    gradient, rather than silently give none; without one they run, and the summed
+    likelihood's value and gradient are those of the layer."""
+    torch.manual_seed(0)
+    crf = CRF(4, batch_first=True)
+    em = torch.randn(2, 5, 4, requires_grad=True)
+    tags = torch.randint(4, (2, 5))
+    mask = torch.arange(5) < torch.tensor([5, 3])[:, None]
+    scores = (crf.start_transitions, crf.transitions, crf.end_transitions)
+    ops = torch.ops.chaincrf
+    calls = {
+        "log_likelihood_sum": lambda *x: ops.log_likelihood_sum(
+            x[0], tags, mask, *x[1:], False, True, -1.0, True
+        ),
+        "viterbi": lambda *x: ops.viterbi(x[0], mask, *x[1:], True),
+        "marginals": lambda *x: ops.marginals(x[0], mask, *x[1:], True),
+    }
+    for name, call in calls.items():
+        with pytest.raises(RuntimeError, match=f"chaincrf::{name} has no autograd formula"):
+            call(em, *scores)
+    total, d_em, d_start, d_trans, d_end = calls["log_likelihood_sum"](
+        em.detach(), *(s.detach() for s in scores)
+    )
+    want = crf.nll(em, tags, mask)
+    want.backward()
+    torch.testing.assert_close(total, want.detach())
+    for got, param in zip((d_em, d_start, d_trans, d_end), (em, *scores)):
+        torch.testing.assert_close(got, param.grad)
 
 
 def test_errors_name_the_argument():

@@ -1,7 +1,8 @@
-"""The fused kernels' autograd Functions for eager calls: they call the implementations
-(:mod:`chaincrf.crf.kernels.fused.impl`) directly, without the custom-op dispatcher (60-90 us a
-call); under torch.compile the custom ops of :mod:`chaincrf.crf.kernels.fused.custom_ops` run
-instead, with the same implementations."""
+"""The fused kernels' autograd Functions. For eager calls, :class:`LogPartition` and
+:class:`LogLikelihood` call the implementations (:mod:`chaincrf.crf.kernels.fused.impl`)
+directly, without the op dispatcher (60-90 us a call); under torch.compile the ops of
+:mod:`chaincrf.crf.kernels.fused.registered` run instead, with the same implementations, a
+reduced likelihood's through :class:`CompiledLikelihoodSum`, which torch.compile traces."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from chaincrf.crf.kernels.fused.impl import (
     _log_likelihood_impl,
     _log_partition_impl,
 )
+from chaincrf.crf.kernels.fused.registered import log_likelihood_sum_op
 
-__all__ = ["LogLikelihood", "LogPartition"]
+__all__ = ["CompiledLikelihoodSum", "LogLikelihood", "LogPartition"]
 
 
 class LogPartition(torch.autograd.Function):
@@ -114,3 +116,43 @@ class LogLikelihood(torch.autograd.Function):
             )[:4]
             d_em, d_start, d_trans, d_end = grads
         return d_em, None, None, d_start, d_trans, d_end, None, None, None, None
+
+
+class CompiledLikelihoodSum(torch.autograd.Function):
+    """What torch.compile traces for a reduced likelihood on the fused kernel: ``weight`` times
+    the rows' summed log-likelihood and its gradient from one call of
+    ``chaincrf::log_likelihood_sum`` (no second pass over the rows); the backward only scales
+    that gradient. (The op has no autograd kernel of its own: see
+    :mod:`chaincrf.crf.kernels.fused.registered`.)"""
+
+    @staticmethod
+    def forward(
+        emissions: Tensor,
+        tags: Tensor,
+        mask: Tensor,
+        start: Tensor,
+        transitions: Tensor,
+        end: Tensor,
+        constrained: bool,
+        validate: bool,
+        weight: float,
+        with_gradient: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        args = (emissions, tags, mask, start, transitions, end, constrained, validate)
+        out: tuple[Tensor, Tensor, Tensor, Tensor, Tensor] = log_likelihood_sum_op(
+            *args, weight, with_gradient
+        )
+        return out
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        ctx.save_for_backward(*output[1:])
+        ctx.mark_non_differentiable(*output[1:])
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad: Tensor, *_unused: Tensor | None
+    ) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None, None, None]:
+        d_em, d_start, d_trans, d_end = ctx.saved_tensors
+        scaled = (d_start * grad, d_trans * grad, d_end * grad)
+        return d_em * grad, None, None, *scaled, None, None, None, None

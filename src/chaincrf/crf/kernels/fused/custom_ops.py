@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from chaincrf.crf import tracing
-from chaincrf.crf.kernels.fused.autograd import LogLikelihood, LogPartition
+from chaincrf.crf.kernels.fused.autograd import CompiledLikelihoodSum, LogLikelihood, LogPartition
 from chaincrf.crf.kernels.fused.impl import (
     _check_inputs,
     _log_likelihood_impl,
@@ -51,10 +51,9 @@ from chaincrf.crf.kernels.fused.impl import (
 )
 from chaincrf.crf.kernels.fused.registered import (
     _log_likelihood_op,
-    _log_likelihood_sum_op,
     _log_partition_op,
-    _marginals_op,
-    _viterbi_op,
+    marginals_op,
+    viterbi_op,
 )
 
 __all__ = [
@@ -160,8 +159,8 @@ def log_likelihood_sum_masked(
         grad = torch.is_grad_enabled() and any(
             x.requires_grad for x in (emissions, start, transitions, end)
         )
-        total: Tensor = _log_likelihood_sum_op(*args, grad)[0]  # a custom op's call is Any
-        return total if scale == 1.0 else -total if scale == -1.0 else total * scale
+        total: Tensor = CompiledLikelihoodSum.apply(*args, scale, grad)[0]  # type: ignore[no-untyped-call]  # (unannotated)
+        return total
     if not torch.is_grad_enabled():
         return log_likelihood_masked(*args, scale).sum()
     total = LogLikelihood.apply(*args, scale, True)  # type: ignore[no-untyped-call]  # (unannotated)
@@ -174,7 +173,7 @@ def viterbi_masked(
     """(best paths (B, T) -1 padded, their scores (B,), lengths (B,)); not differentiable."""
     if _is_compiling():
         em, start, transitions, end = _detached(emissions, start, transitions, end)
-        best: tuple[Tensor, Tensor, Tensor] = _viterbi_op(
+        best: tuple[Tensor, Tensor, Tensor] = viterbi_op(
             em, mask, start, transitions, end, validate
         )
         return best  # (a custom op's call is typed Any)
@@ -187,7 +186,7 @@ def marginals_masked(
     """Posterior tag probabilities (B, T, K), 0 past each length; not differentiable."""
     if _is_compiling():
         em, start, transitions, end = _detached(emissions, start, transitions, end)
-        probs: Tensor = _marginals_op(em, mask, start, transitions, end, validate)
+        probs: Tensor = marginals_op(em, mask, start, transitions, end, validate)
         return probs  # (a custom op's call is typed Any)
     return _marginals_impl(emissions, mask, start, transitions, end, validate)
 

@@ -1,7 +1,10 @@
-"""The fused CPU kernels as torch custom ops: what torch.compile and torch.export see of
+"""The fused CPU kernels as torch ops: what torch.compile and torch.export see of
 :mod:`chaincrf.crf.kernels.fused.custom_ops` (whose docstring lists them). Each op has its fake
-(shape-only) implementation and, for the differentiable ones, its autograd formula. Importing
-this module registers them; it imports only torch.
+(shape-only) implementation. ``log_partition`` and ``log_likelihood`` are custom ops with
+their autograd formulas; the ops a compiled training or decoding step calls
+(``log_likelihood_sum``, ``viterbi``, ``marginals``) are defined with the low-level API and
+have no autograd kernel (see "direct ops" below). Importing this module registers them; it
+imports only torch.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from chaincrf.crf.kernels.fused.impl import (
     _marginals_impl,
     _viterbi_impl,
 )
+from chaincrf.crf.kernels.library import direct_op
 
 __all__: list[str] = []
 
@@ -143,8 +147,13 @@ _log_partition_op.register_autograd(_log_partition_backward, setup_context=_save
 _log_likelihood_op.register_autograd(_log_likelihood_backward, setup_context=_save_log_likelihood)
 
 
-@torch.library.custom_op("chaincrf::log_likelihood_sum", mutates_args=())
-def _log_likelihood_sum_op(
+# ------------------------------------------------------------------------------ direct ops
+# The ops a compiled training or decoding step calls, without a Python autograd layer
+# (:mod:`chaincrf.crf.kernels.library`): the likelihood's gradient comes with its value, and
+# the traced :class:`chaincrf.crf.kernels.fused.autograd.CompiledLikelihoodSum` carries it.
+
+
+def _log_likelihood_sum_kernel(
     emissions: Tensor,
     tags: Tensor,
     mask: Tensor,
@@ -153,24 +162,25 @@ def _log_likelihood_sum_op(
     end: Tensor,
     constrained: bool,
     validate: bool,
+    weight: float,
     with_gradient: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The log-likelihoods' sum (a 0-d tensor) and, ``with_gradient``, its gradients
-    (emissions, start, transitions, end) from the same pass (else empty tensors)."""
+    """``weight`` times the log-likelihoods' sum (a 0-d tensor) and, ``with_gradient``, its
+    gradients (emissions, start, transitions, end) from the same pass (else empty tensors)."""
     args = (emissions, tags, mask, start, transitions, end)
     if not with_gradient:
         llh = _log_likelihood_impl(*args, constrained, validate)[0]
         empty = emissions.new_empty(0)
-        return llh.sum(), empty, empty.clone(), empty.clone(), empty.clone()
-    _lengths, unit, log_z, gold = _likelihood_gradient_impl(*args, validate)
+        total = llh.sum() if weight == 1.0 else llh.sum() * weight
+        return total, empty, empty.clone(), empty.clone(), empty.clone()
+    _lengths, unit, log_z, gold = _likelihood_gradient_impl(*args, validate, weight)
     if constrained:
         _check_gold(gold)
-    total = torch.tensor(float((gold - log_z).sum()), dtype=emissions.dtype)
+    total = torch.tensor(float((gold - log_z).sum()) * weight, dtype=emissions.dtype)
     return (total, *unit)
 
 
-@_log_likelihood_sum_op.register_fake
-def _(
+def _log_likelihood_sum_fake(
     emissions: Tensor,
     tags: Tensor,
     mask: Tensor,
@@ -179,6 +189,7 @@ def _(
     end: Tensor,
     constrained: bool,
     validate: bool,
+    weight: float,
     with_gradient: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     if not with_gradient:
@@ -193,31 +204,17 @@ def _(
     )
 
 
-def _save_log_likelihood_sum(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-    ctx.save_for_backward(*output[1:])
-
-
-def _log_likelihood_sum_backward(
-    ctx: Any, grad: Tensor, *_unused: Tensor | None
-) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None, None]:
-    d_em, d_start, d_trans, d_end = ctx.saved_tensors
-    return d_em * grad, None, None, d_start * grad, d_trans * grad, d_end * grad, None, None, None
-
-
-_log_likelihood_sum_op.register_autograd(
-    _log_likelihood_sum_backward, setup_context=_save_log_likelihood_sum
+log_likelihood_sum_op = direct_op(
+    "log_likelihood_sum(Tensor emissions, Tensor tags, Tensor mask, Tensor start, "
+    "Tensor transitions, Tensor end, bool constrained, bool validate, float weight, "
+    "bool with_gradient) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    _log_likelihood_sum_kernel,
+    _log_likelihood_sum_fake,
+    differentiable=(0, 3, 4, 5),
 )
 
 
-@torch.library.custom_op("chaincrf::viterbi", mutates_args=())
-def _viterbi_op(
-    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _viterbi_impl(emissions, mask, start, transitions, end, validate)
-
-
-@_viterbi_op.register_fake
-def _(
+def _viterbi_fake(
     emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     B, T, _ = emissions.shape
@@ -229,15 +226,25 @@ def _(
     )
 
 
-@torch.library.custom_op("chaincrf::marginals", mutates_args=())
-def _marginals_op(
-    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
-) -> Tensor:
-    return _marginals_impl(emissions, mask, start, transitions, end, validate)
+viterbi_op = direct_op(
+    "viterbi(Tensor emissions, Tensor mask, Tensor start, Tensor transitions, Tensor end, "
+    "bool validate) -> (Tensor, Tensor, Tensor)",
+    _viterbi_impl,
+    _viterbi_fake,
+    differentiable=(0, 2, 3, 4),
+)
 
 
-@_marginals_op.register_fake
-def _(
+def _marginals_fake(
     emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor, validate: bool
 ) -> Tensor:
     return emissions.new_empty(emissions.shape)
+
+
+marginals_op = direct_op(
+    "marginals(Tensor emissions, Tensor mask, Tensor start, Tensor transitions, Tensor end, "
+    "bool validate) -> Tensor",
+    _marginals_impl,
+    _marginals_fake,
+    differentiable=(0, 2, 3, 4),
+)

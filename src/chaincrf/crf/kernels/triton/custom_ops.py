@@ -1,28 +1,30 @@
-"""The Triton CRF kernels (:mod:`chaincrf.crf.kernels.triton.launch`) as ``torch.library`` custom ops.
+"""The Triton CRF kernels (:mod:`chaincrf.crf.kernels.triton.launch`) as torch ops, for traced
+calls.
 
 Each op has a fake (shape-only) implementation, so that torch.compile and torch.export trace
-it, and the forward op has its autograd formula (the backward kernel), so that it is
-differentiable eagerly and compiled alike. Inputs are batch-first; ``mask`` is uint8 (B, T),
-1 at kept positions, gaps allowed (a bool mask viewed as uint8 costs nothing). Transitions are
-indexed ``[from, to]``; forbidden moves are ``-inf`` scores. No op reads a value back to the
-host: each is one kernel launch (the backward's per-program sums add one reduction when the
-batch spans several programs).
+it. The ops have no autograd kernel (:func:`chaincrf.crf.kernels.library.direct_op`: the
+dispatcher calls them with no Python layer in between); the likelihood's gradient is carried
+by :class:`CompiledLikelihood`, which torch.compile traces: the forward op, and the backward
+op for its gradient. Inputs are batch-first; ``mask`` is uint8 (B, T), 1 at kept positions,
+gaps allowed (a bool mask viewed as uint8 costs nothing). Transitions are indexed
+``[from, to]``; forbidden moves are ``-inf`` scores. No op reads a value back to the host:
+each is one kernel launch (the backward's per-program sums add one reduction when the batch
+spans several programs).
 
 * ``chaincrf::triton_forward`` -> (``scale * (gold - log Z)`` with tags, else log Z (B,);
   log Z, the gold scores, the exp-space kernel's log-space rows (3, B), and with ``check``
   a fourth row, 1 where the row holds a value ``validate`` rejects; the forward messages
-  (B, T, K) or (0, 0, 0); a zeroed (K + 2, K) accumulator for the backward's score
-  gradients, or (0, 0));
+  (B, T, K) or (0, 0, 0); an empty (0, 0) tensor);
 * ``chaincrf::triton_backward`` -> the emissions' gradient and the score gradients stacked
-  (K + 2, K): start, transitions (K rows), end; ``chaincrf::triton_backward_into`` -> the
-  emissions' gradient, the score gradients added into the forward's accumulator (eager calls
-  only: AOTAutograd cannot save a buffer that the backward mutates);
+  (K + 2, K): start, transitions (K rows), end;
 * ``chaincrf::triton_viterbi`` -> (best paths (B, T) int64, -1 where masked; scores (B,));
 * ``chaincrf::triton_marginals`` -> tag marginals (B, T, K), 0 where masked.
 
 The public calls (:func:`forward`, :func:`viterbi`, :func:`marginals`) run these ops when a
 graph is traced; eager calls launch the kernels directly (the likelihood through
-:class:`chaincrf.crf.kernels.triton.autograd.Likelihood`), without the ops' Python dispatch.
+:class:`chaincrf.crf.kernels.triton.autograd.Likelihood`, whose backward adds the score
+gradients into a buffer the forward zeroed: one launch fewer, which a traced graph cannot
+have, as AOTAutograd cannot save a buffer that the backward mutates).
 """
 
 from __future__ import annotations
@@ -33,14 +35,16 @@ import torch
 from torch import Tensor
 
 from chaincrf.crf import tracing
+from chaincrf.crf.kernels.library import direct_op
 from chaincrf.crf.kernels.triton import launch as kernels
 from chaincrf.crf.kernels.triton.autograd import Likelihood
 
-__all__ = ["forward", "marginals", "viterbi"]
+__all__ = ["CompiledLikelihood", "forward", "marginals", "viterbi"]
+
+_DEVICES = ("CPU", "CUDA")  # CPU tensors: Triton's interpreter (TRITON_INTERPRET=1)
 
 
-@torch.library.custom_op("chaincrf::triton_forward", mutates_args=())
-def _forward_op(
+def _forward_kernel(
     emissions: Tensor,
     tags: Tensor | None,
     mask: Tensor,
@@ -49,18 +53,16 @@ def _forward_op(
     end: Tensor,
     scale: float,
     keep_alpha: bool,
-    accumulator: bool,
-    check: bool = False,
+    check: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     em, (start, transitions, end) = kernels.prepared(emissions, start, transitions, end)
     tags = None if tags is None else tags.contiguous()
     mask = mask.contiguous()
-    args = (em, tags, mask, start, transitions, end, scale, keep_alpha, accumulator, check)
+    args = (em, tags, mask, start, transitions, end, scale, keep_alpha, False, check)
     return kernels.forward(*args)
 
 
-@_forward_op.register_fake
-def _(
+def _forward_fake(
     emissions: Tensor,
     tags: Tensor | None,
     mask: Tensor,
@@ -69,8 +71,7 @@ def _(
     end: Tensor,
     scale: float,
     keep_alpha: bool,
-    accumulator: bool,
-    check: bool = False,
+    check: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     B, T, K = emissions.shape
     dtype = kernels.compute_dtype(emissions)
@@ -78,11 +79,22 @@ def _(
         emissions.new_empty(B, dtype=dtype),
         emissions.new_empty((4 if check else 3, B), dtype=dtype),
         emissions.new_empty((B, T, K) if keep_alpha else (0, 0, 0), dtype=dtype),
-        emissions.new_empty((K + 2, K) if accumulator else (0, 0), dtype=dtype),
+        emissions.new_empty((0, 0), dtype=dtype),
     )
 
 
-def _backward(
+_forward_op = direct_op(
+    "triton_forward(Tensor emissions, Tensor? tags, Tensor mask, Tensor start, "
+    "Tensor transitions, Tensor end, float scale, bool keep_alpha, bool check) "
+    "-> (Tensor, Tensor, Tensor, Tensor)",
+    _forward_kernel,
+    _forward_fake,
+    differentiable=(0, 3, 4, 5),
+    devices=_DEVICES,
+)
+
+
+def _backward_kernel(
     grad: Tensor,
     emissions: Tensor,
     tags: Tensor | None,
@@ -94,7 +106,6 @@ def _backward(
     log_z: Tensor,
     flags: Tensor,
     scale: float,
-    acc: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     em, (start, transitions, end) = kernels.prepared(emissions, start, transitions, end)
     mask = mask.contiguous()
@@ -114,32 +125,13 @@ def _backward(
         log_z.contiguous(),
         scale,
         True,
-        acc,
+        None,
         flags.contiguous(),
     )
     return d_em.to(emissions.dtype), d_par
 
 
-@torch.library.custom_op("chaincrf::triton_backward", mutates_args=())
-def _backward_op(
-    grad: Tensor,
-    emissions: Tensor,
-    tags: Tensor | None,
-    mask: Tensor,
-    start: Tensor,
-    transitions: Tensor,
-    end: Tensor,
-    alpha: Tensor,
-    log_z: Tensor,
-    flags: Tensor,
-    scale: float,
-) -> tuple[Tensor, Tensor]:
-    args = (grad, emissions, tags, mask, start, transitions, end, alpha, log_z, flags, scale)
-    return _backward(*args, None)
-
-
-@_backward_op.register_fake
-def _(
+def _backward_fake(
     grad: Tensor,
     emissions: Tensor,
     tags: Tensor | None,
@@ -157,77 +149,58 @@ def _(
     return emissions.new_empty(emissions.shape), d_par
 
 
-@torch.library.custom_op("chaincrf::triton_backward_into", mutates_args=("acc",))
-def _backward_into_op(
-    grad: Tensor,
-    emissions: Tensor,
-    tags: Tensor | None,
-    mask: Tensor,
-    start: Tensor,
-    transitions: Tensor,
-    end: Tensor,
-    alpha: Tensor,
-    log_z: Tensor,
-    flags: Tensor,
-    scale: float,
-    acc: Tensor,
-) -> Tensor:
-    """As ``triton_backward``, the score gradients added into ``acc`` (eager calls only)."""
-    args = (grad, emissions, tags, mask, start, transitions, end, alpha, log_z, flags, scale)
-    return _backward(*args, acc)[0]
+_backward_op = direct_op(
+    "triton_backward(Tensor grad, Tensor emissions, Tensor? tags, Tensor mask, Tensor start, "
+    "Tensor transitions, Tensor end, Tensor alpha, Tensor log_z, Tensor flags, float scale) "
+    "-> (Tensor, Tensor)",
+    _backward_kernel,
+    _backward_fake,
+    differentiable=(0, 1, 4, 5, 6),  # a double backward: not supported
+    devices=_DEVICES,
+)
 
 
-@_backward_into_op.register_fake
-def _(
-    grad: Tensor,
-    emissions: Tensor,
-    tags: Tensor | None,
-    mask: Tensor,
-    start: Tensor,
-    transitions: Tensor,
-    end: Tensor,
-    alpha: Tensor,
-    log_z: Tensor,
-    flags: Tensor,
-    scale: float,
-    acc: Tensor,
-) -> Tensor:
-    return emissions.new_empty(emissions.shape)
+class CompiledLikelihood(torch.autograd.Function):
+    """What torch.compile traces for the likelihood or log-partition: ``triton_forward``
+    (keeping the forward messages when a gradient will be needed), and ``triton_backward``
+    for its gradient (the ops have no autograd kernel of their own)."""
 
+    @staticmethod
+    def forward(
+        emissions: Tensor,
+        tags: Tensor | None,
+        mask: Tensor,
+        start: Tensor,
+        transitions: Tensor,
+        end: Tensor,
+        scale: float,
+        keep_alpha: bool,
+        check: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        args = (emissions, tags, mask, start, transitions, end, scale, keep_alpha, check)
+        out: tuple[Tensor, Tensor, Tensor, Tensor] = _forward_op(*args)
+        return out
 
-def _save_forward(
-    ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor, Tensor]
-) -> None:
-    emissions, tags, mask, start, transitions, end, scale, _keep, _acc, _check = inputs
-    out, aux, alpha, acc = output
-    log_z = aux[0] if tags is not None else out
-    ctx.save_for_backward(emissions, tags, mask, start, transitions, end, alpha, log_z, aux[2])
-    ctx.acc = acc  # not a saved tensor: the backward mutates it (no version check wanted)
-    ctx.scale = scale
-    ctx.added = False
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        emissions, tags, mask, start, transitions, end, scale, _keep, _check = inputs
+        out, aux, alpha, acc = output
+        log_z = aux[0] if tags is not None else out
+        ctx.save_for_backward(emissions, tags, mask, start, transitions, end, alpha, log_z, aux[2])
+        ctx.mark_non_differentiable(aux, alpha, acc)
+        ctx.scale = scale
 
-
-def _forward_backward(
-    ctx: Any, grad: Tensor, *_unused: Tensor | None
-) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None, None, None]:
-    emissions, tags, mask, start, transitions, end, alpha, log_z, flags = ctx.saved_tensors
-    acc = ctx.acc
-    args = (grad, emissions, tags, mask, start, transitions, end, alpha, log_z, flags, ctx.scale)
-    if acc.numel() > 0:  # an eager call: the forward zeroed it, the backward adds into it
-        if ctx.added:  # a second backward through a retained graph: a new zeroed buffer (the
-            # first backward's gradients may live on in the old one, as a parameter's .grad)
-            acc = ctx.acc = torch.zeros_like(acc)
-        ctx.added = True
-        d_em, d_par = _backward_into_op(*args, acc), acc
-    else:
-        d_em, d_par = _backward_op(*args)
-    K = d_par.shape[1]
-    grads = (d_par[0], d_par[1 : K + 1], d_par[K + 1])
-    d_start, d_trans, d_end = (g.to(s.dtype) for g, s in zip(grads, (start, transitions, end)))
-    return d_em, None, None, d_start, d_trans, d_end, None, None, None, None
-
-
-_forward_op.register_autograd(_forward_backward, setup_context=_save_forward)
+    @staticmethod
+    def backward(
+        ctx: Any, grad: Tensor, *_unused: Tensor | None
+    ) -> tuple[Tensor, None, None, Tensor, Tensor, Tensor, None, None, None]:
+        emissions, tags, mask, start, transitions, end, alpha, log_z, flags = ctx.saved_tensors
+        args = (grad, emissions, tags, mask, start, transitions, end, alpha, log_z, flags)
+        d_em, d_par = _backward_op(*args, ctx.scale)
+        K = d_par.shape[1]
+        grads = (d_par[0], d_par[1 : K + 1], d_par[K + 1])
+        d_start, d_trans, d_end = (g.to(s.dtype) for g, s in zip(grads, (start, transitions, end)))
+        return d_em, None, None, d_start, d_trans, d_end, None, None, None
 
 
 def _viterbi(
@@ -239,15 +212,7 @@ def _viterbi(
     )
 
 
-@torch.library.custom_op("chaincrf::triton_viterbi", mutates_args=())
-def _viterbi_op(
-    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor
-) -> tuple[Tensor, Tensor]:
-    return _viterbi(emissions, mask, start, transitions, end)
-
-
-@_viterbi_op.register_fake
-def _(
+def _viterbi_fake(
     emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor
 ) -> tuple[Tensor, Tensor]:
     B, T, _ = emissions.shape
@@ -257,11 +222,14 @@ def _(
     )
 
 
-@torch.library.custom_op("chaincrf::triton_marginals", mutates_args=())
-def _marginals_op(
-    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor
-) -> Tensor:
-    return _marginals(emissions, mask, start, transitions, end)
+_viterbi_op = direct_op(
+    "triton_viterbi(Tensor emissions, Tensor mask, Tensor start, Tensor transitions, "
+    "Tensor end) -> (Tensor, Tensor)",
+    _viterbi,
+    _viterbi_fake,
+    differentiable=(0, 2, 3, 4),
+    devices=_DEVICES,
+)
 
 
 def _marginals(
@@ -279,9 +247,20 @@ def _marginals(
     )  # as the fake says (half emissions: written as read)
 
 
-@_marginals_op.register_fake
-def _(emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
+def _marginals_fake(
+    emissions: Tensor, mask: Tensor, start: Tensor, transitions: Tensor, end: Tensor
+) -> Tensor:
     return emissions.new_empty(emissions.shape, dtype=kernels.compute_dtype(emissions))
+
+
+_marginals_op = direct_op(
+    "triton_marginals(Tensor emissions, Tensor mask, Tensor start, Tensor transitions, "
+    "Tensor end) -> Tensor",
+    _marginals,
+    _marginals_fake,
+    differentiable=(0, 2, 3, 4),
+    devices=_DEVICES,
+)
 
 
 # ------------------------------------------------------------------------------ public calls
@@ -292,7 +271,12 @@ def _tracing() -> bool:
 
 
 def _uint8(mask: Tensor) -> Tensor:
-    return mask.view(torch.uint8) if mask.dtype == torch.bool else mask.to(torch.uint8)
+    """The mask as uint8: a bool mask viewed as it is eagerly (no launch), converted in a
+    traced graph (Inductor fuses it; torch 2.11's Inductor cannot lower a bool tensor's
+    ``view(torch.uint8)``: "torch.bool is not supported by torch.iinfo")."""
+    if mask.dtype == torch.bool and not _tracing():
+        return mask.view(torch.uint8)
+    return mask.to(torch.uint8)
 
 
 def forward(
@@ -356,9 +340,8 @@ def forward(
             return result, None, None
         out, aux = result
     else:
-        out, aux, _alpha, _acc = _forward_op(
-            emissions, tags, mask8, start, transitions, end, float(scale), keep, adding, check
-        )
+        traced_args = (emissions, tags, mask8, start, transitions, end, float(scale), keep, check)
+        out, aux, _alpha, _acc = CompiledLikelihood.apply(*traced_args)  # type: ignore[no-untyped-call]  # (unannotated)
         out = out.sum() if total else out
     return out, (aux[1] if gold else None), (aux[3] if check else None)
 
