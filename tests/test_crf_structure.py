@@ -127,3 +127,43 @@ def test_marginals_are_differentiable_twice(constrained):
             assert (grad[0, 2] == 0).all()
     inputs = torch.randn(2, 3, K, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda x: crf.marginals(x), (inputs,))
+
+
+@pytest.mark.parametrize(
+    "case", ["plain", "constrained", "huge emissions", "a tag with no successor", "no path"]
+)
+def test_the_confidences_scaled_messages_equal_the_log_space_ones(case):
+    """``chain_messages`` (the span confidences' forward-backward: exp space with per-step
+    scaling on the CPU) gives the log-space messages of ``structure.messages`` to rounding,
+    ``-inf`` where they have it, also where scaling underflows or no path is open (those rows
+    are recomputed in log space); empty rows and rows of one token included."""
+    from chaincrf.crf import structure
+    from chaincrf.crf.confidence import chain_messages, crf_scores
+
+    torch.manual_seed(0)
+    labels = ["O", "B-X", "I-X", "E-X", "S-X", "B-Y", "I-Y", "E-Y", "S-Y"]
+    crf = make_crf(len(labels), 0, constraints=allowed_transitions("BIOES", labels))
+    start, trans, end = crf_scores(crf)
+    if case == "plain":
+        start, trans, end = (torch.randn_like(x) for x in (start, trans, end))
+    lengths = torch.tensor([40, 0, 1, 17, 40, 2, 33, 9])
+    T, K = 40, len(labels)
+    mask = torch.arange(T) < lengths[:, None]
+    emissions = torch.randn(len(lengths), T, K, dtype=torch.float64) * 3
+    if case == "huge emissions":  # differences far past exp's range: every row underflows
+        emissions[::2] *= 400
+    elif case == "a tag with no successor":
+        trans = trans.clone()
+        trans[2] = -math.inf
+    elif case == "no path":
+        emissions[3, 5] = -math.inf  # every tag forbidden at one position of one row
+    got = chain_messages(emissions, mask, start, trans, end)
+    em = torch.where(mask.unsqueeze(2), emissions, 0.0)
+    want = structure.messages(em, mask, start, trans, end)
+    for g, w in zip(got, want):
+        assert torch.equal(torch.isneginf(g), torch.isneginf(w))
+        assert not torch.isnan(g).any()
+        finite = torch.isfinite(w)
+        torch.testing.assert_close(g[finite], w[finite], rtol=1e-12, atol=1e-10)
+    if case == "no path":
+        assert torch.isneginf(got[2][3])  # log Z of the row without a path
