@@ -273,7 +273,10 @@ class TokenEmbedder(nn.Module):
                 raise ValueError(
                     f"batch['chars'] must be a long tensor of shape ({B}, {T}, max_chars); got {got}"
                 )
-            features.append(self._char_features(chars, mask, word_features.dtype))  # (B, T, F)
+            # (computed before the append: torch 2.11's Dynamo cannot resume inside a call of
+            # list.append after the graph break of the character path's eager part)
+            char_features = self._char_features(chars, mask, word_features.dtype)  # (B, T, F)
+            features.append(char_features)
 
         if self.casing_embedding is not None:
             casing = batch.get("casing")
