@@ -15,6 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from chaincrf.cli.train import build_datamodule, build_tagger, train
+from chaincrf.crf import tracing
 from chaincrf.data import TaggingDataModule
 from chaincrf.data.batching import BucketBatchSampler, collate
 from chaincrf.data.layout import bucketed, pad
@@ -96,7 +97,15 @@ def test_a_token_budget_counts_the_bucket_padding():
 
 
 @pytest.mark.slow
-def test_a_compiled_training_step_equals_eager():
+@pytest.mark.parametrize("kernel", ["auto", "triton"])
+def test_a_compiled_training_step_equals_eager(kernel, monkeypatch):
+    """... with the planner's kernel, and with the Triton kernel forced (``CHAINCRF_KERNEL``;
+    interpreted here): the GPU's compiled path, Inductor included, on the CPU."""
+    if kernel != "auto":
+        monkeypatch.setenv("CHAINCRF_KERNEL", kernel)
+    # (Dynamo keeps its compiled code per function across taggers, and its guards do not see
+    # the environment variable: a graph traced by an earlier test would be reused)
+    torch._dynamo.reset()
     datamodule, eager = _setup(["embeddings.dropout=0.0", "encoder.dropout=0.0"])
     compiled = copy.deepcopy(eager)
     compiled.compile_training()
@@ -104,7 +113,10 @@ def test_a_compiled_training_step_equals_eager():
     losses = []
     for tagger in (eager, compiled):
         tagger.train()
-        loss = tagger.training_step(batch, 0)
+        with tracing.record() as chosen:
+            loss = tagger.training_step(batch, 0)
+        if kernel != "auto":  # (compiled, the planner chooses while the step is traced)
+            assert chosen and {name for _, name in chosen} == {kernel}, chosen
         loss.backward()
         losses.append(loss.detach())
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
