@@ -63,8 +63,11 @@ def exporting() -> Iterator[None]:
 def export_tracing(device: str) -> bool:
     """Whether a call being traced on ``device`` is an export that needs standard operations
     only: inside :func:`exporting`, or when torch says it exports (:func:`is_exporting`) and
-    the tensors are not on CUDA. On CUDA the Triton custom ops are traced even under
-    torch.export, which keeps them as custom ops (an AOTInductor build runs them)."""
+    the tensors are not on CUDA. On CUDA the Triton ops are traced even under torch.export,
+    which keeps them as custom ops (an AOTInductor build runs them). Such a program is for
+    inference: the ops have no autograd kernel of their own
+    (:mod:`chaincrf.crf.kernels.library`), so running it with a gradient enabled for the
+    emissions or the scores raises instead of giving none."""
     return bool(_export_blocks) or (device != "cuda" and is_exporting())
 
 
