@@ -71,63 +71,10 @@ def chain_messages(
         Past a row's end ``alpha`` holds its last value and ``beta`` the end scores.
     """
     em = torch.where(mask.unsqueeze(2), emissions.detach().double(), 0.0)  # (B, T, K)
-    if tracing.is_compiling() or em.shape[1] == 0 or em.device.type != "cpu":
-        # (on an accelerator the scaled steps' extra launches would cost more than the
-        # exponentials they save: unmeasured, so the log-space steps stay there)
-        return structure.messages(em, mask, start, trans, end)
-    alpha, beta, log_z, inexact = _scaled_messages(em, mask, start, trans, end)
-    rows = inexact.nonzero().squeeze(1)  # (one read back: this path runs eagerly)
-    if rows.numel():  # a scale fell below float64's normal range: those rows in log space
-        exact = structure.messages(em[rows], mask[rows], start, trans, end)
-        for out, value in zip((alpha, beta, log_z), exact):
-            out[rows] = value
-    return alpha, beta, log_z
-
-
-_TINY = 1e-280
-"""Below this, a scaled sum may have lost terms to float64's subnormal range: the row is
-recomputed in log space."""
-
-
-def _scaled_messages(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`chaincrf.crf.structure.messages` in exp space: each step one (B, K) x (K, K)
-    product of the previous messages, scaled by their row maximum, with the exponentiated
-    transitions (K exponentials and logarithms a row instead of K² in a log-sum-exp). Also
-    returns the rows (B,) to recompute exactly: where a scaled sum fell below ``_TINY`` (a
-    term may have been lost to the subnormal range) or was 0 or NaN (no open path: rare,
-    and exact in log space)."""
-    B, T, K = em.shape
-    finite = torch.isfinite(trans)
-    top = trans[finite].max() if bool(finite.any()) else trans.new_zeros(())
-    weights = torch.exp(trans - top)  # (K, K) in [0, 1], 0 where forbidden
-    smallest = []  # each step's smallest scaled sum per row
-
-    def step(log_v: Tensor, matrix: Tensor) -> Tensor:
-        """log(sum_i exp(log_v[:, i] + trans'[i, j])) for every j, (B, K)."""
-        m = log_v.amax(1, keepdim=True)
-        total = torch.exp(log_v - m) @ matrix
-        smallest.append(total.amin(1))
-        return torch.log(total) + (m + top)
-
-    alphas = [start + em[:, 0]]
-    for t in range(1, T):
-        value = step(alphas[-1], weights) + em[:, t]
-        alphas.append(torch.where(mask[:, t, None], value, alphas[-1]))
-    betas = [end.expand(B, K)]
-    weights = weights.t()
-    for t in range(T - 1, 0, -1):
-        value = step(em[:, t] + betas[-1], weights)
-        betas.append(torch.where(mask[:, t, None], value, betas[-1]))
-    alpha, beta = torch.stack(alphas, 1), torch.stack(betas[::-1], 1)
-    log_z = torch.logsumexp(alpha[:, -1] + end, dim=1)
-    log_z = torch.where(mask[:, 0], log_z, torch.zeros_like(log_z))
-    if not smallest:
-        return alpha, beta, log_z, torch.zeros(B, dtype=torch.bool, device=em.device)
-    # (past a row's end its steps are discarded: a small sum there flags it for nothing)
-    inexact = ~(torch.stack(smallest, 1) >= _TINY).all(1)
-    return alpha, beta, log_z, inexact
+    # (on an accelerator the scaled steps' extra launches might cost more than the
+    # exponentials they save: unmeasured, so the log-space steps stay there)
+    scaled = em.device.type == "cpu" and not tracing.is_compiling()
+    return structure.messages(em, mask, start, trans, end, scaled=scaled)
 
 
 def span_log_probabilities(

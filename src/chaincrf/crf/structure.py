@@ -6,6 +6,8 @@ torch."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -19,7 +21,7 @@ def _padding_zeroed(em: Tensor, mask: Tensor) -> Tensor:
 
 
 def messages(
-    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor
+    em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor, scaled: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The one log-space forward-backward (the structure quantities here and the span
     confidences, :mod:`chaincrf.crf.confidence`, use it). Forward and backward log-messages
@@ -27,22 +29,71 @@ def messages(
     its tag, end score included, t's emission not) (B, T, K) and log Z (B,) of batch-first
     emissions under a left-aligned mask; past a row's end alpha holds its last value and beta
     is ``end``, so ``alpha[t] + beta[t] - log Z`` is the node log-marginal at every t < length.
-    An empty row has log Z = 0."""
+    An empty row has log Z = 0.
+
+    ``scaled`` (float64, eager calls: it reads the host once): each step in exp space, one
+    (B, K) x (K, K) product of the previous messages, scaled by their row maximum, with the
+    exponentiated transitions (K exponentials and logarithms a row instead of K² in a
+    log-sum-exp); the rows where a scaled sum fell below ``SCALED_TINY`` (a term may have been
+    lost to the subnormal range), to 0 or to NaN are recomputed with the log-space steps, so
+    the results are theirs to rounding."""
     B, T, K = em.shape
-    alphas = [start + em[:, 0]] if T else []
-    for t in range(1, T):
-        step = torch.logsumexp(alphas[-1].unsqueeze(2) + trans, dim=1) + em[:, t]
-        alphas.append(torch.where(mask[:, t, None], step, alphas[-1]))
-    betas = [end.expand(B, K)] if T else []
-    for t in range(T - 1, 0, -1):
-        step = torch.logsumexp(trans + (em[:, t] + betas[-1]).unsqueeze(1), dim=2)
-        betas.append(torch.where(mask[:, t, None], step, betas[-1]))
     if not T:
         empty = em.new_zeros(B, 0, K)
         return empty, empty, em.new_zeros(B)
+    if scaled:
+        forward, backward, smallest = _scaled_steps(trans)
+    else:
+        smallest = []
+
+        def forward(prev: Tensor) -> Tensor:
+            return torch.logsumexp(prev.unsqueeze(2) + trans, dim=1)
+
+        def backward(after: Tensor) -> Tensor:
+            return torch.logsumexp(trans + after.unsqueeze(1), dim=2)
+
+    alphas = [start + em[:, 0]]
+    for t in range(1, T):
+        step = forward(alphas[-1]) + em[:, t]
+        alphas.append(torch.where(mask[:, t, None], step, alphas[-1]))
+    betas = [end.expand(B, K)]
+    for t in range(T - 1, 0, -1):
+        step = backward(em[:, t] + betas[-1])
+        betas.append(torch.where(mask[:, t, None], step, betas[-1]))
     alpha, beta = torch.stack(alphas, 1), torch.stack(betas[::-1], 1)
     log_z = torch.logsumexp(alpha[:, -1] + end, dim=1)
-    return alpha, beta, torch.where(mask[:, 0], log_z, torch.zeros_like(log_z))
+    log_z = torch.where(mask[:, 0], log_z, torch.zeros_like(log_z))
+    if smallest:  # (past a row's end its steps are discarded: a small sum there costs a redo)
+        rows = (~(torch.stack(smallest, 1) >= SCALED_TINY).all(1)).nonzero().squeeze(1)
+        if rows.numel():
+            exact = messages(em[rows], mask[rows], start, trans, end)
+            for out, value in zip((alpha, beta, log_z), exact):
+                out[rows] = value
+    return alpha, beta, log_z
+
+
+SCALED_TINY = 1e-280
+"""Below this, a scaled sum of :func:`messages` may have lost terms to float64's subnormal
+range: its row is recomputed in log space."""
+
+
+def _scaled_steps(trans: Tensor) -> tuple[Any, Any, list[Tensor]]:
+    """The forward and backward steps of :func:`messages` in exp space, and the list into
+    which they put each step's smallest scaled sum per row."""
+    finite = torch.isfinite(trans)
+    top = trans[finite].max() if bool(finite.any()) else trans.new_zeros(())
+    weights = torch.exp(trans - top)  # (K, K) in [0, 1], 0 where forbidden
+    smallest: list[Tensor] = []
+
+    def step(log_v: Tensor, matrix: Tensor) -> Tensor:
+        """log(sum_i exp(log_v[:, i] + trans[i, j])) for every j, (B, K)."""
+        m = log_v.amax(1, keepdim=True)
+        total = torch.exp(log_v - m) @ matrix
+        smallest.append(total.amin(1))
+        return torch.log(total) + (m + top)
+
+    transposed = weights.t()
+    return (lambda prev: step(prev, weights)), (lambda after: step(after, transposed)), smallest
 
 
 def marginals(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor, end: Tensor) -> Tensor:
